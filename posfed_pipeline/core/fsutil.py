@@ -1,0 +1,51 @@
+"""Small file-system primitives shared by the inbox and the .dat writer."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write so readers see nothing or the whole file (temp + fsync + rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def move_unique(source: Path, folder: Path) -> Path:
+    """Move ``source`` into ``folder`` without ever overwriting: a clash gets a numbered name."""
+    folder.mkdir(parents=True, exist_ok=True)
+    target = unique_destination(folder, source.name)
+    os.replace(source, target)
+    _fsync_dir(folder)
+    return target
+
+
+def unique_destination(folder: Path, name: str) -> Path:
+    target = folder / name
+    n = 1
+    while target.exists():
+        stem, dot, suffix = name.partition(".")
+        target = folder / f"{stem}~{n}{dot}{suffix}"
+        n += 1
+    return target
+
+
+def _fsync_dir(folder: Path) -> None:
+    # The rename is durable only once the directory entry is on disk.
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

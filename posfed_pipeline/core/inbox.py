@@ -1,0 +1,162 @@
+"""Terminal inbox handling: which files are ready, and where they go once handled.
+
+A POS terminal drops receipt files into its inbox. A file is *ready* once its size and mtime
+have been unchanged for the stability window, so a half-written file is never read. Handled
+files are moved, never deleted: to ``archive/YYYYMMDD/`` (business day) when accepted, to
+``quarantine/`` with a ``<file>.error.json`` when rejected.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from pathlib import Path
+
+from posfed_pipeline.core.config import Terminal
+from posfed_pipeline.core.fsutil import move_unique, unique_destination, write_atomic
+from posfed_pipeline.core.receipt import Problem
+
+# Writers that follow the write-then-rename convention use these while a file is in progress.
+IN_PROGRESS_SUFFIXES = (".tmp", ".part", ".partial", ".crdownload")
+
+
+@dataclass(frozen=True)
+class InboxFile:
+    path: Path
+    size: int
+    mtime_ns: int
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def signature(self) -> str:
+        """Identifies this version of the file: a re-drop under the same name is a new version."""
+        return f"{self.name}:{self.size}:{self.mtime_ns}"
+
+
+@dataclass(frozen=True)
+class InboxScan:
+    ready: list[InboxFile]
+    settling: list[InboxFile]  # still being written, or written too recently to trust
+
+
+def is_candidate(name: str) -> bool:
+    return not name.startswith(".") and not name.lower().endswith(IN_PROGRESS_SUFFIXES)
+
+
+def scan_inbox(
+    terminal: Terminal, *, stability_seconds: float, now: float | None = None
+) -> InboxScan:
+    """List the inbox, oldest first, split into ready and still-settling files."""
+    now = time.time() if now is None else now
+    ready: list[InboxFile] = []
+    settling: list[InboxFile] = []
+    with os.scandir(terminal.inbox) as entries:
+        for entry in entries:
+            if not is_candidate(entry.name):
+                continue
+            try:
+                if not entry.is_file(follow_symlinks=False):
+                    continue
+                stat = entry.stat(follow_symlinks=False)
+            except FileNotFoundError:
+                continue  # taken by a concurrent run between listing and stat
+            item = InboxFile(Path(entry.path), stat.st_size, stat.st_mtime_ns)
+            age = now - stat.st_mtime_ns / 1e9
+            (ready if age >= stability_seconds else settling).append(item)
+    ready.sort(key=lambda f: (f.mtime_ns, f.name))
+    settling.sort(key=lambda f: (f.mtime_ns, f.name))
+    return InboxScan(ready=ready, settling=settling)
+
+
+def stat_inbox_file(path: Path) -> InboxFile:
+    stat = path.stat()
+    return InboxFile(path, stat.st_size, stat.st_mtime_ns)
+
+
+def local_day_of_mtime(item: InboxFile, terminal: Terminal) -> date:
+    return datetime.fromtimestamp(item.mtime_ns / 1e9, tz=terminal.timezone).date()
+
+
+def archive_file(terminal: Terminal, path: Path, business_day: date) -> Path:
+    return move_unique(path, terminal.archive_dir(business_day))
+
+
+def quarantine_file(
+    terminal: Terminal, path: Path, problems: Iterable[Problem], *, stage: str
+) -> Path:
+    """Move a rejected file to quarantine, its reasons written beside it first."""
+    target = unique_destination(terminal.quarantine, path.name)
+    report = {
+        "file": path.name,
+        "quarantined_as": target.name,
+        "terminal": terminal.id,
+        "stage": stage,
+        "quarantined_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "problems": [p.as_dict() for p in problems],
+    }
+    # Reason first: a file never sits in quarantine without its explanation.
+    write_atomic(
+        error_report_path(target),
+        json.dumps(report, indent=2, ensure_ascii=False).encode("utf-8"),
+    )
+    os.replace(path, target)
+    return target
+
+
+def error_report_path(quarantined: Path) -> Path:
+    return quarantined.with_name(quarantined.name + ".error.json")
+
+
+def archived_files(terminal: Terminal, business_day: date) -> list[Path]:
+    folder = terminal.archive_dir(business_day)
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if p.is_file() and is_candidate(p.name))
+
+
+@dataclass(frozen=True)
+class PlannedBatch:
+    """The files one run will carry: one terminal, one business day."""
+
+    terminal_id: str
+    business_day: date
+    files: tuple[InboxFile, ...]
+
+    @property
+    def run_key(self) -> str:
+        # Deterministic from the file versions, so every launcher (sensor or event trigger)
+        # derives the same key for the same files.
+        digest = hashlib.sha256("\n".join(f.signature for f in self.files).encode()).hexdigest()
+        return f"{self.terminal_id}:{self.business_day:%Y%m%d}:{digest[:20]}"
+
+    @property
+    def file_names(self) -> list[str]:
+        return [f.name for f in self.files]
+
+
+def plan_batches(
+    terminal: Terminal,
+    ready: Iterable[InboxFile],
+    day_of: Callable[[InboxFile], date],
+    *,
+    max_files_per_run: int = 500,
+) -> list[PlannedBatch]:
+    """Group ready files into at most one batch per business day (more only past the cap)."""
+    by_day: dict[date, list[InboxFile]] = {}
+    for item in ready:
+        by_day.setdefault(day_of(item), []).append(item)
+    batches = []
+    for day in sorted(by_day):
+        files = by_day[day]
+        for start in range(0, len(files), max_files_per_run):
+            chunk = tuple(files[start : start + max_files_per_run])
+            batches.append(PlannedBatch(terminal.id, day, chunk))
+    return batches

@@ -1,0 +1,96 @@
+"""The canonical receipt: what every vendor format is turned into before validation.
+
+Money and quantities are ``Decimal`` from the moment they are read; timestamps are
+timezone-aware and the business day is the store's local date of the sale.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from datetime import date, datetime
+from decimal import ROUND_HALF_UP, Decimal
+
+CENT = Decimal("0.01")
+
+
+def round_cents(value: Decimal) -> Decimal:
+    """Half-up to cents, the rounding the register and the tax authority use."""
+    return value.quantize(CENT, rounding=ROUND_HALF_UP)
+
+
+@dataclass(frozen=True)
+class ReceiptItem:
+    barcode: str
+    description: str
+    price: Decimal
+    quantity: Decimal
+
+    @property
+    def amount(self) -> Decimal:
+        return round_cents(self.price * self.quantity)
+
+
+@dataclass(frozen=True)
+class Receipt:
+    receipt_id: str
+    terminal_id: str
+    department_code: str
+    items: tuple[ReceiptItem, ...]
+    total: Decimal
+    timestamp: datetime  # timezone-aware, in the terminal's timezone
+    source_file: str = ""
+    content_hash: str = ""
+
+    @property
+    def business_day(self) -> date:
+        return self.timestamp.date()
+
+    @property
+    def lines_total(self) -> Decimal:
+        return sum((item.amount for item in self.items), Decimal("0.00"))
+
+
+def content_hash(data: bytes) -> str:
+    """Identity of a delivery: the same bytes re-delivered hash the same."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def canonical_json(receipt: Receipt) -> str:
+    """The receipt in the seed's JSON shape, money as strings (exact)."""
+    return json.dumps(
+        {
+            "receiptId": receipt.receipt_id,
+            "terminalId": receipt.terminal_id,
+            "departmentCode": receipt.department_code,
+            "items": [
+                {
+                    "barcode": item.barcode,
+                    "description": item.description,
+                    "price": str(item.price),
+                    "quantity": str(item.quantity),
+                }
+                for item in receipt.items
+            ],
+            "total": str(receipt.total),
+            "timestamp": receipt.timestamp.isoformat(),
+        },
+        ensure_ascii=False,
+        indent=2,
+    )
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One failed check, in words an operator understands."""
+
+    field: str
+    value: str
+    rule: str
+
+    def as_dict(self) -> dict[str, str]:
+        return {"field": self.field, "value": self.value, "rule": self.rule}
+
+    def __str__(self) -> str:
+        return f"{self.field}={self.value!r}: {self.rule}"

@@ -1,0 +1,40 @@
+"""Runs are partitioned per terminal and per business day (the store's local date)."""
+
+from datetime import date
+
+import dagster as dg
+
+from posfed_pipeline.core.config import PosfedConfig
+
+TERMINAL_DIMENSION = "terminal"
+DAY_DIMENSION = "day"
+
+
+def terminal_day_partitions(config: PosfedConfig) -> dg.MultiPartitionsDefinition:
+    return dg.MultiPartitionsDefinition(
+        {
+            TERMINAL_DIMENSION: dg.StaticPartitionsDefinition(config.terminal_ids),
+            DAY_DIMENSION: dg.DailyPartitionsDefinition(
+                start_date=config.partitions_start.isoformat(),
+                timezone=config.timezone.key,
+                # Today's partition must exist while the store is open, not only tomorrow.
+                end_offset=1,
+            ),
+        }
+    )
+
+
+def terminal_day_key(terminal_id: str, business_day: date) -> dg.MultiPartitionKey:
+    return dg.MultiPartitionKey(
+        {TERMINAL_DIMENSION: terminal_id, DAY_DIMENSION: business_day.isoformat()}
+    )
+
+
+def split_terminal_day_key(partition_key: str | dg.MultiPartitionKey) -> tuple[str, date]:
+    if not isinstance(partition_key, dg.MultiPartitionKey):
+        day_part, terminal_part = str(partition_key).split("|")  # dimensions sort by name
+        partition_key = dg.MultiPartitionKey(
+            {DAY_DIMENSION: day_part, TERMINAL_DIMENSION: terminal_part}
+        )
+    keys = partition_key.keys_by_dimension
+    return keys[TERMINAL_DIMENSION], date.fromisoformat(keys[DAY_DIMENSION])
