@@ -66,7 +66,7 @@ def _add_demo(commands) -> None:
 
 
 def prepare_instance(config: PosfedConfig) -> Path:
-    """Folders, schema and the Dagster instance home for the embedded setup; returns DAGSTER_HOME."""
+    """Folders, schema and Dagster home for the embedded setup; returns DAGSTER_HOME."""
     config.ensure_folders()
     store.upgrade_database(store.make_engine(config.db_url))
     dagster_home = config.home / "dagster_home"

@@ -1,0 +1,99 @@
+"""Shared fixtures: a small store in a temp folder, and receipts to drop into it."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from datetime import datetime
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from posfed_pipeline.core import store
+from posfed_pipeline.core.config import PosfedConfig, config_from_dict
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_SPEC = REPO_ROOT / "dat_specs" / "scon_default.json"
+
+
+def store_config_dict(home: Path, **overrides) -> dict:
+    raw = {
+        "store": {"id": "test-store", "timezone": "Europe/Amsterdam",
+                  "partitions_start": "2026-01-01"},
+        "paths": {"home": str(home)},
+        "intake": {"stability_seconds": 0.2},
+        "dat": {"spec": str(DEFAULT_SPEC)},
+        "terminals": [
+            {"id": "bakery_1", "department": "10", "tenant": "Bakkerij"},
+            {"id": "butcher_1", "department": "20", "tenant": "Slagerij", "allow_returns": True},
+        ],
+    }
+    raw.update(overrides)
+    return raw
+
+
+@pytest.fixture
+def config(tmp_path, monkeypatch) -> PosfedConfig:
+    monkeypatch.delenv("POSFED_HOME", raising=False)
+    monkeypatch.delenv("POSFED_DB_URL", raising=False)
+    cfg = config_from_dict(store_config_dict(tmp_path / "posfed"), base_dir=tmp_path)
+    cfg.ensure_folders()
+    return cfg
+
+
+@pytest.fixture
+def engine(config):
+    eng = store.make_engine(config.db_url)
+    store.upgrade_database(eng)
+    yield eng
+    eng.dispose()
+
+
+def receipt_doc(
+    receipt_id: str = "R0001",
+    terminal_id: str = "bakery_1",
+    department: str = "10",
+    *,
+    timestamp: str | None = None,
+    items: list[dict] | None = None,
+    total: str | None = None,
+) -> dict:
+    items = items or [
+        {"barcode": "8712345678906", "description": "Volkorenbrood", "price": "2.95",
+         "quantity": 1},
+        {"barcode": "4006381333931", "description": "Croissant", "price": "1.15",
+         "quantity": 3},
+    ]
+    if total is None:
+        total = str(
+            sum(
+                (Decimal(str(i["price"])) * Decimal(str(i["quantity"]))).quantize(Decimal("0.01"))
+                for i in items
+            )
+        )
+    return {
+        "receiptId": receipt_id,
+        "terminalId": terminal_id,
+        "departmentCode": department,
+        "items": items,
+        "total": total,
+        "timestamp": timestamp or datetime.now().astimezone().isoformat(timespec="seconds"),
+    }
+
+
+def drop_receipt(inbox: Path, doc: dict | str | bytes, name: str | None = None,
+                 *, age: float = 1.0) -> Path:
+    """Write a receipt file as a POS would, its mtime ``age`` seconds in the past (settled)."""
+    if isinstance(doc, dict):
+        data = json.dumps(doc).encode()
+        name = name or f"{doc['receiptId']}.json"
+    else:
+        data = doc.encode() if isinstance(doc, str) else doc
+    path = inbox / name
+    path.write_bytes(data)
+    if age:
+        past = time.time() - age
+        os.utime(path, (past, past))
+    return path
