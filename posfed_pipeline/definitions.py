@@ -26,7 +26,6 @@ def build_definitions(config: PosfedConfig) -> dg.Definitions:
     receipts_job = dg.define_asset_job(
         RECEIPTS_JOB,
         selection=dg.AssetSelection.groups("receipts"),
-        partitions_def=partitions,
         # A run is a handful of milliseconds of work: a process per step would cost seconds.
         executor_def=dg.in_process_executor,
         description="Validate, load and render one terminal's new receipts for one day.",

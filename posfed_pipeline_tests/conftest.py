@@ -20,10 +20,14 @@ DEFAULT_SPEC = REPO_ROOT / "dat_specs" / "scon_default.json"
 
 def store_config_dict(home: Path, **overrides) -> dict:
     raw = {
-        "store": {"id": "test-store", "timezone": "Europe/Amsterdam",
-                  "partitions_start": "2026-01-01"},
+        "store": {
+            "id": "test-store",
+            "timezone": "Europe/Amsterdam",
+            "partitions_start": "2026-01-01",
+        },
         "paths": {"home": str(home)},
-        "intake": {"stability_seconds": 0.2},
+        # Fixed past dates in tests must stay acceptable whenever the suite runs.
+        "intake": {"stability_seconds": 0.2, "max_age_days": 36500},
         "dat": {"spec": str(DEFAULT_SPEC)},
         "terminals": [
             {"id": "bakery_1", "department": "10", "tenant": "Bakkerij"},
@@ -61,10 +65,13 @@ def receipt_doc(
     total: str | None = None,
 ) -> dict:
     items = items or [
-        {"barcode": "8712345678906", "description": "Volkorenbrood", "price": "2.95",
-         "quantity": 1},
-        {"barcode": "4006381333931", "description": "Croissant", "price": "1.15",
-         "quantity": 3},
+        {
+            "barcode": "8712345678906",
+            "description": "Volkorenbrood",
+            "price": "2.95",
+            "quantity": 1,
+        },
+        {"barcode": "4006381333931", "description": "Croissant", "price": "1.15", "quantity": 3},
     ]
     if total is None:
         total = str(
@@ -83,8 +90,9 @@ def receipt_doc(
     }
 
 
-def drop_receipt(inbox: Path, doc: dict | str | bytes, name: str | None = None,
-                 *, age: float = 1.0) -> Path:
+def drop_receipt(
+    inbox: Path, doc: dict | str | bytes, name: str | None = None, *, age: float = 1.0
+) -> Path:
     """Write a receipt file as a POS would, its mtime ``age`` seconds in the past (settled)."""
     if isinstance(doc, dict):
         data = json.dumps(doc).encode()

@@ -129,13 +129,15 @@ class PlannedBatch:
     terminal_id: str
     business_day: date
     files: tuple[InboxFile, ...]
+    attempt: int = 0  # > 0: these files' earlier run failed and they are being retried
 
     @property
     def run_key(self) -> str:
         # Deterministic from the file versions, so every launcher (sensor or event trigger)
         # derives the same key for the same files.
         digest = hashlib.sha256("\n".join(f.signature for f in self.files).encode()).hexdigest()
-        return f"{self.terminal_id}:{self.business_day:%Y%m%d}:{digest[:20]}"
+        key = f"{self.terminal_id}:{self.business_day:%Y%m%d}:{digest[:20]}"
+        return f"{key}:retry{self.attempt}" if self.attempt else key
 
     @property
     def file_names(self) -> list[str]:
@@ -147,6 +149,7 @@ def plan_batches(
     ready: Iterable[InboxFile],
     day_of: Callable[[InboxFile], date],
     *,
+    attempt: int = 0,
     max_files_per_run: int = 500,
 ) -> list[PlannedBatch]:
     """Group ready files into at most one batch per business day (more only past the cap)."""
@@ -158,5 +161,10 @@ def plan_batches(
         files = by_day[day]
         for start in range(0, len(files), max_files_per_run):
             chunk = tuple(files[start : start + max_files_per_run])
-            batches.append(PlannedBatch(terminal.id, day, chunk))
+            batches.append(PlannedBatch(terminal.id, day, chunk, attempt))
     return batches
+
+
+def retry_delay_seconds(attempt: int, base: float) -> float:
+    """Wait before re-launching files whose run failed: base, 2×base, 4×base … capped at 5 min."""
+    return min(base * 2 ** max(attempt - 1, 0), 300.0)

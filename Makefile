@@ -1,0 +1,32 @@
+# posfed — two commands on a fresh machine:
+#   make demo   the embedded demo: SQLite, local folders, Dagster UI (127.0.0.1:3000) + daemon
+#   make test   the whole test suite (what CI runs)
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+INSTALLED := $(VENV)/.installed
+
+.PHONY: demo test lint system-deps clean
+
+$(INSTALLED): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@touch $(INSTALLED)
+
+demo: $(INSTALLED)
+	$(BIN)/posfed demo
+
+system-deps:
+	@bash scripts/install-system-deps.sh
+
+lint: $(INSTALLED)
+	$(BIN)/ruff check .
+	$(BIN)/lint-imports
+
+test: $(INSTALLED) system-deps lint
+	$(BIN)/pytest
+
+clean:
+	rm -rf .posfed

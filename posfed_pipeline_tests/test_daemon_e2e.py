@@ -1,0 +1,138 @@
+"""A real Dagster daemon watches a temp store: a dropped receipt becomes a .dat file and a run."""
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from posfed_pipeline.core import store
+from posfed_pipeline.core.config import load_config
+from posfed_pipeline_tests.conftest import DEFAULT_SPEC, REPO_ROOT, drop_receipt, receipt_doc
+
+STORE_TOML = """
+[store]
+id = "daemon-test"
+timezone = "Europe/Amsterdam"
+partitions_start = "2026-01-01"
+
+[paths]
+home = "{home}"
+
+[intake]
+stability_seconds = 0.2
+
+[dat]
+spec = "{spec}"
+
+[[terminals]]
+id = "bakery_1"
+department = "10"
+tenant = "Bakkerij"
+
+[[terminals]]
+id = "butcher_1"
+department = "20"
+tenant = "Slagerij"
+"""
+
+
+@pytest.fixture
+def running_daemon(tmp_path):
+    config_path = tmp_path / "posfed.toml"
+    config_path.write_text(STORE_TOML.format(home=tmp_path / "state", spec=DEFAULT_SPEC))
+    config = load_config(config_path)
+    config.ensure_folders()
+    store.upgrade_database(store.make_engine(config.db_url))
+    dagster_home = tmp_path / "dagster_home"
+    dagster_home.mkdir()
+    shutil.copyfile(REPO_ROOT / "deploy" / "dagster.dev.yaml", dagster_home / "dagster.yaml")
+    env = {
+        **os.environ,
+        "DAGSTER_HOME": str(dagster_home),
+        "POSFED_CONFIG": str(config_path),
+    }
+    env.pop("POSFED_HOME", None)
+    env.pop("POSFED_DB_URL", None)
+    log = (tmp_path / "daemon.log").open("wb")
+    daemon = subprocess.Popen(
+        [
+            str(Path(sys.executable).with_name("dagster-daemon")),
+            "run",
+            "-w",
+            str(REPO_ROOT / "workspace.yaml"),
+        ],
+        cwd=REPO_ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        yield config, dagster_home
+    finally:
+        os.killpg(daemon.pid, signal.SIGINT)
+        try:
+            daemon.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(daemon.pid, signal.SIGKILL)
+            daemon.wait()
+        log.close()
+
+
+def _wait_for(predicate, timeout: float, what: str, log: Path):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.25)
+    tail = log.read_text(errors="replace")[-3000:] if log.exists() else ""
+    pytest.fail(f"timed out after {timeout}s waiting for {what}\n--- daemon log ---\n{tail}")
+
+
+def test_daemon_sensor_launches_run_that_writes_dat(running_daemon, tmp_path):
+    config, dagster_home = running_daemon
+    terminal = config.terminal("bakery_1")
+    now = datetime.now(terminal.timezone).replace(microsecond=0)
+    drop_receipt(terminal.inbox, receipt_doc("D0001", timestamp=now.isoformat()), age=0)
+
+    dat_file = config.dat_dir / now.strftime("%Y%m%d") / "scon10D0001.dat"
+    _wait_for(dat_file.exists, 120, f"{dat_file}", tmp_path / "daemon.log")
+    assert dat_file.read_bytes().startswith(b"0010D0001")
+    _wait_for(
+        lambda: (terminal.archive_dir(now.date()) / "D0001.json").exists(),
+        30,
+        "the original in the archive",
+        tmp_path / "daemon.log",
+    )
+
+    with dg.DagsterInstance.from_config(str(dagster_home)) as instance:
+
+        def finished_runs():
+            runs = instance.get_runs(
+                filters=dg.RunsFilter(tags={"dagster/sensor_name": "bakery_1_inbox_sensor"})
+            )
+            return [r for r in runs if r.is_finished] and runs
+
+        runs = _wait_for(finished_runs, 30, "the run to finish", tmp_path / "daemon.log")
+        assert len(runs) == 1
+        run = runs[0]
+        assert run.status == dg.DagsterRunStatus.SUCCESS
+        assert run.tags["dagster/partition"] == f"{now:%Y-%m-%d}|bakery_1"
+        assert run.tags["posfed/terminal"] == "bakery_1"
+        # The terminal's sensor recorded the tick that launched it (what the UI shows).
+        state = _sensor_state(instance, "bakery_1")
+        ticks = instance.get_ticks(state.instigator_origin_id, state.selector_id)
+        assert any(t.run_ids == [run.run_id] for t in ticks)
+
+
+def _sensor_state(instance, terminal_id):
+    states = instance.all_instigator_state()
+    return next(s for s in states if s.instigator_name == f"{terminal_id}_inbox_sensor")

@@ -1,0 +1,66 @@
+"""The Dagster definitions load, and are built from the terminal registry."""
+
+import dagster as dg
+
+from posfed_pipeline.core.config import load_config
+from posfed_pipeline.definitions import RECEIPTS_JOB, build_definitions
+from posfed_pipeline.defs.partitions import split_terminal_day_key, terminal_day_key
+from posfed_pipeline_tests.conftest import REPO_ROOT
+
+
+def test_demo_store_definitions_load_with_one_sensor_per_terminal():
+    config = load_config(REPO_ROOT / "posfed.toml")
+    defs = build_definitions(config)
+
+    dg.Definitions.validate_loadable(defs)
+    assert len(config.terminals) == 20
+    assert sorted(s.name for s in defs.sensors) == sorted(
+        f"{terminal_id}_inbox_sensor" for terminal_id in config.terminal_ids
+    )
+    job = defs.resolve_job_def(RECEIPTS_JOB)
+    assert set(job.asset_layer.executable_asset_keys) >= {
+        dg.AssetKey("validated_receipts"),
+        dg.AssetKey("central_db_receipts"),
+        dg.AssetKey("dat_files"),
+    }
+
+
+def test_asset_lineage_runs_from_files_to_dat(config):
+    graph = build_definitions(config).resolve_asset_graph()
+
+    def parents(key: str) -> set[str]:
+        return {k.to_user_string() for k in graph.get(dg.AssetKey(key)).parent_keys}
+
+    assert parents("validated_receipts") == {"receipt_files"}
+    assert parents("central_db_receipts") == {"validated_receipts"}
+    assert parents("dat_files") == {"central_db_receipts"}
+
+
+def test_adding_a_terminal_adds_its_sensor_and_partitions(config, tmp_path):
+    from dataclasses import replace
+
+    from posfed_pipeline.core.config import Terminal
+
+    extra = Terminal(
+        id="deli_9",
+        department="30",
+        tenant="Deli",
+        inbox=tmp_path / "deli_9" / "inbox",
+        timezone=config.timezone,
+    )
+    bigger = replace(config, terminals=(*config.terminals, extra), _by_id={})
+    defs = build_definitions(bigger)
+
+    assert "deli_9_inbox_sensor" in {s.name for s in defs.sensors}
+    partitions = defs.resolve_job_def(RECEIPTS_JOB).partitions_def
+    keys = partitions.get_partition_keys(dynamic_partitions_store=None)
+    assert "2026-01-01|deli_9" in keys
+
+
+def test_partition_keys_round_trip():
+    from datetime import date
+
+    key = terminal_day_key("bakery_1", date(2026, 11, 24))
+    assert str(key) == "2026-11-24|bakery_1"
+    assert split_terminal_day_key(str(key)) == ("bakery_1", date(2026, 11, 24))
+    assert split_terminal_day_key(key) == ("bakery_1", date(2026, 11, 24))

@@ -1,0 +1,172 @@
+"""End to end through Dagster: real files in a temp store, real SQLite, exact .dat bytes."""
+
+import json
+from datetime import date
+from decimal import Decimal
+
+import dagster as dg
+from sqlalchemy import select
+
+from posfed_pipeline.core import store
+from posfed_pipeline.definitions import RECEIPTS_JOB, build_definitions
+from posfed_pipeline.defs.assets import ReceiptBatchConfig, receipt_op_config
+from posfed_pipeline_tests.conftest import drop_receipt, receipt_doc
+
+DAY = date(2026, 11, 20)
+PARTITION = "2026-11-20|bakery_1"
+EXPECTED_DAT = (
+    b"0010R0001       0018712345678906Volkorenbrood       000100000000295000000295201126\r\n"
+    b"0010R0001       0024006381333931Croissant           000300000000115000000345201126\r\n"
+)
+
+
+def _run(config, instance, files: list[str]) -> dg.ExecuteInProcessResult:
+    job = build_definitions(config).resolve_job_def(RECEIPTS_JOB)
+    return job.execute_in_process(
+        run_config=receipt_op_config(ReceiptBatchConfig(files=files)),
+        partition_key=PARTITION,
+        instance=instance,
+    )
+
+
+def _rows(engine):
+    with engine.connect() as connection:
+        headers = (
+            connection.execute(select(store.ReceiptRow.__table__).order_by("receipt_id"))
+            .mappings()
+            .all()
+        )
+        lines = (
+            connection.execute(
+                select(store.ReceiptLineRow.__table__).order_by("receipt_id", "line_no")
+            )
+            .mappings()
+            .all()
+        )
+    return headers, lines
+
+
+def test_terminal_day_materializes_rows_and_exact_dat_bytes(config, engine):
+    terminal = config.terminal("bakery_1")
+    drop_receipt(terminal.inbox, receipt_doc("R0001", timestamp="2026-11-20T10:15:00+01:00"))
+
+    with dg.instance_for_test() as instance:
+        result = _run(config, instance, ["R0001.json"])
+        assert result.success
+        materialized = {
+            (e.asset_key.to_user_string(), e.partition)
+            for e in result.get_asset_materialization_events()
+            for e in [e.event_specific_data.materialization]
+        }
+
+    assert materialized == {
+        ("validated_receipts", PARTITION),
+        ("central_db_receipts", PARTITION),
+        ("dat_files", PARTITION),
+    }
+    headers, lines = _rows(engine)
+    assert [
+        (h["terminal_id"], h["business_day"], h["receipt_id"], h["total"], h["tenant"])
+        for h in headers
+    ] == [("bakery_1", DAY, "R0001", Decimal("6.40"), "Bakkerij")]
+    assert [
+        (ln["line_no"], ln["barcode"], ln["price"], ln["quantity"], ln["amount"]) for ln in lines
+    ] == [
+        (1, "8712345678906", Decimal("2.95"), Decimal("1.000"), Decimal("2.95")),
+        (2, "4006381333931", Decimal("1.15"), Decimal("3.000"), Decimal("3.45")),
+    ]
+    dat_file = config.dat_dir / "20261120" / "scon10R0001.dat"
+    assert dat_file.read_bytes() == EXPECTED_DAT
+    assert (terminal.archive_dir(DAY) / "R0001.json").is_file()
+    assert list(terminal.inbox.iterdir()) == []
+
+
+def test_bad_receipt_is_quarantined_with_reasons_and_reported(config, engine):
+    terminal = config.terminal("bakery_1")
+    drop_receipt(terminal.inbox, receipt_doc("GOOD", timestamp="2026-11-20T10:15:00+01:00"))
+    bad = receipt_doc("BAD", timestamp="2026-11-20T10:16:00+01:00", total="99.99")
+    bad["items"][0]["barcode"] = "8712345678900"  # wrong check digit
+    drop_receipt(terminal.inbox, bad)
+    drop_receipt(terminal.inbox, b"{truncated", name="TRUNC.json")
+
+    with dg.instance_for_test() as instance:
+        result = _run(config, instance, ["GOOD.json", "BAD.json", "TRUNC.json"])
+        assert result.success
+        checks = {e.check_name: e for e in result.get_asset_check_evaluations()}
+        validated = [
+            e.event_specific_data.materialization
+            for e in result.get_asset_materialization_events()
+            if e.event_specific_data.materialization.asset_key.to_user_string()
+            == "validated_receipts"
+        ][0]
+
+    assert validated.metadata["receipts_valid"].value == 1
+    assert validated.metadata["receipts_rejected"].value == 2
+    assert checks["validation_pass_rate"].passed is False
+    assert checks["dat_files_reparse"].passed is True
+
+    report = json.loads((terminal.quarantine / "BAD.json.error.json").read_text())
+    rules = {(p["field"], p["rule"]) for p in report["problems"]}
+    assert (
+        "items[1].barcode",
+        "must be an EAN-13, EAN-8 or UPC-A code with a valid check digit",
+    ) in rules
+    assert any(field == "total" for field, _ in rules)
+    assert (terminal.quarantine / "TRUNC.json").read_bytes() == b"{truncated"
+    assert "not valid JSON" in (terminal.quarantine / "TRUNC.json.error.json").read_text()
+    headers, _ = _rows(engine)
+    assert [h["receipt_id"] for h in headers] == ["GOOD"]
+    assert list(terminal.inbox.iterdir()) == []
+
+
+def test_redelivery_and_backfill_are_idempotent(config, engine):
+    terminal = config.terminal("bakery_1")
+    doc = receipt_doc("R0001", timestamp="2026-11-20T10:15:00+01:00")
+    drop_receipt(terminal.inbox, doc)
+    dat_file = config.dat_dir / "20261120" / "scon10R0001.dat"
+
+    with dg.instance_for_test() as instance:
+        assert _run(config, instance, ["R0001.json"]).success
+        before = _rows(engine)
+
+        # The same receipt delivered again under another name: one row set, same .dat.
+        drop_receipt(terminal.inbox, doc, name="R0001-again.json")
+        assert _run(config, instance, ["R0001-again.json"]).success
+        assert _rows(engine) == before
+        assert dat_file.read_bytes() == EXPECTED_DAT
+
+        # A backfill of the partition re-processes the archive: nothing changes.
+        dat_file.unlink()
+        assert _run(config, instance, []).success
+        assert _rows(engine) == before
+        assert dat_file.read_bytes() == EXPECTED_DAT
+
+    archived = sorted(p.name for p in terminal.archive_dir(DAY).iterdir())
+    assert archived == ["R0001-again.json", "R0001.json"]
+
+
+def test_same_key_with_other_content_is_a_conflict_not_an_overwrite(config, engine):
+    terminal = config.terminal("bakery_1")
+    drop_receipt(terminal.inbox, receipt_doc("R0001", timestamp="2026-11-20T10:15:00+01:00"))
+    other = receipt_doc(
+        "R0001",
+        timestamp="2026-11-20T10:15:00+01:00",
+        items=[
+            {
+                "barcode": "8712345678906",
+                "description": "Volkorenbrood",
+                "price": "2.95",
+                "quantity": 2,
+            },
+        ],
+    )
+    with dg.instance_for_test() as instance:
+        assert _run(config, instance, ["R0001.json"]).success
+        drop_receipt(terminal.inbox, other, name="R0001-changed.json")
+        assert _run(config, instance, ["R0001-changed.json"]).success
+
+    headers, _ = _rows(engine)
+    assert [(h["receipt_id"], h["total"]) for h in headers] == [("R0001", Decimal("6.40"))]
+    report = json.loads((terminal.quarantine / "R0001-changed.json.error.json").read_text())
+    assert "different content" in report["problems"][0]["rule"]
+    assert (config.dat_dir / "20261120" / "scon10R0001.dat").read_bytes() == EXPECTED_DAT

@@ -1,0 +1,187 @@
+"""The per-terminal inbox sensor: stable new files → one run per (terminal, day), never twice."""
+
+import json
+import os
+import time
+from dataclasses import replace
+from datetime import date, datetime
+
+import dagster as dg
+
+from posfed_pipeline.definitions import build_definitions
+from posfed_pipeline_tests.conftest import drop_receipt, receipt_doc
+
+
+def _tick(
+    sensor: dg.SensorDefinition, cursor: str | None, instance: dg.DagsterInstance | None = None
+) -> dg.SensorResult:
+    if instance is not None:
+        return sensor(dg.build_sensor_context(cursor=cursor, instance=instance))
+    with dg.instance_for_test() as fresh:
+        return sensor(dg.build_sensor_context(cursor=cursor, instance=fresh))
+
+
+def _sensor(config, terminal_id="bakery_1") -> dg.SensorDefinition:
+    return build_definitions(config).resolve_sensor_def(f"{terminal_id}_inbox_sensor")
+
+
+def test_new_stable_file_gives_one_run_request_and_never_again(config):
+    inbox = config.terminal("bakery_1").inbox
+    drop_receipt(inbox, receipt_doc("R0001", timestamp="2026-11-24T10:15:00+01:00"))
+    sensor = _sensor(config)
+
+    first = _tick(sensor, None)
+    assert len(first.run_requests) == 1
+    request = first.run_requests[0]
+    assert request.partition_key == "2026-11-24|bakery_1"
+    assert request.tags["posfed/terminal"] == "bakery_1"
+    assert request.run_config["ops"]["receipt_pipeline"]["config"]["files"] == ["R0001.json"]
+    assert request.run_key.startswith("bakery_1:20261124:")
+
+    again = _tick(sensor, first.cursor)
+    assert again.run_requests == []
+    assert again.skip_reason.skip_message == "1 file(s) waiting on their run"
+
+    (inbox / "R0001.json").unlink()  # the run moved it to the archive
+    done = _tick(sensor, again.cursor)
+    assert done.run_requests == []
+    assert json.loads(done.cursor) == {"launched": {}}
+
+
+def test_file_still_being_written_is_not_taken_until_stable(config):
+    config = replace(config, stability_seconds=1.5, _by_id={})
+    inbox = config.terminal("bakery_1").inbox
+    sensor = _sensor(config)
+    path = drop_receipt(inbox, '{"receiptId": "R00', name="R0002.json", age=0)
+
+    while_writing = _tick(sensor, None)
+    assert while_writing.run_requests == []
+    assert "still being written" in while_writing.skip_reason.skip_message
+
+    path.write_text(json.dumps(receipt_doc("R0002")))  # the writer finishes...
+    time.sleep(config.stability_seconds + 0.05)  # ...and the file settles
+    settled = _tick(sensor, while_writing.cursor)
+    assert [
+        r.run_config["ops"]["receipt_pipeline"]["config"]["files"] for r in settled.run_requests
+    ] == [["R0002.json"]]
+
+
+def test_files_are_grouped_per_business_day(config):
+    inbox = config.terminal("bakery_1").inbox
+    # The business day is the store's local date, whatever offset the terminal wrote.
+    drop_receipt(inbox, receipt_doc("LATE", timestamp="2026-11-23T23:30:00+01:00"))
+    drop_receipt(inbox, receipt_doc("UTCLATE", timestamp="2026-11-23T23:30:00+00:00"))
+    drop_receipt(inbox, receipt_doc("MORNING", timestamp="2026-11-24T08:00:00+01:00"))
+
+    result = _tick(_sensor(config), None)
+
+    by_partition = {
+        r.partition_key: sorted(r.run_config["ops"]["receipt_pipeline"]["config"]["files"])
+        for r in result.run_requests
+    }
+    assert by_partition == {
+        "2026-11-23|bakery_1": ["LATE.json"],
+        # 23:30 UTC is 00:30 the next day in the store's timezone.
+        "2026-11-24|bakery_1": ["MORNING.json", "UTCLATE.json"],
+    }
+
+
+def test_redropped_file_with_same_name_is_a_new_version(config):
+    inbox = config.terminal("bakery_1").inbox
+    path = drop_receipt(inbox, receipt_doc("R0003"))
+    sensor = _sensor(config)
+    first = _tick(sensor, None)
+    path.unlink()  # the run archived it
+
+    drop_receipt(inbox, receipt_doc("R0003"), age=0.5)
+    second = _tick(sensor, first.cursor)
+
+    assert len(second.run_requests) == 1
+    assert second.run_requests[0].run_key != first.run_requests[0].run_key
+
+
+def test_unreadable_inbox_skips_only_that_terminal(config):
+    bakery = config.terminal("bakery_1")
+    drop_receipt(config.terminal("butcher_1").inbox, receipt_doc("B1", "butcher_1", "20"))
+    os.rename(bakery.inbox, bakery.inbox.with_name("moved-away"))
+
+    bakery_result = _tick(_sensor(config, "bakery_1"), None)
+    butcher_result = _tick(_sensor(config, "butcher_1"), None)
+
+    assert bakery_result.run_requests == []
+    assert "unreadable" in bakery_result.skip_reason.skip_message
+    assert len(butcher_result.run_requests) == 1
+
+
+def test_temp_and_hidden_files_are_ignored(config):
+    inbox = config.terminal("bakery_1").inbox
+    drop_receipt(inbox, receipt_doc("R0004"), name="R0004.json.tmp")
+    drop_receipt(inbox, receipt_doc("R0005"), name=".R0005.json")
+
+    result = _tick(_sensor(config), None)
+    assert result.run_requests == []
+
+
+def test_run_keys_are_deterministic_for_the_same_file_versions(config):
+    inbox = config.terminal("bakery_1").inbox
+    drop_receipt(inbox, receipt_doc("R0006"))
+    sensor = _sensor(config)
+    first, second = _tick(sensor, None), _tick(sensor, None)
+    assert first.run_requests[0].run_key == second.run_requests[0].run_key
+
+
+def test_business_day_falls_back_to_arrival_day_for_unparseable_files(config):
+    inbox = config.terminal("bakery_1").inbox
+    drop_receipt(inbox, b"not json at all", name="garbage.json")
+    result = _tick(_sensor(config), None)
+    today = datetime.now(config.timezone).date()
+    assert [r.partition_key for r in result.run_requests] == [f"{today:%Y-%m-%d}|bakery_1"]
+    assert isinstance(today, date)
+
+
+def test_files_of_a_failed_run_are_launched_again_and_then_processed_once(config, tmp_path):
+    from sqlalchemy import func, select
+
+    from posfed_pipeline.core import store
+    from posfed_pipeline.definitions import RECEIPTS_JOB
+
+    config = replace(config, relaunch_after_seconds=0.0, _by_id={})
+    terminal = config.terminal("bakery_1")
+    drop_receipt(terminal.inbox, receipt_doc("R0007", timestamp="2026-11-20T10:00:00+01:00"))
+    defs = build_definitions(config)
+    sensor = defs.resolve_sensor_def("bakery_1_inbox_sensor")
+    job = defs.resolve_job_def(RECEIPTS_JOB)
+
+    def run(request, instance):
+        return job.execute_in_process(
+            run_config=request.run_config,
+            partition_key=request.partition_key,
+            tags={
+                **request.tags,
+                "dagster/run_key": request.run_key,
+                "dagster/sensor_name": "bakery_1_inbox_sensor",
+            },
+            instance=instance,
+            raise_on_error=False,
+        )
+
+    with dg.instance_for_test() as instance:
+        first = _tick(sensor, None, instance)
+        # The central database has no schema yet: the run fails, the file stays put.
+        assert not run(first.run_requests[0], instance).success
+        assert (terminal.inbox / "R0007.json").exists()
+
+        second = _tick(sensor, first.cursor, instance)
+        [retry] = second.run_requests
+        assert retry.run_key == first.run_requests[0].run_key + ":retry1"
+        assert retry.run_config == first.run_requests[0].run_config
+
+        engine = store.make_engine(config.db_url)
+        store.upgrade_database(engine)  # the cause is gone
+        assert run(retry, instance).success
+
+        third = _tick(sensor, second.cursor, instance)
+        assert third.run_requests == []
+    assert not (terminal.inbox / "R0007.json").exists()
+    with engine.connect() as connection:
+        assert connection.execute(select(func.count()).select_from(store.ReceiptRow)).scalar() == 1
