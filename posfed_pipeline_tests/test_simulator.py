@@ -1,0 +1,63 @@
+"""The receipt simulator and `posfed simulate`: realistic receipts that pass validation."""
+
+import json
+
+from posfed_pipeline.cli import main
+from posfed_pipeline.core import intake
+from posfed_pipeline.core.simulator import ReceiptSimulator
+from posfed_pipeline.core.validation import validate_batch
+from posfed_pipeline_tests.conftest import store_config_dict
+
+
+def test_simulated_receipts_are_valid_and_exact(config):
+    simulator = ReceiptSimulator(list(config.terminals), seed=7)
+    receipts = []
+    for terminal in config.terminals:
+        for _ in range(25):
+            path = simulator.drop(terminal)
+            receipts.append(intake.read_receipt_file(path, terminal))
+
+    report = validate_batch(receipts)
+    assert report.invalid == []
+    assert all(r.total == r.lines_total for r in receipts)
+    assert len({(r.terminal_id, r.receipt_id) for r in receipts}) == len(receipts)
+
+
+def test_simulate_command_drops_receipts_into_the_first_n_terminals(tmp_path, capsys):
+    config_file = tmp_path / "store.toml"
+    raw = store_config_dict(tmp_path / "state")
+    config_file.write_text(_toml(raw))
+
+    code = main(
+        [
+            "--config",
+            str(config_file),
+            "simulate",
+            "--terminals",
+            "1",
+            "--rate",
+            "40",
+            "--duration",
+            "0.25",
+            "--seed",
+            "1",
+        ]
+    )
+
+    assert code == 0
+    dropped = list((tmp_path / "state" / "terminals" / "bakery_1" / "inbox").glob("*.json"))
+    assert 5 <= len(dropped) <= 11
+    assert not list((tmp_path / "state" / "terminals" / "butcher_1" / "inbox").iterdir())
+    assert json.loads(dropped[0].read_text())["terminalId"] == "bakery_1"
+    assert f"dropped {len(dropped)} receipts into 1 terminal inboxes" in capsys.readouterr().out
+
+
+def _toml(raw: dict) -> str:
+    lines = []
+    for table in ("store", "paths", "intake", "dat"):
+        lines.append(f"[{table}]")
+        lines += [f"{k} = {json.dumps(v)}" for k, v in raw[table].items()]
+    for terminal in raw["terminals"]:
+        lines.append("[[terminals]]")
+        lines += [f"{k} = {json.dumps(v)}" for k, v in terminal.items()]
+    return "\n".join(lines) + "\n"
