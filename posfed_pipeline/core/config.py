@@ -10,6 +10,7 @@ database, credentials included).
 
 from __future__ import annotations
 
+import codecs
 import os
 import re
 import tomllib
@@ -18,15 +19,73 @@ from datetime import date
 from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from posfed_pipeline.core.store import database_url_from_env
+
 DEFAULT_CONFIG_FILE = "posfed.toml"
 # Terminal ids become Dagster sensor names and partition keys: keep them to that alphabet.
 TERMINAL_ID_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,31}$")
 DEPARTMENT_PATTERN = re.compile(r"^[A-Za-z0-9]{1,8}$")
-INPUT_FORMATS = ("posfed-json",)
+CANONICAL_FORMAT = "posfed-json"
+# Built-in formats; every [mappings.<name>] of the store file adds one more.
+INPUT_FORMATS = (CANONICAL_FORMAT,)
+MAPPING_KINDS = ("json", "csv")
+# The canonical receipt's fields, named as in the posfed JSON; mappings say where each one is.
+RECEIPT_FIELDS = ("receiptId", "terminalId", "departmentCode", "timestamp", "total")
+ITEM_FIELDS = ("barcode", "description", "price", "quantity")
+# Unmapped, these come from the terminal the file arrived from (which is authoritative anyway).
+FIELDS_FROM_TERMINAL = ("terminalId", "departmentCode")
+# Only these may fall back to a constant when a vendor does not send them.
+DEFAULTABLE_FIELDS = ("description", "quantity")
+VARIABLE_MEASURE_PREFIXES = tuple(str(p) for p in range(20, 30))
+_JSON_PATH_TOKEN = re.compile(r"\.?([^.\[\]]+)|\[(\d+)\]")
 
 
 class ConfigError(ValueError):
     """The configuration file is missing or says something posfed cannot use."""
+
+
+JsonPath = tuple[str | int, ...]
+
+
+@dataclass(frozen=True)
+class InputMapping:
+    """How one vendor's receipt files map onto the canonical receipt (``[mappings.<name>]``).
+
+    ``kind = "json"``: ``fields`` holds a path per canonical field (``a.b[0].c``); item fields
+    are paths inside each element of the ``items`` list. ``kind = "csv"``: one row per item,
+    ``fields`` holds a header column per canonical field, receipt fields repeated on every row.
+    """
+
+    name: str
+    kind: str
+    fields: tuple[tuple[str, str], ...]
+    defaults: tuple[tuple[str, str], ...] = ()
+    delimiter: str = ","
+    decimal_separator: str = "."
+    timestamp_format: str | None = None  # strptime format; ISO 8601 when unset
+    encoding_fallback: str | None = None
+
+    def source(self, canonical: str) -> str | None:
+        return dict(self.fields).get(canonical)
+
+    def default(self, canonical: str) -> str | None:
+        return dict(self.defaults).get(canonical)
+
+    def json_path(self, canonical: str) -> JsonPath | None:
+        source = self.source(canonical)
+        return parse_json_path(source) if source is not None else None
+
+
+@dataclass(frozen=True)
+class VariableMeasureScheme:
+    """In-store EAN-13 codes (prefix 20-29) whose digits before the check digit hold a price.
+
+    ``price_digits`` 5: digits 8-12 are the price in cents; 4: digits 9-12 (digit 8 is then
+    the scale's own price check digit, which posfed does not interpret).
+    """
+
+    price_prefixes: tuple[str, ...] = VARIABLE_MEASURE_PREFIXES
+    price_digits: int = 5
 
 
 @dataclass(frozen=True)
@@ -38,8 +97,12 @@ class Terminal:
     tenant: str
     inbox: Path
     timezone: ZoneInfo
-    input_format: str = "posfed-json"
+    input_format: str = CANONICAL_FORMAT
     allow_returns: bool = False
+    mapping: InputMapping | None = None  # None: the canonical posfed JSON
+    encoding_fallback: str | None = None  # tried only when a file is not UTF-8
+    quantity_decimals: int = 3  # weighed items: kilograms to the gram
+    variable_measure: VariableMeasureScheme | None = None
 
     @property
     def folder(self) -> Path:
@@ -72,6 +135,10 @@ class PosfedConfig:
     stability_seconds: float = 0.3
     max_clock_skew_seconds: int = 300
     max_age_days: int = 45
+    # Files whose run failed are launched again after this, doubling per attempt (5 min cap).
+    relaunch_after_seconds: float = 10.0
+    # Day folders (archive, .dat) older than this are compressed into per-day .tar.gz files.
+    retention_days: int = 90
     config_path: Path | None = None
     _by_id: dict[str, Terminal] = field(default_factory=dict, repr=False, compare=False)
 
@@ -123,6 +190,12 @@ def config_from_dict(raw: dict, *, base_dir: Path, config_path: Path | None = No
     dat = raw.get("dat", {})
 
     timezone = _zone(store.get("timezone", "UTC"), f"{where}: [store] timezone")
+    mappings = _mappings(raw.get("mappings", {}), where)
+    store_variable_measure = (
+        _variable_measure(store["variable_measure"], f"{where}: [store.variable_measure]")
+        if "variable_measure" in store
+        else None
+    )
     home_setting = os.environ.get("POSFED_HOME") or paths.get("home", ".posfed")
     home = _resolve(home_setting, base_dir if "POSFED_HOME" not in os.environ else Path.cwd())
     terminals_root = _resolve(paths.get("terminals", "terminals"), home)
@@ -143,10 +216,28 @@ def config_from_dict(raw: dict, *, base_dir: Path, config_path: Path | None = No
         department = str(entry.get("department", ""))
         if not DEPARTMENT_PATTERN.match(department):
             raise ConfigError(f"{place}: department {department!r} must be 1-8 letters or digits")
-        input_format = entry.get("format", "posfed-json")
-        if input_format not in INPUT_FORMATS:
+        input_format = entry.get("format", CANONICAL_FORMAT)
+        if input_format not in INPUT_FORMATS and input_format not in mappings:
+            known = ", ".join([*INPUT_FORMATS, *sorted(mappings)])
             raise ConfigError(
-                f"{place}: format {input_format!r} is not one of {', '.join(INPUT_FORMATS)}"
+                f"{place}: format {input_format!r} is neither built in nor a [mappings] entry "
+                f"(known: {known})"
+            )
+        mapping = mappings.get(input_format)
+        encoding_fallback = _encoding(entry.get("encoding_fallback"), place) or (
+            mapping.encoding_fallback if mapping else None
+        )
+        quantity_decimals = entry.get("quantity_decimals", 3)
+        if type(quantity_decimals) is not int or not 0 <= quantity_decimals <= 6:
+            raise ConfigError(f"{place}: quantity_decimals must be a whole number from 0 to 6")
+        variable_measure = entry.get("variable_measure")
+        if variable_measure is None:
+            terminal_variable_measure = store_variable_measure
+        elif variable_measure is False:
+            terminal_variable_measure = None
+        else:
+            terminal_variable_measure = _variable_measure(
+                variable_measure, f"{place}: variable_measure"
             )
         inbox = (
             _resolve(entry["inbox"], base_dir)
@@ -162,6 +253,10 @@ def config_from_dict(raw: dict, *, base_dir: Path, config_path: Path | None = No
                 timezone=_zone(entry["timezone"], place) if "timezone" in entry else timezone,
                 input_format=input_format,
                 allow_returns=bool(entry.get("allow_returns", False)),
+                mapping=mapping,
+                encoding_fallback=encoding_fallback,
+                quantity_decimals=quantity_decimals,
+                variable_measure=terminal_variable_measure,
             )
         )
     if not terminals:
@@ -184,13 +279,145 @@ def config_from_dict(raw: dict, *, base_dir: Path, config_path: Path | None = No
         terminals=tuple(terminals),
         dat_spec=_resolve(dat.get("spec", "dat_specs/scon_default.json"), base_dir),
         dat_dir=_resolve(paths.get("dat", "dat"), home),
-        db_url=os.environ.get("POSFED_DB_URL") or f"sqlite:///{home / 'central.db'}",
+        # POSFED_DB_URL, else the POSFED_DB_* parts (store.database_url_from_env), else SQLite.
+        db_url=database_url_from_env(default=f"sqlite:///{home / 'central.db'}"),
         partitions_start=partitions_start,
         stability_seconds=stability,
         max_clock_skew_seconds=int(intake.get("max_clock_skew_seconds", 300)),
         max_age_days=int(intake.get("max_age_days", 45)),
+        relaunch_after_seconds=float(intake.get("relaunch_after_seconds", 10.0)),
+        retention_days=int(raw.get("retention", {}).get("keep_days", 90)),
         config_path=config_path,
     )
+
+
+def parse_json_path(text: str) -> JsonPath:
+    """``"header.lines[0].id"`` -> ``("header", "lines", 0, "id")``; ValueError if malformed."""
+    steps: list[str | int] = []
+    position = 0
+    while position < len(text):
+        match = _JSON_PATH_TOKEN.match(text, position)
+        if not match or (match.group(0).startswith(".") and not steps):
+            raise ValueError(f"path {text!r} is malformed at character {position + 1}")
+        key, index = match.groups()
+        steps.append(int(index) if index is not None else key)
+        position = match.end()
+    if not steps:
+        raise ValueError("path is empty")
+    return tuple(steps)
+
+
+def _mappings(raw: object, where: str) -> dict[str, InputMapping]:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: [mappings] must be a table of named mappings")
+    mappings = {}
+    for name, table in raw.items():
+        place = f"{where}: [mappings.{name}]"
+        if name in INPUT_FORMATS:
+            raise ConfigError(f"{place}: {name!r} is a built-in format name")
+        if not isinstance(table, dict):
+            raise ConfigError(f"{place}: must be a table")
+        mappings[name] = _mapping(name, table, place)
+    return mappings
+
+
+def _mapping(name: str, table: dict, place: str) -> InputMapping:
+    known_keys = {
+        "kind",
+        "fields",
+        "defaults",
+        "delimiter",
+        "decimal_separator",
+        "timestamp_format",
+        "encoding_fallback",
+        "description",
+    }
+    unknown = sorted(set(table) - known_keys)
+    if unknown:
+        raise ConfigError(f"{place}: unknown setting(s) {', '.join(unknown)}")
+    kind = table.get("kind")
+    if kind not in MAPPING_KINDS:
+        raise ConfigError(f"{place}: kind must be one of {', '.join(MAPPING_KINDS)}")
+    fields = table.get("fields")
+    defaults = table.get("defaults", {})
+    if not isinstance(fields, dict) or not isinstance(defaults, dict):
+        raise ConfigError(f"{place}: fields and defaults must be tables")
+    canonical = (*RECEIPT_FIELDS, *ITEM_FIELDS, *(("items",) if kind == "json" else ()))
+    for key, value in fields.items():
+        if key not in canonical:
+            raise ConfigError(
+                f"{place}: fields.{key} is not a canonical field ({', '.join(canonical)})"
+            )
+        if not isinstance(value, str) or not value.strip():
+            raise ConfigError(f"{place}: fields.{key} must be a non-empty string")
+        if kind == "json":
+            try:
+                parse_json_path(value)
+            except ValueError as exc:
+                raise ConfigError(f"{place}: fields.{key}: {exc}") from None
+    for key, value in defaults.items():
+        if key not in DEFAULTABLE_FIELDS:
+            raise ConfigError(
+                f"{place}: defaults.{key}: only {', '.join(DEFAULTABLE_FIELDS)} may have a default"
+            )
+        if not isinstance(value, str):
+            raise ConfigError(f'{place}: defaults.{key} must be a string (e.g. "1")')
+    missing = [
+        key
+        for key in canonical
+        if key not in fields and key not in FIELDS_FROM_TERMINAL and key not in defaults
+    ]
+    if missing:
+        raise ConfigError(f"{place}: no source for {', '.join(missing)} (add them to fields)")
+    delimiter = table.get("delimiter", ",")
+    if kind == "csv" and (not isinstance(delimiter, str) or len(delimiter) != 1):
+        raise ConfigError(f'{place}: delimiter must be one character (use "\\t" for tab)')
+    decimal_separator = table.get("decimal_separator", ".")
+    if decimal_separator not in (".", ","):
+        raise ConfigError(f'{place}: decimal_separator must be "." or ","')
+    timestamp_format = table.get("timestamp_format")
+    if timestamp_format is not None and (
+        not isinstance(timestamp_format, str) or "%" not in timestamp_format
+    ):
+        raise ConfigError(f"{place}: timestamp_format must be a strptime format like %d-%m-%Y")
+    return InputMapping(
+        name=name,
+        kind=kind,
+        fields=tuple(fields.items()),
+        defaults=tuple(defaults.items()),
+        delimiter=delimiter,
+        decimal_separator=decimal_separator,
+        timestamp_format=timestamp_format,
+        encoding_fallback=_encoding(table.get("encoding_fallback"), place),
+    )
+
+
+def _encoding(value: object, place: str) -> str | None:
+    if value is None:
+        return None
+    try:
+        return codecs.lookup(str(value)).name
+    except LookupError:
+        raise ConfigError(f"{place}: encoding_fallback {value!r} is not a known encoding") from None
+
+
+def _variable_measure(raw: object, place: str) -> VariableMeasureScheme:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{place}: must be a table (or false on a terminal to switch it off)")
+    unknown = sorted(set(raw) - {"price_prefixes", "price_digits"})
+    if unknown:
+        raise ConfigError(f"{place}: unknown setting(s) {', '.join(unknown)}")
+    prefixes = raw.get("price_prefixes", list(VARIABLE_MEASURE_PREFIXES))
+    if (
+        not isinstance(prefixes, list)
+        or not prefixes
+        or any(str(p) not in VARIABLE_MEASURE_PREFIXES for p in prefixes)
+    ):
+        raise ConfigError(f'{place}: price_prefixes must list in-store prefixes "20" to "29"')
+    digits = raw.get("price_digits", 5)
+    if digits not in (4, 5) or type(digits) is not int:
+        raise ConfigError(f"{place}: price_digits must be 4 or 5")
+    return VariableMeasureScheme(tuple(str(p) for p in prefixes), digits)
 
 
 def _resolve(value: str | os.PathLike[str], base: Path) -> Path:

@@ -1,31 +1,60 @@
 """Intake: turn the bytes a terminal dropped into a canonical ``Receipt``.
 
-Intake checks shape and identity (is this a receipt, from this terminal?); the business rules
-(check digits, totals, time window) are pandera's job in ``validation``. Every problem found is
-reported, not just the first, and nothing here raises anything but ``IntakeError``.
+Every format is first read into the canonical fields (the posfed JSON as is; other vendors'
+JSON and CSV through the terminal's ``[mappings.<name>]``), then checked the same way for shape
+and identity: is this a receipt, and from this terminal? The business rules (check digits,
+totals, time window) are pandera's job in ``validation``. Every problem found is reported, not
+just the first, and nothing here raises anything but ``IntakeError``, whatever the bytes.
 """
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import re
+from dataclasses import dataclass, field
 from datetime import date, datetime
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
-from posfed_pipeline.core.config import Terminal
+from posfed_pipeline.core.config import (
+    CANONICAL_FORMAT,
+    FIELDS_FROM_TERMINAL,
+    ITEM_FIELDS,
+    RECEIPT_FIELDS,
+    InputMapping,
+    JsonPath,
+    Terminal,
+)
 from posfed_pipeline.core.receipt import Problem, Receipt, ReceiptItem, content_hash
 
 # Receipt ids end up in file names and database keys: a strict alphabet, nothing path-like.
-RECEIPT_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+# \Z, not $: "$" would let a trailing newline through.
+RECEIPT_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}\Z")
 MAX_FILE_BYTES = 1_000_000
 MAX_ITEMS = 1000
+# Far beyond any sale, and small enough that exact integer arithmetic stays within int64.
+MAX_MAGNITUDE = Decimal("1e7")
+# Timestamps outside this span are typos or a dead clock battery, never a sale.
+EARLIEST_YEAR, LATEST_YEAR = 2000, 2099
+_MISSING = object()
 
 
 class IntakeError(ValueError):
     def __init__(self, problems: list[Problem]):
         self.problems = problems
         super().__init__("; ".join(str(p) for p in problems))
+
+
+@dataclass
+class _Fields:
+    """A file's canonical fields before checking, each with the name an operator sees."""
+
+    values: dict[str, object] = field(default_factory=dict)
+    labels: dict[str, str] = field(default_factory=dict)
+    items: list[tuple[dict[str, object], dict[str, str]]] | None = None
+    problems: list[Problem] = field(default_factory=list)
 
 
 def read_receipt_file(path: Path, terminal: Terminal) -> Receipt:
@@ -38,76 +67,292 @@ def read_receipt_file(path: Path, terminal: Terminal) -> Receipt:
 
 
 def parse_receipt(data: bytes, terminal: Terminal, *, source_file: str = "") -> Receipt:
+    """The receipt in ``data``, read in the terminal's configured format."""
     if not data.strip():
         raise IntakeError([Problem("file", "", "file is empty")])
+    if len(data) > MAX_FILE_BYTES:
+        raise IntakeError(
+            [Problem("file", f"{len(data)} bytes", f"larger than {MAX_FILE_BYTES} bytes")]
+        )
+    text = _decode(data, terminal)
+    mapping = terminal.mapping
+    if mapping is None:
+        fields = _canonical_fields(_load_json(text))
+    elif mapping.kind == "json":
+        fields = _mapped_json_fields(_load_json(text), mapping)
+    else:
+        fields = _csv_fields(text, mapping)
+    return _build_receipt(fields, terminal, data, source_file)
+
+
+def format_name(terminal: Terminal) -> str:
+    return terminal.mapping.name if terminal.mapping else CANONICAL_FORMAT
+
+
+# --- decoding ---------------------------------------------------------------------------------
+
+
+def _decode(data: bytes, terminal: Terminal) -> str:
     try:
-        text = data.decode("utf-8-sig")
+        # utf-8-sig: a byte-order mark, if any, is dropped rather than read as data.
+        return data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        raise IntakeError([Problem("file", f"byte {exc.start}", "not UTF-8 text")]) from None
+        if not terminal.encoding_fallback:
+            raise IntakeError(
+                [
+                    Problem(
+                        "file",
+                        f"byte {exc.start} (0x{data[exc.start]:02X})",
+                        "not UTF-8 text (this terminal has no encoding_fallback configured)",
+                    )
+                ]
+            ) from None
+        utf8_error = exc
     try:
-        # Money goes straight to Decimal: a float never touches it.
-        doc = json.loads(text, parse_float=Decimal)
+        return data.decode(terminal.encoding_fallback)
+    except UnicodeDecodeError as exc:
+        raise IntakeError(
+            [
+                Problem(
+                    "file",
+                    f"byte {utf8_error.start} (0x{data[utf8_error.start]:02X})",
+                    f"neither UTF-8 nor {terminal.encoding_fallback} text "
+                    f"({terminal.encoding_fallback} fails at byte {exc.start})",
+                )
+            ]
+        ) from None
+
+
+def _load_json(text: str) -> object:
+    try:
+        # Money goes straight to Decimal: a float never touches it. Integers too, so that a
+        # 5000-digit number is a (too large) value rather than a crash; NaN and Infinity become
+        # non-finite Decimals that the field checks reject by name.
+        return json.loads(text, parse_float=Decimal, parse_int=Decimal, parse_constant=Decimal)
     except json.JSONDecodeError as exc:
         raise IntakeError(
             [Problem("file", f"line {exc.lineno} column {exc.colno}", f"not valid JSON: {exc.msg}")]
         ) from None
     except RecursionError:
         raise IntakeError([Problem("file", "", "JSON nested too deeply")]) from None
-    if not isinstance(doc, dict):
-        raise IntakeError([Problem("file", type(doc).__name__, "must be a JSON object")])
 
-    problems: list[Problem] = []
-    receipt_id = _text(doc, "receiptId", problems)
+
+# --- reading each format into the canonical fields ---------------------------------------------
+
+
+def _canonical_fields(doc: object) -> _Fields:
+    if not isinstance(doc, dict):
+        raise IntakeError([Problem("file", _type_name(doc), "must be a JSON object")])
+    fields = _Fields()
+    for name in RECEIPT_FIELDS:
+        fields.values[name] = doc.get(name, _MISSING)
+        fields.labels[name] = name
+    fields.items = _item_list(doc.get("items", _MISSING), fields)
+    return fields
+
+
+def _mapped_json_fields(doc: object, mapping: InputMapping) -> _Fields:
+    fields = _Fields()
+    for name in RECEIPT_FIELDS:
+        path = mapping.json_path(name)
+        if path is None:
+            continue  # terminal and department then come from the terminal itself
+        fields.values[name] = _at_path(doc, path)
+        fields.labels[name] = f"{name} ({mapping.source(name)})"
+    fields.items = _item_list(_at_path(doc, mapping.json_path("items")), fields, mapping)
+    return fields
+
+
+def _item_list(
+    raw_items: object, fields: _Fields, mapping: InputMapping | None = None
+) -> list[tuple[dict[str, object], dict[str, str]]] | None:
+    """Each item's canonical values; labels carry the vendor's own path, e.g. regels[0].prijs."""
+    items_source = mapping.source("items") if mapping else None
+    label = f"items ({items_source})" if items_source else "items"
+    paths: dict[str, JsonPath | None] = {
+        name: mapping.json_path(name) if mapping else (name,) for name in ITEM_FIELDS
+    }
+    if not isinstance(raw_items, list) or not raw_items:
+        fields.problems.append(Problem(label, _show(raw_items), "must be a non-empty list"))
+        return None
+    if len(raw_items) > MAX_ITEMS:
+        fields.problems.append(Problem(label, str(len(raw_items)), f"more than {MAX_ITEMS} items"))
+        return None
+    items = []
+    for n, raw in enumerate(raw_items, start=1):
+        vendor_place = f"{items_source}[{n - 1}]" if items_source else None
+        if not isinstance(raw, dict):
+            where = f"items[{n}]" + (f" ({vendor_place})" if vendor_place else "")
+            fields.problems.append(Problem(where, _show(raw), "must be an object"))
+            continue
+        if mapping is None:
+            # The canonical format: the common case, kept free of path and default handling.
+            values = {name: raw.get(name, _MISSING) for name in ITEM_FIELDS}
+            items.append((values, {name: f"items[{n}].{name}" for name in ITEM_FIELDS}))
+            continue
+        values = {}
+        labels = {}
+        for name in ITEM_FIELDS:
+            path = paths[name]
+            value = _at_path(raw, path) if path is not None else _MISSING
+            if _absent(value) and mapping.default(name) is not None:
+                value = mapping.default(name)
+            values[name] = value
+            relative = mapping.source(name)
+            labels[name] = f"items[{n}].{name}" + (
+                f" ({vendor_place}.{relative})" if vendor_place and relative else ""
+            )
+        items.append((values, labels))
+    return items
+
+
+def _csv_fields(text: str, mapping: InputMapping) -> _Fields:
+    fields = _Fields()
+    try:
+        rows = list(csv.reader(io.StringIO(text, newline=""), delimiter=mapping.delimiter))
+    except csv.Error as exc:
+        raise IntakeError([Problem("file", "", f"not valid CSV: {exc}")]) from None
+    header = [cell.strip() for cell in rows[0]] if rows else []
+    columns = {}
+    missing_columns = []
+    for name, column in mapping.fields:
+        if column in header:
+            columns[name] = header.index(column)
+        else:
+            missing_columns.append(column)
+    if missing_columns:
+        raise IntakeError(
+            [
+                Problem("header", column, "column missing from the CSV header (line 1)")
+                for column in missing_columns
+            ]
+        )
+    # Line numbers as an editor shows them: the header is line 1 (quoted newlines aside).
+    data_rows = [
+        (line, row) for line, row in enumerate(rows[1:], start=2) if any(c.strip() for c in row)
+    ]
+    if not data_rows:
+        raise IntakeError([Problem("items", "no rows", "a CSV receipt needs one row per item")])
+    if len(data_rows) > MAX_ITEMS:
+        raise IntakeError([Problem("items", str(len(data_rows)), f"more than {MAX_ITEMS} items")])
+    for line, row in data_rows:
+        if len(row) != len(header):
+            fields.problems.append(
+                Problem(
+                    f"line {line}",
+                    f"{len(row)} cells",
+                    f"the header has {len(header)} columns",
+                )
+            )
+    if fields.problems:
+        raise IntakeError(fields.problems)
+
+    for name in RECEIPT_FIELDS:
+        if name not in columns:
+            continue
+        column = mapping.source(name)
+        fields.labels[name] = f"{name} (column {column})"
+        seen = {row[columns[name]].strip() for _, row in data_rows}
+        first = data_rows[0][1][columns[name]].strip()
+        if len(seen) > 1:
+            fields.problems.append(
+                Problem(
+                    fields.labels[name],
+                    " / ".join(sorted(_show(v) for v in seen)[:5]),
+                    "must be the same on every row of a receipt",
+                )
+            )
+        fields.values[name] = first if first else _MISSING
+
+    fields.items = []
+    for n, (line, row) in enumerate(data_rows, start=1):
+        values: dict[str, object] = {}
+        labels: dict[str, str] = {}
+        for name in ITEM_FIELDS:
+            value = row[columns[name]].strip() if name in columns else ""
+            if not value and mapping.default(name) is not None:
+                value = mapping.default(name)
+            values[name] = value if value or name == "description" else _MISSING
+            column = mapping.source(name)
+            labels[name] = f"items[{n}].{name}" + (
+                f" (line {line}, column {column})" if column else ""
+            )
+        fields.items.append((values, labels))
+    return fields
+
+
+def _at_path(doc: object, path: JsonPath) -> object:
+    value = doc
+    for step in path:
+        if isinstance(step, int):
+            if not isinstance(value, list) or step >= len(value):
+                return _MISSING
+        elif not isinstance(value, dict) or step not in value:
+            return _MISSING
+        value = value[step]
+    return value
+
+
+# --- checking the canonical fields ---------------------------------------------------------------
+
+
+def _build_receipt(fields: _Fields, terminal: Terminal, data: bytes, source_file: str) -> Receipt:
+    problems = fields.problems
+    mapping = terminal.mapping
+    decimal_comma = mapping is not None and mapping.decimal_separator == ","
+    values, labels = fields.values, fields.labels
+
+    receipt_id = _text(values.get("receiptId", _MISSING), labels["receiptId"], problems)
     if receipt_id is not None and not RECEIPT_ID_PATTERN.match(receipt_id):
         problems.append(
             Problem(
-                "receiptId",
-                receipt_id,
-                "must be 1-64 letters, digits, '-' or '_' (nothing path-like)",
+                labels["receiptId"],
+                _show(receipt_id),
+                "must be 1-64 letters, digits, '-' or '_' starting with a letter or digit "
+                "(nothing path-like)",
             )
         )
-    terminal_id = _text(doc, "terminalId", problems)
-    if terminal_id is not None and terminal_id != terminal.id:
-        problems.append(
-            Problem("terminalId", terminal_id, f"file arrived from terminal {terminal.id}")
-        )
-    department = _text(doc, "departmentCode", problems)
-    if department is not None and department != terminal.department:
-        problems.append(
-            Problem(
-                "departmentCode",
-                department,
-                f"terminal {terminal.id} belongs to department {terminal.department}",
+    # The folder a file arrived in is authoritative: one tenant cannot post as another.
+    identity = {"terminalId": terminal.id, "departmentCode": terminal.department}
+    for name in FIELDS_FROM_TERMINAL:
+        if name not in values:
+            continue  # not sent by this vendor: the terminal's own
+        claimed = _text(values[name], labels[name], problems)
+        if claimed is not None and claimed != identity[name]:
+            rule = (
+                f"file arrived from terminal {terminal.id}"
+                if name == "terminalId"
+                else f"terminal {terminal.id} belongs to department {terminal.department}"
             )
-        )
-    total = _decimal(doc.get("total"), "total", problems)
-    timestamp = _timestamp(doc.get("timestamp"), terminal, problems)
+            problems.append(Problem(labels[name], _show(claimed), rule))
+    total = _decimal(values.get("total", _MISSING), labels["total"], problems, decimal_comma)
+    timestamp = _timestamp(
+        values.get("timestamp", _MISSING),
+        labels["timestamp"],
+        terminal,
+        mapping.timestamp_format if mapping else None,
+        problems,
+    )
 
     items: list[ReceiptItem] = []
-    raw_items = doc.get("items")
-    if not isinstance(raw_items, list) or not raw_items:
-        problems.append(Problem("items", _show(raw_items), "must be a non-empty list"))
-    elif len(raw_items) > MAX_ITEMS:
-        problems.append(Problem("items", str(len(raw_items)), f"more than {MAX_ITEMS} items"))
-    else:
-        for n, raw in enumerate(raw_items, start=1):
-            where = f"items[{n}]"
-            if not isinstance(raw, dict):
-                problems.append(Problem(where, _show(raw), "must be an object"))
-                continue
-            barcode = _text(raw, "barcode", problems, where)
-            description = _text(raw, "description", problems, where, allow_empty=True)
-            price = _decimal(raw.get("price"), f"{where}.price", problems)
-            quantity = _decimal(raw.get("quantity"), f"{where}.quantity", problems)
-            if None not in (barcode, description, price, quantity):
-                items.append(ReceiptItem(barcode, description, price, quantity))
+    for item_values, item_labels in fields.items or ():
+        barcode = _text(item_values["barcode"], item_labels["barcode"], problems, barcode=True)
+        description = _text(
+            item_values["description"], item_labels["description"], problems, allow_empty=True
+        )
+        price = _decimal(item_values["price"], item_labels["price"], problems, decimal_comma)
+        quantity = _decimal(
+            item_values["quantity"], item_labels["quantity"], problems, decimal_comma
+        )
+        if None not in (barcode, description, price, quantity):
+            items.append(ReceiptItem(barcode, description, price, quantity))
 
     if problems:
         raise IntakeError(problems)
     return Receipt(
         receipt_id=receipt_id,
-        terminal_id=terminal_id,
-        department_code=department,
+        terminal_id=terminal.id,
+        department_code=terminal.department,
         items=tuple(items),
         total=total,
         timestamp=timestamp,
@@ -116,61 +361,154 @@ def parse_receipt(data: bytes, terminal: Terminal, *, source_file: str = "") -> 
     )
 
 
-def _show(value: object) -> str:
-    text = json.dumps(value, default=str) if value is not None else "missing"
-    return text if len(text) <= 60 else text[:57] + "..."
+def _absent(value: object) -> bool:
+    return value is _MISSING or value is None or value == ""
+
+
+def _type_name(value: object) -> str:
+    if isinstance(value, Decimal):
+        return "number"
+    return {list: "list", str: "string", bool: "true/false", type(None): "null"}.get(
+        type(value), type(value).__name__
+    )
+
+
+def _show(value: object, limit: int = 60) -> str:
+    """A short, printable rendering of any value, safe to write into the error report."""
+    if value is _MISSING:
+        return "missing"
+    if isinstance(value, str):
+        text = value
+    elif isinstance(value, Decimal):
+        text = str(value) if len(value.as_tuple().digits) <= limit else "a very long number"
+    elif isinstance(value, dict | list):
+        text = f"a {_type_name(value)} of {len(value)} entries"
+    elif value is None or isinstance(value, bool):
+        text = "null" if value is None else str(value).lower()
+    else:
+        text = _type_name(value)
+    text = text.encode("utf-8", "backslashreplace").decode("utf-8").replace("\x00", "\\0")
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _text(
-    doc: dict, key: str, problems: list[Problem], where: str = "", *, allow_empty: bool = False
+    value: object,
+    name: str,
+    problems: list[Problem],
+    *,
+    allow_empty: bool = False,
+    barcode: bool = False,
 ) -> str | None:
-    name = f"{where}.{key}" if where else key
-    value = doc.get(key)
-    if isinstance(value, int | Decimal) and not isinstance(value, bool) and key == "barcode":
-        problems.append(Problem(name, str(value), "must be a string (leading zeros matter)"))
+    if barcode and isinstance(value, Decimal):
+        problems.append(Problem(name, _show(value), "must be a string (leading zeros matter)"))
         return None
-    if not isinstance(value, str) or (not value and not allow_empty):
-        problems.append(Problem(name, _show(value), "must be a non-empty string"))
+    if not isinstance(value, str):
+        problems.append(
+            Problem(name, _show(value), f"must be a string, not {_type_name(value)}")
+            if value is not _MISSING
+            else Problem(name, "missing", "is required")
+        )
+        return None
+    if not value and not allow_empty:
+        problems.append(Problem(name, "", "must not be empty"))
         return None
     if "\x00" in value:
-        problems.append(Problem(name, value.replace("\x00", "\\0"), "must not contain NUL"))
+        problems.append(Problem(name, _show(value), "must not contain NUL"))
+        return None
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        problems.append(
+            Problem(name, _show(value), "contains an invalid character (lone surrogate)")
+        )
         return None
     return value
 
 
-def _decimal(value: object, name: str, problems: list[Problem]) -> Decimal | None:
-    if isinstance(value, bool) or value is None:
-        problems.append(Problem(name, _show(value), "must be a number"))
+def _decimal(
+    value: object, name: str, problems: list[Problem], decimal_comma: bool = False
+) -> Decimal | None:
+    if value is _MISSING:
+        problems.append(Problem(name, "missing", "is required"))
         return None
-    try:
-        number = Decimal(value) if isinstance(value, int | str) else value
-    except InvalidOperation:
-        problems.append(Problem(name, _show(value), "must be a number"))
+    if isinstance(value, str):
+        text = value.strip()
+        if decimal_comma:
+            if "." in text:
+                problems.append(
+                    Problem(name, _show(value), "must use ',' as the decimal separator")
+                )
+                return None
+            text = text.replace(",", ".")
+        try:
+            number = Decimal(text)
+        except (InvalidOperation, ValueError):
+            problems.append(Problem(name, _show(value), "must be a number"))
+            return None
+    elif isinstance(value, Decimal):
+        number = value
+    else:
+        problems.append(Problem(name, _show(value), f"must be a number, not {_type_name(value)}"))
         return None
-    if not isinstance(number, Decimal) or not number.is_finite():
+    if not number.is_finite():
         problems.append(Problem(name, _show(value), "must be a finite number"))
         return None
-    if abs(number) >= Decimal("1e9"):
-        problems.append(Problem(name, str(number), "is implausibly large"))
+    if abs(number) >= MAX_MAGNITUDE:
+        problems.append(Problem(name, _show(value), "is implausibly large (10 million or more)"))
         return None
     return number
 
 
-def _timestamp(value: object, terminal: Terminal, problems: list[Problem]) -> datetime | None:
+def _timestamp(
+    value: object,
+    name: str,
+    terminal: Terminal,
+    timestamp_format: str | None,
+    problems: list[Problem],
+) -> datetime | None:
     if not isinstance(value, str):
-        problems.append(Problem("timestamp", _show(value), "must be an ISO 8601 string"))
+        expected = f"a date-time like {timestamp_format}" if timestamp_format else "ISO 8601"
+        problems.append(Problem(name, _show(value), f"must be a string ({expected})"))
         return None
     try:
-        parsed = datetime.fromisoformat(
-            value.replace("Z", "+00:00") if value.endswith("Z") else value
-        )
+        if timestamp_format:
+            parsed = datetime.strptime(value.strip(), timestamp_format)
+        else:
+            text = value.strip()
+            parsed = datetime.fromisoformat(text[:-1] + "+00:00" if text.endswith("Z") else text)
     except ValueError:
-        problems.append(Problem("timestamp", value, "is not an ISO 8601 date-time"))
+        expected = f"the format {timestamp_format}" if timestamp_format else "ISO 8601"
+        problems.append(Problem(name, _show(value), f"is not a date-time in {expected}"))
+        return None
+    if not EARLIEST_YEAR <= parsed.year <= LATEST_YEAR:
+        problems.append(
+            Problem(name, _show(value), f"must be in the years {EARLIEST_YEAR}-{LATEST_YEAR}")
+        )
         return None
     if parsed.tzinfo is None:
         # A naive timestamp is the terminal's wall clock.
         return parsed.replace(tzinfo=terminal.timezone)
     return parsed.astimezone(terminal.timezone)
+
+
+def claimed_terminal_id(data: bytes, mapping: InputMapping | None) -> str | None:
+    """The terminal id a file claims when read in the given format, if it gets that far.
+
+    Only for tools that must guess which terminal a loose file came from; the pipeline knows.
+    """
+    try:
+        text = data.decode("utf-8-sig", errors="replace")
+        if mapping is None or mapping.kind == "json":
+            path = mapping.json_path("terminalId") if mapping else ("terminalId",)
+            value = _at_path(_load_json(text), path) if path else None
+        else:
+            column = mapping.source("terminalId")
+            reader = csv.reader(io.StringIO(text, newline=""), delimiter=mapping.delimiter)
+            header = [cell.strip() for cell in next(reader)]
+            value = next(reader)[header.index(column)] if column else None
+    except (IntakeError, csv.Error, StopIteration, ValueError, IndexError):
+        return None
+    return value.strip() if isinstance(value, str) else None
 
 
 def business_day_of_file(path: Path, terminal: Terminal) -> date:
