@@ -9,6 +9,7 @@ files still owed work, and repeats nothing but idempotent steps.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -77,15 +78,38 @@ def validate(
     quarantine: bool = True,
     now: datetime | None = None,
     check_age: bool = True,
+    spec: DatSpec | None = None,
 ) -> ValidationReport:
+    """pandera's rules, then (with ``spec``) that the receipt renders under its .dat layout.
+
+    A receipt the billing layout cannot hold (a number wider than its field) is rejected here,
+    before anything is loaded: never rows in the database without their .dat file.
+    """
     report = validate_batch(
         batch.receipts,
         allow_returns=terminal.allow_returns,
+        quantity_decimals=terminal.quantity_decimals,
+        variable_measure=terminal.variable_measure,
         now=now or datetime.now(UTC),
         max_clock_skew=timedelta(seconds=config.max_clock_skew_seconds),
         # A backfill re-validates old receipts: their age was judged when they arrived.
         max_age=timedelta(days=config.max_age_days if check_age else 36500),
     )
+    if spec is not None:
+        renderable = []
+        for receipt in report.valid:
+            try:
+                render_receipt(receipt, terminal, spec)
+            except DatRenderError as exc:
+                report.invalid.append(
+                    (
+                        receipt,
+                        [Problem("receipt", receipt.receipt_id, f"cannot be rendered: {exc}")],
+                    )
+                )
+            else:
+                renderable.append(receipt)
+        report.valid = renderable
     if quarantine:
         for receipt, problems in report.invalid:
             inbox.quarantine_file(terminal, batch.path_of(receipt), problems, stage="validation")
@@ -99,34 +123,57 @@ def load(
     receipts: list[Receipt],
     *,
     quarantine: bool = True,
+    run_id: str | None = None,
+    detected_at: Mapping[str, datetime] | None = None,
 ) -> store.LoadResult:
-    result = store.load_receipts(engine, receipts, tenant=terminal.tenant)
+    """Load into the central DB; ``detected_at`` (by file name) defaults to the files' mtimes."""
+    if detected_at is None:
+        detected_at = _file_times(batch, receipts)
+    result = store.load_receipts(
+        engine, receipts, tenant=terminal.tenant, run_id=run_id, detected_at=detected_at
+    )
     if quarantine:
         for receipt in result.conflicts:
             inbox.quarantine_file(
                 terminal,
                 batch.path_of(receipt),
-                [
-                    Problem(
-                        "receiptId",
-                        receipt.receipt_id,
-                        "already loaded for this terminal and day with different content; "
-                        "not overwritten",
-                    )
-                ],
+                [Problem("receiptId", receipt.receipt_id, result.conflict_reason(receipt))],
                 stage="load",
             )
     return result
 
 
+def _file_times(batch: IntakeResult, receipts: list[Receipt]) -> dict[str, datetime]:
+    # A file is taken once it has settled, so its mtime is when it arrived in the inbox.
+    times = {}
+    for receipt in receipts:
+        try:
+            mtime = batch.path_of(receipt).stat().st_mtime
+        except (KeyError, OSError):
+            continue
+        times[receipt.source_file] = datetime.fromtimestamp(mtime, UTC)
+    return times
+
+
 def emit(
-    config: PosfedConfig, terminal: Terminal, spec: DatSpec, receipts: list[Receipt]
+    config: PosfedConfig,
+    terminal: Terminal,
+    spec: DatSpec,
+    receipts: list[Receipt],
+    *,
+    engine: Engine | None = None,
+    run_id: str | None = None,
 ) -> list[Path]:
-    """Write one .dat per receipt (deterministic: a re-run rewrites identical bytes)."""
+    """Write one .dat per receipt (deterministic: a re-run rewrites identical bytes).
+
+    With ``engine``, the ingest ledger records when each receipt's .dat was written.
+    """
     written = []
     for receipt in receipts:
         rendered = render_receipt(receipt, terminal, spec)
         written.append(write_dat(config.dat_dir, rendered, spec, receipt.business_day))
+    if engine is not None:
+        store.mark_dat_written(engine, receipts, run_id=run_id)
     return written
 
 
@@ -147,10 +194,10 @@ def process_batch(
     """All stages for one batch. ``from_archive``: a backfill, files stay where they are."""
     move = not from_archive
     batch = read_batch(terminal, paths, quarantine=move)
-    report = validate(config, terminal, batch, quarantine=move, check_age=move)
+    report = validate(config, terminal, batch, quarantine=move, check_age=move, spec=spec)
     loaded = load(engine, terminal, batch, report.valid, quarantine=move)
     accepted = loaded.inserted + loaded.duplicates
-    dat_files = emit(config, terminal, spec, accepted)
+    dat_files = emit(config, terminal, spec, accepted, engine=engine)
     if move:
         archive(terminal, batch, accepted)
     return BatchSummary(

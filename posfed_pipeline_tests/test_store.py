@@ -1,0 +1,703 @@
+"""The central store, live on SQLite and PostgreSQL: one suite, both dialects.
+
+PostgreSQL runs against the server on 127.0.0.1:5432 (user postgres), in a database created for
+this module and dropped after it. Without a server the PostgreSQL cases skip, except in CI
+(``CI=true``), where they fail: the live PostgreSQL check must never silently disappear.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import uuid
+from dataclasses import replace
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
+from zoneinfo import ZoneInfo
+
+import pytest
+from sqlalchemy import create_engine, func, inspect, select, text
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.engine import make_url
+
+from posfed_pipeline.core import store
+from posfed_pipeline.core.dat import load_spec
+from posfed_pipeline.core.processing import process_batch
+from posfed_pipeline.core.receipt import Receipt, ReceiptItem, content_hash, round_cents
+from posfed_pipeline_tests.conftest import DEFAULT_SPEC, drop_receipt, receipt_doc
+
+PG_SERVER = "postgresql+psycopg://postgres@127.0.0.1:5432"
+AMSTERDAM = ZoneInfo("Europe/Amsterdam")
+DAY = date(2026, 3, 14)
+
+
+# --- databases ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def pg_database_url():
+    """A fresh, uniquely named PostgreSQL database for this module, dropped afterwards."""
+    import psycopg
+
+    name = f"posfed_test_{uuid.uuid4().hex[:10]}"
+    try:
+        admin = psycopg.connect(
+            "host=127.0.0.1 port=5432 user=postgres dbname=postgres connect_timeout=5",
+            autocommit=True,
+        )
+    except psycopg.OperationalError as exc:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"PostgreSQL at 127.0.0.1:5432 is required in CI: {exc}")
+        pytest.skip(f"no PostgreSQL at 127.0.0.1:5432 ({exc})")
+    with admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+        try:
+            yield f"{PG_SERVER}/{name}"
+        finally:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request, tmp_path):
+    """An empty database of each dialect (no posfed schema yet)."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'central.db'}"
+        return
+    url = request.getfixturevalue("pg_database_url")
+    cleaner = create_engine(url)
+    with cleaner.begin() as connection:
+        connection.execute(text("DROP SCHEMA public CASCADE"))
+        connection.execute(text("CREATE SCHEMA public"))
+    cleaner.dispose()
+    yield url
+
+
+@pytest.fixture
+def db(db_url):
+    """An engine on a database upgraded to the newest schema."""
+    engine = store.make_engine(db_url)
+    store.upgrade_database(engine)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def pg(pg_database_url):
+    engine = store.make_engine(pg_database_url)
+    with engine.begin() as connection:
+        connection.execute(text("DROP TABLE IF EXISTS lock_probe"))
+        connection.execute(text("CREATE TABLE lock_probe (id int PRIMARY KEY, n int)"))
+        connection.execute(text("INSERT INTO lock_probe VALUES (1, 0), (2, 0)"))
+    yield engine
+    engine.dispose()
+
+
+# --- receipts ----------------------------------------------------------------------------------
+
+
+def make_receipt(
+    receipt_id: str = "R0001",
+    *,
+    terminal_id: str = "bakery_1",
+    day: date = DAY,
+    lines: list[tuple[str, str]] | None = None,
+    source_file: str | None = None,
+) -> Receipt:
+    """A receipt as intake builds it; the content hash follows the content."""
+    items = tuple(
+        ReceiptItem("8712345678906", f"Artikel {n} — brød", Decimal(price), Decimal(quantity))
+        for n, (price, quantity) in enumerate(lines or [("2.95", "1"), ("1.15", "3")], start=1)
+    )
+    total = sum((item.amount for item in items), Decimal("0.00"))
+    timestamp = datetime.combine(day, datetime.min.time(), AMSTERDAM) + timedelta(hours=10)
+    digest = content_hash(f"{terminal_id}|{day}|{receipt_id}|{items}|{total}".encode())
+    return Receipt(
+        receipt_id=receipt_id,
+        terminal_id=terminal_id,
+        department_code="10",
+        items=items,
+        total=total,
+        timestamp=timestamp,
+        source_file=source_file or f"{receipt_id}.json",
+        content_hash=digest,
+    )
+
+
+def header_rows(engine) -> list[dict]:
+    table = store.ReceiptRow.__table__
+    with engine.connect() as connection:
+        return [
+            dict(row)
+            for row in connection.execute(
+                select(table).order_by(table.c.business_day, table.c.receipt_id)
+            ).mappings()
+        ]
+
+
+def line_rows(engine) -> list[dict]:
+    table = store.ReceiptLineRow.__table__
+    with engine.connect() as connection:
+        return [
+            dict(row)
+            for row in connection.execute(
+                select(table).order_by(table.c.receipt_id, table.c.line_no)
+            ).mappings()
+        ]
+
+
+# --- schema ------------------------------------------------------------------------------------
+
+
+def test_upgrade_creates_the_schema_and_downgrade_removes_it(db_url):
+    engine = store.make_engine(db_url)
+    assert store.schema_revision(engine) is None
+
+    store.upgrade_database(engine)
+    store.upgrade_database(engine)  # a second upgrade is a no-op
+    assert store.schema_revision(engine) == "0003"
+    tables = set(inspect(engine).get_table_names())
+    assert {"pos_receipt", "pos_receipt_line", "pos_ingest_ledger", "pos_settlement"} <= tables
+
+    store.downgrade_database(engine, "0001")
+    assert store.schema_revision(engine) == "0001"
+    assert not store.has_ledger(engine)
+    assert "pos_receipt" in inspect(engine).get_table_names()
+
+    store.downgrade_database(engine, "base")
+    assert store.schema_revision(engine) is None
+    assert not {"pos_receipt", "pos_receipt_line"} & set(inspect(engine).get_table_names())
+
+    store.upgrade_database(engine)
+    assert store.schema_revision(engine) == "0003"
+    engine.dispose()
+
+
+def test_the_receipt_key_is_unique_in_the_database_itself(db):
+    # Even a writer that bypasses posfed cannot store a key twice.
+    receipt = make_receipt()
+    store.load_receipts(db, [receipt], tenant="Bakkerij")
+    row = store._header_row(replace(receipt, content_hash="other"), "Bakkerij", datetime.now(UTC))
+    with pytest.raises(sa_exc.IntegrityError), db.begin() as connection:
+        connection.execute(store.ReceiptRow.__table__.insert(), [row])
+
+
+# --- loading -----------------------------------------------------------------------------------
+
+
+def test_new_receipts_are_inserted_with_their_lines(db):
+    receipts = [make_receipt(f"R{n:04d}") for n in range(1, 4)]
+
+    result = store.load_receipts(db, receipts, tenant="Bakkerij")
+
+    assert [r.receipt_id for r in result.inserted] == ["R0001", "R0002", "R0003"]
+    assert result.duplicates == result.conflicts == []
+    assert result.line_count == 6
+    assert store.count_receipts(db, "bakery_1", DAY) == 3
+    headers = header_rows(db)
+    assert {h["tenant"] for h in headers} == {"Bakkerij"}
+    assert headers[0]["sold_at"].replace(tzinfo=UTC) == datetime(2026, 3, 14, 9, 0, tzinfo=UTC)
+    assert [(line["receipt_id"], line["line_no"]) for line in line_rows(db)][:2] == [
+        ("R0001", 1),
+        ("R0001", 2),
+    ]
+    assert line_rows(db)[0]["description"] == "Artikel 1 — brød"
+
+
+def test_redelivering_the_same_receipt_changes_nothing(db):
+    receipts = [make_receipt(f"R{n:04d}") for n in range(1, 4)]
+    store.load_receipts(db, receipts, tenant="Bakkerij")
+    before = (header_rows(db), line_rows(db))
+
+    again = store.load_receipts(db, receipts, tenant="Bakkerij")
+
+    assert again.inserted == [] and again.conflicts == []
+    assert [r.receipt_id for r in again.duplicates] == ["R0001", "R0002", "R0003"]
+    assert (header_rows(db), line_rows(db)) == before
+
+
+def test_same_key_with_other_content_is_a_conflict_and_not_overwritten(db):
+    original = make_receipt("R0001", lines=[("2.95", "1")])
+    store.load_receipts(db, [original], tenant="Bakkerij")
+    tampered = make_receipt("R0001", lines=[("9.95", "1")])
+
+    result = store.load_receipts(db, [tampered, make_receipt("R0002")], tenant="Bakkerij")
+
+    assert result.conflicts == [tampered]
+    assert [r.receipt_id for r in result.inserted] == ["R0002"]
+    assert "not overwritten" in result.conflict_reason(tampered)
+    stored = [h for h in header_rows(db) if h["receipt_id"] == "R0001"]
+    assert [(h["total"], h["content_hash"]) for h in stored] == [
+        (Decimal("2.95"), original.content_hash)
+    ]
+    assert [line["price"] for line in line_rows(db) if line["receipt_id"] == "R0001"] == [
+        Decimal("2.95")
+    ]
+
+
+def test_receipt_ids_restart_every_day_and_per_terminal(db):
+    # Many POS reset their counter daily: R0001 exists once per terminal and day.
+    receipts = [
+        make_receipt("R0001", day=DAY),
+        make_receipt("R0001", day=DAY + timedelta(days=1)),
+        make_receipt("R0001", terminal_id="butcher_1"),
+    ]
+
+    result = store.load_receipts(db, receipts, tenant="Bakkerij")
+
+    assert len(result.inserted) == 3
+    assert store.count_receipts(db, "bakery_1", DAY) == 1
+    assert store.count_receipts(db, "bakery_1", DAY + timedelta(days=1)) == 1
+    assert store.count_receipts(db, "butcher_1", DAY) == 1
+
+
+def test_deliveries_repeated_within_one_batch(db):
+    first = make_receipt("R0001", lines=[("1.00", "1")], source_file="a.json")
+    same_again = replace(first, source_file="a-copy.json")
+    other_content = make_receipt("R0001", lines=[("2.00", "1")], source_file="b.json")
+
+    result = store.load_receipts(db, [first, same_again, other_content], tenant="Bakkerij")
+
+    assert result.inserted == [first]
+    assert result.duplicates == [same_again]
+    assert result.conflicts == [other_content]
+    assert "a.json" in result.conflict_reason(other_content)
+    assert store.count_receipts(db, "bakery_1", DAY) == 1
+
+
+def test_a_repeated_conflict_in_one_batch_is_never_accepted(db):
+    store.load_receipts(db, [make_receipt("R0001", lines=[("1.00", "1")])], tenant="Bakkerij")
+    tampered = make_receipt("R0001", lines=[("5.00", "1")], source_file="x.json")
+    tampered_twice = replace(tampered, source_file="x-copy.json")
+
+    result = store.load_receipts(db, [tampered, tampered_twice], tenant="Bakkerij")
+
+    assert result.inserted == result.duplicates == []
+    assert result.conflicts == [tampered, tampered_twice]
+
+
+def test_money_and_weights_are_stored_exactly(db):
+    receipts = [
+        make_receipt("R0001", lines=[("0.29", "1"), ("4.35", "0.125"), ("12.99", "1.5")]),
+        make_receipt("R0002", lines=[("0.10", "3"), ("0.20", "1")]),
+        make_receipt("R0003", lines=[("9999999.99", "7")]),
+    ]
+
+    store.load_receipts(db, receipts, tenant="Bakkerij")
+
+    lines = [(line["price"], line["quantity"], line["amount"]) for line in line_rows(db)]
+    assert lines == [
+        (Decimal("0.29"), Decimal("1.000"), Decimal("0.29")),
+        (Decimal("4.35"), Decimal("0.125"), Decimal("0.54")),
+        (Decimal("12.99"), Decimal("1.500"), Decimal("19.49")),
+        (Decimal("0.10"), Decimal("3.000"), Decimal("0.30")),
+        (Decimal("0.20"), Decimal("1.000"), Decimal("0.20")),
+        (Decimal("9999999.99"), Decimal("7.000"), Decimal("69999999.93")),
+    ]
+    assert all(isinstance(value, Decimal) for line in lines for value in line)
+    assert [h["total"] for h in header_rows(db)] == [
+        Decimal("20.32"),
+        Decimal("0.50"),
+        Decimal("69999999.93"),
+    ]
+    assert store.counts_by_terminal_day(db) == [("bakery_1", DAY, 3, Decimal("70000020.75"))]
+
+
+def test_a_day_of_small_amounts_sums_to_the_cent(db):
+    # 0.1 + 0.2 style amounts summed in floating point drift; the register's total must not.
+    receipts = [make_receipt(f"R{n:05d}", lines=[("0.29", "1"), ("0.10", "1")]) for n in range(999)]
+
+    store.load_receipts(db, receipts, tenant="Bakkerij")
+
+    assert store.counts_by_terminal_day(db) == [("bakery_1", DAY, 999, Decimal("389.61"))]
+    assert round_cents(Decimal("0.39") * 999) == Decimal("389.61")
+
+
+def test_an_empty_batch_touches_nothing(db):
+    result = store.load_receipts(db, [], tenant="Bakkerij")
+    assert (result.inserted, result.duplicates, result.conflicts) == ([], [], [])
+    assert store.ledger_entries(db) == []
+
+
+# --- the ingest ledger -------------------------------------------------------------------------
+
+
+def test_the_ledger_records_every_delivery_with_its_outcome(db):
+    detected = datetime(2026, 3, 14, 9, 0, 1, tzinfo=UTC)
+    original = make_receipt("R0001", lines=[("1.00", "1")])
+    store.load_receipts(
+        db, [original], tenant="Bakkerij", run_id="run-1", detected_at={"R0001.json": detected}
+    )
+    tampered = make_receipt("R0001", lines=[("2.00", "1")], source_file="R0001-b.json")
+    store.load_receipts(db, [original, tampered], tenant="Bakkerij", run_id="run-2")
+
+    entries = store.ledger_entries(db, terminal_id="bakery_1", business_day=DAY)
+
+    assert [(e.run_id, e.source_file, e.outcome) for e in entries] == [
+        ("run-1", "R0001.json", "inserted"),
+        ("run-2", "R0001.json", "duplicate"),
+        ("run-2", "R0001-b.json", "conflict"),
+    ]
+    assert entries[0].detected_at == detected
+    assert entries[0].content_hash == original.content_hash
+    assert entries[2].content_hash == tampered.content_hash
+    assert "not overwritten" in entries[2].reason
+    assert all(e.loaded_at.tzinfo is not None for e in entries)
+    assert entries[0].loaded_at <= entries[1].loaded_at
+    assert store.ledger_entries(db, outcome=store.Outcome.CONFLICT) == [entries[2]]
+
+
+def test_mark_dat_written_stamps_only_accepted_deliveries_of_the_run(db):
+    original = make_receipt("R0001", lines=[("1.00", "1")])
+    tampered = make_receipt("R0001", lines=[("2.00", "1")], source_file="R0001-b.json")
+    other = make_receipt("R0002")
+    store.load_receipts(db, [original, other], tenant="Bakkerij", run_id="run-1")
+    store.load_receipts(db, [original, tampered], tenant="Bakkerij", run_id="run-2")
+    written = datetime(2026, 3, 14, 9, 5, tzinfo=UTC)
+
+    store.mark_dat_written(db, [original, tampered], run_id="run-2", written_at=written)
+
+    stamped = {(e.run_id, e.source_file): e.dat_written_at for e in store.ledger_entries(db)}
+    assert stamped == {
+        ("run-1", "R0001.json"): None,  # another run's delivery
+        ("run-1", "R0002.json"): None,
+        ("run-2", "R0001.json"): written,
+        ("run-2", "R0001-b.json"): None,  # a conflict never gets a .dat
+    }
+    summary = store.ledger_summary(db)[("bakery_1", DAY)]
+    assert summary == store.LedgerSummary(deliveries=4, duplicates=1, conflicts=1, dat_pending=2)
+
+
+def test_the_pipeline_fills_the_ledger_from_detection_to_dat(config, db_url):
+    engine = store.make_engine(db_url)
+    store.upgrade_database(engine)
+    terminal = config.terminal("bakery_1")
+    path = drop_receipt(terminal.inbox, receipt_doc("R0001", timestamp="2026-03-14T10:00:00+01:00"))
+    arrived = datetime.fromtimestamp(path.stat().st_mtime, UTC)
+
+    summary = process_batch(config, terminal, [path], engine=engine, spec=load_spec(DEFAULT_SPEC))
+
+    assert summary.inserted == 1 and len(summary.dat_files) == 1
+    [entry] = store.ledger_entries(engine)
+    assert (entry.receipt_id, entry.outcome, entry.source_file) == ("R0001", "inserted", path.name)
+    assert entry.business_day == DAY
+    assert entry.detected_at == arrived
+    assert entry.detected_at <= entry.loaded_at <= entry.dat_written_at
+    engine.dispose()
+
+
+# --- concurrent loaders ------------------------------------------------------------------------
+
+
+def test_concurrent_loaders_store_each_receipt_exactly_once(db):
+    receipts = [make_receipt(f"R{n:04d}") for n in range(200)]
+    loaders = 4
+    start = threading.Barrier(loaders)
+    results: list[store.LoadResult] = []
+    errors: list[BaseException] = []
+
+    def load() -> None:
+        start.wait()
+        try:
+            results.append(store.load_receipts(db, receipts, tenant="Bakkerij"))
+        except BaseException as exc:  # reported by the assertion below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=load) for _ in range(loaders)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert errors == []
+    assert sum(len(r.inserted) for r in results) == 200
+    assert sum(len(r.duplicates) for r in results) == 200 * (loaders - 1)
+    assert store.count_receipts(db, "bakery_1", DAY) == 200
+    assert len(line_rows(db)) == 400
+    assert len(store.ledger_entries(db)) == 200 * loaders
+
+
+@pytest.mark.parametrize("same_content", [True, False], ids=["same", "different"])
+def test_a_loader_that_loses_the_race_reclassifies(db, same_content):
+    """Another writer inserts our key while we load: we end up duplicate/conflict, never crash."""
+    mine = make_receipt("R0001", lines=[("1.00", "1")])
+    theirs = mine if same_content else make_receipt("R0001", lines=[("3.00", "1")])
+    outcome: dict[str, object] = {}
+
+    with db.connect() as rival:
+        rival.execution_options(posfed_sqlite_begin="IMMEDIATE")
+        transaction = rival.begin()
+        rival.execute(
+            store.ReceiptRow.__table__.insert(),
+            [store._header_row(theirs, "Bakkerij", datetime.now(UTC))],
+        )
+
+        def load() -> None:
+            try:
+                outcome["result"] = store.load_receipts(db, [mine], tenant="Bakkerij")
+            except BaseException as exc:  # reported by the assertion below
+                outcome["error"] = exc
+
+        loader = threading.Thread(target=load)
+        loader.start()
+        _wait_until_blocked(db, loader)
+        transaction.commit()
+    loader.join()
+
+    assert "error" not in outcome, outcome.get("error")
+    result = outcome["result"]
+    assert result.inserted == []
+    assert (result.duplicates, result.conflicts) == (([mine], []) if same_content else ([], [mine]))
+    if db.dialect.name == "postgresql":
+        # PostgreSQL let the loader read before the rival committed: it had to retry.
+        assert result.key_race_retries == 1
+    assert store.count_receipts(db, "bakery_1", DAY) == 1
+
+
+def _wait_until_blocked(engine, loader: threading.Thread) -> None:
+    """Return once the loader waits on the rival's lock (so the race really happens)."""
+    if engine.dialect.name == "postgresql":
+        deadline = time.monotonic() + 30
+        with engine.connect() as watcher:
+            while time.monotonic() < deadline:
+                waiting = watcher.execute(
+                    text(
+                        "SELECT count(*) FROM pg_stat_activity "
+                        "WHERE datname = current_database() AND wait_event_type = 'Lock'"
+                    )
+                ).scalar_one()
+                if waiting:
+                    return
+                watcher.rollback()
+                time.sleep(0.02)
+        raise AssertionError("the loader never waited for the rival's lock")
+    # SQLite: the rival holds the write lock, so a live loader thread is a waiting one.
+    loader.join(timeout=0.5)
+    assert loader.is_alive(), "the loader did not wait for the rival's write lock"
+
+
+# --- transient or permanent --------------------------------------------------------------------
+
+
+def test_a_locked_sqlite_database_is_transient(tmp_path):
+    url = f"sqlite:///{tmp_path / 'central.db'}"
+    engine = store.make_engine(url)
+    store.upgrade_database(engine)
+    impatient = create_engine(url, connect_args={"timeout": 0})
+    row = store._header_row(make_receipt(), "Bakkerij", datetime.now(UTC))
+
+    with engine.connect() as holder:
+        holder.execution_options(posfed_sqlite_begin="IMMEDIATE")
+        holder.begin()  # holds the write lock until the connection closes
+        with pytest.raises(sa_exc.OperationalError) as locked, impatient.begin() as connection:
+            connection.execute(store.ReceiptRow.__table__.insert(), [row])
+
+    assert "database is locked" in str(locked.value)
+    assert store.is_transient_error(locked.value)
+    impatient.dispose()
+    engine.dispose()
+
+
+def test_constraint_violations_and_bad_sql_are_permanent(db):
+    row = store._header_row(make_receipt(), "Bakkerij", datetime.now(UTC))
+    with db.begin() as connection:
+        connection.execute(store.ReceiptRow.__table__.insert(), [row])
+    with pytest.raises(sa_exc.IntegrityError) as duplicate_key, db.begin() as connection:
+        connection.execute(store.ReceiptRow.__table__.insert(), [row])
+    with pytest.raises(sa_exc.DBAPIError) as missing_table, db.connect() as connection:
+        connection.execute(text("SELECT * FROM no_such_table"))
+
+    assert not store.is_transient_error(duplicate_key.value)
+    assert not store.is_transient_error(missing_table.value)
+    assert not store.is_transient_error(ValueError("bad data"))
+
+
+def test_postgres_out_of_range_money_is_permanent(pg):
+    with pytest.raises(sa_exc.DataError) as overflow, pg.connect() as connection:
+        connection.execute(text("SELECT CAST(:amount AS numeric(14, 2))"), {"amount": "1e20"})
+    assert not store.is_transient_error(overflow.value)
+
+
+def test_postgres_lock_and_statement_timeouts_are_transient(pg):
+    with pg.connect() as holder, pg.connect() as waiter:
+        holder.execute(text("SELECT * FROM lock_probe WHERE id = 1 FOR UPDATE"))
+        waiter.execute(text("SET lock_timeout = '50ms'"))
+        with pytest.raises(sa_exc.OperationalError) as lock_timeout:
+            waiter.execute(text("UPDATE lock_probe SET n = n + 1 WHERE id = 1"))
+        holder.rollback()
+    with pg.connect() as connection:
+        connection.execute(text("SET statement_timeout = '20ms'"))
+        with pytest.raises(sa_exc.OperationalError) as statement_timeout:
+            connection.execute(text("SELECT pg_sleep(5)"))
+
+    assert lock_timeout.value.orig.sqlstate == "55P03"
+    assert statement_timeout.value.orig.sqlstate == "57014"
+    assert store.is_transient_error(lock_timeout.value)
+    assert store.is_transient_error(statement_timeout.value)
+
+
+def test_a_postgres_deadlock_is_transient(pg):
+    barrier = threading.Barrier(2)
+    errors: list[BaseException] = []
+
+    def transfer(first: int, second: int) -> None:
+        with pg.connect() as connection:
+            connection.execute(text("SET deadlock_timeout = '100ms'"))
+            try:
+                connection.execute(text(f"UPDATE lock_probe SET n = n + 1 WHERE id = {first}"))
+                barrier.wait()
+                connection.execute(text(f"UPDATE lock_probe SET n = n + 1 WHERE id = {second}"))
+                connection.commit()
+            except sa_exc.DBAPIError as exc:
+                errors.append(exc)
+                connection.rollback()
+
+    threads = [threading.Thread(target=transfer, args=pair) for pair in ((1, 2), (2, 1))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert len(errors) == 1
+    assert errors[0].orig.sqlstate == "40P01"
+    assert store.is_transient_error(errors[0])
+
+
+def test_a_postgres_serialization_failure_is_transient(pg):
+    first, second = pg.connect(), pg.connect()
+    try:
+        for connection in (first, second):
+            connection.execution_options(isolation_level="SERIALIZABLE")
+        # Write skew: each reads what the other writes.
+        first.execute(text("SELECT sum(n) FROM lock_probe WHERE id = 2"))
+        second.execute(text("SELECT sum(n) FROM lock_probe WHERE id = 1"))
+        first.execute(text("UPDATE lock_probe SET n = 1 WHERE id = 1"))
+        first.commit()
+        with pytest.raises(sa_exc.OperationalError) as serialization:
+            second.execute(text("UPDATE lock_probe SET n = 1 WHERE id = 2"))
+            second.commit()
+    finally:
+        first.close()
+        second.close()
+
+    assert serialization.value.orig.sqlstate == "40001"
+    assert store.is_transient_error(serialization.value)
+
+
+def test_connection_refused_fails_fast_and_is_transient():
+    engine = store.make_engine("postgresql+psycopg://posfed:secret@127.0.0.1:1/posfed")
+
+    with pytest.raises(store.DatabaseUnavailable) as refused:
+        store.schema_revision(engine)
+
+    message = str(refused.value)
+    assert "127.0.0.1:1" in message and "Connection refused" in message
+    assert "secret" not in message
+    assert store.is_transient_error(refused.value)
+
+    raw = create_engine("postgresql+psycopg://postgres@127.0.0.1:1/posfed")
+    with pytest.raises(sa_exc.OperationalError) as unwrapped:
+        raw.connect()
+    assert store.is_transient_error(unwrapped.value)
+
+
+def test_a_missing_postgres_database_is_permanent(pg_database_url):
+    engine = store.make_engine(f"{PG_SERVER}/posfed_no_such_database")
+    with pytest.raises(store.DatabaseUnavailable) as missing:
+        store.schema_revision(engine)
+    assert "does not exist" in str(missing.value)
+    assert not store.is_transient_error(missing.value)
+
+
+# --- configuration -----------------------------------------------------------------------------
+
+
+def test_urls_from_environment_parts(tmp_path):
+    env = {
+        "POSFED_DB_DIALECT": "postgresql",
+        "POSFED_DB_HOST": "db.internal",
+        "POSFED_DB_PORT": "6432",
+        "POSFED_DB_NAME": "register",
+        "POSFED_DB_USER": "posfed",
+        "POSFED_DB_PASSWORD": "p@ss:w/rd%",
+    }
+    url = store.database_url_from_env(env, default="sqlite:///unused.db")
+    parsed = make_url(url)
+    assert (parsed.drivername, parsed.host, parsed.port, parsed.database) == (
+        "postgresql+psycopg",
+        "db.internal",
+        6432,
+        "register",
+    )
+    assert (parsed.username, parsed.password) == ("posfed", "p@ss:w/rd%")
+
+    assert store.database_url_from_env({}, default="sqlite:///x.db") == "sqlite:///x.db"
+    sqlite_env = {"POSFED_DB_DIALECT": "sqlite", "POSFED_DB_NAME": str(tmp_path / "c.db")}
+    assert store.database_url_from_env(sqlite_env, default="-") == f"sqlite:///{tmp_path}/c.db"
+
+
+def test_posfed_db_url_wins_and_takes_the_password_from_its_own_variable():
+    env = {
+        "POSFED_DB_URL": "postgresql+psycopg://posfed@db.internal/register",
+        "POSFED_DB_PASSWORD": "from-secret-store",
+        "POSFED_DB_DIALECT": "mssql",
+        "POSFED_DB_HOST": "ignored",
+    }
+    parsed = make_url(store.database_url_from_env(env, default="-"))
+    assert (parsed.host, parsed.password) == ("db.internal", "from-secret-store")
+
+
+@pytest.mark.parametrize(
+    "env, problem",
+    [
+        ({"POSFED_DB_DIALECT": "oracle", "POSFED_DB_HOST": "h", "POSFED_DB_NAME": "d"}, "oracle"),
+        ({"POSFED_DB_DIALECT": "postgresql", "POSFED_DB_NAME": "d"}, "POSFED_DB_HOST"),
+        ({"POSFED_DB_DIALECT": "mssql", "POSFED_DB_HOST": "h", "POSFED_DB_PORT": "x"}, "PORT"),
+        (
+            {
+                "POSFED_DB_DIALECT": "mssql",
+                "POSFED_DB_HOST": "h",
+                "POSFED_DB_NAME": "d",
+                "POSFED_DB_ENCRYPT": "maybe",
+            },
+            "POSFED_DB_ENCRYPT",
+        ),
+    ],
+)
+def test_unusable_database_settings_are_named(env, problem):
+    with pytest.raises(store.DatabaseConfigError, match=problem):
+        store.database_url_from_env(env, default="-")
+
+
+def test_config_reads_the_database_from_the_environment(tmp_path, monkeypatch):
+    from posfed_pipeline.core.config import config_from_dict
+    from posfed_pipeline_tests.conftest import store_config_dict
+
+    monkeypatch.delenv("POSFED_DB_URL", raising=False)
+    monkeypatch.delenv("POSFED_HOME", raising=False)
+    monkeypatch.setenv("POSFED_DB_DIALECT", "postgresql")
+    monkeypatch.setenv("POSFED_DB_HOST", "db.internal")
+    monkeypatch.setenv("POSFED_DB_NAME", "register")
+
+    config = config_from_dict(store_config_dict(tmp_path / "home"), base_dir=tmp_path)
+
+    assert config.db_url == "postgresql+psycopg://db.internal/register"
+
+
+def test_sqlite_runs_in_wal_mode(tmp_path):
+    engine = store.make_engine(f"sqlite:///{tmp_path / 'central.db'}")
+    with engine.connect() as connection:
+        assert connection.exec_driver_sql("PRAGMA journal_mode").scalar_one() == "wal"
+        assert connection.exec_driver_sql("PRAGMA foreign_keys").scalar_one() == 1
+    engine.dispose()
+
+
+def test_status_counts_per_terminal_and_day(db):
+    store.load_receipts(db, [make_receipt("R1"), make_receipt("R2")], tenant="Bakkerij")
+    store.load_receipts(db, [make_receipt("R1", day=DAY + timedelta(days=1))], tenant="Bakkerij")
+    with db.connect() as connection:
+        assert connection.execute(select(func.count()).select_from(store.ReceiptRow)).scalar() == 3
+    assert [(t, d, n) for t, d, n, _total in store.counts_by_terminal_day(db)] == [
+        ("bakery_1", DAY, 2),
+        ("bakery_1", DAY + timedelta(days=1), 1),
+    ]
