@@ -2,19 +2,22 @@
 
     POS terminal inbox ──(one sensor per terminal)──▶ receipts_job, partitioned terminal × day
         receipt_files ─▶ validated_receipts ─▶ central_db_receipts ─▶ dat_files
+    nightly schedules, for the day that closed:
+        dat_files ─▶ daily_reconciliation (terminal × day)
+        central_db_receipts ─▶ tenant_settlements (day)
+        dat_files ─▶ archive_retention
 
 Everything is built from the store's configuration (``posfed.toml`` or ``POSFED_CONFIG``):
 adding a terminal to it adds its sensor and its partitions.
 """
 
-import os
-
 import dagster as dg
 
 from posfed_pipeline.core.config import PosfedConfig, load_config
 from posfed_pipeline.defs.assets import build_receipt_assets
+from posfed_pipeline.defs.audits import build_audit_assets, build_audit_jobs_and_schedules
 from posfed_pipeline.defs.partitions import terminal_day_partitions
-from posfed_pipeline.defs.resources import CentralDbResource
+from posfed_pipeline.defs.resources import central_db_resource
 from posfed_pipeline.defs.sensors import build_inbox_sensor
 
 RECEIPTS_JOB = "receipts_job"
@@ -22,7 +25,8 @@ RECEIPTS_JOB = "receipts_job"
 
 def build_definitions(config: PosfedConfig) -> dg.Definitions:
     partitions = terminal_day_partitions(config)
-    assets = build_receipt_assets(config, partitions)
+    assets = build_receipt_assets(config, partitions) + build_audit_assets(config, partitions)
+    audit_jobs, audit_schedules = build_audit_jobs_and_schedules(config)
     receipts_job = dg.define_asset_job(
         RECEIPTS_JOB,
         selection=dg.AssetSelection.groups("receipts"),
@@ -32,14 +36,11 @@ def build_definitions(config: PosfedConfig) -> dg.Definitions:
     )
     return dg.Definitions(
         assets=assets,
-        jobs=[receipts_job],
+        jobs=[receipts_job, *audit_jobs],
+        schedules=audit_schedules,
         sensors=[build_inbox_sensor(config, t, receipts_job) for t in config.terminals],
-        resources={
-            # Credentials only ever come from the environment.
-            "central_db": CentralDbResource(
-                url=dg.EnvVar("POSFED_DB_URL") if "POSFED_DB_URL" in os.environ else config.db_url
-            )
-        },
+        # Credentials only ever come from the environment.
+        resources={"central_db": central_db_resource(config)},
     )
 
 

@@ -100,6 +100,11 @@ def _wait_for(predicate, timeout: float, what: str, log: Path):
 def test_daemon_sensor_launches_run_that_writes_dat(running_daemon, tmp_path):
     config, dagster_home = running_daemon
     terminal = config.terminal("bakery_1")
+    # Another terminal's inbox is broken (a file where its folder should be): it must not
+    # delay or fail the bakery's receipt.
+    broken = config.terminal("butcher_1").inbox
+    shutil.rmtree(broken)
+    broken.write_text("not a folder")
     now = datetime.now(terminal.timezone).replace(microsecond=0)
     drop_receipt(terminal.inbox, receipt_doc("D0001", timestamp=now.isoformat()), age=0)
 
@@ -131,6 +136,10 @@ def test_daemon_sensor_launches_run_that_writes_dat(running_daemon, tmp_path):
         state = _sensor_state(instance, "bakery_1")
         ticks = instance.get_ticks(state.instigator_origin_id, state.selector_id)
         assert any(t.run_ids == [run.run_id] for t in ticks)
+
+        butcher = _sensor_state(instance, "butcher_1")
+        butcher_ticks = instance.get_ticks(butcher.instigator_origin_id, butcher.selector_id)
+        assert any("unreadable" in (t.skip_reason or "") for t in butcher_ticks)
 
 
 def _sensor_state(instance, terminal_id):

@@ -6,12 +6,13 @@ metadata and checks are still reported per asset.
 """
 
 import time
+from contextlib import contextmanager
 from decimal import Decimal
 
 import dagster as dg
 from pydantic import Field
 
-from posfed_pipeline.core import inbox, processing
+from posfed_pipeline.core import inbox, processing, retention, store
 from posfed_pipeline.core.config import PosfedConfig
 from posfed_pipeline.core.dat import check_dat, load_spec
 from posfed_pipeline.defs.partitions import split_terminal_day_key
@@ -95,21 +96,28 @@ def build_receipt_assets(
     ):
         terminal_id, day = split_terminal_day_key(context.partition_key)
         terminal = posfed.terminal(terminal_id)
-        central_db.check_schema()
-        engine = central_db.get_engine()
         spec = load_spec(posfed.dat_spec)
+        with classified_errors("central database"):
+            central_db.check_schema()
+            engine = central_db.get_engine()
 
         from_archive = not config.files
         if from_archive:
+            restored = retention.restore_day(terminal, day)
             paths = inbox.archived_files(terminal, day)
-            context.log.info(f"backfill: re-processing {len(paths)} archived file(s) of {day}")
+            context.log.info(
+                f"backfill: re-processing {len(paths)} archived file(s) of {day}"
+                + (f" ({restored} restored from a compressed archive)" if restored else "")
+            )
         else:
             paths = [terminal.inbox / name for name in config.files]
         mtimes = {p.name: _mtime(p) for p in paths}
         move = not from_archive
 
         batch = processing.read_batch(terminal, paths, quarantine=move)
-        report = processing.validate(posfed, terminal, batch, quarantine=move, check_age=move)
+        report = processing.validate(
+            posfed, terminal, batch, quarantine=move, check_age=move, spec=spec
+        )
         rejected = len(batch.rejected) + len(report.invalid)
         yield dg.MaterializeResult(
             asset_key=VALIDATED_RECEIPTS,
@@ -133,13 +141,17 @@ def build_receipt_assets(
             },
         )
 
-        loaded = processing.load(engine, terminal, batch, report.valid, quarantine=move)
+        with classified_errors("loading into the central database"):
+            loaded = processing.load(
+                engine, terminal, batch, report.valid, quarantine=move, run_id=context.run.run_id
+            )
         yield dg.MaterializeResult(
             asset_key=CENTRAL_DB_RECEIPTS,
             metadata={
                 "receipts_inserted": len(loaded.inserted),
                 "receipts_already_loaded": len(loaded.duplicates),
                 "conflicts_quarantined": len(loaded.conflicts),
+                "conflicts": dg.MetadataValue.md(_conflicts_table(loaded)),
                 "lines": loaded.line_count,
                 "amount_total": dg.MetadataValue.text(
                     str(sum((r.total for r in loaded.inserted), Decimal("0.00")))
@@ -148,9 +160,12 @@ def build_receipt_assets(
         )
 
         accepted = loaded.inserted + loaded.duplicates
-        written = processing.emit(posfed, terminal, spec, accepted)
-        if move:
-            processing.archive(terminal, batch, accepted)
+        with classified_errors("writing .dat files"):
+            written = processing.emit(
+                posfed, terminal, spec, accepted, engine=engine, run_id=context.run.run_id
+            )
+            if move:
+                processing.archive(terminal, batch, accepted)
         now = time.time()
         latencies = sorted(now - mtimes[r.source_file] for r in accepted if r.source_file in mtimes)
         yield dg.MaterializeResult(
@@ -161,6 +176,9 @@ def build_receipt_assets(
                 "spec": spec.name,
                 "max_file_to_dat_seconds": dg.MetadataValue.float(
                     round(latencies[-1], 3) if latencies else 0.0
+                ),
+                "median_file_to_dat_seconds": dg.MetadataValue.float(
+                    round(latencies[len(latencies) // 2], 3) if latencies else 0.0
                 ),
             },
         )
@@ -179,6 +197,23 @@ def build_receipt_assets(
     return [receipt_files, receipt_pipeline]
 
 
+@contextmanager
+def classified_errors(stage: str):
+    """Transient failures propagate, so the RetryPolicy retries them (1 s, 2 s, 4 s); anything
+    else fails the step at once: retrying a constraint violation or bad data cannot help."""
+    try:
+        yield
+    except dg.Failure:
+        raise
+    except Exception as exc:
+        # A locked or full disk, an unwritable .dat folder: the next attempt may well succeed.
+        if isinstance(exc, OSError) or store.is_transient_error(exc):
+            raise
+        raise dg.Failure(
+            description=f"{stage} failed permanently: {exc}", allow_retries=False
+        ) from exc
+
+
 def _mtime(path) -> float:
     try:
         return path.stat().st_mtime
@@ -194,4 +229,14 @@ def _reasons_table(batch: processing.IntakeResult, report) -> str:
     lines = ["| file | first problem | problems |", "|---|---|---|"]
     for name, problems in rows[:50]:
         lines.append(f"| {name} | {str(problems[0]).replace('|', '/')} | {len(problems)} |")
+    return "\n".join(lines)
+
+
+def _conflicts_table(loaded) -> str:
+    if not loaded.conflicts:
+        return "No conflicts."
+    lines = ["| receipt | file | reason |", "|---|---|---|"]
+    for receipt in loaded.conflicts[:50]:
+        reason = loaded.conflict_reason(receipt).replace("|", "/")
+        lines.append(f"| {receipt.receipt_id} | {receipt.source_file} | {reason} |")
     return "\n".join(lines)

@@ -1,11 +1,13 @@
 """Resources: the central database, configured from the environment in production."""
 
+import os
 from functools import cache
 
 import dagster as dg
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Engine, make_url
 
 from posfed_pipeline.core import store
+from posfed_pipeline.core.config import PosfedConfig
 
 
 @cache
@@ -15,12 +17,20 @@ def _engine(url: str) -> Engine:
 
 
 class CentralDbResource(dg.ConfigurableResource):
-    """The central register's database. Set ``POSFED_DB_URL`` to point away from SQLite."""
+    """The central register's database (see docs/database.md).
+
+    ``url`` carries no password; ``password`` comes from ``POSFED_DB_PASSWORD`` as an ``EnvVar``,
+    so the Dagster UI shows the variable's name, never the secret.
+    """
 
     url: str
+    password: str | None = None
 
     def get_engine(self) -> Engine:
-        return _engine(self.url)
+        url = make_url(self.url)
+        if self.password and url.password is None:
+            url = url.set(password=self.password)
+        return _engine(url.render_as_string(hide_password=False))
 
     def check_schema(self) -> None:
         if store.schema_revision(self.get_engine()) is None:
@@ -28,3 +38,16 @@ class CentralDbResource(dg.ConfigurableResource):
                 description="the central database has no posfed schema: run `posfed db upgrade`",
                 allow_retries=False,
             )
+
+
+def central_db_resource(config: PosfedConfig) -> CentralDbResource:
+    if "POSFED_DB_URL" in os.environ and "POSFED_DB_PASSWORD" not in os.environ:
+        return CentralDbResource(url=dg.EnvVar("POSFED_DB_URL"))
+    # config.db_url was built from POSFED_DB_URL or the POSFED_DB_* parts.
+    url = make_url(config.db_url)
+    if "POSFED_DB_PASSWORD" in os.environ:
+        return CentralDbResource(
+            url=url.set(password=None).render_as_string(hide_password=False),
+            password=dg.EnvVar("POSFED_DB_PASSWORD"),
+        )
+    return CentralDbResource(url=config.db_url)

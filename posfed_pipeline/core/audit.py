@@ -1,0 +1,259 @@
+"""Audits of a business day: reconciliation per terminal, settlement per tenant.
+
+*Reconciliation* compares the three places a receipt must be once accepted: its original in the
+archive, its rows in the central database and its .dat file on disk (byte-identical to a fresh
+render). Any receipt missing from one of them is listed by id.
+
+*Settlement* is what the store owes each entrepreneur for the money collected at the central
+register on a day: receipts, gross sales, returns and net, per tenant, from the central database.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from decimal import Decimal
+from pathlib import Path
+
+from sqlalchemy import DateTime, Integer, Numeric, String, Unicode, delete, insert, select
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Mapped, mapped_column
+
+from posfed_pipeline.core import inbox, intake
+from posfed_pipeline.core.config import PosfedConfig, Terminal
+from posfed_pipeline.core.dat import DatSpec, render_receipt
+from posfed_pipeline.core.fsutil import write_atomic
+from posfed_pipeline.core.store import Base, BusinessDay, ReceiptLineRow, ReceiptRow
+
+ZERO = Decimal("0.00")
+
+
+@dataclass
+class Reconciliation:
+    terminal_id: str
+    business_day: date
+    archived: set[str] = field(default_factory=set)
+    loaded: set[str] = field(default_factory=set)
+    dat_ok: set[str] = field(default_factory=set)
+    dat_missing: set[str] = field(default_factory=set)
+    dat_differs: set[str] = field(default_factory=set)
+    unreadable_archive_files: list[str] = field(default_factory=list)
+
+    @property
+    def missing_in_db(self) -> set[str]:
+        return self.archived - self.loaded
+
+    @property
+    def missing_in_archive(self) -> set[str]:
+        return self.loaded - self.archived
+
+    @property
+    def matches(self) -> bool:
+        return not (
+            self.missing_in_db
+            or self.missing_in_archive
+            or self.dat_missing
+            or self.dat_differs
+            or self.unreadable_archive_files
+        )
+
+    def mismatches(self) -> dict[str, list[str]]:
+        """Each kind of mismatch with the receipt ids (or files) concerned; empty when clean."""
+        found = {
+            "in archive, not in database": sorted(self.missing_in_db),
+            "in database, not in archive": sorted(self.missing_in_archive),
+            ".dat file missing": sorted(self.dat_missing),
+            ".dat file differs from its receipt": sorted(self.dat_differs),
+            "unreadable archive files": sorted(self.unreadable_archive_files),
+        }
+        return {kind: ids for kind, ids in found.items() if ids}
+
+
+def reconcile_terminal_day(
+    config: PosfedConfig, terminal: Terminal, day: date, engine: Engine, spec: DatSpec
+) -> Reconciliation:
+    result = Reconciliation(terminal.id, day)
+    receipts = {}
+    for path in inbox.archived_files(terminal, day):
+        try:
+            receipt = intake.read_receipt_file(path, terminal)
+        except (intake.IntakeError, OSError):
+            result.unreadable_archive_files.append(path.name)
+            continue
+        receipts.setdefault(receipt.receipt_id, receipt)
+    result.archived = set(receipts)
+
+    header = ReceiptRow.__table__
+    with engine.connect() as connection:
+        result.loaded = set(
+            connection.execute(
+                select(header.c.receipt_id).where(
+                    header.c.terminal_id == terminal.id, header.c.business_day == day
+                )
+            ).scalars()
+        )
+
+    for receipt_id in result.loaded & result.archived:
+        rendered = render_receipt(receipts[receipt_id], terminal, spec)
+        path = config.dat_dir / rendered.relative_path
+        try:
+            on_disk = path.read_bytes()
+        except FileNotFoundError:
+            result.dat_missing.add(receipt_id)
+            continue
+        (result.dat_ok if on_disk == rendered.content else result.dat_differs).add(receipt_id)
+    return result
+
+
+class SettlementRow(Base):
+    """One tenant's settlement for one day (migration 0003)."""
+
+    __tablename__ = "pos_settlement"
+
+    business_day: Mapped[date] = mapped_column(BusinessDay, primary_key=True)
+    tenant: Mapped[str] = mapped_column(Unicode(128), primary_key=True)
+    departments: Mapped[str] = mapped_column(String(64))
+    receipts: Mapped[int] = mapped_column(Integer)
+    gross_sales: Mapped[Decimal] = mapped_column(Numeric(14, 2))
+    returns: Mapped[Decimal] = mapped_column(Numeric(14, 2))
+    net: Mapped[Decimal] = mapped_column(Numeric(14, 2))
+    computed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+@dataclass(frozen=True)
+class TenantSettlement:
+    business_day: date
+    tenant: str
+    departments: str
+    receipts: int
+    gross_sales: Decimal
+    returns: Decimal
+
+    @property
+    def net(self) -> Decimal:
+        return self.gross_sales - self.returns
+
+    def as_row(self) -> dict[str, str]:
+        return {
+            "business_day": self.business_day.isoformat(),
+            "tenant": self.tenant,
+            "departments": self.departments,
+            "receipts": str(self.receipts),
+            "gross_sales": str(self.gross_sales),
+            "returns": str(self.returns),
+            "net": str(self.net),
+        }
+
+
+def settle_day(config: PosfedConfig, engine: Engine, day: date) -> list[TenantSettlement]:
+    """One line per configured tenant (zero when it sold nothing), exact to the cent."""
+    header = ReceiptRow.__table__
+    lines = ReceiptLineRow.__table__
+    receipts: dict[str, int] = defaultdict(int)
+    gross: dict[str, Decimal] = defaultdict(lambda: ZERO)
+    returns: dict[str, Decimal] = defaultdict(lambda: ZERO)
+    with engine.connect() as connection:
+        for (tenant,) in connection.execute(
+            select(header.c.tenant).where(header.c.business_day == day)
+        ).all():
+            receipts[tenant] += 1
+        # Summed in Python: exact Decimal arithmetic whatever the database's SUM does.
+        for tenant, amount in connection.execute(
+            select(header.c.tenant, lines.c.amount)
+            .join(
+                lines,
+                (lines.c.terminal_id == header.c.terminal_id)
+                & (lines.c.business_day == header.c.business_day)
+                & (lines.c.receipt_id == header.c.receipt_id),
+            )
+            .where(header.c.business_day == day)
+        ).all():
+            amount = Decimal(amount)
+            if amount >= 0:
+                gross[tenant] += amount
+            else:
+                returns[tenant] -= amount
+
+    departments: dict[str, set[str]] = defaultdict(set)
+    for terminal in config.terminals:
+        departments[terminal.tenant].add(terminal.department)
+    tenants = sorted(set(departments) | set(receipts))
+    return [
+        TenantSettlement(
+            business_day=day,
+            tenant=tenant,
+            departments=" ".join(sorted(departments.get(tenant, ()))),
+            receipts=receipts[tenant],
+            gross_sales=gross[tenant],
+            returns=returns[tenant],
+        )
+        for tenant in tenants
+    ]
+
+
+SETTLEMENT_COLUMNS = [
+    "business_day",
+    "tenant",
+    "departments",
+    "receipts",
+    "gross_sales",
+    "returns",
+    "net",
+]
+
+
+def settlement_csv_path(config: PosfedConfig, day: date) -> Path:
+    return config.home / "settlements" / f"{day:%Y%m%d}" / f"settlement_{day:%Y%m%d}.csv"
+
+
+def write_settlement_csv(
+    config: PosfedConfig, settlements: list[TenantSettlement], day: date
+) -> Path:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=SETTLEMENT_COLUMNS, lineterminator="\r\n")
+    writer.writeheader()
+    for settlement in settlements:
+        writer.writerow(settlement.as_row())
+    path = settlement_csv_path(config, day)
+    write_atomic(path, buffer.getvalue().encode("utf-8"))
+    return path
+
+
+def store_settlements(engine: Engine, day: date, settlements: list[TenantSettlement]) -> int:
+    """Replace the day's settlement rows in one transaction (a re-run recomputes, never adds)."""
+    table = SettlementRow.__table__
+    computed_at = datetime.now(UTC)
+    with engine.begin() as connection:
+        connection.execute(delete(table).where(table.c.business_day == day))
+        if settlements:
+            connection.execute(
+                insert(table),
+                [
+                    {
+                        "business_day": s.business_day,
+                        "tenant": s.tenant,
+                        "departments": s.departments,
+                        "receipts": s.receipts,
+                        "gross_sales": s.gross_sales,
+                        "returns": s.returns,
+                        "net": s.net,
+                        "computed_at": computed_at,
+                    }
+                    for s in settlements
+                ],
+            )
+    return len(settlements)
+
+
+def stored_settlements(engine: Engine, day: date) -> list[dict]:
+    table = SettlementRow.__table__
+    with engine.connect() as connection:
+        return [
+            dict(row)
+            for row in connection.execute(
+                select(table).where(table.c.business_day == day).order_by(table.c.tenant)
+            ).mappings()
+        ]

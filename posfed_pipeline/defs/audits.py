@@ -1,0 +1,205 @@
+"""Daily audits: reconciliation per terminal-day, settlement per tenant-day, retention.
+
+They run nightly for the day that just closed (schedules below) and can be materialized or
+backfilled from the UI for any day.
+"""
+
+from datetime import date, datetime, timedelta
+
+import dagster as dg
+
+from posfed_pipeline.core import audit, retention
+from posfed_pipeline.core.config import PosfedConfig
+from posfed_pipeline.core.dat import load_spec
+from posfed_pipeline.defs.assets import CENTRAL_DB_RECEIPTS, DAT_FILES
+from posfed_pipeline.defs.partitions import (
+    DAY_DIMENSION,
+    split_terminal_day_key,
+    terminal_day_key,
+)
+from posfed_pipeline.defs.resources import CentralDbResource
+
+AUDIT_GROUP = "audits"
+DAILY_RECONCILIATION = dg.AssetKey("daily_reconciliation")
+TENANT_SETTLEMENTS = dg.AssetKey("tenant_settlements")
+ARCHIVE_RETENTION = dg.AssetKey("archive_retention")
+
+
+def daily_partitions(config: PosfedConfig) -> dg.DailyPartitionsDefinition:
+    return dg.DailyPartitionsDefinition(
+        start_date=config.partitions_start.isoformat(), timezone=config.timezone.key, end_offset=1
+    )
+
+
+def build_audit_assets(
+    config: PosfedConfig, terminal_day: dg.MultiPartitionsDefinition
+) -> list[dg.AssetsDefinition]:
+    @dg.asset(
+        key=DAILY_RECONCILIATION,
+        deps=[DAT_FILES],
+        partitions_def=terminal_day,
+        group_name=AUDIT_GROUP,
+        kinds={"python"},
+        description="Receipts in the archive vs rows in the central database vs .dat files on "
+        "disk, for one terminal and day; mismatches are listed by receipt id.",
+        check_specs=[
+            dg.AssetCheckSpec(
+                "db_rows_match_archive",
+                asset=DAILY_RECONCILIATION,
+                description="Every archived receipt has its rows in the central database, and "
+                "every row its archived original.",
+            ),
+            dg.AssetCheckSpec(
+                "dat_files_match_db",
+                asset=DAILY_RECONCILIATION,
+                description="Every loaded receipt has its .dat file, byte-identical to a fresh "
+                "render with the spec version in force that day.",
+            ),
+        ],
+    )
+    def daily_reconciliation(context: dg.AssetExecutionContext, central_db: CentralDbResource):
+        terminal_id, day = split_terminal_day_key(context.partition_key)
+        terminal = config.terminal(terminal_id)
+        result = audit.reconcile_terminal_day(
+            config, terminal, day, central_db.get_engine(), load_spec(config.dat_spec)
+        )
+        mismatches = result.mismatches()
+        db_side = {k: v for k, v in mismatches.items() if "database" in k or "archive" in k}
+        dat_side = {k: v for k, v in mismatches.items() if ".dat" in k}
+        yield dg.MaterializeResult(
+            metadata={
+                "receipts_in_archive": len(result.archived),
+                "rows_in_database": len(result.loaded),
+                "dat_files_ok": len(result.dat_ok),
+                "mismatches": dg.MetadataValue.json(mismatches),
+            }
+        )
+        yield dg.AssetCheckResult(
+            check_name="db_rows_match_archive",
+            passed=not db_side,
+            metadata={"mismatches": dg.MetadataValue.json(db_side)},
+        )
+        yield dg.AssetCheckResult(
+            check_name="dat_files_match_db",
+            passed=not dat_side,
+            metadata={"mismatches": dg.MetadataValue.json(dat_side)},
+        )
+
+    @dg.asset(
+        key=TENANT_SETTLEMENTS,
+        deps=[
+            dg.AssetDep(
+                CENTRAL_DB_RECEIPTS,
+                partition_mapping=dg.MultiToSingleDimensionPartitionMapping(
+                    partition_dimension_name=DAY_DIMENSION
+                ),
+            )
+        ],
+        partitions_def=daily_partitions(config),
+        group_name=AUDIT_GROUP,
+        kinds={"csv", "sqlalchemy"},
+        description="What the store owes each tenant for the day: receipts, gross sales, "
+        "returns, net. Written as CSV under settlements/YYYYMMDD/ and to the central database.",
+    )
+    def tenant_settlements(context: dg.AssetExecutionContext, central_db: CentralDbResource):
+        day = date.fromisoformat(context.partition_key)
+        engine = central_db.get_engine()
+        settlements = audit.settle_day(config, engine, day)
+        path = audit.write_settlement_csv(config, settlements, day)
+        stored = audit.store_settlements(engine, day, settlements)
+        table = ["| tenant | receipts | gross | returns | net |", "|---|---:|---:|---:|---:|"]
+        table += [
+            f"| {s.tenant} | {s.receipts} | {s.gross_sales} | {s.returns} | {s.net} |"
+            for s in settlements
+        ]
+        return dg.MaterializeResult(
+            metadata={
+                "csv": dg.MetadataValue.path(str(path)),
+                "tenants": len(settlements),
+                "rows_stored": stored,
+                "net_total": str(sum((s.net for s in settlements), audit.ZERO)),
+                "settlement": dg.MetadataValue.md("\n".join(table)),
+            }
+        )
+
+    @dg.asset(
+        key=ARCHIVE_RETENTION,
+        deps=[DAT_FILES],
+        group_name=AUDIT_GROUP,
+        kinds={"file"},
+        description=f"Archived originals and .dat folders older than {config.retention_days} "
+        "days, compressed into per-day .tar.gz archives (verified before a folder is removed).",
+    )
+    def archive_retention(context: dg.AssetExecutionContext):
+        today = datetime.now(config.timezone).date()
+        done = retention.compress_old_days(config, keep_days=config.retention_days, today=today)
+        for item in done:
+            context.log.info(f"compressed {item.folder} ({item.files} files) into {item.archive}")
+        return dg.MaterializeResult(
+            metadata={
+                "days_compressed": len(done),
+                "files_compressed": sum(d.files for d in done),
+                "archives": dg.MetadataValue.json([str(d.archive) for d in done]),
+            }
+        )
+
+    return [daily_reconciliation, tenant_settlements, archive_retention]
+
+
+def build_audit_jobs_and_schedules(config: PosfedConfig):
+    reconciliation_job = dg.define_asset_job(
+        "reconciliation_job",
+        selection=[DAILY_RECONCILIATION],
+        executor_def=dg.in_process_executor,
+        description="Reconcile one terminal's day: archive vs database vs .dat files.",
+    )
+    settlement_job = dg.define_asset_job(
+        "settlement_job",
+        selection=[TENANT_SETTLEMENTS],
+        executor_def=dg.in_process_executor,
+        description="Settle one day per tenant (CSV + database table).",
+    )
+    retention_job = dg.define_asset_job(
+        "retention_job",
+        selection=[ARCHIVE_RETENTION],
+        executor_def=dg.in_process_executor,
+        description="Compress day folders older than the retention period.",
+    )
+
+    @dg.schedule(
+        name="nightly_reconciliation_schedule",
+        job=reconciliation_job,
+        cron_schedule="30 0 * * *",
+        execution_timezone=config.timezone.key,
+        default_status=dg.DefaultScheduleStatus.RUNNING,
+        description="After midnight: reconcile every terminal's previous day.",
+    )
+    def nightly_reconciliation_schedule(context: dg.ScheduleEvaluationContext):
+        yesterday = (context.scheduled_execution_time - timedelta(days=1)).date()
+        return [
+            dg.RunRequest(
+                run_key=f"reconcile:{terminal.id}:{yesterday:%Y%m%d}",
+                partition_key=terminal_day_key(terminal.id, yesterday),
+            )
+            for terminal in config.terminals
+        ]
+
+    settlement_schedule = dg.build_schedule_from_partitioned_job(
+        settlement_job,
+        name="nightly_settlement_schedule",
+        hour_of_day=0,
+        minute_of_hour=45,
+        default_status=dg.DefaultScheduleStatus.RUNNING,
+        description="After midnight: settle the previous day per tenant.",
+    )
+    retention_schedule = dg.ScheduleDefinition(
+        name="nightly_retention_schedule",
+        job=retention_job,
+        cron_schedule="0 3 * * *",
+        execution_timezone=config.timezone.key,
+        default_status=dg.DefaultScheduleStatus.RUNNING,
+    )
+    return (
+        [reconciliation_job, settlement_job, retention_job],
+        [nightly_reconciliation_schedule, settlement_schedule, retention_schedule],
+    )
