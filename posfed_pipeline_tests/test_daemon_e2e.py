@@ -12,6 +12,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
+from posfed_pipeline.cli import render_instance_yaml
 from posfed_pipeline.core import store
 from posfed_pipeline.core.config import load_config
 from posfed_pipeline_tests.conftest import DEFAULT_SPEC, REPO_ROOT, drop_receipt, receipt_doc
@@ -51,8 +52,7 @@ def running_daemon(tmp_path):
     config.ensure_folders()
     store.upgrade_database(store.make_engine(config.db_url))
     dagster_home = tmp_path / "dagster_home"
-    dagster_home.mkdir()
-    shutil.copyfile(REPO_ROOT / "deploy" / "dagster.dev.yaml", dagster_home / "dagster.yaml")
+    render_instance_yaml(dagster_home)
     env = {
         **os.environ,
         "DAGSTER_HOME": str(dagster_home),

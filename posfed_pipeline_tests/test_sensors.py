@@ -122,12 +122,32 @@ def test_temp_and_hidden_files_are_ignored(config):
     assert result.run_requests == []
 
 
-def test_run_keys_are_deterministic_for_the_same_file_versions(config):
-    inbox = config.terminal("bakery_1").inbox
-    drop_receipt(inbox, receipt_doc("R0006"))
-    sensor = _sensor(config)
-    first, second = _tick(sensor, None), _tick(sensor, None)
-    assert first.run_requests[0].run_key == second.run_requests[0].run_key
+def test_run_key_is_the_one_any_launcher_derives_for_the_same_file_versions(config):
+    from posfed_pipeline.core import inbox, intake
+
+    terminal = config.terminal("bakery_1")
+    drop_receipt(terminal.inbox, receipt_doc("R0006", timestamp="2026-11-24T10:15:00+01:00"))
+    ready = inbox.scan_inbox(terminal, stability_seconds=0).ready
+    [planned] = inbox.plan_batches(
+        terminal, ready, lambda f: intake.business_day_of_file(f.path, terminal)
+    )
+
+    [request] = _tick(_sensor(config), None).run_requests
+    assert request.run_key == planned.run_key
+
+
+def test_a_file_claimed_by_another_launcher_is_not_launched_again(config):
+    from posfed_pipeline.core import claims, inbox
+
+    terminal = config.terminal("bakery_1")
+    path = drop_receipt(terminal.inbox, receipt_doc("R0008"))
+    store = claims.ClaimStore(claims.claim_store_path(config.home))
+    signature = inbox.stat_inbox_file(path).signature
+    assert store.claim("bakery_1", [signature], lambda won: "trigger-key") == [signature]
+
+    result = _tick(_sensor(config), None)
+    assert result.run_requests == []
+    assert result.skip_reason.skip_message == "1 file(s) waiting on their run"
 
 
 def test_business_day_falls_back_to_arrival_day_for_unparseable_files(config):

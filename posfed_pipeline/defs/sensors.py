@@ -1,29 +1,45 @@
 """One file sensor per terminal: new, completely written inbox files become short runs.
 
-The cursor remembers which file versions (name, size, mtime) were launched, and under which run
-key, so a file is never launched twice while its run may still take it. A file that is still in
-the inbox after its run *failed* (database down, disk full, a crash) is launched again, after a
-delay that doubles per attempt: nothing is lost and no operator has to act. Entries leave the
-cursor once their file has left the inbox. Each tick launches at most one run per (terminal,
-business day), carrying all of that day's new files.
+Every launcher (this sensor, and the event-driven trigger of ``posfed_pipeline.fastpath``)
+*claims* the file versions (name, size, mtime) a run will carry before creating it, in the
+store's claim table; a version is claimed once, so a file is never launched twice, whichever
+launcher sees it first. The sensor is the guaranteed catch-up path: it takes whatever is ready
+and unclaimed, and re-launches files still in the inbox whose run failed (after a delay that
+doubles per attempt) or whose claim never got a run (a launcher crashed in between): nothing is
+lost and no operator has to act. Each tick launches at most one run per (terminal, business day).
+The cursor keeps, for the UI, which files this sensor launched and under which run key.
 """
 
 import json
 import time
+from collections import defaultdict
+from dataclasses import replace
 
 import dagster as dg
 
-from posfed_pipeline.core import inbox, intake
+from posfed_pipeline.core import claims, inbox, intake
 from posfed_pipeline.core.config import PosfedConfig, Terminal
 from posfed_pipeline.defs.assets import ReceiptBatchConfig, receipt_op_config
 from posfed_pipeline.defs.partitions import terminal_day_key
 
 TERMINAL_TAG = "posfed/terminal"
+# A claim with no run after this long belongs to a launcher that died before creating it.
+ORPHAN_CLAIM_SECONDS = 30.0
 _FAILED = {dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED}
 
 
 def inbox_sensor_name(terminal: Terminal) -> str:
     return f"{terminal.id}_inbox_sensor"
+
+
+def run_request_for(terminal: Terminal, batch: inbox.PlannedBatch) -> dg.RunRequest:
+    """The run a batch becomes, identical whichever launcher creates it."""
+    return dg.RunRequest(
+        run_key=batch.run_key,
+        partition_key=terminal_day_key(terminal.id, batch.business_day),
+        run_config=receipt_op_config(ReceiptBatchConfig(files=batch.file_names)),
+        tags={TERMINAL_TAG: terminal.id},
+    )
 
 
 def build_inbox_sensor(config: PosfedConfig, terminal: Terminal, job) -> dg.SensorDefinition:
@@ -40,8 +56,6 @@ def build_inbox_sensor(config: PosfedConfig, terminal: Terminal, job) -> dg.Sens
         f"{terminal.department}) and launches a run per business day for new receipt files.",
     )
     def _inbox_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
-        # signature -> [run key, attempt]
-        launched: dict[str, list] = json.loads(context.cursor)["launched"] if context.cursor else {}
         try:
             scan = inbox.scan_inbox(
                 terminal, stability_seconds=config.stability_seconds, now=time.time()
@@ -49,39 +63,29 @@ def build_inbox_sensor(config: PosfedConfig, terminal: Terminal, job) -> dg.Sens
         except OSError as exc:
             # This terminal's problem only: say it on its own sensor, keep the cursor.
             return dg.SensorResult(skip_reason=f"inbox {terminal.inbox} unreadable: {exc}")
-
-        new = [f for f in scan.ready if f.signature not in launched]
-        retry_by_attempt: dict[int, list[inbox.InboxFile]] = {}
-        failed_keys = _failed_run_keys(context.instance, name, launched, scan.ready, config)
-        for item in scan.ready:
-            entry = launched.get(item.signature)
-            if entry and entry[0] in failed_keys:
-                retry_by_attempt.setdefault(entry[1] + 1, []).append(item)
+        store = claims.ClaimStore(claims.claim_store_path(config.home))
 
         def day_of(item: inbox.InboxFile):
             return intake.business_day_of_file(item.path, terminal)
 
-        batches = inbox.plan_batches(terminal, new, day_of)
-        for attempt, files in sorted(retry_by_attempt.items()):
-            batches += inbox.plan_batches(terminal, files, day_of, attempt=attempt)
-
+        claimed = store.claims(terminal.id, [f.signature for f in scan.ready])
+        unclaimed = [f for f in scan.ready if f.signature not in claimed]
+        batches = claims.claim_batches(store, terminal, unclaimed, day_of)
+        batches += _relaunch_batches(
+            context.instance, name, store, terminal, scan, claimed, config, day_of
+        )
         present = {f.signature for f in scan.ready + scan.settling}
-        cursor = {sig: entry for sig, entry in launched.items() if sig in present}
+        store.release_absent(terminal.id, present)
+
+        previous = json.loads(context.cursor)["launched"] if context.cursor else {}
+        cursor = {sig: entry for sig, entry in previous.items() if sig in present}
         for batch in batches:
             for item in batch.files:
                 cursor[item.signature] = [batch.run_key, batch.attempt]
-        run_requests = [
-            dg.RunRequest(
-                run_key=batch.run_key,
-                partition_key=terminal_day_key(terminal.id, batch.business_day),
-                run_config=receipt_op_config(ReceiptBatchConfig(files=batch.file_names)),
-                tags={TERMINAL_TAG: terminal.id},
-            )
-            for batch in batches
-        ]
+        run_requests = [run_request_for(terminal, batch) for batch in batches]
         skip_reason = None
         if not run_requests:
-            waiting = len(scan.ready) - len(new)
+            waiting = len(claimed)
             skip_reason = (
                 f"{len(scan.settling)} file(s) still being written"
                 if scan.settling
@@ -98,34 +102,54 @@ def build_inbox_sensor(config: PosfedConfig, terminal: Terminal, job) -> dg.Sens
     return _inbox_sensor
 
 
-def _failed_run_keys(
+def _relaunch_batches(
     instance: dg.DagsterInstance,
     sensor_name: str,
-    launched: dict[str, list],
-    ready: list[inbox.InboxFile],
+    store: claims.ClaimStore,
+    terminal: Terminal,
+    scan: inbox.InboxScan,
+    claimed: dict[str, claims.Claim],
     config: PosfedConfig,
-) -> set[str]:
-    """Run keys of this sensor whose run failed long enough ago to launch their files again.
+    day_of,
+) -> list[inbox.PlannedBatch]:
+    """Files still in the inbox whose run failed, or whose claim never became a run.
 
-    Only files still in the inbox after launch are looked at: normally none, as a successful
-    run moves every file it carries.
+    Only files still in the inbox after being claimed are looked at: normally none, as a
+    successful run moves every file it carries.
     """
-    pending = {tuple(launched[f.signature]) for f in ready if f.signature in launched}
-    failed: set[str] = set()
+    by_key: dict[str, list[claims.Claim]] = defaultdict(list)
+    for claim in claimed.values():
+        by_key[claim.run_key].append(claim)
+    files = {f.signature: f for f in scan.ready}
     now = time.time()
-    for run_key, attempt in pending:
+    batches = []
+    for run_key, key_claims in by_key.items():
+        attempt = key_claims[0].attempt
         records = instance.get_run_records(
             filters=dg.RunsFilter(
                 tags={"dagster/run_key": run_key, "dagster/sensor_name": sensor_name}
             ),
             limit=1,
         )
-        if not records:
-            continue  # requested but not created yet
-        record = records[0]
-        if record.dagster_run.status not in _FAILED:
-            continue
-        ended = record.end_time or now
-        if now - ended >= inbox.retry_delay_seconds(attempt + 1, config.relaunch_after_seconds):
-            failed.add(run_key)
-    return failed
+        if records:
+            record = records[0]
+            if record.dagster_run.status not in _FAILED:
+                continue
+            ended = record.end_time or now
+            delay = inbox.retry_delay_seconds(attempt + 1, config.relaunch_after_seconds)
+            if now - ended < delay:
+                continue
+        elif now - min(c.claimed_at for c in key_claims) < ORPHAN_CLAIM_SECONDS:
+            continue  # its launcher is probably creating the run right now
+        for planned in inbox.plan_batches(
+            terminal, [files[c.signature] for c in key_claims], day_of, attempt=attempt + 1
+        ):
+            signatures = {f.signature for f in planned.files}
+            store.reclaim(
+                terminal.id,
+                [c for c in key_claims if c.signature in signatures],
+                planned.run_key,
+                planned.attempt,
+            )
+            batches.append(replace(planned))
+    return batches

@@ -1,0 +1,134 @@
+"""Everything posfed's fast path needs from Dagster that is not public API, in one place.
+
+Pinned to dagster 1.13.27 (pyproject.toml). posfed_pipeline_tests/test_fastpath.py fails loudly
+if an upgrade changes what is used here: a run created here must be recognised by the sensor
+daemon as its own (no duplicate after a sensor tick), runs must execute in warm worker
+processes, and two of them at once must not deadlock.
+
+What is used, and why:
+- ``InProcessCodeLocationOrigin``: the trigger loads the code location once, in its own
+  process, under the same location name as workspace.yaml, so the runs it creates carry the
+  same repository origin as the sensor daemon's (the daemon matches run keys per origin).
+- ``CodeLocation.get_execution_plan`` and ``DagsterInstance.create_run``: what the sensor
+  daemon does to create a sensor run (dagster/_daemon/sensor.py, ``_create_sensor_run``).
+- ``recon_job_from_origin`` and ``execute_run``: what a run worker process does with a run id.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import dagster as dg
+from dagster._core.definitions.run_request import RunRequest
+from dagster._core.execution.api import execute_run
+from dagster._core.remote_origin import InProcessCodeLocationOrigin
+from dagster._core.remote_representation.code_location import CodeLocation
+from dagster._core.types.loadable_target_origin import LoadableTargetOrigin
+from dagster._utils.hosted_user_process import recon_job_from_origin
+
+DAGSTER_VERSION = "1.13.27"
+CODE_MODULE = "posfed_pipeline.definitions"
+LOCATION_NAME = "posfed"  # as in workspace.yaml
+REPOSITORY_NAME = "__repository__"
+RUN_KEY_TAG = "dagster/run_key"
+SENSOR_NAME_TAG = "dagster/sensor_name"
+
+
+def load_code_location(instance: dg.DagsterInstance, working_directory: Path) -> CodeLocation:
+    origin = InProcessCodeLocationOrigin(
+        loadable_target_origin=LoadableTargetOrigin(
+            executable_path=sys.executable,
+            module_name=CODE_MODULE,
+            working_directory=str(working_directory),
+        ),
+        location_name=LOCATION_NAME,
+    )
+    return origin.create_location(instance)
+
+
+class SensorStyleRunFactory:
+    """Creates runs exactly as the sensor daemon would for a terminal's sensor."""
+
+    def __init__(self, instance: dg.DagsterInstance, code_location: CodeLocation, job_name: str):
+        self.instance = instance
+        self.code_location = code_location
+        self.repository = code_location.get_repository(REPOSITORY_NAME)
+        self.remote_job = self.repository.get_full_job(job_name)
+        self.job_def = self._job_definition(job_name)
+
+    def _job_definition(self, job_name: str) -> dg.JobDefinition:
+        from posfed_pipeline.core.config import load_config
+        from posfed_pipeline.definitions import build_definitions
+
+        return build_definitions(load_config()).resolve_job_def(job_name)
+
+    def create_run(self, request: RunRequest, sensor_name: str) -> dg.DagsterRun:
+        resolved = request.with_resolved_tags_and_config(
+            target_definition=self.job_def,
+            dynamic_partitions_requests=[],
+            dynamic_partitions_store=self.instance,
+        )
+        plan = self.code_location.get_execution_plan(
+            self.remote_job,
+            resolved.run_config,
+            step_keys_to_execute=None,
+            known_state=None,
+            instance=self.instance,
+        )
+        tags = {
+            **(self.remote_job.run_tags or {}),
+            **resolved.tags,
+            SENSOR_NAME_TAG: sensor_name,
+            RUN_KEY_TAG: resolved.run_key,
+        }
+        return self.instance.create_run(
+            job_name=self.remote_job.name,
+            run_id=None,
+            run_config=resolved.run_config,
+            resolved_op_selection=self.remote_job.resolved_op_selection,
+            step_keys_to_execute=None,
+            status=dg.DagsterRunStatus.NOT_STARTED,
+            op_selection=None,
+            root_run_id=None,
+            parent_run_id=None,
+            tags=tags,
+            job_snapshot=self.remote_job.job_snapshot,
+            execution_plan_snapshot=plan.execution_plan_snapshot,
+            parent_job_snapshot=self.remote_job.parent_job_snapshot,
+            remote_job_origin=self.remote_job.get_remote_origin(),
+            job_code_origin=self.remote_job.get_python_origin(),
+            asset_selection=None,
+            asset_check_selection=None,
+            asset_graph=self.repository.asset_graph,
+        )
+
+    def existing_run(self, run_key: str, sensor_name: str) -> dg.DagsterRun | None:
+        runs = self.instance.get_runs(
+            filters=dg.RunsFilter(tags={RUN_KEY_TAG: run_key, SENSOR_NAME_TAG: sensor_name}),
+            limit=1,
+        )
+        return runs[0] if runs else None
+
+
+_reconstructed: dict[str, object] = {}
+
+
+def _reconstructable(origin):
+    # Reconstructing a job imports and builds the definitions: once per worker, not per run.
+    key = origin.get_id()
+    if key not in _reconstructed:
+        _reconstructed[key] = recon_job_from_origin(origin)
+    return _reconstructed[key]
+
+
+def execute_run_in_this_process(
+    instance: dg.DagsterInstance, run: dg.DagsterRun
+) -> dg.DagsterRunStatus:
+    """Execute a created run here, as a run worker would; returns its final status."""
+    origin = run.job_code_origin
+    if origin is None:
+        raise ValueError(f"run {run.run_id} has no code origin; it cannot be executed here")
+    execute_run(_reconstructable(origin), run, instance)
+    finished = instance.get_run_by_id(run.run_id)
+    return finished.status if finished else dg.DagsterRunStatus.FAILURE

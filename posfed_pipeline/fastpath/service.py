@@ -1,0 +1,76 @@
+"""The fast-path service: warm run workers, their launcher socket, and the inbox trigger.
+
+Runs beside the Dagster webserver and daemon (``posfed fastpath``; ``make demo`` starts it), as
+its own supervised service in production (deploy/systemd/). Stopping it loses nothing: runs
+fall back to fresh processes and the sensors take every file the trigger does not.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import dagster as dg
+
+from posfed_pipeline.core.config import PosfedConfig
+from posfed_pipeline.fastpath import dagster_internals, launcher
+from posfed_pipeline.fastpath.pool import PoolServer, WarmWorkerPool
+from posfed_pipeline.fastpath.trigger import InboxTrigger
+
+log = logging.getLogger("posfed.fastpath")
+REPO_ROOT = Path(__file__).resolve().parent.parent.parent
+RECEIPTS_JOB = "receipts_job"
+
+
+@dataclass
+class FastPath:
+    pool: WarmWorkerPool
+    server: PoolServer
+    trigger: InboxTrigger | None
+
+    def stop(self) -> None:
+        if self.trigger:
+            self.trigger.stop()
+        self.server.close()
+        self.pool.stop()
+        launcher.register_local_pool(None)
+
+
+def start_fastpath(
+    config: PosfedConfig, dagster_home: Path, *, workers: int = 2, trigger: bool = True
+) -> FastPath:
+    instance = dg.DagsterInstance.from_config(str(dagster_home))
+    pool = WarmWorkerPool(dagster_home, REPO_ROOT, size=workers)
+    launcher.register_local_pool(pool)
+    pool.start()
+    socket_path = launcher.default_socket_path()
+    if isinstance(instance.run_launcher, launcher.WarmWorkerRunLauncher):
+        socket_path = instance.run_launcher.socket_path
+    server = PoolServer(socket_path, pool)
+    server.serve_in_background()
+    inbox_trigger = None
+    if trigger:
+        code_location = dagster_internals.load_code_location(instance, REPO_ROOT)
+        factory = dagster_internals.SensorStyleRunFactory(instance, code_location, RECEIPTS_JOB)
+        inbox_trigger = InboxTrigger(config, instance, factory)
+        pool.on_finished = inbox_trigger.run_finished
+        inbox_trigger.start()
+    log.info(
+        "fast path up: %d warm workers, socket %s, trigger %s",
+        workers,
+        socket_path,
+        "on" if trigger else "off",
+    )
+    return FastPath(pool, server, inbox_trigger)
+
+
+def serve_forever(
+    config: PosfedConfig, dagster_home: Path, *, workers: int, trigger: bool, stop: threading.Event
+) -> None:
+    fastpath = start_fastpath(config, dagster_home, workers=workers, trigger=trigger)
+    try:
+        stop.wait()
+    finally:
+        fastpath.stop()

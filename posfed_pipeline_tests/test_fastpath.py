@@ -1,0 +1,240 @@
+"""The fast path: inotify trigger + warm run workers, against a real instance and store.
+
+These tests guard what posfed takes from Dagster's private API (fastpath/dagster_internals.py):
+if an upgrade breaks it, they fail loudly. They assert behaviour, never timings (latency is
+measured by `posfed bench`).
+"""
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from datetime import datetime
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from posfed_pipeline.cli import render_instance_yaml
+from posfed_pipeline.core import inbox, intake, store
+from posfed_pipeline.core.config import load_config
+from posfed_pipeline.definitions import RECEIPTS_JOB, build_definitions
+from posfed_pipeline.defs.sensors import inbox_sensor_name, run_request_for
+from posfed_pipeline.fastpath import dagster_internals, launcher
+from posfed_pipeline.fastpath.service import REPO_ROOT, start_fastpath
+from posfed_pipeline_tests.conftest import DEFAULT_SPEC, receipt_doc
+from posfed_pipeline_tests.test_daemon_e2e import STORE_TOML
+
+
+@pytest.fixture
+def fast_store(monkeypatch):
+    # Short paths: the pool's Unix socket lives in DAGSTER_HOME.
+    root = Path(tempfile.mkdtemp(prefix="pft-", dir="/tmp"))
+    config_path = root / "posfed.toml"
+    config_path.write_text(
+        STORE_TOML.format(home=root / "s", spec=DEFAULT_SPEC).replace(
+            "[intake]\n", "[intake]\nrelaunch_after_seconds = 0\n"
+        )
+    )
+    monkeypatch.setenv("POSFED_CONFIG", str(config_path))
+    monkeypatch.delenv("POSFED_HOME", raising=False)
+    monkeypatch.delenv("POSFED_DB_URL", raising=False)
+    dagster_home = root / "dh"
+    render_instance_yaml(dagster_home)
+    monkeypatch.setenv("DAGSTER_HOME", str(dagster_home))
+    config = load_config(config_path)
+    config.ensure_folders()
+    store.upgrade_database(store.make_engine(config.db_url))
+    yield config, dagster_home
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def _now_doc(receipt_id, terminal):
+    now = datetime.now(terminal.timezone).replace(microsecond=0)
+    return receipt_doc(receipt_id, terminal.id, terminal.department, timestamp=now.isoformat())
+
+
+def _write(terminal, doc) -> Path:
+    path = terminal.inbox / f"{doc['receiptId']}.json"
+    with open(path, "w") as handle:  # as a POS does: open, write, close
+        handle.write(json.dumps(doc))
+    return path
+
+
+def _dat(config, terminal, doc) -> Path:
+    day = datetime.fromisoformat(doc["timestamp"]).strftime("%Y%m%d")
+    return config.dat_dir / day / f"scon{terminal.department}{doc['receiptId']}.dat"
+
+
+def _wait(predicate, timeout, what):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    pytest.fail(f"timed out waiting for {what}")
+
+
+def _wait_finished(instance, count, timeout=60):
+    def done():
+        runs = instance.get_runs()
+        return len(runs) >= count and all(r.is_finished for r in runs)
+
+    _wait(done, timeout, f"{count} finished runs")
+    return instance.get_runs()
+
+
+def _run_files(run) -> list[str]:
+    return run.run_config["ops"]["receipt_pipeline"]["config"]["files"]
+
+
+def test_trigger_runs_are_the_sensors_runs_and_no_sensor_tick_duplicates_them(fast_store):
+    config, dagster_home = fast_store
+    fastpath = start_fastpath(config, dagster_home, workers=2)
+    try:
+        docs = []
+        for n in range(3):
+            for terminal in config.terminals:  # both terminals at once: runs in parallel
+                doc = _now_doc(f"T{n}{terminal.department}", terminal)
+                _write(terminal, doc)
+                docs.append((terminal, doc))
+        _wait(lambda: all(_dat(config, t, d).exists() for t, d in docs), 60, "all .dat files")
+        instance = dg.DagsterInstance.get()
+        runs = _wait_finished(instance, fastpath.trigger.runs_launched)
+    finally:
+        fastpath.stop()
+
+    assert all(r.status == dg.DagsterRunStatus.SUCCESS for r in runs)
+    files = [f for r in runs for f in _run_files(r)]
+    assert sorted(files) == sorted(f"{d['receiptId']}.json" for _, d in docs)  # each file once
+    for run in runs:
+        terminal_id = run.tags["posfed/terminal"]
+        assert run.tags["dagster/sensor_name"] == f"{terminal_id}_inbox_sensor"
+        assert run.tags["dagster/partition"].endswith(f"|{terminal_id}")
+        assert run.tags["dagster/run_key"].startswith(f"{terminal_id}:")
+
+    # The catch-up sensors now find nothing to launch, on a fresh tick with the same instance.
+    defs = build_definitions(config)
+    for terminal in config.terminals:
+        sensor = defs.resolve_sensor_def(inbox_sensor_name(terminal))
+        result = sensor(dg.build_sensor_context(instance=instance))
+        assert result.run_requests == []
+    engine = store.make_engine(config.db_url)
+    for terminal in config.terminals:
+        day = datetime.now(terminal.timezone).date()
+        assert store.count_receipts(engine, terminal.id, day) == 3
+
+
+def test_trigger_stopped_the_sensors_still_deliver_through_warm_workers(fast_store):
+    config, dagster_home = fast_store
+    fastpath = start_fastpath(config, dagster_home, workers=1, trigger=False)
+    try:
+        terminal = config.terminal("bakery_1")
+        doc = _now_doc("S0001", terminal)
+        _write(terminal, doc)
+        time.sleep(config.stability_seconds + 0.1)
+        instance = dg.DagsterInstance.get()
+        defs = build_definitions(config)
+        sensor = defs.resolve_sensor_def("bakery_1_inbox_sensor")
+        [request] = sensor(dg.build_sensor_context(instance=instance)).run_requests
+        # Create the run as the sensor daemon does, and launch it through the configured
+        # launcher: it lands on the warm workers.
+        code_location = dagster_internals.load_code_location(instance, REPO_ROOT)
+        factory = dagster_internals.SensorStyleRunFactory(instance, code_location, RECEIPTS_JOB)
+        run = factory.create_run(request, "bakery_1_inbox_sensor")
+        instance.launch_run(run.run_id, workspace=None)
+        _wait(lambda: _dat(config, terminal, doc).exists(), 30, "the .dat file")
+        [finished] = _wait_finished(instance, 1)
+        # The worker reports back right after the run's last event.
+        _wait(
+            lambda: (
+                instance.run_launcher.check_run_worker_health(finished).status.value == "SUCCESS"
+            ),
+            10,
+            "the worker to report the run done",
+        )
+    finally:
+        fastpath.stop()
+    assert finished.status == dg.DagsterRunStatus.SUCCESS
+
+
+def test_a_killed_run_worker_fails_its_run_and_the_files_are_processed_exactly_once(fast_store):
+    config, dagster_home = fast_store
+    terminal = config.terminal("bakery_1")
+    docs = [_now_doc(f"K{n:04d}", terminal) for n in range(400)]
+    for doc in docs:
+        _write(terminal, doc)
+    time.sleep(config.stability_seconds + 0.1)
+    fastpath = start_fastpath(config, dagster_home, workers=1, trigger=False)
+    try:
+        instance = dg.DagsterInstance.get()
+        ready = inbox.scan_inbox(terminal, stability_seconds=0).ready
+        [batch] = inbox.plan_batches(
+            terminal, ready, lambda f: intake.business_day_of_file(f.path, terminal)
+        )
+        code_location = dagster_internals.load_code_location(instance, REPO_ROOT)
+        factory = dagster_internals.SensorStyleRunFactory(instance, code_location, RECEIPTS_JOB)
+        from posfed_pipeline.core import claims
+
+        claim_store = claims.ClaimStore(claims.claim_store_path(config.home))
+        claim_store.claim(terminal.id, [f.signature for f in batch.files], lambda _: batch.run_key)
+        run = factory.create_run(run_request_for(terminal, batch), "bakery_1_inbox_sensor")
+        instance.launch_run(run.run_id, workspace=None)
+        _wait(
+            lambda: instance.get_run_by_id(run.run_id).status == dg.DagsterRunStatus.STARTED,
+            30,
+            "the run to start",
+        )
+        time.sleep(0.3)
+        [worker] = [w for w in fastpath.pool._workers if w.run_id == run.run_id]
+        os.kill(worker.process.pid, 9)  # kill -9 mid-run
+        _wait(lambda: instance.get_run_by_id(run.run_id).is_finished, 30, "the run to fail")
+        assert instance.get_run_by_id(run.run_id).status == dg.DagsterRunStatus.FAILURE
+        assert list(terminal.inbox.iterdir())  # its receipts stay in the inbox
+
+        # Without operator action, the terminal's sensor launches the rest once more.
+        sensor = build_definitions(config).resolve_sensor_def("bakery_1_inbox_sensor")
+        [retry] = sensor(dg.build_sensor_context(instance=instance)).run_requests
+        assert retry.run_key.endswith(":retry1")
+        rerun = factory.create_run(retry, "bakery_1_inbox_sensor")
+        instance.launch_run(rerun.run_id, workspace=None)
+        _wait(lambda: instance.get_run_by_id(rerun.run_id).is_finished, 120, "the retry")
+        assert instance.get_run_by_id(rerun.run_id).status == dg.DagsterRunStatus.SUCCESS
+    finally:
+        fastpath.stop()
+
+    assert list(terminal.inbox.iterdir()) == []
+    engine = store.make_engine(config.db_url)
+    assert store.count_receipts(engine, terminal.id, datetime.now(terminal.timezone).date()) == 400
+    assert len(list(config.dat_dir.rglob("*.dat"))) == 400
+
+
+def test_launcher_terminates_a_queued_run_and_reports_worker_health(fast_store):
+    config, dagster_home = fast_store
+    fastpath = start_fastpath(config, dagster_home, workers=1, trigger=False)
+    try:
+        instance = dg.DagsterInstance.get()
+        run_launcher = instance.run_launcher
+        assert isinstance(run_launcher, launcher.WarmWorkerRunLauncher)
+        unknown = instance.create_run_for_job(
+            build_definitions(config).resolve_job_def("retention_job")
+        )
+        assert run_launcher.check_run_worker_health(unknown).status.value == "NOT_FOUND"
+
+        # Occupy the only worker's terminal slot, then queue a second run of the same terminal.
+        fastpath.pool.submit("busy-run", "bakery_1")
+        fastpath.pool.submit(unknown.run_id, "bakery_1")
+        assert (
+            launcher.ask_pool({"op": "health", "run_id": unknown.run_id}, run_launcher.socket_path)[
+                "status"
+            ]
+            == "RUNNING"
+        )
+        assert launcher.ask_pool(
+            {"op": "terminate", "run_id": unknown.run_id}, run_launcher.socket_path
+        )["ok"]
+        _wait(lambda: instance.get_run_by_id(unknown.run_id).is_finished, 10, "the cancel")
+        assert instance.get_run_by_id(unknown.run_id).status == dg.DagsterRunStatus.CANCELED
+    finally:
+        fastpath.stop()
