@@ -1,0 +1,234 @@
+"""The production instance profile, live: Dagster's storage and the central register on PostgreSQL.
+
+deploy/dagster.prod.yaml is written unchanged into a temp DAGSTER_HOME and finds its database
+through the DAGSTER_PG_* variables alone, as on a store server. A real ``dagster-daemon run``
+watches a temp store; a dropped receipt must become a .dat file, a row in the central register,
+and a successful run plus the sensor tick that launched it, recorded in PostgreSQL.
+
+Without a PostgreSQL server at 127.0.0.1:5432 this skips, except in CI (``CI=true``), where it
+fails: the production profile must never silently go untested.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from datetime import datetime
+from decimal import Decimal
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from posfed_pipeline.cli import render_instance_yaml
+from posfed_pipeline.core import store
+from posfed_pipeline.core.config import load_config
+from posfed_pipeline_tests.conftest import DEFAULT_SPEC, REPO_ROOT, drop_receipt, receipt_doc
+
+PG_ADMIN_DSN = "host=127.0.0.1 port=5432 user=postgres dbname=postgres connect_timeout=5"
+
+STORE_TOML = """
+[store]
+id = "prod-profile-test"
+timezone = "Europe/Amsterdam"
+partitions_start = "2026-01-01"
+
+[paths]
+home = "{home}"
+
+[intake]
+stability_seconds = 0.2
+
+[dat]
+spec = "{spec}"
+
+[[terminals]]
+id = "bakery_1"
+department = "10"
+tenant = "Bakkerij"
+"""
+
+
+@pytest.fixture
+def pg_databases():
+    """Two fresh databases, as in production: Dagster's storage and the central register."""
+    import psycopg
+
+    try:
+        admin = psycopg.connect(PG_ADMIN_DSN, autocommit=True)
+    except psycopg.OperationalError as exc:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"PostgreSQL at 127.0.0.1:5432 is required in CI: {exc}")
+        pytest.skip(f"no PostgreSQL at 127.0.0.1:5432 ({exc})")
+    suffix = uuid.uuid4().hex[:10]
+    names = {"dagster": f"posfed_dagster_{suffix}", "register": f"posfed_register_{suffix}"}
+    with admin:
+        for name in names.values():
+            admin.execute(f'CREATE DATABASE "{name}"')
+        try:
+            yield names
+        finally:
+            for name in names.values():
+                admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def prod_store(tmp_path, pg_databases, monkeypatch):
+    """A temp store whose Dagster home holds the production profile; returns (config, env)."""
+    dagster_pg = {
+        "DAGSTER_PG_HOST": "127.0.0.1",
+        "DAGSTER_PG_PORT": "5432",
+        "DAGSTER_PG_USER": "postgres",
+        # The local server trusts local connections; an empty password is left out of the URL.
+        "DAGSTER_PG_PASSWORD": "",
+        "DAGSTER_PG_DB": pg_databases["dagster"],
+    }
+    register_url = f"postgresql+psycopg://postgres@127.0.0.1:5432/{pg_databases['register']}"
+    config_path = tmp_path / "posfed.toml"
+    config_path.write_text(STORE_TOML.format(home=tmp_path / "state", spec=DEFAULT_SPEC))
+    dagster_home = tmp_path / "dagster_home"
+    render_instance_yaml(dagster_home, "prod")
+    env = {
+        **os.environ,
+        **dagster_pg,
+        "DAGSTER_HOME": str(dagster_home),
+        "POSFED_CONFIG": str(config_path),
+        "POSFED_DB_URL": register_url,
+    }
+    env.pop("POSFED_HOME", None)
+    env.pop("POSFED_DB_PASSWORD", None)
+    # This process opens the same instance afterwards, so it needs the same variables.
+    for name, value in dagster_pg.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("POSFED_DB_URL", register_url)
+    monkeypatch.delenv("POSFED_HOME", raising=False)
+    config = load_config(config_path)
+    config.ensure_folders()
+    # The install steps of docs/deployment.md: the register's schema, then Dagster's.
+    store.upgrade_database(store.make_engine(config.db_url))
+    subprocess.run(
+        [str(_venv_bin("dagster")), "instance", "migrate"],
+        env=env,
+        cwd=tmp_path,
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    return config, env
+
+
+@pytest.fixture
+def running_daemon(prod_store, tmp_path):
+    config, env = prod_store
+    log = (tmp_path / "daemon.log").open("wb")
+    daemon = subprocess.Popen(
+        [str(_venv_bin("dagster-daemon")), "run", "-w", str(REPO_ROOT / "workspace.yaml")],
+        cwd=REPO_ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        yield config, Path(env["DAGSTER_HOME"])
+    finally:
+        os.killpg(daemon.pid, signal.SIGINT)
+        try:
+            daemon.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(daemon.pid, signal.SIGKILL)
+            daemon.wait()
+        log.close()
+
+
+def test_prod_profile_records_runs_and_ticks_in_postgres(running_daemon, pg_databases, tmp_path):
+    import psycopg
+
+    config, dagster_home = running_daemon
+    log = tmp_path / "daemon.log"
+    terminal = config.terminal("bakery_1")
+    now = datetime.now(terminal.timezone).replace(microsecond=0)
+    drop_receipt(terminal.inbox, receipt_doc("P0001", timestamp=now.isoformat()), age=0)
+
+    dat_file = config.dat_dir / now.strftime("%Y%m%d") / "scon10P0001.dat"
+    _wait_for(dat_file.exists, 120, str(dat_file), log)
+    assert dat_file.read_bytes().startswith(b"0010P0001")
+
+    with dg.DagsterInstance.from_config(str(dagster_home)) as instance:
+        assert type(instance.run_storage).__name__ == "PostgresRunStorage"
+        assert type(instance.event_log_storage).__name__ == "PostgresEventLogStorage"
+        assert type(instance.schedule_storage).__name__ == "PostgresScheduleStorage"
+        assert instance.run_monitoring_enabled
+        # Operators see no "Join the Dagster community" prompt; nothing is reported home.
+        assert not instance.nux_enabled
+        assert not instance.telemetry_enabled
+
+        def finished_runs():
+            runs = instance.get_runs(
+                filters=dg.RunsFilter(tags={"dagster/sensor_name": "bakery_1_inbox_sensor"})
+            )
+            return runs if runs and all(r.is_finished for r in runs) else None
+
+        runs = _wait_for(finished_runs, 30, "the run to finish", log)
+        assert [r.status for r in runs] == [dg.DagsterRunStatus.SUCCESS]
+        run = runs[0]
+        assert run.tags["dagster/partition"] == f"{now:%Y-%m-%d}|bakery_1"
+        assert run.tags["posfed/terminal"] == "bakery_1"
+
+        state = next(
+            s
+            for s in instance.all_instigator_state()
+            if s.instigator_name == "bakery_1_inbox_sensor"
+        )
+        ticks = instance.get_ticks(state.instigator_origin_id, state.selector_id)
+        assert any(t.run_ids == [run.run_id] for t in ticks)
+
+        # The run-monitoring daemon is alive beside the sensor and run-queue daemons.
+        heartbeats = _wait_for(
+            lambda: (
+                {"SENSOR", "QUEUED_RUN_COORDINATOR", "MONITORING"}
+                <= set(instance.get_daemon_heartbeats())
+                and instance.get_daemon_heartbeats()
+            ),
+            30,
+            "daemon heartbeats",
+            log,
+        )
+        assert {"SENSOR", "QUEUED_RUN_COORDINATOR", "MONITORING"} <= set(heartbeats)
+
+    # Straight from PostgreSQL, past Dagster's API: the run and the tick are stored there.
+    dagster_dsn = f"host=127.0.0.1 port=5432 user=postgres dbname={pg_databases['dagster']}"
+    with psycopg.connect(dagster_dsn) as db:
+        assert db.execute(
+            "SELECT pipeline_name, status, partition FROM runs WHERE run_id = %s", (run.run_id,)
+        ).fetchall() == [("receipts_job", "SUCCESS", f"{now:%Y-%m-%d}|bakery_1")]
+        (ticks_with_run,) = db.execute(
+            "SELECT count(*) FROM job_ticks WHERE selector_id = %s AND tick_body LIKE %s",
+            (state.selector_id, f"%{run.run_id}%"),
+        ).fetchone()
+        assert ticks_with_run >= 1
+
+    register_dsn = f"host=127.0.0.1 port=5432 user=postgres dbname={pg_databases['register']}"
+    with psycopg.connect(register_dsn) as db:
+        assert db.execute("SELECT terminal_id, receipt_id, total FROM pos_receipt").fetchall() == [
+            ("bakery_1", "P0001", Decimal("6.40"))
+        ]
+
+
+def _venv_bin(name: str) -> Path:
+    return Path(sys.executable).with_name(name)
+
+
+def _wait_for(predicate, timeout: float, what: str, log: Path):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.25)
+    tail = log.read_text(errors="replace")[-3000:] if log.exists() else ""
+    pytest.fail(f"timed out after {timeout}s waiting for {what}\n--- daemon log ---\n{tail}")

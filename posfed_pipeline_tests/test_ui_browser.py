@@ -1,0 +1,260 @@
+"""Seen in a real browser: the Dagster UI shows posfed's asset lineage and per-terminal sensors.
+
+A real ``dagster-webserver`` serves a temp store (one terminal-day already processed, so the
+lineage shows materializations) on 127.0.0.1 and a free port; headless Chromium from the
+distribution's packages (``chromium``, ``chromium-driver``), driven by Selenium, opens the pages
+an operator would. With ``POSFED_UPDATE_SCREENSHOTS=1`` the screenshots are written to
+``docs/asset-lineage.png`` and ``docs/sensors.png``; otherwise into the test's temp folder.
+
+Without Chromium this skips, except in CI (``CI=true``), where it fails.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from posfed_pipeline.cli import render_instance_yaml
+from posfed_pipeline.core import store
+from posfed_pipeline.core.config import PosfedConfig, load_config
+from posfed_pipeline.definitions import RECEIPTS_JOB, build_definitions
+from posfed_pipeline.defs.assets import ReceiptBatchConfig, receipt_op_config
+from posfed_pipeline.defs.partitions import terminal_day_key
+from posfed_pipeline_tests.conftest import DEFAULT_SPEC, REPO_ROOT, drop_receipt, receipt_doc
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMEDRIVER = Path("/usr/bin/chromedriver")
+LOCATION = "posfed"
+RECEIPT_ASSETS = ["receipt_files", "validated_receipts", "central_db_receipts", "dat_files"]
+TERMINALS = [
+    ("bakery_1", "10", "Bakkerij"),
+    ("butcher_1", "20", "Slagerij"),
+    ("deli_1", "30", "Delicatessen"),
+]
+STORE_TOML = """
+[store]
+id = "ui-test"
+timezone = "Europe/Amsterdam"
+partitions_start = "2026-01-01"
+
+[paths]
+home = "{home}"
+
+[intake]
+stability_seconds = 0.2
+
+[dat]
+spec = "{spec}"
+"""
+TERMINAL_TOML = """
+[[terminals]]
+id = "{id}"
+department = "{department}"
+tenant = "{tenant}"
+"""
+PAGE_TIMEOUT_SECONDS = 60
+
+
+@pytest.fixture
+def ui_store(tmp_path, monkeypatch) -> tuple[PosfedConfig, Path, Path]:
+    """A temp store with one terminal-day processed; returns (config, config path, DAGSTER_HOME)."""
+    monkeypatch.delenv("POSFED_HOME", raising=False)
+    monkeypatch.delenv("POSFED_DB_URL", raising=False)
+    config_path = tmp_path / "posfed.toml"
+    config_path.write_text(
+        STORE_TOML.format(home=tmp_path / "state", spec=DEFAULT_SPEC)
+        + "".join(
+            TERMINAL_TOML.format(id=id_, department=department, tenant=tenant)
+            for id_, department, tenant in TERMINALS
+        )
+    )
+    config = load_config(config_path)
+    config.ensure_folders()
+    store.upgrade_database(store.make_engine(config.db_url))
+    dagster_home = tmp_path / "dagster_home"
+    render_instance_yaml(dagster_home)
+
+    terminal = config.terminal("bakery_1")
+    now = datetime.now(terminal.timezone).replace(microsecond=0)
+    drop_receipt(terminal.inbox, receipt_doc("UI0001", timestamp=now.isoformat()))
+    job = build_definitions(config).resolve_job_def(RECEIPTS_JOB)
+    with dg.DagsterInstance.from_config(str(dagster_home)) as instance:
+        result = job.execute_in_process(
+            run_config=receipt_op_config(ReceiptBatchConfig(files=["UI0001.json"])),
+            partition_key=terminal_day_key(terminal.id, now.date()),
+            instance=instance,
+        )
+    assert result.success
+    return config, config_path, dagster_home
+
+
+@pytest.fixture
+def webserver(ui_store, tmp_path) -> Iterator[str]:
+    """``dagster-webserver`` on 127.0.0.1 and a free port; yields its base URL."""
+    _config, config_path, dagster_home = ui_store
+    port = _free_port()
+    env = {**os.environ, "DAGSTER_HOME": str(dagster_home), "POSFED_CONFIG": str(config_path)}
+    env.pop("POSFED_HOME", None)
+    env.pop("POSFED_DB_URL", None)
+    log_path = tmp_path / "webserver.log"
+    log = log_path.open("wb")
+    server = subprocess.Popen(
+        [
+            str(Path(sys.executable).with_name("dagster-webserver")),
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(port),
+            "-w",
+            str(REPO_ROOT / "workspace.yaml"),
+        ],
+        cwd=REPO_ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    base_url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_until_serving(base_url, server, log_path)
+        yield base_url
+    finally:
+        os.killpg(server.pid, signal.SIGINT)
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()
+        log.close()
+
+
+@pytest.fixture
+def browser(tmp_path):
+    """Headless Chromium from the distribution, no downloaded browser or driver."""
+    missing = [str(p) for p in (CHROMIUM, CHROMEDRIVER) if not p.exists()]
+    if missing:
+        message = f"{', '.join(missing)} missing (scripts/install-system-deps.sh installs them)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for flag in (
+        "--headless",
+        # Root in a container has no user namespace for the sandbox.
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={tmp_path / 'chromium-profile'}",
+        "--window-size=1600,900",
+    ):
+        options.add_argument(flag)
+    # An explicit driver path: Selenium then never tries to download one.
+    driver = webdriver.Chrome(
+        options=options,
+        service=Service(executable_path=str(CHROMEDRIVER), log_output=str(tmp_path / "driver.log")),
+    )
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def test_ui_shows_the_asset_lineage_and_one_sensor_per_terminal(webserver, browser, tmp_path):
+    screenshots = (
+        REPO_ROOT / "docs" if os.environ.get("POSFED_UPDATE_SCREENSHOTS") == "1" else tmp_path
+    )
+
+    browser.get(f"{webserver}/locations/{LOCATION}/asset-groups/receipts")
+    _dismiss_community_modal(browser)
+    for asset in RECEIPT_ASSETS:
+        _wait_visible_text(browser, asset)
+    # The processed terminal-day shows in the graph: its asset checks passed.
+    _wait_visible_text(browser, "1 / 1 Passed")
+    time.sleep(1)  # let the graph finish its zoom-to-fit animation before the picture
+    _save_screenshot(browser, screenshots / "asset-lineage.png")
+
+    browser.get(f"{webserver}/automation")
+    _dismiss_community_modal(browser)
+    for terminal_id, _department, _tenant in TERMINALS:
+        _wait_visible_text(browser, f"{terminal_id}_inbox_sensor")
+    _save_screenshot(browser, screenshots / "sensors.png")
+
+
+def _wait_visible_text(browser, text: str):
+    from selenium.common.exceptions import TimeoutException
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    locator = (
+        By.XPATH,
+        f"//*[normalize-space(.)='{text}' and not(*[normalize-space(.)='{text}'])]",
+    )
+    try:
+        return WebDriverWait(browser, PAGE_TIMEOUT_SECONDS).until(
+            expected_conditions.visibility_of_element_located(locator)
+        )
+    except TimeoutException:
+        page = browser.find_element(By.TAG_NAME, "body").text
+        pytest.fail(f"{text!r} not visible on {browser.current_url}; the page shows:\n{page}")
+
+
+def _dismiss_community_modal(browser) -> None:
+    """The first visit shows "Join the Dagster community" over the page: skip it, if it comes."""
+    from selenium.common.exceptions import TimeoutException
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    skip = (By.XPATH, "//button[normalize-space(.)='Skip']")
+    try:
+        WebDriverWait(browser, 10).until(expected_conditions.element_to_be_clickable(skip)).click()
+    except TimeoutException:
+        return  # already dismissed in this browser profile
+    WebDriverWait(browser, 10).until(expected_conditions.invisibility_of_element_located(skip))
+
+
+def _save_screenshot(browser, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    assert browser.save_screenshot(str(path))
+    assert path.read_bytes().startswith(b"\x89PNG")
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _wait_until_serving(base_url: str, server: subprocess.Popen, log: Path) -> None:
+    deadline = time.monotonic() + PAGE_TIMEOUT_SECONDS
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            break
+        try:
+            with urllib.request.urlopen(f"{base_url}/server_info", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.5)
+    tail = log.read_text(errors="replace")[-3000:] if log.exists() else ""
+    pytest.fail(f"dagster-webserver did not serve {base_url}\n--- webserver log ---\n{tail}")
