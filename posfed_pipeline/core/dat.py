@@ -34,7 +34,7 @@ from typing import Any
 import jsonschema
 
 from posfed_pipeline.core.config import Terminal
-from posfed_pipeline.core.fsutil import write_atomic
+from posfed_pipeline.core.fsutil import ContentConflict, write_once
 from posfed_pipeline.core.receipt import Receipt
 
 SPEC_SCHEMA_PATH = Path(__file__).with_name("dat_spec.schema.json")
@@ -199,6 +199,10 @@ class SpecError(ValueError):
 
 class DatRenderError(ValueError):
     """A receipt that cannot be rendered under a spec (e.g. a number too wide for its field)."""
+
+
+class DatConflictError(DatRenderError):
+    """The .dat file name is taken by a file with other content; it is never overwritten."""
 
 
 class DatFormatError(ValueError):
@@ -1096,7 +1100,15 @@ def write_dat(out_dir: Path, rendered: RenderedDat, spec: DatSpec, business_day:
     if out_dir.resolve() not in target.parents:
         raise DatRenderError(f"refusing to write outside {out_dir}: {target}")
     version = rendered.version or spec.version_for(business_day)
-    write_atomic(target, rendered.content)
+    try:
+        # A written .dat is final for the billing software: re-writing identical bytes is fine
+        # (a re-delivery, a backfill), replacing a different file never is.
+        write_once(target, rendered.content)
+    except ContentConflict:
+        raise DatConflictError(
+            f"{target} already exists with other content (another receipt with the same file "
+            "name: same department and receipt id?); not overwritten"
+        ) from None
     problems = check_dat(target.read_bytes(), version)
     if problems:
         raise DatRenderError(

@@ -49,3 +49,33 @@ def _fsync_dir(folder: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+class ContentConflict(FileExistsError):
+    """A different file already exists where an immutable one is to be written."""
+
+
+def write_once(path: Path, data: bytes) -> bool:
+    """Create ``path`` atomically, never replacing different content.
+
+    Returns True if written, False if an identical file was already there (an idempotent
+    re-write); raises ``ContentConflict`` if a file with other bytes is there. The new file
+    appears whole (temp + fsync + link), and two writers racing for one name cannot both win.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        try:
+            os.link(tmp_name, path)  # fails if the name exists: no clobbering, even in a race
+        except FileExistsError:
+            if path.read_bytes() == data:
+                return False
+            raise ContentConflict(f"{path} already exists with other content") from None
+    finally:
+        Path(tmp_name).unlink(missing_ok=True)
+    _fsync_dir(path.parent)
+    return True

@@ -98,15 +98,9 @@ def validate(
     if spec is not None:
         renderable = []
         for receipt in report.valid:
-            try:
-                render_receipt(receipt, terminal, spec)
-            except DatRenderError as exc:
-                report.invalid.append(
-                    (
-                        receipt,
-                        [Problem("receipt", receipt.receipt_id, f"cannot be rendered: {exc}")],
-                    )
-                )
+            problem = _dat_problem(config, terminal, spec, receipt)
+            if problem:
+                report.invalid.append((receipt, [problem]))
             else:
                 renderable.append(receipt)
         report.valid = renderable
@@ -153,6 +147,25 @@ def _file_times(batch: IntakeResult, receipts: list[Receipt]) -> dict[str, datet
             continue
         times[receipt.source_file] = datetime.fromtimestamp(mtime, UTC)
     return times
+
+
+def _dat_problem(
+    config: PosfedConfig, terminal: Terminal, spec: DatSpec, receipt: Receipt
+) -> Problem | None:
+    try:
+        rendered = render_receipt(receipt, terminal, spec)
+    except DatRenderError as exc:
+        return Problem("receipt", receipt.receipt_id, f"cannot be rendered: {exc}")
+    existing = config.dat_dir / rendered.relative_path
+    if existing.exists() and existing.read_bytes() != rendered.content:
+        # Two terminals of one department reusing a receipt id would share a .dat file name.
+        return Problem(
+            "receiptId",
+            receipt.receipt_id,
+            "a receipt with this id and different content was already accepted (its .dat file "
+            f"{rendered.relative_path} holds it); not overwritten",
+        )
+    return None
 
 
 def emit(
