@@ -38,6 +38,20 @@ def store_config_dict(home: Path, **overrides) -> dict:
     return raw
 
 
+def write_store_config(path: Path, home: Path, **overrides) -> Path:
+    """The store TOML a user would write, for tests that run posfed's own processes."""
+    raw = store_config_dict(home, **overrides)
+    lines = []
+    for table in ("store", "paths", "intake", "dat"):
+        lines.append(f"[{table}]")
+        lines += [f"{key} = {json.dumps(value)}" for key, value in raw[table].items()]
+    for terminal in raw["terminals"]:
+        lines.append("[[terminals]]")
+        lines += [f"{key} = {json.dumps(value)}" for key, value in terminal.items()]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
 @pytest.fixture
 def config(tmp_path, monkeypatch) -> PosfedConfig:
     monkeypatch.delenv("POSFED_HOME", raising=False)

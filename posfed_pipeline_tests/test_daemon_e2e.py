@@ -15,39 +15,12 @@ import pytest
 from posfed_pipeline.cli import render_instance_yaml
 from posfed_pipeline.core import store
 from posfed_pipeline.core.config import load_config
-from posfed_pipeline_tests.conftest import DEFAULT_SPEC, REPO_ROOT, drop_receipt, receipt_doc
-
-STORE_TOML = """
-[store]
-id = "daemon-test"
-timezone = "Europe/Amsterdam"
-partitions_start = "2026-01-01"
-
-[paths]
-home = "{home}"
-
-[intake]
-stability_seconds = 0.2
-
-[dat]
-spec = "{spec}"
-
-[[terminals]]
-id = "bakery_1"
-department = "10"
-tenant = "Bakkerij"
-
-[[terminals]]
-id = "butcher_1"
-department = "20"
-tenant = "Slagerij"
-"""
+from posfed_pipeline_tests.conftest import REPO_ROOT, drop_receipt, receipt_doc, write_store_config
 
 
 @pytest.fixture
 def running_daemon(tmp_path):
-    config_path = tmp_path / "posfed.toml"
-    config_path.write_text(STORE_TOML.format(home=tmp_path / "state", spec=DEFAULT_SPEC))
+    config_path = write_store_config(tmp_path / "posfed.toml", tmp_path / "state")
     config = load_config(config_path)
     config.ensure_folders()
     store.upgrade_database(store.make_engine(config.db_url))

@@ -23,19 +23,17 @@ from posfed_pipeline.definitions import RECEIPTS_JOB, build_definitions
 from posfed_pipeline.defs.sensors import inbox_sensor_name, run_request_for
 from posfed_pipeline.fastpath import dagster_internals, launcher
 from posfed_pipeline.fastpath.service import REPO_ROOT, start_fastpath
-from posfed_pipeline_tests.conftest import DEFAULT_SPEC, receipt_doc
-from posfed_pipeline_tests.test_daemon_e2e import STORE_TOML
+from posfed_pipeline_tests.conftest import receipt_doc, write_store_config
 
 
 @pytest.fixture
 def fast_store(monkeypatch):
     # Short paths: the pool's Unix socket lives in DAGSTER_HOME.
     root = Path(tempfile.mkdtemp(prefix="pft-", dir="/tmp"))
-    config_path = root / "posfed.toml"
-    config_path.write_text(
-        STORE_TOML.format(home=root / "s", spec=DEFAULT_SPEC).replace(
-            "[intake]\n", "[intake]\nrelaunch_after_seconds = 0\n"
-        )
+    config_path = write_store_config(
+        root / "posfed.toml",
+        root / "s",
+        intake={"stability_seconds": 0.2, "relaunch_after_seconds": 0},
     )
     monkeypatch.setenv("POSFED_CONFIG", str(config_path))
     monkeypatch.delenv("POSFED_HOME", raising=False)

@@ -14,8 +14,7 @@ from posfed_pipeline.core import store
 from posfed_pipeline.core.config import load_config
 from posfed_pipeline.definitions import RECEIPTS_JOB, build_definitions
 from posfed_pipeline.defs.assets import ReceiptBatchConfig, receipt_op_config
-from posfed_pipeline_tests.conftest import DEFAULT_SPEC, REPO_ROOT, drop_receipt, receipt_doc
-from posfed_pipeline_tests.test_daemon_e2e import STORE_TOML
+from posfed_pipeline_tests.conftest import REPO_ROOT, drop_receipt, receipt_doc, write_store_config
 
 TS = "2026-11-20T10:15:00+01:00"
 DAY = date(2026, 11, 20)
@@ -63,8 +62,7 @@ def _unblock_after_first_retry(instance: dg.DagsterInstance, blocker: Path) -> N
 
 
 def test_backfill_from_the_dagster_cli_reprocesses_the_archive(tmp_path):
-    config_path = tmp_path / "posfed.toml"
-    config_path.write_text(STORE_TOML.format(home=tmp_path / "state", spec=DEFAULT_SPEC))
+    config_path = write_store_config(tmp_path / "posfed.toml", tmp_path / "state")
     config = load_config(config_path)
     config.ensure_folders()
     engine = store.make_engine(config.db_url)

@@ -27,30 +27,9 @@ import pytest
 from posfed_pipeline.cli import render_instance_yaml
 from posfed_pipeline.core import store
 from posfed_pipeline.core.config import load_config
-from posfed_pipeline_tests.conftest import DEFAULT_SPEC, REPO_ROOT, drop_receipt, receipt_doc
+from posfed_pipeline_tests.conftest import REPO_ROOT, drop_receipt, receipt_doc, write_store_config
 
 PG_ADMIN_DSN = "host=127.0.0.1 port=5432 user=postgres dbname=postgres connect_timeout=5"
-
-STORE_TOML = """
-[store]
-id = "prod-profile-test"
-timezone = "Europe/Amsterdam"
-partitions_start = "2026-01-01"
-
-[paths]
-home = "{home}"
-
-[intake]
-stability_seconds = 0.2
-
-[dat]
-spec = "{spec}"
-
-[[terminals]]
-id = "bakery_1"
-department = "10"
-tenant = "Bakkerij"
-"""
 
 
 @pytest.fixture
@@ -88,8 +67,7 @@ def prod_store(tmp_path, pg_databases, monkeypatch):
         "DAGSTER_PG_DB": pg_databases["dagster"],
     }
     register_url = f"postgresql+psycopg://postgres@127.0.0.1:5432/{pg_databases['register']}"
-    config_path = tmp_path / "posfed.toml"
-    config_path.write_text(STORE_TOML.format(home=tmp_path / "state", spec=DEFAULT_SPEC))
+    config_path = write_store_config(tmp_path / "posfed.toml", tmp_path / "state")
     dagster_home = tmp_path / "dagster_home"
     render_instance_yaml(dagster_home, "prod")
     env = {

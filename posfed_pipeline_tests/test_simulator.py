@@ -6,7 +6,7 @@ from posfed_pipeline.cli import main
 from posfed_pipeline.core import intake
 from posfed_pipeline.core.simulator import ReceiptSimulator
 from posfed_pipeline.core.validation import validate_batch
-from posfed_pipeline_tests.conftest import store_config_dict
+from posfed_pipeline_tests.conftest import write_store_config
 
 
 def test_simulated_receipts_are_valid_and_exact(config):
@@ -24,9 +24,7 @@ def test_simulated_receipts_are_valid_and_exact(config):
 
 
 def test_simulate_command_drops_receipts_into_the_first_n_terminals(tmp_path, capsys):
-    config_file = tmp_path / "store.toml"
-    raw = store_config_dict(tmp_path / "state")
-    config_file.write_text(_toml(raw))
+    config_file = write_store_config(tmp_path / "store.toml", tmp_path / "state")
 
     code = main(
         [
@@ -50,14 +48,3 @@ def test_simulate_command_drops_receipts_into_the_first_n_terminals(tmp_path, ca
     assert not list((tmp_path / "state" / "terminals" / "butcher_1" / "inbox").iterdir())
     assert json.loads(dropped[0].read_text())["terminalId"] == "bakery_1"
     assert f"dropped {len(dropped)} receipts into 1 terminal inboxes" in capsys.readouterr().out
-
-
-def _toml(raw: dict) -> str:
-    lines = []
-    for table in ("store", "paths", "intake", "dat"):
-        lines.append(f"[{table}]")
-        lines += [f"{k} = {json.dumps(v)}" for k, v in raw[table].items()]
-    for terminal in raw["terminals"]:
-        lines.append("[[terminals]]")
-        lines += [f"{k} = {json.dumps(v)}" for k, v in terminal.items()]
-    return "\n".join(lines) + "\n"

@@ -31,7 +31,7 @@ from posfed_pipeline.core.config import PosfedConfig, load_config
 from posfed_pipeline.definitions import RECEIPTS_JOB, build_definitions
 from posfed_pipeline.defs.assets import ReceiptBatchConfig, receipt_op_config
 from posfed_pipeline.defs.partitions import terminal_day_key
-from posfed_pipeline_tests.conftest import DEFAULT_SPEC, REPO_ROOT, drop_receipt, receipt_doc
+from posfed_pipeline_tests.conftest import REPO_ROOT, drop_receipt, receipt_doc, write_store_config
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
@@ -42,27 +42,6 @@ TERMINALS = [
     ("butcher_1", "20", "Slagerij"),
     ("deli_1", "30", "Delicatessen"),
 ]
-STORE_TOML = """
-[store]
-id = "ui-test"
-timezone = "Europe/Amsterdam"
-partitions_start = "2026-01-01"
-
-[paths]
-home = "{home}"
-
-[intake]
-stability_seconds = 0.2
-
-[dat]
-spec = "{spec}"
-"""
-TERMINAL_TOML = """
-[[terminals]]
-id = "{id}"
-department = "{department}"
-tenant = "{tenant}"
-"""
 PAGE_TIMEOUT_SECONDS = 60
 
 
@@ -71,13 +50,13 @@ def ui_store(tmp_path, monkeypatch) -> tuple[PosfedConfig, Path, Path]:
     """A temp store with one terminal-day processed; returns (config, config path, DAGSTER_HOME)."""
     monkeypatch.delenv("POSFED_HOME", raising=False)
     monkeypatch.delenv("POSFED_DB_URL", raising=False)
-    config_path = tmp_path / "posfed.toml"
-    config_path.write_text(
-        STORE_TOML.format(home=tmp_path / "state", spec=DEFAULT_SPEC)
-        + "".join(
-            TERMINAL_TOML.format(id=id_, department=department, tenant=tenant)
+    config_path = write_store_config(
+        tmp_path / "posfed.toml",
+        tmp_path / "state",
+        terminals=[
+            {"id": id_, "department": department, "tenant": tenant}
             for id_, department, tenant in TERMINALS
-        )
+        ],
     )
     config = load_config(config_path)
     config.ensure_folders()

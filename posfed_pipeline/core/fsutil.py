@@ -7,8 +7,8 @@ import tempfile
 from pathlib import Path
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write so readers see nothing or the whole file (temp + fsync + rename)."""
+def _synced_temp_copy(path: Path, data: bytes) -> Path:
+    """``data`` in a hidden temp file beside ``path``, on disk (written, flushed, fsynced)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -16,9 +16,19 @@ def write_atomic(path: Path, data: bytes) -> None:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)
+        raise
+    return Path(tmp_name)
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write so readers see nothing or the whole file (temp + fsync + rename)."""
+    tmp = _synced_temp_copy(path, data)
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
         raise
     _fsync_dir(path.parent)
 
@@ -62,20 +72,14 @@ def write_once(path: Path, data: bytes) -> bool:
     re-write); raises ``ContentConflict`` if a file with other bytes is there. The new file
     appears whole (temp + fsync + link), and two writers racing for one name cannot both win.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = _synced_temp_copy(path, data)
     try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        try:
-            os.link(tmp_name, path)  # fails if the name exists: no clobbering, even in a race
-        except FileExistsError:
-            if path.read_bytes() == data:
-                return False
-            raise ContentConflict(f"{path} already exists with other content") from None
+        os.link(tmp, path)  # fails if the name exists: no clobbering, even in a race
+    except FileExistsError:
+        if path.read_bytes() == data:
+            return False
+        raise ContentConflict(f"{path} already exists with other content") from None
     finally:
-        Path(tmp_name).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
     _fsync_dir(path.parent)
     return True
