@@ -123,7 +123,12 @@ def _relaunch_batches(
     files = {f.signature: f for f in scan.ready}
     now = time.time()
     batches = []
+    # A claim younger than the relaunch delay cannot be owed a relaunch yet (its run, if it
+    # failed, ended even more recently): skip the run lookup, the common case under load.
+    too_young = min(config.relaunch_after_seconds, ORPHAN_CLAIM_SECONDS)
     for run_key, key_claims in by_key.items():
+        if now - max(c.claimed_at for c in key_claims) < too_young:
+            continue
         attempt = key_claims[0].attempt
         records = instance.get_run_records(
             filters=dg.RunsFilter(
