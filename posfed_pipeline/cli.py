@@ -13,9 +13,9 @@ Exit codes: 0 success, 1 a verdict against the input, 2 a usage or configuration
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -39,11 +39,16 @@ def main(argv: list[str] | None = None) -> int:
     _add_simulate(commands)
     _add_db(commands)
     _add_spec_and_dat(commands)
+    _add_receipt(commands)
+    _add_bench(commands)
     args = parser.parse_args(argv)
     try:
         return args.handler(args)
-    except ConfigError as exc:
+    except (ConfigError, store.DatabaseConfigError) as exc:
         print(f"posfed: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except store.DatabaseUnavailable as exc:
+        print(f"posfed: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
@@ -57,12 +62,31 @@ def _config(args) -> PosfedConfig:
 
 
 def _add_demo(commands) -> None:
-    demo = commands.add_parser("demo", help="run the embedded demo (Dagster UI, daemon, simulator)")
+    demo = commands.add_parser("demo", help="run the embedded demo (UI, daemon, simulator)")
     demo.add_argument("--host", default="127.0.0.1", help="webserver address (default 127.0.0.1)")
     demo.add_argument("--port", type=int, default=3000)
-    demo.add_argument("--rate", type=float, default=0.5, help="simulated receipts per second")
+    demo.add_argument("--rate", type=float, default=0.2, help="simulated receipts per second")
     demo.add_argument("--no-simulator", action="store_true", help="only watch the inboxes")
+    demo.add_argument(
+        "--no-fastpath",
+        action="store_true",
+        help="plain Dagster: sensors and a fresh process per run",
+    )
     demo.set_defaults(handler=_demo)
+
+    fast = commands.add_parser("fastpath", help="the event-driven trigger and warm run workers")
+    fast.add_argument("--workers", type=int, default=2, help="warm run worker processes")
+    fast.add_argument("--no-trigger", action="store_true", help="only serve the run workers")
+    fast.set_defaults(handler=_fastpath)
+
+
+def render_instance_yaml(dagster_home: Path, profile: str = "dev") -> Path:
+    """Write DAGSTER_HOME/dagster.yaml from the profile in deploy/."""
+    dagster_home.mkdir(parents=True, exist_ok=True)
+    target = dagster_home / "dagster.yaml"
+    template = (REPO_ROOT / "deploy" / f"dagster.{profile}.yaml").read_text()
+    target.write_text(template.replace("${DAGSTER_HOME}", str(dagster_home.resolve())))
+    return target
 
 
 def prepare_instance(config: PosfedConfig) -> Path:
@@ -70,8 +94,12 @@ def prepare_instance(config: PosfedConfig) -> Path:
     config.ensure_folders()
     store.upgrade_database(store.make_engine(config.db_url))
     dagster_home = config.home / "dagster_home"
-    dagster_home.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(REPO_ROOT / "deploy" / "dagster.dev.yaml", dagster_home / "dagster.yaml")
+    render_instance_yaml(dagster_home)
+    # Create Dagster's storage once, before several processes open it at the same moment.
+    import dagster as dg
+
+    with dg.DagsterInstance.from_config(str(dagster_home)):
+        pass
     return dagster_home
 
 
@@ -95,26 +123,70 @@ def _demo(args) -> int:
     ]
     print(f"posfed demo: {len(config.terminals)} terminals, state in {config.home}")
     print(f"posfed demo: open http://{args.host}:{args.port} (Ctrl-C stops everything)")
-    dagster = subprocess.Popen(command, env=env, cwd=REPO_ROOT, start_new_session=True)
+    processes = [subprocess.Popen(command, env=env, cwd=REPO_ROOT, start_new_session=True)]
+    if not args.no_fastpath:
+        processes.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "posfed_pipeline.cli", "fastpath"],
+                env=env,
+                cwd=REPO_ROOT,
+                start_new_session=True,
+            )
+        )
+    # A service manager's SIGTERM stops the demo as cleanly as Ctrl-C does.
+    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     stop = threading.Event()
     if not args.no_simulator:
         threading.Thread(
             target=_simulate_until, args=(config, args.rate, stop), daemon=True
         ).start()
     try:
-        while dagster.poll() is None:
+        while all(p.poll() is None for p in processes):
             time.sleep(0.5)
-        return dagster.returncode or 0
+        return next(p.returncode for p in processes if p.returncode is not None) or 0
     except KeyboardInterrupt:
         print("\nposfed demo: stopping (waiting for Dagster to shut down)...")
         stop.set()
-        os.killpg(dagster.pid, signal.SIGINT)
-        try:
-            dagster.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(dagster.pid, signal.SIGKILL)
-            dagster.wait()
+        for process in processes:
+            _stop_process_group(process)
         return 0
+
+
+def _fastpath(args) -> int:
+    import logging
+
+    from posfed_pipeline.fastpath.service import serve_forever
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    config = _config(args)
+    dagster_home = Path(os.environ.get("DAGSTER_HOME") or prepare_instance(config))
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    serve_forever(
+        config, dagster_home, workers=args.workers, trigger=not args.no_trigger, stop=stop
+    )
+    return 0
+
+
+def _stop_process_group(process: subprocess.Popen) -> None:
+    # `dagster dev` first, so the daemon stops ticking before its code server goes away;
+    # then the rest of its process group (code server, run workers), as a terminal's Ctrl-C does.
+    process.send_signal(signal.SIGINT)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        process.wait(timeout=5)
+    try:
+        os.killpg(process.pid, signal.SIGINT)
+        process.wait(timeout=30)
+    except ProcessLookupError:
+        pass
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
+def _raise_keyboard_interrupt(_signum, _frame) -> None:
+    raise KeyboardInterrupt
 
 
 def _simulate_until(config: PosfedConfig, rate: float, stop: threading.Event) -> None:
@@ -175,9 +247,13 @@ def _add_db(commands) -> None:
     db = commands.add_parser("db", help="central database").add_subparsers(
         dest="db_command", required=True, metavar="ACTION"
     )
-    db.add_parser("upgrade", help="create or upgrade the schema (Alembic)").set_defaults(
-        handler=_db_upgrade
+    upgrade = db.add_parser("upgrade", help="create or upgrade the schema (Alembic)")
+    upgrade.add_argument(
+        "--sql",
+        action="store_true",
+        help="print the upgrade as a SQL script for a DBA instead of running it (no connection)",
     )
+    upgrade.set_defaults(handler=_db_upgrade)
     db.add_parser("status", help="schema version and receipts per terminal and day").set_defaults(
         handler=_db_status
     )
@@ -185,12 +261,17 @@ def _add_db(commands) -> None:
 
 def _db_upgrade(args) -> int:
     config = _config(args)
+    if args.sql:
+        print(store.upgrade_sql(config.db_url), end="")
+        return 0
     engine = store.make_engine(config.db_url)
-    store.upgrade_database(engine)
-    print(
-        f"db upgrade: {engine.url.render_as_string(hide_password=True)} "
-        f"at revision {store.schema_revision(engine)}"
-    )
+    try:
+        store.upgrade_database(engine)
+        revision = store.schema_revision(engine)
+    except store.DatabaseUnavailable as exc:
+        print(f"db upgrade: {exc}", file=sys.stderr)
+        return 2
+    print(f"db upgrade: {engine.url.render_as_string(hide_password=True)} at revision {revision}")
     return 0
 
 
@@ -198,12 +279,30 @@ def _db_status(args) -> int:
     config = _config(args)
     engine = store.make_engine(config.db_url)
     print(f"database: {engine.url.render_as_string(hide_password=True)}")
-    print(f"schema revision: {store.schema_revision(engine) or 'none (run posfed db upgrade)'}")
-    rows = store.counts_by_terminal_day(engine) if store.schema_revision(engine) else []
+    try:
+        revision = store.schema_revision(engine)
+        rows = store.counts_by_terminal_day(engine) if revision else []
+        ledger = store.ledger_summary(engine) if revision and store.has_ledger(engine) else {}
+    except store.DatabaseUnavailable as exc:
+        print(f"db status: {exc}", file=sys.stderr)
+        return 2
+    print(f"schema revision: {revision or 'none (run posfed db upgrade)'}")
     if rows:
-        print(f"{'day':<12}{'terminal':<20}{'receipts':>10}{'total':>14}")
+        print(
+            f"{'day':<12}{'terminal':<20}{'receipts':>10}{'total':>14}"
+            f"{'deliveries':>12}{'conflicts':>11}{'dat pending':>13}"
+        )
         for terminal_id, day, count, total in rows:
-            print(f"{day!s:<12}{terminal_id:<20}{count:>10}{total!s:>14}")
+            summary = ledger.get((terminal_id, day))
+            deliveries, conflicts, pending = (
+                (summary.deliveries, summary.conflicts, summary.dat_pending)
+                if summary
+                else ("-", "-", "-")
+            )
+            print(
+                f"{day!s:<12}{terminal_id:<20}{count:>10}{total!s:>14}"
+                f"{deliveries!s:>12}{conflicts!s:>11}{pending!s:>13}"
+            )
     return 0
 
 
@@ -215,30 +314,38 @@ def _add_spec_and_dat(commands) -> None:
         dest="spec_command", required=True, metavar="ACTION"
     )
     check = spec.add_parser("check", help="validate a spec; exit 1 with the reasons")
-    check.add_argument("spec")
+    check.add_argument("spec", help="the spec file (JSON, format in dat_specs/README.md)")
     check.set_defaults(handler=_spec_check)
 
     datp = commands.add_parser("dat", help="render, parse and check .dat files").add_subparsers(
         dest="dat_command", required=True, metavar="ACTION"
     )
-    render = datp.add_parser("render", help="render receipts to .dat files")
+    render = datp.add_parser(
+        "render", help="render receipts to DIR/<date folder>/<file name>, printing each path"
+    )
     render.add_argument("--spec", required=True)
-    render.add_argument("--out", required=True)
+    render.add_argument("--out", required=True, metavar="DIR")
+    render.add_argument(
+        "--config",
+        default=argparse.SUPPRESS,
+        help="store configuration naming the terminals and their department codes "
+        "(default: $POSFED_CONFIG or ./posfed.toml)",
+    )
     render.add_argument("--terminal", help="terminal id (default: the receipt's terminalId)")
-    render.add_argument("receipts", nargs="+")
+    render.add_argument("receipts", nargs="+", metavar="RECEIPT.json")
     render.set_defaults(handler=_dat_render)
+    version_help = (
+        "business day YYYY-MM-DD selecting the spec version "
+        "(default: the file's date folder, else the newest version)"
+    )
     parse = datp.add_parser("parse", help="print a .dat file's records as JSON")
     parse.add_argument("--spec", required=True)
-    parse.add_argument(
-        "--date",
-        help="business day YYYY-MM-DD selecting the spec version "
-        "(default: the folder name, else the newest version)",
-    )
+    parse.add_argument("--date", help=version_help)
     parse.add_argument("file")
     parse.set_defaults(handler=_dat_parse)
     dcheck = datp.add_parser("check", help="exit 0 if a .dat file conforms byte for byte")
     dcheck.add_argument("--spec", required=True)
-    dcheck.add_argument("--date", help="business day YYYY-MM-DD (see parse)")
+    dcheck.add_argument("--date", help=version_help)
     dcheck.add_argument("file")
     dcheck.set_defaults(handler=_dat_check)
 
@@ -247,12 +354,12 @@ def _spec_check(args) -> int:
     try:
         spec = dat.load_spec(args.spec)
     except dat.SpecError as exc:
-        print(f"spec check: INVALID: {exc}", file=sys.stderr)
+        print(f"spec check: INVALID: {args.spec} ({len(exc.problems)} problem(s))", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  {problem}", file=sys.stderr)
         return 1
     for version in spec.versions:
-        widths = ", ".join(
-            f"{kind} {sum(f.length for f in fields)} bytes" for kind, fields in version.records()
-        )
+        widths = ", ".join(f"{kind} {version.width(kind)} bytes" for kind, _ in version.records())
         print(
             f"spec check: {spec.name} version from {version.effective_from}: {widths}, "
             f"{version.encoding}"
@@ -265,56 +372,226 @@ def _dat_render(args) -> int:
     try:
         spec = dat.load_spec(args.spec)
     except dat.SpecError as exc:
-        print(f"dat render: {exc}", file=sys.stderr)
+        print(f"dat render: invalid spec:\n{exc}", file=sys.stderr)
         return 2
-    config = _config(args)
+    try:
+        config = _config(args)
+    except ConfigError as exc:
+        print(
+            f"dat render: the store configuration names each terminal's department code, "
+            f"and it cannot be read: {exc} (pass --config FILE or set POSFED_CONFIG)",
+            file=sys.stderr,
+        )
+        return 2
+
+    def terminal_of(path: Path):
+        terminal_id = args.terminal
+        if not terminal_id:
+            try:
+                doc = json.loads(path.read_bytes())
+            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+                raise ValueError(f"not a JSON receipt ({exc})") from None
+            terminal_id = doc.get("terminalId") if isinstance(doc, dict) else None
+            if not isinstance(terminal_id, str) or not terminal_id:
+                raise ValueError("the receipt has no terminalId; pass --terminal ID")
+        if terminal_id not in config.terminal_ids:
+            ids = config.terminal_ids
+            known = ", ".join(ids[:8]) + (f" and {len(ids) - 8} more" if len(ids) > 8 else "")
+            raise ValueError(
+                f"terminal {terminal_id!r} is not in the store configuration "
+                f"{config.config_path} (known: {known}); pass --config for its store"
+            )
+        return config.terminal(terminal_id)
+
     out = Path(args.out)
     failed = 0
     for name in args.receipts:
         path = Path(name)
         try:
-            terminal_id = args.terminal or json.loads(path.read_bytes()).get("terminalId")
-            terminal = config.terminal(str(terminal_id))
+            terminal = terminal_of(path)
             receipt = intake.read_receipt_file(path, terminal)
             rendered = dat.render_receipt(receipt, terminal, spec)
             print(dat.write_dat(out, rendered, spec, receipt.business_day))
-        except (OSError, ValueError, AttributeError) as exc:
+        except (OSError, ValueError) as exc:  # IntakeError, DatRenderError, ConfigError included
             failed += 1
             print(f"dat render: {name}: cannot render: {exc}", file=sys.stderr)
     return 1 if failed else 0
 
 
 def _version_for_file(spec: dat.DatSpec, args) -> dat.LayoutVersion:
-    from datetime import date, datetime
+    """--date if given, else the day the file's date folder names, else the newest version."""
+    from datetime import date
 
     if args.date:
-        return spec.version_for(date.fromisoformat(args.date))
-    folder = Path(args.file).resolve().parent.name
+        try:
+            day = date.fromisoformat(args.date)
+        except ValueError:
+            raise ValueError(f"--date {args.date!r} is not a date YYYY-MM-DD") from None
+        return spec.version_for(day)
+    for version in reversed(spec.versions):
+        day = version.day_from_path(args.file)
+        if day is not None:
+            return spec.version_for(day)
+    return spec.versions[-1]
+
+
+def _dat_inputs(command: str, args) -> tuple[bytes, dat.LayoutVersion] | None:
+    """The file's bytes and the spec version to read it with; None (reported) if unusable."""
     try:
-        return spec.version_for(datetime.strptime(folder, "%Y%m%d").date())
-    except ValueError:
-        return spec.versions[-1]
+        spec = dat.load_spec(args.spec)
+        version = _version_for_file(spec, args)
+        return Path(args.file).read_bytes(), version
+    except dat.SpecError as exc:
+        print(f"{command}: invalid spec:\n{exc}", file=sys.stderr)
+    except (OSError, ValueError) as exc:
+        print(f"{command}: {args.file}: {exc}", file=sys.stderr)
+    return None
 
 
 def _dat_parse(args) -> int:
-    spec = dat.load_spec(args.spec)
+    inputs = _dat_inputs("dat parse", args)
+    if inputs is None:
+        return 2
+    content, version = inputs
     try:
-        records = dat.parse_dat(Path(args.file).read_bytes(), _version_for_file(spec, args))
-    except ValueError as exc:
-        print(f"dat parse: {args.file}: {exc}", file=sys.stderr)
+        records = dat.parse_dat(content, version)
+    except dat.DatFormatError as exc:
+        for problem in exc.problems:
+            print(f"dat parse: {args.file}: {problem}", file=sys.stderr)
         return 1
     print(json.dumps(records, indent=2, ensure_ascii=False))
     return 0
 
 
 def _dat_check(args) -> int:
-    spec = dat.load_spec(args.spec)
-    problems = dat.check_dat(Path(args.file).read_bytes(), _version_for_file(spec, args))
+    inputs = _dat_inputs("dat check", args)
+    if inputs is None:
+        return 2
+    content, version = inputs
+    problems = dat.check_dat(content, version)
     for problem in problems:
         print(f"dat check: {args.file}: {problem}", file=sys.stderr)
     if not problems:
-        print(f"dat check: {args.file}: OK")
+        print(f"dat check: {args.file}: OK (version from {version.effective_from})")
     return 1 if problems else 0
+
+
+# --- receipt ----------------------------------------------------------------------------------
+
+
+def _add_receipt(commands) -> None:
+    receipt = commands.add_parser("receipt", help="check receipt files").add_subparsers(
+        dest="receipt_command", required=True, metavar="ACTION"
+    )
+    validate = receipt.add_parser(
+        "validate",
+        help="the pipeline's verdict on receipt files, with reasons; exit 1 if any is invalid",
+    )
+    validate.add_argument(
+        "--terminal",
+        help="terminal whose format and rules apply (default: the terminal folder the file is "
+        "in, else the receipt's own terminalId)",
+    )
+    validate.add_argument(
+        "--json", action="store_true", help='print a list of {"file", "valid", "errors"}'
+    )
+    validate.add_argument("files", nargs="+", metavar="FILE")
+    validate.set_defaults(handler=_receipt_validate)
+
+
+def _receipt_validate(args) -> int:
+    from posfed_pipeline.core import processing
+    from posfed_pipeline.core.receipt import Problem
+
+    config = _config(args)
+    chosen = config.terminal(args.terminal) if args.terminal else None  # unknown: exit 2
+    verdicts: dict[str, tuple[str | None, list[Problem]]] = {}
+    by_terminal: dict[str, dict[Path, str]] = {}
+    for name in args.files:
+        path = Path(name)
+        if not path.is_file():
+            verdicts[name] = (None, [Problem("file", name, "no such file")])
+            continue
+        terminal_id = chosen.id if chosen else _terminal_of_file(config, path)
+        if terminal_id is None:
+            rule = "cannot tell which terminal this file is from; pass --terminal ID"
+            verdicts[name] = (None, [Problem("terminalId", "unknown", rule)])
+            continue
+        by_terminal.setdefault(terminal_id, {})[path] = name
+
+    # The same intake and validation as the pipeline, without moving any file.
+    for terminal_id, names in by_terminal.items():
+        terminal = config.terminal(terminal_id)
+        batch = processing.read_batch(terminal, list(names), quarantine=False)
+        report = processing.validate(config, terminal, batch, quarantine=False)
+        for path, problems in batch.rejected:
+            verdicts[names[path]] = (terminal_id, problems)
+        for receipt, problems in report.invalid:
+            verdicts[names[batch.path_of(receipt)]] = (terminal_id, problems)
+        for receipt in report.valid:
+            verdicts[names[batch.path_of(receipt)]] = (terminal_id, [])
+        for missing in batch.missing:
+            name = next(n for p, n in names.items() if p.name == missing)
+            verdicts[name] = (terminal_id, [Problem("file", name, "vanished while reading")])
+
+    results = [(name, *verdicts[name]) for name in dict.fromkeys(args.files)]
+    if args.json:
+        listing = [
+            {
+                "file": name,
+                "terminal": terminal_id,
+                "valid": not problems,
+                "errors": [p.as_dict() for p in problems],
+            }
+            for name, terminal_id, problems in results
+        ]
+        print(json.dumps(listing, indent=2, ensure_ascii=False))
+    else:
+        for name, terminal_id, problems in results:
+            where = f" ({terminal_id})" if terminal_id else ""
+            print(f"{name}{where}: {'INVALID' if problems else 'valid'}")
+            for problem in problems:
+                print(f"  - {problem.field}: {problem.rule} (value: {problem.value})")
+        invalid = sum(1 for _, _, problems in results if problems)
+        print(f"receipt validate: {len(results) - invalid} valid, {invalid} invalid")
+    return 1 if any(problems for _, _, problems in results) else 0
+
+
+def _terminal_of_file(config: PosfedConfig, path: Path) -> str | None:
+    """The terminal folder a file sits in (inbox, archive, quarantine), else its terminalId."""
+    resolved = path.resolve()
+    for terminal in config.terminals:
+        if resolved.is_relative_to(terminal.folder):
+            return terminal.id
+    try:
+        data = path.read_bytes()[: intake.MAX_FILE_BYTES]
+    except OSError:
+        return None
+    # Read the claim in each configured format; it counts only from a terminal of that format.
+    for mapping in dict.fromkeys(t.mapping for t in config.terminals):
+        claimed = intake.claimed_terminal_id(data, mapping)
+        if claimed in config.terminal_ids and config.terminal(claimed).mapping == mapping:
+            return claimed
+    return None
+
+
+# --- bench ------------------------------------------------------------------------------------
+
+
+def _add_bench(commands) -> None:
+    from posfed_pipeline.bench import add_arguments
+
+    bench = commands.add_parser(
+        "bench", help="benchmark file-to-.dat latency in a temp store (naive vs posfed)"
+    )
+    add_arguments(bench)
+    bench.set_defaults(handler=_bench)
+
+
+def _bench(args) -> int:
+    from posfed_pipeline import bench
+
+    return bench.main(args)
 
 
 if __name__ == "__main__":

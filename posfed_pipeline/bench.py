@@ -1,0 +1,1001 @@
+"""``posfed bench``: file close → .dat latency, losses, duplicates and CPU, naive vs posfed.
+
+Each benchmark builds a fresh store in a temp folder (N terminals, embedded SQLite central
+database, its own DAGSTER_HOME), starts the real processes and drives them as POS terminals
+would: every receipt is written straight into an inbox (open, write, close).
+
+- ``posfed``: the tuned instance (deploy/dagster.dev.yaml: warm-worker run launcher, queued
+  coordinator with a per-terminal limit, consolidated event log) with ``dagster-daemon run``
+  (sensors = the catch-up path, run monitoring) and ``posfed fastpath`` (inotify trigger and
+  warm run workers).
+- ``naive``: the plain pattern (dagster-latency notes): sensors only, ``DefaultRunCoordinator``,
+  the default run launcher (a fresh process per run), default SQLite storage.
+
+Latency is measured from the receipt's ``close()`` (``time.time()`` right after it) to the
+.dat file's appearance on disk: the .dat is written as temp + fsync + rename, and the rename
+stamps the file's ctime, which the harness reads (kernel time, so a busy harness does not
+inflate the figure). CPU is the user+sys time of every process the benchmark started and all
+their descendants (daemon, code server, run processes, fast-path service and its workers),
+start-up included; the harness itself (simulator and watcher) is reported apart.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import json
+import os
+import resource
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from posfed_pipeline.core import dat, store
+from posfed_pipeline.core.config import PosfedConfig, Terminal, load_config
+from posfed_pipeline.core.receipt import Receipt, canonical_json
+from posfed_pipeline.core.simulator import ReceiptSimulator
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+MODES = ("naive", "posfed")
+# (terminal id prefix, department code, tenant), as in the demo store (posfed.toml).
+KINDS = [
+    ("bakery", "10", "Bakkerij"),
+    ("butcher", "20", "Slagerij"),
+    ("deli", "30", "Delicatessen"),
+    ("fishmonger", "40", "Viswinkel"),
+    ("greengrocer", "50", "Groenteboer"),
+    ("cheese", "60", "Kaashandel"),
+    ("patisserie", "70", "Patisserie"),
+    ("wine", "80", "Wijnhandel"),
+    ("flowers", "90", "Bloemist"),
+    ("coffee", "95", "Koffiebar"),
+]
+STORE_TOML = """\
+[store]
+id = "bench"
+timezone = "Europe/Amsterdam"
+partitions_start = "2026-01-01"
+
+[paths]
+home = "{home}"
+
+[intake]
+stability_seconds = {stability}
+
+[dat]
+spec = "{spec}"
+"""
+TERMINAL_TOML = """
+[[terminals]]
+id = "{id}"
+department = "{department}"
+tenant = "{tenant}"
+"""
+# The plain Dagster pattern: sensors only, runs launched at once, a fresh process per run,
+# default (per-run) SQLite storage. A benchmark profile, not a deploy profile.
+NAIVE_YAML = """\
+run_coordinator:
+  module: dagster._core.run_coordinator
+  class: DefaultRunCoordinator
+telemetry:
+  enabled: false
+"""
+ACTIVE_STATUSES = ("QUEUED", "NOT_STARTED", "STARTING", "STARTED", "CANCELING")
+PR_SET_CHILD_SUBREAPER = 36
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class BenchSettings:
+    terminals: int = 20
+    rate: float = 1.0
+    duration: float = 60.0
+    burst: bool = False
+    workers: int = 2
+    keep: bool = False
+    seed: int | None = 1
+    stall_timeout: float = 60.0  # stop waiting when no .dat appeared for this long
+    drain_timeout: float = 900.0  # and in any case this long after the last drop
+    progress: bool = True
+    daemon_nice: int = 0  # run the daemon (sensors, catch-up path) at a lower CPU priority
+    stability_seconds: float = 0.3  # the store's intake setting (the sensors wait this long)
+    instance_yaml: Path | None = None  # posfed mode: this profile instead of dagster.dev.yaml
+
+
+@dataclass
+class Sent:
+    terminal_id: str
+    receipt_id: str
+    file_name: str
+    dat_path: Path
+    closed: float
+    dat_at: float | None = None
+
+
+# --- the store --------------------------------------------------------------------------------
+
+
+def terminal_specs(count: int) -> list[tuple[str, str, str]]:
+    """``count`` terminals named like the demo's: bakery_1, bakery_2, butcher_1, ..."""
+    specs = []
+    for i in range(count):
+        kind, department, tenant = KINDS[(i // 2) % len(KINDS)]
+        number = i % 2 + 1 + 2 * (i // (2 * len(KINDS)))
+        specs.append((f"{kind}_{number}", department, tenant))
+    return specs
+
+
+def make_store(root: Path, terminals: int, stability_seconds: float = 0.3) -> PosfedConfig:
+    config_path = root / "posfed.toml"
+    text = STORE_TOML.format(
+        home=root / "state",
+        spec=REPO_ROOT / "dat_specs/scon_default.json",
+        stability=stability_seconds,
+    )
+    for terminal_id, department, tenant in terminal_specs(terminals):
+        text += TERMINAL_TOML.format(id=terminal_id, department=department, tenant=tenant)
+    config_path.write_text(text)
+    config = load_config(config_path)
+    config.ensure_folders()
+    store.upgrade_database(store.make_engine(config.db_url))
+    return config
+
+
+def write_instance_yaml(dagster_home: Path, mode: str, profile: Path | None = None) -> None:
+    from posfed_pipeline.cli import render_instance_yaml
+
+    if mode == "posfed" and profile is not None:
+        dagster_home.mkdir(parents=True, exist_ok=True)
+        text = profile.read_text().replace("${DAGSTER_HOME}", str(dagster_home.resolve()))
+        (dagster_home / "dagster.yaml").write_text(text)
+    elif mode == "posfed":
+        render_instance_yaml(dagster_home)
+    else:
+        dagster_home.mkdir(parents=True, exist_ok=True)
+        (dagster_home / "dagster.yaml").write_text(NAIVE_YAML)
+
+
+# --- processes and their CPU --------------------------------------------------------------------
+
+
+def _proc_stat(pid: int) -> tuple[int, str, int, float] | None:
+    """(parent pid, state, session id, CPU seconds of the process and its reaped children)."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = raw[raw.rindex(")") + 2 :].split()
+    ticks = sum(int(v) for v in fields[11:15])  # utime stime cutime cstime
+    return int(fields[1]), fields[0], int(fields[3]), ticks / CLOCK_TICKS
+
+
+def _all_procs() -> dict[int, tuple[int, str, int, float]]:
+    procs = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            stat = _proc_stat(int(entry))
+            if stat:
+                procs[int(entry)] = stat
+    return procs
+
+
+def _descendants(roots: list[int], procs: dict[int, tuple[int, str, int, float]]) -> set[int]:
+    children: dict[int, list[int]] = {}
+    for pid, (ppid, *_) in procs.items():
+        children.setdefault(ppid, []).append(pid)
+    found, todo = set(), list(roots)
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
+
+
+def _children_rusage() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _set_subreaper(on: bool) -> None:
+    """Orphaned descendants are re-parented to us (not init), so their CPU is still counted."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_CHILD_SUBREAPER, 1 if on else 0, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+
+
+def _child_setup(nice: int) -> None:
+    # A harness started in the background (``cmd &``) ignores SIGINT, and its children would
+    # inherit that: give them back the default, so SIGINT stops them cleanly.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    if nice:
+        os.nice(nice)
+
+
+class Processes:
+    """The processes one benchmark started, each in its own process group."""
+
+    def __init__(self, root: Path, env: dict[str, str]):
+        self.root = root
+        self.env = env
+        self.started: dict[str, subprocess.Popen] = {}
+        self._logs = []
+        self.cpu_before = _children_rusage()
+
+    def start(self, name: str, command: list[str], nice: int = 0) -> subprocess.Popen:
+        log = (self.root / f"{name}.log").open("wb")
+        self._logs.append(log)
+        process = subprocess.Popen(
+            command,
+            cwd=REPO_ROOT,
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=lambda: _child_setup(nice),
+        )
+        self.started[name] = process
+        return process
+
+    def dead(self) -> list[str]:
+        return [name for name, p in self.started.items() if p.poll() is not None]
+
+    def _tree(self, procs: dict[int, tuple[int, str, int, float]]) -> set[int]:
+        """Our processes: those started, their sessions, and all their descendants."""
+        sessions = {p.pid for p in self.started.values()}
+        roots = [pid for pid, (_, _, sid, _) in procs.items() if sid in sessions]
+        return (set(roots) | _descendants(roots, procs)) & set(procs)
+
+    def tree_cpu(self) -> float:
+        """CPU seconds so far of everything started (live, zombie and reaped descendants)."""
+        procs = _all_procs()
+        live = sum(procs[pid][3] for pid in self._tree(procs))
+        return live + _children_rusage() - self.cpu_before
+
+    def cpu_by_process(self) -> dict[str, float]:
+        """CPU seconds so far per started process (its session: itself and its descendants)."""
+        procs = _all_procs()
+        by_name = {}
+        for name, process in self.started.items():
+            tree = {pid for pid, (_, _, sid, _) in procs.items() if sid == process.pid}
+            tree |= _descendants(list(tree), procs)
+            by_name[name] = sum(procs[pid][3] for pid in tree if pid in procs)
+        return by_name
+
+    def reap_orphans(self) -> None:
+        """Reap descendants re-parented to us (we are their subreaper) once they exit."""
+        ours = {p.pid for p in self.started.values()}
+        me = os.getpid()
+        procs = _all_procs()
+        for pid in self._tree(procs):
+            ppid, state, _, _ = procs[pid]
+            if ppid == me and pid not in ours and state == "Z":
+                with contextlib.suppress(ChildProcessError):
+                    os.waitpid(pid, os.WNOHANG)
+
+    def stop(self) -> float:
+        """Stop everything (SIGINT to each group, SIGKILL after a timeout); total CPU seconds."""
+        for process in self.started.values():
+            if process.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGINT)
+        deadline = time.monotonic() + 30
+        for process in self.started.values():
+            try:
+                process.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+        # What is left (a worker that ignored SIGINT, a process in a group of its own): by id.
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            self.reap_orphans()
+            left = self._tree(_all_procs())
+            if not left:
+                break
+            for pid in left:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGTERM if deadline - time.monotonic() > 5 else 9)
+            time.sleep(0.2)
+        self.reap_orphans()
+        for log in self._logs:
+            log.close()
+        return _children_rusage() - self.cpu_before
+
+    def log_tail(self, name: str, chars: int = 3000) -> str:
+        path = self.root / f"{name}.log"
+        return path.read_text(errors="replace")[-chars:] if path.exists() else ""
+
+
+# --- measuring --------------------------------------------------------------------------------
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    """Linear interpolation between closest ranks (q in 0..100)."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    position = (len(ordered) - 1) * q / 100
+    low = int(position)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+
+def summary(values: list[float]) -> dict:
+    return {
+        "p50": percentile(values, 50),
+        "p95": percentile(values, 95),
+        "p99": percentile(values, 99),
+        "max": max(values) if values else None,
+        "mean": statistics.fmean(values) if values else None,
+    }
+
+
+class DatWatcher:
+    """Finds each expected .dat file; its ctime (set by the rename) is its time on disk."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self.sent: list[Sent] = []
+        self._pending: list[Sent] = []
+        self.last_found = time.monotonic()
+
+    def expect(self, item: Sent) -> None:
+        with self._lock:
+            self.sent.append(item)
+            self._pending.append(item)
+
+    def poll(self) -> int:
+        with self._lock:
+            pending = list(self._pending)
+        found = []
+        for item in pending:
+            try:
+                stat = os.stat(item.dat_path)
+            except FileNotFoundError:
+                continue
+            item.dat_at = stat.st_ctime_ns / 1e9
+            found.append(item)
+        if found:
+            self.last_found = time.monotonic()
+            with self._lock:
+                done = {id(i) for i in found}
+                self._pending = [i for i in self._pending if id(i) not in done]
+        return len(found)
+
+    @property
+    def pending(self) -> int:
+        with self._lock:
+            return len(self._pending)
+
+    def latencies(self) -> list[float]:
+        with self._lock:
+            return [i.dat_at - i.closed for i in self.sent if i.dat_at is not None]
+
+
+def write_receipt(terminal: Terminal, receipt: Receipt) -> tuple[str, float]:
+    """Write as a POS does: open, write, close; returns (file name, time right after close)."""
+    name = f"{receipt.receipt_id}.json"
+    fd = os.open(terminal.inbox / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        os.write(fd, canonical_json(receipt).encode("utf-8"))
+    finally:
+        os.close(fd)
+    return name, time.time()
+
+
+class Run:
+    """One benchmark of one mode in its own temp store."""
+
+    def __init__(self, mode: str, settings: BenchSettings):
+        self.mode = mode
+        self.settings = settings
+        self.root = Path(tempfile.mkdtemp(prefix="pfb-", dir="/tmp"))
+        self.config = make_store(self.root, settings.terminals, settings.stability_seconds)
+        self.spec = dat.load_spec(self.config.dat_spec)
+        self.dagster_home = self.root / "dh"
+        write_instance_yaml(self.dagster_home, mode, settings.instance_yaml)
+        env = {
+            **os.environ,
+            "DAGSTER_HOME": str(self.dagster_home),
+            "POSFED_CONFIG": str(self.config.config_path),
+        }
+        for name in ("POSFED_HOME", "POSFED_DB_URL"):
+            env.pop(name, None)
+        self.processes = Processes(self.root, env)
+        self.simulator = ReceiptSimulator(list(self.config.terminals), seed=settings.seed)
+        self.watcher = DatWatcher()
+        self.instance = None
+        self.pool_queue_max = 0
+        self.pending_max = 0
+        self.report: dict = {}
+
+    # --- set-up -----------------------------------------------------------------------------
+
+    def socket_path(self) -> Path:
+        from posfed_pipeline.fastpath import launcher
+
+        saved = os.environ.get("DAGSTER_HOME")
+        os.environ["DAGSTER_HOME"] = str(self.dagster_home)
+        try:
+            return launcher.default_socket_path()
+        finally:
+            if saved is None:
+                os.environ.pop("DAGSTER_HOME", None)
+            else:
+                os.environ["DAGSTER_HOME"] = saved
+
+    def pool_stats(self) -> dict | None:
+        from posfed_pipeline.fastpath import launcher
+
+        return launcher.ask_pool({"op": "stats"}, self._socket, timeout=1.0)
+
+    def start(self) -> None:
+        import dagster as dg
+
+        self._socket = self.socket_path()
+        # Create the instance's storage before the processes start: two processes creating a
+        # fresh SQLite storage at once stamp its schema twice (alembic: "more than one head").
+        self.instance = dg.DagsterInstance.from_config(str(self.dagster_home))
+        self.instance.get_runs_count()
+        daemon = str(Path(sys.executable).with_name("dagster-daemon"))
+        self.processes.start(
+            "daemon",
+            [daemon, "run", "-w", str(REPO_ROOT / "workspace.yaml")],
+            nice=self.settings.daemon_nice,
+        )
+        if self.mode == "posfed":
+            self.processes.start(
+                "fastpath",
+                [
+                    sys.executable,
+                    "-m",
+                    "posfed_pipeline.cli",
+                    "fastpath",
+                    "--workers",
+                    str(self.settings.workers),
+                ],
+            )
+        self._wait(self._sensors_ticking, 180, "every terminal's sensor to tick")
+        if self.mode == "posfed":
+            workers = self.settings.workers
+            self._wait(
+                lambda: (self.pool_stats() or {}).get("ready") == workers,
+                120,
+                f"{workers} warm run workers",
+            )
+        # One receipt end to end before measuring: the whole path is up (not counted).
+        terminal = self.config.terminals[0]
+        receipt = self.simulator.make_receipt(terminal)
+        write_receipt(terminal, receipt)
+        warm_dat = (
+            self.config.dat_dir / dat.render_receipt(receipt, terminal, self.spec).relative_path
+        )
+        self._wait(warm_dat.exists, 180, f"the warm-up receipt's .dat {warm_dat}")
+        self._wait(lambda: self._active_runs() == 0, 60, "the warm-up run to finish")
+        self.runs_before = {r.run_id for r in self.instance.get_runs()}
+        self.cpu_ready = self.processes.tree_cpu()
+
+    def _sensors_ticking(self) -> bool:
+        from dagster._core.definitions.run_request import InstigatorType
+
+        states = self.instance.all_instigator_state(instigator_type=InstigatorType.SENSOR)
+        ticked = sum(
+            1
+            for s in states
+            if self.instance.get_ticks(s.instigator_origin_id, s.selector_id, limit=1)
+        )
+        return ticked >= len(self.config.terminals)
+
+    def _active_runs(self) -> int:
+        import dagster as dg
+
+        statuses = [dg.DagsterRunStatus(s) for s in ACTIVE_STATUSES]
+        return self.instance.get_runs_count(filters=dg.RunsFilter(statuses=statuses))
+
+    def _wait(self, predicate, timeout: float, what: str) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            dead = self.processes.dead()
+            if dead:
+                raise RuntimeError(
+                    f"{', '.join(dead)} exited while waiting for {what}:\n"
+                    + "\n".join(self.processes.log_tail(n) for n in dead)
+                )
+            try:
+                if predicate():
+                    return
+            except Exception:  # the instance or socket is not there yet
+                pass
+            time.sleep(0.25)
+        raise RuntimeError(
+            f"timed out after {timeout:.0f}s waiting for {what} ({self.mode}; logs in "
+            f"{self.root})\n{self.processes.log_tail('daemon')}"
+        )
+
+    # --- driving ----------------------------------------------------------------------------
+
+    def _send(self, terminal: Terminal, receipt: Receipt) -> None:
+        name, closed = write_receipt(terminal, receipt)
+        rendered = dat.render_receipt(receipt, terminal, self.spec)
+        self.watcher.expect(
+            Sent(
+                terminal.id,
+                receipt.receipt_id,
+                name,
+                self.config.dat_dir / rendered.relative_path,
+                closed,
+            )
+        )
+
+    def drive_rate(self) -> None:
+        rate, duration = self.settings.rate, self.settings.duration
+        count = max(1, round(rate * duration))
+        start = time.monotonic()
+        for i in range(count):
+            delay = start + i / rate - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            terminal = self.simulator.random.choice(self.simulator.terminals)
+            self._send(terminal, self.simulator.make_receipt(terminal))
+
+    def drive_burst(self) -> None:
+        terminals = list(self.config.terminals)
+        receipts = [self.simulator.make_receipt(t) for t in terminals]
+        barrier = threading.Barrier(len(terminals))
+
+        def one(terminal: Terminal, receipt: Receipt) -> None:
+            barrier.wait()
+            self._send(terminal, receipt)
+
+        threads = [
+            threading.Thread(target=one, args=pair)
+            for pair in zip(terminals, receipts, strict=True)
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+
+    def _progress_loop(self, stop: threading.Event, started: float) -> None:
+        tty = sys.stdout.isatty()
+        last_line = last_sample = 0.0
+        while not stop.wait(0.1):
+            self.watcher.poll()
+            pending = self.watcher.pending
+            self.pending_max = max(self.pending_max, pending)
+            now = time.monotonic()
+            if self.mode == "posfed" and now - last_sample >= 0.25:
+                last_sample = now
+                stats = self.pool_stats() or {}
+                self.pool_queue_max = max(self.pool_queue_max, stats.get("queued", 0))
+            if now - last_line < (0.5 if tty else 10.0):
+                continue
+            last_line = now
+            self.processes.reap_orphans()
+            if self.settings.progress:
+                lat = self.watcher.latencies()
+                p50 = percentile(lat, 50)
+                p95 = percentile(lat, 95)
+                line = (
+                    f"[{self.mode}] {now - started:5.0f}s sent {len(self.watcher.sent)} "
+                    f"done {len(lat)} pending {pending}"
+                    + (f" p50 {p50:.2f}s p95 {p95:.2f}s" if lat else "")
+                )
+                print(("\r" + line.ljust(78)) if tty else line, end="" if tty else "\n", flush=True)
+        self.watcher.poll()
+
+    def measure(self) -> None:
+        self.load_start = os.getloadavg()
+        self.cpu_harness_start = time.process_time()
+        started = time.monotonic()
+        stop = threading.Event()
+        progress = threading.Thread(target=self._progress_loop, args=(stop, started), daemon=True)
+        progress.start()
+        try:
+            if self.settings.burst:
+                self.drive_burst()
+            else:
+                self.drive_rate()
+            self.last_drop = time.monotonic()
+            # Stragglers: until all are in, no .dat appeared for stall_timeout, or drain_timeout.
+            self.watcher.last_found = time.monotonic()
+            while self.watcher.pending:
+                now = time.monotonic()
+                if now - self.watcher.last_found > self.settings.stall_timeout:
+                    break
+                if now - self.last_drop > self.settings.drain_timeout:
+                    break
+                if self.processes.dead():
+                    break
+                time.sleep(0.2)
+        finally:
+            stop.set()
+            progress.join()
+            if self.settings.progress and sys.stdout.isatty():
+                print()
+        self.load_end = os.getloadavg()
+        self.elapsed = time.monotonic() - started
+        # Let the runs finish (the .dat is written before the run reports success).
+        deadline = time.monotonic() + 60
+        while self._active_runs() and time.monotonic() < deadline:
+            time.sleep(0.5)
+
+    # --- the report -------------------------------------------------------------------------
+
+    def collect(self, cpu_total: float) -> dict:
+        import dagster as dg
+
+        sent = self.watcher.sent
+        latencies = self.watcher.latencies()
+        carried: dict[tuple[str, str], list[str]] = {}  # (terminal, file) -> SUCCESS run ids
+        runs = self.instance.get_run_records()
+        new_runs = [r for r in runs if r.dagster_run.run_id not in self.runs_before]
+        by_status: dict[str, int] = {}
+        files_per_run = []
+        run_of: dict[tuple[str, str], dg.RunRecord] = {}
+        for record in runs:
+            run = record.dagster_run
+            files = (
+                run.run_config.get("ops", {})
+                .get("receipt_pipeline", {})
+                .get("config", {})
+                .get("files", [])
+            )
+            terminal = run.tags.get("posfed/terminal")
+            if run.run_id not in self.runs_before:
+                by_status[run.status.value] = by_status.get(run.status.value, 0) + 1
+                files_per_run.append(len(files))
+            if run.status == dg.DagsterRunStatus.SUCCESS:
+                for name in files:
+                    carried.setdefault((terminal, name), []).append(run.run_id)
+                    run_of[(terminal, name)] = record
+        dup_runs = sum(1 for ids in carried.values() if len(ids) > 1)
+        by_sensor_daemon = len(self._sensor_daemon_runs() - self.runs_before)
+        db_rows, db_dups = self._db_counts()
+        breakdown = self._breakdown(sent, run_of)
+        thirds = [sent[: len(sent) // 3], sent[-(len(sent) // 3) :]] if len(sent) >= 9 else []
+        n = len(sent)
+        report = {
+            "mode": self.mode,
+            "terminals": self.settings.terminals,
+            "rate": None if self.settings.burst else self.settings.rate,
+            "duration": None if self.settings.burst else self.settings.duration,
+            "burst": self.settings.burst,
+            "workers": self.settings.workers if self.mode == "posfed" else None,
+            "daemon_nice": self.settings.daemon_nice,
+            "stability_seconds": self.settings.stability_seconds,
+            "instance_yaml": str(self.settings.instance_yaml or "") or None,
+            "sent": n,
+            "dat_files": len(latencies),
+            "lost": n - len(latencies),
+            "db_rows": db_rows,
+            "duplicated": dup_runs + db_dups,
+            "duplicated_in_runs": dup_runs,
+            "duplicated_in_db": db_dups,
+            "runs": len(new_runs),
+            "runs_by_status": by_status,
+            "runs_by_sensor_daemon": by_sensor_daemon,
+            "files_per_run": statistics.fmean(files_per_run) if files_per_run else None,
+            "latency": summary(latencies),
+            "latency_p95_first_third": percentile(_lat(thirds[0]), 95) if thirds else None,
+            "latency_p95_last_third": percentile(_lat(thirds[1]), 95) if thirds else None,
+            "pending_max": self.pending_max,
+            "pool_queue_max": self.pool_queue_max if self.mode == "posfed" else None,
+            "breakdown": breakdown,
+            "cpu_seconds": cpu_total,
+            "cpu_seconds_startup": self.cpu_ready,
+            "cpu_seconds_by_process": self.cpu_by_process,
+            "cpu_per_receipt": cpu_total / n if n else None,
+            "cpu_per_receipt_after_startup": (cpu_total - self.cpu_ready) / n if n else None,
+            "cpu_harness_seconds": time.process_time() - self.cpu_harness_start,
+            "load_average_start": list(self.load_start),
+            "load_average_end": list(self.load_end),
+            "elapsed_seconds": self.elapsed,
+            "folder": str(self.root) if self.settings.keep else None,
+        }
+        if report["lost"]:
+            report["lost_examples"] = [
+                f"{i.terminal_id}/{i.file_name}" for i in sent if i.dat_at is None
+            ][:10]
+        return report
+
+    def _sensor_daemon_runs(self) -> set[str]:
+        """Runs the sensor daemon launched (its ticks name them); the rest came from the trigger."""
+        from dagster._core.definitions.run_request import InstigatorType
+
+        run_ids: set[str] = set()
+        for state in self.instance.all_instigator_state(instigator_type=InstigatorType.SENSOR):
+            for tick in self.instance.get_ticks(state.instigator_origin_id, state.selector_id):
+                run_ids.update(tick.run_ids)
+        return run_ids
+
+    def _db_counts(self) -> tuple[int, int]:
+        import sqlalchemy as sa
+
+        engine = store.make_engine(self.config.db_url)
+        keys = {(i.terminal_id, i.receipt_id) for i in self.watcher.sent}
+        with engine.connect() as connection:
+            rows = connection.execute(
+                sa.text(
+                    "SELECT terminal_id, receipt_id, COUNT(*) FROM pos_receipt "
+                    "GROUP BY terminal_id, business_day, receipt_id"
+                )
+            ).all()
+        engine.dispose()
+        ours = [(t, r, c) for t, r, c in rows if (t, r) in keys]
+        return sum(c for _, _, c in ours), sum(1 for _, _, c in ours if c > 1)
+
+    def _breakdown(self, sent: list[Sent], run_of: dict) -> dict:
+        """Where the time goes: close → run launched → run started → .dat → run ended."""
+        from dagster._core.events import DagsterEventType
+
+        launched_at: dict[str, float] = {}
+        kinds = {DagsterEventType.RUN_ENQUEUED, DagsterEventType.RUN_STARTING}
+        for record in {id(r): r for r in run_of.values()}.values():
+            run_id = record.dagster_run.run_id
+            if run_id in self.runs_before:
+                continue
+            times = [e.timestamp for e in self.instance.all_logs(run_id, of_type=kinds)]
+            if times:
+                launched_at[run_id] = min(times)
+        parts: dict[str, list[float]] = {
+            "close_to_launch": [],
+            "launch_to_start": [],
+            "start_to_dat": [],
+            "dat_to_end": [],
+        }
+        for item in sent:
+            record = run_of.get((item.terminal_id, item.file_name))
+            if record is None or item.dat_at is None:
+                continue
+            launch = launched_at.get(record.dagster_run.run_id)
+            start, end = record.start_time, record.end_time
+            if launch is None or start is None or end is None:
+                continue
+            parts["close_to_launch"].append(launch - item.closed)
+            parts["launch_to_start"].append(start - launch)
+            parts["start_to_dat"].append(item.dat_at - start)
+            parts["dat_to_end"].append(end - item.dat_at)
+        return {
+            name: {"p50": percentile(v, 50), "p95": percentile(v, 95)} for name, v in parts.items()
+        }
+
+    # --- all of it --------------------------------------------------------------------------
+
+    def execute(self) -> dict:
+        _set_subreaper(True)
+        cpu_total = 0.0
+        try:
+            self.start()
+            self.measure()
+            cpu_total = self.processes.tree_cpu()
+            self.cpu_by_process = self.processes.cpu_by_process()
+            report = self.collect(cpu_total)
+        finally:
+            if self.instance is not None:
+                self.instance.dispose()
+            final = self.processes.stop()
+            _set_subreaper(False)
+            if not self.settings.keep:
+                shutil.rmtree(self.root, ignore_errors=True)
+        # After stopping, everything is reaped: the exact total (shutdown included).
+        report["cpu_seconds"] = max(cpu_total, final)
+        report["cpu_per_receipt"] = report["cpu_seconds"] / report["sent"]
+        report["cpu_per_receipt_after_startup"] = (
+            report["cpu_seconds"] - report["cpu_seconds_startup"]
+        ) / report["sent"]
+        return report
+
+
+def _lat(items: list[Sent]) -> list[float]:
+    return [i.dat_at - i.closed for i in items if i.dat_at is not None]
+
+
+# --- printing ---------------------------------------------------------------------------------
+
+
+def _fmt(value, unit: str = "") -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.3f}{unit}" if abs(value) < 10 else f"{value:.1f}{unit}"
+    return f"{value}{unit}"
+
+
+def format_reports(reports: list[dict]) -> str:
+    rows: list[tuple[str, list[str]]] = [
+        ("mode", [r["mode"] for r in reports]),
+        (
+            "scenario",
+            [
+                f"burst x{r['terminals']}"
+                if r["burst"]
+                else f"{r['rate']:g}/s for {r['duration']:g}s"
+                for r in reports
+            ],
+        ),
+        ("terminals", [_fmt(r["terminals"]) for r in reports]),
+        (
+            "settings",
+            [
+                f"stab {r['stability_seconds']:g}s nice {r['daemon_nice']}"
+                + (f" {Path(r['instance_yaml']).name}" if r["instance_yaml"] else "")
+                for r in reports
+            ],
+        ),
+        ("receipts sent", [_fmt(r["sent"]) for r in reports]),
+        (".dat files", [_fmt(r["dat_files"]) for r in reports]),
+        ("lost", [_fmt(r["lost"]) for r in reports]),
+        ("duplicated", [_fmt(r["duplicated"]) for r in reports]),
+        ("DB rows", [_fmt(r["db_rows"]) for r in reports]),
+        ("runs launched", [_fmt(r["runs"]) for r in reports]),
+        (
+            "runs by status",
+            [
+                ",".join(f"{k}:{v}" for k, v in sorted(r["runs_by_status"].items())) or "-"
+                for r in reports
+            ],
+        ),
+        ("runs by sensor daemon", [_fmt(r["runs_by_sensor_daemon"]) for r in reports]),
+        ("files per run", [_fmt(r["files_per_run"]) for r in reports]),
+    ]
+    for q in ("p50", "p95", "p99", "max"):
+        rows.append((f"latency {q}", [_fmt(r["latency"][q], " s") for r in reports]))
+    rows += [
+        (
+            "p95 first/last third",
+            [
+                f"{_fmt(r['latency_p95_first_third'])}/{_fmt(r['latency_p95_last_third'])} s"
+                for r in reports
+            ],
+        ),
+        ("max pending .dat", [_fmt(r["pending_max"]) for r in reports]),
+        ("max pool queue", [_fmt(r["pool_queue_max"]) for r in reports]),
+    ]
+    for part in ("close_to_launch", "launch_to_start", "start_to_dat", "dat_to_end"):
+        rows.append(
+            (
+                f"{part.replace('_', ' ')} p50/p95",
+                [
+                    f"{_fmt(r['breakdown'][part]['p50'])}/{_fmt(r['breakdown'][part]['p95'])} s"
+                    for r in reports
+                ],
+            )
+        )
+    rows += [
+        ("CPU s total", [_fmt(r["cpu_seconds"]) for r in reports]),
+        (
+            "CPU s by process",
+            [
+                " ".join(f"{k}:{v:.0f}" for k, v in r["cpu_seconds_by_process"].items())
+                for r in reports
+            ],
+        ),
+        ("CPU s at start-up", [_fmt(r["cpu_seconds_startup"]) for r in reports]),
+        ("CPU s per receipt", [_fmt(r["cpu_per_receipt"]) for r in reports]),
+        ("  excl. start-up", [_fmt(r["cpu_per_receipt_after_startup"]) for r in reports]),
+        ("harness CPU s", [_fmt(r["cpu_harness_seconds"]) for r in reports]),
+        (
+            "load avg start",
+            [" ".join(f"{x:.2f}" for x in r["load_average_start"]) for r in reports],
+        ),
+        ("load avg end", [" ".join(f"{x:.2f}" for x in r["load_average_end"]) for r in reports]),
+    ]
+    width = max(len(name) for name, _ in rows) + 2
+    col = max(16, *(len(v) + 2 for _, values in rows for v in values))
+    lines = [f"{name:<{width}}" + "".join(f"{v:>{col}}" for v in values) for name, values in rows]
+    lines.append(
+        "CPU: user+sys of every process the benchmark started and all their descendants "
+        "(daemon, code server, run processes, fast path and its workers), start-up and "
+        "shutdown included; the harness itself is shown apart."
+    )
+    return "\n".join(lines)
+
+
+def run_bench(settings: BenchSettings, modes: list[str]) -> list[dict]:
+    reports = []
+    for mode in modes:
+        what = (
+            f"burst of {settings.terminals}"
+            if settings.burst
+            else (f"{settings.rate:g} receipts/s for {settings.duration:g} s")
+        )
+        print(f"posfed bench: {mode}: {settings.terminals} terminals, {what}", flush=True)
+        reports.append(Run(mode, settings).execute())
+    return reports
+
+
+def main(args) -> int:
+    if not args.burst and (args.rate <= 0 or args.duration <= 0):
+        print("posfed bench: --rate and --duration must be positive", file=sys.stderr)
+        return 2
+    if args.terminals < 1 or args.workers < 1:
+        print("posfed bench: --terminals and --workers must be at least 1", file=sys.stderr)
+        return 2
+    settings = BenchSettings(
+        terminals=args.terminals,
+        rate=args.rate,
+        duration=args.duration,
+        burst=args.burst,
+        workers=args.workers,
+        keep=args.keep,
+        seed=args.seed,
+        stall_timeout=args.stall_timeout,
+        drain_timeout=args.drain_timeout,
+        progress=not args.quiet,
+        daemon_nice=args.daemon_nice,
+        stability_seconds=args.stability_seconds,
+        instance_yaml=Path(args.instance_yaml) if args.instance_yaml else None,
+    )
+    # A service manager's (or `timeout`'s) SIGTERM stops the benchmark as cleanly as Ctrl-C.
+    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    modes = list(MODES) if args.mode == "both" else [args.mode]
+    reports = run_bench(settings, modes)
+    print(format_reports(reports))
+    if args.json:
+        Path(args.json).write_text(json.dumps(reports, indent=2) + "\n")
+    return 0
+
+
+def _raise_keyboard_interrupt(_signum, _frame) -> None:
+    raise KeyboardInterrupt
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--terminals", type=int, default=20, help="terminals (default 20)")
+    parser.add_argument("--rate", type=float, default=1.0, help="receipts per second (default 1)")
+    parser.add_argument("--duration", type=float, default=60.0, help="seconds (default 60)")
+    parser.add_argument(
+        "--burst",
+        action="store_true",
+        help="instead: one receipt on every terminal at the same instant",
+    )
+    parser.add_argument("--mode", choices=["naive", "posfed", "both"], default="posfed")
+    parser.add_argument("--workers", type=int, default=2, help="warm run workers (posfed)")
+    parser.add_argument("--keep", action="store_true", help="keep the temp folder (logs, state)")
+    parser.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
+    parser.add_argument("--seed", type=int, default=1, help="simulator seed (default 1)")
+    parser.add_argument(
+        "--stall-timeout",
+        type=float,
+        default=60.0,
+        help="stop waiting for stragglers after this long without a new .dat",
+    )
+    parser.add_argument(
+        "--drain-timeout",
+        type=float,
+        default=900.0,
+        help="stop waiting for stragglers this long after the last drop",
+    )
+    parser.add_argument(
+        "--daemon-nice",
+        type=int,
+        default=0,
+        metavar="N",
+        help="start dagster-daemon with nice N (the sensors are the catch-up path)",
+    )
+    parser.add_argument(
+        "--stability-seconds",
+        type=float,
+        default=0.3,
+        help="the store's intake stability_seconds: how long the sensors leave a new file "
+        "alone (default 0.3, as the demo store)",
+    )
+    parser.add_argument(
+        "--instance-yaml",
+        metavar="FILE",
+        help="posfed mode: this Dagster instance profile instead of deploy/dagster.dev.yaml",
+    )
+    parser.add_argument("--quiet", action="store_true", help="no progress line")

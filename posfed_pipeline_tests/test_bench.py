@@ -1,0 +1,52 @@
+"""``posfed bench`` end to end on a tiny store: a functional test of the harness, not a timing.
+
+Latency figures depend on the machine and its load; this test never asserts them.
+"""
+
+import json
+import subprocess
+import sys
+
+from posfed_pipeline_tests.conftest import REPO_ROOT
+
+
+def test_bench_posfed_small_run_loses_and_duplicates_nothing(tmp_path):
+    out = tmp_path / "bench.json"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "posfed_pipeline.cli",
+            "bench",
+            "--mode",
+            "posfed",
+            "--terminals",
+            "2",
+            "--rate",
+            "2",
+            "--duration",
+            "3",
+            "--quiet",
+            "--json",
+            str(out),
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    (report,) = json.loads(out.read_text())
+    assert report["mode"] == "posfed"
+    assert report["sent"] == 6
+    assert report["dat_files"] == report["sent"]
+    assert report["lost"] == 0
+    assert report["duplicated"] == 0
+    assert report["db_rows"] == report["sent"]
+    assert report["runs"] >= 1
+    assert set(report["runs_by_status"]) == {"SUCCESS"}
+    assert report["latency"]["p50"] is not None  # measured, whatever its value
+    # The printed report says the same.
+    lines = {line.split("  ")[0]: line.split()[-1] for line in result.stdout.splitlines() if line}
+    assert lines["lost"] == "0"
+    assert lines["duplicated"] == "0"
