@@ -205,3 +205,16 @@ def test_files_of_a_failed_run_are_launched_again_and_then_processed_once(config
     assert not (terminal.inbox / "R0007.json").exists()
     with engine.connect() as connection:
         assert connection.execute(select(func.count()).select_from(store.ReceiptRow)).scalar() == 1
+
+
+def test_while_the_trigger_is_alive_the_sensor_only_catches_up_on_old_files(config):
+    from posfed_pipeline.core import claims
+
+    inbox = config.terminal("bakery_1").inbox
+    drop_receipt(inbox, receipt_doc("FRESH"), age=1.0)
+    drop_receipt(inbox, receipt_doc("MISSED"), age=config.catchup_grace_seconds + 5)
+    claims.ClaimStore(claims.claim_store_path(config.home)).beat()
+
+    [request] = _tick(_sensor(config), None).run_requests
+
+    assert request.run_config["ops"]["receipt_pipeline"]["config"]["files"] == ["MISSED.json"]

@@ -32,6 +32,10 @@ CREATE TABLE IF NOT EXISTS claim (
     PRIMARY KEY (terminal_id, signature)
 )
 """
+_HEARTBEAT = """
+CREATE TABLE IF NOT EXISTS heartbeat (name TEXT PRIMARY KEY, at REAL NOT NULL)
+"""
+TRIGGER_HEARTBEAT = "trigger"
 
 
 @dataclass(frozen=True)
@@ -50,6 +54,7 @@ class ClaimStore:
         with self._connect() as connection:
             connection.execute("PRAGMA journal_mode=WAL")
             connection.execute(_SCHEMA)
+            connection.execute(_HEARTBEAT)
 
     def _connect(self) -> sqlite3.Connection:
         connection = getattr(self._local, "connection", None)
@@ -123,6 +128,16 @@ class ClaimStore:
                 "DELETE FROM claim WHERE terminal_id = ? AND signature = ?", gone
             )
         return len(gone)
+
+    def beat(self, name: str = TRIGGER_HEARTBEAT) -> None:
+        """A launcher says it is alive (the trigger, about once a second)."""
+        self._connect().execute(
+            "INSERT OR REPLACE INTO heartbeat VALUES (?, ?)", (name, time.time())
+        )
+
+    def alive(self, name: str = TRIGGER_HEARTBEAT, *, within: float = 5.0) -> bool:
+        row = self._connect().execute("SELECT at FROM heartbeat WHERE name = ?", (name,)).fetchone()
+        return row is not None and time.time() - row[0] < within
 
     @staticmethod
     def _taken(connection, terminal_id: str, signatures: list[str]) -> dict[str, Claim]:

@@ -137,6 +137,8 @@ class PosfedConfig:
     max_age_days: int = 45
     # Files whose run failed are launched again after this, doubling per attempt (5 min cap).
     relaunch_after_seconds: float = 10.0
+    # While the event-driven trigger runs, sensors only take files at least this old.
+    catchup_grace_seconds: float = 10.0
     # Day folders (archive, .dat) older than this are compressed into per-day .tar.gz files.
     retention_days: int = 90
     config_path: Path | None = None
@@ -286,6 +288,7 @@ def config_from_dict(raw: dict, *, base_dir: Path, config_path: Path | None = No
         max_clock_skew_seconds=int(intake.get("max_clock_skew_seconds", 300)),
         max_age_days=int(intake.get("max_age_days", 45)),
         relaunch_after_seconds=float(intake.get("relaunch_after_seconds", 10.0)),
+        catchup_grace_seconds=float(intake.get("catchup_grace_seconds", 10.0)),
         retention_days=int(raw.get("retention", {}).get("keep_days", 90)),
         config_path=config_path,
     )

@@ -7,6 +7,8 @@ launcher sees it first. The sensor is the guaranteed catch-up path: it takes wha
 and unclaimed, and re-launches files still in the inbox whose run failed (after a delay that
 doubles per attempt) or whose claim never got a run (a launcher crashed in between): nothing is
 lost and no operator has to act. Each tick launches at most one run per (terminal, business day).
+While the trigger is alive (its heartbeat in the claim table), the sensor leaves new files to it
+for ``catchup_grace_seconds`` (10 s), so it never competes with the trigger's batching.
 The cursor keeps, for the UI, which files this sensor launched and under which run key.
 """
 
@@ -70,6 +72,11 @@ def build_inbox_sensor(config: PosfedConfig, terminal: Terminal, job) -> dg.Sens
 
         claimed = store.claims(terminal.id, [f.signature for f in scan.ready])
         unclaimed = [f for f in scan.ready if f.signature not in claimed]
+        if store.alive():
+            # The event-driven trigger is up and takes files within milliseconds, batching a
+            # busy terminal's files into its next run: catch up only on what it left behind.
+            cutoff_ns = (time.time() - config.catchup_grace_seconds) * 1e9
+            unclaimed = [f for f in unclaimed if f.mtime_ns <= cutoff_ns]
         batches = claims.claim_batches(store, terminal, unclaimed, day_of)
         batches += _relaunch_batches(
             context.instance, name, store, terminal, scan, claimed, config, day_of

@@ -25,7 +25,7 @@ from watchdog.observers import Observer
 
 from posfed_pipeline.core import claims, inbox, intake
 from posfed_pipeline.core.config import PosfedConfig, Terminal
-from posfed_pipeline.defs.sensors import inbox_sensor_name, run_request_for
+from posfed_pipeline.defs.sensors import TERMINAL_TAG, inbox_sensor_name, run_request_for
 
 log = logging.getLogger("posfed.fastpath.trigger")
 RESCAN_SECONDS = 0.5  # how often files without a close event are re-checked for stability
@@ -114,40 +114,72 @@ class InboxTrigger:
                     self._cond.wait(timeout)
                 if self._stopping:
                     return
-                if time.monotonic() >= next_rescan:
+                rescan = time.monotonic() >= next_rescan
+                if rescan:
                     self._dirty.update(t.id for t in self.config.terminals)
                     next_rescan = time.monotonic() + RESCAN_SECONDS
                 ready = self._ready_terminals()
                 self._dirty -= set(ready)
+            if rescan:
+                # Tells the sensors the trigger is alive, so they leave fresh files to it.
+                self.claims.beat()
+            # Claim every ready terminal's files first (milliseconds each), then create the runs
+            # (~50-100 ms each): in a burst the sensor's next tick finds the files taken instead
+            # of claiming some itself and sending them the slow way, through the run queue.
+            claimed = []
             for terminal_id in ready:
                 try:
-                    self._launch_for(self.config.terminal(terminal_id))
+                    terminal = self.config.terminal(terminal_id)
+                    claimed.append((terminal, self._claim_for(terminal)))
                 except Exception:  # one terminal's trouble never stops the others
-                    log.exception("trigger: launching for %s failed", terminal_id)
+                    log.exception("trigger: claiming for %s failed", terminal_id)
+            for terminal, batches in claimed:
+                try:
+                    self._launch_batches(terminal, batches)
+                except Exception:
+                    log.exception("trigger: launching for %s failed", terminal.id)
+
+    def _sensor_run_queued(self, terminal: Terminal) -> bool:
+        return bool(
+            self.instance.get_runs_count(
+                filters=dg.RunsFilter(
+                    tags={TERMINAL_TAG: terminal.id}, statuses=[dg.DagsterRunStatus.QUEUED]
+                ),
+            )
+        )
 
     def _ready_terminals(self) -> list[str]:
         return [t for t in self._dirty if not self._in_flight[t]]
 
-    def _launch_for(self, terminal: Terminal) -> None:
+    def _claim_for(self, terminal: Terminal) -> list[inbox.PlannedBatch]:
         with self._cond:
             complete = set(self._complete.pop(terminal.id, set()))
+        if self._sensor_run_queued(terminal):
+            # The sensor's catch-up run for this terminal waits in the run queue for the
+            # terminal's slot: let it have the slot first (the rescan looks again), or it starves
+            # behind our runs for as long as files keep arriving.
+            with self._cond:
+                self._complete[terminal.id] |= complete
+            return []
         try:
             scan = inbox.scan_inbox(terminal, stability_seconds=self.config.stability_seconds)
         except OSError:
-            return  # an unreadable inbox: its sensor reports it
+            return []  # an unreadable inbox: its sensor reports it
         eligible = scan.ready + [f for f in scan.settling if f.name in complete]
         if not eligible:
-            return
+            return []
         taken = self.claims.claims(terminal.id, [f.signature for f in eligible])
         fresh = [f for f in eligible if f.signature not in taken]
         if not fresh:
-            return
-        batches = claims.claim_batches(
+            return []
+        return claims.claim_batches(
             self.claims,
             terminal,
             sorted(fresh, key=lambda f: (f.mtime_ns, f.name)),
             lambda f: intake.business_day_of_file(f.path, terminal),
         )
+
+    def _launch_batches(self, terminal: Terminal, batches: list[inbox.PlannedBatch]) -> None:
         for batch in batches:
             started = time.perf_counter()
             run = self.run_factory.create_run(
