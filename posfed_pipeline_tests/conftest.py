@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import subprocess
+import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
@@ -119,3 +124,39 @@ def drop_receipt(
         past = time.time() - age
         os.utime(path, (past, past))
     return path
+
+
+@contextmanager
+def dagster_process(args: list[str], *, env: dict, log_path: Path) -> Iterator[subprocess.Popen]:
+    """A command of this venv (``dagster-daemon``, ``dagster-webserver``) in its own process
+    group, output in ``log_path``; stopped as a service manager would: SIGINT, then SIGKILL."""
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [str(Path(sys.executable).with_name(args[0])), *args[1:]],
+            cwd=REPO_ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            yield process
+        finally:
+            os.killpg(process.pid, signal.SIGINT)
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+
+
+def wait_for(predicate, timeout: float, what: str, log: Path):
+    """Poll until ``predicate()`` is truthy and return it; fail with the log's tail if not."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.25)
+    tail = log.read_text(errors="replace")[-3000:] if log.exists() else ""
+    pytest.fail(f"timed out after {timeout}s waiting for {what}\n--- {log.name} ---\n{tail}")

@@ -2,12 +2,7 @@
 
 import os
 import shutil
-import signal
-import subprocess
-import sys
-import time
 from datetime import datetime
-from pathlib import Path
 
 import dagster as dg
 import pytest
@@ -15,7 +10,14 @@ import pytest
 from posfed_pipeline.cli import render_instance_yaml
 from posfed_pipeline.core import store
 from posfed_pipeline.core.config import load_config
-from posfed_pipeline_tests.conftest import REPO_ROOT, drop_receipt, receipt_doc, write_store_config
+from posfed_pipeline_tests.conftest import (
+    REPO_ROOT,
+    dagster_process,
+    drop_receipt,
+    receipt_doc,
+    wait_for,
+    write_store_config,
+)
 
 
 @pytest.fixture
@@ -33,41 +35,12 @@ def running_daemon(tmp_path):
     }
     env.pop("POSFED_HOME", None)
     env.pop("POSFED_DB_URL", None)
-    log = (tmp_path / "daemon.log").open("wb")
-    daemon = subprocess.Popen(
-        [
-            str(Path(sys.executable).with_name("dagster-daemon")),
-            "run",
-            "-w",
-            str(REPO_ROOT / "workspace.yaml"),
-        ],
-        cwd=REPO_ROOT,
+    with dagster_process(
+        ["dagster-daemon", "run", "-w", str(REPO_ROOT / "workspace.yaml")],
         env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    try:
+        log_path=tmp_path / "daemon.log",
+    ):
         yield config, dagster_home
-    finally:
-        os.killpg(daemon.pid, signal.SIGINT)
-        try:
-            daemon.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(daemon.pid, signal.SIGKILL)
-            daemon.wait()
-        log.close()
-
-
-def _wait_for(predicate, timeout: float, what: str, log: Path):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.25)
-    tail = log.read_text(errors="replace")[-3000:] if log.exists() else ""
-    pytest.fail(f"timed out after {timeout}s waiting for {what}\n--- daemon log ---\n{tail}")
 
 
 def test_daemon_sensor_launches_run_that_writes_dat(running_daemon, tmp_path):
@@ -82,9 +55,9 @@ def test_daemon_sensor_launches_run_that_writes_dat(running_daemon, tmp_path):
     drop_receipt(terminal.inbox, receipt_doc("D0001", timestamp=now.isoformat()), age=0)
 
     dat_file = config.dat_dir / now.strftime("%Y%m%d") / "scon10D0001.dat"
-    _wait_for(dat_file.exists, 120, f"{dat_file}", tmp_path / "daemon.log")
+    wait_for(dat_file.exists, 120, f"{dat_file}", tmp_path / "daemon.log")
     assert dat_file.read_bytes().startswith(b"0010D0001")
-    _wait_for(
+    wait_for(
         lambda: (terminal.archive_dir(now.date()) / "D0001.json").exists(),
         30,
         "the original in the archive",
@@ -99,7 +72,7 @@ def test_daemon_sensor_launches_run_that_writes_dat(running_daemon, tmp_path):
             )
             return [r for r in runs if r.is_finished] and runs
 
-        runs = _wait_for(finished_runs, 30, "the run to finish", tmp_path / "daemon.log")
+        runs = wait_for(finished_runs, 30, "the run to finish", tmp_path / "daemon.log")
         assert len(runs) == 1
         run = runs[0]
         assert run.status == dg.DagsterRunStatus.SUCCESS

@@ -12,10 +12,8 @@ fails: the production profile must never silently go untested.
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
-import time
 import uuid
 from datetime import datetime
 from decimal import Decimal
@@ -27,7 +25,14 @@ import pytest
 from posfed_pipeline.cli import render_instance_yaml
 from posfed_pipeline.core import store
 from posfed_pipeline.core.config import load_config
-from posfed_pipeline_tests.conftest import REPO_ROOT, drop_receipt, receipt_doc, write_store_config
+from posfed_pipeline_tests.conftest import (
+    REPO_ROOT,
+    dagster_process,
+    drop_receipt,
+    receipt_doc,
+    wait_for,
+    write_store_config,
+)
 
 PG_ADMIN_DSN = "host=127.0.0.1 port=5432 user=postgres dbname=postgres connect_timeout=5"
 
@@ -102,25 +107,12 @@ def prod_store(tmp_path, pg_databases, monkeypatch):
 @pytest.fixture
 def running_daemon(prod_store, tmp_path):
     config, env = prod_store
-    log = (tmp_path / "daemon.log").open("wb")
-    daemon = subprocess.Popen(
-        [str(_venv_bin("dagster-daemon")), "run", "-w", str(REPO_ROOT / "workspace.yaml")],
-        cwd=REPO_ROOT,
+    with dagster_process(
+        ["dagster-daemon", "run", "-w", str(REPO_ROOT / "workspace.yaml")],
         env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    try:
+        log_path=tmp_path / "daemon.log",
+    ):
         yield config, Path(env["DAGSTER_HOME"])
-    finally:
-        os.killpg(daemon.pid, signal.SIGINT)
-        try:
-            daemon.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(daemon.pid, signal.SIGKILL)
-            daemon.wait()
-        log.close()
 
 
 def test_prod_profile_records_runs_and_ticks_in_postgres(running_daemon, pg_databases, tmp_path):
@@ -133,7 +125,7 @@ def test_prod_profile_records_runs_and_ticks_in_postgres(running_daemon, pg_data
     drop_receipt(terminal.inbox, receipt_doc("P0001", timestamp=now.isoformat()), age=0)
 
     dat_file = config.dat_dir / now.strftime("%Y%m%d") / "scon10P0001.dat"
-    _wait_for(dat_file.exists, 120, str(dat_file), log)
+    wait_for(dat_file.exists, 120, str(dat_file), log)
     assert dat_file.read_bytes().startswith(b"0010P0001")
 
     with dg.DagsterInstance.from_config(str(dagster_home)) as instance:
@@ -151,7 +143,7 @@ def test_prod_profile_records_runs_and_ticks_in_postgres(running_daemon, pg_data
             )
             return runs if runs and all(r.is_finished for r in runs) else None
 
-        runs = _wait_for(finished_runs, 30, "the run to finish", log)
+        runs = wait_for(finished_runs, 30, "the run to finish", log)
         assert [r.status for r in runs] == [dg.DagsterRunStatus.SUCCESS]
         run = runs[0]
         assert run.tags["dagster/partition"] == f"{now:%Y-%m-%d}|bakery_1"
@@ -166,7 +158,7 @@ def test_prod_profile_records_runs_and_ticks_in_postgres(running_daemon, pg_data
         assert any(t.run_ids == [run.run_id] for t in ticks)
 
         # The run-monitoring daemon is alive beside the sensor and run-queue daemons.
-        heartbeats = _wait_for(
+        heartbeats = wait_for(
             lambda: (
                 {"SENSOR", "QUEUED_RUN_COORDINATOR", "MONITORING"}
                 <= set(instance.get_daemon_heartbeats())
@@ -199,14 +191,3 @@ def test_prod_profile_records_runs_and_ticks_in_postgres(running_daemon, pg_data
 
 def _venv_bin(name: str) -> Path:
     return Path(sys.executable).with_name(name)
-
-
-def _wait_for(predicate, timeout: float, what: str, log: Path):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.25)
-    tail = log.read_text(errors="replace")[-3000:] if log.exists() else ""
-    pytest.fail(f"timed out after {timeout}s waiting for {what}\n--- daemon log ---\n{tail}")

@@ -12,10 +12,8 @@ Without Chromium this skips, except in CI (``CI=true``), where it fails.
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -31,7 +29,13 @@ from posfed_pipeline.core.config import PosfedConfig, load_config
 from posfed_pipeline.definitions import RECEIPTS_JOB, build_definitions
 from posfed_pipeline.defs.assets import ReceiptBatchConfig, receipt_op_config
 from posfed_pipeline.defs.partitions import terminal_day_key
-from posfed_pipeline_tests.conftest import REPO_ROOT, drop_receipt, receipt_doc, write_store_config
+from posfed_pipeline_tests.conftest import (
+    REPO_ROOT,
+    dagster_process,
+    drop_receipt,
+    receipt_doc,
+    write_store_config,
+)
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
@@ -87,10 +91,10 @@ def webserver(ui_store, tmp_path) -> Iterator[str]:
     env.pop("POSFED_HOME", None)
     env.pop("POSFED_DB_URL", None)
     log_path = tmp_path / "webserver.log"
-    log = log_path.open("wb")
-    server = subprocess.Popen(
+    base_url = f"http://127.0.0.1:{port}"
+    with dagster_process(
         [
-            str(Path(sys.executable).with_name("dagster-webserver")),
+            "dagster-webserver",
             "-h",
             "127.0.0.1",
             "-p",
@@ -98,24 +102,11 @@ def webserver(ui_store, tmp_path) -> Iterator[str]:
             "-w",
             str(REPO_ROOT / "workspace.yaml"),
         ],
-        cwd=REPO_ROOT,
         env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    base_url = f"http://127.0.0.1:{port}"
-    try:
+        log_path=log_path,
+    ) as server:
         _wait_until_serving(base_url, server, log_path)
         yield base_url
-    finally:
-        os.killpg(server.pid, signal.SIGINT)
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
-        log.close()
 
 
 @pytest.fixture
