@@ -208,31 +208,60 @@ def test_a_killed_run_worker_fails_its_run_and_the_files_are_processed_exactly_o
     assert len(list(config.dat_dir.rglob("*.dat"))) == 400
 
 
-def test_launcher_terminates_a_queued_run_and_reports_worker_health(fast_store):
+def test_launcher_cancels_queued_and_running_runs_and_reports_worker_health(fast_store):
     config, dagster_home = fast_store
+    terminal = config.terminal("bakery_1")
+    doc = _now_doc("B0001", terminal)
+    _write(terminal, doc)
+    # A file where the day's .dat folder belongs: the run retries (1 s, 2 s, 4 s), so it is
+    # still executing when it is terminated, however fast the machine.
+    blocker = _dat(config, terminal, doc).parent
+    blocker.write_text("not a folder")
+    time.sleep(config.stability_seconds + 0.1)
     fastpath = start_fastpath(config, dagster_home, workers=1, trigger=False)
     try:
         instance = dg.DagsterInstance.get()
         run_launcher = instance.run_launcher
         assert isinstance(run_launcher, launcher.WarmWorkerRunLauncher)
-        unknown = instance.create_run_for_job(
-            build_definitions(config).resolve_job_def("retention_job")
-        )
+        retention_job = build_definitions(config).resolve_job_def("retention_job")
+        unknown = instance.create_run_for_job(retention_job)
         assert run_launcher.check_run_worker_health(unknown).status.value == "NOT_FOUND"
 
-        # Occupy the only worker's terminal slot, then queue a second run of the same terminal.
-        fastpath.pool.submit("busy-run", "bakery_1")
-        fastpath.pool.submit(unknown.run_id, "bakery_1")
-        assert (
-            launcher.ask_pool({"op": "health", "run_id": unknown.run_id}, run_launcher.socket_path)[
-                "status"
-            ]
-            == "RUNNING"
+        sensor = build_definitions(config).resolve_sensor_def("bakery_1_inbox_sensor")
+        [request] = sensor(dg.build_sensor_context(instance=instance)).run_requests
+        code_location = dagster_internals.load_code_location(instance, REPO_ROOT)
+        factory = dagster_internals.SensorStyleRunFactory(instance, code_location, RECEIPTS_JOB)
+        busy = factory.create_run(request, "bakery_1_inbox_sensor")
+        instance.launch_run(busy.run_id, workspace=None)
+        _wait(
+            lambda: instance.get_run_by_id(busy.run_id).status == dg.DagsterRunStatus.STARTED,
+            30,
+            "the run to start",
         )
-        assert launcher.ask_pool(
-            {"op": "terminate", "run_id": unknown.run_id}, run_launcher.socket_path
-        )["ok"]
-        _wait(lambda: instance.get_run_by_id(unknown.run_id).is_finished, 10, "the cancel")
-        assert instance.get_run_by_id(unknown.run_id).status == dg.DagsterRunStatus.CANCELED
+
+        # A second run of the same terminal waits for the first: terminating it cancels it.
+        queued = instance.create_run_for_job(retention_job, tags={"posfed/terminal": terminal.id})
+        instance.launch_run(queued.run_id, workspace=None)
+        assert run_launcher.check_run_worker_health(queued).status.value == "RUNNING"
+        assert run_launcher.terminate(queued.run_id)
+        _wait(lambda: instance.get_run_by_id(queued.run_id).is_finished, 10, "the cancel")
+        assert instance.get_run_by_id(queued.run_id).status == dg.DagsterRunStatus.CANCELED
+
+        # Terminating the executing run stops its worker; the receipt stays in the inbox.
+        assert run_launcher.check_run_worker_health(busy).status.value == "RUNNING"
+        assert run_launcher.terminate(busy.run_id)
+        _wait(lambda: instance.get_run_by_id(busy.run_id).is_finished, 10, "the termination")
+        assert instance.get_run_by_id(busy.run_id).status == dg.DagsterRunStatus.CANCELED
+        assert run_launcher.check_run_worker_health(busy).status.value == "FAILED"
+        assert (terminal.inbox / "B0001.json").exists()
+
+        # The replacement worker takes the sensor's relaunch once the folder is fixed.
+        blocker.unlink()
+        [retry] = sensor(dg.build_sensor_context(instance=instance)).run_requests
+        rerun = factory.create_run(retry, "bakery_1_inbox_sensor")
+        instance.launch_run(rerun.run_id, workspace=None)
+        _wait(lambda: instance.get_run_by_id(rerun.run_id).is_finished, 60, "the relaunch")
+        assert instance.get_run_by_id(rerun.run_id).status == dg.DagsterRunStatus.SUCCESS
+        assert _dat(config, terminal, doc).exists()
     finally:
         fastpath.stop()
