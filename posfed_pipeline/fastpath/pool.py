@@ -29,6 +29,7 @@ from pathlib import Path
 import dagster as dg
 
 TERMINAL_TAG = "posfed/terminal"
+GRPC_INFO_TAG = "dagster/grpc_info"  # set by Dagster's default launcher on the runs it starts
 log = logging.getLogger("posfed.fastpath.pool")
 
 
@@ -130,6 +131,7 @@ class WarmWorkerPool:
         self._instance = dg.DagsterInstance.from_config(str(self.dagster_home))
         for _ in range(self.size):
             self._spawn()
+        self._requeue_orphans()
         threading.Thread(target=self._dispatch_loop, name="pool-dispatch", daemon=True).start()
         deadline = time.monotonic() + wait_ready
         with self._cond:
@@ -148,6 +150,23 @@ class WarmWorkerPool:
             worker.process.join(timeout=10)
             if worker.process.is_alive():
                 worker.process.kill()
+
+    def _requeue_orphans(self) -> None:
+        """Runs launched to a pool that died (kill -9, power cut) before a worker took them.
+
+        They are STARTING: launched, never started. One pool serves a store, so a pool that
+        starts knows they are nobody's; it queues them again rather than leave them to run
+        monitoring's start timeout. (Runs a dead pool's worker had STARTED are failed by run
+        monitoring, as this pool does not know them, and their files relaunched by the sensor.)
+        """
+        records = self._instance.get_run_records(
+            filters=dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTING])
+        )
+        for record in sorted(records, key=lambda r: r.create_timestamp):
+            run = record.dagster_run
+            if GRPC_INFO_TAG not in run.tags:  # not a fallback run in a code-server process
+                self.submit(run.run_id, run.tags.get(TERMINAL_TAG))
+                log.info("re-queued run %s, left STARTING by a pool that stopped", run.run_id)
 
     def _spawn(self) -> _Worker:
         parent, child = self._ctx.Pipe()
