@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
@@ -21,6 +22,7 @@ from posfed_pipeline.core.config import PosfedConfig, config_from_dict
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_SPEC = REPO_ROOT / "dat_specs" / "scon_default.json"
+PG_SERVER = "postgresql+psycopg://postgres@127.0.0.1:5432"
 
 
 def store_config_dict(home: Path, **overrides) -> dict:
@@ -55,6 +57,29 @@ def write_store_config(path: Path, home: Path, **overrides) -> Path:
         lines += [f"{key} = {json.dumps(value)}" for key, value in terminal.items()]
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+@pytest.fixture(scope="module")
+def pg_database_url():
+    """A fresh, uniquely named PostgreSQL database for this module, dropped afterwards."""
+    import psycopg
+
+    name = f"posfed_test_{uuid.uuid4().hex[:10]}"
+    try:
+        admin = psycopg.connect(
+            "host=127.0.0.1 port=5432 user=postgres dbname=postgres connect_timeout=5",
+            autocommit=True,
+        )
+    except psycopg.OperationalError as exc:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"PostgreSQL at 127.0.0.1:5432 is required in CI: {exc}")
+        pytest.skip(f"no PostgreSQL at 127.0.0.1:5432 ({exc})")
+    with admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+        try:
+            yield f"{PG_SERVER}/{name}"
+        finally:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture

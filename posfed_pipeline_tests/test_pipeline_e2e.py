@@ -1,6 +1,8 @@
 """End to end through Dagster: real files in a temp store, real SQLite, exact .dat bytes."""
 
 import json
+import os
+import time
 from datetime import date
 from decimal import Decimal
 
@@ -87,7 +89,8 @@ def test_bad_receipt_is_quarantined_with_reasons_and_reported(config, engine):
     bad = receipt_doc("BAD", timestamp="2026-11-20T10:16:00+01:00", total="99.99")
     bad["items"][0]["barcode"] = "8712345678900"  # wrong check digit
     drop_receipt(terminal.inbox, bad)
-    drop_receipt(terminal.inbox, b"{truncated", name="TRUNC.json")
+    # Last written a minute ago: no writer is still at it, so it is judged as it is.
+    drop_receipt(terminal.inbox, b"{truncated", name="TRUNC.json", age=60)
 
     with dg.instance_for_test() as instance:
         result = _run(config, instance, ["GOOD.json", "BAD.json", "TRUNC.json"])
@@ -117,6 +120,32 @@ def test_bad_receipt_is_quarantined_with_reasons_and_reported(config, engine):
     headers, _ = _rows(engine)
     assert [h["receipt_id"] for h in headers] == ["GOOD"]
     assert list(terminal.inbox.iterdir()) == []
+
+
+def test_a_fresh_unreadable_file_is_left_to_its_writer_then_quarantined(config, engine):
+    terminal = config.terminal("bakery_1")
+    # Cut off mid-value and written a second ago: its writer may still be appending.
+    path = drop_receipt(terminal.inbox, b'{"receiptId": "SLOW1", "ite', name="SLOW1.json")
+
+    with dg.instance_for_test() as instance:
+        result = _run(config, instance, ["SLOW1.json"])
+    assert result.success
+    [validated] = [
+        e.event_specific_data.materialization
+        for e in result.get_asset_materialization_events()
+        if e.event_specific_data.materialization.asset_key.to_user_string() == "validated_receipts"
+    ]
+    assert validated.metadata["still_being_written"].value == 1
+    assert path.exists()
+    assert list(terminal.quarantine.iterdir()) == []
+
+    # Nobody finished it: once older than the grace period it is quarantined, with its reason.
+    past = time.time() - config.incomplete_grace_seconds - 1
+    os.utime(path, (past, past))
+    with dg.instance_for_test() as instance:
+        assert _run(config, instance, ["SLOW1.json"]).success
+    assert not path.exists()
+    assert "not valid JSON" in (terminal.quarantine / "SLOW1.json.error.json").read_text()
 
 
 def test_redelivery_and_backfill_are_idempotent(config, engine):

@@ -218,3 +218,44 @@ def test_while_the_trigger_is_alive_the_sensor_only_catches_up_on_old_files(conf
     [request] = _tick(_sensor(config), None).run_requests
 
     assert request.run_config["ops"]["receipt_pipeline"]["config"]["files"] == ["MISSED.json"]
+
+
+def test_a_file_left_by_a_successful_run_is_looked_at_again(config):
+    """A run that found a file still being written leaves it (and succeeds); the sensor gives
+    the file another run after the relaunch delay, which judges it once its writer is gone."""
+    from posfed_pipeline.core import store
+    from posfed_pipeline.definitions import RECEIPTS_JOB
+
+    config = replace(config, relaunch_after_seconds=0.0, incomplete_grace_seconds=3.0, _by_id={})
+    store.upgrade_database(store.make_engine(config.db_url))
+    terminal = config.terminal("bakery_1")
+    path = drop_receipt(terminal.inbox, b'{"receiptId": "CUT1", "ite', name="CUT1.json", age=0.5)
+    written = path.stat().st_mtime
+    defs = build_definitions(config)
+    sensor = defs.resolve_sensor_def("bakery_1_inbox_sensor")
+    job = defs.resolve_job_def(RECEIPTS_JOB)
+
+    def run(request, instance):
+        return job.execute_in_process(
+            run_config=request.run_config,
+            partition_key=request.partition_key,
+            tags={
+                **request.tags,
+                "dagster/run_key": request.run_key,
+                "dagster/sensor_name": "bakery_1_inbox_sensor",
+            },
+            instance=instance,
+        )
+
+    with dg.instance_for_test() as instance:
+        first = _tick(sensor, None, instance)
+        assert run(first.run_requests[0], instance).success
+        assert path.exists()  # younger than the grace period: left to its writer
+
+        time.sleep(max(0.0, written + config.incomplete_grace_seconds + 0.2 - time.time()))
+        second = _tick(sensor, first.cursor, instance)
+        [again] = second.run_requests
+        assert again.run_key == first.run_requests[0].run_key + ":retry1"
+        assert run(again, instance).success
+    assert not path.exists()
+    assert (terminal.quarantine / "CUT1.json.error.json").exists()

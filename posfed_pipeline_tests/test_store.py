@@ -7,10 +7,8 @@ this module and dropped after it. Without a server the PostgreSQL cases skip, ex
 
 from __future__ import annotations
 
-import os
 import threading
 import time
-import uuid
 from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
@@ -25,37 +23,13 @@ from posfed_pipeline.core import store
 from posfed_pipeline.core.dat import load_spec
 from posfed_pipeline.core.processing import process_batch
 from posfed_pipeline.core.receipt import Receipt, ReceiptItem, content_hash, round_cents
-from posfed_pipeline_tests.conftest import DEFAULT_SPEC, drop_receipt, receipt_doc
+from posfed_pipeline_tests.conftest import DEFAULT_SPEC, PG_SERVER, drop_receipt, receipt_doc
 
-PG_SERVER = "postgresql+psycopg://postgres@127.0.0.1:5432"
 AMSTERDAM = ZoneInfo("Europe/Amsterdam")
 DAY = date(2026, 3, 14)
 
 
 # --- databases ---------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def pg_database_url():
-    """A fresh, uniquely named PostgreSQL database for this module, dropped afterwards."""
-    import psycopg
-
-    name = f"posfed_test_{uuid.uuid4().hex[:10]}"
-    try:
-        admin = psycopg.connect(
-            "host=127.0.0.1 port=5432 user=postgres dbname=postgres connect_timeout=5",
-            autocommit=True,
-        )
-    except psycopg.OperationalError as exc:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"PostgreSQL at 127.0.0.1:5432 is required in CI: {exc}")
-        pytest.skip(f"no PostgreSQL at 127.0.0.1:5432 ({exc})")
-    with admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-        try:
-            yield f"{PG_SERVER}/{name}"
-        finally:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -139,6 +139,10 @@ class PosfedConfig:
     relaunch_after_seconds: float = 10.0
     # While the event-driven trigger runs, sensors only take files at least this old.
     catchup_grace_seconds: float = 10.0
+    # A file that does not parse (empty, cut-off JSON, broken UTF-8) but changed more recently
+    # than this may still be being written (a writer that closes and reopens, a slow share):
+    # it is left in the inbox and looked at again, and quarantined only once it is this old.
+    incomplete_grace_seconds: float = 10.0
     # Day folders (archive, .dat) older than this are compressed into per-day .tar.gz files.
     retention_days: int = 90
     config_path: Path | None = None
@@ -170,6 +174,9 @@ def resolve_config_path(path: str | os.PathLike[str] | None = None) -> Path:
     return Path(candidate).expanduser().resolve()
 
 
+TOP_LEVEL_TABLES = {"store", "paths", "intake", "dat", "retention", "mappings", "terminals"}
+
+
 def load_config(path: str | os.PathLike[str] | None = None) -> PosfedConfig:
     """Read and check the store configuration; every problem is reported with its place."""
     config_path = resolve_config_path(path)
@@ -186,6 +193,16 @@ def load_config(path: str | os.PathLike[str] | None = None) -> PosfedConfig:
 
 def config_from_dict(raw: dict, *, base_dir: Path, config_path: Path | None = None) -> PosfedConfig:
     where = str(config_path or "configuration")
+    unknown = sorted(set(raw) - TOP_LEVEL_TABLES)
+    if unknown:
+        hint = (
+            " (the central database is set through the environment only: POSFED_DB_URL or "
+            "POSFED_DB_HOST/PORT/NAME/USER, and POSFED_DB_PASSWORD; credentials never go in "
+            "this file)"
+            if {"database", "db"} & set(unknown)
+            else ""
+        )
+        raise ConfigError(f"{where}: unknown section(s) {', '.join(unknown)}{hint}")
     store = raw.get("store", {})
     paths = raw.get("paths", {})
     intake = raw.get("intake", {})
@@ -289,6 +306,7 @@ def config_from_dict(raw: dict, *, base_dir: Path, config_path: Path | None = No
         max_age_days=int(intake.get("max_age_days", 45)),
         relaunch_after_seconds=float(intake.get("relaunch_after_seconds", 10.0)),
         catchup_grace_seconds=float(intake.get("catchup_grace_seconds", 10.0)),
+        incomplete_grace_seconds=float(intake.get("incomplete_grace_seconds", 10.0)),
         retention_days=int(raw.get("retention", {}).get("keep_days", 90)),
         config_path=config_path,
     )

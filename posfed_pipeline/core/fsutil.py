@@ -6,12 +6,17 @@ import os
 import tempfile
 from pathlib import Path
 
+FILE_MODE = 0o644
+
 
 def _synced_temp_copy(path: Path, data: bytes) -> Path:
     """``data`` in a hidden temp file beside ``path``, on disk (written, flushed, fsynced)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        # mkstemp makes the file private (0600); readers such as the billing software, which
+        # may run as another user, need to read it. Only posfed writes.
+        os.fchmod(fd, FILE_MODE)
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()

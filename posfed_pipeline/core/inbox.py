@@ -76,6 +76,14 @@ def scan_inbox(
     return InboxScan(ready=ready, settling=settling)
 
 
+def inbox_path(terminal: Terminal, name: str) -> Path:
+    """The inbox path of a file name given to a run (its config can be edited in the UI):
+    a plain name only, so nothing can reach outside the terminal's inbox."""
+    if not name or name in (".", "..") or any(c in name for c in "/\\\0") or not is_candidate(name):
+        raise ValueError(f"{name!r} is not a receipt file name in {terminal.id}'s inbox")
+    return terminal.inbox / name
+
+
 def stat_inbox_file(path: Path) -> InboxFile:
     stat = path.stat()
     return InboxFile(path, stat.st_size, stat.st_mtime_ns)

@@ -42,8 +42,13 @@ _MISSING = object()
 
 
 class IntakeError(ValueError):
-    def __init__(self, problems: list[Problem]):
+    """Why a file is not a receipt. ``maybe_incomplete``: the bytes do not form a document at
+    all (empty, cut off inside a character or a JSON value), as a file still being written can
+    look for a while."""
+
+    def __init__(self, problems: list[Problem], *, maybe_incomplete: bool = False):
         self.problems = problems
+        self.maybe_incomplete = maybe_incomplete
         super().__init__("; ".join(str(p) for p in problems))
 
 
@@ -69,7 +74,7 @@ def read_receipt_file(path: Path, terminal: Terminal) -> Receipt:
 def parse_receipt(data: bytes, terminal: Terminal, *, source_file: str = "") -> Receipt:
     """The receipt in ``data``, read in the terminal's configured format."""
     if not data.strip():
-        raise IntakeError([Problem("file", "", "file is empty")])
+        raise IntakeError([Problem("file", "", "file is empty")], maybe_incomplete=True)
     if len(data) > MAX_FILE_BYTES:
         raise IntakeError(
             [Problem("file", f"{len(data)} bytes", f"larger than {MAX_FILE_BYTES} bytes")]
@@ -105,7 +110,8 @@ def _decode(data: bytes, terminal: Terminal) -> str:
                         f"byte {exc.start} (0x{data[exc.start]:02X})",
                         "not UTF-8 text (this terminal has no encoding_fallback configured)",
                     )
-                ]
+                ],
+                maybe_incomplete=True,
             ) from None
         utf8_error = exc
     try:
@@ -131,7 +137,12 @@ def _load_json(text: str) -> object:
         return json.loads(text, parse_float=Decimal, parse_int=Decimal, parse_constant=Decimal)
     except json.JSONDecodeError as exc:
         raise IntakeError(
-            [Problem("file", f"line {exc.lineno} column {exc.colno}", f"not valid JSON: {exc.msg}")]
+            [
+                Problem(
+                    "file", f"line {exc.lineno} column {exc.colno}", f"not valid JSON: {exc.msg}"
+                )
+            ],
+            maybe_incomplete=True,
         ) from None
     except RecursionError:
         raise IntakeError([Problem("file", "", "JSON nested too deeply")]) from None

@@ -9,6 +9,7 @@ files still owed work, and repeats nothing but idempotent steps.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -30,6 +31,7 @@ class IntakeResult:
     paths: dict[int, Path] = field(default_factory=dict)  # id(receipt) -> file it came from
     rejected: list[tuple[Path, list[Problem]]] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)  # already handled by an earlier attempt
+    deferred: list[str] = field(default_factory=list)  # unreadable yet fresh: left in the inbox
 
     def path_of(self, receipt: Receipt) -> Path:
         return self.paths[id(receipt)]
@@ -52,8 +54,18 @@ class BatchSummary:
         return self.receipts_rejected + self.conflicts
 
 
-def read_batch(terminal: Terminal, paths: list[Path], *, quarantine: bool = True) -> IntakeResult:
+def read_batch(
+    terminal: Terminal,
+    paths: list[Path],
+    *,
+    quarantine: bool = True,
+    incomplete_grace_seconds: float = 0.0,
+    now: float | None = None,
+) -> IntakeResult:
+    """Read the files; ``incomplete_grace_seconds``: an unreadable file modified more recently
+    than this is left in the inbox (``deferred``), as its writer may not be done with it."""
     result = IntakeResult()
+    now = time.time() if now is None else now
     for path in paths:
         try:
             receipt = intake.read_receipt_file(path, terminal)
@@ -61,6 +73,9 @@ def read_batch(terminal: Terminal, paths: list[Path], *, quarantine: bool = True
             result.missing.append(path.name)
             continue
         except intake.IntakeError as exc:
+            if exc.maybe_incomplete and _modified_within(path, incomplete_grace_seconds, now):
+                result.deferred.append(path.name)
+                continue
             result.rejected.append((path, exc.problems))
             if quarantine:
                 inbox.quarantine_file(terminal, path, exc.problems, stage="intake")
@@ -68,6 +83,13 @@ def read_batch(terminal: Terminal, paths: list[Path], *, quarantine: bool = True
         result.receipts.append(receipt)
         result.paths[id(receipt)] = path
     return result
+
+
+def _modified_within(path: Path, seconds: float, now: float) -> bool:
+    try:
+        return now - path.stat().st_mtime < seconds
+    except OSError:
+        return False
 
 
 def validate(
@@ -206,7 +228,8 @@ def process_batch(
 ) -> BatchSummary:
     """All stages for one batch. ``from_archive``: a backfill, files stay where they are."""
     move = not from_archive
-    batch = read_batch(terminal, paths, quarantine=move)
+    grace = config.incomplete_grace_seconds if move else 0.0
+    batch = read_batch(terminal, paths, quarantine=move, incomplete_grace_seconds=grace)
     report = validate(config, terminal, batch, quarantine=move, check_age=move, spec=spec)
     loaded = load(engine, terminal, batch, report.valid, quarantine=move)
     accepted = loaded.inserted + loaded.duplicates
@@ -214,7 +237,7 @@ def process_batch(
     if move:
         archive(terminal, batch, accepted)
     return BatchSummary(
-        files=len(paths) - len(batch.missing),
+        files=len(paths) - len(batch.missing) - len(batch.deferred),
         receipts_valid=len(report.valid),
         receipts_rejected=len(batch.rejected) + len(report.invalid),
         inserted=len(loaded.inserted),

@@ -110,11 +110,26 @@ def build_receipt_assets(
                 + (f" ({restored} restored from a compressed archive)" if restored else "")
             )
         else:
-            paths = [terminal.inbox / name for name in config.files]
+            try:
+                paths = [inbox.inbox_path(terminal, name) for name in config.files]
+            except ValueError as exc:
+                raise dg.Failure(description=str(exc), allow_retries=False) from None
         mtimes = {p.name: _mtime(p) for p in paths}
         move = not from_archive
 
-        batch = processing.read_batch(terminal, paths, quarantine=move)
+        batch = processing.read_batch(
+            terminal,
+            paths,
+            quarantine=move,
+            incomplete_grace_seconds=posfed.incomplete_grace_seconds if move else 0.0,
+        )
+        if batch.deferred:
+            # The terminal's sensor looks at them again once their writer had time to finish.
+            context.log.warning(
+                f"{len(batch.deferred)} file(s) unreadable but modified in the last "
+                f"{posfed.incomplete_grace_seconds:g} s, left in the inbox: "
+                + ", ".join(batch.deferred[:20])
+            )
         report = processing.validate(
             posfed, terminal, batch, quarantine=move, check_age=move, spec=spec
         )
@@ -122,10 +137,11 @@ def build_receipt_assets(
         yield dg.MaterializeResult(
             asset_key=VALIDATED_RECEIPTS,
             metadata={
-                "files": len(paths) - len(batch.missing),
+                "files": len(paths) - len(batch.missing) - len(batch.deferred),
                 "receipts_valid": len(report.valid),
                 "receipts_rejected": rejected,
                 "already_handled": len(batch.missing),
+                "still_being_written": len(batch.deferred),
             },
         )
         total = len(report.valid) + rejected

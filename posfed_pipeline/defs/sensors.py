@@ -27,7 +27,6 @@ from posfed_pipeline.defs.partitions import terminal_day_key
 TERMINAL_TAG = "posfed/terminal"
 # A claim with no run after this long belongs to a launcher that died before creating it.
 ORPHAN_CLAIM_SECONDS = 30.0
-_FAILED = {dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED}
 
 
 def inbox_sensor_name(terminal: Terminal) -> str:
@@ -119,7 +118,8 @@ def _relaunch_batches(
     config: PosfedConfig,
     day_of,
 ) -> list[inbox.PlannedBatch]:
-    """Files still in the inbox whose run failed, or whose claim never became a run.
+    """Files still in the inbox whose run finished without moving them (it failed, or found
+    them still being written), or whose claim never became a run.
 
     Only files still in the inbox after being claimed are looked at: normally none, as a
     successful run moves every file it carries.
@@ -145,8 +145,12 @@ def _relaunch_batches(
         )
         if records:
             record = records[0]
-            if record.dagster_run.status not in _FAILED:
+            # Unfinished: still running, or, if its worker or launcher died, soon failed by
+            # Dagster's run monitoring (dagster.yaml: run_monitoring), which ends every run.
+            if not record.dagster_run.is_finished:
                 continue
+            # A failed run, or a successful one that left files behind (still being written
+            # when it read them): both are owed another attempt once the delay has passed.
             ended = record.end_time or now
             delay = inbox.retry_delay_seconds(attempt + 1, config.relaunch_after_seconds)
             if now - ended < delay:
