@@ -232,7 +232,7 @@ class Processes:
         self.cpu_before = _children_rusage()
 
     def start(self, name: str, command: list[str], nice: int = 0) -> subprocess.Popen:
-        log = (self.root / f"{name}.log").open("wb")
+        log = (self.root / f"{name}.log").open("ab")  # a restarted process appends
         self._logs.append(log)
         process = subprocess.Popen(
             command,
@@ -448,24 +448,9 @@ class Run:
         # fresh SQLite storage at once stamp its schema twice (alembic: "more than one head").
         self.instance = dg.DagsterInstance.from_config(str(self.dagster_home))
         self.instance.get_runs_count()
-        daemon = str(Path(sys.executable).with_name("dagster-daemon"))
-        self.processes.start(
-            "daemon",
-            [daemon, "run", "-w", str(REPO_ROOT / "workspace.yaml")],
-            nice=self.settings.daemon_nice,
-        )
+        self.start_daemon()
         if self.mode == "posfed":
-            self.processes.start(
-                "fastpath",
-                [
-                    sys.executable,
-                    "-m",
-                    "posfed_pipeline.cli",
-                    "fastpath",
-                    "--workers",
-                    str(self.settings.workers),
-                ],
-            )
+            self.start_fastpath()
         self._wait(self._sensors_ticking, 180, "every terminal's sensor to tick")
         if self.mode == "posfed":
             workers = self.settings.workers
@@ -485,6 +470,28 @@ class Run:
         self._wait(lambda: self._active_runs() == 0, 60, "the warm-up run to finish")
         self.runs_before = {r.run_id for r in self.instance.get_runs()}
         self.cpu_ready = self.processes.tree_cpu()
+
+    def start_daemon(self) -> None:
+        daemon = str(Path(sys.executable).with_name("dagster-daemon"))
+        self.processes.start(
+            "daemon",
+            [daemon, "run", "-w", str(REPO_ROOT / "workspace.yaml")],
+            nice=self.settings.daemon_nice,
+        )
+
+    def start_fastpath(self) -> None:
+        """The inotify trigger and the warm run workers (one process and its workers)."""
+        self.processes.start(
+            "fastpath",
+            [
+                sys.executable,
+                "-m",
+                "posfed_pipeline.cli",
+                "fastpath",
+                "--workers",
+                str(self.settings.workers),
+            ],
+        )
 
     def _sensors_ticking(self) -> bool:
         from dagster._core.definitions.run_request import InstigatorType

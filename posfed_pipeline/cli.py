@@ -41,6 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     _add_spec_and_dat(commands)
     _add_receipt(commands)
     _add_bench(commands)
+    _add_chaos(commands)
     args = parser.parse_args(argv)
     try:
         return args.handler(args)
@@ -592,6 +593,27 @@ def _bench(args) -> int:
     from posfed_pipeline import bench
 
     return bench.main(args)
+
+
+# --- chaos ------------------------------------------------------------------------------------
+
+
+def _add_chaos(commands) -> None:
+    from posfed_pipeline.chaos import add_arguments
+
+    chaos = commands.add_parser(
+        "chaos",
+        help="run the real pipeline under faults (kills, power cut, DB outage, bad files) "
+        "and reconcile; exits 1 if anything was lost or duplicated",
+    )
+    add_arguments(chaos)
+    chaos.set_defaults(handler=_chaos)
+
+
+def _chaos(args) -> int:
+    from posfed_pipeline import chaos
+
+    return chaos.main(args)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,748 @@
+"""``posfed chaos``: the real pipeline under a store's faults, then a reconciliation.
+
+It builds a fresh store in a temp folder (20 terminals, embedded SQLite central database, its
+own DAGSTER_HOME), starts ``dagster-daemon`` (sensors, run queue, run monitoring) and
+``posfed fastpath`` (the inotify trigger and warm run workers), and drives the terminals with the
+simulator at a steady rate. Mixed into the receipts, on a seeded schedule:
+
+- files the pipeline must reject: malformed, empty, truncated, non-UTF-8 and oversized files,
+  receipt ids that try to escape their folder, receipts that claim another terminal, and a
+  receipt id re-used with different content;
+- files it must recognise as repeats: the same file dropped again under its name, the same
+  receipt under another name;
+- slow writers: a receipt written in chunks over seconds (one open handle, pauses between).
+
+and, at fixed points of the run, the faults:
+
+- ``kill -9`` of a run worker, of the Dagster daemon, of the fast-path service (the trigger and
+  the pool), and a power cut: every posfed process at once. Each is restarted a moment later,
+  as its supervisor would;
+- the central database locked for ``--db-outage`` seconds (an exclusive SQLite transaction);
+- the day's .dat folder unwritable for a few seconds (replaced by a file: the harness may run
+  as root, which ignores permission bits).
+
+Then it waits until every file has a final place and reconciles what the terminals sent with
+what the central side holds: rows, .dat files, quarantine (by reason), archive. The exit status
+is non-zero unless loaded = .dat = valid, quarantined = invalid, duplicates = 0 and lost = 0.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import random
+import shutil
+import signal
+import sqlite3
+import sys
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from decimal import Decimal
+from pathlib import Path
+
+from sqlalchemy import case, func, select
+
+from posfed_pipeline import bench
+from posfed_pipeline.core import dat, store
+from posfed_pipeline.core.config import PosfedConfig, Terminal
+from posfed_pipeline.core.intake import MAX_FILE_BYTES
+from posfed_pipeline.core.receipt import Receipt, canonical_json
+from posfed_pipeline.core.simulator import ReceiptSimulator
+
+# What each rejected kind's quarantine reason must say.
+INVALID_KINDS = {
+    "malformed": "not valid JSON",
+    "empty": "file is empty",
+    "truncated": "not valid JSON",
+    "non_utf8": "not UTF-8",
+    "oversized": f"larger than {MAX_FILE_BYTES} bytes",
+    "path_escape": "nothing path-like",
+    "foreign_terminal": "file arrived from terminal",
+    "conflict": "different content",
+}
+REPEAT_KINDS = ("redrop", "resend")  # same content again: recognised, archived, no new rows
+VALID_KINDS = ("valid", "slow")
+# Share of the traffic per kind (the rest is plain valid receipts).
+MIX = {
+    "slow": 0.02,
+    "redrop": 0.01,
+    "resend": 0.01,
+    "conflict": 0.01,
+    "malformed": 0.006,
+    "empty": 0.006,
+    "truncated": 0.006,
+    "non_utf8": 0.006,
+    "oversized": 0.004,
+    "path_escape": 0.006,
+    "foreign_terminal": 0.006,
+}
+# Where in the sending period each fault strikes (fraction of it).
+FAULTS = [
+    (0.10, "kill_worker"),
+    (0.20, "kill_daemon"),
+    (0.30, "kill_fastpath"),
+    (0.40, "dat_folder_unwritable"),
+    (0.50, "db_outage"),
+    (0.68, "power_cut"),
+    (0.85, "kill_worker"),
+]
+RESTART_AFTER_SECONDS = 2.0
+DAT_BLOCK_SECONDS = 8.0
+
+
+@dataclass
+class ChaosSettings:
+    receipts: int = 10_000
+    rate: float = 20.0
+    terminals: int = 20
+    workers: int = 2
+    seed: int = 1
+    db_outage_seconds: float = 30.0
+    drain_timeout: float = 600.0  # after the last file, wait at most this long for the rest
+    keep: bool = False
+    progress: bool = True
+
+
+@dataclass
+class Item:
+    kind: str
+    terminal: Terminal
+    name: str
+    data: bytes = b""
+    receipt: Receipt | None = None  # valid kinds: the receipt expected in the DB and as .dat
+    original: Item | None = None  # repeats and conflicts: the delivered receipt they repeat
+    sent_at: float | None = None
+
+
+@dataclass
+class Outcome:
+    """Where every sent file ended up, and the reconciliation's verdict."""
+
+    counts: dict = field(default_factory=dict)
+    quarantined_by_reason: dict = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        c = self.counts
+        return (
+            c["loaded_rows"] == c["dat_files"] == c["valid"]
+            and c["quarantined"] == c["invalid"]
+            and c["duplicates"] == 0
+            and c["lost"] == 0
+            and c["left_in_inbox"] == 0
+            and not self.problems
+        )
+
+
+# --- the traffic ------------------------------------------------------------------------------
+
+
+class Traffic:
+    """Builds each file a terminal sends, seeded; repeats pick from what was delivered."""
+
+    def __init__(self, config: PosfedConfig, spec: dat.DatSpec, seed: int, total: int):
+        self.config = config
+        self.spec = spec
+        self.random = random.Random(seed)
+        self.simulator = ReceiptSimulator(list(config.terminals), seed=seed)
+        self.plan = self._plan(total)
+        self.delivered: list[Item] = []  # valid items whose .dat exists: repeatable
+        self.items: list[Item] = []
+        self._n = 0
+
+    def _plan(self, total: int) -> list[str]:
+        kinds = []
+        for _ in range(total):
+            roll, kind = self.random.random(), "valid"
+            for name, share in MIX.items():
+                if roll < share:
+                    kind = name
+                    break
+                roll -= share
+            kinds.append(kind)
+        # Every kind at least once, early enough for repeats to find something delivered.
+        for i, kind in enumerate(MIX):
+            position = total // 8 + i * max(1, total // (4 * len(MIX)))
+            kinds[min(position, total - 1)] = kind
+        return kinds
+
+    def next_item(self) -> Item:
+        position = len(self.items)
+        kind = self.plan[position]
+        if kind in ("redrop", "resend", "conflict") and not self.delivered:
+            # Nothing delivered yet to repeat: a little later, then.
+            self.plan.insert(min(position + 10, len(self.plan) - 1), kind)
+            kind = "valid"
+        terminal = self.random.choice(self.simulator.terminals)
+        item = getattr(self, f"_{kind}")(terminal)
+        item.kind = kind
+        self.items.append(item)
+        return item
+
+    def _unique(self, prefix: str) -> str:
+        self._n += 1
+        return f"{prefix}{self._n:06d}"
+
+    def _valid(self, terminal: Terminal) -> Item:
+        receipt = self.simulator.make_receipt(terminal)
+        data = canonical_json(receipt).encode("utf-8")
+        return Item("valid", terminal, f"{receipt.receipt_id}.json", data, receipt)
+
+    def _slow(self, terminal: Terminal) -> Item:
+        return self._valid(terminal)
+
+    def _repeat_of(self) -> Item:
+        original = self.random.choice(self.delivered)
+        self.delivered.remove(original)  # each delivered receipt is repeated at most once
+        return original
+
+    def _redrop(self, terminal: Terminal) -> Item:
+        original = self._repeat_of()
+        return Item("redrop", original.terminal, original.name, original.data, None, original)
+
+    def _resend(self, terminal: Terminal) -> Item:
+        original = self._repeat_of()
+        name = f"{original.receipt.receipt_id}-again.json"
+        return Item("resend", original.terminal, name, original.data, None, original)
+
+    def _conflict(self, terminal: Terminal) -> Item:
+        """The delivered receipt's id again, with another quantity (and a matching total)."""
+        original = self._repeat_of()
+        receipt = original.receipt
+        first = receipt.items[0]
+        items = (replace(first, quantity=first.quantity + 7), *receipt.items[1:])
+        variant = replace(receipt, items=items, total=sum((i.amount for i in items), Decimal(0)))
+        data = canonical_json(variant).encode("utf-8")
+        name = f"{receipt.receipt_id}-v2.json"
+        return Item("conflict", original.terminal, name, data, None, original)
+
+    def _bad(self, terminal: Terminal, data: bytes) -> Item:
+        return Item("bad", terminal, f"{self._unique('BAD')}.json", data)
+
+    def _malformed(self, terminal: Terminal) -> Item:
+        return self._bad(terminal, b'{"receiptId": "X1", "items": [ oops ]}')
+
+    def _empty(self, terminal: Terminal) -> Item:
+        return self._bad(terminal, b"")
+
+    def _truncated(self, terminal: Terminal) -> Item:
+        data = canonical_json(self.simulator.make_receipt(terminal)).encode("utf-8")
+        return self._bad(terminal, data[: len(data) // 2])
+
+    def _non_utf8(self, terminal: Terminal) -> Item:
+        data = canonical_json(self.simulator.make_receipt(terminal)).encode("utf-8")
+        return self._bad(terminal, data.replace(b'"items"', b'"items\xff\xfe"', 1))
+
+    def _oversized(self, terminal: Terminal) -> Item:
+        doc = json.loads(canonical_json(self.simulator.make_receipt(terminal)))
+        doc["items"][0]["description"] = "x" * (MAX_FILE_BYTES + 10)
+        return self._bad(terminal, json.dumps(doc).encode("utf-8"))
+
+    def _path_escape(self, terminal: Terminal) -> Item:
+        doc = json.loads(canonical_json(self.simulator.make_receipt(terminal)))
+        doc["receiptId"] = "../../../../tmp/posfed-escape"
+        return self._bad(terminal, json.dumps(doc).encode("utf-8"))
+
+    def _foreign_terminal(self, terminal: Terminal) -> Item:
+        other = next(t for t in self.simulator.terminals if t.id != terminal.id)
+        doc = json.loads(canonical_json(self.simulator.make_receipt(terminal)))
+        doc["terminalId"] = other.id
+        return self._bad(terminal, json.dumps(doc).encode("utf-8"))
+
+    def dat_path(self, item: Item) -> Path:
+        rendered = dat.render_receipt(item.receipt, item.terminal, self.spec)
+        return self.config.dat_dir / rendered.relative_path
+
+
+def write_file(item: Item, rng: random.Random) -> None:
+    """As a POS writes: open, write, close; slow writers in chunks with pauses, one handle."""
+    path = item.terminal.inbox / item.name
+    with open(path, "wb") as handle:
+        if item.kind == "slow":
+            chunks = 4
+            size = max(1, len(item.data) // chunks)
+            for start in range(0, len(item.data), size):
+                handle.write(item.data[start : start + size])
+                handle.flush()
+                time.sleep(rng.uniform(0.3, 1.2))
+        else:
+            handle.write(item.data)
+    item.sent_at = time.time()
+
+
+# --- the run ----------------------------------------------------------------------------------
+
+
+class ChaosRun:
+    def __init__(self, settings: ChaosSettings):
+        self.settings = settings
+        self.bench = bench.Run(
+            "posfed",
+            bench.BenchSettings(
+                terminals=settings.terminals,
+                workers=settings.workers,
+                seed=settings.seed,
+                progress=False,
+            ),
+        )
+        self.config = self.bench.config
+        self.root = self.bench.root
+        # Another seed than the harness's warm-up receipt, so no receipt id repeats by chance.
+        self.traffic = Traffic(
+            self.config, self.bench.spec, settings.seed + 7919, settings.receipts
+        )
+        self.rng = random.Random(settings.seed + 1)
+        self.faults: list[dict] = []
+        self.warm_up: set[Path] = set()  # .dat files there before the traffic
+        self.current_fault = ""
+        self._writers: list[threading.Thread] = []
+        self._waiting_delivery: list[Item] = []
+
+    # --- faults -------------------------------------------------------------------------------
+
+    def _pids(self, name: str) -> list[int]:
+        process = self.bench.processes.started.get(name)
+        if process is None:
+            return []
+        procs = bench._all_procs()
+        group = [pid for pid, (_, _, sid, _) in procs.items() if sid == process.pid]
+        return sorted(set(group) | bench._descendants(group, procs))
+
+    def _worker_pids(self) -> list[int]:
+        fastpath = self.bench.processes.started["fastpath"].pid
+        return [pid for pid in self._pids("fastpath") if pid != fastpath]
+
+    def _kill(self, name: str) -> None:
+        for pid in self._pids(name):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(Exception):
+            self.bench.processes.started[name].wait(timeout=10)
+
+    def _restart(self, name: str) -> None:
+        time.sleep(RESTART_AFTER_SECONDS)
+        (self.bench.start_daemon if name == "daemon" else self.bench.start_fastpath)()
+
+    def inject(self, fault: str) -> None:
+        self.current_fault = fault
+        started = time.time()
+        detail = ""
+        if fault == "kill_worker":
+            workers = self._worker_pids()
+            if workers:
+                victim = self.rng.choice(workers)
+                os.kill(victim, signal.SIGKILL)
+                detail = f"pid {victim}"
+        elif fault == "kill_daemon":
+            self._kill("daemon")
+            self._restart("daemon")
+        elif fault == "kill_fastpath":
+            self._kill("fastpath")
+            self._restart("fastpath")
+        elif fault == "power_cut":
+            everything = self._pids("daemon") + self._pids("fastpath")
+            for pid in everything:  # all at once, no clean shutdown anywhere
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            detail = f"{len(everything)} processes"
+            for name in ("daemon", "fastpath"):
+                with contextlib.suppress(Exception):
+                    self.bench.processes.started[name].wait(timeout=10)
+            time.sleep(RESTART_AFTER_SECONDS)
+            self.bench.start_daemon()
+            self.bench.start_fastpath()
+        elif fault == "db_outage":
+            self._lock_database(self.settings.db_outage_seconds)
+            detail = f"{self.settings.db_outage_seconds:g} s"
+        elif fault == "dat_folder_unwritable":
+            self._block_dat_folder(DAT_BLOCK_SECONDS)
+            detail = f"{DAT_BLOCK_SECONDS:g} s"
+        self.faults.append(
+            {
+                "fault": fault,
+                "at": started,
+                "seconds": round(time.time() - started, 1),
+                "detail": detail,
+            }
+        )
+        self.current_fault = ""
+
+    def _lock_database(self, seconds: float) -> None:
+        path = self.config.db_url.removeprefix("sqlite:///")
+        connection = sqlite3.connect(path, timeout=60, isolation_level=None)
+        try:
+            connection.execute("BEGIN EXCLUSIVE")  # no other writer until it ends
+            time.sleep(seconds)
+            connection.execute("ROLLBACK")
+        finally:
+            connection.close()
+
+    def _block_dat_folder(self, seconds: float) -> None:
+        day = dat_day_folder(self.config)
+        folder = self.config.dat_dir / day
+        aside = self.config.dat_dir / f".{day}.aside"
+        folder.mkdir(parents=True, exist_ok=True)
+        os.rename(folder, aside)
+        # If a writer recreated the folder in between, the block missed; the run goes on.
+        with contextlib.suppress(IsADirectoryError):
+            folder.write_text("the .dat folder is unwritable (posfed chaos)")
+        time.sleep(seconds)
+        if folder.is_file():
+            folder.unlink()
+        folder.mkdir(exist_ok=True)
+        for path in aside.iterdir():  # nothing can have been written there meanwhile
+            os.replace(path, folder / path.name)
+        aside.rmdir()
+
+    # --- driving ------------------------------------------------------------------------------
+
+    def _send(self, item: Item) -> None:
+        if item.kind == "slow":
+            thread = threading.Thread(target=write_file, args=(item, random.Random(item.name)))
+            thread.start()
+            self._writers.append(thread)
+        else:
+            write_file(item, self.rng)
+
+    def _track_deliveries(self) -> None:
+        still = []
+        for item in self._waiting_delivery:
+            if (
+                self.traffic.dat_path(item).exists()
+                and not (item.terminal.inbox / item.name).exists()
+            ):
+                self.traffic.delivered.append(item)
+            else:
+                still.append(item)
+        self._waiting_delivery = still
+
+    def drive(self) -> None:
+        settings = self.settings
+        period = settings.receipts / settings.rate
+        schedule = sorted((share * period, fault) for share, fault in FAULTS)
+        fault_threads = []
+        start = time.monotonic()
+        for i in range(settings.receipts):
+            delay = start + i / settings.rate - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            while schedule and time.monotonic() - start >= schedule[0][0]:
+                _, fault = schedule.pop(0)
+                thread = threading.Thread(target=self.inject, args=(fault,), daemon=True)
+                thread.start()
+                fault_threads.append(thread)
+            if i % 20 == 0:
+                self._track_deliveries()
+            item = self.traffic.next_item()
+            self._send(item)
+            if item.kind in VALID_KINDS:
+                self._waiting_delivery.append(item)
+        for thread in fault_threads + self._writers:
+            thread.join()
+        self.last_sent = time.monotonic()
+
+    def settled(self) -> bool:
+        return (
+            not any(
+                p.is_file() and not p.name.startswith(".")
+                for t in self.config.terminals
+                for p in t.inbox.iterdir()
+            )
+            and not self.bench._active_runs()
+        )
+
+    def drain(self) -> None:
+        deadline = self.last_sent + self.settings.drain_timeout
+        while time.monotonic() < deadline:
+            if self.settled():
+                return
+            time.sleep(1.0)
+
+    def _progress_loop(self, stop: threading.Event) -> None:
+        tty = sys.stdout.isatty()
+        started = time.monotonic()
+        total = self.settings.receipts
+        while not stop.wait(0.5 if tty else 10.0):
+            sent = len(self.traffic.items)
+            left = sum(
+                1
+                for t in self.config.terminals
+                for p in t.inbox.iterdir()
+                if p.is_file() and not p.name.startswith(".")
+            )
+            width = 30
+            filled = int(width * sent / total)
+            line = (
+                f"[{'#' * filled}{'.' * (width - filled)}] {sent}/{total} sent, "
+                f"{left} in inboxes, {len(self.faults)} faults"
+                + (f", now: {self.current_fault}" if self.current_fault else "")
+                + f" ({time.monotonic() - started:.0f}s)"
+            )
+            print(("\r" + line.ljust(100)) if tty else line, end="" if tty else "\n", flush=True)
+        if tty:
+            print()
+
+    def execute(self) -> dict:
+        report: dict = {"settings": self.settings.__dict__.copy(), "root": str(self.root)}
+        try:
+            self.bench.start()  # the store is up: sensors ticking, workers warm, one receipt in
+            self.warm_up = set(self.config.dat_dir.rglob("*.dat"))
+            stop = threading.Event()
+            progress = None
+            if self.settings.progress:
+                progress = threading.Thread(target=self._progress_loop, args=(stop,), daemon=True)
+                progress.start()
+            started = time.monotonic()
+            try:
+                self.drive()
+                self.drain()
+            finally:
+                stop.set()
+                if progress:
+                    progress.join()
+            report["seconds"] = round(time.monotonic() - started, 1)
+            outcome = reconcile(
+                self.config, self.bench.spec, self.traffic.items, ignore=self.warm_up
+            )
+            report.update(
+                counts=outcome.counts,
+                quarantined_by_reason=outcome.quarantined_by_reason,
+                problems=outcome.problems[:50],
+                faults=self.faults,
+                kinds=dict(Counter(i.kind for i in self.traffic.items)),
+                passed=outcome.passed,
+            )
+        finally:
+            self.bench.processes.stop()
+            if not self.settings.keep:
+                shutil.rmtree(self.root, ignore_errors=True)
+        return report
+
+
+def dat_day_folder(config: PosfedConfig) -> str:
+    """Today's .dat folder name, by the store's local date (as the receipts are dated)."""
+    return datetime.now(config.timezone).strftime("%Y%m%d")
+
+
+# --- the reconciliation -----------------------------------------------------------------------
+
+
+def _original_name(name: str) -> str:
+    # move_unique names a clash ``stem~N.ext``.
+    stem, dot, suffix = name.partition(".")
+    return stem.split("~")[0] + dot + suffix
+
+
+def reconcile(
+    config: PosfedConfig, spec: dat.DatSpec, items: list[Item], ignore: set[Path] = frozenset()
+) -> Outcome:
+    """Every sent file against the central side: DB rows, .dat files, quarantine, archive.
+
+    ``ignore``: .dat files that were there before the traffic (the harness's warm-up receipt).
+    """
+    outcome = Outcome()
+    engine = store.make_engine(config.db_url)
+    with engine.connect() as connection:
+        rows = Counter(
+            {
+                (terminal, receipt): count
+                for terminal, receipt, count in connection.execute(
+                    select(
+                        store.ReceiptRow.terminal_id,
+                        store.ReceiptRow.receipt_id,
+                        func.count(),
+                    ).group_by(store.ReceiptRow.terminal_id, store.ReceiptRow.receipt_id)
+                )
+            }
+        )
+        # The ledger agrees: each loaded receipt inserted once, its .dat recorded as written.
+        ledger = {
+            (terminal, receipt): (inserted, written)
+            for terminal, receipt, inserted, written in connection.execute(
+                select(
+                    store.IngestLedgerRow.terminal_id,
+                    store.IngestLedgerRow.receipt_id,
+                    func.sum(
+                        case(
+                            (store.IngestLedgerRow.outcome == store.Outcome.INSERTED.value, 1),
+                            else_=0,
+                        )
+                    ),
+                    func.count(store.IngestLedgerRow.dat_written_at),
+                ).group_by(store.IngestLedgerRow.terminal_id, store.IngestLedgerRow.receipt_id)
+            )
+        }
+    engine.dispose()
+    dat_files = {
+        p.relative_to(config.dat_dir) for p in config.dat_dir.rglob("*.dat") if p not in ignore
+    }
+    quarantined: dict[tuple[str, str], list[str]] = {}
+    archived: Counter = Counter()
+    left: list[str] = []
+    for terminal in config.terminals:
+        for report in terminal.quarantine.glob("*.error.json"):
+            doc = json.loads(report.read_text())
+            reason = "; ".join(f"{p['field']}: {p['rule']}" for p in doc["problems"])
+            quarantined.setdefault((terminal.id, doc["file"]), []).append(reason)
+        for path in terminal.archive_root.rglob("*"):
+            if path.is_file():
+                archived[(terminal.id, _original_name(path.name))] += 1
+        left += [
+            f"{terminal.id}/{p.name}"
+            for p in terminal.inbox.iterdir()
+            if p.is_file() and not p.name.startswith(".")
+        ]
+
+    expected_dat: set[Path] = set()
+    valid = invalid = loaded = repeats = lost = 0
+    by_reason: Counter = Counter()
+    for item in items:
+        where = (item.terminal.id, item.name)
+        if item.kind in VALID_KINDS:
+            valid += 1
+            rel = Path(dat.render_receipt(item.receipt, item.terminal, spec).relative_path)
+            expected_dat.add(rel)
+            count = rows[(item.terminal.id, item.receipt.receipt_id)]
+            loaded += min(count, 1)
+            if count == 0 or rel not in dat_files:
+                lost += 1
+                outcome.problems.append(
+                    f"lost: {item.terminal.id}/{item.name} ({count} rows, "
+                    f".dat {'present' if rel in dat_files else 'missing'})"
+                )
+            if where in quarantined:
+                outcome.problems.append(f"valid receipt quarantined: {where}: {quarantined[where]}")
+            inserted, written = ledger.get((item.terminal.id, item.receipt.receipt_id), (0, 0))
+            if count and (inserted != 1 or not written):
+                outcome.problems.append(
+                    f"ledger disagrees for {where}: inserted {inserted} time(s), "
+                    f"{written} .dat write(s) recorded"
+                )
+        elif item.kind in REPEAT_KINDS:
+            repeats += 1
+        else:
+            invalid += 1
+            reasons = quarantined.get(where, [])
+            wanted = INVALID_KINDS[item.kind]
+            if any(wanted in r for r in reasons):
+                by_reason[item.kind] += 1
+            elif reasons:
+                outcome.problems.append(f"{item.kind} {where} quarantined for: {reasons}")
+                by_reason[item.kind] += 1
+            else:
+                lost += 1
+                outcome.problems.append(f"{item.kind} {where} is not in quarantine")
+    # Repeats: no second row set (checked through the originals' row counts), the file kept.
+    for item in items:
+        if item.kind in REPEAT_KINDS:
+            where = (item.terminal.id, item.name)
+            kept = archived[where] + len(quarantined.get(where, []))
+            needed = 2 if item.kind == "redrop" else 1  # a redrop shares its original's name
+            if kept < needed:
+                lost += 1
+                outcome.problems.append(f"{item.kind} {where}: the file was not kept")
+    duplicates = sum(count - 1 for count in rows.values() if count > 1)
+    extra_dat = dat_files - expected_dat
+    duplicates += len(extra_dat)
+    for rel in sorted(extra_dat)[:10]:
+        outcome.problems.append(f"unexpected .dat file {rel}")
+    if left:
+        outcome.problems.append(f"{len(left)} file(s) still in inboxes: {left[:10]}")
+    outcome.counts = {
+        "sent": len(items),
+        "valid": valid,
+        "invalid": invalid,
+        "repeats": repeats,
+        "loaded_rows": loaded,
+        "dat_files": len(dat_files & expected_dat),
+        "quarantined": sum(by_reason.values()),
+        "duplicates": duplicates,
+        "lost": lost,
+        "left_in_inbox": len(left),
+    }
+    outcome.quarantined_by_reason = dict(sorted(by_reason.items()))
+    return outcome
+
+
+# --- the command ------------------------------------------------------------------------------
+
+
+def format_report(report: dict) -> str:
+    c = report["counts"]
+    lines = [
+        f"posfed chaos: {report['settings']['receipts']} files, "
+        f"{report['settings']['terminals']} terminals, {report['settings']['rate']:g}/s, "
+        f"seed {report['settings']['seed']} ({report['seconds']:.0f} s)",
+        "faults injected:",
+    ]
+    for fault in report["faults"]:
+        lines.append(f"  {fault['fault']:<24} {fault['detail']:<16} ({fault['seconds']:.1f} s)")
+    lines += [
+        f"sent                 {c['sent']}",
+        f"  valid              {c['valid']}",
+        f"  invalid            {c['invalid']}",
+        f"  repeats            {c['repeats']}  (same content again: archived, no new rows)",
+        f"loaded rows          {c['loaded_rows']}",
+        f".dat files           {c['dat_files']}",
+        f"quarantined          {c['quarantined']}",
+    ]
+    for kind, count in report["quarantined_by_reason"].items():
+        lines.append(f"  {kind:<18} {count}  ({INVALID_KINDS[kind]})")
+    lines += [
+        f"duplicates           {c['duplicates']}",
+        f"lost                 {c['lost']}",
+        f"left in inboxes      {c['left_in_inbox']}",
+    ]
+    for problem in report["problems"]:
+        lines.append(f"  ! {problem}")
+    lines.append("PASSED" if report["passed"] else "FAILED")
+    return "\n".join(lines)
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--receipts", type=int, default=10_000, help="files to send (10000)")
+    parser.add_argument("--rate", type=float, default=20.0, help="files per second (20)")
+    parser.add_argument("--terminals", type=int, default=20, help="terminals (20)")
+    parser.add_argument("--workers", type=int, default=2, help="warm run workers (2)")
+    parser.add_argument("--seed", type=int, default=1, help="schedule and content seed (1)")
+    parser.add_argument(
+        "--db-outage", type=float, default=30.0, help="seconds the central DB is locked (30)"
+    )
+    parser.add_argument(
+        "--drain-timeout", type=float, default=600.0, help="max wait after the last file (600)"
+    )
+    parser.add_argument("--keep", action="store_true", help="keep the temp store (logs, state)")
+    parser.add_argument("--json", metavar="FILE", help="also write the report as JSON")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def main(args) -> int:
+    settings = ChaosSettings(
+        receipts=args.receipts,
+        rate=args.rate,
+        terminals=args.terminals,
+        workers=args.workers,
+        seed=args.seed,
+        db_outage_seconds=args.db_outage,
+        drain_timeout=args.drain_timeout,
+        keep=args.keep,
+        progress=not args.quiet,
+    )
+    if settings.receipts < 100:
+        print("posfed chaos: --receipts must be at least 100 (every kind of file at least once)")
+        return 2
+    report = ChaosRun(settings).execute()
+    print(format_report(report))
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2, default=str))
+    if args.keep:
+        print(f"store kept in {report['root']}")
+    return 0 if report["passed"] else 1
+
+
+__all__ = ["ChaosSettings", "ChaosRun", "reconcile", "main", "add_arguments"]

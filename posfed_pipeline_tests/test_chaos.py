@@ -1,0 +1,44 @@
+"""The chaos run, reduced for CI: a few hundred files, every fault and every bad file at least
+once, against the real daemon, trigger, workers, central database and .dat folder.
+
+The full run (10,000 files) is `posfed chaos`, documented in the README with its last result.
+"""
+
+import shutil
+
+from posfed_pipeline import chaos
+
+
+def test_reduced_chaos_run_loses_nothing_and_duplicates_nothing():
+    settings = chaos.ChaosSettings(
+        receipts=300,
+        rate=10.0,
+        db_outage_seconds=10.0,
+        drain_timeout=120.0,
+        keep=True,
+        progress=False,
+    )
+    run = chaos.ChaosRun(settings)
+    report = run.execute()
+    try:
+        assert report["passed"], chaos.format_report(report)
+        assert {f["fault"] for f in report["faults"]} == {fault for _, fault in chaos.FAULTS}
+        assert set(report["kinds"]) >= set(chaos.MIX)  # every kind of file was sent
+        counts = report["counts"]
+        assert counts["sent"] == 300
+        assert counts["valid"] == counts["loaded_rows"] == counts["dat_files"] > 200
+        assert set(report["quarantined_by_reason"]) == set(chaos.INVALID_KINDS)
+
+        # The reconciliation is not blind: a .dat file removed behind the pipeline's back,
+        # or a file deleted from quarantine, is reported and fails the run.
+        delivered = next(i for i in run.traffic.items if i.kind == "valid")
+        run.traffic.dat_path(delivered).unlink()
+        quarantined = next(run.config.terminals[0].quarantine.glob("*.error.json"), None) or next(
+            p for t in run.config.terminals for p in t.quarantine.glob("*.error.json")
+        )
+        quarantined.unlink()
+        outcome = chaos.reconcile(run.config, run.bench.spec, run.traffic.items, ignore=run.warm_up)
+        assert not outcome.passed
+        assert outcome.counts["lost"] == 2
+    finally:
+        shutil.rmtree(report["root"], ignore_errors=True)
