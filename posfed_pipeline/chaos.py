@@ -456,6 +456,36 @@ class ChaosRun:
             and not self.bench._active_runs()
         )
 
+    def cursor_disagreements(self, wait_seconds: float = 30.0) -> list[str]:
+        """The sensors' cursors agree with the inboxes: with every inbox empty, a sensor's next
+        tick keeps no file as launched-and-pending. Waits for one tick after the drain."""
+        from dagster._core.definitions.run_request import InstigatorType
+
+        instance = self.bench.instance
+        drained_at = time.time()
+        deadline = time.monotonic() + wait_seconds
+        while True:
+            states = instance.all_instigator_state(instigator_type=InstigatorType.SENSOR)
+            ticked = all(
+                (ticks := instance.get_ticks(s.instigator_origin_id, s.selector_id, limit=1))
+                and ticks[0].timestamp > drained_at
+                for s in states
+            )
+            if ticked or time.monotonic() > deadline:
+                break
+            time.sleep(1.0)
+        problems = []
+        for state in states:
+            cursor = state.instigator_data.cursor if state.instigator_data else None
+            pending = json.loads(cursor)["launched"] if cursor else {}
+            if pending:
+                problems.append(
+                    f"{state.instigator_name}: cursor still lists {len(pending)} file(s)"
+                )
+        if not ticked:
+            problems.append(f"not every sensor ticked within {wait_seconds:g} s after the drain")
+        return problems
+
     def drain(self) -> None:
         deadline = self.last_sent + self.settings.drain_timeout
         while time.monotonic() < deadline:
@@ -509,6 +539,8 @@ class ChaosRun:
             outcome = reconcile(
                 self.config, self.bench.spec, self.traffic.items, ignore=self.warm_up
             )
+            for problem in self.cursor_disagreements():
+                outcome.problems.append(problem)
             report.update(
                 counts=outcome.counts,
                 quarantined_by_reason=outcome.quarantined_by_reason,
