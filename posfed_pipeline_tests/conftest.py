@@ -10,7 +10,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
@@ -173,6 +173,10 @@ def dagster_process(args: list[str], *, env: dict, log_path: Path) -> Iterator[s
             except subprocess.TimeoutExpired:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
+            # What outlived it in its group (the daemon's code server): gone too, as systemd
+            # stops a unit's whole control group.
+            with suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
 
 
 def wait_for(predicate, timeout: float, what: str, log: Path):

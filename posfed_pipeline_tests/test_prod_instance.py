@@ -129,9 +129,17 @@ def test_prod_profile_records_runs_and_ticks_in_postgres(running_daemon, pg_data
     assert dat_file.read_bytes().startswith(b"0010P0001")
 
     with dg.DagsterInstance.from_config(str(dagster_home)) as instance:
-        assert type(instance.run_storage).__name__ == "PostgresRunStorage"
-        assert type(instance.event_log_storage).__name__ == "PostgresEventLogStorage"
-        assert type(instance.schedule_storage).__name__ == "PostgresScheduleStorage"
+        from dagster_postgres import (
+            PostgresEventLogStorage,
+            PostgresRunStorage,
+            PostgresScheduleStorage,
+        )
+
+        # dagster-postgres's storages, each with posfed's per-process connection pool.
+        assert isinstance(instance.run_storage, PostgresRunStorage)
+        assert isinstance(instance.event_log_storage, PostgresEventLogStorage)
+        assert isinstance(instance.schedule_storage, PostgresScheduleStorage)
+        assert instance.run_storage._engine.pool.__class__.__name__ == "QueuePool"
         assert instance.run_monitoring_enabled
         # Operators see no "Join the Dagster community" prompt; nothing is reported home.
         assert not instance.nux_enabled

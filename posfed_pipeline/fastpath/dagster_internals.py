@@ -14,7 +14,9 @@ What is used, and why:
 - ``recon_job_from_origin`` and ``execute_run``: what a run worker process does with a run id.
 - The SQLite run, event-log and schedule storages, subclassed to keep one connection pool per
   process: Dagster's own open a new engine and connection for every query (about 65 per run),
-  which was more than half of a short run's CPU.
+  which was more than half of a short run's CPU. Likewise dagster-postgres's storages, which
+  open a new PostgreSQL connection per query (its own webserver optimisation swaps in a pooled
+  engine the same way, ``optimize_for_webserver``).
 """
 
 from __future__ import annotations
@@ -207,3 +209,65 @@ class PooledSqliteEventLogStorage(ConsolidatedSqliteEventLogStorage):
 
     def _connect(self):
         return _pooled_transaction(self._conn_string)
+
+
+# --- PostgreSQL instance storage (production profile) with one connection pool per process ------
+
+
+def _pooled_postgres(base: type) -> type:
+    """``base`` (a dagster-postgres storage) with a pooled engine shared within the process."""
+    from dagster_postgres.utils import (
+        create_pg_engine,
+        get_token_provider_from_config,
+        pg_url_from_config,
+    )
+
+    class Pooled(base):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            key = (self.postgres_url, os.getpid())
+            with _engines_lock:
+                engine = _engines.get(key)
+                if engine is None:
+                    engine = create_pg_engine(
+                        self.postgres_url,
+                        self._token_provider,
+                        isolation_level="AUTOCOMMIT",
+                        # A few per process: daemon threads, webserver, fast path, each worker.
+                        pool_size=2,
+                        max_overflow=6,
+                        pool_pre_ping=True,
+                        pool_recycle=3600,
+                    )
+                    _engines[key] = engine
+            self._engine = engine
+
+        @classmethod
+        def from_config_value(cls, inst_data, config_value):
+            # dagster-postgres names its own class here; build this one instead.
+            return cls(
+                inst_data=inst_data,
+                postgres_url=pg_url_from_config(config_value),
+                should_autocreate_tables=config_value.get("should_autocreate_tables", True),
+                token_provider=get_token_provider_from_config(config_value),
+            )
+
+    Pooled.__name__ = Pooled.__qualname__ = f"Pooled{base.__name__}"
+    Pooled.__module__ = __name__
+    return Pooled
+
+
+def __getattr__(name: str):
+    # Built on first use, so that the embedded (SQLite) profile never imports dagster-postgres.
+    import dagster_postgres
+
+    bases = {
+        "PooledPostgresRunStorage": dagster_postgres.PostgresRunStorage,
+        "PooledPostgresEventLogStorage": dagster_postgres.PostgresEventLogStorage,
+        "PooledPostgresScheduleStorage": dagster_postgres.PostgresScheduleStorage,
+    }
+    if name not in bases:
+        raise AttributeError(name)
+    cls = _pooled_postgres(bases[name])
+    globals()[name] = cls
+    return cls
