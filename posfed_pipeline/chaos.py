@@ -637,8 +637,12 @@ def reconcile(
         where = (item.terminal.id, item.name)
         if item.kind in VALID_KINDS:
             valid += 1
-            rel = Path(dat.render_receipt(item.receipt, item.terminal, spec).relative_path)
+            rendered = dat.render_receipt(item.receipt, item.terminal, spec)
+            rel = Path(rendered.relative_path)
             expected_dat.add(rel)
+            if rel in dat_files and (config.dat_dir / rel).read_bytes() != rendered.content:
+                # Complete and exactly what this receipt renders to: never a partial file.
+                outcome.problems.append(f"{rel}: not the receipt's exact .dat content")
             count = rows[(item.terminal.id, item.receipt.receipt_id)]
             loaded += min(count, 1)
             if count == 0 or rel not in dat_files:

@@ -452,7 +452,8 @@ json_values = st.recursive(
     max_leaves=20,
 )
 field_values = json_values | st.sampled_from(
-    ["8712345678906", "2.95", "1e999999", "NaN", "2026-11-20T10:00:00", "bakery_1", "10", "\ud800"]
+    ["8712345678906", "2.95", "1e999999", "1e999999999", "9e-999999999", "NaN"]
+    + ["2026-11-20T10:00:00", "bakery_1", "10", "\ud800"]
 )
 
 
@@ -519,3 +520,39 @@ def test_any_csv_is_a_receipt_or_an_intake_error(tmp_path_factory, cells):
     terminal = vendor_config(tmp_path_factory.mktemp("fuzz")).terminal("flowers_2")
     body = "\n".join(";".join(row) for row in cells)
     survives((CSV_HEADER + body).encode("utf-8"), terminal)
+
+
+# --- adversarial inputs: each is rejected (or judged) quickly, none crashes --------------------
+
+
+def _adversarial_inputs() -> dict[str, bytes]:
+    doc = json.dumps(receipt_doc(timestamp="2026-11-20T10:00:00+01:00"))
+    many_items = receipt_doc(timestamp="2026-11-20T10:00:00+01:00")
+    many_items["items"] = many_items["items"] * 600
+    return {
+        "deep nesting": b"[" * 200_000 + b"]" * 200_000,
+        "deep object nesting": b'{"a":' * 100_000 + b"1" + b"}" * 100_000,
+        "huge exponent price": doc.replace('"2.95"', "1e999999999").encode(),
+        "huge exponent quantity": doc.replace('"quantity": 1', '"quantity": 9e-999999999').encode(),
+        "900k-digit number": doc.replace('"2.95"', "9" * 900_000).encode(),
+        "900 KB description": doc.replace("Volkorenbrood", "x" * 900_000).encode(),
+        "1200 items": json.dumps(many_items).encode(),
+        "NUL bytes": b"\x00" * 1000,
+        "lone surrogates": doc.replace("Croissant", "\\ud800\\udfff\\udc00").encode(),
+        "BOM then garbage": b"\xef\xbb\xbf\xff\xfe",
+        "only whitespace": b" \n\t" * 1000,
+    }
+
+
+@pytest.mark.parametrize("name", sorted(_adversarial_inputs()))
+def test_adversarial_input_is_a_clear_rejection_not_a_crash(tmp_path, name):
+    terminal = vendor_config(tmp_path).terminal("bakery_1")
+    data = _adversarial_inputs()[name]
+    survives(data, terminal)
+    try:
+        receipt = parse_receipt(data, terminal)
+    except IntakeError as exc:
+        assert all(str(p) for p in exc.problems)
+        return
+    report = validate_batch([receipt], now=datetime(2026, 11, 20, tzinfo=UTC))
+    assert report.invalid, f"{name} should not pass validation"

@@ -464,7 +464,8 @@ def _decimal(
     if not number.is_finite():
         problems.append(Problem(name, _show(value), "must be a finite number"))
         return None
-    if abs(number) >= MAX_MAGNITUDE:
+    # By exponent, not abs(): 1e999999999 would overflow Decimal's context instead.
+    if number and number.adjusted() >= MAX_MAGNITUDE.adjusted():
         problems.append(Problem(name, _show(value), "is implausibly large (10 million or more)"))
         return None
     return number

@@ -168,6 +168,13 @@ class ValidationReport:
 
 def _minor(value: Decimal, scale: int) -> int | None:
     """``value * scale`` as an int if that is exact (and plausible), else None."""
+    if value.is_finite() and value:
+        # Bounds first: as_integer_ratio() of 9e-999999999 builds a billion-digit integer.
+        # (By the digits, not normalize(): the context would round that to zero.)
+        _, digits, exponent = value.as_tuple()
+        trailing_zeros = len(digits) - len("".join(map(str, digits)).rstrip("0"))
+        if exponent + trailing_zeros < -18 or value.adjusted() > 18:
+            return None
     try:
         numerator, denominator = value.as_integer_ratio()
     except (ValueError, OverflowError):  # NaN, Infinity
