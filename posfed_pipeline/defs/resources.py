@@ -4,7 +4,7 @@ import os
 from functools import cache
 
 import dagster as dg
-from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.engine import URL, Engine, make_url
 
 from posfed_pipeline.core import store
 from posfed_pipeline.core.config import PosfedConfig
@@ -47,7 +47,15 @@ def central_db_resource(config: PosfedConfig) -> CentralDbResource:
     url = make_url(config.db_url)
     if "POSFED_DB_PASSWORD" in os.environ:
         return CentralDbResource(
-            url=url.set(password=None).render_as_string(hide_password=False),
+            # Rebuilt without the password: URL.set(password=None) keeps it (SQLAlchemy 2.1).
+            url=URL.create(
+                url.drivername,
+                username=url.username,
+                host=url.host,
+                port=url.port,
+                database=url.database,
+                query=url.query,
+            ).render_as_string(hide_password=False),
             password=dg.EnvVar("POSFED_DB_PASSWORD"),
         )
     return CentralDbResource(url=config.db_url)
