@@ -175,6 +175,46 @@ def resolve_config_path(path: str | os.PathLike[str] | None = None) -> Path:
 
 
 TOP_LEVEL_TABLES = {"store", "paths", "intake", "dat", "retention", "mappings", "terminals"}
+TABLE_KEYS = {
+    "store": {"id", "name", "timezone", "partitions_start", "variable_measure"},
+    "paths": {"home", "terminals", "dat"},
+    "intake": {
+        "stability_seconds",
+        "max_clock_skew_seconds",
+        "max_age_days",
+        "relaunch_after_seconds",
+        "catchup_grace_seconds",
+        "incomplete_grace_seconds",
+    },
+    "dat": {"spec"},
+    "retention": {"keep_days"},
+}
+TERMINAL_KEYS = {
+    "id",
+    "department",
+    "tenant",
+    "inbox",
+    "timezone",
+    "format",
+    "encoding_fallback",
+    "quantity_decimals",
+    "variable_measure",
+    "allow_returns",
+}
+
+
+def _refuse_unknown_keys(table: dict, known: set[str], place: str) -> None:
+    unknown = sorted(set(table) - known)
+    if unknown:
+        hint = (
+            " (database settings come from the environment only: POSFED_DB_URL, POSFED_DB_PASSWORD)"
+            if any("db" in key or "password" in key for key in unknown)
+            else ""
+        )
+        raise ConfigError(
+            f"{place}: unknown setting(s) {', '.join(unknown)}; known: "
+            f"{', '.join(sorted(known))}{hint}"
+        )
 
 
 def load_config(path: str | os.PathLike[str] | None = None) -> PosfedConfig:
@@ -207,6 +247,10 @@ def config_from_dict(raw: dict, *, base_dir: Path, config_path: Path | None = No
     paths = raw.get("paths", {})
     intake = raw.get("intake", {})
     dat = raw.get("dat", {})
+    # A misspelt setting would silently fall back to its default: refuse it instead.
+    for table, known in TABLE_KEYS.items():
+        if isinstance(raw.get(table), dict):
+            _refuse_unknown_keys(raw[table], known, f"{where}: [{table}]")
 
     timezone = _zone(store.get("timezone", "UTC"), f"{where}: [store] timezone")
     mappings = _mappings(raw.get("mappings", {}), where)
@@ -222,6 +266,8 @@ def config_from_dict(raw: dict, *, base_dir: Path, config_path: Path | None = No
     terminals: list[Terminal] = []
     seen: set[str] = set()
     for index, entry in enumerate(raw.get("terminals", [])):
+        if isinstance(entry, dict):
+            _refuse_unknown_keys(entry, TERMINAL_KEYS, f"{where}: terminals[{index}]")
         place = f"{where}: terminals[{index}]"
         terminal_id = str(entry.get("id", ""))
         if not TERMINAL_ID_PATTERN.match(terminal_id):
