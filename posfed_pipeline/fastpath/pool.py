@@ -30,6 +30,7 @@ import dagster as dg
 
 TERMINAL_TAG = "posfed/terminal"
 GRPC_INFO_TAG = "dagster/grpc_info"  # set by Dagster's default launcher on the runs it starts
+ACCEPTED_TAG = "posfed/run_worker_pool"  # set when a pool queues a run
 log = logging.getLogger("posfed.fastpath.pool")
 
 
@@ -164,7 +165,9 @@ class WarmWorkerPool:
         )
         for record in sorted(records, key=lambda r: r.create_timestamp):
             run = record.dagster_run
-            if GRPC_INFO_TAG not in run.tags:  # not a fallback run in a code-server process
+            # Only runs a pool accepted: a run STARTING while no pool listened went to the
+            # fallback launcher (a code-server process), which may be starting it right now.
+            if run.tags.get(ACCEPTED_TAG) == "true" and GRPC_INFO_TAG not in run.tags:
                 self.submit(run.run_id, run.tags.get(TERMINAL_TAG))
                 log.info("re-queued run %s, left STARTING by a pool that stopped", run.run_id)
 
@@ -191,6 +194,15 @@ class WarmWorkerPool:
             if run_id in self._known:
                 return False
             self._known.add(run_id)
+        # Marked before it can start: if this pool dies, the next one knows the run was ours
+        # (and not a fallback run, STARTING in a code-server process).
+        try:
+            self._instance.add_run_tags(run_id, {ACCEPTED_TAG: "true"})
+        except dg.DagsterRunNotFoundError:
+            with self._cond:
+                self._known.discard(run_id)
+            return False
+        with self._cond:
             self._queue.append(_Job(run_id, terminal))
             self._cond.notify_all()
         return True
