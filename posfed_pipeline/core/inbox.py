@@ -81,7 +81,10 @@ def inbox_path(terminal: Terminal, name: str) -> Path:
     a plain name only, so nothing can reach outside the terminal's inbox."""
     if not name or name in (".", "..") or any(c in name for c in "/\\\0") or not is_candidate(name):
         raise ValueError(f"{name!r} is not a receipt file name in {terminal.id}'s inbox")
-    return terminal.inbox / name
+    path = terminal.inbox / name
+    if path.is_symlink():
+        raise ValueError(f"{name!r} in {terminal.id}'s inbox is a symlink, never followed")
+    return path
 
 
 def stat_inbox_file(path: Path) -> InboxFile:

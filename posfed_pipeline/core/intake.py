@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import re
 from dataclasses import dataclass, field
 from datetime import date, datetime
@@ -64,10 +65,15 @@ class _Fields:
 
 def read_receipt_file(path: Path, terminal: Terminal) -> Receipt:
     """Read one inbox file; raises ``IntakeError`` with every reason it is not a receipt."""
-    size = path.stat().st_size
-    if size > MAX_FILE_BYTES:
-        raise IntakeError([Problem("file", f"{size} bytes", f"larger than {MAX_FILE_BYTES} bytes")])
-    data = path.read_bytes()
+    # O_NOFOLLOW: a symlink dropped into an inbox must not make posfed read any other file.
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    with os.fdopen(fd, "rb") as handle:
+        size = os.fstat(fd).st_size
+        if size > MAX_FILE_BYTES:
+            raise IntakeError(
+                [Problem("file", f"{size} bytes", f"larger than {MAX_FILE_BYTES} bytes")]
+            )
+        data = handle.read(MAX_FILE_BYTES + 1)
     return parse_receipt(data, terminal, source_file=path.name)
 
 
@@ -125,7 +131,8 @@ def _decode(data: bytes, terminal: Terminal) -> str:
                     f"neither UTF-8 nor {terminal.encoding_fallback} text "
                     f"({terminal.encoding_fallback} fails at byte {exc.start})",
                 )
-            ]
+            ],
+            maybe_incomplete=True,
         ) from None
 
 
@@ -222,7 +229,9 @@ def _csv_fields(text: str, mapping: InputMapping) -> _Fields:
     try:
         rows = list(csv.reader(io.StringIO(text, newline=""), delimiter=mapping.delimiter))
     except csv.Error as exc:
-        raise IntakeError([Problem("file", "", f"not valid CSV: {exc}")]) from None
+        raise IntakeError(
+            [Problem("file", "", f"not valid CSV: {exc}")], maybe_incomplete=True
+        ) from None
     header = [cell.strip() for cell in rows[0]] if rows else []
     columns = {}
     missing_columns = []
@@ -236,14 +245,18 @@ def _csv_fields(text: str, mapping: InputMapping) -> _Fields:
             [
                 Problem("header", column, "column missing from the CSV header (line 1)")
                 for column in missing_columns
-            ]
+            ],
+            maybe_incomplete=len(rows) <= 1,  # only a header, perhaps not even all of it yet
         )
     # Line numbers as an editor shows them: the header is line 1 (quoted newlines aside).
     data_rows = [
         (line, row) for line, row in enumerate(rows[1:], start=2) if any(c.strip() for c in row)
     ]
     if not data_rows:
-        raise IntakeError([Problem("items", "no rows", "a CSV receipt needs one row per item")])
+        raise IntakeError(
+            [Problem("items", "no rows", "a CSV receipt needs one row per item")],
+            maybe_incomplete=True,
+        )
     if len(data_rows) > MAX_ITEMS:
         raise IntakeError([Problem("items", str(len(data_rows)), f"more than {MAX_ITEMS} items")])
     for line, row in data_rows:
@@ -256,7 +269,9 @@ def _csv_fields(text: str, mapping: InputMapping) -> _Fields:
                 )
             )
     if fields.problems:
-        raise IntakeError(fields.problems)
+        # A ragged last row is what a file cut off mid-row looks like.
+        last_cut = len(data_rows[-1][1]) != len(header)
+        raise IntakeError(fields.problems, maybe_incomplete=last_cut)
 
     for name in RECEIPT_FIELDS:
         if name not in columns:
