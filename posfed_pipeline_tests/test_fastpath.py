@@ -265,3 +265,47 @@ def test_launcher_cancels_queued_and_running_runs_and_reports_worker_health(fast
         assert _dat(config, terminal, doc).exists()
     finally:
         fastpath.stop()
+
+
+def test_the_dev_instance_reuses_its_sqlite_connections_and_sees_other_processes_writes(
+    fast_store,
+):
+    """If an upgrade renames what the pooled storages override, pooling silently stops: this
+    fails. It also guards against a pooled connection serving a stale snapshot."""
+    import subprocess
+    import sys
+
+    from sqlalchemy import event
+
+    _, dagster_home = fast_store
+    with dg.DagsterInstance.from_config(str(dagster_home)) as instance:
+        storages = (instance.run_storage, instance.event_log_storage, instance.schedule_storage)
+        assert [type(s).__name__ for s in storages] == [
+            "PooledSqliteRunStorage",
+            "PooledSqliteEventLogStorage",
+            "PooledSqliteScheduleStorage",
+        ]
+        engine = dagster_internals.pooled_sqlite_engine(instance.run_storage._conn_string)
+        opened, used = [], []
+        event.listen(engine, "connect", lambda *_: opened.append(1))
+        event.listen(engine, "checkout", lambda *_: used.append(1))
+        run = instance.create_run_for_job(
+            build_definitions(load_config()).resolve_job_def("retention_job")
+        )
+        for _ in range(20):
+            instance.get_runs_count()
+        assert len(used) >= 20  # every query went through the pool...
+        assert len(opened) <= 1  # ...reusing its connection (Dagster's own opens one per query)
+
+        # Another process tags the run; this process's pooled connections see it at once.
+        subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                "import dagster as dg; "
+                f"dg.DagsterInstance.get().add_run_tags({run.run_id!r}, {{'seen': 'yes'}})",
+            ],
+            check=True,
+            env=dict(os.environ, DAGSTER_HOME=str(dagster_home)),
+        )
+        assert instance.get_run_by_id(run.run_id).tags.get("seen") == "yes"

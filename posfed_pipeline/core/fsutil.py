@@ -6,7 +6,16 @@ import os
 import tempfile
 from pathlib import Path
 
-FILE_MODE = 0o644
+
+def _umask() -> int:
+    # Read once at import (single-threaded then): os.umask can only be read by setting it.
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+# Files other users may need to read (the billing software), as far as the umask allows.
+FILE_MODE = 0o666 & ~_umask()
 
 
 def _synced_temp_copy(path: Path, data: bytes) -> Path:
@@ -15,7 +24,7 @@ def _synced_temp_copy(path: Path, data: bytes) -> Path:
     fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         # mkstemp makes the file private (0600); readers such as the billing software, which
-        # may run as another user, need to read it. Only posfed writes.
+        # may run as another user, need to read it: the mode a plain open() would give.
         os.fchmod(fd, FILE_MODE)
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)

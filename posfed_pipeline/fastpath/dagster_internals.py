@@ -182,7 +182,17 @@ def _pooled_transaction(conn_string: str):
         yield conn
 
 
-class PooledSqliteRunStorage(SqliteRunStorage):
+class _ClosesPooledConnections:
+    _conn_string: str
+
+    def dispose(self) -> None:
+        super().dispose()
+        # Closes the idle connections (file handles); the engine stays usable by the other
+        # instances of this process.
+        pooled_sqlite_engine(self._conn_string).dispose()
+
+
+class PooledSqliteRunStorage(_ClosesPooledConnections, SqliteRunStorage):
     """Dagster's SQLite run storage, reusing its connections (``run_storage`` in dagster.yaml)."""
 
     @classmethod
@@ -193,7 +203,7 @@ class PooledSqliteRunStorage(SqliteRunStorage):
         return _pooled_transaction(self._conn_string)
 
 
-class PooledSqliteScheduleStorage(SqliteScheduleStorage):
+class PooledSqliteScheduleStorage(_ClosesPooledConnections, SqliteScheduleStorage):
     """Dagster's SQLite schedule storage (sensor ticks and cursors), reusing its connections."""
 
     @classmethod
@@ -204,7 +214,7 @@ class PooledSqliteScheduleStorage(SqliteScheduleStorage):
         return _pooled_transaction(self._conn_string)
 
 
-class PooledSqliteEventLogStorage(ConsolidatedSqliteEventLogStorage):
+class PooledSqliteEventLogStorage(_ClosesPooledConnections, ConsolidatedSqliteEventLogStorage):
     """One SQLite event log for every run, reusing its connections."""
 
     def _connect(self):
@@ -257,17 +267,20 @@ def _pooled_postgres(base: type) -> type:
     return Pooled
 
 
+_POSTGRES_STORAGES = {
+    "PooledPostgresRunStorage": "PostgresRunStorage",
+    "PooledPostgresEventLogStorage": "PostgresEventLogStorage",
+    "PooledPostgresScheduleStorage": "PostgresScheduleStorage",
+}
+
+
 def __getattr__(name: str):
-    # Built on first use, so that the embedded (SQLite) profile never imports dagster-postgres.
+    # Built on first use, so that the embedded (SQLite) profile never imports dagster-postgres
+    # (the `prod` extra).
+    if name not in _POSTGRES_STORAGES:
+        raise AttributeError(name)
     import dagster_postgres
 
-    bases = {
-        "PooledPostgresRunStorage": dagster_postgres.PostgresRunStorage,
-        "PooledPostgresEventLogStorage": dagster_postgres.PostgresEventLogStorage,
-        "PooledPostgresScheduleStorage": dagster_postgres.PostgresScheduleStorage,
-    }
-    if name not in bases:
-        raise AttributeError(name)
-    cls = _pooled_postgres(bases[name])
+    cls = _pooled_postgres(getattr(dagster_postgres, _POSTGRES_STORAGES[name]))
     globals()[name] = cls
     return cls
