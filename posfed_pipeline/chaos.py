@@ -50,7 +50,7 @@ from posfed_pipeline import bench
 from posfed_pipeline.core import dat, store
 from posfed_pipeline.core.config import PosfedConfig, Terminal
 from posfed_pipeline.core.intake import MAX_FILE_BYTES
-from posfed_pipeline.core.receipt import Receipt, canonical_json
+from posfed_pipeline.core.receipt import Receipt, canonical_json, content_hash
 from posfed_pipeline.core.simulator import ReceiptSimulator
 
 # What each rejected kind's quarantine reason must say.
@@ -299,6 +299,7 @@ class ChaosRun:
         self.rng = random.Random(settings.seed + 1)
         self.faults: list[dict] = []
         self.warm_up: set[Path] = set()  # .dat files there before the traffic
+        self.warm_up_rows: set[tuple[str, str]] = set()  # and receipt rows
         self.current_fault = ""
         self._writers: list[threading.Thread] = []
         self._waiting_delivery: list[Item] = []
@@ -474,6 +475,8 @@ class ChaosRun:
             if ticked or time.monotonic() > deadline:
                 break
             time.sleep(1.0)
+        if not states:
+            return ["no sensor state found: the cursors could not be checked"]
         problems = []
         for state in states:
             cursor = state.instigator_data.cursor if state.instigator_data else None
@@ -522,6 +525,7 @@ class ChaosRun:
         try:
             self.bench.start()  # the store is up: sensors ticking, workers warm, one receipt in
             self.warm_up = set(self.config.dat_dir.rglob("*.dat"))
+            self.warm_up_rows = row_keys(self.config)
             stop = threading.Event()
             progress = None
             if self.settings.progress:
@@ -537,7 +541,11 @@ class ChaosRun:
                     progress.join()
             report["seconds"] = round(time.monotonic() - started, 1)
             outcome = reconcile(
-                self.config, self.bench.spec, self.traffic.items, ignore=self.warm_up
+                self.config,
+                self.bench.spec,
+                self.traffic.items,
+                ignore=self.warm_up,
+                ignore_rows=self.warm_up_rows,
             )
             for problem in self.cursor_disagreements():
                 outcome.problems.append(problem)
@@ -564,6 +572,20 @@ def dat_day_folder(config: PosfedConfig) -> str:
 # --- the reconciliation -----------------------------------------------------------------------
 
 
+def row_keys(config: PosfedConfig) -> set[tuple[str, str]]:
+    """(terminal, receipt id) of every receipt row in the central database."""
+    engine = store.make_engine(config.db_url)
+    try:
+        with engine.connect() as connection:
+            return set(
+                connection.execute(
+                    select(store.ReceiptRow.terminal_id, store.ReceiptRow.receipt_id)
+                ).all()
+            )
+    finally:
+        engine.dispose()
+
+
 def _original_name(name: str) -> str:
     # move_unique names a clash ``stem~N.ext``.
     stem, dot, suffix = name.partition(".")
@@ -571,27 +593,31 @@ def _original_name(name: str) -> str:
 
 
 def reconcile(
-    config: PosfedConfig, spec: dat.DatSpec, items: list[Item], ignore: set[Path] = frozenset()
+    config: PosfedConfig,
+    spec: dat.DatSpec,
+    items: list[Item],
+    ignore: set[Path] = frozenset(),
+    ignore_rows: set[tuple[str, str]] = frozenset(),
 ) -> Outcome:
     """Every sent file against the central side: DB rows, .dat files, quarantine, archive.
 
-    ``ignore``: .dat files that were there before the traffic (the harness's warm-up receipt).
+    ``ignore``/``ignore_rows``: .dat files and (terminal, receipt id) rows that were there
+    before the traffic (the harness's warm-up receipt).
     """
     outcome = Outcome()
     engine = store.make_engine(config.db_url)
     with engine.connect() as connection:
-        rows = Counter(
-            {
-                (terminal, receipt): count
-                for terminal, receipt, count in connection.execute(
-                    select(
-                        store.ReceiptRow.terminal_id,
-                        store.ReceiptRow.receipt_id,
-                        func.count(),
-                    ).group_by(store.ReceiptRow.terminal_id, store.ReceiptRow.receipt_id)
-                )
-            }
-        )
+        rows: Counter = Counter()
+        row_hashes: dict[tuple[str, str], str] = {}
+        for terminal, receipt, digest in connection.execute(
+            select(
+                store.ReceiptRow.terminal_id,
+                store.ReceiptRow.receipt_id,
+                store.ReceiptRow.content_hash,
+            )
+        ):
+            rows[(terminal, receipt)] += 1
+            row_hashes[(terminal, receipt)] = digest
         # The ledger agrees: each loaded receipt inserted once, its .dat recorded as written.
         ledger = {
             (terminal, receipt): (inserted, written)
@@ -643,8 +669,11 @@ def reconcile(
             if rel in dat_files and (config.dat_dir / rel).read_bytes() != rendered.content:
                 # Complete and exactly what this receipt renders to: never a partial file.
                 outcome.problems.append(f"{rel}: not the receipt's exact .dat content")
-            count = rows[(item.terminal.id, item.receipt.receipt_id)]
+            key = (item.terminal.id, item.receipt.receipt_id)
+            count = rows[key]
             loaded += min(count, 1)
+            if count and row_hashes[key] != content_hash(item.data):
+                outcome.problems.append(f"{where}: the row holds other content than was sent")
             if count == 0 or rel not in dat_files:
                 lost += 1
                 outcome.problems.append(
@@ -677,12 +706,18 @@ def reconcile(
     for item in items:
         if item.kind in REPEAT_KINDS:
             where = (item.terminal.id, item.name)
-            kept = archived[where] + len(quarantined.get(where, []))
             needed = 2 if item.kind == "redrop" else 1  # a redrop shares its original's name
-            if kept < needed:
+            if where in quarantined:
+                outcome.problems.append(f"{item.kind} {where} quarantined: {quarantined[where]}")
+            elif archived[where] < needed:
                 lost += 1
-                outcome.problems.append(f"{item.kind} {where}: the file was not kept")
+                outcome.problems.append(f"{item.kind} {where}: the file was not archived")
     duplicates = sum(count - 1 for count in rows.values() if count > 1)
+    expected_rows = {(i.terminal.id, i.receipt.receipt_id) for i in items if i.kind in VALID_KINDS}
+    unexpected_rows = set(rows) - expected_rows - set(ignore_rows)
+    duplicates += len(unexpected_rows)
+    for key in sorted(unexpected_rows)[:10]:
+        outcome.problems.append(f"unexpected row {key}: no valid receipt was sent with this id")
     extra_dat = dat_files - expected_dat
     duplicates += len(extra_dat)
     for rel in sorted(extra_dat)[:10]:

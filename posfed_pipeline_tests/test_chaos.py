@@ -37,7 +37,13 @@ def test_reduced_chaos_run_loses_nothing_and_duplicates_nothing():
             p for t in run.config.terminals for p in t.quarantine.glob("*.error.json")
         )
         quarantined.unlink()
-        outcome = chaos.reconcile(run.config, run.bench.spec, run.traffic.items, ignore=run.warm_up)
+        outcome = chaos.reconcile(
+            run.config,
+            run.bench.spec,
+            run.traffic.items,
+            ignore=run.warm_up,
+            ignore_rows=run.warm_up_rows,
+        )
         assert not outcome.passed
         assert outcome.counts["lost"] == 2
     finally:
