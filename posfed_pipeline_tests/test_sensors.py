@@ -25,6 +25,23 @@ def _sensor(config, terminal_id="bakery_1") -> dg.SensorDefinition:
     return build_definitions(config).resolve_sensor_def(f"{terminal_id}_inbox_sensor")
 
 
+def _run_as_the_daemon_would(
+    job: dg.JobDefinition, request: dg.RunRequest, instance: dg.DagsterInstance, sensor_name: str
+) -> dg.ExecuteInProcessResult:
+    """A sensor's run request executed with the run key and sensor tags the daemon gives it."""
+    return job.execute_in_process(
+        run_config=request.run_config,
+        partition_key=request.partition_key,
+        tags={
+            **request.tags,
+            "dagster/run_key": request.run_key,
+            "dagster/sensor_name": sensor_name,
+        },
+        instance=instance,
+        raise_on_error=False,
+    )
+
+
 def test_new_stable_file_gives_one_run_request_and_never_again(config):
     inbox = config.terminal("bakery_1").inbox
     drop_receipt(inbox, receipt_doc("R0001", timestamp="2026-11-24T10:15:00+01:00"))
@@ -172,23 +189,12 @@ def test_files_of_a_failed_run_are_launched_again_and_then_processed_once(config
     sensor = defs.resolve_sensor_def("bakery_1_inbox_sensor")
     job = defs.resolve_job_def(RECEIPTS_JOB)
 
-    def run(request, instance):
-        return job.execute_in_process(
-            run_config=request.run_config,
-            partition_key=request.partition_key,
-            tags={
-                **request.tags,
-                "dagster/run_key": request.run_key,
-                "dagster/sensor_name": "bakery_1_inbox_sensor",
-            },
-            instance=instance,
-            raise_on_error=False,
-        )
-
     with dg.instance_for_test() as instance:
         first = _tick(sensor, None, instance)
         # The central database has no schema yet: the run fails, the file stays put.
-        assert not run(first.run_requests[0], instance).success
+        assert not _run_as_the_daemon_would(
+            job, first.run_requests[0], instance, sensor.name
+        ).success
         assert (terminal.inbox / "R0007.json").exists()
 
         second = _tick(sensor, first.cursor, instance)
@@ -198,7 +204,7 @@ def test_files_of_a_failed_run_are_launched_again_and_then_processed_once(config
 
         engine = store.make_engine(config.db_url)
         store.upgrade_database(engine)  # the cause is gone
-        assert run(retry, instance).success
+        assert _run_as_the_daemon_would(job, retry, instance, sensor.name).success
 
         third = _tick(sensor, second.cursor, instance)
         assert third.run_requests == []
@@ -235,27 +241,15 @@ def test_a_file_left_by_a_successful_run_is_looked_at_again(config):
     sensor = defs.resolve_sensor_def("bakery_1_inbox_sensor")
     job = defs.resolve_job_def(RECEIPTS_JOB)
 
-    def run(request, instance):
-        return job.execute_in_process(
-            run_config=request.run_config,
-            partition_key=request.partition_key,
-            tags={
-                **request.tags,
-                "dagster/run_key": request.run_key,
-                "dagster/sensor_name": "bakery_1_inbox_sensor",
-            },
-            instance=instance,
-        )
-
     with dg.instance_for_test() as instance:
         first = _tick(sensor, None, instance)
-        assert run(first.run_requests[0], instance).success
+        assert _run_as_the_daemon_would(job, first.run_requests[0], instance, sensor.name).success
         assert path.exists()  # younger than the grace period: left to its writer
 
         time.sleep(max(0.0, written + config.incomplete_grace_seconds + 0.2 - time.time()))
         second = _tick(sensor, first.cursor, instance)
         [again] = second.run_requests
         assert again.run_key == first.run_requests[0].run_key + ":retry1"
-        assert run(again, instance).success
+        assert _run_as_the_daemon_would(job, again, instance, sensor.name).success
     assert not path.exists()
     assert (terminal.quarantine / "CUT1.json.error.json").exists()
