@@ -261,15 +261,22 @@ class Processes:
         live = sum(procs[pid][3] for pid in self._tree(procs))
         return live + _children_rusage() - self.cpu_before
 
+    def session_pids(self, name: str, procs: dict | None = None) -> set[int]:
+        """The live processes of one started process's session, and all their descendants."""
+        procs = _all_procs() if procs is None else procs
+        process = self.started.get(name)
+        if process is None:
+            return set()
+        tree = {pid for pid, (_, _, sid, _) in procs.items() if sid == process.pid}
+        return tree | _descendants(list(tree), procs)
+
     def cpu_by_process(self) -> dict[str, float]:
         """CPU seconds so far per started process (its session: itself and its descendants)."""
         procs = _all_procs()
-        by_name = {}
-        for name, process in self.started.items():
-            tree = {pid for pid, (_, _, sid, _) in procs.items() if sid == process.pid}
-            tree |= _descendants(list(tree), procs)
-            by_name[name] = sum(procs[pid][3] for pid in tree if pid in procs)
-        return by_name
+        return {
+            name: sum(procs[pid][3] for pid in self.session_pids(name, procs) if pid in procs)
+            for name in self.started
+        }
 
     def reap_orphans(self) -> None:
         """Reap descendants re-parented to us (we are their subreaper) once they exit."""
@@ -467,7 +474,7 @@ class Run:
             self.config.dat_dir / dat.render_receipt(receipt, terminal, self.spec).relative_path
         )
         self._wait(warm_dat.exists, 180, f"the warm-up receipt's .dat {warm_dat}")
-        self._wait(lambda: self._active_runs() == 0, 60, "the warm-up run to finish")
+        self._wait(lambda: self.active_runs() == 0, 60, "the warm-up run to finish")
         self.runs_before = {r.run_id for r in self.instance.get_runs()}
         self.cpu_ready = self.processes.tree_cpu()
 
@@ -504,7 +511,7 @@ class Run:
         )
         return ticked >= len(self.config.terminals)
 
-    def _active_runs(self) -> int:
+    def active_runs(self) -> int:
         import dagster as dg
 
         statuses = [dg.DagsterRunStatus(s) for s in ACTIVE_STATUSES]
@@ -635,7 +642,7 @@ class Run:
         self.elapsed = time.monotonic() - started
         # Let the runs finish (the .dat is written before the run reports success).
         deadline = time.monotonic() + 60
-        while self._active_runs() and time.monotonic() < deadline:
+        while self.active_runs() and time.monotonic() < deadline:
             time.sleep(0.5)
 
     # --- the report -------------------------------------------------------------------------

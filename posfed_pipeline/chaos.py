@@ -47,7 +47,7 @@ from pathlib import Path
 from sqlalchemy import case, func, select
 
 from posfed_pipeline import bench
-from posfed_pipeline.core import dat, store
+from posfed_pipeline.core import dat, inbox, store
 from posfed_pipeline.core.config import PosfedConfig, Terminal
 from posfed_pipeline.core.intake import MAX_FILE_BYTES
 from posfed_pipeline.core.receipt import Receipt, canonical_json, content_hash
@@ -307,12 +307,7 @@ class ChaosRun:
     # --- faults -------------------------------------------------------------------------------
 
     def _pids(self, name: str) -> list[int]:
-        process = self.bench.processes.started.get(name)
-        if process is None:
-            return []
-        procs = bench._all_procs()
-        group = [pid for pid, (_, _, sid, _) in procs.items() if sid == process.pid]
-        return sorted(set(group) | bench._descendants(group, procs))
+        return sorted(self.bench.processes.session_pids(name))
 
     def _worker_pids(self) -> list[int]:
         fastpath = self.bench.processes.started["fastpath"].pid
@@ -448,14 +443,7 @@ class ChaosRun:
         self.last_sent = time.monotonic()
 
     def settled(self) -> bool:
-        return (
-            not any(
-                p.is_file() and not p.name.startswith(".")
-                for t in self.config.terminals
-                for p in t.inbox.iterdir()
-            )
-            and not self.bench._active_runs()
-        )
+        return not inbox_files(self.config) and not self.bench.active_runs()
 
     def cursor_disagreements(self, wait_seconds: float = 30.0) -> list[str]:
         """The sensors' cursors agree with the inboxes: with every inbox empty, a sensor's next
@@ -502,12 +490,7 @@ class ChaosRun:
         total = self.settings.receipts
         while not stop.wait(0.5 if tty else 10.0):
             sent = len(self.traffic.items)
-            left = sum(
-                1
-                for t in self.config.terminals
-                for p in t.inbox.iterdir()
-                if p.is_file() and not p.name.startswith(".")
-            )
+            left = len(inbox_files(self.config))
             width = 30
             filled = int(width * sent / total)
             line = (
@@ -570,6 +553,16 @@ def dat_day_folder(config: PosfedConfig) -> str:
 
 
 # --- the reconciliation -----------------------------------------------------------------------
+
+
+def inbox_files(config: PosfedConfig) -> list[str]:
+    """``terminal/name`` of every receipt file still in an inbox."""
+    return [
+        f"{terminal.id}/{path.name}"
+        for terminal in config.terminals
+        for path in terminal.inbox.iterdir()
+        if path.is_file() and inbox.is_candidate(path.name)
+    ]
 
 
 def row_keys(config: PosfedConfig) -> set[tuple[str, str]]:
@@ -641,7 +634,7 @@ def reconcile(
     }
     quarantined: dict[tuple[str, str], list[str]] = {}
     archived: Counter = Counter()
-    left: list[str] = []
+    left = inbox_files(config)
     for terminal in config.terminals:
         for report in terminal.quarantine.glob("*.error.json"):
             doc = json.loads(report.read_text())
@@ -650,11 +643,6 @@ def reconcile(
         for path in terminal.archive_root.rglob("*"):
             if path.is_file():
                 archived[(terminal.id, _original_name(path.name))] += 1
-        left += [
-            f"{terminal.id}/{p.name}"
-            for p in terminal.inbox.iterdir()
-            if p.is_file() and not p.name.startswith(".")
-        ]
 
     expected_dat: set[Path] = set()
     valid = invalid = loaded = repeats = lost = 0
