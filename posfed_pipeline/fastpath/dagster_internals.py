@@ -182,43 +182,40 @@ def _pooled_transaction(conn_string: str):
         yield conn
 
 
-class _ClosesPooledConnections:
+class _PooledSqliteConnections:
+    """Every query on the process's pooled engine; dispose() closes the idle connections (file
+    handles), and the engine stays usable by the other instances of this process."""
+
     _conn_string: str
+
+    def connect(self):
+        return _pooled_transaction(self._conn_string)
 
     def dispose(self) -> None:
         super().dispose()
-        # Closes the idle connections (file handles); the engine stays usable by the other
-        # instances of this process.
         pooled_sqlite_engine(self._conn_string).dispose()
 
 
-class PooledSqliteRunStorage(_ClosesPooledConnections, SqliteRunStorage):
+class _PooledFromLocal(_PooledSqliteConnections):
+    @classmethod
+    def from_config_value(cls, inst_data, config_value):
+        # Dagster's own names its class here; build this one instead.
+        return cls.from_local(inst_data=inst_data, **config_value)
+
+
+class PooledSqliteRunStorage(_PooledFromLocal, SqliteRunStorage):
     """Dagster's SQLite run storage, reusing its connections (``run_storage`` in dagster.yaml)."""
 
-    @classmethod
-    def from_config_value(cls, inst_data, config_value):
-        return cls.from_local(inst_data=inst_data, **config_value)
 
-    def connect(self):
-        return _pooled_transaction(self._conn_string)
-
-
-class PooledSqliteScheduleStorage(_ClosesPooledConnections, SqliteScheduleStorage):
+class PooledSqliteScheduleStorage(_PooledFromLocal, SqliteScheduleStorage):
     """Dagster's SQLite schedule storage (sensor ticks and cursors), reusing its connections."""
 
-    @classmethod
-    def from_config_value(cls, inst_data, config_value):
-        return cls.from_local(inst_data=inst_data, **config_value)
 
-    def connect(self):
-        return _pooled_transaction(self._conn_string)
-
-
-class PooledSqliteEventLogStorage(_ClosesPooledConnections, ConsolidatedSqliteEventLogStorage):
+class PooledSqliteEventLogStorage(_PooledSqliteConnections, ConsolidatedSqliteEventLogStorage):
     """One SQLite event log for every run, reusing its connections."""
 
     def _connect(self):
-        return _pooled_transaction(self._conn_string)
+        return self.connect()
 
 
 # --- PostgreSQL instance storage (production profile) with one connection pool per process ------
