@@ -203,16 +203,19 @@ TERMINAL_KEYS = {
 }
 
 
-def _refuse_unknown_keys(table: dict, known: set[str], place: str) -> None:
+def _refuse_unknown_keys(table: dict, known: set[str], place: str, what: str = "setting") -> None:
+    """A misspelt key would silently mean its default, and credentials must not sit here."""
     unknown = sorted(set(table) - known)
     if unknown:
         hint = (
-            " (database settings come from the environment only: POSFED_DB_URL, POSFED_DB_PASSWORD)"
-            if any("db" in key or "password" in key for key in unknown)
+            " (the central database is set through the environment only: POSFED_DB_URL or "
+            "POSFED_DB_HOST/PORT/NAME/USER, and POSFED_DB_PASSWORD; credentials never go in "
+            "this file)"
+            if any(k == "database" or "db" in k or "password" in k for k in unknown)
             else ""
         )
         raise ConfigError(
-            f"{place}: unknown setting(s) {', '.join(unknown)}; known: "
+            f"{place}: unknown {what}(s) {', '.join(unknown)}; known: "
             f"{', '.join(sorted(known))}{hint}"
         )
 
@@ -233,21 +236,11 @@ def load_config(path: str | os.PathLike[str] | None = None) -> PosfedConfig:
 
 def config_from_dict(raw: dict, *, base_dir: Path, config_path: Path | None = None) -> PosfedConfig:
     where = str(config_path or "configuration")
-    unknown = sorted(set(raw) - TOP_LEVEL_TABLES)
-    if unknown:
-        hint = (
-            " (the central database is set through the environment only: POSFED_DB_URL or "
-            "POSFED_DB_HOST/PORT/NAME/USER, and POSFED_DB_PASSWORD; credentials never go in "
-            "this file)"
-            if {"database", "db"} & set(unknown)
-            else ""
-        )
-        raise ConfigError(f"{where}: unknown section(s) {', '.join(unknown)}{hint}")
+    _refuse_unknown_keys(raw, TOP_LEVEL_TABLES, where, what="section")
     store = raw.get("store", {})
     paths = raw.get("paths", {})
     intake = raw.get("intake", {})
     dat = raw.get("dat", {})
-    # A misspelt setting would silently fall back to its default: refuse it instead.
     for table, known in TABLE_KEYS.items():
         if isinstance(raw.get(table), dict):
             _refuse_unknown_keys(raw[table], known, f"{where}: [{table}]")
