@@ -1,10 +1,13 @@
-"""Load one 5,000-receipt terminal-day (5 lines each) into SQLite and PostgreSQL.
+"""One 5,000-receipt terminal-day (5 lines each): the store's ledger, then the central database.
 
     .venv/bin/python benchmarks/bench_store.py [--receipts N] [--pg-url URL]
 
-Prints seconds and receipts/s for the first load, an idempotent re-delivery of the same batch,
-and stamping the ledger's .dat time. PostgreSQL uses a throw-away database on the given server
-(default postgresql+psycopg://postgres@127.0.0.1:5432), skipped with a note if unreachable.
+Prints seconds and receipts/s for accepting the day into the local ledger (what the checkout
+waits for) and recording its .dat files, then for syncing the ledger's outbox into SQLite and
+PostgreSQL (batches of 500, as the sync run does) and for sending the whole outbox again (an
+idempotent no-op, as after a lost acknowledgement). PostgreSQL uses a throw-away database on
+the given server (default postgresql+psycopg://postgres@127.0.0.1:5432), skipped with a note if
+unreachable.
 """
 
 from __future__ import annotations
@@ -23,7 +26,9 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import create_engine, text
 
 from posfed_pipeline.core import store
+from posfed_pipeline.core.ledger import Delivery, Ledger
 from posfed_pipeline.core.receipt import Receipt, ReceiptItem
+from posfed_pipeline.core.sync import sync_pending
 
 DAY = date(2026, 3, 14)
 ZONE = ZoneInfo("Europe/Amsterdam")
@@ -67,26 +72,29 @@ def timed(label: str, count: int, action: Callable[[], object]) -> object:
     return outcome
 
 
-def bench(name: str, url: str, receipts: list[Receipt]) -> None:
+def filled_ledger(folder: Path, receipts: list[Receipt]) -> Ledger:
+    ledger = Ledger(folder / "ledger.db")
+    deliveries = [Delivery(r, f"{r.source_file}:1:1", detected_at=time.time()) for r in receipts]
+    print(f"store ledger: {len(receipts):,} receipts")
+    timed("accept", len(receipts), lambda: ledger.accept(deliveries, tenant="Bakkerij"))
+    timed(
+        "record .dat written",
+        len(receipts),
+        lambda: ledger.mark_emitted((r, f"20260314/scon10{r.receipt_id}.dat") for r in receipts),
+    )
+    return ledger
+
+
+def bench(name: str, url: str, ledger: Ledger, receipts: list[Receipt]) -> None:
     engine = store.make_engine(url)
     store.upgrade_database(engine)
+    ledger.resync()
     print(f"{name}: {len(receipts):,} receipts, {sum(len(r.items) for r in receipts):,} lines")
-    first = timed(
-        "first load",
-        len(receipts),
-        lambda: store.load_receipts(engine, receipts, tenant="Bakkerij", run_id="bench-1"),
-    )
-    again = timed(
-        "re-delivery (no-op)",
-        len(receipts),
-        lambda: store.load_receipts(engine, receipts, tenant="Bakkerij", run_id="bench-2"),
-    )
-    timed(
-        "mark .dat written",
-        len(receipts),
-        lambda: store.mark_dat_written(engine, receipts, run_id="bench-1"),
-    )
-    assert len(first.inserted) == len(receipts) and len(again.duplicates) == len(receipts)
+    first = timed("sync (500 per batch)", len(receipts), lambda: sync_pending(ledger, engine))
+    ledger.resync()
+    again = timed("sync again (no-op)", len(receipts), lambda: sync_pending(ledger, engine))
+    assert first.receipts_inserted == len(receipts) and again.receipts_inserted == 0
+    assert again.already_held == len(receipts)
     assert store.count_receipts(engine, "bakery_1", DAY) == len(receipts)
     engine.dispose()
 
@@ -97,9 +105,10 @@ def main() -> None:
     parser.add_argument("--pg-url", default="postgresql+psycopg://postgres@127.0.0.1:5432")
     args = parser.parse_args()
     receipts = terminal_day(args.receipts)
-
-    with tempfile.TemporaryDirectory() as folder:
-        bench("SQLite (WAL)", f"sqlite:///{Path(folder) / 'central.db'}", receipts)
+    scratch = tempfile.TemporaryDirectory()
+    folder = Path(scratch.name)
+    ledger = filled_ledger(folder, receipts)
+    bench("SQLite (WAL)", f"sqlite:///{folder / 'central.db'}", ledger, receipts)
 
     name = f"posfed_bench_{uuid.uuid4().hex[:8]}"
     admin = create_engine(f"{args.pg_url}/postgres", isolation_level="AUTOCOMMIT")
@@ -110,7 +119,7 @@ def main() -> None:
         print(f"PostgreSQL: skipped ({str(exc).splitlines()[0]})")
         return
     try:
-        bench("PostgreSQL (psycopg 3)", f"{args.pg_url}/{name}", receipts)
+        bench("PostgreSQL (psycopg 3)", f"{args.pg_url}/{name}", ledger, receipts)
     finally:
         with admin.connect() as connection:
             connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))

@@ -99,6 +99,22 @@ def engine(config):
     eng.dispose()
 
 
+def process_and_sync(config: PosfedConfig, engine, terminal, paths, **options):
+    """One batch through production's sequence of stages, then the ledger's outbox into the
+    central database, as the receipts run and the sync run do."""
+    from posfed_pipeline.core.dat import load_spec
+    from posfed_pipeline.core.ledger import open_ledger
+    from posfed_pipeline.core.processing import process_batch
+    from posfed_pipeline.core.sync import sync_pending
+
+    ledger = open_ledger(config.home)
+    result = process_batch(
+        config, terminal, paths, ledger=ledger, spec=load_spec(config.dat_spec), **options
+    )
+    sync_pending(ledger, engine, config.sync)
+    return result
+
+
 def receipt_doc(
     receipt_id: str = "R0001",
     terminal_id: str = "bakery_1",

@@ -7,7 +7,7 @@ from decimal import Decimal
 
 from posfed_pipeline.core import audit, processing, retention
 from posfed_pipeline.core.dat import load_spec
-from posfed_pipeline_tests.conftest import drop_receipt, receipt_doc
+from posfed_pipeline_tests.conftest import drop_receipt, process_and_sync, receipt_doc
 
 DAY = date(2026, 11, 20)
 TS = "2026-11-20T10:15:00+01:00"
@@ -16,9 +16,7 @@ TS = "2026-11-20T10:15:00+01:00"
 def _process(config, engine, terminal_id, docs):
     terminal = config.terminal(terminal_id)
     paths = [drop_receipt(terminal.inbox, doc) for doc in docs]
-    return processing.process_batch(
-        config, terminal, paths, engine=engine, spec=load_spec(config.dat_spec)
-    )
+    return process_and_sync(config, engine, terminal, paths)
 
 
 def test_clean_day_reconciles(config, engine):
@@ -141,3 +139,23 @@ def test_settlement_is_stored_and_replaced_on_rerun(config, engine):
         ("Bakkerij", 2, Decimal("12.80")),
         ("Slagerij", 0, Decimal("0.00")),
     ]
+
+
+def test_receipts_waiting_for_the_central_database_are_not_missing(config, engine):
+    from posfed_pipeline.core.ledger import open_ledger
+
+    terminal = config.terminal("bakery_1")
+    paths = [drop_receipt(terminal.inbox, receipt_doc("W1", timestamp=TS))]
+    ledger = open_ledger(config.home)
+    # Accepted and emitted while the central database was away: not synced yet.
+    processing.process_batch(
+        config, terminal, paths, ledger=ledger, spec=load_spec(config.dat_spec)
+    )
+
+    waiting = audit.reconcile_terminal_day(
+        config, terminal, DAY, engine, load_spec(config.dat_spec), ledger=ledger
+    )
+    blind = audit.reconcile_terminal_day(config, terminal, DAY, engine, load_spec(config.dat_spec))
+
+    assert waiting.matches and waiting.pending_sync == {"W1"} and waiting.dat_ok == {"W1"}
+    assert blind.mismatches() == {"in archive, not in database": ["W1"]}

@@ -7,8 +7,10 @@ this module and dropped after it. Without a server the PostgreSQL cases skip, ex
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
+import uuid
 from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
@@ -21,8 +23,10 @@ from sqlalchemy.engine import make_url
 
 from posfed_pipeline.core import store
 from posfed_pipeline.core.dat import load_spec
+from posfed_pipeline.core.ledger import Ledger, OutboxEntry, Outcome
 from posfed_pipeline.core.processing import process_batch
 from posfed_pipeline.core.receipt import Receipt, ReceiptItem, content_hash, round_cents
+from posfed_pipeline.core.sync import sync_pending
 from posfed_pipeline_tests.conftest import DEFAULT_SPEC, PG_SERVER, drop_receipt, receipt_doc
 
 AMSTERDAM = ZoneInfo("Europe/Amsterdam")
@@ -129,7 +133,7 @@ def test_upgrade_creates_the_schema_and_downgrade_removes_it(db_url):
 
     store.upgrade_database(engine)
     store.upgrade_database(engine)  # a second upgrade is a no-op
-    assert store.schema_revision(engine) == "0003"
+    assert store.schema_revision(engine) == "0004"
     tables = set(inspect(engine).get_table_names())
     assert {"pos_receipt", "pos_receipt_line", "pos_ingest_ledger", "pos_settlement"} <= tables
 
@@ -143,29 +147,64 @@ def test_upgrade_creates_the_schema_and_downgrade_removes_it(db_url):
     assert not {"pos_receipt", "pos_receipt_line"} & set(inspect(engine).get_table_names())
 
     store.upgrade_database(engine)
-    assert store.schema_revision(engine) == "0003"
+    assert store.schema_revision(engine) == "0004"
     engine.dispose()
 
 
 def test_the_receipt_key_is_unique_in_the_database_itself(db):
     # Even a writer that bypasses posfed cannot store a key twice.
     receipt = make_receipt()
-    store.load_receipts(db, [receipt], tenant="Bakkerij")
+    store.store_deliveries(db, outbox(receipt))
     row = store._header_row(replace(receipt, content_hash="other"), "Bakkerij", datetime.now(UTC))
     with pytest.raises(sa_exc.IntegrityError), db.begin() as connection:
         connection.execute(store.ReceiptRow.__table__.insert(), [row])
 
 
-# --- loading -----------------------------------------------------------------------------------
+# --- storing the ledger's outbox ------------------------------------------------------------------
+
+WRITTEN_AT = datetime(2026, 3, 14, 9, 0, 2, tzinfo=UTC).timestamp()
+_seq = itertools.count(1)
+
+
+def outbox(
+    *receipts: Receipt,
+    outcome: Outcome = Outcome.INSERTED,
+    tenant: str = "Bakkerij",
+    run_id: str | None = None,
+    detected_at: float | None = None,
+) -> list[OutboxEntry]:
+    """The ledger's outbox entries for these deliveries (each with its own delivery id)."""
+    accepted = outcome is not Outcome.CONFLICT
+    return [
+        OutboxEntry(
+            seq=next(_seq),
+            delivery_id=uuid.uuid4().hex,
+            terminal_id=r.terminal_id,
+            business_day=r.business_day,
+            receipt_id=r.receipt_id,
+            source_file=r.source_file,
+            content_hash=r.content_hash,
+            outcome=outcome,
+            reason="refused locally" if not accepted else None,
+            run_id=run_id,
+            detected_at=detected_at,
+            dat_written_at=WRITTEN_AT if accepted else None,
+            tenant=tenant if accepted else None,
+            receipt=r if accepted else None,
+        )
+        for r in receipts
+    ]
 
 
 def test_new_receipts_are_inserted_with_their_lines(db):
     receipts = [make_receipt(f"R{n:04d}") for n in range(1, 4)]
+    entries = outbox(*receipts)
 
-    result = store.load_receipts(db, receipts, tenant="Bakkerij")
+    result = store.store_deliveries(db, entries)
 
-    assert [r.receipt_id for r in result.inserted] == ["R0001", "R0002", "R0003"]
-    assert result.duplicates == result.conflicts == []
+    assert [r.receipt_id for r in result.receipts_inserted] == ["R0001", "R0002", "R0003"]
+    assert result.stored == [e.seq for e in entries]
+    assert (result.refused, result.already_held) == ({}, 0)
     assert result.line_count == 6
     assert store.count_receipts(db, "bakery_1", DAY) == 3
     headers = header_rows(db)
@@ -178,28 +217,44 @@ def test_new_receipts_are_inserted_with_their_lines(db):
     assert line_rows(db)[0]["description"] == "Artikel 1 — brød"
 
 
-def test_redelivering_the_same_receipt_changes_nothing(db):
-    receipts = [make_receipt(f"R{n:04d}") for n in range(1, 4)]
-    store.load_receipts(db, receipts, tenant="Bakkerij")
+def test_a_batch_sent_again_after_a_lost_acknowledgement_changes_nothing(db):
+    entries = outbox(*(make_receipt(f"R{n:04d}") for n in range(1, 4)))
+    store.store_deliveries(db, entries)
+    before = (header_rows(db), line_rows(db), store.ledger_entries(db))
+
+    again = store.store_deliveries(db, entries)
+
+    assert again.receipts_inserted == [] and again.refused == {}
+    assert again.already_held == 3 and again.stored == [e.seq for e in entries]
+    assert (header_rows(db), line_rows(db), store.ledger_entries(db)) == before
+
+
+def test_a_redelivery_adds_its_ledger_row_and_no_receipt_rows(db):
+    receipt = make_receipt("R0001")
+    store.store_deliveries(db, outbox(receipt))
     before = (header_rows(db), line_rows(db))
 
-    again = store.load_receipts(db, receipts, tenant="Bakkerij")
+    result = store.store_deliveries(
+        db, outbox(replace(receipt, source_file="R0001-again.json"), outcome=Outcome.DUPLICATE)
+    )
 
-    assert again.inserted == [] and again.conflicts == []
-    assert [r.receipt_id for r in again.duplicates] == ["R0001", "R0002", "R0003"]
+    assert result.receipts_inserted == [] and len(result.stored) == 1
     assert (header_rows(db), line_rows(db)) == before
+    assert [e.outcome for e in store.ledger_entries(db)] == ["inserted", "duplicate"]
 
 
-def test_same_key_with_other_content_is_a_conflict_and_not_overwritten(db):
+def test_a_key_held_with_other_content_is_refused_not_overwritten(db):
     original = make_receipt("R0001", lines=[("2.95", "1")])
-    store.load_receipts(db, [original], tenant="Bakkerij")
+    store.store_deliveries(db, outbox(original))
     tampered = make_receipt("R0001", lines=[("9.95", "1")])
+    entries = outbox(tampered, make_receipt("R0002"))
 
-    result = store.load_receipts(db, [tampered, make_receipt("R0002")], tenant="Bakkerij")
+    result = store.store_deliveries(db, entries)
 
-    assert result.conflicts == [tampered]
-    assert [r.receipt_id for r in result.inserted] == ["R0002"]
-    assert "not overwritten" in result.conflict_reason(tampered)
+    assert list(result.refused) == [entries[0].seq]
+    assert "not overwritten" in result.refused[entries[0].seq]
+    assert result.stored == [entries[1].seq]
+    assert [r.receipt_id for r in result.receipts_inserted] == ["R0002"]
     stored = [h for h in header_rows(db) if h["receipt_id"] == "R0001"]
     assert [(h["total"], h["content_hash"]) for h in stored] == [
         (Decimal("2.95"), original.content_hash)
@@ -217,37 +272,34 @@ def test_receipt_ids_restart_every_day_and_per_terminal(db):
         make_receipt("R0001", terminal_id="butcher_1"),
     ]
 
-    result = store.load_receipts(db, receipts, tenant="Bakkerij")
+    result = store.store_deliveries(db, outbox(*receipts))
 
-    assert len(result.inserted) == 3
+    assert len(result.receipts_inserted) == 3
     assert store.count_receipts(db, "bakery_1", DAY) == 1
     assert store.count_receipts(db, "bakery_1", DAY + timedelta(days=1)) == 1
     assert store.count_receipts(db, "butcher_1", DAY) == 1
 
 
-def test_deliveries_repeated_within_one_batch(db):
+def test_deliveries_of_one_key_within_one_batch_insert_it_once(db):
     first = make_receipt("R0001", lines=[("1.00", "1")], source_file="a.json")
     same_again = replace(first, source_file="a-copy.json")
-    other_content = make_receipt("R0001", lines=[("2.00", "1")], source_file="b.json")
+    refused_locally = make_receipt("R0001", lines=[("2.00", "1")], source_file="b.json")
+    entries = (
+        outbox(first)
+        + outbox(same_again, outcome=Outcome.DUPLICATE)
+        + outbox(refused_locally, outcome=Outcome.CONFLICT)
+    )
 
-    result = store.load_receipts(db, [first, same_again, other_content], tenant="Bakkerij")
+    result = store.store_deliveries(db, entries)
 
-    assert result.inserted == [first]
-    assert result.duplicates == [same_again]
-    assert result.conflicts == [other_content]
-    assert "a.json" in result.conflict_reason(other_content)
+    assert result.receipts_inserted == [first]
+    assert result.stored == [e.seq for e in entries]
     assert store.count_receipts(db, "bakery_1", DAY) == 1
-
-
-def test_a_repeated_conflict_in_one_batch_is_never_accepted(db):
-    store.load_receipts(db, [make_receipt("R0001", lines=[("1.00", "1")])], tenant="Bakkerij")
-    tampered = make_receipt("R0001", lines=[("5.00", "1")], source_file="x.json")
-    tampered_twice = replace(tampered, source_file="x-copy.json")
-
-    result = store.load_receipts(db, [tampered, tampered_twice], tenant="Bakkerij")
-
-    assert result.inserted == result.duplicates == []
-    assert result.conflicts == [tampered, tampered_twice]
+    assert [(e.source_file, e.outcome) for e in store.ledger_entries(db)] == [
+        ("a.json", "inserted"),
+        ("a-copy.json", "duplicate"),
+        ("b.json", "conflict"),
+    ]
 
 
 def test_money_and_weights_are_stored_exactly(db):
@@ -257,7 +309,7 @@ def test_money_and_weights_are_stored_exactly(db):
         make_receipt("R0003", lines=[("9999999.99", "7")]),
     ]
 
-    store.load_receipts(db, receipts, tenant="Bakkerij")
+    store.store_deliveries(db, outbox(*receipts))
 
     lines = [(line["price"], line["quantity"], line["amount"]) for line in line_rows(db)]
     assert lines == [
@@ -281,29 +333,31 @@ def test_a_day_of_small_amounts_sums_to_the_cent(db):
     # 0.1 + 0.2 style amounts summed in floating point drift; the register's total must not.
     receipts = [make_receipt(f"R{n:05d}", lines=[("0.29", "1"), ("0.10", "1")]) for n in range(999)]
 
-    store.load_receipts(db, receipts, tenant="Bakkerij")
+    store.store_deliveries(db, outbox(*receipts))
 
     assert store.counts_by_terminal_day(db) == [("bakery_1", DAY, 999, Decimal("389.61"))]
     assert round_cents(Decimal("0.39") * 999) == Decimal("389.61")
 
 
 def test_an_empty_batch_touches_nothing(db):
-    result = store.load_receipts(db, [], tenant="Bakkerij")
-    assert (result.inserted, result.duplicates, result.conflicts) == ([], [], [])
+    result = store.store_deliveries(db, [])
+    assert (result.stored, result.receipts_inserted, result.refused) == ([], [], {})
     assert store.ledger_entries(db) == []
 
 
 # --- the ingest ledger -------------------------------------------------------------------------
 
 
-def test_the_ledger_records_every_delivery_with_its_outcome(db):
+def test_the_ingest_ledger_records_every_delivery_as_the_store_decided_it(db):
     detected = datetime(2026, 3, 14, 9, 0, 1, tzinfo=UTC)
     original = make_receipt("R0001", lines=[("1.00", "1")])
-    store.load_receipts(
-        db, [original], tenant="Bakkerij", run_id="run-1", detected_at={"R0001.json": detected}
-    )
+    store.store_deliveries(db, outbox(original, run_id="run-1", detected_at=detected.timestamp()))
     tampered = make_receipt("R0001", lines=[("2.00", "1")], source_file="R0001-b.json")
-    store.load_receipts(db, [original, tampered], tenant="Bakkerij", run_id="run-2")
+    store.store_deliveries(
+        db,
+        outbox(original, outcome=Outcome.DUPLICATE, run_id="run-2")
+        + outbox(tampered, outcome=Outcome.CONFLICT, run_id="run-2"),
+    )
 
     entries = store.ledger_entries(db, terminal_id="bakery_1", business_day=DAY)
 
@@ -313,89 +367,76 @@ def test_the_ledger_records_every_delivery_with_its_outcome(db):
         ("run-2", "R0001-b.json", "conflict"),
     ]
     assert entries[0].detected_at == detected
+    assert entries[0].dat_written_at == datetime.fromtimestamp(WRITTEN_AT, UTC)
+    assert entries[2].dat_written_at is None  # a conflict never gets a .dat
     assert entries[0].content_hash == original.content_hash
     assert entries[2].content_hash == tampered.content_hash
-    assert "not overwritten" in entries[2].reason
+    assert entries[2].reason == "refused locally"
     assert all(e.loaded_at.tzinfo is not None for e in entries)
     assert entries[0].loaded_at <= entries[1].loaded_at
-    assert store.ledger_entries(db, outcome=store.Outcome.CONFLICT) == [entries[2]]
-
-
-def test_mark_dat_written_stamps_only_accepted_deliveries_of_the_run(db):
-    original = make_receipt("R0001", lines=[("1.00", "1")])
-    tampered = make_receipt("R0001", lines=[("2.00", "1")], source_file="R0001-b.json")
-    other = make_receipt("R0002")
-    store.load_receipts(db, [original, other], tenant="Bakkerij", run_id="run-1")
-    store.load_receipts(db, [original, tampered], tenant="Bakkerij", run_id="run-2")
-    written = datetime(2026, 3, 14, 9, 5, tzinfo=UTC)
-
-    store.mark_dat_written(db, [original, tampered], run_id="run-2", written_at=written)
-
-    stamped = {(e.run_id, e.source_file): e.dat_written_at for e in store.ledger_entries(db)}
-    assert stamped == {
-        ("run-1", "R0001.json"): None,  # another run's delivery
-        ("run-1", "R0002.json"): None,
-        ("run-2", "R0001.json"): written,
-        ("run-2", "R0001-b.json"): None,  # a conflict never gets a .dat
-    }
+    assert store.ledger_entries(db, outcome=Outcome.CONFLICT) == [entries[2]]
     summary = store.ledger_summary(db)[("bakery_1", DAY)]
-    assert summary == store.LedgerSummary(deliveries=4, duplicates=1, conflicts=1, dat_pending=2)
+    assert summary == store.LedgerSummary(deliveries=3, duplicates=1, conflicts=1, dat_pending=0)
 
 
-def test_the_pipeline_fills_the_ledger_from_detection_to_dat(config, db_url):
+def test_the_pipeline_and_the_sync_fill_the_ledger_from_detection_to_dat(config, db_url):
     engine = store.make_engine(db_url)
     store.upgrade_database(engine)
     terminal = config.terminal("bakery_1")
     path = drop_receipt(terminal.inbox, receipt_doc("R0001", timestamp="2026-03-14T10:00:00+01:00"))
     arrived = datetime.fromtimestamp(path.stat().st_mtime, UTC)
+    ledger = Ledger(config.home / "ledger.db")
 
-    summary = process_batch(config, terminal, [path], engine=engine, spec=load_spec(DEFAULT_SPEC))
+    result = process_batch(config, terminal, [path], ledger=ledger, spec=load_spec(DEFAULT_SPEC))
+    synced = sync_pending(ledger, engine)
 
-    assert summary.inserted == 1 and len(summary.dat_files) == 1
+    assert len(result.acceptance.inserted) == 1 and len(result.dat_files) == 1
+    assert (synced.receipts_inserted, synced.deliveries) == (1, 1)
     [entry] = store.ledger_entries(engine)
     assert (entry.receipt_id, entry.outcome, entry.source_file) == ("R0001", "inserted", path.name)
     assert entry.business_day == DAY
     assert entry.detected_at == arrived
-    assert entry.detected_at <= entry.loaded_at <= entry.dat_written_at
+    assert entry.detected_at <= entry.dat_written_at <= entry.loaded_at
     engine.dispose()
 
 
-# --- concurrent loaders ------------------------------------------------------------------------
+# --- concurrent writers ------------------------------------------------------------------------
 
 
-def test_concurrent_loaders_store_each_receipt_exactly_once(db):
-    receipts = [make_receipt(f"R{n:04d}") for n in range(200)]
-    loaders = 4
-    start = threading.Barrier(loaders)
-    results: list[store.LoadResult] = []
+def test_concurrent_writers_store_each_receipt_and_delivery_exactly_once(db):
+    entries = outbox(*(make_receipt(f"R{n:04d}") for n in range(200)))
+    writers = 4
+    start = threading.Barrier(writers)
+    results: list[store.CentralWrite] = []
     errors: list[BaseException] = []
 
-    def load() -> None:
+    def write() -> None:
         start.wait()
         try:
-            results.append(store.load_receipts(db, receipts, tenant="Bakkerij"))
+            results.append(store.store_deliveries(db, entries))
         except BaseException as exc:  # reported by the assertion below
             errors.append(exc)
 
-    threads = [threading.Thread(target=load) for _ in range(loaders)]
+    threads = [threading.Thread(target=write) for _ in range(writers)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
 
     assert errors == []
-    assert sum(len(r.inserted) for r in results) == 200
-    assert sum(len(r.duplicates) for r in results) == 200 * (loaders - 1)
+    assert sum(len(r.receipts_inserted) for r in results) == 200
+    assert all(sorted(r.stored) == sorted(e.seq for e in entries) for r in results)
     assert store.count_receipts(db, "bakery_1", DAY) == 200
     assert len(line_rows(db)) == 400
-    assert len(store.ledger_entries(db)) == 200 * loaders
+    assert len(store.ledger_entries(db)) == 200
 
 
 @pytest.mark.parametrize("same_content", [True, False], ids=["same", "different"])
-def test_a_loader_that_loses_the_race_reclassifies(db, same_content):
-    """Another writer inserts our key while we load: we end up duplicate/conflict, never crash."""
+def test_a_writer_that_loses_the_race_reclassifies(db, same_content):
+    """Another writer inserts our key meanwhile: we end up stored or refused, never crash."""
     mine = make_receipt("R0001", lines=[("1.00", "1")])
     theirs = mine if same_content else make_receipt("R0001", lines=[("3.00", "1")])
+    [entry] = outbox(mine)
     outcome: dict[str, object] = {}
 
     with db.connect() as rival:
@@ -406,30 +447,33 @@ def test_a_loader_that_loses_the_race_reclassifies(db, same_content):
             [store._header_row(theirs, "Bakkerij", datetime.now(UTC))],
         )
 
-        def load() -> None:
+        def write() -> None:
             try:
-                outcome["result"] = store.load_receipts(db, [mine], tenant="Bakkerij")
+                outcome["result"] = store.store_deliveries(db, [entry])
             except BaseException as exc:  # reported by the assertion below
                 outcome["error"] = exc
 
-        loader = threading.Thread(target=load)
-        loader.start()
-        _wait_until_blocked(db, loader)
+        writer = threading.Thread(target=write)
+        writer.start()
+        _wait_until_blocked(db, writer)
         transaction.commit()
-    loader.join()
+    writer.join()
 
     assert "error" not in outcome, outcome.get("error")
     result = outcome["result"]
-    assert result.inserted == []
-    assert (result.duplicates, result.conflicts) == (([mine], []) if same_content else ([], [mine]))
+    assert result.receipts_inserted == []
+    if same_content:
+        assert (result.stored, result.refused) == ([entry.seq], {})
+    else:
+        assert result.stored == [] and list(result.refused) == [entry.seq]
     if db.dialect.name == "postgresql":
-        # PostgreSQL let the loader read before the rival committed: it had to retry.
+        # PostgreSQL let the writer read before the rival committed: it had to retry.
         assert result.key_race_retries == 1
     assert store.count_receipts(db, "bakery_1", DAY) == 1
 
 
 def _wait_until_blocked(engine, loader: threading.Thread) -> None:
-    """Return once the loader waits on the rival's lock (so the race really happens)."""
+    """Return once the writer waits on the rival's lock (so the race really happens)."""
     if engine.dialect.name == "postgresql":
         deadline = time.monotonic() + 30
         with engine.connect() as watcher:
@@ -658,17 +702,19 @@ def test_config_reads_the_database_from_the_environment(tmp_path, monkeypatch):
     assert config.db_url == "postgresql+psycopg://db.internal/register"
 
 
-def test_sqlite_runs_in_wal_mode(tmp_path):
+def test_sqlite_runs_in_wal_mode_with_durable_commits(tmp_path):
     engine = store.make_engine(f"sqlite:///{tmp_path / 'central.db'}")
     with engine.connect() as connection:
         assert connection.exec_driver_sql("PRAGMA journal_mode").scalar_one() == "wal"
         assert connection.exec_driver_sql("PRAGMA foreign_keys").scalar_one() == 1
+        # FULL (2): the ledger marks a delivery stored only once it is on disk here.
+        assert connection.exec_driver_sql("PRAGMA synchronous").scalar_one() == 2
     engine.dispose()
 
 
 def test_status_counts_per_terminal_and_day(db):
-    store.load_receipts(db, [make_receipt("R1"), make_receipt("R2")], tenant="Bakkerij")
-    store.load_receipts(db, [make_receipt("R1", day=DAY + timedelta(days=1))], tenant="Bakkerij")
+    store.store_deliveries(db, outbox(make_receipt("R1"), make_receipt("R2")))
+    store.store_deliveries(db, outbox(make_receipt("R1", day=DAY + timedelta(days=1))))
     with db.connect() as connection:
         assert connection.execute(select(func.count()).select_from(store.ReceiptRow)).scalar() == 3
     assert [(t, d, n) for t, d, n, _total in store.counts_by_terminal_day(db)] == [

@@ -17,7 +17,7 @@ from datetime import date
 import pyodbc
 import pytest
 from sqlalchemy import exc as sa_exc
-from sqlalchemy import insert
+from sqlalchemy import insert, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.schema import CreateIndex, CreateTable
 
@@ -81,7 +81,13 @@ def test_load_statements_are_tsql_with_qmark_parameters():
         store.existing_hashes_query("bakery_1", date(2026, 3, 14), ["R1", "R2", "R3"]),
         render_postcompile=True,
     )
-    stamp = compiled(store.dat_written_update(with_run_id=True))
+    ledger = store.IngestLedgerRow.__table__
+    ledger_columns = [c.name for c in ledger.columns if c.name != "id"]
+    ledger_insert = compiled(insert(ledger), column_keys=ledger_columns)
+    held = compiled(
+        select(ledger.c.delivery_id).where(ledger.c.delivery_id.in_(["a", "b"])),
+        render_postcompile=True,
+    )
 
     assert header_insert.startswith("INSERT INTO pos_receipt (terminal_id, business_day,")
     assert header_insert.endswith("VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
@@ -91,9 +97,42 @@ def test_load_statements_are_tsql_with_qmark_parameters():
         "WHERE pos_receipt.terminal_id = ? AND pos_receipt.business_day = ? "
         "AND pos_receipt.receipt_id IN (?, ?, ?)"
     )
-    assert stamp.startswith("UPDATE pos_ingest_ledger SET dat_written_at=? WHERE")
-    assert "pos_ingest_ledger.dat_written_at IS NULL" in stamp
-    assert "pos_ingest_ledger.run_id = ?" in stamp
+    assert ledger_insert.startswith("INSERT INTO pos_ingest_ledger (terminal_id,")
+    assert "delivery_id" in ledger_insert and ledger_insert.count("?") == len(ledger_columns)
+    assert held == (
+        "SELECT pos_ingest_ledger.delivery_id \nFROM pos_ingest_ledger \n"
+        "WHERE pos_ingest_ledger.delivery_id IN (?, ?)"
+    )
+
+
+def test_the_delivery_id_index_admits_the_rows_from_before_it():
+    # SQL Server's unique index allows one NULL unless filtered: rows older than migration 0004
+    # have no delivery id.
+    index = next(
+        i
+        for i in store.IngestLedgerRow.__table__.indexes
+        if i.name == "ux_pos_ingest_ledger_delivery"
+    )
+    assert compiled(CreateIndex(index)) == (
+        "CREATE UNIQUE INDEX ux_pos_ingest_ledger_delivery ON pos_ingest_ledger (delivery_id) "
+        "WHERE delivery_id IS NOT NULL"
+    )
+
+
+def test_every_sql_server_call_is_bounded():
+    """ODBC Driver 18 gets TCP keepalive in its connection string; every connection gets a
+    per-statement query timeout and a lock timeout when it is opened (not run here: no server)."""
+    driver18 = store.make_engine(
+        "mssql+pyodbc://posfed@sql.example/posfed?driver=ODBC+Driver+18+for+SQL+Server"
+    )
+    connection_string = driver18.dialect.create_connect_args(driver18.url)[0][0]
+    assert "KeepAlive=10" in connection_string and "KeepAliveInterval=3" in connection_string
+    assert driver18.pool.timeout() == 10  # a pool checkout waits this long at most
+    freetds = store.make_engine(SQL_SERVER_URL)
+    assert "KeepAlive" not in freetds.dialect.create_connect_args(freetds.url)[0][0]
+    for engine in (driver18, freetds):
+        on_connect = [fn.__name__ for fn in engine.pool.dispatch.connect]
+        assert "apply_mssql_limits" in on_connect
 
 
 def test_existence_queries_stay_under_the_sql_server_parameter_limit():
@@ -377,4 +416,16 @@ def test_a_sql_server_key_violation_is_recognised_as_a_lost_race():
         pyodbc.Error,
     )
     assert isinstance(violation, sa_exc.IntegrityError)
-    assert store._is_receipt_key_violation(violation)
+    assert store._is_lost_race(violation)
+    delivery = sa_exc.DBAPIError.instance(
+        "INSERT INTO pos_ingest_ledger ...",
+        {},
+        pyodbc.IntegrityError(
+            "23000",
+            "[23000] [Microsoft][ODBC Driver 18 for SQL Server][SQL Server]Cannot insert "
+            "duplicate key row in object 'dbo.pos_ingest_ledger' with unique index "
+            "'ux_pos_ingest_ledger_delivery'. (2601) (SQLExecDirectW)",
+        ),
+        pyodbc.Error,
+    )
+    assert store._is_lost_race(delivery)

@@ -26,6 +26,7 @@ from posfed_pipeline.core import inbox, intake
 from posfed_pipeline.core.config import PosfedConfig, Terminal
 from posfed_pipeline.core.dat import DatSpec, render_receipt
 from posfed_pipeline.core.fsutil import write_atomic
+from posfed_pipeline.core.ledger import Ledger
 from posfed_pipeline.core.store import Base, BusinessDay, ReceiptLineRow, ReceiptRow
 
 ZERO = Decimal("0.00")
@@ -41,10 +42,13 @@ class Reconciliation:
     dat_missing: set[str] = field(default_factory=set)
     dat_differs: set[str] = field(default_factory=set)
     unreadable_archive_files: list[str] = field(default_factory=list)
+    # Accepted by the store's ledger and still in its outbox (the central database was out of
+    # reach): on their way, not missing.
+    pending_sync: set[str] = field(default_factory=set)
 
     @property
     def missing_in_db(self) -> set[str]:
-        return self.archived - self.loaded
+        return self.archived - self.loaded - self.pending_sync
 
     @property
     def missing_in_archive(self) -> set[str]:
@@ -73,9 +77,16 @@ class Reconciliation:
 
 
 def reconcile_terminal_day(
-    config: PosfedConfig, terminal: Terminal, day: date, engine: Engine, spec: DatSpec
+    config: PosfedConfig,
+    terminal: Terminal,
+    day: date,
+    engine: Engine,
+    spec: DatSpec,
+    ledger: Ledger | None = None,
 ) -> Reconciliation:
     result = Reconciliation(terminal.id, day)
+    if ledger is not None:
+        result.pending_sync = ledger.pending_receipt_ids(terminal.id, day)
     receipts = {}
     for path in inbox.archived_files(terminal, day):
         try:
@@ -96,7 +107,7 @@ def reconcile_terminal_day(
             ).scalars()
         )
 
-    for receipt_id in result.loaded & result.archived:
+    for receipt_id in (result.loaded | result.pending_sync) & result.archived:
         rendered = render_receipt(receipts[receipt_id], terminal, spec)
         path = config.dat_dir / rendered.relative_path
         try:

@@ -19,7 +19,9 @@ from datetime import date
 from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from posfed_pipeline.core.alerts import SMTP_SECURITY, AlertSettings
 from posfed_pipeline.core.store import database_url_from_env
+from posfed_pipeline.core.sync import SyncPolicy
 
 DEFAULT_CONFIG_FILE = "posfed.toml"
 # Terminal ids become Dagster sensor names and partition keys: keep them to that alphabet.
@@ -145,6 +147,8 @@ class PosfedConfig:
     incomplete_grace_seconds: float = 10.0
     # Day folders (archive, .dat) older than this are compressed into per-day .tar.gz files.
     retention_days: int = 90
+    sync: SyncPolicy = field(default_factory=SyncPolicy)
+    alerts: AlertSettings = field(default_factory=AlertSettings)
     config_path: Path | None = None
     _by_id: dict[str, Terminal] = field(default_factory=dict, repr=False, compare=False)
 
@@ -174,7 +178,17 @@ def resolve_config_path(path: str | os.PathLike[str] | None = None) -> Path:
     return Path(candidate).expanduser().resolve()
 
 
-TOP_LEVEL_TABLES = {"store", "paths", "intake", "dat", "retention", "mappings", "terminals"}
+TOP_LEVEL_TABLES = {
+    "store",
+    "paths",
+    "intake",
+    "dat",
+    "retention",
+    "sync",
+    "alerts",
+    "mappings",
+    "terminals",
+}
 TABLE_KEYS = {
     "store": {"id", "name", "timezone", "partitions_start", "variable_measure"},
     "paths": {"home", "terminals", "dat"},
@@ -188,6 +202,23 @@ TABLE_KEYS = {
     },
     "dat": {"spec"},
     "retention": {"keep_days"},
+    "sync": {
+        "batch_size",
+        "backoff_cap_seconds",
+        "call_timeout_seconds",
+        "warn_after_seconds",
+        "fail_after_seconds",
+    },
+    "alerts": {
+        "email_to",
+        "email_from",
+        "smtp_host",
+        "smtp_port",
+        "smtp_security",
+        "smtp_user",
+        "webhook_url",
+        "timeout_seconds",
+    },
 }
 TERMINAL_KEYS = {
     "id",
@@ -207,13 +238,15 @@ def _refuse_unknown_keys(table: dict, known: set[str], place: str, what: str = "
     """A misspelt key would silently mean its default, and credentials must not sit here."""
     unknown = sorted(set(table) - known)
     if unknown:
-        hint = (
-            " (the central database is set through the environment only: POSFED_DB_URL or "
-            "POSFED_DB_HOST/PORT/NAME/USER, and POSFED_DB_PASSWORD; credentials never go in "
-            "this file)"
-            if any(k == "database" or "db" in k or "password" in k for k in unknown)
-            else ""
-        )
+        hint = ""
+        if place.endswith("[alerts]") and any("password" in k for k in unknown):
+            hint = " (the SMTP password comes from POSFED_SMTP_PASSWORD only)"
+        elif any(k == "database" or "db" in k or "password" in k for k in unknown):
+            hint = (
+                " (the central database is set through the environment only: POSFED_DB_URL or "
+                "POSFED_DB_HOST/PORT/NAME/USER, and POSFED_DB_PASSWORD; credentials never go in "
+                "this file)"
+            )
         raise ConfigError(
             f"{place}: unknown {what}(s) {', '.join(unknown)}; known: "
             f"{', '.join(sorted(known))}{hint}"
@@ -347,7 +380,70 @@ def config_from_dict(raw: dict, *, base_dir: Path, config_path: Path | None = No
         catchup_grace_seconds=float(intake.get("catchup_grace_seconds", 10.0)),
         incomplete_grace_seconds=float(intake.get("incomplete_grace_seconds", 10.0)),
         retention_days=int(raw.get("retention", {}).get("keep_days", 90)),
+        sync=_sync_policy(raw.get("sync", {}), f"{where}: [sync]"),
+        alerts=_alert_settings(raw.get("alerts", {}), f"{where}: [alerts]"),
         config_path=config_path,
+    )
+
+
+def _positive(table: dict, key: str, default: float, place: str) -> float:
+    value = table.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        raise ConfigError(f"{place}: {key} must be a positive number")
+    return float(value)
+
+
+def _sync_policy(table: dict, place: str) -> SyncPolicy:
+    default = SyncPolicy()
+    batch_size = table.get("batch_size", default.batch_size)
+    if type(batch_size) is not int or not 1 <= batch_size <= 10_000:
+        raise ConfigError(f"{place}: batch_size must be a whole number from 1 to 10000")
+    policy = SyncPolicy(
+        batch_size=batch_size,
+        backoff_cap_seconds=_positive(
+            table, "backoff_cap_seconds", default.backoff_cap_seconds, place
+        ),
+        call_timeout_seconds=_positive(
+            table, "call_timeout_seconds", default.call_timeout_seconds, place
+        ),
+        warn_after_seconds=_positive(
+            table, "warn_after_seconds", default.warn_after_seconds, place
+        ),
+        fail_after_seconds=_positive(
+            table, "fail_after_seconds", default.fail_after_seconds, place
+        ),
+    )
+    if policy.fail_after_seconds <= policy.warn_after_seconds:
+        raise ConfigError(f"{place}: fail_after_seconds must be more than warn_after_seconds")
+    return policy
+
+
+def _alert_settings(table: dict, place: str) -> AlertSettings:
+    email_to = table.get("email_to", [])
+    if isinstance(email_to, str):
+        email_to = [email_to]
+    if not isinstance(email_to, list) or not all(isinstance(a, str) and "@" in a for a in email_to):
+        raise ConfigError(f'{place}: email_to must list e-mail addresses (["ops@example.com"])')
+    security = table.get("smtp_security", "none")
+    if security not in SMTP_SECURITY:
+        raise ConfigError(f"{place}: smtp_security must be one of {', '.join(SMTP_SECURITY)}")
+    port = table.get("smtp_port", 465 if security == "ssl" else 25)
+    if type(port) is not int or not 0 < port < 65536:
+        raise ConfigError(f"{place}: smtp_port must be a port number")
+    webhook = table.get("webhook_url")
+    if webhook is not None and (
+        not isinstance(webhook, str) or not webhook.startswith(("http://", "https://"))
+    ):
+        raise ConfigError(f"{place}: webhook_url must be an http:// or https:// URL")
+    return AlertSettings(
+        email_to=tuple(email_to),
+        email_from=str(table.get("email_from", AlertSettings.email_from)),
+        smtp_host=str(table.get("smtp_host", AlertSettings.smtp_host)),
+        smtp_port=port,
+        smtp_security=security,
+        smtp_user=table.get("smtp_user"),
+        webhook_url=webhook,
+        timeout_seconds=_positive(table, "timeout_seconds", AlertSettings.timeout_seconds, place),
     )
 
 

@@ -1,26 +1,29 @@
-"""One terminal's batch of receipt files, through every stage: intake, validation, load, .dat.
+"""One terminal's batch of receipt files through every stage, in one place.
 
-Each stage is a function so the Dagster layer can report each asset on its own; ``process_batch``
-runs them all for the CLI and tests. A file moves exactly when its verdict is final: rejected
-files go to quarantine as soon as they are rejected, accepted files go to the archive only once
-their rows are committed and their .dat file is written. A retried run therefore finds only the
-files still owed work, and repeats nothing but idempotent steps.
+    read ─▶ validate ─▶ accept (local ledger) ─▶ emit .dat ─▶ archive
+
+``process_batch`` is the sequence; the Dagster asset and the tests both run it. The central
+database is not a stage: the ledger's outbox feeds it afterwards (``core.sync``), so a slow or
+unreachable central database never delays a .dat file.
+
+A file moves exactly when its verdict is final: rejected files go to quarantine as soon as they
+are rejected, accepted files go to the archive only once the ledger has recorded them and their
+.dat file is on disk. A retried attempt therefore finds only the files still owed work, and the
+ledger remembers what an earlier attempt already decided.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
-from sqlalchemy.engine import Engine
-
-from posfed_pipeline.core import inbox, intake, store
+from posfed_pipeline.core import inbox, intake
 from posfed_pipeline.core.config import PosfedConfig, Terminal
 from posfed_pipeline.core.dat import DatRenderError, DatSpec, render_receipt, write_dat
+from posfed_pipeline.core.ledger import Acceptance, Delivery, Ledger
 from posfed_pipeline.core.receipt import Problem, Receipt
 from posfed_pipeline.core.validation import ValidationReport, validate_batch
 
@@ -28,30 +31,41 @@ from posfed_pipeline.core.validation import ValidationReport, validate_batch
 @dataclass
 class IntakeResult:
     receipts: list[Receipt] = field(default_factory=list)
-    paths: dict[int, Path] = field(default_factory=dict)  # id(receipt) -> file it came from
+    files: dict[int, inbox.InboxFile] = field(default_factory=dict)  # id(receipt) -> its file
     rejected: list[tuple[Path, list[Problem]]] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)  # already handled by an earlier attempt
     deferred: list[str] = field(default_factory=list)  # unreadable yet fresh: left in the inbox
 
     def path_of(self, receipt: Receipt) -> Path:
-        return self.paths[id(receipt)]
+        return self.files[id(receipt)].path
+
+    def file_of(self, receipt: Receipt) -> inbox.InboxFile:
+        return self.files[id(receipt)]
 
 
 @dataclass
-class BatchSummary:
+class BatchResult:
+    """Everything a batch did, for the run's metadata and for the tests."""
+
     files: int
-    receipts_valid: int
-    receipts_rejected: int
-    inserted: int
-    duplicates: int
-    conflicts: int
-    lines: int
-    amount_total: Decimal
+    intake: IntakeResult
+    validation: ValidationReport
+    acceptance: Acceptance
     dat_files: list[Path]
+    dat_seconds: list[float]  # per .dat written: seconds from the file's arrival (its mtime)
+    resynced: int = 0  # a backfill: deliveries of the day put back in the outbox
+
+    @property
+    def receipts_rejected(self) -> int:
+        return len(self.intake.rejected) + len(self.validation.invalid)
 
     @property
     def rejected_files(self) -> int:
-        return self.receipts_rejected + self.conflicts
+        return self.receipts_rejected + len(self.acceptance.conflicts)
+
+    @property
+    def amount_accepted(self) -> Decimal:
+        return sum((r.total for r in self.acceptance.inserted), Decimal("0.00"))
 
 
 def read_batch(
@@ -68,6 +82,8 @@ def read_batch(
     now = time.time() if now is None else now
     for path in paths:
         try:
+            # The version read (size, mtime) identifies this delivery in the ledger.
+            version = inbox.stat_inbox_file(path)
             receipt = intake.read_receipt_file(path, terminal)
         except FileNotFoundError:
             result.missing.append(path.name)
@@ -81,7 +97,7 @@ def read_batch(
                 inbox.quarantine_file(terminal, path, exc.problems, stage="intake")
             continue
         result.receipts.append(receipt)
-        result.paths[id(receipt)] = path
+        result.files[id(receipt)] = version
     return result
 
 
@@ -105,7 +121,7 @@ def validate(
     """pandera's rules, then (with ``spec``) that the receipt renders under its .dat layout.
 
     A receipt the billing layout cannot hold (a number wider than its field) is rejected here,
-    before anything is loaded: never rows in the database without their .dat file.
+    before it is accepted: never a receipt in the ledger without its .dat file.
     """
     report = validate_batch(
         batch.receipts,
@@ -132,45 +148,6 @@ def validate(
     return report
 
 
-def load(
-    engine: Engine,
-    terminal: Terminal,
-    batch: IntakeResult,
-    receipts: list[Receipt],
-    *,
-    quarantine: bool = True,
-    run_id: str | None = None,
-    detected_at: Mapping[str, datetime] | None = None,
-) -> store.LoadResult:
-    """Load into the central DB; ``detected_at`` (by file name) defaults to the files' mtimes."""
-    if detected_at is None:
-        detected_at = _file_times(batch, receipts)
-    result = store.load_receipts(
-        engine, receipts, tenant=terminal.tenant, run_id=run_id, detected_at=detected_at
-    )
-    if quarantine:
-        for receipt in result.conflicts:
-            inbox.quarantine_file(
-                terminal,
-                batch.path_of(receipt),
-                [Problem("receiptId", receipt.receipt_id, result.conflict_reason(receipt))],
-                stage="load",
-            )
-    return result
-
-
-def _file_times(batch: IntakeResult, receipts: list[Receipt]) -> dict[str, datetime]:
-    # A file is taken once it has settled, so its mtime is when it arrived in the inbox.
-    times = {}
-    for receipt in receipts:
-        try:
-            mtime = batch.path_of(receipt).stat().st_mtime
-        except (KeyError, OSError):
-            continue
-        times[receipt.source_file] = datetime.fromtimestamp(mtime, UTC)
-    return times
-
-
 def _dat_problem(
     config: PosfedConfig, terminal: Terminal, spec: DatSpec, receipt: Receipt
 ) -> Problem | None:
@@ -190,25 +167,87 @@ def _dat_problem(
     return None
 
 
+def accept(
+    ledger: Ledger,
+    terminal: Terminal,
+    batch: IntakeResult,
+    receipts: list[Receipt],
+    *,
+    quarantine: bool = True,
+    run_id: str | None = None,
+) -> Acceptance:
+    """Record the valid receipts in the local ledger: new, re-delivered or in conflict.
+
+    A conflict (the same receipt id, day and terminal with other content) is never overwritten:
+    its file goes to quarantine with the reason.
+    """
+    deliveries = [
+        Delivery(
+            receipt,
+            batch.file_of(receipt).signature,
+            # A file is taken once it has settled, so its mtime is when it arrived.
+            detected_at=batch.file_of(receipt).mtime_ns / 1e9,
+        )
+        for receipt in receipts
+    ]
+    acceptance = ledger.accept(deliveries, tenant=terminal.tenant, run_id=run_id)
+    if quarantine:
+        for receipt, reason in acceptance.conflicts:
+            inbox.quarantine_file(
+                terminal,
+                batch.path_of(receipt),
+                [Problem("receiptId", receipt.receipt_id, reason)],
+                stage="accept",
+            )
+    return acceptance
+
+
+def reaccept_archived(ledger: Ledger, terminal: Terminal, receipts: list[Receipt]) -> Acceptance:
+    """A backfill: archived receipts are emitted again (identical bytes); any the ledger does
+    not know yet (it was lost, or predates them) are recorded and go to the outbox."""
+    known = {(r.business_day, r.receipt_id): r.content_hash for r in _ledger_day(ledger, receipts)}
+    unknown = [r for r in receipts if (r.business_day, r.receipt_id) not in known]
+    ledger.adopt(unknown, tenant=terminal.tenant)
+    acceptance = Acceptance(inserted=unknown)
+    for receipt in receipts:
+        stored = known.get((receipt.business_day, receipt.receipt_id))
+        if stored is None:
+            continue
+        if stored == receipt.content_hash:
+            acceptance.owed_dat.append(receipt)
+        else:
+            acceptance.conflicts.append(
+                (receipt, "the ledger holds other content for this receipt id; not re-emitted")
+            )
+    return acceptance
+
+
+def _ledger_day(ledger: Ledger, receipts: list[Receipt]) -> list[Receipt]:
+    found: list[Receipt] = []
+    for terminal_id, day in {(r.terminal_id, r.business_day) for r in receipts}:
+        found += ledger.receipts(terminal_id=terminal_id, business_day=day)
+    return found
+
+
 def emit(
     config: PosfedConfig,
     terminal: Terminal,
     spec: DatSpec,
     receipts: list[Receipt],
     *,
-    engine: Engine | None = None,
-    run_id: str | None = None,
+    ledger: Ledger | None = None,
 ) -> list[Path]:
     """Write one .dat per receipt (deterministic: a re-run rewrites identical bytes).
 
-    With ``engine``, the ingest ledger records when each receipt's .dat was written.
+    With ``ledger``, records that each receipt's .dat is written.
     """
-    written = []
+    written, relative = [], []
     for receipt in receipts:
         rendered = render_receipt(receipt, terminal, spec)
         written.append(write_dat(config.dat_dir, rendered, spec, receipt.business_day))
-    if engine is not None:
-        store.mark_dat_written(engine, receipts, run_id=run_id)
+        relative.append((receipt, rendered.relative_path.as_posix()))
+    if ledger is not None:
+        ledger.mark_emitted(relative)
     return written
 
 
@@ -222,31 +261,53 @@ def process_batch(
     terminal: Terminal,
     paths: list[Path],
     *,
-    engine: Engine,
+    ledger: Ledger,
     spec: DatSpec,
     from_archive: bool = False,
-) -> BatchSummary:
-    """All stages for one batch. ``from_archive``: a backfill, files stay where they are."""
+    run_id: str | None = None,
+    day: date | None = None,
+) -> BatchResult:
+    """Every stage for one batch of one terminal's files.
+
+    ``from_archive``: a backfill of ``day``; the files stay where they are, their .dat files are
+    written again (byte-identical) and the day's deliveries go back to the outbox, so the
+    central database is brought up to date too.
+    """
     move = not from_archive
     grace = config.incomplete_grace_seconds if move else 0.0
     batch = read_batch(terminal, paths, quarantine=move, incomplete_grace_seconds=grace)
     report = validate(config, terminal, batch, quarantine=move, check_age=move, spec=spec)
-    loaded = load(engine, terminal, batch, report.valid, quarantine=move)
-    accepted = loaded.inserted + loaded.duplicates
-    dat_files = emit(config, terminal, spec, accepted, engine=engine)
     if move:
-        archive(terminal, batch, accepted)
-    return BatchSummary(
+        acceptance = accept(ledger, terminal, batch, report.valid, run_id=run_id)
+    else:
+        acceptance = reaccept_archived(ledger, terminal, report.valid)
+    to_emit = acceptance.to_emit
+    dat_files = emit(config, terminal, spec, to_emit, ledger=ledger)
+    written_at = time.time()
+    resynced = 0
+    if move:
+        archive(terminal, batch, acceptance.accepted)
+    elif day is not None:
+        resynced = ledger.resync(terminal_id=terminal.id, business_day=day)
+    return BatchResult(
         files=len(paths) - len(batch.missing) - len(batch.deferred),
-        receipts_valid=len(report.valid),
-        receipts_rejected=len(batch.rejected) + len(report.invalid),
-        inserted=len(loaded.inserted),
-        duplicates=len(loaded.duplicates),
-        conflicts=len(loaded.conflicts),
-        lines=loaded.line_count,
-        amount_total=sum((r.total for r in loaded.inserted), Decimal("0.00")),
+        intake=batch,
+        validation=report,
+        acceptance=acceptance,
         dat_files=dat_files,
+        dat_seconds=sorted(max(0.0, written_at - batch.file_of(r).mtime_ns / 1e9) for r in to_emit),
+        resynced=resynced,
     )
 
 
-__all__ = ["DatRenderError", "process_batch", "read_batch", "validate", "load", "emit", "archive"]
+__all__ = [
+    "BatchResult",
+    "DatRenderError",
+    "IntakeResult",
+    "accept",
+    "archive",
+    "emit",
+    "process_batch",
+    "read_batch",
+    "validate",
+]

@@ -57,27 +57,59 @@ def content_hash(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def _as_document(receipt: Receipt) -> dict:
+    return {
+        "receiptId": receipt.receipt_id,
+        "terminalId": receipt.terminal_id,
+        "departmentCode": receipt.department_code,
+        "items": [
+            {
+                "barcode": item.barcode,
+                "description": item.description,
+                "price": str(item.price),
+                "quantity": str(item.quantity),
+            }
+            for item in receipt.items
+        ],
+        "total": str(receipt.total),
+        "timestamp": receipt.timestamp.isoformat(),
+    }
+
+
 def canonical_json(receipt: Receipt) -> str:
     """The receipt in the seed's JSON shape, money as strings (exact)."""
-    return json.dumps(
-        {
-            "receiptId": receipt.receipt_id,
-            "terminalId": receipt.terminal_id,
-            "departmentCode": receipt.department_code,
-            "items": [
-                {
-                    "barcode": item.barcode,
-                    "description": item.description,
-                    "price": str(item.price),
-                    "quantity": str(item.quantity),
-                }
-                for item in receipt.items
-            ],
-            "total": str(receipt.total),
-            "timestamp": receipt.timestamp.isoformat(),
-        },
-        ensure_ascii=False,
-        indent=2,
+    return json.dumps(_as_document(receipt), ensure_ascii=False, indent=2)
+
+
+def to_payload(receipt: Receipt) -> str:
+    """The accepted receipt as the local ledger keeps it for the central database: compact
+    JSON, exact (Decimal as strings, the timestamp with its offset), file and hash included."""
+    document = _as_document(receipt)
+    document["sourceFile"] = receipt.source_file
+    document["contentHash"] = receipt.content_hash
+    return json.dumps(document, ensure_ascii=False, separators=(",", ":"))
+
+
+def from_payload(payload: str) -> Receipt:
+    """The inverse of ``to_payload``: the very receipt that was accepted."""
+    document = json.loads(payload)
+    return Receipt(
+        receipt_id=document["receiptId"],
+        terminal_id=document["terminalId"],
+        department_code=document["departmentCode"],
+        items=tuple(
+            ReceiptItem(
+                barcode=item["barcode"],
+                description=item["description"],
+                price=Decimal(item["price"]),
+                quantity=Decimal(item["quantity"]),
+            )
+            for item in document["items"]
+        ),
+        total=Decimal(document["total"]),
+        timestamp=datetime.fromisoformat(document["timestamp"]),
+        source_file=document["sourceFile"],
+        content_hash=document["contentHash"],
     )
 
 

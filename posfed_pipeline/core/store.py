@@ -1,10 +1,12 @@
-"""The central database: receipts, their lines and an ingest ledger, loaded idempotently.
+"""The central database: receipts, their lines and an ingest ledger, stored idempotently.
 
-A receipt is identified by (terminal, business day, receipt id): many POS reset their counters
-daily. Re-delivering the same receipt (same content hash) is a no-op; the same key with other
-content is a *conflict*: it is never overwritten, it goes back to the caller to quarantine.
-Every delivery, whatever its outcome, leaves one row in the ingest ledger (source file, content
-hash, run id, when it was detected, loaded and written to .dat).
+The store server's local ledger (``core.ledger``) decides what was accepted; this module stores
+its outbox in the central register's database (``store_deliveries``), as often as needed: a
+delivery already held is skipped, a receipt already held with the same content is not inserted
+twice, and one held with other content is refused, never overwritten. A receipt is identified by
+(terminal, business day, receipt id): many POS reset their counters daily. Every delivery,
+whatever its outcome, leaves one row in the ingest ledger (source file, content hash, run id,
+when it was detected, stored and written to .dat).
 
 The schema is created and upgraded by Alembic (``posfed db upgrade``), never by ``create_all``.
 Dialects: SQLite (embedded default, WAL), PostgreSQL (psycopg 3), SQL Server (mssql+pyodbc).
@@ -17,10 +19,9 @@ import os
 import sqlite3
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime
 from decimal import Decimal
-from enum import StrEnum
 from pathlib import Path
 
 from sqlalchemy import (
@@ -42,14 +43,23 @@ from sqlalchemy import (
     insert,
     inspect,
     select,
-    update,
+    text,
 )
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects import mssql, postgresql
 from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
-from sqlalchemy.sql import Select, Update
+from sqlalchemy.sql import Select
 
+from posfed_pipeline.core.db_timeouts import (
+    DEFAULT_TIMEOUTS,
+    DbTimeouts,
+    install_mssql_limits,
+    odbc_keepalive,
+    postgres_connect_args,
+    track_connections,
+)
+from posfed_pipeline.core.ledger import OutboxEntry, Outcome
 from posfed_pipeline.core.receipt import Receipt
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
@@ -60,8 +70,6 @@ BusinessDay = Date().with_variant(mssql.DATE(), "mssql")
 Money = Numeric(14, 2)
 Quantity = Numeric(14, 3)
 
-# An unreachable server must fail a run in seconds, not hang it: the retry policy takes over.
-CONNECT_TIMEOUT_SECONDS = 10
 # Concurrent loaders of the same key: the loser re-classifies against the winner's rows once.
 KEY_RACE_RETRIES = 1
 EXISTING_QUERY_CHUNK = 500
@@ -115,12 +123,6 @@ class ReceiptLineRow(Base):
     amount: Mapped[Decimal] = mapped_column(Money)
 
 
-class Outcome(StrEnum):
-    INSERTED = "inserted"
-    DUPLICATE = "duplicate"  # same key, same content: a no-op
-    CONFLICT = "conflict"  # same key, other content: refused and quarantined
-
-
 class IngestLedgerRow(Base):
     """One row per delivery of a receipt file, whatever became of it."""
 
@@ -128,6 +130,12 @@ class IngestLedgerRow(Base):
     __table_args__ = (
         Index("ix_pos_ingest_ledger_key", "terminal_id", "business_day", "receipt_id"),
         Index("ix_pos_ingest_ledger_run", "run_id"),
+        Index(
+            "ux_pos_ingest_ledger_delivery",
+            "delivery_id",
+            unique=True,
+            mssql_where=text("delivery_id IS NOT NULL"),
+        ),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
@@ -135,6 +143,8 @@ class IngestLedgerRow(Base):
     business_day: Mapped[date] = mapped_column(BusinessDay)
     receipt_id: Mapped[str] = mapped_column(String(64))
     source_file: Mapped[str] = mapped_column(Unicode(255))
+    # The store server's ledger names each delivery (migration 0004); older rows have none.
+    delivery_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
     content_hash: Mapped[str] = mapped_column(String(64))
     run_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
     outcome: Mapped[str] = mapped_column(String(16))
@@ -142,24 +152,6 @@ class IngestLedgerRow(Base):
     detected_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     loaded_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     dat_written_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
-
-
-@dataclass
-class LoadResult:
-    inserted: list[Receipt] = field(default_factory=list)
-    duplicates: list[Receipt] = field(default_factory=list)  # same key, same content: no-op
-    conflicts: list[Receipt] = field(default_factory=list)  # same key, other content: refused
-    # Why each conflict was refused, by id(receipt): shown in quarantine and in the ledger.
-    reasons: dict[int, str] = field(default_factory=dict)
-    # Times another loader inserted the same key between our read and our insert.
-    key_race_retries: int = 0
-
-    @property
-    def line_count(self) -> int:
-        return sum(len(r.items) for r in self.inserted)
-
-    def conflict_reason(self, receipt: Receipt) -> str:
-        return self.reasons.get(id(receipt), "conflicts with a receipt already loaded")
 
 
 # --- errors ------------------------------------------------------------------------------------
@@ -264,14 +256,6 @@ def _classify_dbapi(exc: BaseException) -> bool | None:
             return True
         return False if name in _PERMANENT_DBAPI_CLASSES or sqlstate else None
     return None
-
-
-def _is_receipt_key_violation(exc: sa_exc.IntegrityError) -> bool:
-    """Did another loader win the race for one of our (terminal, day, receipt id) keys?"""
-    message = str(exc.orig)
-    return "uq_pos_receipt_key" in message or (
-        "UNIQUE constraint failed: pos_receipt.terminal_id" in message
-    )
 
 
 # --- URLs and engines --------------------------------------------------------------------------
@@ -386,48 +370,67 @@ def _env_flag(env: Mapping[str, str], name: str, default: bool) -> bool:
     raise DatabaseConfigError(f"{name}={value!r}: use yes or no")
 
 
-def make_engine(url: str, *, connect_timeout: float = CONNECT_TIMEOUT_SECONDS) -> Engine:
-    """An engine tuned per dialect; connection failures raise ``DatabaseUnavailable``."""
+def make_engine(
+    url: str,
+    *,
+    connect_timeout: float | None = None,
+    timeouts: DbTimeouts = DEFAULT_TIMEOUTS,
+) -> Engine:
+    """An engine tuned per dialect, every call bounded (``core.db_timeouts``); connection
+    failures raise ``DatabaseUnavailable``."""
+    if connect_timeout is not None:
+        timeouts = replace(timeouts, connect=connect_timeout)
     parsed = make_url(url)
     backend = parsed.get_backend_name()
+    pool = {"pool_pre_ping": True, "pool_timeout": timeouts.pool_checkout}
     if backend == "sqlite":
-        engine = _make_sqlite_engine(url)
+        engine = _make_sqlite_engine(url, timeouts)
     elif backend == "postgresql":
         engine = create_engine(
-            url, pool_pre_ping=True, connect_args={"connect_timeout": max(1, int(connect_timeout))}
+            url, **pool, pool_recycle=1800, connect_args=postgres_connect_args(timeouts, url)
         )
     elif backend == "mssql":
+        driver = str(parsed.query.get("driver", ""))
+        if driver.lower() != FREETDS_DRIVER.lower():
+            keepalive = {k: v for k, v in odbc_keepalive(timeouts).items() if k not in parsed.query}
+            parsed = parsed.update_query_dict(keepalive)
         # fast_executemany: pyodbc sends a whole batch of rows in one round trip.
         # timeout: pyodbc's login timeout, so an unreachable server fails in seconds.
         engine = create_engine(
-            url,
-            pool_pre_ping=True,
+            parsed,
+            **pool,
+            pool_recycle=1800,
             fast_executemany=True,
-            connect_args={"timeout": max(1, int(connect_timeout))},
+            connect_args={"timeout": max(1, int(timeouts.connect))},
         )
+        install_mssql_limits(engine, timeouts)
     else:
-        engine = create_engine(url, pool_pre_ping=True)
+        engine = create_engine(url, **pool)
+    track_connections(engine)
     _explain_connect_failures(engine)
     return engine
 
 
-def _make_sqlite_engine(url: str) -> Engine:
+def _make_sqlite_engine(url: str, timeouts: DbTimeouts) -> Engine:
     database = make_url(url).database
     if database and database != ":memory:" and not database.startswith("file:"):
         # The embedded default lives in POSFED_HOME, which may not exist yet.
         Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
-    engine = create_engine(url, connect_args={"timeout": 30})
+    # timeout: how long a writer waits for another's lock (SQLite's own lock timeout).
+    engine = create_engine(url, connect_args={"timeout": timeouts.lock, "check_same_thread": False})
 
     @event.listens_for(engine, "connect")
     def _sqlite_pragmas(dbapi_connection, _record) -> None:
         # posfed issues BEGIN itself (below): pysqlite's implicit BEGIN cannot take the write
-        # lock up front, and a loader that reads before it writes must hold it from the start.
+        # lock up front, and a writer that reads before it writes must hold it from the start.
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
-        # WAL: readers (the UI, `posfed db status`) never block the loader.
+        # WAL: readers (the UI, `posfed db status`) never block the writer.
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.execute("PRAGMA synchronous=NORMAL")
+        # FULL: a commit is on disk before the ledger marks its deliveries as stored; with
+        # NORMAL a power cut could lose rows the ledger then never sends again.
+        cursor.execute("PRAGMA synchronous=FULL")
         cursor.close()
 
     @event.listens_for(engine, "begin")
@@ -488,9 +491,28 @@ def upgrade_database(engine: Engine, revision: str = "head") -> None:
     from alembic import command
 
     config = _alembic_config()
-    with engine.begin() as connection:
+    with engine.begin() as connection, _no_statement_limit(connection):
         config.attributes["connection"] = connection
         command.upgrade(config, revision)
+
+
+@contextmanager
+def _no_statement_limit(connection: Connection) -> Iterator[None]:
+    """A migration may build an index on a big table: lift the per-statement limit for it."""
+    dialect = connection.dialect.name
+    if dialect == "postgresql":
+        connection.exec_driver_sql("SET LOCAL statement_timeout = 0")
+        yield
+    elif dialect == "mssql":
+        dbapi_connection = connection.connection.dbapi_connection
+        saved = dbapi_connection.timeout
+        dbapi_connection.timeout = 0
+        try:
+            yield
+        finally:
+            dbapi_connection.timeout = saved
+    else:
+        yield
 
 
 def downgrade_database(engine: Engine, revision: str) -> None:
@@ -498,7 +520,7 @@ def downgrade_database(engine: Engine, revision: str) -> None:
     from alembic import command
 
     config = _alembic_config()
-    with engine.begin() as connection:
+    with engine.begin() as connection, _no_statement_limit(connection):
         config.attributes["connection"] = connection
         command.downgrade(config, revision)
 
@@ -525,29 +547,39 @@ def has_ledger(engine: Engine) -> bool:
     return inspect(engine).has_table(IngestLedgerRow.__tablename__)
 
 
-# --- loading -----------------------------------------------------------------------------------
+# --- storing what the local ledger accepted ---------------------------------------------
 
 
-def load_receipts(
-    engine: Engine,
-    receipts: Iterable[Receipt],
-    tenant: str,
-    *,
-    run_id: str | None = None,
-    detected_at: Mapping[str, datetime] | None = None,
-) -> LoadResult:
-    """Insert the new receipts of one batch in one transaction; classify the rest.
+@dataclass
+class CentralWrite:
+    """What one batch from the local ledger's outbox did to the central database."""
 
-    ``detected_at`` maps a source file name to when it was detected (ledger only). If another
-    loader inserts one of our keys between our read and our insert, the transaction is rolled
-    back and classified again against the winner's rows.
+    stored: list[int] = field(default_factory=list)  # outbox seqs the central side now holds
+    receipts_inserted: list[Receipt] = field(default_factory=list)
+    already_held: int = 0  # deliveries stored by an earlier attempt (its acknowledgement lost)
+    # seq -> why the central database cannot take it (another receipt under the same key).
+    refused: dict[int, str] = field(default_factory=dict)
+    key_race_retries: int = 0  # another writer inserted one of our keys meanwhile
+
+    @property
+    def line_count(self) -> int:
+        return sum(len(r.items) for r in self.receipts_inserted)
+
+
+def store_deliveries(engine: Engine, entries: Iterable[OutboxEntry]) -> CentralWrite:
+    """Store a batch of the ledger's deliveries in one transaction, idempotently.
+
+    Deliveries the central database already holds (by delivery id) are skipped; an accepted
+    receipt's rows are inserted unless its key is there already with the same content. A key
+    held with *other* content (rows written before the ledger existed, or by another store
+    server using the same terminal id) is refused, never overwritten: ``refused`` says why.
     """
-    batch = list(receipts)
+    batch = list(entries)
     for attempt in range(KEY_RACE_RETRIES + 1):
         try:
-            result = _load_once(engine, batch, tenant, run_id, detected_at or {})
+            result = _store_once(engine, batch)
         except sa_exc.IntegrityError as exc:
-            if attempt == KEY_RACE_RETRIES or not _is_receipt_key_violation(exc):
+            if attempt == KEY_RACE_RETRIES or not _is_lost_race(exc):
                 raise
             continue
         result.key_race_retries = attempt
@@ -558,83 +590,83 @@ def load_receipts(
 @contextmanager
 def _write_transaction(engine: Engine) -> Iterator[Connection]:
     with engine.connect() as connection:
-        # SQLite: take the write lock before reading, so two loaders serialize instead of
+        # SQLite: take the write lock before reading, so two writers serialize instead of
         # failing with "database is locked" when the second one tries to write.
         connection.execution_options(**{_SQLITE_BEGIN_OPTION: "IMMEDIATE"})
         with connection.begin():
             yield connection
 
 
-def _load_once(
-    engine: Engine,
-    batch: list[Receipt],
-    tenant: str,
-    run_id: str | None,
-    detected_at: Mapping[str, datetime],
-) -> LoadResult:
-    result = LoadResult()
+def _store_once(engine: Engine, batch: list[OutboxEntry]) -> CentralWrite:
+    result = CentralWrite()
     if not batch:
         return result
-    by_key: dict[tuple, list[Receipt]] = {}
-    for receipt in batch:
-        key = (receipt.terminal_id, receipt.business_day, receipt.receipt_id)
-        by_key.setdefault(key, []).append(receipt)
-
     with _write_transaction(engine) as connection:
-        existing = _existing_hashes(connection, list(by_key))
-        outcomes: list[tuple[Receipt, Outcome]] = []
-        for key, deliveries in by_key.items():
-            known = existing.get(key)
-            # The reference content: what the database holds, else the batch's first delivery.
-            reference = known or deliveries[0].content_hash
-            inserted = False
-            for receipt in deliveries:
-                if receipt.content_hash != reference:
-                    result.reasons[id(receipt)] = _conflict_reason(known, deliveries[0])
-                    outcomes.append((receipt, Outcome.CONFLICT))
-                elif known is None and not inserted:
-                    inserted = True
-                    outcomes.append((receipt, Outcome.INSERTED))
-                else:
-                    outcomes.append((receipt, Outcome.DUPLICATE))
-        for receipt, outcome in outcomes:
-            {
-                Outcome.INSERTED: result.inserted,
-                Outcome.DUPLICATE: result.duplicates,
-                Outcome.CONFLICT: result.conflicts,
-            }[outcome].append(receipt)
+        held = _existing_delivery_ids(connection, [e.delivery_id for e in batch])
+        fresh = [e for e in batch if e.delivery_id not in held]
+        result.already_held = len(batch) - len(fresh)
+        result.stored = [e.seq for e in batch if e.delivery_id in held]
+
+        accepted = [e for e in fresh if e.receipt is not None]
+        keys = list(dict.fromkeys((e.terminal_id, e.business_day, e.receipt_id) for e in accepted))
+        central = _existing_hashes(connection, keys)
+        inserting: dict[tuple, OutboxEntry] = {}
+        for entry in accepted:
+            key = (entry.terminal_id, entry.business_day, entry.receipt_id)
+            there = central.get(key)
+            if there is not None and there != entry.content_hash:
+                result.refused[entry.seq] = (
+                    "the central database holds another receipt under this terminal, day and "
+                    f"receipt id (content hash {there[:12]}, ours {entry.content_hash[:12]}); "
+                    "not overwritten"
+                )
+            elif there is None:
+                inserting.setdefault(key, entry)
 
         loaded_at = datetime.now(UTC)
-        if result.inserted:
+        if inserting:
+            receipts = [(e.receipt, e.tenant) for e in inserting.values()]
             connection.execute(
                 insert(ReceiptRow.__table__),
-                [_header_row(r, tenant, loaded_at) for r in result.inserted],
+                [_header_row(r, tenant or "", loaded_at) for r, tenant in receipts],
             )
             connection.execute(
                 insert(ReceiptLineRow.__table__),
-                [row for r in result.inserted for row in _line_rows(r)],
+                [row for r, _ in receipts for row in _line_rows(r)],
             )
-        connection.execute(
-            insert(IngestLedgerRow.__table__),
-            [
-                _ledger_row(r, outcome, result.reasons.get(id(r)), run_id, detected_at, loaded_at)
-                for r, outcome in outcomes
-            ],
-        )
+            result.receipts_inserted = [r for r, _ in receipts]
+        ledger_rows = [_ledger_row(e, loaded_at) for e in fresh if e.seq not in result.refused]
+        if ledger_rows:
+            connection.execute(insert(IngestLedgerRow.__table__), ledger_rows)
+        result.stored += [e.seq for e in fresh if e.seq not in result.refused]
     return result
 
 
-def _conflict_reason(known: str | None, first: Receipt) -> str:
-    if known is not None:
-        return (
-            f"already loaded for this terminal and day with different content "
-            f"(content hash {known[:12]}); not overwritten"
+def _is_lost_race(exc: sa_exc.IntegrityError) -> bool:
+    """Did another writer store one of our receipt keys or deliveries first?"""
+    message = str(exc.orig)
+    return any(
+        marker in message
+        for marker in (
+            "uq_pos_receipt_key",
+            "UNIQUE constraint failed: pos_receipt.terminal_id",
+            "ux_pos_ingest_ledger_delivery",
+            "UNIQUE constraint failed: pos_ingest_ledger.delivery_id",
         )
-    # Truncated: the ledger's reason column holds 255 characters.
-    return (
-        f"delivered more than once in this batch with different content; the first delivery "
-        f"({first.source_file or 'unnamed'}) was loaded"
-    )[:255]
+    )
+
+
+def _existing_delivery_ids(connection: Connection, delivery_ids: list[str]) -> set[str]:
+    ledger = IngestLedgerRow.__table__
+    found: set[str] = set()
+    for start in range(0, len(delivery_ids), EXISTING_QUERY_CHUNK):
+        chunk = delivery_ids[start : start + EXISTING_QUERY_CHUNK]
+        found.update(
+            connection.execute(
+                select(ledger.c.delivery_id).where(ledger.c.delivery_id.in_(chunk))
+            ).scalars()
+        )
+    return found
 
 
 def _existing_hashes(connection: Connection, keys: list[tuple]) -> dict[tuple, str]:
@@ -704,79 +736,26 @@ def _line_rows(receipt: Receipt) -> list[dict]:
     ]
 
 
-def _ledger_row(
-    receipt: Receipt,
-    outcome: Outcome,
-    reason: str | None,
-    run_id: str | None,
-    detected_at: Mapping[str, datetime],
-    loaded_at: datetime,
-) -> dict:
-    detected = detected_at.get(receipt.source_file)
+def _utc(seconds: float | None) -> datetime | None:
+    return datetime.fromtimestamp(seconds, UTC) if seconds is not None else None
+
+
+def _ledger_row(entry: OutboxEntry, loaded_at: datetime) -> dict:
     return {
-        "terminal_id": receipt.terminal_id,
-        "business_day": receipt.business_day,
-        "receipt_id": receipt.receipt_id,
-        "source_file": receipt.source_file,
-        "content_hash": receipt.content_hash,
-        "run_id": run_id,
-        "outcome": outcome.value,
-        "reason": reason,
-        "detected_at": detected.astimezone(UTC) if detected else None,
+        "delivery_id": entry.delivery_id,
+        "terminal_id": entry.terminal_id,
+        "business_day": entry.business_day,
+        "receipt_id": entry.receipt_id,
+        "source_file": entry.source_file,
+        "content_hash": entry.content_hash,
+        "run_id": entry.run_id,
+        "outcome": entry.outcome.value,
+        # The ledger's reason column holds 255 characters.
+        "reason": entry.reason[:255] if entry.reason else None,
+        "detected_at": _utc(entry.detected_at),
         "loaded_at": loaded_at,
-        "dat_written_at": None,
+        "dat_written_at": _utc(entry.dat_written_at),
     }
-
-
-def mark_dat_written(
-    engine: Engine,
-    receipts: Iterable[Receipt],
-    *,
-    run_id: str | None = None,
-    written_at: datetime | None = None,
-) -> None:
-    """Record in the ledger that these receipts' .dat files are written.
-
-    Marks the not yet marked, non-conflict deliveries of each (key, content); with ``run_id``
-    only those of that run.
-    """
-    stamp = (written_at or datetime.now(UTC)).astimezone(UTC)
-    statement = dat_written_update(with_run_id=run_id is not None)
-    params = [
-        {
-            "b_terminal_id": r.terminal_id,
-            "b_business_day": r.business_day,
-            "b_receipt_id": r.receipt_id,
-            "b_content_hash": r.content_hash,
-            "b_written_at": stamp,
-            **({"b_run_id": run_id} if run_id is not None else {}),
-        }
-        for r in receipts
-    ]
-    if not params:
-        return
-    with engine.begin() as connection:
-        connection.execute(statement, params)
-
-
-def dat_written_update(*, with_run_id: bool) -> Update:
-    """The executemany UPDATE behind ``mark_dat_written`` (one parameter set per receipt)."""
-    ledger = IngestLedgerRow.__table__
-    statement = (
-        update(ledger)
-        .where(
-            ledger.c.terminal_id == bindparam("b_terminal_id"),
-            ledger.c.business_day == bindparam("b_business_day"),
-            ledger.c.receipt_id == bindparam("b_receipt_id"),
-            ledger.c.content_hash == bindparam("b_content_hash"),
-            ledger.c.outcome != Outcome.CONFLICT.value,
-            ledger.c.dat_written_at.is_(None),
-        )
-        .values(dat_written_at=bindparam("b_written_at"))
-    )
-    if with_run_id:
-        statement = statement.where(ledger.c.run_id == bindparam("b_run_id"))
-    return statement
 
 
 # --- reading -----------------------------------------------------------------------------------
