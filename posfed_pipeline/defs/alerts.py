@@ -1,0 +1,105 @@
+"""Alerts: an operator is told when a run fails or the central database falls too far behind.
+
+Both go through ``core.alerts`` (e-mail over SMTP, a webhook) as configured in ``[alerts]``.
+A sync run that failed only because the central database was out of reach is not alerted on
+its own (there is one every few seconds during an outage): the lag alert covers it, sent once
+when the lag crosses ``[sync] fail_after_seconds`` and once when it has recovered. An alert that
+cannot be delivered fails the sensor's tick, so Dagster shows it and the next tick tries again.
+"""
+
+import dagster as dg
+
+from posfed_pipeline.core import sync
+from posfed_pipeline.core.alerts import Alert, send_alert
+from posfed_pipeline.core.config import PosfedConfig
+from posfed_pipeline.core.ledger import open_ledger
+from posfed_pipeline.defs.central_db import FAILURE_KIND_TAG
+
+RUN_FAILURE_SENSOR = "run_failure_alert_sensor"
+LAG_SENSOR = "central_db_lag_alert_sensor"
+
+
+def run_failure_alert(config: PosfedConfig, run: dg.DagsterRun, message: str) -> Alert | None:
+    """The alert for a failed run, or None when another alert speaks for it."""
+    if run.tags.get(FAILURE_KIND_TAG) == "transient":
+        return None
+    partition = run.tags.get("dagster/partition")
+    where = f" for {partition}" if partition else ""
+    return Alert(
+        subject=f"{config.store_name}: run of {run.job_name}{where} failed",
+        body=f"The Dagster run {run.run_id} of {run.job_name}{where} failed.\n\n{message}",
+        kind="run_failure",
+        store_id=config.store_id,
+        details=(("run_id", run.run_id), ("job", run.job_name), ("partition", partition or "")),
+    )
+
+
+def lag_alert(config: PosfedConfig, level: sync.LagLevel, previous: str | None) -> Alert | None:
+    """An alert when the lag turns to FAIL, and one when it is OK again after that."""
+    ledger = open_ledger(config.home)
+    lag = ledger.lag()
+    state = ledger.sync_state()
+    details = (
+        ("receipts_pending", str(lag.pending_receipts)),
+        ("deliveries_pending", str(lag.pending_deliveries)),
+        ("lag_seconds", f"{lag.age_seconds():.0f}"),
+        ("refused_by_central_db", str(lag.parked)),
+        ("last_error", state.last_error or ""),
+    )
+    if level is sync.LagLevel.FAIL and previous != sync.LagLevel.FAIL:
+        return Alert(
+            subject=f"{config.store_name}: central database behind by {lag.age_seconds():.0f} s",
+            body="The central database is not receiving this store's receipts. The checkout "
+            "is not affected (every .dat file is written), and nothing is lost: the store "
+            "server keeps every receipt and sends it once the central database answers.\n\n"
+            f"{sync.describe_lag(lag)}.",
+            kind="sync_lag",
+            store_id=config.store_id,
+            details=details,
+        )
+    if level is sync.LagLevel.OK and previous == sync.LagLevel.FAIL:
+        return Alert(
+            subject=f"{config.store_name}: central database caught up",
+            body="The central database holds every receipt this store accepted again.",
+            kind="sync_recovered",
+            store_id=config.store_id,
+            details=details,
+        )
+    return None
+
+
+def build_alert_sensors(config: PosfedConfig) -> list[dg.SensorDefinition]:
+    settings = config.alerts
+
+    @dg.run_failure_sensor(
+        name=RUN_FAILURE_SENSOR,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description="E-mails (and/or posts to the webhook) when a run fails ([alerts]).",
+    )
+    def run_failure_alert_sensor(context: dg.RunFailureSensorContext):
+        if not settings.enabled:
+            return dg.SkipReason("no [alerts] configured")
+        alert = run_failure_alert(config, context.dagster_run, context.failure_event.message or "")
+        if alert is None:
+            return dg.SkipReason("central database out of reach: the lag alert covers it")
+        channels = send_alert(settings, alert)
+        context.log.info(f"alert sent by {', '.join(channels)}: {alert.subject}")
+
+    @dg.sensor(
+        name=LAG_SENSOR,
+        minimum_interval_seconds=30,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description="Alerts when the central database falls behind the store's ledger past "
+        "[sync] fail_after_seconds, and again when it has caught up.",
+    )
+    def central_db_lag_alert_sensor(context: dg.SensorEvaluationContext):
+        level = sync.lag_level(open_ledger(config.home).lag(), config.sync)
+        if not settings.enabled:
+            return dg.SkipReason(f"no [alerts] configured (lag: {level})")
+        alert = lag_alert(config, level, context.cursor)
+        if alert is not None:
+            send_alert(settings, alert)
+        context.update_cursor(str(level))
+        return dg.SkipReason(f"lag {level}" + (f"; alert sent: {alert.subject}" if alert else ""))
+
+    return [run_failure_alert_sensor, central_db_lag_alert_sensor]
