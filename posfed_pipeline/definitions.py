@@ -1,11 +1,14 @@
 """The whole posfed pipeline at a glance.
 
     POS terminal inbox ──(one sensor per terminal)──▶ receipts_job, partitioned terminal × day
-        receipt_files ─▶ validated_receipts ─▶ central_db_receipts ─▶ dat_files
+        receipt_files ─▶ validated_receipts ─▶ dat_files        (local ledger, then the .dat)
+    the store's ledger ──(central_db_sync_sensor)──▶ central_db_sync_job
+        validated_receipts ─▶ central_db_receipts               (store-and-forward, lag check)
     nightly schedules, for the day that closed:
         dat_files ─▶ daily_reconciliation (terminal × day)
         central_db_receipts ─▶ tenant_settlements (day)
         dat_files ─▶ archive_retention
+    alerts: a failed run, or a central database too far behind ─▶ e-mail / webhook
 
 Everything is built from the store's configuration (``posfed.toml`` or ``POSFED_CONFIG``):
 adding a terminal to it adds its sensor and its partitions.
@@ -14,8 +17,10 @@ adding a terminal to it adds its sensor and its partitions.
 import dagster as dg
 
 from posfed_pipeline.core.config import PosfedConfig, load_config
-from posfed_pipeline.defs.assets import build_receipt_assets
+from posfed_pipeline.defs.alerts import build_alert_sensors
+from posfed_pipeline.defs.assets import DAT_FILES, VALIDATED_RECEIPTS, build_receipt_assets
 from posfed_pipeline.defs.audits import build_audit_assets, build_audit_jobs_and_schedules
+from posfed_pipeline.defs.central_db import build_central_db_assets, build_sync_job_and_sensor
 from posfed_pipeline.defs.partitions import terminal_day_partitions
 from posfed_pipeline.defs.resources import central_db_resource
 from posfed_pipeline.defs.sensors import build_inbox_sensor
@@ -25,20 +30,29 @@ RECEIPTS_JOB = "receipts_job"
 
 def build_definitions(config: PosfedConfig) -> dg.Definitions:
     partitions = terminal_day_partitions(config)
-    assets = build_receipt_assets(config, partitions) + build_audit_assets(config, partitions)
+    assets = (
+        build_receipt_assets(config, partitions)
+        + build_central_db_assets(config)
+        + build_audit_assets(config, partitions)
+    )
     audit_jobs, audit_schedules = build_audit_jobs_and_schedules(config)
+    sync_job, sync_sensor = build_sync_job_and_sensor(config)
     receipts_job = dg.define_asset_job(
         RECEIPTS_JOB,
-        selection=dg.AssetSelection.groups("receipts"),
+        selection=dg.AssetSelection.assets(VALIDATED_RECEIPTS, DAT_FILES),
         # A run is a handful of milliseconds of work: a process per step would cost seconds.
         executor_def=dg.in_process_executor,
-        description="Validate, load and render one terminal's new receipts for one day.",
+        description="Validate, accept and render one terminal's new receipts for one day.",
     )
     return dg.Definitions(
         assets=assets,
-        jobs=[receipts_job, *audit_jobs],
+        jobs=[receipts_job, sync_job, *audit_jobs],
         schedules=audit_schedules,
-        sensors=[build_inbox_sensor(config, t, receipts_job) for t in config.terminals],
+        sensors=[
+            *(build_inbox_sensor(config, t, receipts_job) for t in config.terminals),
+            sync_sensor,
+            *build_alert_sensors(config),
+        ],
         # Credentials only ever come from the environment.
         resources={"central_db": central_db_resource(config)},
     )

@@ -7,6 +7,7 @@ import dagster as dg
 from posfed_pipeline.core import audit
 from posfed_pipeline.definitions import RECEIPTS_JOB, build_definitions
 from posfed_pipeline.defs.assets import ReceiptBatchConfig, receipt_op_config
+from posfed_pipeline.defs.central_db import SYNC_JOB
 from posfed_pipeline_tests.conftest import drop_receipt, receipt_doc
 from posfed_pipeline_tests.test_audit import DAY, TS
 
@@ -14,12 +15,17 @@ from posfed_pipeline_tests.test_audit import DAY, TS
 def _receive(config, instance, docs):
     terminal = config.terminal("bakery_1")
     names = [drop_receipt(terminal.inbox, doc).name for doc in docs]
-    job = build_definitions(config).resolve_job_def(RECEIPTS_JOB)
-    assert job.execute_in_process(
-        run_config=receipt_op_config(ReceiptBatchConfig(files=names)),
-        partition_key="2026-11-20|bakery_1",
-        instance=instance,
-    ).success
+    defs = build_definitions(config)
+    assert (
+        defs.resolve_job_def(RECEIPTS_JOB)
+        .execute_in_process(
+            run_config=receipt_op_config(ReceiptBatchConfig(files=names)),
+            partition_key="2026-11-20|bakery_1",
+            instance=instance,
+        )
+        .success
+    )
+    assert defs.resolve_job_def(SYNC_JOB).execute_in_process(instance=instance).success
 
 
 def _checks(result) -> dict[str, dg.AssetCheckEvaluation]:

@@ -15,14 +15,16 @@ def test_demo_store_definitions_load_with_one_sensor_per_terminal():
     dg.Definitions.validate_loadable(defs)
     assert len(config.terminals) == 20
     assert sorted(s.name for s in defs.sensors) == sorted(
-        f"{terminal_id}_inbox_sensor" for terminal_id in config.terminal_ids
+        [f"{terminal_id}_inbox_sensor" for terminal_id in config.terminal_ids]
+        + ["central_db_sync_sensor", "run_failure_alert_sensor", "central_db_lag_alert_sensor"]
     )
-    job = defs.resolve_job_def(RECEIPTS_JOB)
-    assert set(job.asset_layer.executable_asset_keys) >= {
+    receipts = defs.resolve_job_def(RECEIPTS_JOB)
+    assert set(receipts.asset_layer.executable_asset_keys) == {
         dg.AssetKey("validated_receipts"),
-        dg.AssetKey("central_db_receipts"),
         dg.AssetKey("dat_files"),
     }
+    sync = defs.resolve_job_def("central_db_sync_job")
+    assert set(sync.asset_layer.executable_asset_keys) == {dg.AssetKey("central_db_receipts")}
 
 
 def test_asset_lineage_runs_from_files_to_dat(config):
@@ -31,9 +33,13 @@ def test_asset_lineage_runs_from_files_to_dat(config):
     def parents(key: str) -> set[str]:
         return {k.to_user_string() for k in graph.get(dg.AssetKey(key)).parent_keys}
 
+    # The .dat never waits for the central database: both hang off the validated receipts.
     assert parents("validated_receipts") == {"receipt_files"}
+    assert parents("dat_files") == {"validated_receipts"}
     assert parents("central_db_receipts") == {"validated_receipts"}
-    assert parents("dat_files") == {"central_db_receipts"}
+    assert parents("tenant_settlements") == {"central_db_receipts"}
+    checks = {key.name for key in graph.asset_check_keys}
+    assert "central_db_lag" in checks
 
 
 def test_adding_a_terminal_adds_its_sensor_and_partitions(config, tmp_path):

@@ -12,6 +12,7 @@ import dagster as dg
 
 from posfed_pipeline.core import store
 from posfed_pipeline.core.config import load_config
+from posfed_pipeline.core.ledger import open_ledger
 from posfed_pipeline.definitions import RECEIPTS_JOB, build_definitions
 from posfed_pipeline.defs.assets import ReceiptBatchConfig, receipt_op_config
 from posfed_pipeline_tests.conftest import REPO_ROOT, drop_receipt, receipt_doc, write_store_config
@@ -47,7 +48,7 @@ def test_unwritable_dat_folder_is_retried_with_backoff_and_nothing_is_lost(confi
     assert elapsed >= 1.0  # the first backoff is 1 s
     assert (config.dat_dir / "20261120" / "scon10R1.dat").is_file()
     assert (terminal.archive_dir(DAY) / "R1.json").is_file()
-    assert store.count_receipts(engine, "bakery_1", DAY) == 1
+    assert open_ledger(config.home).delivery_outcomes() == [("R1.json", "R1", "inserted")]
 
 
 def _unblock_after_first_retry(instance: dg.DagsterInstance, blocker: Path) -> None:
@@ -76,24 +77,32 @@ def test_backfill_from_the_dagster_cli_reprocesses_the_archive(tmp_path):
     env.pop("POSFED_HOME", None)
     env.pop("POSFED_DB_URL", None)
     (tmp_path / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
-    completed = subprocess.run(
-        [
-            str(Path(sys.executable).with_name("dagster")),
-            "asset",
-            "materialize",
-            "-m",
-            "posfed_pipeline.definitions",
-            "--select",
-            "validated_receipts,central_db_receipts,dat_files",
-            "--partition",
-            "2026-11-20|bakery_1",
-        ],
-        cwd=REPO_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
-    assert completed.returncode == 0, completed.stderr[-3000:]
+
+    def materialize(selection: str, *partition: str) -> None:
+        completed = subprocess.run(
+            [
+                str(Path(sys.executable).with_name("dagster")),
+                "asset",
+                "materialize",
+                "-m",
+                "posfed_pipeline.definitions",
+                "--select",
+                selection,
+                *partition,
+            ],
+            cwd=REPO_ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
+        assert completed.returncode == 0, completed.stderr[-3000:]
+
+    materialize("validated_receipts,dat_files", "--partition", "2026-11-20|bakery_1")
     assert (config.dat_dir / "20261120" / "scon10OLD1.dat").read_bytes().startswith(b"0010OLD1")
     assert (archive_day / "OLD1.json").is_file()  # a backfill leaves the archive as it is
+    # The day's receipts went back to the outbox: the next sync brings the central database
+    # up to date with the archive.
+    assert store.count_receipts(engine, "bakery_1", DAY) == 0
+    materialize("central_db_receipts")
+    assert store.count_receipts(engine, "bakery_1", DAY) == 1

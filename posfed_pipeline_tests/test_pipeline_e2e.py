@@ -12,6 +12,7 @@ from sqlalchemy import select
 from posfed_pipeline.core import store
 from posfed_pipeline.definitions import RECEIPTS_JOB, build_definitions
 from posfed_pipeline.defs.assets import ReceiptBatchConfig, receipt_op_config
+from posfed_pipeline.defs.central_db import SYNC_JOB
 from posfed_pipeline_tests.conftest import drop_receipt, receipt_doc
 
 DAY = date(2026, 11, 20)
@@ -23,12 +24,15 @@ EXPECTED_DAT = (
 
 
 def _run(config, instance, files: list[str]) -> dg.ExecuteInProcessResult:
-    job = build_definitions(config).resolve_job_def(RECEIPTS_JOB)
-    return job.execute_in_process(
+    """A receipts run, then a central database sync run, as the launchers would start them."""
+    defs = build_definitions(config)
+    result = defs.resolve_job_def(RECEIPTS_JOB).execute_in_process(
         run_config=receipt_op_config(ReceiptBatchConfig(files=files)),
         partition_key=PARTITION,
         instance=instance,
     )
+    assert defs.resolve_job_def(SYNC_JOB).execute_in_process(instance=instance).success
+    return result
 
 
 def _rows(engine):
@@ -61,11 +65,7 @@ def test_terminal_day_materializes_rows_and_exact_dat_bytes(config, engine):
             for e in [e.event_specific_data.materialization]
         }
 
-    assert materialized == {
-        ("validated_receipts", PARTITION),
-        ("central_db_receipts", PARTITION),
-        ("dat_files", PARTITION),
-    }
+    assert materialized == {("validated_receipts", PARTITION), ("dat_files", PARTITION)}
     headers, lines = _rows(engine)
     assert [
         (h["terminal_id"], h["business_day"], h["receipt_id"], h["total"], h["tenant"])
@@ -158,14 +158,23 @@ def test_redelivery_and_backfill_are_idempotent(config, engine):
         assert _run(config, instance, ["R0001.json"]).success
         before = _rows(engine)
 
-        # The same receipt delivered again under another name: one row set, same .dat.
-        drop_receipt(terminal.inbox, doc, name="R0001-again.json")
-        assert _run(config, instance, ["R0001-again.json"]).success
-        assert _rows(engine) == before
-        assert dat_file.read_bytes() == EXPECTED_DAT
-
-        # A backfill of the partition re-processes the archive: nothing changes.
+        # The billing software took the .dat away; the same receipt is delivered again under
+        # another name: one row set, and the sale is not billed a second time.
         dat_file.unlink()
+        drop_receipt(terminal.inbox, doc, name="R0001-again.json")
+        again = _run(config, instance, ["R0001-again.json"])
+        assert again.success
+        assert _rows(engine) == before
+        assert not dat_file.exists()
+        [validated] = [
+            e.event_specific_data.materialization
+            for e in again.get_asset_materialization_events()
+            if e.asset_key.to_user_string() == "validated_receipts"
+        ]
+        assert validated.metadata["redeliveries"].value == 1
+
+        # A backfill of the partition (an operator's explicit act) re-processes the archive:
+        # the day's .dat files are written again, byte-identical; the rows do not change.
         assert _run(config, instance, []).success
         assert _rows(engine) == before
         assert dat_file.read_bytes() == EXPECTED_DAT
@@ -207,6 +216,7 @@ def test_two_terminals_of_one_department_never_overwrite_each_others_dat(config,
     from posfed_pipeline.core import processing
     from posfed_pipeline.core.config import Terminal
     from posfed_pipeline.core.dat import load_spec
+    from posfed_pipeline.core.ledger import open_ledger
 
     # A second bakery terminal (same department 10) whose counter also reached R0001.
     bakery_2 = Terminal(
@@ -221,7 +231,8 @@ def test_two_terminals_of_one_department_never_overwrite_each_others_dat(config,
     spec = load_spec(config.dat_spec)
     first = config.terminal("bakery_1")
     drop_receipt(first.inbox, receipt_doc("R0001", timestamp="2026-11-20T10:15:00+01:00"))
-    processing.process_batch(config, first, list(first.inbox.iterdir()), engine=engine, spec=spec)
+    ledger = open_ledger(config.home)
+    processing.process_batch(config, first, list(first.inbox.iterdir()), ledger=ledger, spec=spec)
     other = receipt_doc(
         "R0001",
         "bakery_2",
@@ -234,7 +245,7 @@ def test_two_terminals_of_one_department_never_overwrite_each_others_dat(config,
     drop_receipt(bakery_2.inbox, other)
 
     summary = processing.process_batch(
-        config, bakery_2, list(bakery_2.inbox.iterdir()), engine=engine, spec=spec
+        config, bakery_2, list(bakery_2.inbox.iterdir()), ledger=ledger, spec=spec
     )
 
     assert summary.receipts_rejected == 1

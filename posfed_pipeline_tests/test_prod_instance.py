@@ -190,11 +190,16 @@ def test_prod_profile_records_runs_and_ticks_in_postgres(running_daemon, pg_data
         ).fetchone()
         assert ticks_with_run >= 1
 
+    # The central database gets it from the store's ledger: the sync sensor's run, by itself.
     register_dsn = f"host=127.0.0.1 port=5432 user=postgres dbname={pg_databases['register']}"
-    with psycopg.connect(register_dsn) as db:
-        assert db.execute("SELECT terminal_id, receipt_id, total FROM pos_receipt").fetchall() == [
-            ("bakery_1", "P0001", Decimal("6.40"))
-        ]
+
+    def registered():
+        with psycopg.connect(register_dsn) as db:
+            return db.execute("SELECT terminal_id, receipt_id, total FROM pos_receipt").fetchall()
+
+    assert wait_for(registered, 60, "the central database sync", log) == [
+        ("bakery_1", "P0001", Decimal("6.40"))
+    ]
 
 
 def _venv_bin(name: str) -> Path:

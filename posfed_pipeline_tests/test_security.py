@@ -25,9 +25,12 @@ from sqlalchemy import event, inspect, select
 from posfed_pipeline.core import store
 from posfed_pipeline.core.config import ConfigError, config_from_dict, load_config
 from posfed_pipeline.core.dat import load_spec
+from posfed_pipeline.core.ledger import open_ledger
 from posfed_pipeline.core.processing import process_batch
+from posfed_pipeline.core.sync import sync_pending
 from posfed_pipeline.definitions import RECEIPTS_JOB, build_definitions
 from posfed_pipeline.defs.assets import ReceiptBatchConfig, receipt_op_config
+from posfed_pipeline.defs.central_db import SYNC_JOB
 from posfed_pipeline.defs.partitions import terminal_day_key
 from posfed_pipeline_tests.conftest import (
     REPO_ROOT,
@@ -58,7 +61,8 @@ def _files_under(root: Path) -> set[Path]:
 
 
 def _run_sensor_and_runs(config, instance) -> list[dg.ExecuteInProcessResult]:
-    """What the daemon does for one terminal: a sensor tick, then each of its runs."""
+    """What the daemon does for one terminal: a sensor tick, then each of its runs, then the
+    central database sync; returns the receipt runs' results."""
     defs = build_definitions(config)
     sensor = defs.resolve_sensor_def("bakery_1_inbox_sensor")
     job = defs.resolve_job_def(RECEIPTS_JOB)
@@ -72,6 +76,7 @@ def _run_sensor_and_runs(config, instance) -> list[dg.ExecuteInProcessResult]:
                 raise_on_error=False,
             )
         )
+    assert defs.resolve_job_def(SYNC_JOB).execute_in_process(instance=instance).success
     return results
 
 
@@ -152,11 +157,13 @@ def test_receipt_text_reaches_the_database_only_as_bound_parameters(config, host
     doc = receipt_doc("SQL1")
     doc["items"][0]["description"] = HOSTILE_TEXT
     path = drop_receipt(terminal.inbox, doc)
+    ledger = open_ledger(config.home)
     summary = process_batch(
-        config, terminal, [path], engine=hostile_db, spec=load_spec(config.dat_spec)
+        config, terminal, [path], ledger=ledger, spec=load_spec(config.dat_spec)
     )
+    sync_pending(ledger, hostile_db)
 
-    assert summary.inserted == 1
+    assert len(summary.acceptance.inserted) == 1
     assert statements
     assert not [s for s, _ in statements if "DROP TABLE" in s or "Brood'" in s]
     assert any(HOSTILE_TEXT in repr(params) for _, params in statements)

@@ -177,9 +177,7 @@ def test_business_day_falls_back_to_arrival_day_for_unparseable_files(config):
 
 
 def test_files_of_a_failed_run_are_launched_again_and_then_processed_once(config, tmp_path):
-    from sqlalchemy import func, select
-
-    from posfed_pipeline.core import store
+    from posfed_pipeline.core.ledger import open_ledger
     from posfed_pipeline.definitions import RECEIPTS_JOB
 
     config = replace(config, relaunch_after_seconds=0.0, _by_id={})
@@ -188,29 +186,29 @@ def test_files_of_a_failed_run_are_launched_again_and_then_processed_once(config
     defs = build_definitions(config)
     sensor = defs.resolve_sensor_def("bakery_1_inbox_sensor")
     job = defs.resolve_job_def(RECEIPTS_JOB)
+    # The same job while its .dat layout spec is missing (a botched deployment).
+    missing_spec = replace(config, dat_spec=tmp_path / "missing.json", _by_id={})
+    broken_job = build_definitions(missing_spec).resolve_job_def(RECEIPTS_JOB)
 
     with dg.instance_for_test() as instance:
         first = _tick(sensor, None, instance)
-        # The central database has no schema yet: the run fails, the file stays put.
         assert not _run_as_the_daemon_would(
-            job, first.run_requests[0], instance, sensor.name
+            broken_job, first.run_requests[0], instance, sensor.name
         ).success
-        assert (terminal.inbox / "R0007.json").exists()
+        assert (terminal.inbox / "R0007.json").exists()  # the run failed: the file stays put
 
         second = _tick(sensor, first.cursor, instance)
         [retry] = second.run_requests
         assert retry.run_key == first.run_requests[0].run_key + ":retry1"
         assert retry.run_config == first.run_requests[0].run_config
 
-        engine = store.make_engine(config.db_url)
-        store.upgrade_database(engine)  # the cause is gone
+        # The cause is gone.
         assert _run_as_the_daemon_would(job, retry, instance, sensor.name).success
 
         third = _tick(sensor, second.cursor, instance)
         assert third.run_requests == []
     assert not (terminal.inbox / "R0007.json").exists()
-    with engine.connect() as connection:
-        assert connection.execute(select(func.count()).select_from(store.ReceiptRow)).scalar() == 1
+    assert open_ledger(config.home).delivery_outcomes() == [("R0007.json", "R0007", "inserted")]
 
 
 def test_while_the_trigger_is_alive_the_sensor_only_catches_up_on_old_files(config):

@@ -1,13 +1,12 @@
-"""Assets: receipt files → validated receipts → central DB rows → .dat files.
+"""Assets: receipt files → validated receipts → .dat files, one terminal-day per run.
 
-The three computed assets are materialized by one step on purpose: a receipt is validated,
-loaded and rendered as one unit (never half-loaded), and one step keeps a run short. Lineage,
-metadata and checks are still reported per asset.
+Both computed assets are materialized by one step that runs ``processing.process_batch`` (the
+one sequence of stages, also what the tests run): a receipt is validated, accepted by the local
+ledger and rendered as one unit, and one step keeps a run short. The central database is fed
+from the ledger by its own asset (``defs.central_db``), so it never delays a .dat file.
 """
 
-import time
 from contextlib import contextmanager
-from decimal import Decimal
 
 import dagster as dg
 from pydantic import Field
@@ -15,13 +14,12 @@ from pydantic import Field
 from posfed_pipeline.core import inbox, processing, retention, store
 from posfed_pipeline.core.config import PosfedConfig
 from posfed_pipeline.core.dat import check_dat, load_spec
+from posfed_pipeline.core.ledger import open_ledger
 from posfed_pipeline.defs.partitions import split_terminal_day_key
-from posfed_pipeline.defs.resources import CentralDbResource
 
 GROUP = "receipts"
 RECEIPT_FILES = dg.AssetKey("receipt_files")
 VALIDATED_RECEIPTS = dg.AssetKey("validated_receipts")
-CENTRAL_DB_RECEIPTS = dg.AssetKey("central_db_receipts")
 DAT_FILES = dg.AssetKey("dat_files")
 PIPELINE_OP = "receipt_pipeline"
 
@@ -55,19 +53,13 @@ def build_receipt_assets(
             dg.AssetSpec(
                 VALIDATED_RECEIPTS,
                 deps=[RECEIPT_FILES],
-                description="Receipts that passed the pandera schemas; the rest are "
-                "quarantined with their reasons.",
-                kinds={"pandas", "pandera"},
-            ),
-            dg.AssetSpec(
-                CENTRAL_DB_RECEIPTS,
-                deps=[VALIDATED_RECEIPTS],
-                description="Receipt and line rows in the central register's database.",
-                kinds={"sqlalchemy"},
+                description="Receipts that passed the pandera schemas and were accepted by the "
+                "store's local ledger; the rest are quarantined with their reasons.",
+                kinds={"pandas", "pandera", "sqlite"},
             ),
             dg.AssetSpec(
                 DAT_FILES,
-                deps=[CENTRAL_DB_RECEIPTS],
+                deps=[VALIDATED_RECEIPTS],
                 description="Fixed-width .dat files for the central billing software.",
                 kinds={"file"},
             ),
@@ -86,21 +78,13 @@ def build_receipt_assets(
         ],
         partitions_def=partitions,
         group_name=GROUP,
-        # Transient failures (a locked database, a busy disk) retry at 1 s, 2 s, 4 s.
+        # Transient failures (a locked ledger, a busy disk) retry at 1 s, 2 s, 4 s.
         retry_policy=dg.RetryPolicy(max_retries=3, delay=1, backoff=dg.Backoff.EXPONENTIAL),
     )
-    def receipt_pipeline(
-        context: dg.AssetExecutionContext,
-        config: ReceiptBatchConfig,
-        central_db: CentralDbResource,
-    ):
+    def receipt_pipeline(context: dg.AssetExecutionContext, config: ReceiptBatchConfig):
         terminal_id, day = split_terminal_day_key(context.partition_key)
         terminal = posfed.terminal(terminal_id)
         spec = load_spec(posfed.dat_spec)
-        with classified_errors("central database"):
-            central_db.check_schema()
-            engine = central_db.get_engine()
-
         from_archive = not config.files
         if from_archive:
             restored = retention.restore_day(terminal, day)
@@ -114,80 +98,60 @@ def build_receipt_assets(
                 paths = [inbox.inbox_path(terminal, name) for name in config.files]
             except ValueError as exc:
                 raise dg.Failure(description=str(exc), allow_retries=False) from None
-        mtimes = {p.name: _mtime(p) for p in paths}
-        move = not from_archive
 
-        batch = processing.read_batch(
-            terminal,
-            paths,
-            quarantine=move,
-            incomplete_grace_seconds=posfed.incomplete_grace_seconds if move else 0.0,
-        )
-        if batch.deferred:
+        with classified_errors("processing receipts"):
+            result = processing.process_batch(
+                posfed,
+                terminal,
+                paths,
+                ledger=open_ledger(posfed.home),
+                spec=spec,
+                from_archive=from_archive,
+                run_id=context.run.run_id,
+                day=day,
+            )
+        if result.intake.deferred:
             # The terminal's sensor looks at them again once their writer had time to finish.
             context.log.warning(
-                f"{len(batch.deferred)} file(s) unreadable but modified in the last "
+                f"{len(result.intake.deferred)} file(s) unreadable but modified in the last "
                 f"{posfed.incomplete_grace_seconds:g} s, left in the inbox: "
-                + ", ".join(batch.deferred[:20])
+                + ", ".join(result.intake.deferred[:20])
             )
-        report = processing.validate(
-            posfed, terminal, batch, quarantine=move, check_age=move, spec=spec
-        )
-        rejected = len(batch.rejected) + len(report.invalid)
+        acceptance = result.acceptance
         yield dg.MaterializeResult(
             asset_key=VALIDATED_RECEIPTS,
             metadata={
-                "files": len(paths) - len(batch.missing) - len(batch.deferred),
-                "receipts_valid": len(report.valid),
-                "receipts_rejected": rejected,
-                "already_handled": len(batch.missing),
-                "still_being_written": len(batch.deferred),
+                "files": result.files,
+                "receipts_valid": len(result.validation.valid),
+                "receipts_rejected": result.receipts_rejected,
+                "receipts_accepted": len(acceptance.inserted),
+                "redeliveries": len(acceptance.redelivered),
+                "conflicts_quarantined": 0 if from_archive else len(acceptance.conflicts),
+                "already_handled": len(result.intake.missing),
+                "still_being_written": len(result.intake.deferred),
+                "amount_accepted": dg.MetadataValue.text(str(result.amount_accepted)),
             },
         )
-        total = len(report.valid) + rejected
+        checked = len(result.validation.valid) + result.rejected_files
         yield dg.AssetCheckResult(
             asset_key=VALIDATED_RECEIPTS,
             check_name="validation_pass_rate",
-            passed=rejected == 0,
+            passed=result.rejected_files == 0,
             severity=dg.AssetCheckSeverity.WARN,
             metadata={
-                "pass_rate": dg.MetadataValue.float(len(report.valid) / total if total else 1.0),
-                "rejected": rejected,
-                "reasons": dg.MetadataValue.md(_reasons_table(batch, report)),
-            },
-        )
-
-        with classified_errors("loading into the central database"):
-            loaded = processing.load(
-                engine, terminal, batch, report.valid, quarantine=move, run_id=context.run.run_id
-            )
-        yield dg.MaterializeResult(
-            asset_key=CENTRAL_DB_RECEIPTS,
-            metadata={
-                "receipts_inserted": len(loaded.inserted),
-                "receipts_already_loaded": len(loaded.duplicates),
-                "conflicts_quarantined": len(loaded.conflicts),
-                "conflicts": dg.MetadataValue.md(_conflicts_table(loaded)),
-                "lines": loaded.line_count,
-                "amount_total": dg.MetadataValue.text(
-                    str(sum((r.total for r in loaded.inserted), Decimal("0.00")))
+                "pass_rate": dg.MetadataValue.float(
+                    (checked - result.rejected_files) / checked if checked else 1.0
                 ),
+                "rejected": result.rejected_files,
+                "reasons": dg.MetadataValue.md(_reasons_table(result)),
             },
         )
-
-        accepted = loaded.inserted + loaded.duplicates
-        with classified_errors("writing .dat files"):
-            written = processing.emit(
-                posfed, terminal, spec, accepted, engine=engine, run_id=context.run.run_id
-            )
-            if move:
-                processing.archive(terminal, batch, accepted)
-        now = time.time()
-        latencies = sorted(now - mtimes[r.source_file] for r in accepted if r.source_file in mtimes)
+        latencies = result.dat_seconds
         yield dg.MaterializeResult(
             asset_key=DAT_FILES,
             metadata={
-                "dat_files": len(written),
+                "dat_files": len(result.dat_files),
+                "redeliveries_not_reemitted": len(acceptance.redelivered),
                 "folder": dg.MetadataValue.path(str(posfed.dat_dir)),
                 "spec": spec.name,
                 "max_file_to_dat_seconds": dg.MetadataValue.float(
@@ -196,18 +160,22 @@ def build_receipt_assets(
                 "median_file_to_dat_seconds": dg.MetadataValue.float(
                     round(latencies[len(latencies) // 2], 3) if latencies else 0.0
                 ),
+                **({"deliveries_resynced": result.resynced} if from_archive else {}),
             },
         )
         failures = [
             f"{path.name}: {problems[0]}"
-            for path in written
+            for path in result.dat_files
             if (problems := check_dat(path.read_bytes(), spec.version_for(day)))
         ]
         yield dg.AssetCheckResult(
             asset_key=DAT_FILES,
             check_name="dat_files_reparse",
             passed=not failures,
-            metadata={"checked": len(written), "failures": dg.MetadataValue.json(failures)},
+            metadata={
+                "checked": len(result.dat_files),
+                "failures": dg.MetadataValue.json(failures),
+            },
         )
 
     return [receipt_files, receipt_pipeline]
@@ -230,29 +198,13 @@ def classified_errors(stage: str):
         ) from exc
 
 
-def _mtime(path) -> float:
-    try:
-        return path.stat().st_mtime
-    except OSError:
-        return time.time()
-
-
-def _reasons_table(batch: processing.IntakeResult, report) -> str:
-    rows = [(path.name, problems) for path, problems in batch.rejected]
-    rows += [(r.source_file, problems) for r, problems in report.invalid]
+def _reasons_table(result: processing.BatchResult) -> str:
+    rows = [(path.name, problems[0]) for path, problems in result.intake.rejected]
+    rows += [(r.source_file, problems[0]) for r, problems in result.validation.invalid]
+    rows += [(r.source_file, reason) for r, reason in result.acceptance.conflicts]
     if not rows:
         return "No rejected receipts."
-    lines = ["| file | first problem | problems |", "|---|---|---|"]
-    for name, problems in rows[:50]:
-        lines.append(f"| {name} | {str(problems[0]).replace('|', '/')} | {len(problems)} |")
-    return "\n".join(lines)
-
-
-def _conflicts_table(loaded) -> str:
-    if not loaded.conflicts:
-        return "No conflicts."
-    lines = ["| receipt | file | reason |", "|---|---|---|"]
-    for receipt in loaded.conflicts[:50]:
-        reason = loaded.conflict_reason(receipt).replace("|", "/")
-        lines.append(f"| {receipt.receipt_id} | {receipt.source_file} | {reason} |")
+    lines = ["| file | first problem |", "|---|---|"]
+    for name, problem in rows[:50]:
+        lines.append(f"| {name} | {str(problem).replace('|', '/')} |")
     return "\n".join(lines)

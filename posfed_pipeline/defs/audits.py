@@ -11,12 +11,10 @@ import dagster as dg
 from posfed_pipeline.core import audit, retention
 from posfed_pipeline.core.config import PosfedConfig
 from posfed_pipeline.core.dat import load_spec
-from posfed_pipeline.defs.assets import CENTRAL_DB_RECEIPTS, DAT_FILES
-from posfed_pipeline.defs.partitions import (
-    DAY_DIMENSION,
-    split_terminal_day_key,
-    terminal_day_key,
-)
+from posfed_pipeline.core.ledger import open_ledger
+from posfed_pipeline.defs.assets import DAT_FILES
+from posfed_pipeline.defs.central_db import CENTRAL_DB_RECEIPTS
+from posfed_pipeline.defs.partitions import split_terminal_day_key, terminal_day_key
 from posfed_pipeline.defs.resources import CentralDbResource
 
 AUDIT_GROUP = "audits"
@@ -61,7 +59,12 @@ def build_audit_assets(
         terminal_id, day = split_terminal_day_key(context.partition_key)
         terminal = config.terminal(terminal_id)
         result = audit.reconcile_terminal_day(
-            config, terminal, day, central_db.get_engine(), load_spec(config.dat_spec)
+            config,
+            terminal,
+            day,
+            central_db.get_engine(),
+            load_spec(config.dat_spec),
+            ledger=open_ledger(config.home),
         )
         mismatches = result.mismatches()
         db_side = {k: v for k, v in mismatches.items() if "database" in k or "archive" in k}
@@ -71,6 +74,7 @@ def build_audit_assets(
                 "receipts_in_archive": len(result.archived),
                 "rows_in_database": len(result.loaded),
                 "dat_files_ok": len(result.dat_ok),
+                "waiting_for_the_central_database": len(result.pending_sync),
                 "mismatches": dg.MetadataValue.json(mismatches),
             }
         )
@@ -87,14 +91,7 @@ def build_audit_assets(
 
     @dg.asset(
         key=TENANT_SETTLEMENTS,
-        deps=[
-            dg.AssetDep(
-                CENTRAL_DB_RECEIPTS,
-                partition_mapping=dg.MultiToSingleDimensionPartitionMapping(
-                    partition_dimension_name=DAY_DIMENSION
-                ),
-            )
-        ],
+        deps=[CENTRAL_DB_RECEIPTS],
         partitions_def=daily_partitions(config),
         group_name=AUDIT_GROUP,
         kinds={"csv", "sqlalchemy"},
@@ -135,11 +132,14 @@ def build_audit_assets(
         done = retention.compress_old_days(config, keep_days=config.retention_days, today=today)
         for item in done:
             context.log.info(f"compressed {item.folder} ({item.files} files) into {item.archive}")
+        # The ledger keeps what it needs to recognise a re-delivery for as long as the archive.
+        pruned = open_ledger(config.home).prune(today - timedelta(days=config.retention_days))
         return dg.MaterializeResult(
             metadata={
                 "days_compressed": len(done),
                 "files_compressed": sum(d.files for d in done),
                 "archives": dg.MetadataValue.json([str(d.archive) for d in done]),
+                "ledger_receipts_pruned": pruned,
             }
         )
 

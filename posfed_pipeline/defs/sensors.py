@@ -23,8 +23,8 @@ from posfed_pipeline.core import claims, inbox, intake
 from posfed_pipeline.core.config import PosfedConfig, Terminal
 from posfed_pipeline.defs.assets import ReceiptBatchConfig, receipt_op_config
 from posfed_pipeline.defs.partitions import terminal_day_key
+from posfed_pipeline.run_tags import TERMINAL_TAG
 
-TERMINAL_TAG = "posfed/terminal"
 # A claim with no run after this long belongs to a launcher that died before creating it.
 ORPHAN_CLAIM_SECONDS = 30.0
 

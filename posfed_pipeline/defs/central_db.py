@@ -1,0 +1,216 @@
+"""The central database, fed from the store's local ledger (store-and-forward).
+
+    validated_receipts ─▶ central_db_receipts      (central_db_sync_job)
+
+A sync run drains the ledger's outbox into the central database and reports what it stored;
+its ``central_db_lag`` check says how far behind the central database is (warn past a minute,
+fail past fifteen, by default). Runs come from ``central_db_sync_sensor`` (every daemon tick,
+the catch-up path) and from the fast path's trigger (right after receipt runs). Only one sync
+runs at a time per store (the ledger's sync slot), and after a failure the next waits 1 s, 2 s,
+4 s … capped: a central database that is away costs one short failed run now and then, never
+a .dat file.
+"""
+
+import time
+
+import dagster as dg
+
+from posfed_pipeline.core import claims, store, sync
+from posfed_pipeline.core.config import PosfedConfig
+from posfed_pipeline.core.db_timeouts import DeadlineExceeded
+from posfed_pipeline.core.ledger import Ledger, open_ledger
+from posfed_pipeline.defs.assets import GROUP, VALIDATED_RECEIPTS
+from posfed_pipeline.defs.resources import CentralDbResource
+from posfed_pipeline.run_tags import LANE_TAG, RUN_KEY_TAG, SYNC_LANE
+
+CENTRAL_DB_RECEIPTS = dg.AssetKey("central_db_receipts")
+LAG_CHECK = "central_db_lag"
+SYNC_JOB = "central_db_sync_job"
+SYNC_SENSOR = "central_db_sync_sensor"
+# Set on a sync run that failed because the central database was out of reach: its lag check
+# (and the lag alert) speak for it, a run-failure alert per attempt would only be noise.
+FAILURE_KIND_TAG = "posfed/sync_failure"
+# A slot taken for a run that never appeared belongs to a launcher that died first.
+ORPHAN_SLOT_SECONDS = 30.0
+
+
+def sync_run_key() -> str:
+    return f"central_db_sync:{time.time_ns()}"
+
+
+def sync_run_tags() -> dict[str, str]:
+    return {LANE_TAG: SYNC_LANE}
+
+
+def slot_holder_done(instance: dg.DagsterInstance):
+    """For ``Ledger.take_sync_slot``: has the run holding the slot ended?"""
+
+    def done(run_key: str, taken_at: float) -> bool:
+        records = instance.get_run_records(
+            filters=dg.RunsFilter(tags={RUN_KEY_TAG: run_key}), limit=1
+        )
+        if records:
+            return records[0].dagster_run.is_finished
+        return time.time() - taken_at > ORPHAN_SLOT_SECONDS
+
+    return done
+
+
+def build_central_db_assets(config: PosfedConfig) -> list[dg.AssetsDefinition]:
+    policy = config.sync
+
+    @dg.asset(
+        key=CENTRAL_DB_RECEIPTS,
+        deps=[VALIDATED_RECEIPTS],
+        group_name=GROUP,
+        kinds={"sqlalchemy"},
+        description="Receipt, line and ingest-ledger rows in the central register's database, "
+        "fed from the store's local ledger in bulk, idempotently, in receipt order per terminal.",
+        check_specs=[
+            dg.AssetCheckSpec(
+                LAG_CHECK,
+                asset=CENTRAL_DB_RECEIPTS,
+                description=f"The central database is at most {policy.warn_after_seconds:g} s "
+                f"behind the store's ledger (warns beyond; fails past "
+                f"{policy.fail_after_seconds:g} s or when it refuses a receipt).",
+            )
+        ],
+    )
+    def central_db_receipts(context: dg.AssetExecutionContext, central_db: CentralDbResource):
+        ledger = open_ledger(config.home)
+        run_key = context.run.tags.get(RUN_KEY_TAG)
+        error: Exception | None = None
+        done = sync.SyncPass()
+        try:
+            engine = central_db.get_engine()
+            sync.check_central_schema(engine, policy)
+            done = sync.sync_pending(ledger, engine, policy)
+        except Exception as exc:  # judged below, after the ledger and the check are updated
+            error = exc
+        state = ledger.finish_sync(
+            run_key, error=str(error) if error else None, backoff=policy.backoff_seconds
+        )
+        if error is None:
+            yield dg.MaterializeResult(metadata=_pass_metadata(done))
+        yield lag_check_result(ledger, policy, state)
+        if error is not None:
+            raise _sync_failure(context, error, state)
+
+    return [central_db_receipts]
+
+
+def _pass_metadata(done: sync.SyncPass) -> dict:
+    table = ["| terminal | day | receipts |", "|---|---|---:|"]
+    table += [
+        f"| {terminal} | {day} | {count} |"
+        for (terminal, day), count in sorted(done.by_terminal_day.items())
+    ]
+    return {
+        "deliveries_stored": done.deliveries,
+        "receipts_inserted": done.receipts_inserted,
+        "lines_inserted": done.lines_inserted,
+        "already_stored": done.already_held,
+        "refused": len(done.refused),
+        "batches": done.batches,
+        "seconds": dg.MetadataValue.float(round(done.seconds, 3)),
+        "outbox_emptied": done.complete,
+        "receipts_by_terminal_day": dg.MetadataValue.md(
+            "\n".join(table) if done.by_terminal_day else "Nothing new."
+        ),
+    }
+
+
+def lag_check_result(ledger: Ledger, policy: sync.SyncPolicy, state=None) -> dg.AssetCheckResult:
+    lag = ledger.lag()
+    level = sync.lag_level(lag, policy)
+    state = state or ledger.sync_state()
+    metadata = {
+        "lag_seconds": dg.MetadataValue.float(round(lag.age_seconds(), 1)),
+        "receipts_pending": lag.pending_receipts,
+        "deliveries_pending": lag.pending_deliveries,
+        "refused_by_central_db": lag.parked,
+        "failed_attempts_in_a_row": state.failures,
+        "summary": dg.MetadataValue.text(sync.describe_lag(lag)),
+    }
+    if state.last_error:
+        metadata["last_error"] = dg.MetadataValue.text(state.last_error[:500])
+    if lag.parked:
+        rows = ["| terminal | day | receipt | why |", "|---|---|---|---|"]
+        rows += [
+            f"| {t} | {d} | {r} | {why.replace('|', '/')} |"
+            for t, d, r, why in ledger.parked_entries(20)
+        ]
+        metadata["refused"] = dg.MetadataValue.md("\n".join(rows))
+    return dg.AssetCheckResult(
+        asset_key=CENTRAL_DB_RECEIPTS,
+        check_name=LAG_CHECK,
+        passed=level is sync.LagLevel.OK,
+        severity=dg.AssetCheckSeverity.WARN
+        if level is sync.LagLevel.WARN
+        else dg.AssetCheckSeverity.ERROR,
+        metadata=metadata,
+    )
+
+
+def is_out_of_reach(error: BaseException) -> bool:
+    return isinstance(error, DeadlineExceeded) or store.is_transient_error(error)
+
+
+def _sync_failure(context, error: Exception, state) -> dg.Failure:
+    transient = is_out_of_reach(error)
+    context.instance.add_run_tags(
+        context.run.run_id, {FAILURE_KIND_TAG: "transient" if transient else "permanent"}
+    )
+    retry_in = max(0.0, state.next_attempt_at - time.time())
+    what = (
+        "the central database is out of reach"
+        if transient
+        else "the central database refused the sync"
+    )
+    return dg.Failure(
+        description=f"{what}: {error}. Nothing is lost: the receipts stay in the store's "
+        f"ledger and their .dat files are written; the next attempt is in {retry_in:.0f} s "
+        f"({state.failures} failed in a row).",
+        metadata={"transient": transient, "failed_attempts_in_a_row": state.failures},
+        allow_retries=False,
+    )
+
+
+def build_sync_job_and_sensor(config: PosfedConfig):
+    sync_job = dg.define_asset_job(
+        SYNC_JOB,
+        selection=dg.AssetSelection.assets(CENTRAL_DB_RECEIPTS),
+        executor_def=dg.in_process_executor,
+        tags=sync_run_tags(),
+        description="Store what the store's ledger accepted in the central database.",
+    )
+
+    @dg.sensor(
+        name=SYNC_SENSOR,
+        job=sync_job,
+        minimum_interval_seconds=1,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description="Launches a sync of the ledger's outbox into the central database whenever "
+        "it holds something, one at a time, backing off after failures.",
+    )
+    def central_db_sync_sensor(context: dg.SensorEvaluationContext):
+        ledger = open_ledger(config.home)
+        lag = ledger.lag()
+        waiting = lag.pending_deliveries - lag.parked
+        if waiting <= 0:
+            return dg.SkipReason(sync.describe_lag(lag))
+        trigger_alive = claims.ClaimStore(claims.claim_store_path(config.home)).alive()
+        if trigger_alive and lag.age_seconds() < config.catchup_grace_seconds:
+            return dg.SkipReason("the fast path's trigger syncs fresh receipts")
+        run_key = sync_run_key()
+        if not ledger.take_sync_slot(run_key, holder_done=slot_holder_done(context.instance)):
+            state = ledger.sync_state()
+            if state.next_attempt_at > time.time():
+                return dg.SkipReason(
+                    f"backing off after {state.failures} failed attempt(s): next in "
+                    f"{state.next_attempt_at - time.time():.0f} s ({state.last_error})"
+                )
+            return dg.SkipReason("a sync is in flight")
+        return dg.RunRequest(run_key=run_key, tags=sync_run_tags())
+
+    return sync_job, central_db_sync_sensor
