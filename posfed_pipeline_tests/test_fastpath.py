@@ -19,7 +19,10 @@ import pytest
 from posfed_pipeline.cli import render_instance_yaml
 from posfed_pipeline.core import inbox, intake, store
 from posfed_pipeline.core.config import load_config
+from posfed_pipeline.core.ledger import open_ledger
+from posfed_pipeline.core.sync import sync_pending
 from posfed_pipeline.definitions import RECEIPTS_JOB, build_definitions
+from posfed_pipeline.defs.central_db import SYNC_JOB
 from posfed_pipeline.defs.sensors import inbox_sensor_name, run_request_for
 from posfed_pipeline.fastpath import dagster_internals, launcher
 from posfed_pipeline.fastpath.service import REPO_ROOT, start_fastpath
@@ -74,13 +77,16 @@ def _wait(predicate, timeout, what):
     pytest.fail(f"timed out waiting for {what}")
 
 
-def _wait_finished(instance, count, timeout=60):
-    def done():
-        runs = instance.get_runs()
-        return len(runs) >= count and all(r.is_finished for r in runs)
+def _wait_finished(instance, count, timeout=60, job_name=RECEIPTS_JOB):
+    def runs():
+        return [r for r in instance.get_runs() if r.job_name == job_name]
 
-    _wait(done, timeout, f"{count} finished runs")
-    return instance.get_runs()
+    _wait(
+        lambda: len(runs()) >= count and all(r.is_finished for r in runs()),
+        timeout,
+        f"{count} finished runs",
+    )
+    return runs()
 
 
 def _run_files(run) -> list[str]:
@@ -100,8 +106,22 @@ def test_trigger_runs_are_the_sensors_runs_and_no_sensor_tick_duplicates_them(fa
         _wait(lambda: all(_dat(config, t, d).exists() for t, d in docs), 60, "all .dat files")
         instance = dg.DagsterInstance.get()
         runs = _wait_finished(instance, fastpath.trigger.runs_launched)
+        # The trigger syncs the central database after the receipt runs, by itself.
+        engine = store.make_engine(config.db_url)
+        _wait(
+            lambda: all(
+                store.count_receipts(engine, t.id, datetime.now(t.timezone).date()) == 3
+                for t in config.terminals
+            ),
+            60,
+            "the central database sync",
+        )
+        syncs = _wait_finished(instance, 1, job_name=SYNC_JOB)
     finally:
         fastpath.stop()
+
+    assert all(r.status == dg.DagsterRunStatus.SUCCESS for r in runs + syncs)
+    assert all(r.tags["dagster/sensor_name"] == "central_db_sync_sensor" for r in syncs)
 
     assert all(r.status == dg.DagsterRunStatus.SUCCESS for r in runs)
     files = [f for r in runs for f in _run_files(r)]
@@ -118,10 +138,6 @@ def test_trigger_runs_are_the_sensors_runs_and_no_sensor_tick_duplicates_them(fa
         sensor = defs.resolve_sensor_def(inbox_sensor_name(terminal))
         result = sensor(dg.build_sensor_context(instance=instance))
         assert result.run_requests == []
-    engine = store.make_engine(config.db_url)
-    for terminal in config.terminals:
-        day = datetime.now(terminal.timezone).date()
-        assert store.count_receipts(engine, terminal.id, day) == 3
 
 
 def test_trigger_stopped_the_sensors_still_deliver_through_warm_workers(fast_store):
@@ -203,9 +219,12 @@ def test_a_killed_run_worker_fails_its_run_and_the_files_are_processed_exactly_o
         fastpath.stop()
 
     assert list(terminal.inbox.iterdir()) == []
-    engine = store.make_engine(config.db_url)
-    assert store.count_receipts(engine, terminal.id, datetime.now(terminal.timezone).date()) == 400
+    ledger = open_ledger(config.home)
+    assert [outcome for _, _, outcome in ledger.delivery_outcomes()] == ["inserted"] * 400
     assert len(list(config.dat_dir.rglob("*.dat"))) == 400
+    engine = store.make_engine(config.db_url)
+    assert sync_pending(ledger, engine).receipts_inserted == 400
+    assert store.count_receipts(engine, terminal.id, datetime.now(terminal.timezone).date()) == 400
 
 
 def test_launcher_cancels_queued_and_running_runs_and_reports_worker_health(fast_store):

@@ -79,10 +79,15 @@ class SensorStyleRunFactory:
         return build_definitions(load_config()).resolve_job_def(job_name)
 
     def create_run(self, request: RunRequest, sensor_name: str) -> dg.DagsterRun:
-        resolved = request.with_resolved_tags_and_config(
-            target_definition=self.job_def,
-            dynamic_partitions_requests=[],
-            dynamic_partitions_store=self.instance,
+        # As the daemon does: partition tags and config only for a partitioned request.
+        resolved = (
+            request.with_resolved_tags_and_config(
+                target_definition=self.job_def,
+                dynamic_partitions_requests=[],
+                dynamic_partitions_store=self.instance,
+            )
+            if request.partition_key is not None
+            else request
         )
         plan = self.code_location.get_execution_plan(
             self.remote_job,

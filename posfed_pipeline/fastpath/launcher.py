@@ -25,8 +25,8 @@ from dagster._core.launcher.base import CheckRunHealthResult, LaunchRunContext, 
 from dagster._core.launcher.default_run_launcher import DefaultRunLauncher
 from dagster._serdes import ConfigurableClassData
 
-TERMINAL_TAG = "posfed/terminal"
-GRPC_INFO_TAG = "dagster/grpc_info"  # set by DefaultRunLauncher on its (fallback) runs
+from posfed_pipeline.run_tags import GRPC_INFO_TAG, lane_of
+
 SOCKET_NAME = "posfed-run-workers.sock"
 
 # The pool, when it lives in this very process (the fast-path service): no socket round trip.
@@ -82,12 +82,13 @@ class WarmWorkerRunLauncher(DefaultRunLauncher):
 
     def launch_run(self, context: LaunchRunContext) -> None:
         run = context.dagster_run
-        terminal = run.tags.get(TERMINAL_TAG)
+        lane, background = lane_of(run.tags)
         if _local_pool is not None:
-            _local_pool.submit(run.run_id, terminal)
+            _local_pool.submit(run.run_id, lane, background)
             return
         reply = ask_pool(
-            {"op": "launch", "run_id": run.run_id, "terminal": terminal}, self.socket_path
+            {"op": "launch", "run_id": run.run_id, "lane": lane, "background": background},
+            self.socket_path,
         )
         if reply and reply.get("ok"):
             return

@@ -4,10 +4,12 @@ A fresh run process costs 1.2-1.6 s of imports; a warm worker starts a run in mi
 Workers are processes, not threads: two ``execute_run`` calls on threads of one process
 deadlock in dagster 1.13 (``logging.config.dictConfig`` lock order).
 
-The pool serialises the runs of one terminal in submission order (its ``posfed/terminal`` tag)
-and runs different terminals in parallel. It answers the run launcher over a local Unix socket
-(launch, terminate, health), so runs launched from the UI, the daemon or the trigger all land
-on the same workers.
+The pool serialises the runs of one lane in submission order (a terminal's, by its
+``posfed/terminal`` tag, or a background lane such as the central database sync) and runs
+different lanes in parallel; background runs never take the last free worker, so a sync that
+waits on an unreachable central database never holds up a terminal's run. It answers the run
+launcher over a local Unix socket (launch, terminate, health), so runs launched from the UI,
+the daemon or the trigger all land on the same workers.
 """
 
 from __future__ import annotations
@@ -28,9 +30,8 @@ from pathlib import Path
 
 import dagster as dg
 
-TERMINAL_TAG = "posfed/terminal"
-GRPC_INFO_TAG = "dagster/grpc_info"  # set by Dagster's default launcher on the runs it starts
-ACCEPTED_TAG = "posfed/run_worker_pool"  # set when a pool queues a run
+from posfed_pipeline.run_tags import ACCEPTED_TAG, GRPC_INFO_TAG, lane_of
+
 log = logging.getLogger("posfed.fastpath.pool")
 
 
@@ -93,13 +94,15 @@ class _Worker:
     conn: object
     ready: bool = False
     run_id: str | None = None
-    terminal: str | None = None
+    lane: str | None = None
+    background: bool = False
 
 
 @dataclass
 class _Job:
     run_id: str
-    terminal: str | None
+    lane: str | None
+    background: bool = False
     submitted_at: float = field(default_factory=time.monotonic)
 
 
@@ -119,7 +122,7 @@ class WarmWorkerPool:
         self._cond = threading.Condition()
         self._queue: deque[_Job] = deque()
         self._workers: list[_Worker] = []
-        self._busy_terminals: set[str] = set()
+        self._busy_lanes: set[str] = set()
         self._known: set[str] = set()
         self._finished: OrderedDict[str, str] = OrderedDict()
         self._stopping = False
@@ -168,7 +171,7 @@ class WarmWorkerPool:
             # Only runs a pool accepted: a run STARTING while no pool listened went to the
             # fallback launcher (a code-server process), which may be starting it right now.
             if run.tags.get(ACCEPTED_TAG) == "true" and GRPC_INFO_TAG not in run.tags:
-                self.submit(run.run_id, run.tags.get(TERMINAL_TAG))
+                self.submit(run.run_id, *lane_of(run.tags))
                 log.info("re-queued run %s, left STARTING by a pool that stopped", run.run_id)
 
     def _spawn(self) -> _Worker:
@@ -188,8 +191,8 @@ class WarmWorkerPool:
 
     # --- requests -----------------------------------------------------------------------------
 
-    def submit(self, run_id: str, terminal: str | None) -> bool:
-        """Queue a run; a run id already known is not queued twice."""
+    def submit(self, run_id: str, lane: str | None, background: bool = False) -> bool:
+        """Queue a run in its lane; a run id already known is not queued twice."""
         with self._cond:
             if run_id in self._known:
                 return False
@@ -203,7 +206,7 @@ class WarmWorkerPool:
                 self._known.discard(run_id)
             return False
         with self._cond:
-            self._queue.append(_Job(run_id, terminal))
+            self._queue.append(_Job(run_id, lane, background))
             self._cond.notify_all()
         return True
 
@@ -258,16 +261,21 @@ class WarmWorkerPool:
         idle = next((w for w in self._workers if w.ready and w.run_id is None), None)
         if idle is None:
             return False
+        background_busy = sum(w.background for w in self._workers)
+        background_cap = max(1, len(self._workers) - 1)
         for job in self._queue:
-            if job.terminal is None or job.terminal not in self._busy_terminals:
-                self._queue.remove(job)
-                idle.run_id, idle.terminal = job.run_id, job.terminal
-                if job.terminal:
-                    self._busy_terminals.add(job.terminal)
-                # On a dead worker the read loop sees the broken pipe and reports the run.
-                with contextlib.suppress(OSError, ValueError):
-                    idle.conn.send(job.run_id)
-                return True
+            if job.lane is not None and job.lane in self._busy_lanes:
+                continue
+            if job.background and background_busy >= background_cap:
+                continue
+            self._queue.remove(job)
+            idle.run_id, idle.lane, idle.background = job.run_id, job.lane, job.background
+            if job.lane:
+                self._busy_lanes.add(job.lane)
+            # On a dead worker the read loop sees the broken pipe and reports the run.
+            with contextlib.suppress(OSError, ValueError):
+                idle.conn.send(job.run_id)
+            return True
         return False
 
     def _read_loop(self, worker: _Worker) -> None:
@@ -282,17 +290,18 @@ class WarmWorkerPool:
                     worker.ready = True
                 elif message[0] == "done":
                     _, run_id, status = message
-                    terminal = worker.terminal
+                    lane = worker.lane
                     self._free(worker)
                     self._record_finished(run_id, status)
                 self._cond.notify_all()
             if message[0] == "done" and self.on_finished:
-                self.on_finished(run_id, terminal, status)
+                self.on_finished(run_id, lane, status)
 
     def _free(self, worker: _Worker) -> None:
-        if worker.terminal:
-            self._busy_terminals.discard(worker.terminal)
-        worker.run_id = worker.terminal = None
+        if worker.lane:
+            self._busy_lanes.discard(worker.lane)
+        worker.run_id = worker.lane = None
+        worker.background = False
 
     def _record_finished(self, run_id: str, status: str) -> None:
         self._finished[run_id] = status
@@ -302,7 +311,7 @@ class WarmWorkerPool:
     def _worker_died(self, worker: _Worker) -> None:
         worker.process.join(timeout=5)
         with self._cond:
-            run_id, terminal = worker.run_id, worker.terminal
+            run_id, lane = worker.run_id, worker.lane
             self._free(worker)
             self._workers.remove(worker)
             if run_id:
@@ -315,7 +324,7 @@ class WarmWorkerPool:
             code = worker.process.exitcode
             self._report(run_id, f"its run worker (pid {worker.process.pid}) died (exit {code})")
             if self.on_finished:
-                self.on_finished(run_id, terminal, "FAILURE")
+                self.on_finished(run_id, lane, "FAILURE")
 
     def _report(self, run_id: str, why: str) -> None:
         run = self._instance.get_run_by_id(run_id)
@@ -339,7 +348,9 @@ class _Handler(socketserver.StreamRequestHandler):
             if op == "launch":
                 reply = {
                     "ok": True,
-                    "queued": pool.submit(request["run_id"], request.get("terminal")),
+                    "queued": pool.submit(
+                        request["run_id"], request.get("lane"), bool(request.get("background"))
+                    ),
                 }
             elif op == "terminate":
                 reply = {"ok": pool.terminate(request["run_id"])}

@@ -22,6 +22,7 @@ from posfed_pipeline.fastpath.trigger import InboxTrigger
 log = logging.getLogger("posfed.fastpath")
 REPO_ROOT = Path(__file__).resolve().parent.parent.parent
 RECEIPTS_JOB = "receipts_job"
+SYNC_JOB = "central_db_sync_job"
 
 
 @dataclass
@@ -54,7 +55,8 @@ def start_fastpath(
     if trigger:
         code_location = dagster_internals.load_code_location(instance, REPO_ROOT)
         factory = dagster_internals.SensorStyleRunFactory(instance, code_location, RECEIPTS_JOB)
-        inbox_trigger = InboxTrigger(config, instance, factory)
+        sync_factory = dagster_internals.SensorStyleRunFactory(instance, code_location, SYNC_JOB)
+        inbox_trigger = InboxTrigger(config, instance, factory, sync_factory)
         pool.on_finished = inbox_trigger.run_finished
         inbox_trigger.start()
     log.info(

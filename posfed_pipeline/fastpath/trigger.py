@@ -9,6 +9,11 @@ on the warm workers.
 
 Adaptive batching: while a terminal's run is in flight, its new files wait; when the run
 finishes, one run carries all of them. Under load runs get bigger, not more numerous.
+
+After receipt runs, the trigger also launches the central database sync (the run its sensor
+would launch), at most one at a time and one a second, and not while the sync backs off after
+a failure: the central database gets new receipts within a second or two, and an unreachable
+one costs the checkout nothing.
 """
 
 from __future__ import annotations
@@ -25,10 +30,20 @@ from watchdog.observers import Observer
 
 from posfed_pipeline.core import claims, inbox, intake
 from posfed_pipeline.core.config import PosfedConfig, Terminal
-from posfed_pipeline.defs.sensors import TERMINAL_TAG, inbox_sensor_name, run_request_for
+from posfed_pipeline.core.ledger import open_ledger
+from posfed_pipeline.defs.central_db import (
+    SYNC_SENSOR,
+    slot_holder_done,
+    sync_run_key,
+    sync_run_tags,
+)
+from posfed_pipeline.defs.sensors import inbox_sensor_name, run_request_for
+from posfed_pipeline.run_tags import TERMINAL_TAG, lane_of
 
 log = logging.getLogger("posfed.fastpath.trigger")
 RESCAN_SECONDS = 0.5  # how often files without a close event are re-checked for stability
+SYNC_INTERVAL_SECONDS = 1.0  # at most one central database sync launched per second
+SYNC_LANE = lane_of(sync_run_tags())[0]
 
 
 class _InboxEvents(FileSystemEventHandler):
@@ -45,11 +60,22 @@ class _InboxEvents(FileSystemEventHandler):
 
 
 class InboxTrigger:
-    def __init__(self, config: PosfedConfig, instance: dg.DagsterInstance, run_factory):
+    def __init__(
+        self,
+        config: PosfedConfig,
+        instance: dg.DagsterInstance,
+        run_factory,
+        sync_run_factory=None,
+    ):
         self.config = config
         self.instance = instance
         self.run_factory = run_factory
+        self.sync_run_factory = sync_run_factory
         self.claims = claims.ClaimStore(claims.claim_store_path(config.home))
+        self.ledger = open_ledger(config.home)
+        self._sync_wanted = True  # the outbox may hold something from before a restart
+        self._sync_in_flight: str | None = None
+        self._next_sync_at = 0.0
         self._by_inbox = {t.inbox.resolve(): t for t in config.terminals}
         self._cond = threading.Condition()
         self._complete: dict[str, set[str]] = defaultdict(set)  # terminal -> closed file names
@@ -93,9 +119,17 @@ class InboxTrigger:
             self._cond.notify_all()
 
     def run_finished(self, run_id: str, terminal_id: str | None, status: str) -> None:
+        """``terminal_id``: the run's lane (the pool's ``on_finished``)."""
         if terminal_id is None:
             return
+        if terminal_id == SYNC_LANE:
+            with self._cond:
+                if self._sync_in_flight == run_id:
+                    self._sync_in_flight = None
+                self._sync_wanted = True  # what arrived during the sync
+            return
         with self._cond:
+            self._sync_wanted = True
             if run_id in self._in_flight[terminal_id]:
                 self._in_flight[terminal_id].discard(run_id)
                 self._dirty.add(terminal_id)  # files that arrived meanwhile: one run for all
@@ -138,6 +172,37 @@ class InboxTrigger:
                     self._launch_batches(terminal, batches)
                 except Exception:
                     log.exception("trigger: launching for %s failed", terminal.id)
+            try:
+                self._maybe_sync()
+            except Exception:  # the sensor is the catch-up path for the sync too
+                log.exception("trigger: launching the central database sync failed")
+
+    def _maybe_sync(self) -> None:
+        now = time.monotonic()
+        with self._cond:
+            if (
+                self.sync_run_factory is None
+                or not self._sync_wanted
+                or self._sync_in_flight
+                or now < self._next_sync_at
+            ):
+                return
+            self._sync_wanted = False
+            self._next_sync_at = now + SYNC_INTERVAL_SECONDS
+        lag = self.ledger.lag()
+        if lag.pending_deliveries - lag.parked <= 0:
+            return
+        run_key = sync_run_key()
+        if not self.ledger.take_sync_slot(run_key, holder_done=slot_holder_done(self.instance)):
+            with self._cond:  # backing off, or a sync of the sensor's is in flight
+                self._sync_wanted = True
+            return
+        run = self.sync_run_factory.create_run(
+            dg.RunRequest(run_key=run_key, tags=sync_run_tags()), SYNC_SENSOR
+        )
+        with self._cond:
+            self._sync_in_flight = run.run_id
+        self.instance.launch_run(run.run_id, workspace=None)
 
     def _sensor_run_queued(self, terminal: Terminal) -> bool:
         return bool(
