@@ -255,9 +255,22 @@ def _add_db(commands) -> None:
         help="print the upgrade as a SQL script for a DBA instead of running it (no connection)",
     )
     upgrade.set_defaults(handler=_db_upgrade)
-    db.add_parser("status", help="schema version and receipts per terminal and day").set_defaults(
-        handler=_db_status
+    db.add_parser(
+        "status",
+        help="how far the central database is behind the store's ledger, schema version, "
+        "receipts per terminal and day (exit 1 if it is too far behind or out of reach)",
+    ).set_defaults(handler=_db_status)
+    db.add_parser(
+        "sync", help="store the ledger's outbox in the central database now (once, no back-off)"
+    ).set_defaults(handler=_db_sync)
+    resync = db.add_parser(
+        "resync",
+        help="send deliveries again (all, a terminal's, a day's), including ones the central "
+        "database refused, once their cause is fixed; idempotent",
     )
+    resync.add_argument("--terminal", help="only this terminal's")
+    resync.add_argument("--day", help="only this business day's (YYYY-MM-DD)")
+    resync.set_defaults(handler=_db_resync)
 
 
 def _db_upgrade(args) -> int:
@@ -277,16 +290,39 @@ def _db_upgrade(args) -> int:
 
 
 def _db_status(args) -> int:
+    from posfed_pipeline.core import sync
+    from posfed_pipeline.core.db_timeouts import call_deadline
+    from posfed_pipeline.core.ledger import open_ledger
+
     config = _config(args)
+    ledger = open_ledger(config.home)
+    lag = ledger.lag()
+    level = sync.lag_level(lag, config.sync)
+    state = ledger.sync_state()
+    print(f"store ledger: {ledger.path}")
+    print(f"central database lag: {level.value.upper()}: {sync.describe_lag(lag)}")
+    if state.last_attempt_at:
+        outcome = f"failed ({state.last_error})" if state.last_error else "succeeded"
+        print(f"last sync: {_ago(state.last_attempt_at)}, {outcome}")
+    if state.failures:
+        wait = max(0.0, state.next_attempt_at - time.time())
+        print(f"  {state.failures} failed attempt(s) in a row; next in {wait:.0f} s")
+    for terminal_id, day, receipt_id, why in ledger.parked_entries(20):
+        print(f"  refused: {terminal_id} {day} {receipt_id}: {why}")
     engine = store.make_engine(config.db_url)
     print(f"database: {engine.url.render_as_string(hide_password=True)}")
     try:
-        revision = store.schema_revision(engine)
-        rows = store.counts_by_terminal_day(engine) if revision else []
-        ledger = store.ledger_summary(engine) if revision and store.has_ledger(engine) else {}
-    except store.DatabaseUnavailable as exc:
-        print(f"db status: {exc}", file=sys.stderr)
-        return 2
+        with call_deadline(engine, config.sync.call_timeout_seconds, "db status"):
+            revision = store.schema_revision(engine)
+            rows = store.counts_by_terminal_day(engine) if revision else []
+            summaries = (
+                store.ledger_summary(engine) if revision and store.has_ledger(engine) else {}
+            )
+    except Exception as exc:  # the ledger's view above stands; say why this part is missing
+        if not (isinstance(exc, store.DatabaseUnavailable) or store.is_transient_error(exc)):
+            raise
+        print(f"db status: the central database is out of reach: {exc}", file=sys.stderr)
+        return 1
     print(f"schema revision: {revision or 'none (run posfed db upgrade)'}")
     if rows:
         print(
@@ -294,7 +330,7 @@ def _db_status(args) -> int:
             f"{'deliveries':>12}{'conflicts':>11}{'dat pending':>13}"
         )
         for terminal_id, day, count, total in rows:
-            summary = ledger.get((terminal_id, day))
+            summary = summaries.get((terminal_id, day))
             deliveries, conflicts, pending = (
                 (summary.deliveries, summary.conflicts, summary.dat_pending)
                 if summary
@@ -304,6 +340,62 @@ def _db_status(args) -> int:
                 f"{day!s:<12}{terminal_id:<20}{count:>10}{total!s:>14}"
                 f"{deliveries!s:>12}{conflicts!s:>11}{pending!s:>13}"
             )
+    return 1 if level is sync.LagLevel.FAIL else 0
+
+
+def _ago(at: float) -> str:
+    seconds = max(0.0, time.time() - at)
+    return f"{seconds:.0f} s ago" if seconds < 120 else f"{seconds / 60:.0f} min ago"
+
+
+def _db_sync(args) -> int:
+    from posfed_pipeline.core import sync
+    from posfed_pipeline.core.ledger import open_ledger
+
+    config = _config(args)
+    ledger = open_ledger(config.home)
+    engine = store.make_engine(config.db_url)
+    try:
+        sync.check_central_schema(engine, config.sync)
+        done = sync.sync_pending(ledger, engine, config.sync)
+    except Exception as exc:
+        # Recorded like any attempt: `db status` and the lag check show it.
+        ledger.finish_sync(None, error=str(exc), backoff=config.sync.backoff_seconds)
+        if isinstance(exc, sync.SchemaMissing):
+            print(f"db sync: {exc}", file=sys.stderr)
+            return 2
+        if not (isinstance(exc, store.DatabaseUnavailable) or store.is_transient_error(exc)):
+            raise
+        print(f"db sync: the central database is out of reach: {exc}", file=sys.stderr)
+        print(f"db sync: {sync.describe_lag(ledger.lag())}; nothing is lost", file=sys.stderr)
+        return 1
+    ledger.finish_sync(None, error=None, backoff=config.sync.backoff_seconds)
+    print(
+        f"db sync: {done.deliveries} delivery record(s) stored, {done.receipts_inserted} new "
+        f"receipt(s), {len(done.refused)} refused, in {done.seconds:.2f} s"
+    )
+    print(f"db sync: {sync.describe_lag(ledger.lag())}")
+    return 1 if done.refused else 0
+
+
+def _db_resync(args) -> int:
+    from datetime import date
+
+    from posfed_pipeline.core.ledger import open_ledger
+
+    config = _config(args)
+    if args.terminal:
+        config.terminal(args.terminal)  # a ConfigError names the known terminals' problem
+    try:
+        day = date.fromisoformat(args.day) if args.day else None
+    except ValueError:
+        print(f"db resync: --day {args.day!r} is not a date (YYYY-MM-DD)", file=sys.stderr)
+        return 2
+    count = open_ledger(config.home).resync(terminal_id=args.terminal, business_day=day)
+    print(
+        f"db resync: {count} delivery record(s) back in the outbox; the next sync sends them "
+        "(`posfed db sync`, or the sync sensor within seconds)"
+    )
     return 0
 
 
