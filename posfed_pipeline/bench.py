@@ -11,6 +11,14 @@ would: every receipt is written straight into an inbox (open, write, close).
 - ``naive``: the plain pattern (dagster-latency notes): sensors only, ``DefaultRunCoordinator``,
   the default run launcher (a fresh process per run), default SQLite storage.
 
+Central database: the embedded SQLite (default) or, with ``--central postgres``, a PostgreSQL
+cluster of the benchmark's own (``initdb`` in its temp folder) reached through a TCP fault
+proxy. ``--outage SECONDS`` makes that database unreachable for so long, ``--outage-at`` seconds
+into the run, in one of three ways (``--outage-kind``: the link goes silent, the server stops,
+or another session holds an exclusive lock on the receipt tables); the report gives the .dat
+latency before, during and after it, how long the central database took to hold every receipt
+once it was back, and what was lost or duplicated in the .dat folder and in the database.
+
 Latency is measured from the receipt's ``close()`` (``time.time()`` right after it) to the
 .dat file's appearance on disk: the .dat is written as temp + fsync + rename, and the rename
 stamps the file's ctime, which the harness reads (kernel time, so a busy harness does not
@@ -41,6 +49,7 @@ from posfed_pipeline.core import dat, store
 from posfed_pipeline.core.config import PosfedConfig, Terminal, load_config
 from posfed_pipeline.core.receipt import Receipt, canonical_json
 from posfed_pipeline.core.simulator import ReceiptSimulator
+from posfed_pipeline.faults import FaultProxy, ThrowawayPostgres, hold_lock
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 MODES = ("naive", "posfed")
@@ -107,6 +116,11 @@ class BenchSettings:
     daemon_nice: int = 0  # run the daemon (sensors, catch-up path) at a lower CPU priority
     stability_seconds: float = 0.3  # the store's intake setting (the sensors wait this long)
     instance_yaml: Path | None = None  # posfed mode: this profile instead of dagster.dev.yaml
+    central: str = "sqlite"  # or "postgres": a cluster of the benchmark's own, behind a proxy
+    outage: float = 0.0  # seconds the central database is unreachable (postgres only)
+    outage_at: float = 60.0  # seconds into the run
+    outage_kind: str = "partition"  # partition | stop | lock
+    catch_up_timeout: float = 600.0  # how long to wait for the central database afterwards
 
 
 @dataclass
@@ -132,7 +146,59 @@ def terminal_specs(count: int) -> list[tuple[str, str, str]]:
     return specs
 
 
-def make_store(root: Path, terminals: int, stability_seconds: float = 0.3) -> PosfedConfig:
+OUTAGE_KINDS = ("partition", "stop", "lock")
+
+
+class BenchCentral:
+    """The benchmark's central database: the embedded SQLite, or a PostgreSQL cluster of its
+    own that posfed reaches through a fault proxy (the harness itself connects directly)."""
+
+    def __init__(self, kind: str):
+        self.kind = kind
+        self.cluster: ThrowawayPostgres | None = None
+        self.proxy: FaultProxy | None = None
+        self.posfed_url: str | None = None  # None: the store's embedded default
+        self.direct_url: str | None = None
+        self._lock: contextlib.ExitStack | None = None
+        if kind == "postgres":
+            self.cluster = ThrowawayPostgres(fsync=True)
+            self.cluster.create()
+            self.cluster.create_database("central")
+            self.proxy = FaultProxy("127.0.0.1", self.cluster.port)
+            self.proxy.start()
+            self.posfed_url = self.cluster.url("central", port=self.proxy.port)
+            self.direct_url = self.cluster.url("central")
+
+    def fault(self, kind: str) -> None:
+        if kind == "partition":
+            self.proxy.partition()
+        elif kind == "stop":
+            self.cluster.stop("fast")
+        else:
+            self._lock = contextlib.ExitStack()
+            self._lock.enter_context(hold_lock("127.0.0.1", self.cluster.port, "central"))
+
+    def heal(self, kind: str) -> None:
+        if kind == "partition":
+            self.proxy.heal()
+        elif kind == "stop":
+            self.cluster.start()
+        elif self._lock is not None:
+            self._lock.close()
+            self._lock = None
+
+    def close(self) -> None:
+        if self._lock is not None:
+            self._lock.close()
+        if self.proxy is not None:
+            self.proxy.stop()
+        if self.cluster is not None:
+            self.cluster.destroy()
+
+
+def make_store(
+    root: Path, terminals: int, stability_seconds: float = 0.3, db_url: str | None = None
+) -> PosfedConfig:
     config_path = root / "posfed.toml"
     text = STORE_TOML.format(
         home=root / "state",
@@ -144,7 +210,7 @@ def make_store(root: Path, terminals: int, stability_seconds: float = 0.3) -> Po
     config_path.write_text(text)
     config = load_config(config_path)
     config.ensure_folders()
-    store.upgrade_database(store.make_engine(config.db_url))
+    store.upgrade_database(store.make_engine(db_url or config.db_url))
     return config
 
 
@@ -408,7 +474,13 @@ class Run:
         self.mode = mode
         self.settings = settings
         self.root = Path(tempfile.mkdtemp(prefix="pfb-", dir="/tmp"))
-        self.config = make_store(self.root, settings.terminals, settings.stability_seconds)
+        self.central = BenchCentral(settings.central)
+        self.config = make_store(
+            self.root, settings.terminals, settings.stability_seconds, self.central.posfed_url
+        )
+        self.central_url = self.central.direct_url or self.config.db_url
+        self.outage_window: tuple[float, float] | None = None  # (start, end), time.time()
+        self.central_complete_at: float | None = None
         self.spec = dat.load_spec(self.config.dat_spec)
         self.dagster_home = self.root / "dh"
         write_instance_yaml(self.dagster_home, mode, settings.instance_yaml)
@@ -417,8 +489,10 @@ class Run:
             "DAGSTER_HOME": str(self.dagster_home),
             "POSFED_CONFIG": str(self.config.config_path),
         }
-        for name in ("POSFED_HOME", "POSFED_DB_URL"):
+        for name in ("POSFED_HOME", "POSFED_DB_URL", "POSFED_DB_PASSWORD"):
             env.pop(name, None)
+        if self.central.posfed_url:
+            env["POSFED_DB_URL"] = self.central.posfed_url
         self.processes = Processes(self.root, env)
         self.simulator = ReceiptSimulator(list(self.config.terminals), seed=settings.seed)
         self.watcher = DatWatcher()
@@ -474,7 +548,12 @@ class Run:
             self.config.dat_dir / dat.render_receipt(receipt, terminal, self.spec).relative_path
         )
         self._wait(warm_dat.exists, 180, f"the warm-up receipt's .dat {warm_dat}")
-        self._wait(lambda: self.active_runs() == 0, 60, "the warm-up run to finish")
+        self._wait(
+            lambda: (terminal.id, receipt.receipt_id) in self._central_times(),
+            180,
+            "the warm-up receipt in the central database",
+        )
+        self._wait(lambda: self.active_runs() == 0, 60, "the warm-up runs to finish")
         self.runs_before = {r.run_id for r in self.instance.get_runs()}
         self.cpu_ready = self.processes.tree_cpu()
 
@@ -616,6 +695,10 @@ class Run:
         stop = threading.Event()
         progress = threading.Thread(target=self._progress_loop, args=(stop, started), daemon=True)
         progress.start()
+        outage = None
+        if self.settings.outage:
+            outage = threading.Thread(target=self._outage, args=(started,), daemon=True)
+            outage.start()
         try:
             if self.settings.burst:
                 self.drive_burst()
@@ -638,12 +721,41 @@ class Run:
             progress.join()
             if self.settings.progress and sys.stdout.isatty():
                 print()
+        if outage is not None:
+            outage.join()
+        self._wait_for_central()
         self.load_end = os.getloadavg()
         self.elapsed = time.monotonic() - started
         # Let the runs finish (the .dat is written before the run reports success).
         deadline = time.monotonic() + 60
         while self.active_runs() and time.monotonic() < deadline:
             time.sleep(0.5)
+
+    def _outage(self, started: float) -> None:
+        kind = self.settings.outage_kind
+        time.sleep(max(0.0, started + self.settings.outage_at - time.monotonic()))
+        self.central.fault(kind)
+        begin = time.time()
+        self._say(f"central database out of reach ({kind}) for {self.settings.outage:g} s")
+        time.sleep(self.settings.outage)
+        self.central.heal(kind)
+        self.outage_window = (begin, time.time())
+        self._say("central database back")
+
+    def _say(self, text: str) -> None:
+        if self.settings.progress:
+            print(f"\n[{self.mode}] {text}", flush=True)
+
+    def _wait_for_central(self) -> None:
+        """Until the central database holds every receipt whose .dat was written."""
+        accepted = sum(1 for i in self.watcher.sent if i.dat_at is not None)
+        deadline = time.monotonic() + self.settings.catch_up_timeout
+        while time.monotonic() < deadline:
+            rows, _ = self._db_counts()
+            if rows >= accepted:
+                self.central_complete_at = time.time()
+                return
+            time.sleep(0.25)
 
     # --- the report -------------------------------------------------------------------------
 
@@ -658,8 +770,13 @@ class Run:
         by_status: dict[str, int] = {}
         files_per_run = []
         run_of: dict[tuple[str, str], dg.RunRecord] = {}
+        sync_by_status: dict[str, int] = {}
         for record in runs:
             run = record.dagster_run
+            if run.job_name == "central_db_sync_job":
+                if run.run_id not in self.runs_before:
+                    sync_by_status[run.status.value] = sync_by_status.get(run.status.value, 0) + 1
+                continue
             files = (
                 run.run_config.get("ops", {})
                 .get("receipt_pipeline", {})
@@ -677,6 +794,7 @@ class Run:
         dup_runs = sum(1 for ids in carried.values() if len(ids) > 1)
         by_sensor_daemon = len(self._sensor_daemon_runs() - self.runs_before)
         db_rows, db_dups = self._db_counts()
+        central_at = self._central_times()
         breakdown = self._breakdown(sent, run_of)
         thirds = [sent[: len(sent) // 3], sent[-(len(sent) // 3) :]] if len(sent) >= 9 else []
         n = len(sent)
@@ -693,15 +811,26 @@ class Run:
             "sent": n,
             "dat_files": len(latencies),
             "lost": n - len(latencies),
+            "central": self.settings.central,
             "db_rows": db_rows,
+            "db_missing": len(latencies) - db_rows,
             "duplicated": dup_runs + db_dups,
             "duplicated_in_runs": dup_runs,
             "duplicated_in_db": db_dups,
             "runs": len(new_runs),
             "runs_by_status": by_status,
+            "sync_runs_by_status": sync_by_status,
             "runs_by_sensor_daemon": by_sensor_daemon,
             "files_per_run": statistics.fmean(files_per_run) if files_per_run else None,
             "latency": summary(latencies),
+            "central_latency": summary(
+                [
+                    central_at[k] - i.closed
+                    for i in sent
+                    if (k := (i.terminal_id, i.receipt_id)) in central_at
+                ]
+            ),
+            **self._outage_report(sent, central_at),
             "latency_p95_first_third": percentile(_lat(thirds[0]), 95) if thirds else None,
             "latency_p95_last_third": percentile(_lat(thirds[1]), 95) if thirds else None,
             "pending_max": self.pending_max,
@@ -737,7 +866,7 @@ class Run:
     def _db_counts(self) -> tuple[int, int]:
         import sqlalchemy as sa
 
-        engine = store.make_engine(self.config.db_url)
+        engine = store.make_engine(self.central_url)
         keys = {(i.terminal_id, i.receipt_id) for i in self.watcher.sent}
         with engine.connect() as connection:
             rows = connection.execute(
@@ -749,6 +878,48 @@ class Run:
         engine.dispose()
         ours = [(t, r, c) for t, r, c in rows if (t, r) in keys]
         return sum(c for _, _, c in ours), sum(1 for _, _, c in ours if c > 1)
+
+    def _central_times(self) -> dict[tuple[str, str], float]:
+        """When each receipt reached the central database (its ingest-ledger row)."""
+        ledger = store.IngestLedgerRow.__table__
+        engine = store.make_engine(self.central_url)
+        import sqlalchemy as sa
+
+        with engine.connect() as connection:
+            rows = connection.execute(
+                sa.select(ledger.c.terminal_id, ledger.c.receipt_id, ledger.c.loaded_at).where(
+                    ledger.c.outcome == "inserted"
+                )
+            ).all()
+        engine.dispose()
+        return {(t, r): store._aware(at).timestamp() for t, r, at in rows}
+
+    def _outage_report(self, sent: list[Sent], central_at: dict) -> dict:
+        if not self.settings.outage:
+            return {"outage": None}
+        begin, end = self.outage_window or (None, None)
+        phases = {"before": [], "during": [], "after": []}
+        for item in sent:
+            if begin is None or item.closed < begin:
+                phases["before"].append(item)
+            elif item.closed < end:
+                phases["during"].append(item)
+            else:
+                phases["after"].append(item)
+        return {
+            "outage": {
+                "kind": self.settings.outage_kind,
+                "seconds": self.settings.outage,
+                "at": self.settings.outage_at,
+                # From the end of the outage until the central database held every receipt
+                # sent before it (the backlog), by the rows' own stored-at times.
+                "catch_up_seconds": _catch_up(sent, central_at, end),
+                "phases": {
+                    name: {"receipts": len(items), **summary(_lat(items))}
+                    for name, items in phases.items()
+                },
+            }
+        }
 
     def _breakdown(self, sent: list[Sent], run_of: dict) -> dict:
         """Where the time goes: close → run launched → run started → .dat → run ended."""
@@ -801,6 +972,7 @@ class Run:
                 self.instance.dispose()
             final = self.processes.stop()
             _set_subreaper(False)
+            self.central.close()
             if not self.settings.keep:
                 shutil.rmtree(self.root, ignore_errors=True)
         # After stopping, everything is reaped: the exact total (shutdown included).
@@ -810,6 +982,15 @@ class Run:
             report["cpu_seconds"] - report["cpu_seconds_startup"]
         ) / report["sent"]
         return report
+
+
+def _catch_up(sent: list[Sent], central_at: dict, end: float | None) -> float | None:
+    if end is None:
+        return None
+    backlog = [(i.terminal_id, i.receipt_id) for i in sent if i.closed < end]
+    if not backlog or any(key not in central_at for key in backlog):
+        return None
+    return max(0.0, max(central_at[key] for key in backlog) - end)
 
 
 def _lat(items: list[Sent]) -> list[float]:
@@ -852,7 +1033,16 @@ def format_reports(reports: list[dict]) -> str:
         (".dat files", [_fmt(r["dat_files"]) for r in reports]),
         ("lost", [_fmt(r["lost"]) for r in reports]),
         ("duplicated", [_fmt(r["duplicated"]) for r in reports]),
+        ("central database", [_central_label(r) for r in reports]),
         ("DB rows", [_fmt(r["db_rows"]) for r in reports]),
+        ("DB missing", [_fmt(r["db_missing"]) for r in reports]),
+        (
+            "sync runs by status",
+            [
+                ",".join(f"{k}:{v}" for k, v in sorted(r["sync_runs_by_status"].items())) or "-"
+                for r in reports
+            ],
+        ),
         ("runs launched", [_fmt(r["runs"]) for r in reports]),
         (
             "runs by status",
@@ -866,6 +1056,29 @@ def format_reports(reports: list[dict]) -> str:
     ]
     for q in ("p50", "p95", "p99", "max"):
         rows.append((f"latency {q}", [_fmt(r["latency"][q], " s") for r in reports]))
+    rows.append(
+        (
+            "close to central p50/p95",
+            [
+                f"{_fmt(r['central_latency']['p50'])}/{_fmt(r['central_latency']['p95'])} s"
+                for r in reports
+            ],
+        )
+    )
+    if any(r["outage"] for r in reports):
+        for phase in ("before", "during", "after"):
+            rows.append(
+                (
+                    f"{phase} outage: n p50/p95/max",
+                    [_phase(r, phase) for r in reports],
+                )
+            )
+        rows.append(
+            (
+                "central caught up after",
+                [_fmt((r["outage"] or {}).get("catch_up_seconds"), " s") for r in reports],
+            )
+        )
     rows += [
         (
             "p95 first/last third",
@@ -917,6 +1130,23 @@ def format_reports(reports: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _central_label(report: dict) -> str:
+    outage = report.get("outage")
+    if not outage:
+        return report["central"]
+    return f"{report['central']}, {outage['kind']} {outage['seconds']:g}s at {outage['at']:g}s"
+
+
+def _phase(report: dict, phase: str) -> str:
+    figures = ((report.get("outage") or {}).get("phases") or {}).get(phase)
+    if not figures:
+        return "-"
+    return (
+        f"{figures['receipts']} {_fmt(figures['p50'])}/{_fmt(figures['p95'])}/"
+        f"{_fmt(figures['max'])} s"
+    )
+
+
 def run_bench(settings: BenchSettings, modes: list[str]) -> list[dict]:
     reports = []
     for mode in modes:
@@ -931,6 +1161,15 @@ def run_bench(settings: BenchSettings, modes: list[str]) -> list[dict]:
 
 
 def main(args) -> int:
+    if args.outage and args.central != "postgres":
+        print("posfed bench: --outage needs --central postgres", file=sys.stderr)
+        return 2
+    if args.outage < 0 or args.outage_at < 0:
+        print("posfed bench: --outage and --outage-at must not be negative", file=sys.stderr)
+        return 2
+    if args.duration is None:
+        # With an outage: a minute up, the outage, a minute after it.
+        args.duration = args.outage_at + args.outage + 60.0 if args.outage else 60.0
     if not args.burst and (args.rate <= 0 or args.duration <= 0):
         print("posfed bench: --rate and --duration must be positive", file=sys.stderr)
         return 2
@@ -951,6 +1190,10 @@ def main(args) -> int:
         daemon_nice=args.daemon_nice,
         stability_seconds=args.stability_seconds,
         instance_yaml=Path(args.instance_yaml) if args.instance_yaml else None,
+        central=args.central,
+        outage=args.outage,
+        outage_at=args.outage_at,
+        outage_kind=args.outage_kind,
     )
     # A service manager's (or `timeout`'s) SIGTERM stops the benchmark as cleanly as Ctrl-C.
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
@@ -970,7 +1213,12 @@ def _raise_keyboard_interrupt(_signum, _frame) -> None:
 def add_arguments(parser) -> None:
     parser.add_argument("--terminals", type=int, default=20, help="terminals (default 20)")
     parser.add_argument("--rate", type=float, default=1.0, help="receipts per second (default 1)")
-    parser.add_argument("--duration", type=float, default=60.0, help="seconds (default 60)")
+    parser.add_argument(
+        "--duration",
+        type=float,
+        default=None,
+        help="seconds (default 60; with --outage: outage-at + outage + 60)",
+    )
     parser.add_argument(
         "--burst",
         action="store_true",
@@ -1013,3 +1261,27 @@ def add_arguments(parser) -> None:
         help="posfed mode: this Dagster instance profile instead of deploy/dagster.dev.yaml",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress line")
+    parser.add_argument(
+        "--central",
+        choices=["sqlite", "postgres"],
+        default="sqlite",
+        help="central database: the embedded SQLite, or a PostgreSQL cluster of the "
+        "benchmark's own behind a fault proxy (needs the machine's PostgreSQL binaries)",
+    )
+    parser.add_argument(
+        "--outage",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="make the central database unreachable this long (with --central postgres)",
+    )
+    parser.add_argument(
+        "--outage-at", type=float, default=60.0, metavar="SECONDS", help="when (default 60)"
+    )
+    parser.add_argument(
+        "--outage-kind",
+        choices=OUTAGE_KINDS,
+        default="partition",
+        help="partition: the link drops every packet (no reset); stop: the server stops; "
+        "lock: another session holds an exclusive lock on the receipt tables",
+    )

@@ -1,6 +1,7 @@
 """``posfed chaos``: the real pipeline under a store's faults, then a reconciliation.
 
-It builds a fresh store in a temp folder (20 terminals, embedded SQLite central database, its
+It builds a fresh store in a temp folder (20 terminals, the embedded SQLite central database
+or, with ``--central postgres``, a PostgreSQL cluster of its own behind a TCP fault proxy; its
 own DAGSTER_HOME), starts ``dagster-daemon`` (sensors, run queue, run monitoring) and
 ``posfed fastpath`` (the inotify trigger and warm run workers), and drives the terminals with the
 simulator at a steady rate. Mixed into the receipts, on a seeded schedule:
@@ -17,13 +18,17 @@ and, at fixed points of the run, the faults:
 - ``kill -9`` of a run worker, of the Dagster daemon, of the fast-path service (the trigger and
   the pool), and a power cut: every posfed process at once. Each is restarted a moment later,
   as its supervisor would;
-- the central database locked for ``--db-outage`` seconds (an exclusive SQLite transaction);
+- the central database out of reach for ``--db-outage`` seconds: an exclusive SQLite
+  transaction; with PostgreSQL, a silent link (partition, no reset), a server restart and an
+  exclusive lock on the receipt tables held by another session, one after another;
 - the day's .dat folder unwritable for a few seconds (replaced by a file: the harness may run
   as root, which ignores permission bits).
 
-Then it waits until every file has a final place and reconciles what the terminals sent with
-what the central side holds: rows, .dat files, quarantine (by reason), archive. The exit status
-is non-zero unless loaded = .dat = valid, quarantined = invalid, duplicates = 0 and lost = 0.
+Then it waits until every file has a final place and the store's ledger has synced, and
+reconciles what the terminals sent with what the central side holds: rows, .dat files,
+quarantine (by reason), archive, and the central database against the store's ledger (every
+accepted receipt once, every delivery record once, nothing else). The exit status is non-zero
+unless loaded = .dat = valid, quarantined = invalid, duplicates = 0 and lost = 0.
 """
 
 from __future__ import annotations
@@ -50,6 +55,7 @@ from posfed_pipeline import bench
 from posfed_pipeline.core import dat, inbox, store
 from posfed_pipeline.core.config import PosfedConfig, Terminal
 from posfed_pipeline.core.intake import MAX_FILE_BYTES
+from posfed_pipeline.core.ledger import Ledger, Outcome, ledger_path
 from posfed_pipeline.core.receipt import Receipt, canonical_json, content_hash
 from posfed_pipeline.core.simulator import ReceiptSimulator
 
@@ -90,6 +96,16 @@ FAULTS = [
     (0.68, "power_cut"),
     (0.85, "kill_worker"),
 ]
+# With a PostgreSQL central database, its outage comes three ways instead of one.
+POSTGRES_FAULTS = [(0.50, "db_partition"), (0.58, "db_restart"), (0.76, "db_lock")]
+
+
+def faults_for(central: str) -> list[tuple[float, str]]:
+    if central != "postgres":
+        return FAULTS
+    return sorted([f for f in FAULTS if f[1] != "db_outage"] + POSTGRES_FAULTS)
+
+
 RESTART_AFTER_SECONDS = 2.0
 DAT_BLOCK_SECONDS = 8.0
 
@@ -103,6 +119,7 @@ class ChaosSettings:
     seed: int = 1
     db_outage_seconds: float = 30.0
     drain_timeout: float = 600.0  # after the last file, wait at most this long for the rest
+    central: str = "sqlite"  # or "postgres"
     keep: bool = False
     progress: bool = True
 
@@ -119,7 +136,7 @@ class Item:
 
 
 @dataclass
-class Outcome:
+class Verdict:
     """Where every sent file ended up, and the reconciliation's verdict."""
 
     counts: dict = field(default_factory=dict)
@@ -288,9 +305,11 @@ class ChaosRun:
                 workers=settings.workers,
                 seed=settings.seed,
                 progress=False,
+                central=settings.central,
             ),
         )
         self.config = self.bench.config
+        self.central_url = self.bench.central_url
         self.root = self.bench.root
         # Another seed than the harness's warm-up receipt, so no receipt id repeats by chance.
         self.traffic = Traffic(
@@ -354,6 +373,14 @@ class ChaosRun:
             self.bench.start_fastpath()
         elif fault == "db_outage":
             self._lock_database(self.settings.db_outage_seconds)
+            detail = f"{self.settings.db_outage_seconds:g} s"
+        elif fault in ("db_partition", "db_restart", "db_lock"):
+            kind = {"db_partition": "partition", "db_restart": "stop", "db_lock": "lock"}[fault]
+            self.bench.central.fault(kind)
+            try:
+                time.sleep(self.settings.db_outage_seconds)
+            finally:
+                self.bench.central.heal(kind)
             detail = f"{self.settings.db_outage_seconds:g} s"
         elif fault == "dat_folder_unwritable":
             self._block_dat_folder(DAT_BLOCK_SECONDS)
@@ -420,7 +447,7 @@ class ChaosRun:
     def drive(self) -> None:
         settings = self.settings
         period = settings.receipts / settings.rate
-        schedule = sorted((share * period, fault) for share, fault in FAULTS)
+        schedule = sorted((share * period, fault) for share, fault in faults_for(settings.central))
         fault_threads = []
         start = time.monotonic()
         for i in range(settings.receipts):
@@ -443,7 +470,11 @@ class ChaosRun:
         self.last_sent = time.monotonic()
 
     def settled(self) -> bool:
-        return not inbox_files(self.config) and not self.bench.active_runs()
+        return (
+            not inbox_files(self.config)
+            and not self.bench.active_runs()
+            and not Ledger(ledger_path(self.config.home)).lag().pending_deliveries
+        )
 
     def cursor_disagreements(self, wait_seconds: float = 30.0) -> list[str]:
         """The sensors' cursors agree with the inboxes: with every inbox empty, a sensor's next
@@ -467,6 +498,8 @@ class ChaosRun:
             return ["no sensor state found: the cursors could not be checked"]
         problems = []
         for state in states:
+            if not state.instigator_name.endswith("_inbox_sensor"):
+                continue  # the sync and alert sensors keep no files
             cursor = state.instigator_data.cursor if state.instigator_data else None
             pending = json.loads(cursor)["launched"] if cursor else {}
             if pending:
@@ -508,7 +541,7 @@ class ChaosRun:
         try:
             self.bench.start()  # the store is up: sensors ticking, workers warm, one receipt in
             self.warm_up = set(self.config.dat_dir.rglob("*.dat"))
-            self.warm_up_rows = row_keys(self.config)
+            self.warm_up_rows = row_keys(self.central_url)
             stop = threading.Event()
             progress = None
             if self.settings.progress:
@@ -529,6 +562,7 @@ class ChaosRun:
                 self.traffic.items,
                 ignore=self.warm_up,
                 ignore_rows=self.warm_up_rows,
+                db_url=self.central_url,
             )
             for problem in self.cursor_disagreements():
                 outcome.problems.append(problem)
@@ -542,6 +576,7 @@ class ChaosRun:
             )
         finally:
             self.bench.processes.stop()
+            self.bench.central.close()
             if not self.settings.keep:
                 shutil.rmtree(self.root, ignore_errors=True)
         return report
@@ -565,9 +600,9 @@ def inbox_files(config: PosfedConfig) -> list[str]:
     ]
 
 
-def row_keys(config: PosfedConfig) -> set[tuple[str, str]]:
+def row_keys(db_url: str) -> set[tuple[str, str]]:
     """(terminal, receipt id) of every receipt row in the central database."""
-    engine = store.make_engine(config.db_url)
+    engine = store.make_engine(db_url)
     try:
         with engine.connect() as connection:
             return set(
@@ -591,14 +626,16 @@ def reconcile(
     items: list[Item],
     ignore: set[Path] = frozenset(),
     ignore_rows: set[tuple[str, str]] = frozenset(),
-) -> Outcome:
-    """Every sent file against the central side: DB rows, .dat files, quarantine, archive.
+    db_url: str | None = None,
+) -> Verdict:
+    """Every sent file against the central side: DB rows, .dat files, quarantine, archive,
+    and the central database against the store's ledger.
 
     ``ignore``/``ignore_rows``: .dat files and (terminal, receipt id) rows that were there
     before the traffic (the harness's warm-up receipt).
     """
-    outcome = Outcome()
-    engine = store.make_engine(config.db_url)
+    outcome = Verdict()
+    engine = store.make_engine(db_url or config.db_url)
     with engine.connect() as connection:
         rows: Counter = Counter()
         row_hashes: dict[tuple[str, str], str] = {}
@@ -620,7 +657,7 @@ def reconcile(
                     store.IngestLedgerRow.receipt_id,
                     func.sum(
                         case(
-                            (store.IngestLedgerRow.outcome == store.Outcome.INSERTED.value, 1),
+                            (store.IngestLedgerRow.outcome == Outcome.INSERTED.value, 1),
                             else_=0,
                         )
                     ),
@@ -628,7 +665,11 @@ def reconcile(
                 ).group_by(store.IngestLedgerRow.terminal_id, store.IngestLedgerRow.receipt_id)
             )
         }
+        central_deliveries = Counter(
+            connection.execute(select(store.IngestLedgerRow.delivery_id)).scalars()
+        )
     engine.dispose()
+    outcome.problems += ledger_disagreements(config, rows, central_deliveries, ignore_rows)
     dat_files = {
         p.relative_to(config.dat_dir) for p in config.dat_dir.rglob("*.dat") if p not in ignore
     }
@@ -728,6 +769,34 @@ def reconcile(
     return outcome
 
 
+def ledger_disagreements(
+    config: PosfedConfig,
+    rows: Counter,
+    central_deliveries: Counter,
+    ignore_rows: set[tuple[str, str]],
+) -> list[str]:
+    """The central database against the store's ledger: every receipt the ledger accepted is
+    there once with the same content, every delivery record once, and nothing else."""
+    ledger = Ledger(ledger_path(config.home))
+    problems = []
+    accepted = {(r.terminal_id, r.receipt_id): r.content_hash for r in ledger.receipts()}
+    for key in sorted(set(accepted) - set(rows))[:10]:
+        problems.append(f"accepted by the ledger, not in the central database: {key}")
+    for key in sorted(set(rows) - set(accepted) - set(ignore_rows))[:10]:
+        problems.append(f"in the central database, never accepted by the ledger: {key}")
+    lag = ledger.lag()
+    if lag.pending_deliveries:
+        problems.append(f"the ledger's outbox still holds {lag.pending_deliveries} delivery(ies)")
+    repeated = [d for d, n in central_deliveries.items() if d is not None and n > 1]
+    if repeated:
+        problems.append(f"{len(repeated)} delivery record(s) stored more than once centrally")
+    delivered = ledger.delivery_ids()
+    missing = delivered - set(central_deliveries)
+    if missing:
+        problems.append(f"{len(missing)} delivery record(s) of the ledger not in the database")
+    return problems
+
+
 # --- the command ------------------------------------------------------------------------------
 
 
@@ -736,7 +805,8 @@ def format_report(report: dict) -> str:
     lines = [
         f"posfed chaos: {report['settings']['receipts']} files, "
         f"{report['settings']['terminals']} terminals, {report['settings']['rate']:g}/s, "
-        f"seed {report['settings']['seed']} ({report['seconds']:.0f} s)",
+        f"seed {report['settings']['seed']}, central database "
+        f"{report['settings'].get('central', 'sqlite')} ({report['seconds']:.0f} s)",
         "faults injected:",
     ]
     for fault in report["faults"]:
@@ -775,6 +845,13 @@ def add_arguments(parser) -> None:
     parser.add_argument(
         "--drain-timeout", type=float, default=600.0, help="max wait after the last file (600)"
     )
+    parser.add_argument(
+        "--central",
+        choices=["sqlite", "postgres"],
+        default="sqlite",
+        help="central database: the embedded SQLite (a lock), or a PostgreSQL cluster of the "
+        "run's own behind a fault proxy (a partition, a server restart, a held lock)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the temp store (logs, state)")
     parser.add_argument("--json", metavar="FILE", help="also write the report as JSON")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -789,6 +866,7 @@ def main(args) -> int:
         seed=args.seed,
         db_outage_seconds=args.db_outage,
         drain_timeout=args.drain_timeout,
+        central=args.central,
         keep=args.keep,
         progress=not args.quiet,
     )
