@@ -669,7 +669,9 @@ def reconcile(
             connection.execute(select(store.IngestLedgerRow.delivery_id)).scalars()
         )
     engine.dispose()
-    outcome.problems += ledger_disagreements(config, rows, central_deliveries, ignore_rows)
+    outcome.problems += ledger_disagreements(
+        config, rows, row_hashes, central_deliveries, ignore_rows
+    )
     dat_files = {
         p.relative_to(config.dat_dir) for p in config.dat_dir.rglob("*.dat") if p not in ignore
     }
@@ -772,6 +774,7 @@ def reconcile(
 def ledger_disagreements(
     config: PosfedConfig,
     rows: Counter,
+    row_hashes: dict[tuple[str, str], str],
     central_deliveries: Counter,
     ignore_rows: set[tuple[str, str]],
 ) -> list[str]:
@@ -784,12 +787,13 @@ def ledger_disagreements(
         problems.append(f"accepted by the ledger, not in the central database: {key}")
     for key in sorted(set(rows) - set(accepted) - set(ignore_rows))[:10]:
         problems.append(f"in the central database, never accepted by the ledger: {key}")
+    for key in sorted(k for k in set(accepted) & set(rows) if row_hashes[k] != accepted[k])[:10]:
+        problems.append(f"the central database holds other content than the ledger for {key}")
+    for key in sorted(k for k, n in rows.items() if n > 1)[:10]:
+        problems.append(f"{key} stored {rows[key]} times in the central database")
     lag = ledger.lag()
     if lag.pending_deliveries:
         problems.append(f"the ledger's outbox still holds {lag.pending_deliveries} delivery(ies)")
-    repeated = [d for d, n in central_deliveries.items() if d is not None and n > 1]
-    if repeated:
-        problems.append(f"{len(repeated)} delivery record(s) stored more than once centrally")
     delivered = ledger.delivery_ids()
     missing = delivered - set(central_deliveries)
     if missing:

@@ -327,18 +327,18 @@ def _db_status(args) -> int:
     if rows:
         print(
             f"{'day':<12}{'terminal':<20}{'receipts':>10}{'total':>14}"
-            f"{'deliveries':>12}{'conflicts':>11}{'dat pending':>13}"
+            f"{'deliveries':>12}{'re-sent':>9}{'conflicts':>11}"
         )
         for terminal_id, day, count, total in rows:
             summary = summaries.get((terminal_id, day))
-            deliveries, conflicts, pending = (
-                (summary.deliveries, summary.conflicts, summary.dat_pending)
+            deliveries, duplicates, conflicts = (
+                (summary.deliveries, summary.duplicates, summary.conflicts)
                 if summary
                 else ("-", "-", "-")
             )
             print(
                 f"{day!s:<12}{terminal_id:<20}{count:>10}{total!s:>14}"
-                f"{deliveries!s:>12}{conflicts!s:>11}{pending!s:>13}"
+                f"{deliveries!s:>12}{duplicates!s:>9}{conflicts!s:>11}"
             )
     return 1 if level is sync.LagLevel.FAIL else 0
 

@@ -6,6 +6,7 @@ import email
 import json
 import threading
 import time
+from dataclasses import replace
 from email import policy
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -14,7 +15,14 @@ import pytest
 from aiosmtpd.controller import Controller
 
 from posfed_pipeline.core import sync
-from posfed_pipeline.core.alerts import Alert, AlertDeliveryError, AlertSettings, send_alert
+from posfed_pipeline.core.alerts import (
+    Alert,
+    AlertDeliveryError,
+    AlertOutbox,
+    AlertSettings,
+    alert_outbox_path,
+    send_alert,
+)
 from posfed_pipeline.core.config import ConfigError, config_from_dict
 from posfed_pipeline.core.ledger import Delivery, open_ledger
 from posfed_pipeline.definitions import build_definitions
@@ -190,19 +198,56 @@ def test_the_lag_alert_is_sent_once_when_it_fails_and_once_when_it_recovers(
     assert sync.lag_level(ledger.lag(), config.sync) is sync.LagLevel.FAIL
 
     with dg.instance_for_test() as instance:
-        context = dg.build_sensor_context(instance=instance)
-        sensor(context)
-        cursor = context.cursor
-        assert cursor == "fail"
-        again = dg.build_sensor_context(instance=instance, cursor=cursor)
-        sensor(again)  # still failing: no second alert
+
+        def tick(cursor):
+            context = dg.build_sensor_context(instance=instance, cursor=cursor)
+            sensor(context)
+            return context.cursor
+
+        cursor = tick(None)
+        cursor = tick(cursor)  # still failing: no second alert
+        assert len(inbox.messages) == 1
+        # Draining: the lag passes through WARN on its way back; still the same outage.
+        ledger.resync()
+        time.sleep(1.1)  # past warn_after_seconds (1 s), short of fail_after_seconds (2 s)
+        assert sync.lag_level(ledger.lag(), config.sync) is sync.LagLevel.WARN
+        cursor = tick(cursor)
         assert len(inbox.messages) == 1
         ledger.mark_synced([e.seq for e in ledger.outbox()])
-        recovered = dg.build_sensor_context(instance=instance, cursor=again.cursor)
-        sensor(recovered)
-        assert recovered.cursor == "ok"
+        cursor = tick(cursor)
+        assert cursor == "ok"
 
     assert [m["X-Posfed-Alert"] for m in inbox.messages] == ["sync_lag", "sync_recovered"]
     assert "Markt Zuid: central database behind" in inbox.messages[0]["Subject"]
     assert "The checkout is not affected" in inbox.messages[0].get_content()
     assert [p["kind"] for p in posted] == ["sync_lag", "sync_recovered"]
+
+
+def test_an_alert_the_mail_server_could_not_take_is_delivered_later(
+    smtp_server, tmp_path, monkeypatch
+):
+    controller, inbox = smtp_server
+    down = free_port()
+    config = _alerting_config(
+        tmp_path,
+        monkeypatch,
+        email_to=["ops@example.com"],
+        smtp_host="127.0.0.1",
+        smtp_port=down,
+        timeout_seconds=2,
+    )
+    outbox = AlertOutbox(alert_outbox_path(config.home))
+    outbox.add(config.alerts, Alert("run failed", "the archive disk is full", "run_failure"))
+    with pytest.raises(AlertDeliveryError):
+        outbox.flush(config.alerts)
+    assert outbox.pending() == 1
+
+    # The mail server is back (same settings, its real port): the lag sensor's next tick
+    # delivers what was owed.
+    fixed = replace(config, alerts=replace(config.alerts, smtp_port=controller.port))
+    with dg.instance_for_test() as instance:
+        build_definitions(fixed).resolve_sensor_def(LAG_SENSOR)(
+            dg.build_sensor_context(instance=instance)
+        )
+    assert outbox.pending() == 0
+    assert [m["Subject"] for m in inbox.messages] == ["[posfed] run failed"]

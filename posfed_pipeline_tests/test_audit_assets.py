@@ -1,6 +1,7 @@
 """The nightly audit assets through Dagster: reconciliation checks and the settlement."""
 
 import csv
+from decimal import Decimal
 
 import dagster as dg
 
@@ -83,4 +84,39 @@ def test_nightly_reconciliation_schedule_asks_for_every_terminal_yesterday(confi
     assert sorted(r.partition_key for r in requests) == [
         "2026-11-20|bakery_1",
         "2026-11-20|butcher_1",
+    ]
+
+
+def test_a_day_with_receipts_still_on_their_way_is_not_settled_short(config, engine):
+    defs = build_definitions(config)
+    terminal = config.terminal("bakery_1")
+    names = [drop_receipt(terminal.inbox, receipt_doc("C1", timestamp=TS)).name]
+    with dg.instance_for_test() as instance:
+        # Accepted and emitted while the central database was away: not synced yet.
+        assert (
+            defs.resolve_job_def(RECEIPTS_JOB)
+            .execute_in_process(
+                run_config=receipt_op_config(ReceiptBatchConfig(files=names)),
+                partition_key="2026-11-20|bakery_1",
+                instance=instance,
+            )
+            .success
+        )
+        settle = defs.resolve_job_def("settlement_job")
+        postponed = settle.execute_in_process(
+            partition_key="2026-11-20", instance=instance, raise_on_error=False
+        )
+        assert not postponed.success
+        [failure] = [e for e in postponed.all_events if e.event_type_value == "STEP_FAILURE"]
+        assert "1 receipt(s) of 2026-11-20 are not in the central database yet" in str(
+            failure.event_specific_data.error
+        )
+        assert audit.stored_settlements(engine, DAY) == []
+
+        assert defs.resolve_job_def(SYNC_JOB).execute_in_process(instance=instance).success
+        assert settle.execute_in_process(partition_key="2026-11-20", instance=instance).success
+    rows = audit.stored_settlements(engine, DAY)
+    assert [(r["tenant"], r["net"]) for r in rows] == [
+        ("Bakkerij", Decimal("6.40")),
+        ("Slagerij", Decimal("0.00")),
     ]

@@ -495,7 +495,7 @@ def test_write_is_atomic_checked_and_refuses_to_leave_the_folder(tmp_path, defau
 def test_the_pipeline_writes_through_the_engine(config, default_spec):
     terminal = config.terminal("bakery_1")
     receipt = make_receipt(terminal=terminal)
-    [written] = processing.emit(config, terminal, default_spec, [receipt])
+    [written] = processing.emit(config, terminal, default_spec, [receipt]).written
     assert written == config.dat_dir / "20260301" / "scon10R0001.dat"
     assert written.read_bytes() == dat.render_receipt(receipt, terminal, default_spec).content
 

@@ -82,7 +82,8 @@ def test_two_deliveries_of_one_key_in_one_batch(ledger):
     result = ledger.accept([delivered(first), delivered(second)], tenant="Bakkerij")
 
     assert result.inserted == [first]
-    assert result.owed_dat == [second]  # same receipt, .dat not yet written: emitted once
+    assert result.to_emit == [first]  # one .dat for the one receipt
+    assert result.accepted == [first, second]  # both files go to the archive
     assert [o for _, _, o in ledger.delivery_outcomes()] == ["inserted", "duplicate"]
 
 
@@ -168,7 +169,8 @@ connection.execute(
     " accepted_at) VALUES ('bakery_1', '2026-11-20', 'HALF', 'h', 't', '{{}}', 0)")
 os.kill(os.getpid(), signal.SIGKILL)
 """
-    subprocess.run([sys.executable, "-c", script], cwd=Path(__file__).parent.parent)
+    killed = subprocess.run([sys.executable, "-c", script], cwd=Path(__file__).parent.parent)
+    assert killed.returncode == -9  # it got as far as the half-done transaction
     with sqlite3.connect(path) as check:
         assert check.execute("SELECT COUNT(*) FROM receipt").fetchone() == (0,)
     assert Ledger(path).lag().pending_deliveries == 0
@@ -186,3 +188,55 @@ def test_retention_prunes_only_what_the_central_database_holds(ledger):
 
     assert [r.receipt_id for r in ledger.receipts()] == ["R0002", "R0003"]
     assert [e.receipt_id for e in ledger.outbox()] == ["R0003"]  # never pruned unsent
+
+
+def test_one_terminal_waiting_for_a_dat_never_holds_up_the_others(ledger):
+    stuck = [make_receipt(f"S{n:04d}") for n in range(30)]  # bakery_1: the first has no .dat
+    ledger.accept([delivered(r) for r in stuck], tenant="Bakkerij")
+    ledger.mark_emitted([(r, "x") for r in stuck[1:]])
+    butcher = make_receipt("B0001", terminal_id="butcher_1")
+    ledger.accept([delivered(butcher)], tenant="Slagerij")
+    ledger.mark_emitted([(butcher, "y")])
+
+    assert [e.receipt_id for e in ledger.outbox(limit=5)] == ["B0001"]
+    assert ledger.has_outbox()
+    assert ledger.owed_dat("bakery_1") == [stuck[0]]
+
+    ledger.mark_emitted([(stuck[0], "z")])
+    assert [e.receipt_id for e in ledger.outbox(limit=3)] == ["S0000", "S0001", "S0002"]
+
+
+def test_a_receipt_whose_dat_cannot_be_written_is_withdrawn_as_a_conflict(ledger):
+    receipt = make_receipt("R0001")
+    ledger.accept([delivered(receipt)], tenant="Bakkerij")
+
+    ledger.withdraw(receipt, "its .dat file is another receipt's")
+
+    assert ledger.receipts() == [] and ledger.owed_dat("bakery_1") == []
+    [entry] = ledger.outbox()
+    assert entry.outcome is Outcome.CONFLICT and entry.reason.startswith("its .dat file")
+    # Delivered again later (the other receipt's .dat was dealt with): accepted anew.
+    again = ledger.accept([delivered(receipt, name="R0001-again.json")], tenant="Bakkerij")
+    assert again.inserted == [receipt]
+
+
+def test_a_resync_counts_the_lag_from_the_resync(ledger):
+    receipt = make_receipt("R0001")
+    ledger.accept([delivered(receipt)], tenant="Bakkerij", now=1000.0)
+    ledger.mark_emitted([(receipt, "x")])
+    ledger.mark_synced([e.seq for e in ledger.outbox()])
+
+    assert ledger.resync(terminal_id="bakery_1") == 1
+
+    assert ledger.lag().age_seconds() < 60  # not the days since it was accepted
+
+
+def test_a_changed_file_under_the_same_name_size_and_mtime_is_not_taken_for_a_retry(ledger):
+    first = make_receipt("R0001")
+    changed = make_receipt("R0001", lines=[("9.99", "1")])
+
+    ledger.accept([delivered(first, name="R0001.json")], tenant="Bakkerij")
+    ledger.mark_emitted([(first, "x")])
+    result = ledger.accept([delivered(changed, name="R0001.json")], tenant="Bakkerij")
+
+    assert result.resumed == [] and [r for r, _ in result.conflicts] == [changed]

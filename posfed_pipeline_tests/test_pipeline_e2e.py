@@ -173,10 +173,22 @@ def test_redelivery_and_backfill_are_idempotent(config, engine):
         ]
         assert validated.metadata["redeliveries"].value == 1
 
-        # A backfill of the partition (an operator's explicit act) re-processes the archive:
-        # the day's .dat files are written again, byte-identical; the rows do not change.
+        # A backfill of the partition re-processes the archive: the rows do not change, and a
+        # .dat already delivered is not delivered again...
         assert _run(config, instance, []).success
         assert _rows(engine) == before
+        assert not dat_file.exists()
+        # ...unless the operator asks for exactly that: the day's .dat files, byte-identical.
+        defs = build_definitions(config)
+        assert (
+            defs.resolve_job_def(RECEIPTS_JOB)
+            .execute_in_process(
+                run_config=receipt_op_config(ReceiptBatchConfig(files=[], redeliver_dat=True)),
+                partition_key=PARTITION,
+                instance=instance,
+            )
+            .success
+        )
         assert dat_file.read_bytes() == EXPECTED_DAT
 
     archived = sorted(p.name for p in terminal.archive_dir(DAY).iterdir())
@@ -252,3 +264,77 @@ def test_two_terminals_of_one_department_never_overwrite_each_others_dat(config,
     assert (config.dat_dir / "20261120" / "scon10R0001.dat").read_bytes() == EXPECTED_DAT
     report = json.loads((bakery_2.quarantine / "R0001.json.error.json").read_text())
     assert "different content was already accepted" in report["problems"][0]["rule"]
+
+
+def test_a_receipt_whose_file_vanished_before_its_dat_is_emitted_by_the_next_run(config):
+    from posfed_pipeline.core import processing
+    from posfed_pipeline.core.dat import load_spec
+    from posfed_pipeline.core.ledger import open_ledger
+
+    terminal = config.terminal("bakery_1")
+    ledger = open_ledger(config.home)
+    spec = load_spec(config.dat_spec)
+    # An attempt accepted R0001 and stopped before its .dat; then its file went away.
+    path = drop_receipt(terminal.inbox, receipt_doc("R0001", timestamp="2026-11-20T10:15:00+01:00"))
+    batch = processing.read_batch(terminal, [path])
+    processing.accept(ledger, terminal, batch, batch.receipts)
+    path.unlink()
+
+    later = drop_receipt(
+        terminal.inbox, receipt_doc("R0002", timestamp="2026-11-20T10:20:00+01:00")
+    )
+    result = processing.process_batch(config, terminal, [later], ledger=ledger, spec=spec)
+
+    assert sorted(p.name for p in result.dat_files) == ["scon10R0001.dat", "scon10R0002.dat"]
+    assert (config.dat_dir / "20261120" / "scon10R0001.dat").read_bytes() == EXPECTED_DAT
+    assert ledger.owed_dat("bakery_1") == []
+    assert [e.receipt_id for e in ledger.outbox()] == ["R0001", "R0002"]
+
+
+def test_two_terminals_racing_for_one_dat_name_lose_no_sale_and_block_nothing(config):
+    """Both pass the name check at the same moment; the one whose .dat cannot be written is
+    withdrawn from the ledger and quarantined, and the terminal's later receipts go on."""
+    from dataclasses import replace
+
+    from posfed_pipeline.core import processing
+    from posfed_pipeline.core.config import Terminal
+    from posfed_pipeline.core.dat import load_spec
+    from posfed_pipeline.core.ledger import open_ledger
+
+    bakery_2 = Terminal(
+        id="bakery_2",
+        department="10",
+        tenant="Bakkerij",
+        inbox=config.terminal("bakery_1").inbox.parent.parent / "bakery_2" / "inbox",
+        timezone=config.timezone,
+    )
+    config = replace(config, terminals=(*config.terminals, bakery_2), _by_id={})
+    config.ensure_folders()
+    ledger = open_ledger(config.home)
+    spec = load_spec(config.dat_spec)
+    path = drop_receipt(
+        bakery_2.inbox,
+        receipt_doc("R0001", "bakery_2", timestamp="2026-11-20T11:00:00+01:00", total=None),
+    )
+    batch = processing.read_batch(bakery_2, [path])
+    report = processing.validate(config, bakery_2, batch, spec=spec)
+    acceptance = processing.accept(ledger, bakery_2, batch, report.valid)
+    # bakery_1's R0001 (other lines) wins the .dat name meanwhile.
+    first = config.terminal("bakery_1")
+    drop_receipt(
+        first.inbox,
+        receipt_doc(
+            "R0001",
+            timestamp="2026-11-20T10:15:00+01:00",
+            items=[
+                {"barcode": "8712345678906", "description": "Brood", "price": "2.95", "quantity": 2}
+            ],
+        ),
+    )
+    processing.process_batch(config, first, list(first.inbox.iterdir()), ledger=ledger, spec=spec)
+
+    emission = processing.emit(config, bakery_2, spec, acceptance.to_emit, ledger=ledger)
+
+    assert emission.written == [] and len(emission.refused) == 1
+    assert ledger.owed_dat("bakery_2") == []  # nothing stranded, nothing blocks the outbox
+    assert [e.outcome.value for e in ledger.outbox() if e.terminal_id == "bakery_2"] == ["conflict"]

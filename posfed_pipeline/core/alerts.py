@@ -1,8 +1,9 @@
 """Telling an operator: e-mail over SMTP and/or a JSON webhook, each call bounded.
 
 Configured in the store file's ``[alerts]`` table; the SMTP password only ever comes from the
-environment (``POSFED_SMTP_PASSWORD``). An alert that cannot be delivered is reported to the
-caller (``AlertDeliveryError``), never swallowed: the caller logs it and tries again later.
+environment (``POSFED_SMTP_PASSWORD``). Alerts go through an outbox on the store server's disk
+(``AlertOutbox``): one that cannot be delivered on a channel (the mail server is down) stays
+there and is tried again on the next flush, and a channel that took it is not sent it twice.
 """
 
 from __future__ import annotations
@@ -10,11 +11,14 @@ from __future__ import annotations
 import json
 import os
 import smtplib
+import sqlite3
 import ssl
+import time
 import urllib.request
 from dataclasses import dataclass
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
+from pathlib import Path
 
 SMTP_SECURITY = ("none", "starttls", "ssl")
 
@@ -58,27 +62,114 @@ class AlertDeliveryError(RuntimeError):
     """No configured channel took the alert; the message says which failed and why."""
 
 
+def channels(settings: AlertSettings) -> list[str]:
+    return (["email"] if settings.email_to else []) + (["webhook"] if settings.webhook_url else [])
+
+
+def deliver(
+    settings: AlertSettings, alert: Alert, on: list[str] | None = None
+) -> tuple[list[str], list[str]]:
+    """Deliver ``alert`` on the given channels (default: all configured): (took it, failures)."""
+    delivered, failures = [], []
+    for channel in channels(settings) if on is None else on:
+        try:
+            if channel == "email":
+                _send_email(settings, alert)
+            else:
+                _post_webhook(settings, alert)
+            delivered.append(channel)
+        except (OSError, smtplib.SMTPException) as exc:  # urllib's errors are OSErrors
+            where = (
+                f"e-mail via {settings.smtp_host}:{settings.smtp_port}"
+                if channel == "email"
+                else f"webhook {settings.webhook_url}"
+            )
+            failures.append(f"{where}: {exc}")
+    return delivered, failures
+
+
 def send_alert(settings: AlertSettings, alert: Alert) -> list[str]:
-    """Deliver ``alert`` on every configured channel; returns the channels that took it.
+    """Deliver ``alert`` on every configured channel now; returns the channels that took it.
 
     Raises ``AlertDeliveryError`` if a channel failed (after trying all of them).
     """
-    delivered, failures = [], []
-    if settings.email_to:
-        try:
-            _send_email(settings, alert)
-            delivered.append("email")
-        except (OSError, smtplib.SMTPException) as exc:
-            failures.append(f"e-mail via {settings.smtp_host}:{settings.smtp_port}: {exc}")
-    if settings.webhook_url:
-        try:
-            _post_webhook(settings, alert)
-            delivered.append("webhook")
-        except OSError as exc:  # urllib's URLError and HTTPError are OSErrors
-            failures.append(f"webhook {settings.webhook_url}: {exc}")
+    delivered, failures = deliver(settings, alert)
     if failures:
         raise AlertDeliveryError("; ".join(failures))
     return delivered
+
+
+class AlertOutbox:
+    """Alerts owed to a channel, in a small SQLite file beside the store's ledger."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self._connect() as connection:
+            connection.execute(
+                "CREATE TABLE IF NOT EXISTS alert (id INTEGER PRIMARY KEY, created_at REAL, "
+                "alert TEXT NOT NULL, channels TEXT NOT NULL, attempts INTEGER DEFAULT 0, "
+                "last_error TEXT)"
+            )
+
+    def _connect(self) -> sqlite3.Connection:
+        connection = sqlite3.connect(self.path, timeout=10)
+        connection.execute("PRAGMA synchronous=FULL")
+        return connection
+
+    def add(self, settings: AlertSettings, alert: Alert) -> None:
+        with self._connect() as connection:
+            connection.execute(
+                "INSERT INTO alert (created_at, alert, channels) VALUES (?, ?, ?)",
+                (time.time(), json.dumps(alert.as_json()), ",".join(channels(settings))),
+            )
+
+    def pending(self) -> int:
+        with self._connect() as connection:
+            return connection.execute("SELECT COUNT(*) FROM alert").fetchone()[0]
+
+    def flush(self, settings: AlertSettings) -> list[Alert]:
+        """Try every owed alert on the channels still owed it; returns the alerts that are now
+        delivered everywhere. Raises ``AlertDeliveryError`` if any is still owed."""
+        done, failures = [], []
+        with self._connect() as connection:
+            rows = connection.execute(
+                "SELECT id, alert, channels FROM alert ORDER BY id"
+            ).fetchall()
+        for alert_id, document, owed in rows:
+            alert = _alert_from_json(json.loads(document))
+            delivered, errors = deliver(settings, alert, [c for c in owed.split(",") if c])
+            left = [c for c in owed.split(",") if c and c not in delivered]
+            with self._connect() as connection:
+                if left:
+                    connection.execute(
+                        "UPDATE alert SET channels = ?, attempts = attempts + 1, last_error = ? "
+                        "WHERE id = ?",
+                        (",".join(left), "; ".join(errors), alert_id),
+                    )
+                else:
+                    connection.execute("DELETE FROM alert WHERE id = ?", (alert_id,))
+            if left:
+                failures += errors
+            else:
+                done.append(alert)
+        if failures:
+            raise AlertDeliveryError("; ".join(failures))
+        return done
+
+
+def alert_outbox_path(home: Path) -> Path:
+    return home / "alerts.db"
+
+
+def _alert_from_json(document: dict) -> Alert:
+    return Alert(
+        subject=document["subject"],
+        body=document["body"],
+        kind=document["kind"],
+        store_id=document.get("store", ""),
+        details=tuple(document.get("details", {}).items()),
+    )
 
 
 def _send_email(settings: AlertSettings, alert: Alert) -> None:

@@ -34,7 +34,7 @@ class DbTimeouts:
     connect: float = 5.0
     statement: float = 10.0
     lock: float = 5.0
-    idle_in_transaction: float = 60.0
+    idle_in_transaction: float = 30.0
     keepalive_idle: int = 10  # seconds of silence before the first probe
     keepalive_interval: int = 3
     keepalive_count: int = 3
@@ -60,6 +60,11 @@ def postgres_connect_args(timeouts: DbTimeouts, url: str) -> dict:
         f"-c statement_timeout={_ms(timeouts.statement)}",
         f"-c lock_timeout={_ms(timeouts.lock)}",
         f"-c idle_in_transaction_session_timeout={_ms(timeouts.idle_in_transaction)}",
+        # The server's side of a dead link: a backend whose client vanished mid-transaction
+        # (its COMMIT or ROLLBACK lost in a partition) goes away in seconds, with its locks.
+        f"-c tcp_keepalives_idle={timeouts.keepalive_idle}",
+        f"-c tcp_keepalives_interval={timeouts.keepalive_interval}",
+        f"-c tcp_keepalives_count={timeouts.keepalive_count}",
     ]
     existing = make_url(url).query.get("options")
     if existing:  # the operator's own options come first and are kept
@@ -183,4 +188,5 @@ def call_deadline(engine: Engine, seconds: float, what: str) -> Iterator[None]:
         raise
     finally:
         timer.cancel()
+        timer.join()  # an expiry under way finishes before this unit's mark is cleared
         connections.expired_threads.discard(caller)

@@ -67,7 +67,7 @@ _SCHEMA = (
         recorded_at REAL NOT NULL,
         synced_at REAL,
         sync_error TEXT,
-        UNIQUE (terminal_id, file_signature)
+        UNIQUE (terminal_id, file_signature, content_hash)
     )
     """,
     "CREATE INDEX IF NOT EXISTS delivery_outbox ON delivery (seq) WHERE synced_at IS NULL",
@@ -119,7 +119,11 @@ class Acceptance:
 
     @property
     def to_emit(self) -> list[Receipt]:
-        return self.inserted + self.owed_dat
+        """One receipt per key (a batch may carry the same receipt twice)."""
+        unique: dict[tuple, Receipt] = {}
+        for receipt in self.inserted + self.owed_dat:
+            unique.setdefault(_key(receipt), receipt)
+        return list(unique.values())
 
     @property
     def accepted(self) -> list[Receipt]:
@@ -153,7 +157,8 @@ class SyncLag:
 
     pending_deliveries: int
     pending_receipts: int  # receipts accepted here and not yet in the central database
-    oldest_pending_at: float | None  # when the oldest of them was accepted
+    # When the oldest of them entered the outbox (accepted, or put back by a resync).
+    oldest_pending_at: float | None
     parked: int  # refused by the central database (see ``parked_entries``); an operator acts
 
     def age_seconds(self, now: float | None = None) -> float:
@@ -173,6 +178,10 @@ class SyncState:
     last_error: str | None
 
 
+def _key(receipt: Receipt) -> tuple[str, str, str]:
+    return (receipt.terminal_id, receipt.business_day.isoformat(), receipt.receipt_id)
+
+
 def ledger_path(home: Path) -> Path:
     return home / LEDGER_FILE
 
@@ -181,6 +190,19 @@ def ledger_path(home: Path) -> Path:
 def open_ledger(home: Path) -> Ledger:
     """The store's ledger, one object per process (its connections are per thread)."""
     return Ledger(ledger_path(home))
+
+
+_RECEIPT_OF_DELIVERY = (
+    "LEFT JOIN receipt r ON r.terminal_id = d.terminal_id "
+    "AND r.business_day = d.business_day AND r.receipt_id = d.receipt_id"
+)
+# An earlier (or this very) unsent delivery of the same terminal whose receipt has no .dat yet.
+_EARLIER_WAITING_FOR_DAT = (
+    "SELECT 1 FROM delivery e JOIN receipt q ON q.terminal_id = e.terminal_id "
+    "AND q.business_day = e.business_day AND q.receipt_id = e.receipt_id "
+    "WHERE e.terminal_id = d.terminal_id AND e.seq <= d.seq AND e.synced_at IS NULL "
+    "AND e.sync_error IS NULL AND e.outcome != 'conflict' AND q.dat_written_at IS NULL"
+)
 
 
 class Ledger:
@@ -266,9 +288,11 @@ class Ledger:
             "WHERE terminal_id = ? AND business_day = ? AND receipt_id = ?",
             key,
         ).fetchone()
+        # The same file version with the same content: an earlier attempt of this very delivery.
         earlier = connection.execute(
-            "SELECT outcome, reason FROM delivery WHERE terminal_id = ? AND file_signature = ?",
-            (receipt.terminal_id, delivery.file_signature),
+            "SELECT outcome, reason FROM delivery "
+            "WHERE terminal_id = ? AND file_signature = ? AND content_hash = ?",
+            (receipt.terminal_id, delivery.file_signature, receipt.content_hash),
         ).fetchone()
         if earlier is not None:
             outcome, reason = Outcome(earlier[0]), earlier[1]
@@ -372,14 +396,42 @@ class Ledger:
                 rows,
             )
 
+    def owed_dat(self, terminal_id: str) -> list[Receipt]:
+        """A terminal's accepted receipts whose .dat is not written (an attempt stopped between
+        the ledger's commit and the .dat, and its file is gone): the ledger holds the receipt,
+        so the next run of the terminal writes it."""
+        rows = self._connect().execute(
+            "SELECT payload FROM receipt WHERE terminal_id = ? AND dat_written_at IS NULL "
+            "ORDER BY accepted_at, rowid",
+            (terminal_id,),
+        )
+        return [from_payload(payload) for (payload,) in rows]
+
+    def withdraw(self, receipt: Receipt, reason: str) -> None:
+        """Undo the acceptance of a receipt whose .dat cannot be written (another terminal's
+        receipt holds its file name): it was never billed, so it becomes a conflict."""
+        with self._write() as connection:
+            connection.execute(
+                "DELETE FROM receipt WHERE terminal_id = ? AND business_day = ? AND receipt_id = ? "
+                "AND content_hash = ? AND dat_written_at IS NULL",
+                (*_key(receipt), receipt.content_hash),
+            )
+            connection.execute(
+                "UPDATE delivery SET outcome = 'conflict', reason = ? WHERE terminal_id = ? "
+                "AND business_day = ? AND receipt_id = ? AND content_hash = ? "
+                "AND synced_at IS NULL",
+                (reason[:500], *_key(receipt), receipt.content_hash),
+            )
+
     # --- the outbox -----------------------------------------------------------------------------
 
     def outbox(self, limit: int = 500) -> list[OutboxEntry]:
         """The oldest deliveries the central database does not hold yet, in delivery order.
 
-        A terminal's deliveries stay in order: none is handed out after one of the same
-        terminal still waiting for its .dat file (the central side sees a receipt only once the
-        customer could pay for it). Parked deliveries (refused by the central side) are left out.
+        A terminal's deliveries stay in order: none is handed out while an earlier one of the
+        same terminal still waits for its .dat file (the central side sees a receipt only once
+        the customer could pay for it); other terminals' go on. Parked deliveries (refused by
+        the central side) are left out.
         """
         rows = (
             self._connect()
@@ -387,15 +439,14 @@ class Ledger:
                 "SELECT d.seq, d.delivery_id, d.terminal_id, d.business_day, d.receipt_id, "
                 "d.source_file, d.content_hash, d.outcome, d.reason, d.run_id, d.detected_at, "
                 "r.dat_written_at, r.tenant, r.payload, r.content_hash "
-                "FROM delivery d LEFT JOIN receipt r ON r.terminal_id = d.terminal_id "
-                "AND r.business_day = d.business_day AND r.receipt_id = d.receipt_id "
-                "WHERE d.synced_at IS NULL AND d.sync_error IS NULL ORDER BY d.seq LIMIT ?",
-                (limit * 2,),
+                f"FROM delivery d {_RECEIPT_OF_DELIVERY} "
+                "WHERE d.synced_at IS NULL AND d.sync_error IS NULL "
+                f"AND NOT EXISTS ({_EARLIER_WAITING_FOR_DAT}) ORDER BY d.seq LIMIT ?",
+                (limit,),
             )
             .fetchall()
         )
         entries: list[OutboxEntry] = []
-        waiting: set[str] = set()
         for (
             seq,
             delivery_id,
@@ -414,11 +465,6 @@ class Ledger:
             stored_hash,
         ) in rows:
             outcome = Outcome(outcome)
-            if terminal_id in waiting:
-                continue
-            if outcome is not Outcome.CONFLICT and dat_written_at is None:
-                waiting.add(terminal_id)
-                continue
             accepted = outcome is not Outcome.CONFLICT and stored_hash == content_hash
             entries.append(
                 OutboxEntry(
@@ -438,8 +484,6 @@ class Ledger:
                     receipt=from_payload(payload) if accepted else None,
                 )
             )
-            if len(entries) == limit:
-                break
         return entries
 
     def mark_synced(self, seqs: Iterable[int], *, now: float | None = None) -> None:
@@ -464,8 +508,11 @@ class Ledger:
     def resync(self, *, terminal_id: str | None = None, business_day: date | None = None) -> int:
         """Put deliveries back in the outbox (all, or a terminal's and/or a day's): they are
         sent again, idempotently. Returns how many."""
-        query = "UPDATE delivery SET synced_at = NULL, sync_error = NULL WHERE 1 = 1"
-        params: list[str] = []
+        # The lag of a delivery sent again counts from now, not from when it was accepted.
+        query = (
+            "UPDATE delivery SET synced_at = NULL, sync_error = NULL, recorded_at = ? WHERE 1 = 1"
+        )
+        params: list = [time.time()]
         if terminal_id is not None:
             query += " AND terminal_id = ?"
             params.append(terminal_id)
@@ -474,6 +521,17 @@ class Ledger:
             params.append(business_day.isoformat())
         with self._write() as connection:
             return connection.execute(query, params).rowcount
+
+    def has_outbox(self) -> bool:
+        """Is there anything the next sync could send?"""
+        return bool(
+            self._connect()
+            .execute(
+                f"SELECT 1 FROM delivery d WHERE d.synced_at IS NULL AND d.sync_error IS NULL "
+                f"AND NOT EXISTS ({_EARLIER_WAITING_FOR_DAT}) LIMIT 1"
+            )
+            .fetchone()
+        )
 
     def lag(self) -> SyncLag:
         connection = self._connect()
@@ -485,6 +543,18 @@ class Ledger:
             "SELECT COUNT(*) FROM delivery WHERE synced_at IS NULL AND sync_error IS NOT NULL"
         ).fetchone()
         return SyncLag(pending, receipts, oldest, parked)
+
+    def pending_receipts_of_day(self, business_day: date) -> int:
+        """How many receipts of a business day (any terminal) the central database lacks."""
+        return (
+            self._connect()
+            .execute(
+                "SELECT COUNT(*) FROM delivery WHERE business_day = ? AND outcome = 'inserted' "
+                "AND synced_at IS NULL",
+                (business_day.isoformat(),),
+            )
+            .fetchone()[0]
+        )
 
     def pending_receipt_ids(self, terminal_id: str, business_day: date) -> set[str]:
         """Receipt ids of a terminal-day accepted here and not yet in the central database."""
@@ -539,16 +609,17 @@ class Ledger:
         rows = self._connect().execute(query + " ORDER BY accepted_at, rowid", params)
         return [from_payload(payload) for (payload,) in rows]
 
+    def day_state(self, terminal_id: str, business_day: date) -> dict[str, tuple[str, bool]]:
+        """receipt id -> (content hash, .dat written?) for one terminal-day."""
+        rows = self._connect().execute(
+            "SELECT receipt_id, content_hash, dat_written_at IS NOT NULL FROM receipt "
+            "WHERE terminal_id = ? AND business_day = ?",
+            (terminal_id, business_day.isoformat()),
+        )
+        return {receipt_id: (digest, bool(written)) for receipt_id, digest, written in rows}
+
     def delivery_ids(self) -> set[str]:
         return {d for (d,) in self._connect().execute("SELECT delivery_id FROM delivery")}
-
-    def emitted_keys(self) -> set[tuple[str, date, str]]:
-        """(terminal, day, receipt id) of every receipt whose .dat file was written."""
-        rows = self._connect().execute(
-            "SELECT terminal_id, business_day, receipt_id FROM receipt "
-            "WHERE dat_written_at IS NOT NULL"
-        )
-        return {(t, date.fromisoformat(d), r) for t, d, r in rows}
 
     def delivery_outcomes(self, terminal_id: str | None = None) -> list[tuple[str, str, str]]:
         """(source file, receipt id, outcome) of every delivery, in delivery order."""

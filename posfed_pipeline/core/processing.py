@@ -22,7 +22,13 @@ from pathlib import Path
 
 from posfed_pipeline.core import inbox, intake
 from posfed_pipeline.core.config import PosfedConfig, Terminal
-from posfed_pipeline.core.dat import DatRenderError, DatSpec, render_receipt, write_dat
+from posfed_pipeline.core.dat import (
+    DatConflictError,
+    DatRenderError,
+    DatSpec,
+    render_receipt,
+    write_dat,
+)
 from posfed_pipeline.core.ledger import Acceptance, Delivery, Ledger
 from posfed_pipeline.core.receipt import Problem, Receipt
 from posfed_pipeline.core.validation import ValidationReport, validate_batch
@@ -202,31 +208,42 @@ def accept(
     return acceptance
 
 
-def reaccept_archived(ledger: Ledger, terminal: Terminal, receipts: list[Receipt]) -> Acceptance:
-    """A backfill: archived receipts are emitted again (identical bytes); any the ledger does
-    not know yet (it was lost, or predates them) are recorded and go to the outbox."""
-    known = {(r.business_day, r.receipt_id): r.content_hash for r in _ledger_day(ledger, receipts)}
+def reaccept_archived(
+    ledger: Ledger, terminal: Terminal, receipts: list[Receipt], *, redeliver: bool = False
+) -> Acceptance:
+    """A backfill of archived receipts. Any the ledger does not know yet (it was lost, or
+    predates them) are recorded and go to the outbox. A receipt whose .dat was written is not
+    written again (the billing software may have imported and moved it) unless ``redeliver``:
+    re-delivering a day's .dat files is an operator's explicit act."""
+    known: dict[tuple, tuple[str, bool]] = {}
+    for terminal_id, day in {(r.terminal_id, r.business_day) for r in receipts}:
+        for receipt_id, state in ledger.day_state(terminal_id, day).items():
+            known[(day, receipt_id)] = state
     unknown = [r for r in receipts if (r.business_day, r.receipt_id) not in known]
     ledger.adopt(unknown, tenant=terminal.tenant)
     acceptance = Acceptance(inserted=unknown)
     for receipt in receipts:
-        stored = known.get((receipt.business_day, receipt.receipt_id))
-        if stored is None:
+        state = known.get((receipt.business_day, receipt.receipt_id))
+        if state is None:
             continue
-        if stored == receipt.content_hash:
-            acceptance.owed_dat.append(receipt)
-        else:
+        digest, written = state
+        if digest != receipt.content_hash:
             acceptance.conflicts.append(
                 (receipt, "the ledger holds other content for this receipt id; not re-emitted")
             )
+        elif written and not redeliver:
+            acceptance.redelivered.append(receipt)
+        else:
+            acceptance.owed_dat.append(receipt)
     return acceptance
 
 
-def _ledger_day(ledger: Ledger, receipts: list[Receipt]) -> list[Receipt]:
-    found: list[Receipt] = []
-    for terminal_id, day in {(r.terminal_id, r.business_day) for r in receipts}:
-        found += ledger.receipts(terminal_id=terminal_id, business_day=day)
-    return found
+@dataclass
+class Emission:
+    written: list[Path] = field(default_factory=list)
+    # Accepted, but their .dat file name is taken by another terminal's receipt: withdrawn
+    # from the ledger, never billed, quarantined (two terminals of one department, one id).
+    refused: list[tuple[Receipt, str]] = field(default_factory=list)
 
 
 def emit(
@@ -236,19 +253,28 @@ def emit(
     receipts: list[Receipt],
     *,
     ledger: Ledger | None = None,
-) -> list[Path]:
+) -> Emission:
     """Write one .dat per receipt (deterministic: a re-run rewrites identical bytes).
 
-    With ``ledger``, records that each receipt's .dat is written.
+    With ``ledger``, each .dat is recorded there as soon as it is on disk, so that an attempt
+    that stops half-way leaves nothing written-but-unrecorded for the next one to write again.
     """
-    written, relative = [], []
+    emission = Emission()
     for receipt in receipts:
         rendered = render_receipt(receipt, terminal, spec)
-        written.append(write_dat(config.dat_dir, rendered, spec, receipt.business_day))
-        relative.append((receipt, rendered.relative_path.as_posix()))
-    if ledger is not None:
-        ledger.mark_emitted(relative)
-    return written
+        try:
+            path = write_dat(config.dat_dir, rendered, spec, receipt.business_day)
+        except DatConflictError as exc:
+            if ledger is None:
+                raise
+            reason = f"its .dat file is another receipt's: {exc}"
+            ledger.withdraw(receipt, reason)
+            emission.refused.append((receipt, reason))
+            continue
+        if ledger is not None:
+            ledger.mark_emitted([(receipt, rendered.relative_path.as_posix())])
+        emission.written.append(path)
+    return emission
 
 
 def archive(terminal: Terminal, batch: IntakeResult, receipts: list[Receipt]) -> None:
@@ -266,12 +292,14 @@ def process_batch(
     from_archive: bool = False,
     run_id: str | None = None,
     day: date | None = None,
+    redeliver_dat: bool = False,
 ) -> BatchResult:
     """Every stage for one batch of one terminal's files.
 
-    ``from_archive``: a backfill of ``day``; the files stay where they are, their .dat files are
-    written again (byte-identical) and the day's deliveries go back to the outbox, so the
-    central database is brought up to date too.
+    ``from_archive``: a backfill of ``day``; the files stay where they are, a .dat the ledger
+    has no record of is written (every .dat of the day again, byte-identical, with
+    ``redeliver_dat``), and the day's deliveries go back to the outbox, so the central database
+    is brought up to date too.
     """
     move = not from_archive
     grace = config.incomplete_grace_seconds if move else 0.0
@@ -280,34 +308,58 @@ def process_batch(
     if move:
         acceptance = accept(ledger, terminal, batch, report.valid, run_id=run_id)
     else:
-        acceptance = reaccept_archived(ledger, terminal, report.valid)
+        acceptance = reaccept_archived(ledger, terminal, report.valid, redeliver=redeliver_dat)
     to_emit = acceptance.to_emit
-    dat_files = emit(config, terminal, spec, to_emit, ledger=ledger)
+    emission = emit(config, terminal, spec, to_emit, ledger=ledger)
     written_at = time.time()
+    # Receipts an earlier attempt accepted whose file went away before their .dat was written.
+    in_batch = {_key(r) for r in to_emit}
+    stranded = [r for r in ledger.owed_dat(terminal.id) if _key(r) not in in_batch]
+    stranded_emission = emit(config, terminal, spec, stranded, ledger=ledger)
+    acceptance.conflicts += emission.refused + stranded_emission.refused
     resynced = 0
     if move:
-        archive(terminal, batch, acceptance.accepted)
+        for receipt, reason in emission.refused:
+            inbox.quarantine_file(
+                terminal,
+                batch.path_of(receipt),
+                [Problem("receiptId", receipt.receipt_id, reason)],
+                stage="emit",
+            )
+        withdrawn = {id(r) for r, _ in emission.refused}
+        archive(terminal, batch, [r for r in acceptance.accepted if id(r) not in withdrawn])
     elif day is not None:
         resynced = ledger.resync(terminal_id=terminal.id, business_day=day)
+    emitted = {id(r) for r in to_emit} - {id(r) for r, _ in emission.refused}
     return BatchResult(
         files=len(paths) - len(batch.missing) - len(batch.deferred),
         intake=batch,
         validation=report,
         acceptance=acceptance,
-        dat_files=dat_files,
-        dat_seconds=sorted(max(0.0, written_at - batch.file_of(r).mtime_ns / 1e9) for r in to_emit),
+        dat_files=emission.written + stranded_emission.written,
+        dat_seconds=sorted(
+            max(0.0, written_at - batch.file_of(r).mtime_ns / 1e9)
+            for r in to_emit
+            if id(r) in emitted
+        ),
         resynced=resynced,
     )
+
+
+def _key(receipt: Receipt) -> tuple:
+    return (receipt.terminal_id, receipt.business_day, receipt.receipt_id)
 
 
 __all__ = [
     "BatchResult",
     "DatRenderError",
+    "Emission",
     "IntakeResult",
     "accept",
     "archive",
     "emit",
     "process_batch",
     "read_batch",
+    "reaccept_archived",
     "validate",
 ]

@@ -103,8 +103,14 @@ def sync_pending(ledger: Ledger, engine: Engine, policy: SyncPolicy = SyncPolicy
         if time.monotonic() - started > policy.max_pass_seconds:
             result.complete = False
             break
-        with call_deadline(engine, policy.call_timeout_seconds, "storing receipts"):
-            written = store.store_deliveries(engine, entries)
+        try:
+            written = _store(engine, entries, policy)
+        except Exception as exc:
+            if len(entries) == 1 or store.is_transient_error(exc):
+                raise
+            # Something in this batch the central database will never take (a value it
+            # rejects, a trigger, a constraint of its own): find it, set it aside, go on.
+            written = _store_one_by_one(engine, entries, policy)
         # Marked only after the central commit: a crash in between re-sends the batch, and
         # the central side recognises every delivery by its id.
         ledger.mark_synced(written.stored)
@@ -121,6 +127,28 @@ def sync_pending(ledger: Ledger, engine: Engine, policy: SyncPolicy = SyncPolicy
             break
     result.seconds = time.monotonic() - started
     return result
+
+
+def _store(engine: Engine, entries, policy: SyncPolicy) -> store.CentralWrite:
+    with call_deadline(engine, policy.call_timeout_seconds, "storing receipts"):
+        return store.store_deliveries(engine, entries)
+
+
+def _store_one_by_one(engine: Engine, entries, policy: SyncPolicy) -> store.CentralWrite:
+    combined = store.CentralWrite()
+    for entry in entries:
+        try:
+            written = _store(engine, [entry], policy)
+        except Exception as exc:
+            if store.is_transient_error(exc):
+                raise
+            combined.refused[entry.seq] = f"the central database refused it: {exc}"[:500]
+            continue
+        combined.stored += written.stored
+        combined.receipts_inserted += written.receipts_inserted
+        combined.already_held += written.already_held
+        combined.refused.update(written.refused)
+    return combined
 
 
 def check_central_schema(engine: Engine, policy: SyncPolicy = SyncPolicy()) -> None:

@@ -2,26 +2,31 @@
 
 Both go through ``core.alerts`` (e-mail over SMTP, a webhook) as configured in ``[alerts]``.
 A sync run that failed only because the central database was out of reach is not alerted on
-its own (there is one every few seconds during an outage): the lag alert covers it, sent once
-when the lag crosses ``[sync] fail_after_seconds`` and once when it has recovered. An alert that
-cannot be delivered fails the sensor's tick, so Dagster shows it and the next tick tries again.
+its own (there is one every few seconds during an outage), nor a sync failing again with the
+error already reported: the lag alert covers them, sent once when the lag crosses
+``[sync] fail_after_seconds`` and once when it has fully recovered. Alerts go through the
+store's alert outbox: one that cannot be delivered fails the sensor's tick (Dagster shows it)
+and the lag sensor tries it again every 30 s until every channel took it.
 """
 
 import dagster as dg
 
 from posfed_pipeline.core import sync
-from posfed_pipeline.core.alerts import Alert, send_alert
+from posfed_pipeline.core.alerts import Alert, AlertOutbox, alert_outbox_path
 from posfed_pipeline.core.config import PosfedConfig
 from posfed_pipeline.core.ledger import open_ledger
 from posfed_pipeline.defs.central_db import FAILURE_KIND_TAG
 
 RUN_FAILURE_SENSOR = "run_failure_alert_sensor"
 LAG_SENSOR = "central_db_lag_alert_sensor"
+# The lag sensor's cursor: the failure was announced, and recovery not yet (a lag that drains
+# through WARN on its way back is still the same outage).
+ALERTED = "alerted"
 
 
 def run_failure_alert(config: PosfedConfig, run: dg.DagsterRun, message: str) -> Alert | None:
     """The alert for a failed run, or None when another alert speaks for it."""
-    if run.tags.get(FAILURE_KIND_TAG) == "transient":
+    if run.tags.get(FAILURE_KIND_TAG) in ("transient", "repeated"):
         return None
     partition = run.tags.get("dagster/partition")
     where = f" for {partition}" if partition else ""
@@ -46,7 +51,7 @@ def lag_alert(config: PosfedConfig, level: sync.LagLevel, previous: str | None) 
         ("refused_by_central_db", str(lag.parked)),
         ("last_error", state.last_error or ""),
     )
-    if level is sync.LagLevel.FAIL and previous != sync.LagLevel.FAIL:
+    if level is sync.LagLevel.FAIL and previous != ALERTED:
         return Alert(
             subject=f"{config.store_name}: central database behind by {lag.age_seconds():.0f} s",
             body="The central database is not receiving this store's receipts. The checkout "
@@ -57,7 +62,7 @@ def lag_alert(config: PosfedConfig, level: sync.LagLevel, previous: str | None) 
             store_id=config.store_id,
             details=details,
         )
-    if level is sync.LagLevel.OK and previous == sync.LagLevel.FAIL:
+    if level is sync.LagLevel.OK and previous == ALERTED:
         return Alert(
             subject=f"{config.store_name}: central database caught up",
             body="The central database holds every receipt this store accepted again.",
@@ -71,6 +76,9 @@ def lag_alert(config: PosfedConfig, level: sync.LagLevel, previous: str | None) 
 def build_alert_sensors(config: PosfedConfig) -> list[dg.SensorDefinition]:
     settings = config.alerts
 
+    def outbox() -> AlertOutbox:
+        return AlertOutbox(alert_outbox_path(config.home))
+
     @dg.run_failure_sensor(
         name=RUN_FAILURE_SENSOR,
         default_status=dg.DefaultSensorStatus.RUNNING,
@@ -81,25 +89,31 @@ def build_alert_sensors(config: PosfedConfig) -> list[dg.SensorDefinition]:
             return dg.SkipReason("no [alerts] configured")
         alert = run_failure_alert(config, context.dagster_run, context.failure_event.message or "")
         if alert is None:
-            return dg.SkipReason("central database out of reach: the lag alert covers it")
-        channels = send_alert(settings, alert)
-        context.log.info(f"alert sent by {', '.join(channels)}: {alert.subject}")
+            return dg.SkipReason("another alert speaks for this failure (the lag alert)")
+        alerts = outbox()
+        alerts.add(settings, alert)  # kept until delivered, whatever happens to this tick
+        for sent in alerts.flush(settings):
+            context.log.info(f"alert sent: {sent.subject}")
 
     @dg.sensor(
         name=LAG_SENSOR,
         minimum_interval_seconds=30,
         default_status=dg.DefaultSensorStatus.RUNNING,
         description="Alerts when the central database falls behind the store's ledger past "
-        "[sync] fail_after_seconds, and again when it has caught up.",
+        "[sync] fail_after_seconds, and again when it has caught up; retries undelivered alerts.",
     )
     def central_db_lag_alert_sensor(context: dg.SensorEvaluationContext):
         level = sync.lag_level(open_ledger(config.home).lag(), config.sync)
         if not settings.enabled:
             return dg.SkipReason(f"no [alerts] configured (lag: {level})")
         alert = lag_alert(config, level, context.cursor)
+        alerts = outbox()
         if alert is not None:
-            send_alert(settings, alert)
-        context.update_cursor(str(level))
-        return dg.SkipReason(f"lag {level}" + (f"; alert sent: {alert.subject}" if alert else ""))
+            alerts.add(settings, alert)
+            context.update_cursor(ALERTED if alert.kind == "sync_lag" else str(level))
+        sent = alerts.flush(settings)  # this one, and any an earlier tick could not deliver
+        return dg.SkipReason(
+            f"lag {level}" + (f"; sent: {', '.join(a.subject for a in sent)}" if sent else "")
+        )
 
     return [run_failure_alert_sensor, central_db_lag_alert_sensor]

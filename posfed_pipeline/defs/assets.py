@@ -30,6 +30,12 @@ class ReceiptBatchConfig(dg.Config):
         description="Inbox file names to process. Empty: re-process the partition's day from "
         "the archive (a backfill).",
     )
+    redeliver_dat: bool = Field(
+        default=False,
+        description="A backfill only: write every .dat file of the day again, also those "
+        "already delivered (the billing software will import, and bill, them again). Off: only "
+        ".dat files the store's ledger has no record of are written.",
+    )
 
 
 def receipt_op_config(batch: ReceiptBatchConfig) -> dict:
@@ -109,6 +115,12 @@ def build_receipt_assets(
                 from_archive=from_archive,
                 run_id=context.run.run_id,
                 day=day,
+                redeliver_dat=config.redeliver_dat and from_archive,
+            )
+        if config.redeliver_dat and from_archive:
+            context.log.warning(
+                f"backfill with redeliver_dat: {len(result.dat_files)} .dat file(s) of {day} "
+                "delivered to the billing software again"
             )
         if result.intake.deferred:
             # The terminal's sensor looks at them again once their writer had time to finish.
@@ -132,7 +144,8 @@ def build_receipt_assets(
                 "amount_accepted": dg.MetadataValue.text(str(result.amount_accepted)),
             },
         )
-        checked = len(result.validation.valid) + result.rejected_files
+        # Conflicts passed validation and were refused after it: one count per file.
+        checked = len(result.validation.valid) + result.receipts_rejected
         yield dg.AssetCheckResult(
             asset_key=VALIDATED_RECEIPTS,
             check_name="validation_pass_rate",

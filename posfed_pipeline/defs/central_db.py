@@ -27,8 +27,9 @@ CENTRAL_DB_RECEIPTS = dg.AssetKey("central_db_receipts")
 LAG_CHECK = "central_db_lag"
 SYNC_JOB = "central_db_sync_job"
 SYNC_SENSOR = "central_db_sync_sensor"
-# Set on a sync run that failed because the central database was out of reach: its lag check
-# (and the lag alert) speak for it, a run-failure alert per attempt would only be noise.
+# Set on a failed sync run: "transient" (the central database was out of reach) and "repeated"
+# (the same error as the attempt before) are not alerted one by one: the lag check and the lag
+# alert speak for them. "permanent" (a new error no retry fixes) is alerted at once.
 FAILURE_KIND_TAG = "posfed/sync_failure"
 # A slot taken for a run that never appeared belongs to a launcher that died first.
 ORPHAN_SLOT_SECONDS = 30.0
@@ -49,9 +50,12 @@ def slot_holder_done(instance: dg.DagsterInstance):
         records = instance.get_run_records(
             filters=dg.RunsFilter(tags={RUN_KEY_TAG: run_key}), limit=1
         )
-        if records:
-            return records[0].dagster_run.is_finished
-        return time.time() - taken_at > ORPHAN_SLOT_SECONDS
+        orphaned = time.time() - taken_at > ORPHAN_SLOT_SECONDS
+        if not records:
+            return orphaned  # its launcher died before creating the run
+        run = records[0].dagster_run
+        # Created but never launched (the launch failed): nobody will ever run it.
+        return run.is_finished or (orphaned and run.status == dg.DagsterRunStatus.NOT_STARTED)
 
     return done
 
@@ -79,6 +83,7 @@ def build_central_db_assets(config: PosfedConfig) -> list[dg.AssetsDefinition]:
     def central_db_receipts(context: dg.AssetExecutionContext, central_db: CentralDbResource):
         ledger = open_ledger(config.home)
         run_key = context.run.tags.get(RUN_KEY_TAG)
+        previous_error = ledger.sync_state().last_error
         error: Exception | None = None
         done = sync.SyncPass()
         try:
@@ -94,7 +99,7 @@ def build_central_db_assets(config: PosfedConfig) -> list[dg.AssetsDefinition]:
             yield dg.MaterializeResult(metadata=_pass_metadata(done))
         yield lag_check_result(ledger, policy, state)
         if error is not None:
-            raise _sync_failure(context, error, state)
+            raise _sync_failure(context, error, state, repeated=str(error) == previous_error)
 
     return [central_db_receipts]
 
@@ -156,11 +161,10 @@ def is_out_of_reach(error: BaseException) -> bool:
     return isinstance(error, DeadlineExceeded) or store.is_transient_error(error)
 
 
-def _sync_failure(context, error: Exception, state) -> dg.Failure:
+def _sync_failure(context, error: Exception, state, *, repeated: bool) -> dg.Failure:
     transient = is_out_of_reach(error)
-    context.instance.add_run_tags(
-        context.run.run_id, {FAILURE_KIND_TAG: "transient" if transient else "permanent"}
-    )
+    kind = "transient" if transient else "repeated" if repeated else "permanent"
+    context.instance.add_run_tags(context.run.run_id, {FAILURE_KIND_TAG: kind})
     retry_in = max(0.0, state.next_attempt_at - time.time())
     what = (
         "the central database is out of reach"
@@ -196,8 +200,7 @@ def build_sync_job_and_sensor(config: PosfedConfig):
     def central_db_sync_sensor(context: dg.SensorEvaluationContext):
         ledger = open_ledger(config.home)
         lag = ledger.lag()
-        waiting = lag.pending_deliveries - lag.parked
-        if waiting <= 0:
+        if not ledger.has_outbox():
             return dg.SkipReason(sync.describe_lag(lag))
         trigger_alive = claims.ClaimStore(claims.claim_store_path(config.home)).alive()
         if trigger_alive and lag.age_seconds() < config.catchup_grace_seconds:

@@ -32,13 +32,6 @@ class CentralDbResource(dg.ConfigurableResource):
             url = url.set(password=self.password)
         return _engine(url.render_as_string(hide_password=False))
 
-    def check_schema(self) -> None:
-        if store.schema_revision(self.get_engine()) is None:
-            raise dg.Failure(
-                description="the central database has no posfed schema: run `posfed db upgrade`",
-                allow_retries=False,
-            )
-
 
 def central_db_resource(config: PosfedConfig) -> CentralDbResource:
     if "POSFED_DB_URL" in os.environ and "POSFED_DB_PASSWORD" not in os.environ:

@@ -333,7 +333,9 @@ class WarmWorkerPool:
         if run.status == dg.DagsterRunStatus.CANCELING or "canceled" in why:
             self._instance.report_run_canceled(run, f"Run {why}.")
         else:
-            self._instance.report_run_failed(run, f"Run {why}; its receipts stay in the inbox.")
+            # A receipts run's files stay in the inbox (its sensor relaunches them); a sync
+            # run's receipts stay in the ledger's outbox (the next sync sends them).
+            self._instance.report_run_failed(run, f"Run {why}; nothing it carried is lost.")
 
 
 # --- the launcher's line to the pool ------------------------------------------------------------

@@ -189,20 +189,32 @@ class InboxTrigger:
                 return
             self._sync_wanted = False
             self._next_sync_at = now + SYNC_INTERVAL_SECONDS
-        lag = self.ledger.lag()
-        if lag.pending_deliveries - lag.parked <= 0:
+        if not self.ledger.has_outbox():
             return
         run_key = sync_run_key()
         if not self.ledger.take_sync_slot(run_key, holder_done=slot_holder_done(self.instance)):
             with self._cond:  # backing off, or a sync of the sensor's is in flight
                 self._sync_wanted = True
             return
-        run = self.sync_run_factory.create_run(
-            dg.RunRequest(run_key=run_key, tags=sync_run_tags()), SYNC_SENSOR
-        )
-        with self._cond:
-            self._sync_in_flight = run.run_id
-        self.instance.launch_run(run.run_id, workspace=None)
+        run = None
+        try:
+            run = self.sync_run_factory.create_run(
+                dg.RunRequest(run_key=run_key, tags=sync_run_tags()), SYNC_SENSOR
+            )
+            with self._cond:
+                self._sync_in_flight = run.run_id
+            self.instance.launch_run(run.run_id, workspace=None)
+        except Exception as exc:
+            # Give the slot back at once: the sensor (or the next receipt run) tries again.
+            if run is not None:
+                self.instance.report_run_failed(run, f"launching the sync failed: {exc}")
+            with self._cond:
+                self._sync_in_flight = None
+                self._sync_wanted = True
+            self.ledger.finish_sync(
+                run_key, error=f"launching the sync failed: {exc}", backoff=lambda _: 1.0
+            )
+            raise
 
     def _sensor_run_queued(self, terminal: Terminal) -> bool:
         return bool(
