@@ -71,14 +71,16 @@ def ui_store(tmp_path, monkeypatch) -> tuple[PosfedConfig, Path, Path]:
     terminal = config.terminal("bakery_1")
     now = datetime.now(terminal.timezone).replace(microsecond=0)
     drop_receipt(terminal.inbox, receipt_doc("UI0001", timestamp=now.isoformat()))
-    job = build_definitions(config).resolve_job_def(RECEIPTS_JOB)
+    defs = build_definitions(config)
     with dg.DagsterInstance.from_config(str(dagster_home)) as instance:
-        result = job.execute_in_process(
+        result = defs.resolve_job_def(RECEIPTS_JOB).execute_in_process(
             run_config=receipt_op_config(ReceiptBatchConfig(files=["UI0001.json"])),
             partition_key=terminal_day_key(terminal.id, now.date()),
             instance=instance,
         )
-    assert result.success
+        # ...and the central database's copy, as the sync sensor or the trigger would run it.
+        synced = defs.resolve_job_def("central_db_sync_job").execute_in_process(instance=instance)
+    assert result.success and synced.success
     return config, config_path, dagster_home
 
 
