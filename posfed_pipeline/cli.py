@@ -77,6 +77,13 @@ def _add_demo(commands) -> None:
 
     fast = commands.add_parser("fastpath", help="the event-driven trigger and warm run workers")
     fast.add_argument("--workers", type=int, default=2, help="warm run worker processes")
+    fast.add_argument(
+        "--background-workers",
+        type=int,
+        default=1,
+        help="warm workers of their own, at a lower CPU priority, for the central database "
+        "sync (0: it shares the others)",
+    )
     fast.add_argument("--no-trigger", action="store_true", help="only serve the run workers")
     fast.set_defaults(handler=_fastpath)
 
@@ -165,7 +172,12 @@ def _fastpath(args) -> int:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     serve_forever(
-        config, dagster_home, workers=args.workers, trigger=not args.no_trigger, stop=stop
+        config,
+        dagster_home,
+        workers=args.workers,
+        trigger=not args.no_trigger,
+        stop=stop,
+        background_workers=args.background_workers,
     )
     return 0
 

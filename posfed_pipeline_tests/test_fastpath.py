@@ -117,6 +117,10 @@ def test_trigger_runs_are_the_sensors_runs_and_no_sensor_tick_duplicates_them(fa
             "the central database sync",
         )
         syncs = _wait_finished(instance, 1, job_name=SYNC_JOB)
+        # The syncs ran on the background worker, at a lower CPU priority than the checkout's.
+        [background] = [w for w in fastpath.pool._workers if w.for_background]
+        assert os.getpriority(os.PRIO_PROCESS, background.process.pid) == 10
+        assert fastpath.pool.stats()["background_ready"] == 1
     finally:
         fastpath.stop()
 

@@ -206,6 +206,7 @@ TABLE_KEYS = {
         "batch_size",
         "backoff_cap_seconds",
         "call_timeout_seconds",
+        "min_interval_seconds",
         "warn_after_seconds",
         "fail_after_seconds",
     },
@@ -405,6 +406,9 @@ def _sync_policy(table: dict, place: str) -> SyncPolicy:
         ),
         call_timeout_seconds=_positive(
             table, "call_timeout_seconds", default.call_timeout_seconds, place
+        ),
+        min_interval_seconds=_positive(
+            table, "min_interval_seconds", default.min_interval_seconds, place
         ),
         warn_after_seconds=_positive(
             table, "warn_after_seconds", default.warn_after_seconds, place

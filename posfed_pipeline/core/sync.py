@@ -35,6 +35,9 @@ class SyncPolicy:
     call_timeout_seconds: float = 20.0
     # A sync pass stops after this long even with work left (the next pass continues).
     max_pass_seconds: float = 120.0
+    # The fast path launches a sync at most this often: each is a Dagster run (~0.1 CPU-s),
+    # so under load fewer, bigger syncs leave the CPU to the checkout.
+    min_interval_seconds: float = 3.0
     warn_after_seconds: float = 60.0
     fail_after_seconds: float = 900.0
 

@@ -6,8 +6,10 @@ deadlock in dagster 1.13 (``logging.config.dictConfig`` lock order).
 
 The pool serialises the runs of one lane in submission order (a terminal's, by its
 ``posfed/terminal`` tag, or a background lane such as the central database sync) and runs
-different lanes in parallel; background runs never take the last free worker, so a sync that
-waits on an unreachable central database never holds up a terminal's run. It answers the run
+different lanes in parallel. Background runs have a worker of their own, at a lower CPU
+priority (nice 10): a sync never takes a checkout worker, so one that waits on an unreachable
+central database holds up no terminal, and one that works competes as little as possible with
+the runs a cashier waits for. It answers the run
 launcher over a local Unix socket (launch, terminate, health), so runs launched from the UI,
 the daemon or the trigger all land on the same workers.
 """
@@ -35,8 +37,13 @@ from posfed_pipeline.run_tags import ACCEPTED_TAG, GRPC_INFO_TAG, lane_of
 log = logging.getLogger("posfed.fastpath.pool")
 
 
-def _worker_main(conn, dagster_home: str, working_directory: str) -> None:
+BACKGROUND_NICE = 10
+
+
+def _worker_main(conn, dagster_home: str, working_directory: str, nice: int = 0) -> None:
     """A run worker: warm up once, then execute the runs it is handed, one at a time."""
+    if nice:
+        os.nice(nice)  # raising one's own niceness needs no privilege
     os.environ["DAGSTER_HOME"] = dagster_home
     os.chdir(working_directory)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the pool decides when a worker stops
@@ -95,7 +102,7 @@ class _Worker:
     ready: bool = False
     run_id: str | None = None
     lane: str | None = None
-    background: bool = False
+    for_background: bool = False  # the background runs' own worker
 
 
 @dataclass
@@ -113,10 +120,12 @@ class WarmWorkerPool:
         working_directory: Path,
         size: int = 2,
         on_finished: Callable[[str, str | None, str], None] | None = None,
+        background_workers: int = 1,
     ):
         self.dagster_home = Path(dagster_home)
         self.working_directory = Path(working_directory)
         self.size = size
+        self.background_workers = background_workers
         self.on_finished = on_finished
         self._ctx = multiprocessing.get_context("spawn")
         self._cond = threading.Condition()
@@ -135,6 +144,8 @@ class WarmWorkerPool:
         self._instance = dg.DagsterInstance.from_config(str(self.dagster_home))
         for _ in range(self.size):
             self._spawn()
+        for _ in range(self.background_workers):
+            self._spawn(for_background=True)
         self._requeue_orphans()
         threading.Thread(target=self._dispatch_loop, name="pool-dispatch", daemon=True).start()
         deadline = time.monotonic() + wait_ready
@@ -174,17 +185,22 @@ class WarmWorkerPool:
                 self.submit(run.run_id, *lane_of(run.tags))
                 log.info("re-queued run %s, left STARTING by a pool that stopped", run.run_id)
 
-    def _spawn(self) -> _Worker:
+    def _spawn(self, *, for_background: bool = False) -> _Worker:
         parent, child = self._ctx.Pipe()
         process = self._ctx.Process(
             target=_worker_main,
-            args=(child, str(self.dagster_home), str(self.working_directory)),
-            name="posfed-run-worker",
+            args=(
+                child,
+                str(self.dagster_home),
+                str(self.working_directory),
+                BACKGROUND_NICE if for_background else 0,
+            ),
+            name="posfed-background-worker" if for_background else "posfed-run-worker",
             daemon=True,
         )
         process.start()
         child.close()
-        worker = _Worker(process, parent)
+        worker = _Worker(process, parent, for_background=for_background)
         self._workers.append(worker)
         threading.Thread(target=self._read_loop, args=(worker,), daemon=True).start()
         return worker
@@ -241,10 +257,14 @@ class WarmWorkerPool:
 
     def stats(self) -> dict:
         with self._cond:
+            checkout = [w for w in self._workers if not w.for_background]
+            background = [w for w in self._workers if w.for_background]
             return {
-                "workers": len(self._workers),
-                "ready": sum(w.ready for w in self._workers),
-                "busy": sum(w.run_id is not None for w in self._workers),
+                "workers": len(checkout),
+                "ready": sum(w.ready for w in checkout),
+                "busy": sum(w.run_id is not None for w in checkout),
+                "background_workers": len(background),
+                "background_ready": sum(w.ready for w in background),
                 "queued": len(self._queue),
             }
 
@@ -258,24 +278,22 @@ class WarmWorkerPool:
                     self._cond.wait(1.0)
 
     def _assign_one(self) -> bool:
-        idle = next((w for w in self._workers if w.ready and w.run_id is None), None)
-        if idle is None:
-            return False
-        background_busy = sum(w.background for w in self._workers)
-        background_cap = max(1, len(self._workers) - 1)
-        for job in self._queue:
-            if job.lane is not None and job.lane in self._busy_lanes:
-                continue
-            if job.background and background_busy >= background_cap:
-                continue
-            self._queue.remove(job)
-            idle.run_id, idle.lane, idle.background = job.run_id, job.lane, job.background
-            if job.lane:
-                self._busy_lanes.add(job.lane)
-            # On a dead worker the read loop sees the broken pipe and reports the run.
-            with contextlib.suppress(OSError, ValueError):
-                idle.conn.send(job.run_id)
-            return True
+        # Without a background worker (background_workers=0) background runs share the others.
+        shared = not any(w.for_background for w in self._workers)
+        for idle in (w for w in self._workers if w.ready and w.run_id is None):
+            for job in self._queue:
+                if job.lane is not None and job.lane in self._busy_lanes:
+                    continue
+                if job.background != idle.for_background and not (shared and job.background):
+                    continue
+                self._queue.remove(job)
+                idle.run_id, idle.lane = job.run_id, job.lane
+                if job.lane:
+                    self._busy_lanes.add(job.lane)
+                # On a dead worker the read loop sees the broken pipe and reports the run.
+                with contextlib.suppress(OSError, ValueError):
+                    idle.conn.send(job.run_id)
+                return True
         return False
 
     def _read_loop(self, worker: _Worker) -> None:
@@ -301,7 +319,6 @@ class WarmWorkerPool:
         if worker.lane:
             self._busy_lanes.discard(worker.lane)
         worker.run_id = worker.lane = None
-        worker.background = False
 
     def _record_finished(self, run_id: str, status: str) -> None:
         self._finished[run_id] = status
@@ -318,7 +335,7 @@ class WarmWorkerPool:
                 self._record_finished(run_id, "FAILURE")
             stopping = self._stopping
             if not stopping:
-                self._spawn()
+                self._spawn(for_background=worker.for_background)
             self._cond.notify_all()
         if run_id:
             code = worker.process.exitcode

@@ -40,10 +40,17 @@ class FastPath:
 
 
 def start_fastpath(
-    config: PosfedConfig, dagster_home: Path, *, workers: int = 2, trigger: bool = True
+    config: PosfedConfig,
+    dagster_home: Path,
+    *,
+    workers: int = 2,
+    trigger: bool = True,
+    background_workers: int = 1,
 ) -> FastPath:
     instance = dg.DagsterInstance.from_config(str(dagster_home))
-    pool = WarmWorkerPool(dagster_home, REPO_ROOT, size=workers)
+    pool = WarmWorkerPool(
+        dagster_home, REPO_ROOT, size=workers, background_workers=background_workers
+    )
     launcher.register_local_pool(pool)
     pool.start()
     socket_path = launcher.default_socket_path()
@@ -60,8 +67,9 @@ def start_fastpath(
         pool.on_finished = inbox_trigger.run_finished
         inbox_trigger.start()
     log.info(
-        "fast path up: %d warm workers, socket %s, trigger %s",
+        "fast path up: %d warm workers (+%d for background runs), socket %s, trigger %s",
         workers,
+        background_workers,
         socket_path,
         "on" if trigger else "off",
     )
@@ -69,9 +77,21 @@ def start_fastpath(
 
 
 def serve_forever(
-    config: PosfedConfig, dagster_home: Path, *, workers: int, trigger: bool, stop: threading.Event
+    config: PosfedConfig,
+    dagster_home: Path,
+    *,
+    workers: int,
+    trigger: bool,
+    stop: threading.Event,
+    background_workers: int = 1,
 ) -> None:
-    fastpath = start_fastpath(config, dagster_home, workers=workers, trigger=trigger)
+    fastpath = start_fastpath(
+        config,
+        dagster_home,
+        workers=workers,
+        trigger=trigger,
+        background_workers=background_workers,
+    )
     try:
         stop.wait()
     finally:

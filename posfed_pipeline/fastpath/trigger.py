@@ -11,9 +11,9 @@ Adaptive batching: while a terminal's run is in flight, its new files wait; when
 finishes, one run carries all of them. Under load runs get bigger, not more numerous.
 
 After receipt runs, the trigger also launches the central database sync (the run its sensor
-would launch), at most one at a time and one a second, and not while the sync backs off after
-a failure: the central database gets new receipts within a second or two, and an unreachable
-one costs the checkout nothing.
+would launch), at most one at a time and one every ``[sync] min_interval_seconds`` (3 s), and
+not while the sync backs off after a failure: the central database gets new receipts within a
+few seconds, and an unreachable one costs the checkout nothing.
 """
 
 from __future__ import annotations
@@ -42,7 +42,6 @@ from posfed_pipeline.run_tags import TERMINAL_TAG, lane_of
 
 log = logging.getLogger("posfed.fastpath.trigger")
 RESCAN_SECONDS = 0.5  # how often files without a close event are re-checked for stability
-SYNC_INTERVAL_SECONDS = 1.0  # at most one central database sync launched per second
 SYNC_LANE = lane_of(sync_run_tags())[0]
 
 
@@ -188,7 +187,7 @@ class InboxTrigger:
             ):
                 return
             self._sync_wanted = False
-            self._next_sync_at = now + SYNC_INTERVAL_SECONDS
+            self._next_sync_at = now + self.config.sync.min_interval_seconds
         if not self.ledger.has_outbox():
             return
         run_key = sync_run_key()
