@@ -86,6 +86,7 @@ TERMINAL_TOML = """
 id = "{id}"
 department = "{department}"
 tenant = "{tenant}"
+receipt_id_prefix = "{prefix}"
 """
 # The plain Dagster pattern: sensors only, runs launched at once, a fresh process per run,
 # default (per-run) SQLite storage. A benchmark profile, not a deploy profile.
@@ -136,13 +137,15 @@ class Sent:
 # --- the store --------------------------------------------------------------------------------
 
 
-def terminal_specs(count: int) -> list[tuple[str, str, str]]:
-    """``count`` terminals named like the demo's: bakery_1, bakery_2, butcher_1, ..."""
+def terminal_specs(count: int) -> list[tuple[str, str, str, str]]:
+    """``count`` terminals named like the demo's: bakery_1, bakery_2, butcher_1, ...; with
+    their receipt-number prefixes (the number, all of one width, so none starts another)."""
+    numbers = [i % 2 + 1 + 2 * (i // (2 * len(KINDS))) for i in range(count)]
+    width = len(str(max(numbers, default=1)))
     specs = []
-    for i in range(count):
+    for i, number in enumerate(numbers):
         kind, department, tenant = KINDS[(i // 2) % len(KINDS)]
-        number = i % 2 + 1 + 2 * (i // (2 * len(KINDS)))
-        specs.append((f"{kind}_{number}", department, tenant))
+        specs.append((f"{kind}_{number}", department, tenant, f"{number:0{width}d}"))
     return specs
 
 
@@ -205,8 +208,10 @@ def make_store(
         spec=REPO_ROOT / "dat_specs/scon_default.json",
         stability=stability_seconds,
     )
-    for terminal_id, department, tenant in terminal_specs(terminals):
-        text += TERMINAL_TOML.format(id=terminal_id, department=department, tenant=tenant)
+    for terminal_id, department, tenant, prefix in terminal_specs(terminals):
+        text += TERMINAL_TOML.format(
+            id=terminal_id, department=department, tenant=tenant, prefix=prefix
+        )
     config_path.write_text(text)
     config = load_config(config_path)
     config.ensure_folders()

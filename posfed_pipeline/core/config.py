@@ -27,6 +27,7 @@ DEFAULT_CONFIG_FILE = "posfed.toml"
 # Terminal ids become Dagster sensor names and partition keys: keep them to that alphabet.
 TERMINAL_ID_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,31}$")
 DEPARTMENT_PATTERN = re.compile(r"^[A-Za-z0-9]{1,8}$")
+RECEIPT_ID_PREFIX_PATTERN = re.compile(r"^[A-Za-z0-9]{0,16}$")
 CANONICAL_FORMAT = "posfed-json"
 # Built-in formats; every [mappings.<name>] of the store file adds one more.
 INPUT_FORMATS = (CANONICAL_FORMAT,)
@@ -105,6 +106,9 @@ class Terminal:
     encoding_fallback: str | None = None  # tried only when a file is not UTF-8
     quantity_decimals: int = 3  # weighed items: kilograms to the gram
     variable_measure: VariableMeasureScheme | None = None
+    # The terminal's own receipt numbers all begin with this (its number range): what tells two
+    # terminals of one department apart in a .dat name like scon{department}{receiptId}.dat.
+    receipt_id_prefix: str = ""
 
     @property
     def folder(self) -> Path:
@@ -232,6 +236,7 @@ TERMINAL_KEYS = {
     "quantity_decimals",
     "variable_measure",
     "allow_returns",
+    "receipt_id_prefix",
 }
 
 
@@ -331,6 +336,12 @@ def config_from_dict(raw: dict, *, base_dir: Path, config_path: Path | None = No
             terminal_variable_measure = _variable_measure(
                 variable_measure, f"{place}: variable_measure"
             )
+        receipt_id_prefix = str(entry.get("receipt_id_prefix", ""))
+        if not RECEIPT_ID_PREFIX_PATTERN.match(receipt_id_prefix):
+            raise ConfigError(
+                f"{place}: receipt_id_prefix {receipt_id_prefix!r} must be at most 16 letters or "
+                "digits"
+            )
         inbox = (
             _resolve(entry["inbox"], base_dir)
             if "inbox" in entry
@@ -349,6 +360,7 @@ def config_from_dict(raw: dict, *, base_dir: Path, config_path: Path | None = No
                 encoding_fallback=encoding_fallback,
                 quantity_decimals=quantity_decimals,
                 variable_measure=terminal_variable_measure,
+                receipt_id_prefix=receipt_id_prefix,
             )
         )
     if not terminals:
@@ -363,7 +375,7 @@ def config_from_dict(raw: dict, *, base_dir: Path, config_path: Path | None = No
     if not 0 <= stability <= 60:
         raise ConfigError(f"{where}: [intake] stability_seconds must be between 0 and 60")
 
-    return PosfedConfig(
+    config = PosfedConfig(
         store_id=str(store.get("id", "store")),
         store_name=str(store.get("name", store.get("id", "store"))),
         timezone=timezone,
@@ -385,6 +397,29 @@ def config_from_dict(raw: dict, *, base_dir: Path, config_path: Path | None = No
         alerts=_alert_settings(raw.get("alerts", {}), f"{where}: [alerts]"),
         config_path=config_path,
     )
+    _refuse_shared_dat_names(config, where)
+    return config
+
+
+def _refuse_shared_dat_names(config: PosfedConfig, where: str) -> None:
+    """One .dat file is one sale: terminals whose file names could coincide never start."""
+    # Imported here: the .dat engine itself needs this module's Terminal.
+    from posfed_pipeline.core.dat import SpecError, load_spec
+    from posfed_pipeline.core.dat_names import HOW_TO_TELL_APART, dat_name_clashes
+
+    try:
+        spec = load_spec(config.dat_spec)
+    except (OSError, SpecError) as exc:
+        raise ConfigError(f"{where}: [dat] spec: {exc}") from None
+    clashes = dat_name_clashes(config.terminals, spec)
+    if clashes:
+        raise ConfigError(
+            f"{where}: these terminals could write the same .dat file, and one file would be "
+            "two sales to the billing software:\n"
+            + "".join(f"  - {clash}\n" for clash in clashes[:20])
+            + (f"  ... and {len(clashes) - 20} more\n" if len(clashes) > 20 else "")
+            + HOW_TO_TELL_APART
+        )
 
 
 def _positive(table: dict, key: str, default: float, place: str) -> float:

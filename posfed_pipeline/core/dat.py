@@ -1026,6 +1026,11 @@ def _compile_file_name(template: str) -> list[tuple[str, bool]]:
     return [(piece, i % 2 == 1) for i, piece in enumerate(pieces) if piece]
 
 
+def name_template_parts(version: LayoutVersion) -> list[tuple[str, bool]]:
+    """The version's file-name template as (literal text or placeholder name, is placeholder)."""
+    return list(version._name_parts)
+
+
 def dat_relative_path(receipt: Receipt, terminal: Terminal, version: LayoutVersion) -> Path:
     """``<date folder>/<file name>``; nothing from a receipt can steer it elsewhere."""
     day = local_time(receipt.timestamp, terminal.timezone).date()

@@ -134,6 +134,7 @@ def validate(
         allow_returns=terminal.allow_returns,
         quantity_decimals=terminal.quantity_decimals,
         variable_measure=terminal.variable_measure,
+        receipt_id_prefix=terminal.receipt_id_prefix,
         now=now or datetime.now(UTC),
         max_clock_skew=timedelta(seconds=config.max_clock_skew_seconds),
         # A backfill re-validates old receipts: their age was judged when they arrived.

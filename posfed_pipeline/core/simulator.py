@@ -107,8 +107,11 @@ class ReceiptSimulator:
             code = ean13(zlib.crc32(f"{kind}:{index}".encode()))
             items.append(ReceiptItem(code, description, Decimal(price), quantity))
         moment = (when or datetime.now(terminal.timezone)).astimezone(terminal.timezone)
+        # 12 characters (the seed layout's field), starting with the terminal's own prefix.
+        prefix = terminal.receipt_id_prefix
+        number = uuid.UUID(int=self.random.getrandbits(128)).hex.upper()[: 12 - len(prefix)]
         return Receipt(
-            receipt_id=uuid.UUID(int=self.random.getrandbits(128)).hex[:12].upper(),
+            receipt_id=prefix + number,
             terminal_id=terminal.id,
             department_code=terminal.department,
             items=tuple(items),

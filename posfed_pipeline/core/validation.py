@@ -260,6 +260,7 @@ def validate_batch(
     max_age: timedelta = timedelta(days=45),
     quantity_decimals: int = QUANTITY_DECIMALS,
     variable_measure: VariableMeasureScheme | None = None,
+    receipt_id_prefix: str = "",
 ) -> ValidationReport:
     """Check a batch of one terminal's receipts; every failure of every receipt is reported."""
     report = ValidationReport()
@@ -269,7 +270,7 @@ def validate_batch(
     headers, items = receipts_to_frames(receipts, quantity_decimals=quantity_decimals)
     problems: dict[int, list[Problem]] = {}
 
-    header_schema = _header_schema(now, max_clock_skew, max_age)
+    header_schema = _header_schema(now, max_clock_skew, max_age, receipt_id_prefix)
     item_schema = _item_schema(allow_returns, quantity_decimals, variable_measure)
     for schema, frame, kind in ((header_schema, headers, "header"), (item_schema, items, "item")):
         try:
@@ -287,16 +288,34 @@ def validate_batch(
     return report
 
 
-def _header_schema(now: datetime, skew: timedelta, max_age: timedelta) -> pa.DataFrameSchema:
+def _header_schema(
+    now: datetime, skew: timedelta, max_age: timedelta, receipt_id_prefix: str
+) -> pa.DataFrameSchema:
     latest = pd.Timestamp(now + skew)
     earliest = pd.Timestamp(now - max_age)
-    return _base_header_schema().update_column(
+    schema = _base_header_schema().update_column(
         "timestamp",
         checks=[
             pa.Check.le(latest, error=f"timestamp is more than {_span(skew)} in the future"),
             pa.Check.ge(earliest, error=f"timestamp is older than {_span(max_age)}"),
         ],
     )
+    if receipt_id_prefix:
+        column = schema.columns["receipt_id"]
+        schema = schema.update_column(
+            "receipt_id",
+            checks=[
+                *column.checks,
+                pa.Check.str_startswith(
+                    receipt_id_prefix,
+                    # Its .dat name would not be this terminal's: see core.dat_names.
+                    error=f"must begin with {receipt_id_prefix!r}, this terminal's receipt "
+                    "number prefix (receipt_id_prefix in posfed.toml): is the terminal's "
+                    "numbering set up as configured?",
+                ),
+            ],
+        )
+    return schema
 
 
 @functools.cache
