@@ -2,7 +2,7 @@
 
 - nothing in a receipt (or in a run's file list, editable in the UI) writes outside the
   configured folders;
-- receipt text reaches the database only as bound parameters;
+- receipt text reaches the database only as bound parameters, and the UI only as text;
 - database credentials come only from the environment and are never stored by Dagster;
 - the web UI listens on 127.0.0.1 unless told otherwise.
 """
@@ -321,3 +321,50 @@ def test_the_production_web_ui_unit_binds_the_loopback_unless_configured():
     host = lines.index("Environment=DAGSTER_WEBSERVER_HOST=127.0.0.1")
     # The operator's env file may override it, so it must be read after the default.
     assert host < lines.index("EnvironmentFile=/etc/posfed/posfed.env")
+
+
+def test_receipt_text_in_the_run_metadata_renders_as_text_not_markup(config):
+    """A receipt id like [Pay](https://x), a barcode carrying HTML, a file name with a table
+    pipe and an image: through the sensor and the run, the UI shows them as the text they are."""
+    from markdown_it import MarkdownIt
+
+    from posfed_pipeline_tests.test_sensors import _run_as_the_daemon_would, _tick
+
+    terminal = config.terminal("bakery_1")
+    when = "2026-11-20T10:15:00+01:00"
+    drop_receipt(terminal.inbox, receipt_doc("[Pay](https://x)", timestamp=when), name="a.json")
+    hostile_line = {
+        "barcode": '<img src=x onerror="alert(1)">',
+        "description": "Brood",
+        "price": "2.95",
+        "quantity": 1,
+    }
+    drop_receipt(
+        terminal.inbox,
+        receipt_doc("R0002", timestamp=when, items=[hostile_line]),
+        name="b | ![x](x.png) www.x.nl.json",
+    )
+    defs = build_definitions(config)
+    sensor = defs.resolve_sensor_def("bakery_1_inbox_sensor")
+    with dg.instance_for_test() as instance:
+        tables = []
+        # Two runs: the receipt with the unusable id is filed under the day it arrived.
+        for request in _tick(sensor, None, instance).run_requests:
+            result = _run_as_the_daemon_would(
+                defs.resolve_job_def(RECEIPTS_JOB), request, instance, sensor.name
+            )
+            tables += [
+                check.metadata["reasons"].value
+                for check in result.get_asset_check_evaluations()
+                if check.check_name == "validation_pass_rate"
+            ]
+    assert len(tables) == 2
+
+    pages = [MarkdownIt("commonmark").enable("table").render(table) for table in tables]
+    for page in pages:
+        assert "<a " not in page and "<img" not in page
+        assert page.count("<tr>") == 2  # the header and the file's row: no cell split off
+    page = "".join(pages)
+    assert "[Pay](https://x)" in page  # shown, as text
+    assert "&lt;img src=x onerror=" in page
+    assert "b | ![x](x.png) www.x.nl.json" in page

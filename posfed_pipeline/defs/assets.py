@@ -15,6 +15,7 @@ from posfed_pipeline.core import inbox, processing, retention, store
 from posfed_pipeline.core.config import PosfedConfig
 from posfed_pipeline.core.dat import check_dat, load_spec
 from posfed_pipeline.core.ledger import open_ledger
+from posfed_pipeline.defs.markdown import md_table
 from posfed_pipeline.defs.partitions import split_terminal_day_key
 
 GROUP = "receipts"
@@ -217,7 +218,4 @@ def _reasons_table(result: processing.BatchResult) -> str:
     rows += [(r.source_file, reason) for r, reason in result.acceptance.conflicts]
     if not rows:
         return "No rejected receipts."
-    lines = ["| file | first problem |", "|---|---|"]
-    for name, problem in rows[:50]:
-        lines.append(f"| {name} | {str(problem).replace('|', '/')} |")
-    return "\n".join(lines)
+    return md_table(["file", "first problem"], rows[:50])

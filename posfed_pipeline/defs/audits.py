@@ -14,6 +14,7 @@ from posfed_pipeline.core.dat import load_spec
 from posfed_pipeline.core.ledger import open_ledger
 from posfed_pipeline.defs.assets import DAT_FILES
 from posfed_pipeline.defs.central_db import CENTRAL_DB_RECEIPTS
+from posfed_pipeline.defs.markdown import md_table
 from posfed_pipeline.defs.partitions import split_terminal_day_key, terminal_day_key
 from posfed_pipeline.defs.resources import CentralDbResource
 
@@ -114,18 +115,18 @@ def build_audit_assets(
         settlements = audit.settle_day(config, engine, day)
         path = audit.write_settlement_csv(config, settlements, day)
         stored = audit.store_settlements(engine, day, settlements)
-        table = ["| tenant | receipts | gross | returns | net |", "|---|---:|---:|---:|---:|"]
-        table += [
-            f"| {s.tenant} | {s.receipts} | {s.gross_sales} | {s.returns} | {s.net} |"
-            for s in settlements
-        ]
+        table = md_table(
+            ["tenant", "receipts", "gross", "returns", "net"],
+            [(s.tenant, s.receipts, s.gross_sales, s.returns, s.net) for s in settlements],
+            align="lrrrr",
+        )
         return dg.MaterializeResult(
             metadata={
                 "csv": dg.MetadataValue.path(str(path)),
                 "tenants": len(settlements),
                 "rows_stored": stored,
                 "net_total": str(sum((s.net for s in settlements), audit.ZERO)),
-                "settlement": dg.MetadataValue.md("\n".join(table)),
+                "settlement": dg.MetadataValue.md(table),
             }
         )
 

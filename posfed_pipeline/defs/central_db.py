@@ -20,6 +20,7 @@ from posfed_pipeline.core.config import PosfedConfig
 from posfed_pipeline.core.db_timeouts import DeadlineExceeded
 from posfed_pipeline.core.ledger import Ledger, open_ledger
 from posfed_pipeline.defs.assets import GROUP, VALIDATED_RECEIPTS
+from posfed_pipeline.defs.markdown import md_table
 from posfed_pipeline.defs.resources import CentralDbResource
 from posfed_pipeline.run_tags import LANE_TAG, RUN_KEY_TAG, SYNC_LANE
 
@@ -105,11 +106,11 @@ def build_central_db_assets(config: PosfedConfig) -> list[dg.AssetsDefinition]:
 
 
 def _pass_metadata(done: sync.SyncPass) -> dict:
-    table = ["| terminal | day | receipts |", "|---|---|---:|"]
-    table += [
-        f"| {terminal} | {day} | {count} |"
-        for (terminal, day), count in sorted(done.by_terminal_day.items())
-    ]
+    table = md_table(
+        ["terminal", "day", "receipts"],
+        [(t, day, count) for (t, day), count in sorted(done.by_terminal_day.items())],
+        align="llr",
+    )
     return {
         "deliveries_stored": done.deliveries,
         "receipts_inserted": done.receipts_inserted,
@@ -120,7 +121,7 @@ def _pass_metadata(done: sync.SyncPass) -> dict:
         "seconds": dg.MetadataValue.float(round(done.seconds, 3)),
         "outbox_emptied": done.complete,
         "receipts_by_terminal_day": dg.MetadataValue.md(
-            "\n".join(table) if done.by_terminal_day else "Nothing new."
+            table if done.by_terminal_day else "Nothing new."
         ),
     }
 
@@ -140,12 +141,9 @@ def lag_check_result(ledger: Ledger, policy: sync.SyncPolicy, state=None) -> dg.
     if state.last_error:
         metadata["last_error"] = dg.MetadataValue.text(state.last_error[:500])
     if lag.parked:
-        rows = ["| terminal | day | receipt | why |", "|---|---|---|---|"]
-        rows += [
-            f"| {t} | {d} | {r} | {why.replace('|', '/')} |"
-            for t, d, r, why in ledger.parked_entries(20)
-        ]
-        metadata["refused"] = dg.MetadataValue.md("\n".join(rows))
+        metadata["refused"] = dg.MetadataValue.md(
+            md_table(["terminal", "day", "receipt", "why"], ledger.parked_entries(20))
+        )
     return dg.AssetCheckResult(
         asset_key=CENTRAL_DB_RECEIPTS,
         check_name=LAG_CHECK,
