@@ -40,6 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     _add_db(commands)
     _add_spec_and_dat(commands)
     _add_receipt(commands)
+    _add_quarantine(commands)
     _add_bench(commands)
     _add_chaos(commands)
     args = parser.parse_args(argv)
@@ -678,6 +679,87 @@ def _terminal_of_file(config: PosfedConfig, path: Path) -> str | None:
         if claimed in config.terminal_ids and config.terminal(claimed).mapping == mapping:
             return claimed
     return None
+
+
+# --- quarantine -------------------------------------------------------------------------------
+
+
+def _add_quarantine(commands) -> None:
+    group = commands.add_parser(
+        "quarantine", help="rejected files: list them, read why, re-queue them once fixed"
+    ).add_subparsers(dest="quarantine_command", required=True, metavar="ACTION")
+    listing = group.add_parser("list", help="quarantined files with their first reason")
+    listing.add_argument("--terminal", help="only this terminal")
+    listing.add_argument("--json", action="store_true", help="the reports as a JSON list")
+    listing.set_defaults(handler=_quarantine_list)
+    show = group.add_parser("show", help="a quarantined file's report and its history")
+    show.add_argument("terminal", metavar="TERMINAL")
+    show.add_argument("file", metavar="FILE", help="its name in the quarantine")
+    show.set_defaults(handler=_quarantine_show)
+    retry = group.add_parser(
+        "retry", help="move files back into their inbox, to be processed again (logged)"
+    )
+    retry.add_argument("terminal", metavar="TERMINAL")
+    retry.add_argument("files", nargs="*", metavar="FILE", help="names in the quarantine")
+    retry.add_argument("--all", action="store_true", help="every file the terminal has there")
+    retry.set_defaults(handler=_quarantine_retry)
+
+
+def _quarantine_list(args) -> int:
+    from posfed_pipeline.core import quarantine
+
+    config = _config(args)
+    terminals = [config.terminal(args.terminal)] if args.terminal else list(config.terminals)
+    entries = [e for t in terminals for e in quarantine.quarantined_files(t)]
+    if args.json:
+        print(json.dumps([{"terminal": e.terminal, **e.report} for e in entries], indent=2))
+        return 0
+    for e in entries:
+        when = e.report.get("quarantined_at", "?")
+        print(f"{e.terminal}  {e.name}  {when}  {e.first_problem}")
+    print(f"quarantine: {len(entries)} file(s)")
+    return 0
+
+
+def _quarantine_show(args) -> int:
+    from posfed_pipeline.core import quarantine
+
+    terminal = _config(args).terminal(args.terminal)
+    try:
+        entry = quarantine.find(terminal, args.file)
+    except FileNotFoundError as exc:
+        print(f"posfed: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(entry.report, indent=2, ensure_ascii=False))
+    print("history:")
+    original = entry.report.get("file", entry.name)
+    for event in quarantine.history(terminal, original):
+        when = event.get("quarantined_at") or event.get("at")
+        print(f"  {when}  {event['event']}  as {event.get('quarantined_as')}")
+    return 0
+
+
+def _quarantine_retry(args) -> int:
+    import getpass
+
+    from posfed_pipeline.core import quarantine
+
+    terminal = _config(args).terminal(args.terminal)
+    names = [e.name for e in quarantine.quarantined_files(terminal)] if args.all else args.files
+    if not names:
+        print("posfed: name the files to retry, or pass --all", file=sys.stderr)
+        return 2
+    failed = 0
+    for name in names:
+        try:
+            back = quarantine.retry(terminal, name, by=getpass.getuser())
+        except FileNotFoundError as exc:
+            print(f"posfed: {exc}", file=sys.stderr)
+            failed += 1
+            continue
+        print(f"{terminal.id}: {name} -> inbox/{back.name}")
+    print(f"quarantine retry: {len(names) - failed} re-queued, {failed} not found")
+    return 1 if failed else 0
 
 
 # --- bench ------------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 
@@ -47,19 +48,34 @@ def write_atomic(path: Path, data: bytes) -> None:
     _fsync_dir(path.parent)
 
 
-def move_unique(source: Path, folder: Path) -> Path:
-    """Move ``source`` into ``folder`` without ever overwriting: a clash gets a numbered name."""
+def move_unique(source: Path, folder: Path, *, name: str | None = None) -> Path:
+    """Move ``source`` into ``folder`` (as ``name``, default its own) without ever overwriting:
+    a clash gets a numbered name, even when another file takes the name meanwhile."""
     folder.mkdir(parents=True, exist_ok=True)
-    target = unique_destination(folder, source.name)
-    os.replace(source, target)
+    while True:
+        target = unique_destination(folder, name or source.name)
+        try:
+            os.link(source, target)  # fails if the name exists: nothing is clobbered
+        except FileExistsError:
+            continue
+        except OSError:
+            # A file system without hard links: rename, with the (tiny) race that leaves.
+            os.replace(source, target)
+            break
+        source.unlink()
+        break
     _fsync_dir(folder)
     return target
 
 
-def unique_destination(folder: Path, name: str) -> Path:
+def unique_destination(
+    folder: Path, name: str, taken: Callable[[Path], bool] | None = None
+) -> Path:
+    """``folder/name``, or ``folder/<stem>~<n>.<suffix>`` for the first free n; ``taken`` tells
+    of names in use in other ways (a quarantined file's report)."""
     target = folder / name
     n = 1
-    while target.exists():
+    while target.exists() or (taken is not None and taken(target)):
         stem, dot, suffix = name.partition(".")
         target = folder / f"{stem}~{n}{dot}{suffix}"
         n += 1

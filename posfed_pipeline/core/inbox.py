@@ -3,23 +3,21 @@
 A POS terminal drops receipt files into its inbox. A file is *ready* once its size and mtime
 have been unchanged for the stability window, so a half-written file is never read. Handled
 files are moved, never deleted: to ``archive/YYYYMMDD/`` (business day) when accepted, to
-``quarantine/`` with a ``<file>.error.json`` when rejected.
+``quarantine/`` when rejected (``core.quarantine``); only the version that was read is moved.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import date, datetime
 from pathlib import Path
 
 from posfed_pipeline.core.config import Terminal
-from posfed_pipeline.core.fsutil import move_unique, unique_destination, write_atomic
-from posfed_pipeline.core.receipt import Problem
+from posfed_pipeline.core.fsutil import move_unique
 
 # Writers that follow the write-then-rename convention use these while a file is in progress.
 IN_PROGRESS_SUFFIXES = (".tmp", ".part", ".partial", ".crdownload")
@@ -30,6 +28,7 @@ class InboxFile:
     path: Path
     size: int
     mtime_ns: int
+    inode: int = 0  # 0: not known
 
     @property
     def name(self) -> str:
@@ -68,7 +67,7 @@ def scan_inbox(
                 stat = entry.stat(follow_symlinks=False)
             except FileNotFoundError:
                 continue  # taken by a concurrent run between listing and stat
-            item = InboxFile(Path(entry.path), stat.st_size, stat.st_mtime_ns)
+            item = InboxFile(Path(entry.path), stat.st_size, stat.st_mtime_ns, stat.st_ino)
             age = now - stat.st_mtime_ns / 1e9
             (ready if age >= stability_seconds else settling).append(item)
     ready.sort(key=lambda f: (f.mtime_ns, f.name))
@@ -88,42 +87,31 @@ def inbox_path(terminal: Terminal, name: str) -> Path:
 
 
 def stat_inbox_file(path: Path) -> InboxFile:
-    stat = path.stat()
-    return InboxFile(path, stat.st_size, stat.st_mtime_ns)
+    stat = path.lstat()
+    return InboxFile(path, stat.st_size, stat.st_mtime_ns, stat.st_ino)
+
+
+def is_unchanged(version: InboxFile) -> bool:
+    """Whether the inbox still holds exactly this version (a writer may have replaced or
+    rewritten it since it was read)."""
+    try:
+        now = stat_inbox_file(version.path)
+    except FileNotFoundError:
+        return False
+    same_file = not version.inode or now.inode == version.inode
+    return same_file and (now.size, now.mtime_ns) == (version.size, version.mtime_ns)
 
 
 def local_day_of_mtime(item: InboxFile, terminal: Terminal) -> date:
     return datetime.fromtimestamp(item.mtime_ns / 1e9, tz=terminal.timezone).date()
 
 
-def archive_file(terminal: Terminal, path: Path, business_day: date) -> Path:
-    return move_unique(path, terminal.archive_dir(business_day))
-
-
-def quarantine_file(
-    terminal: Terminal, path: Path, problems: Iterable[Problem], *, stage: str
-) -> Path:
-    """Move a rejected file to quarantine, its reasons written beside it first."""
-    target = unique_destination(terminal.quarantine, path.name)
-    report = {
-        "file": path.name,
-        "quarantined_as": target.name,
-        "terminal": terminal.id,
-        "stage": stage,
-        "quarantined_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "problems": [p.as_dict() for p in problems],
-    }
-    # Reason first: a file never sits in quarantine without its explanation.
-    write_atomic(
-        error_report_path(target),
-        json.dumps(report, indent=2, ensure_ascii=False).encode("utf-8"),
-    )
-    os.replace(path, target)
-    return target
-
-
-def error_report_path(quarantined: Path) -> Path:
-    return quarantined.with_name(quarantined.name + ".error.json")
+def archive_file(terminal: Terminal, version: InboxFile, business_day: date) -> Path | None:
+    """Move the version that was read to the day's archive; None if the file changed since
+    (the new version stays in the inbox for a run of its own)."""
+    if not is_unchanged(version):
+        return None
+    return move_unique(version.path, terminal.archive_dir(business_day))
 
 
 def archived_files(terminal: Terminal, business_day: date) -> list[Path]:

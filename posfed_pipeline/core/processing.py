@@ -30,6 +30,7 @@ from posfed_pipeline.core.dat import (
     write_dat,
 )
 from posfed_pipeline.core.ledger import Acceptance, Delivery, Ledger
+from posfed_pipeline.core.quarantine import quarantine_file
 from posfed_pipeline.core.receipt import Problem, Receipt
 from posfed_pipeline.core.validation import ValidationReport, validate_batch
 
@@ -100,7 +101,11 @@ def read_batch(
                 continue
             result.rejected.append((path, exc.problems))
             if quarantine:
-                inbox.quarantine_file(terminal, path, exc.problems, stage="intake")
+                quarantine_file(terminal, version, exc.problems, stage="intake")
+            continue
+        if not inbox.is_unchanged(version):
+            # Written to while it was read: the version on disk now is read by the next run.
+            result.deferred.append(path.name)
             continue
         result.receipts.append(receipt)
         result.files[id(receipt)] = version
@@ -151,7 +156,7 @@ def validate(
         report.valid = renderable
     if quarantine:
         for receipt, problems in report.invalid:
-            inbox.quarantine_file(terminal, batch.path_of(receipt), problems, stage="validation")
+            quarantine_file(terminal, batch.file_of(receipt), problems, stage="validation")
     return report
 
 
@@ -200,9 +205,9 @@ def accept(
     acceptance = ledger.accept(deliveries, tenant=terminal.tenant, run_id=run_id)
     if quarantine:
         for receipt, reason in acceptance.conflicts:
-            inbox.quarantine_file(
+            quarantine_file(
                 terminal,
-                batch.path_of(receipt),
+                batch.file_of(receipt),
                 [Problem("receiptId", receipt.receipt_id, reason)],
                 stage="accept",
             )
@@ -280,7 +285,7 @@ def emit(
 
 def archive(terminal: Terminal, batch: IntakeResult, receipts: list[Receipt]) -> None:
     for receipt in receipts:
-        inbox.archive_file(terminal, batch.path_of(receipt), receipt.business_day)
+        inbox.archive_file(terminal, batch.file_of(receipt), receipt.business_day)
 
 
 def process_batch(
@@ -321,9 +326,9 @@ def process_batch(
     resynced = 0
     if move:
         for receipt, reason in emission.refused:
-            inbox.quarantine_file(
+            quarantine_file(
                 terminal,
-                batch.path_of(receipt),
+                batch.file_of(receipt),
                 [Problem("receiptId", receipt.receipt_id, reason)],
                 stage="emit",
             )

@@ -1,0 +1,181 @@
+"""The quarantine: rejected files with their reasons, never lost, and re-queued on request.
+
+A rejected file goes to ``<terminal>/quarantine/`` with a report beside it,
+``<file>.error.json``. Neither a file nor a report ever replaces another: a name already taken
+by either gets a numbered one (``A~1.json``). Every event (quarantined, retried) is appended to
+``<terminal>/quarantine-history.jsonl``, so a file quarantined, retried and quarantined again
+shows each attempt.
+
+An operator re-queues files once the cause is fixed (a terminal's clock, a missing mapping):
+``retry`` moves a file back into the inbox under its original name, where the sensor and the
+trigger take it like any new file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from posfed_pipeline.core.config import Terminal
+from posfed_pipeline.core.fsutil import ContentConflict, move_unique, unique_destination, write_once
+from posfed_pipeline.core.inbox import InboxFile, is_unchanged
+from posfed_pipeline.core.receipt import Problem
+
+REPORT_SUFFIX = ".error.json"
+HISTORY_FILE = "quarantine-history.jsonl"
+
+
+def report_path(quarantined: Path) -> Path:
+    return quarantined.with_name(quarantined.name + REPORT_SUFFIX)
+
+
+def history_path(terminal: Terminal) -> Path:
+    return terminal.folder / HISTORY_FILE
+
+
+def quarantine_file(
+    terminal: Terminal, version: InboxFile, problems: Iterable[Problem], *, stage: str
+) -> Path | None:
+    """Move the version of a file that was read to quarantine, its reasons written first.
+
+    None if the file changed since it was read: the new version stays in the inbox for a run of
+    its own (the reasons were the old version's).
+    """
+    if not is_unchanged(version):
+        return None
+    problems = [p.as_dict() for p in problems]
+    while True:
+        target = unique_destination(
+            terminal.quarantine, version.name, taken=lambda p: report_path(p).exists()
+        )
+        report = {
+            "file": version.name,
+            "quarantined_as": target.name,
+            "terminal": terminal.id,
+            "stage": stage,
+            "quarantined_at": _now(),
+            "problems": problems,
+        }
+        try:
+            # Reason first: a file never sits in quarantine without its explanation.
+            write_once(report_path(target), _json(report))
+            break
+        except ContentConflict:
+            continue  # another report took the name meanwhile: pick the next one
+    os.replace(version.path, target)
+    _record(terminal, {"event": "quarantined", **report})
+    return target
+
+
+@dataclass(frozen=True)
+class Quarantined:
+    terminal: str
+    path: Path  # the file in quarantine
+    report: dict  # its .error.json ({} if missing or unreadable)
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def first_problem(self) -> str:
+        problems = self.report.get("problems") or []
+        if not problems:
+            return "(no report)"
+        first = problems[0]
+        return f"{first.get('field')}: {first.get('rule')}"
+
+
+def quarantined_files(terminal: Terminal) -> list[Quarantined]:
+    """The terminal's quarantined files, oldest first."""
+    if not terminal.quarantine.is_dir():
+        return []
+    files = [
+        p
+        for p in terminal.quarantine.iterdir()
+        if p.is_file() and not p.name.endswith(REPORT_SUFFIX) and not p.name.startswith(".")
+    ]
+    # A file named like a report (x.error.json) delivered by a terminal has a report too.
+    files += [
+        p
+        for p in terminal.quarantine.glob(f"*{REPORT_SUFFIX}")
+        if report_path(p).exists() and p not in files
+    ]
+    entries = [Quarantined(terminal.id, p, _read_report(p)) for p in files]
+    return sorted(entries, key=lambda q: (q.report.get("quarantined_at", ""), q.name))
+
+
+def find(terminal: Terminal, name: str) -> Quarantined:
+    for entry in quarantined_files(terminal):
+        if entry.name == name:
+            return entry
+    raise FileNotFoundError(f"{name} is not in {terminal.id}'s quarantine")
+
+
+def retry(terminal: Terminal, name: str, *, by: str = "") -> Path:
+    """Put a quarantined file back in the inbox under its original name (a numbered one if a
+    file of that name is waiting there); its report moves to the history."""
+    entry = find(terminal, name)
+    original = entry.report.get("file") or entry.name
+    # A new version (mtime now): launchers remember the old one as handled.
+    os.utime(entry.path)
+    back = move_unique(entry.path, terminal.inbox, name=original)
+    _record(
+        terminal,
+        {
+            "event": "retried",
+            "file": original,
+            "quarantined_as": entry.name,
+            "requeued_as": back.name,
+            "terminal": terminal.id,
+            "at": _now(),
+            "by": by,
+        },
+    )
+    report_path(entry.path).unlink(missing_ok=True)  # kept in the history
+    return back
+
+
+def history(terminal: Terminal, name: str | None = None) -> Iterator[dict]:
+    """The terminal's quarantine events, oldest first; of one file (by any of its names)."""
+    path = history_path(terminal)
+    if not path.exists():
+        return
+    with path.open(encoding="utf-8") as lines:
+        for line in lines:
+            try:
+                event = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut by a power cut: the rest still reads
+            names = {event.get("file"), event.get("quarantined_as"), event.get("requeued_as")}
+            if name is None or name in names:
+                yield event
+
+
+def _record(terminal: Terminal, event: dict) -> None:
+    line = json.dumps(event, ensure_ascii=False).encode("utf-8") + b"\n"
+    fd = os.open(history_path(terminal), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        os.write(fd, line)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _read_report(path: Path) -> dict:
+    try:
+        return json.loads(report_path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+
+
+def _json(data: dict) -> bytes:
+    return json.dumps(data, indent=2, ensure_ascii=False).encode("utf-8")
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
