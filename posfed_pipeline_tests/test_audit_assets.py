@@ -1,6 +1,7 @@
 """The nightly audit assets through Dagster: reconciliation checks and the settlement."""
 
 import csv
+import re
 from decimal import Decimal
 
 import dagster as dg
@@ -45,6 +46,7 @@ def test_reconciliation_checks_pass_then_name_the_missing_dat(config, engine):
         assert {n: c.passed for n, c in _checks(clean).items()} == {
             "db_rows_match_archive": True,
             "dat_files_match_db": True,
+            "receipt_numbers_complete": True,  # not numbered in sequence: nothing to check
         }
 
         (config.dat_dir / "20261120" / "scon10A2.dat").unlink()
@@ -119,4 +121,49 @@ def test_a_day_with_receipts_still_on_their_way_is_not_settled_short(config, eng
     assert [(r["tenant"], r["net"]) for r in rows] == [
         ("Bakkerij", Decimal("6.40")),
         ("Slagerij", Decimal("0.00")),
+    ]
+
+
+def test_receipt_numbers_that_never_arrived_are_listed(tmp_path, monkeypatch):
+    """bakery_1 numbers its receipts C0001, C0002, ...: 3 and 6 were printed but never came;
+    5 came and was quarantined (it arrived: not a gap)."""
+    from posfed_pipeline.core import store
+    from posfed_pipeline.core.config import config_from_dict
+    from posfed_pipeline_tests.conftest import store_config_dict
+    from posfed_pipeline_tests.test_quarantine import _sensor_and_runs
+
+    monkeypatch.delenv("POSFED_HOME", raising=False)
+    monkeypatch.delenv("POSFED_DB_URL", raising=False)
+    terminals = [
+        {"id": "bakery_1", "department": "10", "receipt_number_pattern": "C(\\d{4})"},
+    ]
+    config = config_from_dict(
+        store_config_dict(tmp_path / "posfed", terminals=terminals), base_dir=tmp_path
+    )
+    config.ensure_folders()
+    store.upgrade_database(store.make_engine(config.db_url))
+    inbox = config.terminal("bakery_1").inbox
+    for number in (1, 2, 4, 7):
+        drop_receipt(inbox, receipt_doc(f"C{number:04d}", timestamp=TS))
+    drop_receipt(inbox, receipt_doc("C0005", timestamp=TS, total="0.01"))
+    _sensor_and_runs(config)
+    defs = build_definitions(config)
+
+    with dg.instance_for_test() as instance:
+        assert defs.resolve_job_def(SYNC_JOB).execute_in_process(instance=instance).success
+        result = defs.resolve_job_def("reconciliation_job").execute_in_process(
+            partition_key="2026-11-20|bakery_1", instance=instance
+        )
+    check = _checks(result)["receipt_numbers_complete"]
+    assert not check.passed
+    assert check.metadata["missing_numbers"].value == "3, 6"
+    assert check.metadata["missing_count"].value == 2
+    assert _checks(result)["db_rows_match_archive"].passed
+
+
+def test_gaps_are_told_as_ranges():
+    assert audit.describe_gaps([4, 5, 6, 9, 11, 12]) == "4-6, 9, 11-12"
+    assert audit.number_gaps(re.compile(r"1C(\d+)"), ["1C0008", "1C0011", "X", "2C0009"]) == [
+        9,
+        10,
     ]

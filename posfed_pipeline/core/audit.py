@@ -2,7 +2,9 @@
 
 *Reconciliation* compares the three places a receipt must be once accepted: its original in the
 archive, its rows in the central database and its .dat file on disk (byte-identical to a fresh
-render). Any receipt missing from one of them is listed by id.
+render). Any receipt missing from one of them is listed by id. For a terminal whose receipts
+are numbered in sequence, the numbers of the day that never arrived are listed too: a receipt
+printed at the counter that posfed never saw.
 
 *Settlement* is what the store owes each entrepreneur for the money collected at the central
 register on a day: receipts, gross sales, returns and net, per tenant, from the central database.
@@ -12,7 +14,9 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from decimal import Decimal
@@ -22,7 +26,7 @@ from sqlalchemy import DateTime, Integer, Numeric, String, Unicode, delete, inse
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Mapped, mapped_column
 
-from posfed_pipeline.core import inbox, intake
+from posfed_pipeline.core import inbox, intake, quarantine
 from posfed_pipeline.core.config import PosfedConfig, Terminal
 from posfed_pipeline.core.dat import DatSpec, render_receipt
 from posfed_pipeline.core.fsutil import write_atomic
@@ -45,6 +49,8 @@ class Reconciliation:
     # Accepted by the store's ledger and still in its outbox (the central database was out of
     # reach): on their way, not missing.
     pending_sync: set[str] = field(default_factory=set)
+    # Receipt numbers missing between the day's first and last (terminals numbered in sequence).
+    number_gaps: list[int] = field(default_factory=list)
 
     @property
     def missing_in_db(self) -> set[str]:
@@ -107,6 +113,11 @@ def reconcile_terminal_day(
             ).scalars()
         )
 
+    if terminal.receipt_number_pattern is not None:
+        arrived = result.archived | result.loaded | result.pending_sync
+        arrived |= quarantine.quarantined_receipt_ids(terminal, day)
+        result.number_gaps = number_gaps(terminal.receipt_number_pattern, arrived)
+
     for receipt_id in (result.loaded | result.pending_sync) & result.archived:
         rendered = render_receipt(receipts[receipt_id], terminal, spec)
         path = config.dat_dir / rendered.relative_path
@@ -117,6 +128,30 @@ def reconcile_terminal_day(
             continue
         (result.dat_ok if on_disk == rendered.content else result.dat_differs).add(receipt_id)
     return result
+
+
+def number_gaps(pattern: re.Pattern[str], receipt_ids: Iterable[str]) -> list[int]:
+    """The numbers between the lowest and the highest of ``receipt_ids`` that none carries."""
+    numbers = set()
+    for receipt_id in receipt_ids:
+        match = pattern.fullmatch(receipt_id)
+        if match and match.group(1).isdigit():
+            numbers.add(int(match.group(1)))
+    if not numbers:
+        return []
+    return [n for n in range(min(numbers), max(numbers) + 1) if n not in numbers]
+
+
+def describe_gaps(numbers: list[int], limit: int = 50) -> str:
+    """``[4, 5, 6, 9]`` as ``"4-6, 9"``."""
+    runs: list[list[int]] = []
+    for n in numbers:
+        if runs and n == runs[-1][1] + 1:
+            runs[-1][1] = n
+        else:
+            runs.append([n, n])
+    text = [f"{a}-{b}" if a != b else f"{a}" for a, b in runs[:limit]]
+    return ", ".join(text) + (f", ... ({len(runs) - limit} more)" if len(runs) > limit else "")
 
 
 class SettlementRow(Base):

@@ -109,6 +109,9 @@ class Terminal:
     # The terminal's own receipt numbers all begin with this (its number range): what tells two
     # terminals of one department apart in a .dat name like scon{department}{receiptId}.dat.
     receipt_id_prefix: str = ""
+    # Receipt ids numbered in sequence: the regex's one group is the number. The daily
+    # reconciliation lists the numbers of a day that never arrived.
+    receipt_number_pattern: re.Pattern[str] | None = None
 
     @property
     def folder(self) -> Path:
@@ -237,6 +240,7 @@ TERMINAL_KEYS = {
     "variable_measure",
     "allow_returns",
     "receipt_id_prefix",
+    "receipt_number_pattern",
 }
 
 
@@ -342,6 +346,7 @@ def config_from_dict(raw: dict, *, base_dir: Path, config_path: Path | None = No
                 f"{place}: receipt_id_prefix {receipt_id_prefix!r} must be at most 16 letters or "
                 "digits"
             )
+        number_pattern = _number_pattern(entry.get("receipt_number_pattern"), place)
         inbox = (
             _resolve(entry["inbox"], base_dir)
             if "inbox" in entry
@@ -361,6 +366,7 @@ def config_from_dict(raw: dict, *, base_dir: Path, config_path: Path | None = No
                 quantity_decimals=quantity_decimals,
                 variable_measure=terminal_variable_measure,
                 receipt_id_prefix=receipt_id_prefix,
+                receipt_number_pattern=number_pattern,
             )
         )
     if not terminals:
@@ -420,6 +426,21 @@ def _refuse_shared_dat_names(config: PosfedConfig, where: str) -> None:
             + (f"  ... and {len(clashes) - 20} more\n" if len(clashes) > 20 else "")
             + HOW_TO_TELL_APART
         )
+
+
+def _number_pattern(value: object, place: str) -> re.Pattern[str] | None:
+    if value is None:
+        return None
+    try:
+        pattern = re.compile(str(value))
+    except re.error as exc:
+        raise ConfigError(f"{place}: receipt_number_pattern {value!r}: {exc}") from None
+    if pattern.groups != 1:
+        raise ConfigError(
+            f"{place}: receipt_number_pattern {value!r} needs exactly one group, around the "
+            'number: e.g. "1C(\\d+)" for 1C0001, 1C0002, ...'
+        )
+    return pattern
 
 
 def _positive(table: dict, key: str, default: float, place: str) -> float:

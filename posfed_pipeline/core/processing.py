@@ -156,7 +156,9 @@ def validate(
         report.valid = renderable
     if quarantine:
         for receipt, problems in report.invalid:
-            quarantine_file(terminal, batch.file_of(receipt), problems, stage="validation")
+            quarantine_file(
+                terminal, batch.file_of(receipt), problems, stage="validation", receipt=receipt
+            )
     return report
 
 
@@ -210,6 +212,7 @@ def accept(
                 batch.file_of(receipt),
                 [Problem("receiptId", receipt.receipt_id, reason)],
                 stage="accept",
+                receipt=receipt,
             )
     return acceptance
 
@@ -331,6 +334,7 @@ def process_batch(
                 batch.file_of(receipt),
                 [Problem("receiptId", receipt.receipt_id, reason)],
                 stage="emit",
+                receipt=receipt,
             )
         withdrawn = {id(r) for r, _ in emission.refused}
         archive(terminal, batch, [r for r in acceptance.accepted if id(r) not in withdrawn])

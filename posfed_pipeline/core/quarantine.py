@@ -17,13 +17,13 @@ import json
 import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
 
 from posfed_pipeline.core.config import Terminal
 from posfed_pipeline.core.fsutil import ContentConflict, move_unique, unique_destination, write_once
 from posfed_pipeline.core.inbox import InboxFile, is_unchanged
-from posfed_pipeline.core.receipt import Problem
+from posfed_pipeline.core.receipt import Problem, Receipt
 
 REPORT_SUFFIX = ".error.json"
 HISTORY_FILE = "quarantine-history.jsonl"
@@ -38,7 +38,12 @@ def history_path(terminal: Terminal) -> Path:
 
 
 def quarantine_file(
-    terminal: Terminal, version: InboxFile, problems: Iterable[Problem], *, stage: str
+    terminal: Terminal,
+    version: InboxFile,
+    problems: Iterable[Problem],
+    *,
+    stage: str,
+    receipt: Receipt | None = None,
 ) -> Path | None:
     """Move the version of a file that was read to quarantine, its reasons written first.
 
@@ -60,6 +65,9 @@ def quarantine_file(
             "quarantined_at": _now(),
             "problems": problems,
         }
+        if receipt is not None:  # it was read: the gap check counts it as arrived
+            report["receipt_id"] = receipt.receipt_id
+            report["business_day"] = receipt.business_day.isoformat()
         try:
             # Reason first: a file never sits in quarantine without its explanation.
             write_once(report_path(target), _json(report))
@@ -154,6 +162,18 @@ def history(terminal: Terminal, name: str | None = None) -> Iterator[dict]:
             names = {event.get("file"), event.get("quarantined_as"), event.get("requeued_as")}
             if name is None or name in names:
                 yield event
+
+
+def quarantined_receipt_ids(terminal: Terminal, business_day: date) -> set[str]:
+    """Receipts of the day that arrived and were quarantined (ever, retried ones included)."""
+    day = business_day.isoformat()
+    return {
+        event["receipt_id"]
+        for event in history(terminal)
+        if event.get("event") == "quarantined"
+        and event.get("business_day") == day
+        and event.get("receipt_id")
+    }
 
 
 def _record(terminal: Terminal, event: dict) -> None:

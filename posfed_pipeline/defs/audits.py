@@ -54,6 +54,13 @@ def build_audit_assets(
                 description="Every loaded receipt has its .dat file, byte-identical to a fresh "
                 "render with the spec version in force that day.",
             ),
+            dg.AssetCheckSpec(
+                "receipt_numbers_complete",
+                asset=DAILY_RECONCILIATION,
+                description="For a terminal numbering its receipts in sequence "
+                "(receipt_number_pattern): no number between the day's first and last is "
+                "missing. A gap is a receipt printed at the counter that never arrived.",
+            ),
         ],
     )
     def daily_reconciliation(context: dg.AssetExecutionContext, central_db: CentralDbResource):
@@ -76,6 +83,7 @@ def build_audit_assets(
                 "rows_in_database": len(result.loaded),
                 "dat_files_ok": len(result.dat_ok),
                 "waiting_for_the_central_database": len(result.pending_sync),
+                "receipt_numbers_missing": len(result.number_gaps),
                 "mismatches": dg.MetadataValue.json(mismatches),
             }
         )
@@ -88,6 +96,20 @@ def build_audit_assets(
             check_name="dat_files_match_db",
             passed=not dat_side,
             metadata={"mismatches": dg.MetadataValue.json(dat_side)},
+        )
+        sequential = terminal.receipt_number_pattern is not None
+        yield dg.AssetCheckResult(
+            check_name="receipt_numbers_complete",
+            passed=not result.number_gaps,
+            metadata={
+                "numbered_in_sequence": sequential,
+                "missing_count": len(result.number_gaps),
+                "missing_numbers": dg.MetadataValue.text(
+                    audit.describe_gaps(result.number_gaps)
+                    if result.number_gaps
+                    else ("none" if sequential else "not checked: no receipt_number_pattern")
+                ),
+            },
         )
 
     @dg.asset(
