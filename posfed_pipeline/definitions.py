@@ -4,7 +4,7 @@
         receipt_files ─▶ validated_receipts ─▶ dat_files        (local ledger, then the .dat)
     the store's ledger ──(central_db_sync_sensor)──▶ central_db_sync_job
         validated_receipts ─▶ central_db_receipts               (store-and-forward, lag check)
-    nightly schedules, for the day that closed:
+    nightly schedules, for the day that closed (and again when late receipts change it):
         dat_files ─▶ daily_reconciliation (terminal × day)
         central_db_receipts ─▶ tenant_settlements (day)
         dat_files ─▶ archive_retention
@@ -19,7 +19,11 @@ import dagster as dg
 from posfed_pipeline.core.config import PosfedConfig, load_config
 from posfed_pipeline.defs.alerts import build_alert_sensors
 from posfed_pipeline.defs.assets import DAT_FILES, VALIDATED_RECEIPTS, build_receipt_assets
-from posfed_pipeline.defs.audits import build_audit_assets, build_audit_jobs_and_schedules
+from posfed_pipeline.defs.audits import (
+    build_audit_assets,
+    build_audit_jobs_and_schedules,
+    build_late_receipts_sensor,
+)
 from posfed_pipeline.defs.central_db import build_central_db_assets, build_sync_job_and_sensor
 from posfed_pipeline.defs.partitions import terminal_day_partitions
 from posfed_pipeline.defs.resources import central_db_resource
@@ -51,6 +55,7 @@ def build_definitions(config: PosfedConfig) -> dg.Definitions:
         sensors=[
             *(build_inbox_sensor(config, t, receipts_job) for t in config.terminals),
             sync_sensor,
+            build_late_receipts_sensor(config, audit_jobs),
             *build_alert_sensors(config),
         ],
         # Credentials only ever come from the environment.

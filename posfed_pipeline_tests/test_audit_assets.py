@@ -167,3 +167,60 @@ def test_gaps_are_told_as_ranges():
         9,
         10,
     ]
+
+
+def test_late_receipts_bring_a_settled_day_up_to_date_with_what_changed(config, engine):
+    """The day was settled and reconciled; a terminal that was offline overnight then sends
+    one more sale of that day. Nobody has to remember: the late-receipts sensor runs the
+    settlement and the terminal's reconciliation again, and the settlement says what changed."""
+    defs = build_definitions(config)
+    sensor = defs.resolve_sensor_def("late_receipts_sensor")
+    with dg.instance_for_test() as instance:
+        _receive(config, instance, [receipt_doc("L1", timestamp=TS)])
+        first = defs.resolve_job_def("settlement_job").execute_in_process(
+            partition_key="2026-11-20", instance=instance
+        )
+        assert first.success
+        assert defs.resolve_job_def("reconciliation_job").execute_in_process(
+            partition_key="2026-11-20|bakery_1", instance=instance
+        ).success
+        start = sensor(dg.build_sensor_context(instance=instance))
+        assert start.run_requests == []
+
+        _receive(config, instance, [receipt_doc("L2", timestamp=TS)])  # the late sale
+        tick = sensor(dg.build_sensor_context(cursor=start.cursor, instance=instance))
+        requested = sorted((r.job_name, r.partition_key) for r in tick.run_requests)
+        assert requested == [
+            ("reconciliation_job", "2026-11-20|bakery_1"),
+            ("settlement_job", "2026-11-20"),
+        ]
+        for request in tick.run_requests:
+            result = defs.resolve_job_def(request.job_name).execute_in_process(
+                partition_key=request.partition_key, tags=request.tags, instance=instance
+            )
+            assert result.success
+            if request.job_name == "settlement_job":
+                [revision] = [
+                    e.event_specific_data.materialization
+                    for e in result.get_asset_materialization_events()
+                ]
+        quiet = sensor(dg.build_sensor_context(cursor=tick.cursor, instance=instance))
+        assert quiet.run_requests == []
+
+    assert revision.metadata["revision"].value is True
+    assert revision.metadata["receipts_added"].value == 1
+    assert revision.metadata["net_total"].value == "12.80"
+    changes = revision.metadata["changes"].value
+    assert "Bakkerij | 1 | 2 | 6\\.40 | 12\\.80" in changes
+    [bakery] = [r for r in audit.stored_settlements(engine, DAY) if r["tenant"] == "Bakkerij"]
+    assert (bakery["receipts"], bakery["net"]) == (2, Decimal("12.80"))
+
+
+def test_late_receipts_of_a_day_never_audited_wait_for_the_nightly_runs(config, engine):
+    defs = build_definitions(config)
+    sensor = defs.resolve_sensor_def("late_receipts_sensor")
+    with dg.instance_for_test() as instance:
+        start = sensor(dg.build_sensor_context(instance=instance))
+        _receive(config, instance, [receipt_doc("N1", timestamp=TS)])
+        tick = sensor(dg.build_sensor_context(cursor=start.cursor, instance=instance))
+    assert tick.run_requests == []

@@ -72,6 +72,7 @@ _SCHEMA = (
     """,
     "CREATE INDEX IF NOT EXISTS delivery_outbox ON delivery (seq) WHERE synced_at IS NULL",
     "CREATE INDEX IF NOT EXISTS delivery_key ON delivery (terminal_id, business_day, receipt_id)",
+    "CREATE INDEX IF NOT EXISTS delivery_synced ON delivery (synced_at)",
     """
     CREATE TABLE IF NOT EXISTS sync_state (
         id INTEGER PRIMARY KEY CHECK (id = 1),
@@ -555,6 +556,20 @@ class Ledger:
             )
             .fetchone()[0]
         )
+
+    def synced_since(self, after: float) -> list[tuple[str, date, float]]:
+        """(terminal, business day, latest stored-at) of receipts the central database took
+        after ``after``: what may change a day that was already settled."""
+        rows = self._connect().execute(
+            "SELECT terminal_id, business_day, MAX(synced_at) FROM delivery "
+            "WHERE synced_at > ? AND outcome = 'inserted' GROUP BY terminal_id, business_day",
+            (after,),
+        )
+        return [(t, date.fromisoformat(d), at) for t, d, at in rows]
+
+    def last_synced_at(self) -> float:
+        row = self._connect().execute("SELECT MAX(synced_at) FROM delivery").fetchone()
+        return row[0] or 0.0
 
     def pending_receipt_ids(self, terminal_id: str, business_day: date) -> set[str]:
         """Receipt ids of a terminal-day accepted here and not yet in the central database."""

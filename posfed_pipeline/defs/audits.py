@@ -134,6 +134,7 @@ def build_audit_assets(
                 allow_retries=False,
             )
         engine = central_db.get_engine()
+        previous = {row["tenant"]: row for row in audit.stored_settlements(engine, day)}
         settlements = audit.settle_day(config, engine, day)
         path = audit.write_settlement_csv(config, settlements, day)
         stored = audit.store_settlements(engine, day, settlements)
@@ -142,15 +143,35 @@ def build_audit_assets(
             [(s.tenant, s.receipts, s.gross_sales, s.returns, s.net) for s in settlements],
             align="lrrrr",
         )
-        return dg.MaterializeResult(
-            metadata={
-                "csv": dg.MetadataValue.path(str(path)),
-                "tenants": len(settlements),
-                "rows_stored": stored,
-                "net_total": str(sum((s.net for s in settlements), audit.ZERO)),
-                "settlement": dg.MetadataValue.md(table),
-            }
-        )
+        metadata = {
+            "csv": dg.MetadataValue.path(str(path)),
+            "tenants": len(settlements),
+            "rows_stored": stored,
+            "net_total": str(sum((s.net for s in settlements), audit.ZERO)),
+            "settlement": dg.MetadataValue.md(table),
+            "revision": bool(previous),
+        }
+        if previous:
+            # Late receipts (an outage backlog, a terminal offline overnight): what they changed.
+            changed = [
+                (s.tenant, before.get("receipts", 0), s.receipts, before.get("net", "0.00"), s.net)
+                for s in settlements
+                if (before := previous.get(s.tenant, {})).get("receipts") != s.receipts
+                or before.get("net") != s.net
+            ]
+            metadata["receipts_added"] = sum(s.receipts for s in settlements) - sum(
+                row["receipts"] for row in previous.values()
+            )
+            metadata["changes"] = dg.MetadataValue.md(
+                md_table(
+                    ["tenant", "receipts before", "receipts now", "net before", "net now"],
+                    changed,
+                    align="lrrrr",
+                )
+                if changed
+                else "Nothing changed."
+            )
+        return dg.MaterializeResult(metadata=metadata)
 
     @dg.asset(
         key=ARCHIVE_RETENTION,
@@ -236,3 +257,68 @@ def build_audit_jobs_and_schedules(config: PosfedConfig):
         [reconciliation_job, settlement_job, retention_job],
         [nightly_reconciliation_schedule, settlement_schedule, retention_schedule],
     )
+
+
+def build_late_receipts_sensor(config: PosfedConfig, audit_jobs: list) -> dg.SensorDefinition:
+    """Receipts of a day that reach the central database after that day was settled or
+    reconciled bring the day up to date: its settlement and the terminal's reconciliation run
+    again, and the new materialization shows what changed."""
+
+    @dg.sensor(
+        name="late_receipts_sensor",
+        jobs=[j for j in audit_jobs if j.name in ("settlement_job", "reconciliation_job")],
+        minimum_interval_seconds=60,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description="Settles and reconciles again the days that late receipts changed.",
+    )
+    def late_receipts_sensor(context: dg.SensorEvaluationContext):
+        ledger = open_ledger(config.home)
+        if context.cursor is None:
+            # From now on: days settled before posfed knew of this sensor are not revisited.
+            return dg.SensorResult(cursor=str(ledger.last_synced_at()))
+        after = float(context.cursor)
+        synced = ledger.synced_since(after)
+        if not synced:
+            return dg.SensorResult(
+                skip_reason="no receipt reached the central database since the last tick"
+            )
+        requests: list[dg.RunRequest] = []
+        days: dict[date, float] = {}
+        for terminal_id, day, at in synced:
+            days[day] = max(days.get(day, 0.0), at)
+            key = terminal_day_key(terminal_id, day)
+            if _ran(context.instance, "reconciliation_job", key):
+                requests.append(
+                    dg.RunRequest(
+                        job_name="reconciliation_job",
+                        partition_key=key,
+                        run_key=f"late-reconcile:{key}:{at}",
+                        tags={"posfed/late_receipts": "true"},
+                    )
+                )
+        for day, at in sorted(days.items()):
+            if _ran(context.instance, "settlement_job", day.isoformat()):
+                requests.append(
+                    dg.RunRequest(
+                        job_name="settlement_job",
+                        partition_key=day.isoformat(),
+                        run_key=f"late-settle:{day}:{at}",
+                        tags={"posfed/late_receipts": "true"},
+                    )
+                )
+        cursor = str(max(at for _, _, at in synced))
+        if not requests:
+            return dg.SensorResult(
+                cursor=cursor, skip_reason="receipts of days not settled or reconciled yet"
+            )
+        return dg.SensorResult(run_requests=requests, cursor=cursor)
+
+    return late_receipts_sensor
+
+
+def _ran(instance: dg.DagsterInstance, job_name: str, partition_key: str) -> bool:
+    """Whether the job ever ran (or tried to) for this partition: the day was audited."""
+    records = instance.get_run_records(
+        dg.RunsFilter(job_name=job_name, tags={"dagster/partition": partition_key}), limit=1
+    )
+    return bool(records)
