@@ -181,9 +181,11 @@ def test_late_receipts_bring_a_settled_day_up_to_date_with_what_changed(config, 
             partition_key="2026-11-20", instance=instance
         )
         assert first.success
-        assert defs.resolve_job_def("reconciliation_job").execute_in_process(
-            partition_key="2026-11-20|bakery_1", instance=instance
-        ).success
+        assert (
+            defs.resolve_job_def("reconciliation_job")
+            .execute_in_process(partition_key="2026-11-20|bakery_1", instance=instance)
+            .success
+        )
         start = sensor(dg.build_sensor_context(instance=instance))
         assert start.run_requests == []
 

@@ -16,7 +16,8 @@ def test_demo_store_definitions_load_with_one_sensor_per_terminal():
     assert len(config.terminals) == 20
     assert sorted(s.name for s in defs.sensors) == sorted(
         [f"{terminal_id}_inbox_sensor" for terminal_id in config.terminal_ids]
-        + ["central_db_sync_sensor", "run_failure_alert_sensor", "central_db_lag_alert_sensor"]
+        + ["central_db_sync_sensor", "late_receipts_sensor"]
+        + ["run_failure_alert_sensor", "central_db_lag_alert_sensor"]
     )
     receipts = defs.resolve_job_def(RECEIPTS_JOB)
     assert set(receipts.asset_layer.executable_asset_keys) == {
