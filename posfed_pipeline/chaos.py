@@ -11,7 +11,15 @@ simulator at a steady rate. Mixed into the receipts, on a seeded schedule:
   receipt id re-used with different content;
 - files it must recognise as repeats: the same file dropped again under its name, the same
   receipt under another name;
-- slow writers: a receipt written in chunks over seconds (one open handle, pauses between).
+- slow writers: a receipt written in chunks over seconds (one open handle, pauses between);
+- one sale number on both terminals of a department ("twin": the same number after each
+  terminal's own prefix, the same lines): two sales, two .dat files;
+- a terminal clock minutes fast: its receipt is quarantined, and re-queued with
+  ``posfed quarantine retry``'s code once the clock has caught up ("future").
+
+A billing importer takes every .dat file out of the .dat folder as soon as it is complete, as
+many import folders do, so every re-sent receipt arrives after its sale was billed; and the day
+is settled midway, so the rest of the day's receipts arrive late for a settled day.
 
 and, at fixed points of the run, the faults:
 
@@ -28,7 +36,9 @@ Then it waits until every file has a final place and the store's ledger has sync
 reconciles what the terminals sent with what the central side holds: rows, .dat files,
 quarantine (by reason), archive, and the central database against the store's ledger (every
 accepted receipt once, every delivery record once, nothing else). The exit status is non-zero
-unless loaded = .dat = valid, quarantined = invalid, duplicates = 0 and lost = 0.
+unless loaded = .dat = valid, quarantined = invalid, duplicates = 0 and lost = 0, every sale
+was billed exactly once (imported .dat files and any left in the folder, by name), and the day's
+settlement, re-run by the late-receipts sensor, counts every receipt of the day.
 """
 
 from __future__ import annotations
@@ -40,19 +50,20 @@ import random
 import shutil
 import signal
 import sqlite3
+import subprocess
 import sys
 import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
 from sqlalchemy import case, func, select
 
 from posfed_pipeline import bench
-from posfed_pipeline.core import dat, inbox, store
+from posfed_pipeline.core import audit, dat, inbox, quarantine, store
 from posfed_pipeline.core.config import PosfedConfig, Terminal
 from posfed_pipeline.core.intake import MAX_FILE_BYTES
 from posfed_pipeline.core.ledger import Ledger, Outcome, ledger_path
@@ -71,10 +82,16 @@ INVALID_KINDS = {
     "conflict": "different content",
 }
 REPEAT_KINDS = ("redrop", "resend")  # same content again: recognised, archived, no new rows
-VALID_KINDS = ("valid", "slow")
+VALID_KINDS = ("valid", "slow", "twin", "future")
+# A receipt this far ahead of the store's clock is quarantined (max_clock_skew_seconds 300)...
+FUTURE_SECONDS = 330.0
+# ...and once the clock has caught up with it, an operator re-queues it.
+RETRY_AFTER_SECONDS = 45.0
 # Share of the traffic per kind (the rest is plain valid receipts).
 MIX = {
     "slow": 0.02,
+    "twin": 0.01,
+    "future": 0.004,
     "redrop": 0.01,
     "resend": 0.01,
     "conflict": 0.01,
@@ -93,6 +110,7 @@ FAULTS = [
     (0.30, "kill_fastpath"),
     (0.40, "dat_folder_unwritable"),
     (0.50, "db_outage"),
+    (0.60, "settle_today"),  # not a fault: the rest of the day's receipts arrive late
     (0.68, "power_cut"),
     (0.85, "kill_worker"),
 ]
@@ -191,7 +209,7 @@ class Traffic:
     def next_item(self) -> Item:
         position = len(self.items)
         kind = self.plan[position]
-        if kind in ("redrop", "resend", "conflict") and not self.delivered:
+        if kind in ("redrop", "resend", "conflict", "twin") and not self.delivered:
             # Nothing delivered yet to repeat: a little later, then.
             self.plan.insert(min(position + 10, len(self.plan) - 1), kind)
             kind = "valid"
@@ -212,6 +230,35 @@ class Traffic:
 
     def _slow(self, terminal: Terminal) -> Item:
         return self._valid(terminal)
+
+    def _twin(self, terminal: Terminal) -> Item:
+        """A delivered sale's number and lines, on the other terminal of its department."""
+        original = self._repeat_of()  # each sale is twinned (or repeated) at most once
+        sibling = next(
+            (
+                t
+                for t in self.simulator.terminals
+                if t.department == original.terminal.department and t.id != original.terminal.id
+            ),
+            None,
+        )
+        if sibling is None:
+            return self._valid(terminal)
+        number = original.receipt.receipt_id[len(original.terminal.receipt_id_prefix) :]
+        receipt = replace(
+            original.receipt,
+            receipt_id=sibling.receipt_id_prefix + number,
+            terminal_id=sibling.id,
+        )
+        data = canonical_json(receipt).encode("utf-8")
+        return Item("twin", sibling, f"{receipt.receipt_id}.json", data, receipt, original)
+
+    def _future(self, terminal: Terminal) -> Item:
+        """A terminal whose clock runs minutes fast."""
+        ahead = datetime.now(terminal.timezone) + timedelta(seconds=FUTURE_SECONDS)
+        receipt = self.simulator.make_receipt(terminal, ahead)
+        data = canonical_json(receipt).encode("utf-8")
+        return Item("future", terminal, f"{receipt.receipt_id}.json", data, receipt)
 
     def _repeat_of(self) -> Item:
         original = self.random.choice(self.delivered)
@@ -322,6 +369,9 @@ class ChaosRun:
         self.current_fault = ""
         self._writers: list[threading.Thread] = []
         self._waiting_delivery: list[Item] = []
+        self.importer = BillingImporter(self.config.dat_dir, self.root / "billing_imported")
+        self._retries: list[Item] = []  # "future" receipts to re-queue once their time comes
+        self.settled_day: str | None = None  # the day settled midway, if it was
 
     # --- faults -------------------------------------------------------------------------------
 
@@ -382,6 +432,9 @@ class ChaosRun:
             finally:
                 self.bench.central.heal(kind)
             detail = f"{self.settings.db_outage_seconds:g} s"
+        elif fault == "settle_today":
+            self.settled_day = dat_day_folder(self.config)
+            detail = self._launch_settlement(datetime.now(self.config.timezone).date())
         elif fault == "dat_folder_unwritable":
             self._block_dat_folder(DAT_BLOCK_SECONDS)
             detail = f"{DAT_BLOCK_SECONDS:g} s"
@@ -394,6 +447,73 @@ class ChaosRun:
             }
         )
         self.current_fault = ""
+
+    def _launch_settlement(self, day) -> str:
+        """Settle the day now, as the nightly schedule would: a run through the daemon."""
+        dagster = str(Path(sys.executable).with_name("dagster"))
+        launched = subprocess.run(
+            [
+                dagster,
+                "job",
+                "launch",
+                "-w",
+                str(bench.REPO_ROOT / "workspace.yaml"),
+                "-j",
+                "settlement_job",
+                "--tags",
+                json.dumps({"dagster/partition": day.isoformat()}),
+            ],
+            env=self.bench.processes.env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        if launched.returncode != 0:
+            raise RuntimeError(f"could not launch settlement_job: {launched.stderr[-500:]}")
+        return f"settlement_job {day}"
+
+    def _retry_due(self, *, everything: bool = False) -> None:
+        """Re-queue the quarantined receipts of a fast clock once the clock has caught up."""
+        still = []
+        for item in self._retries:
+            if not everything and time.time() < item.sent_at + RETRY_AFTER_SECONDS:
+                still.append(item)
+                continue
+            entry = next(
+                (
+                    e
+                    for e in quarantine.quarantined_files(item.terminal)
+                    if e.report.get("file") == item.name
+                ),
+                None,
+            )
+            if entry is None:
+                still.append(item)  # not quarantined yet: look again later
+                continue
+            quarantine.retry(item.terminal, entry.name, by="posfed chaos")
+        self._retries = still
+
+    def settlement_behind(self) -> str:
+        """Empty if the day settled midway is settled with every receipt of that day."""
+        if self.settled_day is None:
+            return ""
+        day = datetime.strptime(self.settled_day, "%Y%m%d").date()
+        engine = store.make_engine(self.central_url)
+        try:
+            with engine.connect() as connection:
+                settled = connection.execute(
+                    select(func.coalesce(func.sum(audit.SettlementRow.receipts), 0)).where(
+                        audit.SettlementRow.business_day == day
+                    )
+                ).scalar_one()
+                receipts = connection.execute(
+                    select(func.count()).where(store.ReceiptRow.business_day == day)
+                ).scalar_one()
+        finally:
+            engine.dispose()
+        if settled == receipts:
+            return ""
+        return f"the settlement of {day} counts {settled} receipts, the day has {receipts}"
 
     def _lock_database(self, seconds: float) -> None:
         path = self.config.db_url.removeprefix("sqlite:///")
@@ -436,7 +556,7 @@ class ChaosRun:
         still = []
         for item in self._waiting_delivery:
             if (
-                self.traffic.dat_path(item).exists()
+                self.importer.billed(self.traffic.dat_path(item))
                 and not (item.terminal.inbox / item.name).exists()
             ):
                 self.traffic.delivered.append(item)
@@ -461,19 +581,25 @@ class ChaosRun:
                 fault_threads.append(thread)
             if i % 20 == 0:
                 self._track_deliveries()
+                self._retry_due()
             item = self.traffic.next_item()
             self._send(item)
-            if item.kind in VALID_KINDS:
+            if item.kind in ("valid", "slow"):
                 self._waiting_delivery.append(item)
+            elif item.kind == "future":
+                self._retries.append(item)
         for thread in fault_threads + self._writers:
             thread.join()
         self.last_sent = time.monotonic()
 
     def settled(self) -> bool:
+        self._retry_due()
         return (
-            not inbox_files(self.config)
+            not self._retries
+            and not inbox_files(self.config)
             and not self.bench.active_runs()
             and not Ledger(ledger_path(self.config.home)).lag().pending_deliveries
+            and not self.settlement_behind()
         )
 
     def cursor_disagreements(self, wait_seconds: float = 30.0) -> list[str]:
@@ -485,7 +611,11 @@ class ChaosRun:
         drained_at = time.time()
         deadline = time.monotonic() + wait_seconds
         while True:
-            states = instance.all_instigator_state(instigator_type=InstigatorType.SENSOR)
+            states = [
+                s
+                for s in instance.all_instigator_state(instigator_type=InstigatorType.SENSOR)
+                if s.instigator_name.endswith("_inbox_sensor")  # the others keep no files
+            ]
             ticked = all(
                 (ticks := instance.get_ticks(s.instigator_origin_id, s.selector_id, limit=1))
                 and ticks[0].timestamp > drained_at
@@ -498,8 +628,6 @@ class ChaosRun:
             return ["no sensor state found: the cursors could not be checked"]
         problems = []
         for state in states:
-            if not state.instigator_name.endswith("_inbox_sensor"):
-                continue  # the sync and alert sensors keep no files
             cursor = state.instigator_data.cursor if state.instigator_data else None
             pending = json.loads(cursor)["launched"] if cursor else {}
             if pending:
@@ -540,7 +668,10 @@ class ChaosRun:
         report: dict = {"settings": self.settings.__dict__.copy(), "root": str(self.root)}
         try:
             self.bench.start()  # the store is up: sensors ticking, workers warm, one receipt in
-            self.warm_up = set(self.config.dat_dir.rglob("*.dat"))
+            self.warm_up = {
+                p.relative_to(self.config.dat_dir) for p in self.config.dat_dir.rglob("*.dat")
+            }
+            self.importer.start()
             self.warm_up_rows = row_keys(self.central_url)
             stop = threading.Event()
             progress = None
@@ -553,6 +684,7 @@ class ChaosRun:
                 self.drain()
             finally:
                 stop.set()
+                self.importer.stop()
                 if progress:
                     progress.join()
             report["seconds"] = round(time.monotonic() - started, 1)
@@ -563,9 +695,16 @@ class ChaosRun:
                 ignore=self.warm_up,
                 ignore_rows=self.warm_up_rows,
                 db_url=self.central_url,
+                imported=self.importer.folder,
             )
             for problem in self.cursor_disagreements():
                 outcome.problems.append(problem)
+            if behind := self.settlement_behind():
+                outcome.problems.append(behind)
+            elif self.settled_day is None:
+                outcome.problems.append("the day was never settled midway")
+            for item in self._retries:
+                outcome.problems.append(f"{item.terminal.id}/{item.name} was never re-queued")
             report.update(
                 counts=outcome.counts,
                 quarantined_by_reason=outcome.quarantined_by_reason,
@@ -580,6 +719,66 @@ class ChaosRun:
             if not self.settings.keep:
                 shutil.rmtree(self.root, ignore_errors=True)
         return report
+
+
+class BillingImporter:
+    """The billing software's import: every complete .dat file is taken out of the .dat folder
+    (into ``folder``), as many import folders work. A .dat written again after its sale was
+    imported would be imported, and billed, again: ``imported_twice`` counts those."""
+
+    def __init__(self, dat_dir: Path, folder: Path):
+        self.dat_dir = dat_dir
+        self.folder = folder
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.take_all()
+
+    def billed(self, dat_file: Path) -> bool:
+        """Whether the sale's .dat exists, in the .dat folder or imported."""
+        rel = dat_file.relative_to(self.dat_dir)
+        return dat_file.exists() or (self.folder / rel).exists()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(1.0):
+            self.take_all(settled_for=1.0)
+
+    def take_all(self, settled_for: float = 0.0) -> None:
+        now = time.time()
+        for path in self.dat_dir.glob("*/*.dat"):  # hidden temp files are not *.dat
+            if path.parent.name.startswith("."):
+                continue  # a day folder moved aside by a fault
+            try:
+                if now - path.stat().st_mtime < settled_for:
+                    continue
+                rel = path.relative_to(self.dat_dir)
+                target = self.folder / rel
+                target.parent.mkdir(parents=True, exist_ok=True)
+                n = 1
+                while True:
+                    try:
+                        os.link(path, target)
+                        break
+                    except FileExistsError:
+                        target = self.folder / rel.parent / f"{rel.name}.imported-again-{n}"
+                        n += 1
+                path.unlink()
+            except (FileNotFoundError, NotADirectoryError):
+                continue  # the folder was moved aside by a fault: next round
+
+    def imported(self) -> Counter:
+        """Imports per .dat (relative path): 1 each, or a sale billed more than once."""
+        counts: Counter = Counter()
+        for path in self.folder.rglob("*.dat*"):
+            name = path.name.split(".imported-again-")[0]
+            counts[path.parent.relative_to(self.folder) / name] += 1
+        return counts
 
 
 def dat_day_folder(config: PosfedConfig) -> str:
@@ -627,12 +826,15 @@ def reconcile(
     ignore: set[Path] = frozenset(),
     ignore_rows: set[tuple[str, str]] = frozenset(),
     db_url: str | None = None,
+    imported: Path | None = None,
 ) -> Verdict:
     """Every sent file against the central side: DB rows, .dat files, quarantine, archive,
     and the central database against the store's ledger.
 
-    ``ignore``/``ignore_rows``: .dat files and (terminal, receipt id) rows that were there
-    before the traffic (the harness's warm-up receipt).
+    ``ignore``/``ignore_rows``: .dat files (relative to the .dat folder) and (terminal,
+    receipt id) rows that were there before the traffic (the harness's warm-up receipt).
+    ``imported``: where the billing importer put the .dat files it took; a sale is billed once
+    per .dat it finds there or left in the .dat folder.
     """
     outcome = Verdict()
     engine = store.make_engine(db_url or config.db_url)
@@ -672,9 +874,22 @@ def reconcile(
     outcome.problems += ledger_disagreements(
         config, rows, row_hashes, central_deliveries, ignore_rows
     )
-    dat_files = {
-        p.relative_to(config.dat_dir) for p in config.dat_dir.rglob("*.dat") if p not in ignore
-    }
+    billed: Counter = Counter()
+    where_is: dict[Path, Path] = {}
+    for path in config.dat_dir.glob("*/*.dat"):
+        billed[path.relative_to(config.dat_dir)] += 1
+        where_is[path.relative_to(config.dat_dir)] = path
+    if imported is not None and imported.exists():
+        for path in imported.rglob("*.dat*"):
+            rel = path.parent.relative_to(imported) / path.name.split(".imported-again-")[0]
+            billed[rel] += 1
+            where_is.setdefault(rel, path)
+    for rel in ignore:
+        billed.pop(rel, None)
+    dat_files = set(billed)
+    billed_twice = {rel: n for rel, n in billed.items() if n > 1}
+    for rel, n in sorted(billed_twice.items())[:10]:
+        outcome.problems.append(f"{rel}: billed {n} times (written again after it was imported)")
     quarantined: dict[tuple[str, str], list[str]] = {}
     archived: Counter = Counter()
     left = inbox_files(config)
@@ -697,7 +912,7 @@ def reconcile(
             rendered = dat.render_receipt(item.receipt, item.terminal, spec)
             rel = Path(rendered.relative_path)
             expected_dat.add(rel)
-            if rel in dat_files and (config.dat_dir / rel).read_bytes() != rendered.content:
+            if rel in dat_files and where_is[rel].read_bytes() != rendered.content:
                 # Complete and exactly what this receipt renders to: never a partial file.
                 outcome.problems.append(f"{rel}: not the receipt's exact .dat content")
             key = (item.terminal.id, item.receipt.receipt_id)
@@ -750,7 +965,7 @@ def reconcile(
     for key in sorted(unexpected_rows)[:10]:
         outcome.problems.append(f"unexpected row {key}: no valid receipt was sent with this id")
     extra_dat = dat_files - expected_dat
-    duplicates += len(extra_dat)
+    duplicates += len(extra_dat) + sum(n - 1 for n in billed_twice.values())
     for rel in sorted(extra_dat)[:10]:
         outcome.problems.append(f"unexpected .dat file {rel}")
     if left:
@@ -762,6 +977,7 @@ def reconcile(
         "repeats": repeats,
         "loaded_rows": loaded,
         "dat_files": len(dat_files & expected_dat),
+        "billed_twice": len(billed_twice),
         "quarantined": sum(by_reason.values()),
         "duplicates": duplicates,
         "lost": lost,
@@ -821,7 +1037,8 @@ def format_report(report: dict) -> str:
         f"  invalid            {c['invalid']}",
         f"  repeats            {c['repeats']}  (same content again: archived, no new rows)",
         f"loaded rows          {c['loaded_rows']}",
-        f".dat files           {c['dat_files']}",
+        f".dat files           {c['dat_files']}  (billed once each; "
+        f"{c.get('billed_twice', 0)} billed twice)",
         f"quarantined          {c['quarantined']}",
     ]
     for kind, count in report["quarantined_by_reason"].items():

@@ -14,7 +14,7 @@ def test_reduced_chaos_run_loses_nothing_and_duplicates_nothing():
         receipts=300,
         rate=10.0,
         db_outage_seconds=10.0,
-        drain_timeout=120.0,
+        drain_timeout=240.0,
         keep=True,
         progress=False,
     )
@@ -23,6 +23,7 @@ def test_reduced_chaos_run_loses_nothing_and_duplicates_nothing():
     try:
         assert report["passed"], chaos.format_report(report)
         assert {f["fault"] for f in report["faults"]} == {fault for _, fault in chaos.FAULTS}
+        assert report["kinds"]["twin"] >= 1 and report["kinds"]["future"] >= 1
         assert set(report["kinds"]) >= set(chaos.MIX)  # every kind of file was sent
         counts = report["counts"]
         assert counts["sent"] == 300
@@ -32,7 +33,8 @@ def test_reduced_chaos_run_loses_nothing_and_duplicates_nothing():
         # The reconciliation is not blind: a .dat file removed behind the pipeline's back,
         # or a file deleted from quarantine, is reported and fails the run.
         delivered = next(i for i in run.traffic.items if i.kind == "valid")
-        run.traffic.dat_path(delivered).unlink()
+        rel = run.traffic.dat_path(delivered).relative_to(run.config.dat_dir)
+        (run.importer.folder / rel).unlink()
         quarantined = next(run.config.terminals[0].quarantine.glob("*.error.json"), None) or next(
             p for t in run.config.terminals for p in t.quarantine.glob("*.error.json")
         )
@@ -43,8 +45,23 @@ def test_reduced_chaos_run_loses_nothing_and_duplicates_nothing():
             run.traffic.items,
             ignore=run.warm_up,
             ignore_rows=run.warm_up_rows,
+            db_url=run.central_url,
+            imported=run.importer.folder,
         )
         assert not outcome.passed
         assert outcome.counts["lost"] == 2
+        # A sale billed twice (its .dat written again after the import) is seen too.
+        twice = next(p for p in run.importer.folder.rglob("*.dat"))
+        shutil.copy(twice, run.config.dat_dir / twice.relative_to(run.importer.folder))
+        again = chaos.reconcile(
+            run.config,
+            run.bench.spec,
+            run.traffic.items,
+            ignore=run.warm_up,
+            ignore_rows=run.warm_up_rows,
+            db_url=run.central_url,
+            imported=run.importer.folder,
+        )
+        assert again.counts["billed_twice"] == 1 and again.counts["duplicates"] >= 1
     finally:
         shutil.rmtree(report["root"], ignore_errors=True)
