@@ -712,7 +712,8 @@ def _quarantine_list(args) -> int:
     terminals = [config.terminal(args.terminal)] if args.terminal else list(config.terminals)
     entries = [e for t in terminals for e in quarantine.quarantined_files(t)]
     if args.json:
-        print(json.dumps([{"terminal": e.terminal, **e.report} for e in entries], indent=2))
+        listing = [{"terminal": e.terminal, "name": e.name, **e.report} for e in entries]
+        print(json.dumps(listing, indent=2, ensure_ascii=False))
         return 0
     for e in entries:
         when = e.report.get("quarantined_at", "?")

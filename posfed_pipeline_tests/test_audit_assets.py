@@ -161,6 +161,12 @@ def test_receipt_numbers_that_never_arrived_are_listed(tmp_path, monkeypatch):
     assert _checks(result)["db_rows_match_archive"].passed
 
 
+def test_a_stray_number_far_off_the_sequence_does_not_make_the_check_run_away():
+    pattern = re.compile(r"C(\d+)?")
+    gaps = audit.number_gaps(pattern, ["C1", "C3", "C", "C" + "9" * 17, "C" + "9" * 40])
+    assert gaps[:2] == [2, 4] and len(gaps) == audit.MAX_GAP_SPAN
+
+
 def test_gaps_are_told_as_ranges():
     assert audit.describe_gaps([4, 5, 6, 9, 11, 12]) == "4-6, 9, 11-12"
     assert audit.number_gaps(re.compile(r"1C(\d+)"), ["1C0008", "1C0011", "X", "2C0009"]) == [

@@ -70,11 +70,15 @@ def test_the_terminal_in_the_name_tells_them_apart_ignoring_case():
     assert not _clash("{terminalId}-{receiptId}.dat", _terminal("bakery_1"), _terminal("bakery_2"))
     # A Windows import folder does not tell Bakery_1 from bakery_1.
     assert _clash("{terminalId}-{receiptId}.dat", _terminal("Bakery_1"), _terminal("bakery_1"))
+    # A receipt id starts with a letter or digit: till + _2C1 cannot be a name of till_2's.
+    assert not _clash("{terminalId}{receiptId}.dat", _terminal("till"), _terminal("till_2"))
+    assert _clash("{terminalId}{receiptId}.dat", _terminal("till"), _terminal("till2"))
     # No department, no terminal: every pair of terminals shares names.
     assert _clash("{receiptId}.dat", _terminal("a", "10"), _terminal("b", "20"))
 
 
-_ID = st.text(alphabet="aB1-_", min_size=1, max_size=4)
+# Receipt ids start with a letter or digit (core.receipt's RECEIPT_ID_PATTERN).
+_ID = st.tuples(st.sampled_from("aB1"), st.text(alphabet="aB1-_", max_size=3)).map("".join)
 _PIECE = st.sampled_from(["{receiptId}", "{department}", "{terminalId}", "x", ".", "_", "1"])
 
 

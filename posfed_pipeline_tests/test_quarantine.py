@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import dagster as dg
 
@@ -151,3 +152,24 @@ def test_a_retry_that_fails_again_keeps_every_attempt(config):
     assert [e["event"] for e in events] == ["quarantined", "retried", "quarantined"]
     assert events[1]["by"] == "tester"
     assert all(e["problems"][0]["field"] == "total" for e in events if e["event"] != "retried")
+
+
+def test_a_file_left_half_moved_by_a_dead_run_goes_back_to_the_inbox(config):
+    """A run killed between claiming a file and moving it leaves a hidden claim; the next
+    look at the inbox puts the file back under its name, never over a newer one."""
+    from posfed_pipeline.core import inbox
+
+    terminal = config.terminal("bakery_1")
+    path = drop_receipt(terminal.inbox, receipt_doc("R0009", timestamp=WHEN), name="r9.json")
+    claimed = inbox.take(inbox.stat_inbox_file(path))
+    assert claimed is not None and not path.exists()
+    newer = drop_receipt(terminal.inbox, receipt_doc("R0010", timestamp=WHEN), name="r9.json")
+
+    # A minute later (the claim's age is its ctime), the sensor or the trigger looks.
+    inbox.scan_inbox(terminal, stability_seconds=0, now=time.time() + 120)
+
+    assert sorted(os.listdir(terminal.inbox)) == ["r9.json", "r9~1.json"]
+    assert json.loads(newer.read_text())["receiptId"] == "R0010"
+    assert json.loads((terminal.inbox / "r9~1.json").read_text())["receiptId"] == "R0009"
+    later = inbox.scan_inbox(terminal, stability_seconds=0, now=time.time() + 120)
+    assert sorted(f.name for f in later.ready) == ["r9.json", "r9~1.json"]

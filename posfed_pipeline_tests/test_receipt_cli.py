@@ -20,10 +20,17 @@ def store_file(tmp_path, monkeypatch) -> Path:
     monkeypatch.delenv("POSFED_HOME", raising=False)
     monkeypatch.delenv("POSFED_DB_URL", raising=False)
     text = (REPO_ROOT / "posfed.toml").read_text()
-    for terminal, vendor in (("wine_2", "kassamaat-json"), ("flowers_2", "caissepro-csv")):
+    # Those tills number their receipts their vendor's way: KM-2026-000481, T000481.
+    for terminal, vendor, prefix in (
+        ("wine_2", "kassamaat-json", "KM"),
+        ("flowers_2", "caissepro-csv", "T"),
+    ):
         start = text.index(f'id = "{terminal}"\n')
         end = text.index('format = "posfed-json"', start)
         text = text[:end] + text[end:].replace("posfed-json", vendor, 1)
+        text = text[:start] + text[start:].replace(
+            'receipt_id_prefix = "2"', f'receipt_id_prefix = "{prefix}"', 1
+        )
     text = text.replace('home = ".posfed"', f'home = "{tmp_path / "state"}"')
     text = text.replace('spec = "dat_specs/scon_default.json"', f'spec = "{DEFAULT_SPEC}"')
     text = text.replace("max_age_days = 45", "max_age_days = 36500")  # the samples stay valid
@@ -44,15 +51,15 @@ def write(tmp_path: Path, name: str, doc: dict | bytes) -> Path:
 
 
 def test_valid_file_exits_0(store_file, tmp_path, capsys):
-    good = write(tmp_path, "good.json", receipt_doc("R1"))
+    good = write(tmp_path, "good.json", receipt_doc("1R1"))
     code, out = run(store_file, capsys, str(good))
     assert code == 0
     assert f"{good} (bakery_1): valid" in out
 
 
 def test_any_invalid_file_exits_1_with_its_reasons(store_file, tmp_path, capsys):
-    good = write(tmp_path, "good.json", receipt_doc("R1"))
-    bad = receipt_doc("R2", total="99.99")
+    good = write(tmp_path, "good.json", receipt_doc("1R1"))
+    bad = receipt_doc("1R2", total="99.99")
     bad["items"][0]["barcode"] = "8712345678900"
     bad_path = write(tmp_path, "bad.json", bad)
     code, out = run(store_file, capsys, str(good), str(bad_path))
@@ -66,8 +73,8 @@ def test_any_invalid_file_exits_1_with_its_reasons(store_file, tmp_path, capsys)
 
 
 def test_json_output_lists_every_file_with_its_errors(store_file, tmp_path, capsys):
-    good = write(tmp_path, "good.json", receipt_doc("R1"))
-    truncated = write(tmp_path, "cut.json", b'{"receiptId": "R2", "ite')
+    good = write(tmp_path, "good.json", receipt_doc("1R1"))
+    truncated = write(tmp_path, "cut.json", b'{"receiptId": "1R2", "ite')
     code, out = run(
         store_file, capsys, "--json", "--terminal", "bakery_1", str(good), str(truncated)
     )
@@ -83,7 +90,7 @@ def test_json_output_lists_every_file_with_its_errors(store_file, tmp_path, caps
 
 
 def test_terminal_option_applies_that_terminals_rules(store_file, tmp_path, capsys):
-    returned = receipt_doc("R1", "butcher_1", "20")
+    returned = receipt_doc("1R1", "butcher_1", "20")
     returned["items"][0]["quantity"] = -1
     returned["total"] = str(-2.95 + 3.45)
     path = write(tmp_path, "return.json", returned)
@@ -94,7 +101,7 @@ def test_terminal_option_applies_that_terminals_rules(store_file, tmp_path, caps
 
 
 def test_unknown_terminal_option_is_a_usage_error(store_file, tmp_path, capsys):
-    path = write(tmp_path, "good.json", receipt_doc("R1"))
+    path = write(tmp_path, "good.json", receipt_doc("1R1"))
     assert (
         main(["--config", str(store_file), "receipt", "validate", "--terminal", "nope", str(path)])
         == 2
@@ -103,7 +110,7 @@ def test_unknown_terminal_option_is_a_usage_error(store_file, tmp_path, capsys):
 
 
 def test_file_of_an_unknown_terminal_asks_for_the_terminal_option(store_file, tmp_path, capsys):
-    path = write(tmp_path, "stray.json", receipt_doc("R1", terminal_id="kiosk_9"))
+    path = write(tmp_path, "stray.json", receipt_doc("1R1", terminal_id="kiosk_9"))
     code, out = run(store_file, capsys, "--json", str(path))
     assert code == 1
     assert json.loads(out)[0]["errors"] == [

@@ -130,16 +130,27 @@ def reconcile_terminal_day(
     return result
 
 
+# A day's numbers spanning more than this are not one terminal's sequence (a stray id).
+MAX_GAP_SPAN = 100_000
+
+
 def number_gaps(pattern: re.Pattern[str], receipt_ids: Iterable[str]) -> list[int]:
-    """The numbers between the lowest and the highest of ``receipt_ids`` that none carries."""
+    """The numbers between the lowest and the highest of ``receipt_ids`` that none carries
+    (at most ``MAX_GAP_SPAN`` of them: beyond, the ids are not one sequence)."""
     numbers = set()
     for receipt_id in receipt_ids:
         match = pattern.fullmatch(receipt_id)
-        if match and match.group(1).isdigit():
-            numbers.add(int(match.group(1)))
-    if not numbers:
-        return []
-    return [n for n in range(min(numbers), max(numbers) + 1) if n not in numbers]
+        digits = (match.group(1) or "") if match else ""
+        if digits.isdigit() and len(digits) <= 18:
+            numbers.add(int(digits))
+    ordered = sorted(numbers)
+    gaps: list[int] = []
+    for low, high in zip(ordered, ordered[1:], strict=False):
+        if high - low > 1:
+            gaps.extend(range(low + 1, min(high, low + 1 + MAX_GAP_SPAN - len(gaps))))
+        if len(gaps) >= MAX_GAP_SPAN:
+            break
+    return gaps
 
 
 def describe_gaps(numbers: list[int], limit: int = 50) -> str:

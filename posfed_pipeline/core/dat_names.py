@@ -23,9 +23,14 @@ from collections.abc import Iterable, Sequence
 from posfed_pipeline.core.config import Terminal
 from posfed_pipeline.core.dat import DatSpec, LayoutVersion, name_template_parts
 
-# What a receipt id can hold (core.receipt's RECEIPT_ID_PATTERN), lower-cased.
-_ID_CHARS = frozenset(string.ascii_lowercase + string.digits + "-_")
-_ANY_ID_CHARS = None  # a pattern token: any run of receipt-id characters, possibly empty
+# What a receipt id can hold (core.receipt's RECEIPT_ID_PATTERN), lower-cased: it starts with
+# a letter or digit.
+_FIRST_ID_CHARS = frozenset(string.ascii_lowercase + string.digits)
+_ID_CHARS = _FIRST_ID_CHARS | {"-", "_"}
+# Pattern tokens: a frozenset is one character out of it; None is a run of id characters,
+# possibly empty.
+_ANY_ID_CHARS = None
+Token = frozenset[str] | None
 _SAMPLE_DAY = "20260101"  # {date} renders the same for both terminals of one date folder
 
 HOW_TO_TELL_APART = (
@@ -36,37 +41,46 @@ HOW_TO_TELL_APART = (
 )
 
 
-def name_pattern(version: LayoutVersion, terminal: Terminal) -> tuple[str | None, ...]:
-    """The terminal's file names under ``version``: characters, and None for 'any id chars'."""
-    tokens: list[str | None] = []
+def name_pattern(version: LayoutVersion, terminal: Terminal) -> tuple[Token, ...]:
+    """The terminal's file names under ``version``: one token per character, and None for the
+    rest of the receipt id."""
+    tokens: list[Token] = []
+
+    def text(value: str) -> None:
+        tokens.extend(frozenset({c}) for c in value.lower())
+
     for piece, is_key in name_template_parts(version):
         if not is_key:
-            tokens.extend(piece.lower())
+            text(piece)
         elif piece in ("receiptId", "receipt_id"):
-            tokens.extend(terminal.receipt_id_prefix.lower())
+            prefix = terminal.receipt_id_prefix
+            text(prefix)
+            if not prefix:
+                tokens.append(_FIRST_ID_CHARS)  # an id is never empty
             tokens.append(_ANY_ID_CHARS)
         elif piece in ("terminalId", "terminal_id"):
-            tokens.extend(terminal.id.lower())
+            text(terminal.id)
         elif piece == "department":
-            tokens.extend(terminal.department.lower())
+            text(terminal.department)
         elif piece == "date":
-            tokens.extend(_SAMPLE_DAY)
+            text(_SAMPLE_DAY)
         else:  # the spec loader refuses unknown placeholders; a new one must be added here
             raise ValueError(f"file_name placeholder {{{piece}}} is not known to dat_names")
     return tuple(tokens)
 
 
-def patterns_overlap(first: Sequence[str | None], second: Sequence[str | None]) -> bool:
+def patterns_overlap(first: Sequence[Token], second: Sequence[Token]) -> bool:
     """Whether some file name matches both patterns (a product automaton, walked breadth-first)."""
+    end = object()  # past a pattern's last token
     start = (0, 0)
     seen = {start}
     frontier = [start]
     while frontier:
         following: list[tuple[int, int]] = []
         for i, j in frontier:
-            a = first[i] if i < len(first) else ""
-            b = second[j] if j < len(second) else ""
-            if a == "" and b == "":
+            a = first[i] if i < len(first) else end
+            b = second[j] if j < len(second) else end
+            if a is end and b is end:
                 return True  # both patterns ended on the same name
             steps: list[tuple[int, int]] = []
             # A run of id characters may be empty: skip it without reading anything.
@@ -75,13 +89,17 @@ def patterns_overlap(first: Sequence[str | None], second: Sequence[str | None]) 
             if b is _ANY_ID_CHARS:
                 steps.append((i, j + 1))
             # Read one character that both patterns accept here.
-            if a is _ANY_ID_CHARS and b is _ANY_ID_CHARS:
+            if a is end or b is end:
+                pass  # one name is complete, the other needs more: only skips remain
+            elif a is _ANY_ID_CHARS and b is _ANY_ID_CHARS:
                 steps.append((i, j))  # any id character keeps both inside their runs
-            elif a is _ANY_ID_CHARS and b and b in _ID_CHARS:
-                steps.append((i, j + 1))
-            elif b is _ANY_ID_CHARS and a and a in _ID_CHARS:
-                steps.append((i + 1, j))
-            elif a and b and a == b:
+            elif a is _ANY_ID_CHARS:
+                if b & _ID_CHARS:
+                    steps.append((i, j + 1))
+            elif b is _ANY_ID_CHARS:
+                if a & _ID_CHARS:
+                    steps.append((i + 1, j))
+            elif a & b:
                 steps.append((i + 1, j + 1))
             for step in steps:
                 if step not in seen:

@@ -45,7 +45,7 @@ def write_atomic(path: Path, data: bytes) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 def move_unique(source: Path, folder: Path, *, name: str | None = None) -> Path:
@@ -64,7 +64,7 @@ def move_unique(source: Path, folder: Path, *, name: str | None = None) -> Path:
             break
         source.unlink()
         break
-    _fsync_dir(folder)
+    fsync_dir(folder)
     return target
 
 
@@ -82,7 +82,7 @@ def unique_destination(
     return target
 
 
-def _fsync_dir(folder: Path) -> None:
+def fsync_dir(folder: Path) -> None:
     # The rename is durable only once the directory entry is on disk.
     fd = os.open(folder, os.O_RDONLY)
     try:
@@ -111,5 +111,5 @@ def write_once(path: Path, data: bytes) -> bool:
         raise ContentConflict(f"{path} already exists with other content") from None
     finally:
         tmp.unlink(missing_ok=True)
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
     return True

@@ -21,6 +21,10 @@ from posfed_pipeline.core.fsutil import move_unique
 
 # Writers that follow the write-then-rename convention use these while a file is in progress.
 IN_PROGRESS_SUFFIXES = (".tmp", ".part", ".partial", ".crdownload")
+# A file a run is moving out of the inbox, for the milliseconds that takes: no writer uses it.
+CLAIM_PREFIX = ".posfed-taking."
+# A claim older than this was left by a run that died mid-move: the file goes back.
+STALE_CLAIM_SECONDS = 60.0
 
 
 @dataclass(frozen=True)
@@ -59,6 +63,9 @@ def scan_inbox(
     settling: list[InboxFile] = []
     with os.scandir(terminal.inbox) as entries:
         for entry in entries:
+            if entry.name.startswith(CLAIM_PREFIX):
+                _restore_stale_claim(Path(entry.path), now)
+                continue
             if not is_candidate(entry.name):
                 continue
             try:
@@ -106,12 +113,46 @@ def local_day_of_mtime(item: InboxFile, terminal: Terminal) -> date:
     return datetime.fromtimestamp(item.mtime_ns / 1e9, tz=terminal.timezone).date()
 
 
+def take(version: InboxFile) -> Path | None:
+    """Claim exactly the version of a file that was read, to move it out of the inbox.
+
+    The file is renamed to a hidden name of its own (atomic: a writer replacing the file now
+    replaces nothing of ours), then checked. None if it is gone, or if a writer had replaced
+    or rewritten it since it was read: that newer version is put back under its name (never
+    over a yet newer one) for a run of its own.
+    """
+    claimed = version.path.with_name(
+        f"{CLAIM_PREFIX}{os.getpid()}.{time.monotonic_ns()}.{version.name}"
+    )
+    try:
+        os.rename(version.path, claimed)
+    except FileNotFoundError:
+        return None
+    now = stat_inbox_file(claimed)
+    same_file = not version.inode or now.inode == version.inode
+    if same_file and (now.size, now.mtime_ns) == (version.size, version.mtime_ns):
+        return claimed
+    move_unique(claimed, claimed.parent, name=version.name)
+    return None
+
+
+def _restore_stale_claim(claimed: Path, now: float) -> None:
+    try:
+        if now - claimed.lstat().st_ctime < STALE_CLAIM_SECONDS:
+            return  # a run is moving it right now
+        name = claimed.name.removeprefix(CLAIM_PREFIX).split(".", 2)[2]
+        move_unique(claimed, claimed.parent, name=name)
+    except (FileNotFoundError, IndexError):
+        return
+
+
 def archive_file(terminal: Terminal, version: InboxFile, business_day: date) -> Path | None:
     """Move the version that was read to the day's archive; None if the file changed since
     (the new version stays in the inbox for a run of its own)."""
-    if not is_unchanged(version):
+    claimed = take(version)
+    if claimed is None:
         return None
-    return move_unique(version.path, terminal.archive_dir(business_day))
+    return move_unique(claimed, terminal.archive_dir(business_day), name=version.name)
 
 
 def archived_files(terminal: Terminal, business_day: date) -> list[Path]:

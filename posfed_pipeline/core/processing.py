@@ -139,7 +139,8 @@ def validate(
         allow_returns=terminal.allow_returns,
         quantity_decimals=terminal.quantity_decimals,
         variable_measure=terminal.variable_measure,
-        receipt_id_prefix=terminal.receipt_id_prefix,
+        # A backfill re-reads receipts accepted before the terminal's numbering had a prefix.
+        receipt_id_prefix=terminal.receipt_id_prefix if check_age else "",
         now=now or datetime.now(UTC),
         max_clock_skew=timedelta(seconds=config.max_clock_skew_seconds),
         # A backfill re-validates old receipts: their age was judged when they arrived.

@@ -21,8 +21,14 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 
 from posfed_pipeline.core.config import Terminal
-from posfed_pipeline.core.fsutil import ContentConflict, move_unique, unique_destination, write_once
-from posfed_pipeline.core.inbox import InboxFile, is_unchanged
+from posfed_pipeline.core.fsutil import (
+    ContentConflict,
+    fsync_dir,
+    move_unique,
+    unique_destination,
+    write_once,
+)
+from posfed_pipeline.core.inbox import InboxFile, take
 from posfed_pipeline.core.receipt import Problem, Receipt
 
 REPORT_SUFFIX = ".error.json"
@@ -50,9 +56,11 @@ def quarantine_file(
     None if the file changed since it was read: the new version stays in the inbox for a run of
     its own (the reasons were the old version's).
     """
-    if not is_unchanged(version):
+    claimed = take(version)
+    if claimed is None:
         return None
     problems = [p.as_dict() for p in problems]
+    terminal.quarantine.mkdir(parents=True, exist_ok=True)
     while True:
         target = unique_destination(
             terminal.quarantine, version.name, taken=lambda p: report_path(p).exists()
@@ -70,11 +78,18 @@ def quarantine_file(
             report["business_day"] = receipt.business_day.isoformat()
         try:
             # Reason first: a file never sits in quarantine without its explanation.
-            write_once(report_path(target), _json(report))
-            break
+            if not write_once(report_path(target), _json(report)):
+                continue  # an identical report is another file's: pick the next name
         except ContentConflict:
             continue  # another report took the name meanwhile: pick the next one
-    os.replace(version.path, target)
+        try:
+            os.link(claimed, target)  # never over another quarantined file
+        except FileExistsError:
+            report_path(target).unlink()
+            continue
+        break
+    claimed.unlink()
+    fsync_dir(terminal.quarantine)
     _record(terminal, {"event": "quarantined", **report})
     return target
 
@@ -114,6 +129,8 @@ def quarantined_files(terminal: Terminal) -> list[Quarantined]:
         if report_path(p).exists() and p not in files
     ]
     entries = [Quarantined(terminal.id, p, _read_report(p)) for p in files]
+    # Terminals whose inboxes share a folder share it: each sees its own files only.
+    entries = [e for e in entries if e.report.get("terminal", terminal.id) == terminal.id]
     return sorted(entries, key=lambda q: (q.report.get("quarantined_at", ""), q.name))
 
 
@@ -160,6 +177,8 @@ def history(terminal: Terminal, name: str | None = None) -> Iterator[dict]:
             except json.JSONDecodeError:
                 continue  # a line cut by a power cut: the rest still reads
             names = {event.get("file"), event.get("quarantined_as"), event.get("requeued_as")}
+            if event.get("terminal", terminal.id) != terminal.id:
+                continue
             if name is None or name in names:
                 yield event
 

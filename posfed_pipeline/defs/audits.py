@@ -285,9 +285,11 @@ def build_late_receipts_sensor(config: PosfedConfig, audit_jobs: list) -> dg.Sen
         requests: list[dg.RunRequest] = []
         days: dict[date, float] = {}
         for terminal_id, day, at in synced:
+            if ledger.pending_receipts_of_day(day):
+                continue  # more of the day is on its way: its last batch brings it here again
             days[day] = max(days.get(day, 0.0), at)
             key = terminal_day_key(terminal_id, day)
-            if _ran(context.instance, "reconciliation_job", key):
+            if _audited(context.instance, DAILY_RECONCILIATION, "reconciliation_job", key):
                 requests.append(
                     dg.RunRequest(
                         job_name="reconciliation_job",
@@ -297,7 +299,7 @@ def build_late_receipts_sensor(config: PosfedConfig, audit_jobs: list) -> dg.Sen
                     )
                 )
         for day, at in sorted(days.items()):
-            if _ran(context.instance, "settlement_job", day.isoformat()):
+            if _audited(context.instance, TENANT_SETTLEMENTS, "settlement_job", day.isoformat()):
                 requests.append(
                     dg.RunRequest(
                         job_name="settlement_job",
@@ -316,9 +318,17 @@ def build_late_receipts_sensor(config: PosfedConfig, audit_jobs: list) -> dg.Sen
     return late_receipts_sensor
 
 
-def _ran(instance: dg.DagsterInstance, job_name: str, partition_key: str) -> bool:
-    """Whether the job ever ran (or tried to) for this partition: the day was audited."""
-    records = instance.get_run_records(
+def _audited(
+    instance: dg.DagsterInstance, asset_key: dg.AssetKey, job_name: str, partition_key: str
+) -> bool:
+    """Whether the partition was materialized (by a schedule, the UI, a backfill) or its job
+    tried to (a settlement postponed while receipts were on their way)."""
+    materialized = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=asset_key, asset_partitions=[partition_key]), limit=1
+    ).records
+    if materialized:
+        return True
+    runs = instance.get_run_records(
         dg.RunsFilter(job_name=job_name, tags={"dagster/partition": partition_key}), limit=1
     )
-    return bool(records)
+    return bool(runs)
