@@ -7,6 +7,7 @@ from datetime import date
 from decimal import Decimal
 
 import dagster as dg
+import pytest
 from sqlalchemy import select
 
 from posfed_pipeline.core import store
@@ -295,3 +296,43 @@ def test_two_terminals_racing_for_one_dat_name_lose_no_sale_and_block_nothing(co
     assert emission.written == [] and len(emission.refused) == 1
     assert ledger.owed_dat("bakery_2") == []  # nothing stranded, nothing blocks the outbox
     assert [e.outcome.value for e in ledger.outbox() if e.terminal_id == "bakery_2"] == ["conflict"]
+
+
+def test_an_attempt_stopped_between_recording_and_renaming_its_dat_bills_once(config, monkeypatch):
+    """The .dat is recorded in the ledger before its rename: if the attempt dies in between,
+    the next run renames the staged file; if it died after the rename and the billing
+    software took the file, nothing writes it again."""
+    from posfed_pipeline.core import processing
+    from posfed_pipeline.core.dat import load_spec
+    from posfed_pipeline.core.ledger import open_ledger
+
+    terminal = config.terminal("bakery_1")
+    ledger = open_ledger(config.home)
+    spec = load_spec(config.dat_spec)
+    first = drop_receipt(
+        terminal.inbox, receipt_doc("R0001", timestamp="2026-11-20T10:15:00+01:00")
+    )
+    second = drop_receipt(
+        terminal.inbox, receipt_doc("R0002", timestamp="2026-11-20T10:16:00+01:00")
+    )
+
+    def killed(temp, target):
+        raise KeyboardInterrupt("power cut")  # what SIGKILL would leave: no rename
+
+    monkeypatch.setattr(processing, "publish_dat", killed)
+    with pytest.raises(KeyboardInterrupt):
+        processing.process_batch(config, terminal, [first], ledger=ledger, spec=spec)
+    monkeypatch.undo()
+    day = config.dat_dir / "20261120"
+    assert not (day / "scon10R0001.dat").exists()
+    assert [p.name.endswith(".tmp") for p in day.iterdir()] == [True]  # staged, recorded
+
+    processing.process_batch(config, terminal, [first], ledger=ledger, spec=spec)
+    assert (day / "scon10R0001.dat").read_bytes() == EXPECTED_DAT
+    assert sorted(p.name for p in day.iterdir()) == ["scon10R0001.dat"]
+
+    # Renamed, then imported (moved away) before the ledger forgot the staging: never again.
+    (day / "scon10R0001.dat").unlink()
+    processing.process_batch(config, terminal, [second], ledger=ledger, spec=spec)
+    assert sorted(p.name for p in day.iterdir()) == ["scon10R0002.dat"]
+    assert ledger.staged_dat("bakery_1") == []

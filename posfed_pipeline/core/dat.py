@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import bisect
 import json
+import os
 import re
 import unicodedata
 from collections.abc import Callable
@@ -34,7 +35,7 @@ from typing import Any
 import jsonschema
 
 from posfed_pipeline.core.config import Terminal
-from posfed_pipeline.core.fsutil import ContentConflict, write_once
+from posfed_pipeline.core.fsutil import ContentConflict, fsync_dir, synced_temp_copy, write_once
 from posfed_pipeline.core.receipt import Receipt
 
 SPEC_SCHEMA_PATH = Path(__file__).with_name("dat_spec.schema.json")
@@ -1120,6 +1121,48 @@ def write_dat(out_dir: Path, rendered: RenderedDat, spec: DatSpec, business_day:
             f"{target} does not re-parse against {spec.name}: {'; '.join(problems[:3])}"
         )
     return target
+
+
+def stage_dat(out_dir: Path, rendered: RenderedDat, spec: DatSpec, business_day: date):
+    """Write the .dat under a hidden temp name beside its place, on disk (fsynced), checked
+    against its spec; ``publish_dat`` renames it into place.
+
+    Returns (target, temp); temp is None if the target already holds exactly these bytes.
+    Raises ``DatConflictError`` if it holds other bytes.
+    """
+    out_dir = Path(out_dir)
+    target = (out_dir / rendered.relative_path).resolve()
+    if out_dir.resolve() not in target.parents:
+        raise DatRenderError(f"refusing to write outside {out_dir}: {target}")
+    version = rendered.version or spec.version_for(business_day)
+    problems = check_dat(rendered.content, version)
+    if problems:
+        raise DatRenderError(f"{target} would not parse against {spec.name}: {problems[0]}")
+    if _same_or_conflict(target, rendered.content):
+        return target, None
+    return target, synced_temp_copy(target, rendered.content)
+
+
+def publish_dat(temp: Path, target: Path) -> None:
+    """Rename a staged .dat into place (never over another file), durably."""
+    if target.exists():  # staged twice (a retried attempt): the name is this receipt's alone
+        temp.unlink(missing_ok=True)
+        return
+    os.rename(temp, target)
+    fsync_dir(target.parent)
+
+
+def _same_or_conflict(target: Path, content: bytes) -> bool:
+    try:
+        existing = target.read_bytes()
+    except FileNotFoundError:
+        return False
+    if existing == content:
+        return True
+    raise DatConflictError(
+        f"{target} already exists with other content (another receipt with the same file "
+        "name: same department and receipt id?); not overwritten"
+    )
 
 
 def check_dat(content: bytes, version: LayoutVersion) -> list[str]:

@@ -19,7 +19,7 @@ def _umask() -> int:
 FILE_MODE = 0o666 & ~_umask()
 
 
-def _synced_temp_copy(path: Path, data: bytes) -> Path:
+def synced_temp_copy(path: Path, data: bytes) -> Path:
     """``data`` in a hidden temp file beside ``path``, on disk (written, flushed, fsynced)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -39,7 +39,7 @@ def _synced_temp_copy(path: Path, data: bytes) -> Path:
 
 def write_atomic(path: Path, data: bytes) -> None:
     """Write so readers see nothing or the whole file (temp + fsync + rename)."""
-    tmp = _synced_temp_copy(path, data)
+    tmp = synced_temp_copy(path, data)
     try:
         os.replace(tmp, path)
     except BaseException:
@@ -102,7 +102,7 @@ def write_once(path: Path, data: bytes) -> bool:
     re-write); raises ``ContentConflict`` if a file with other bytes is there. The new file
     appears whole (temp + fsync + link), and two writers racing for one name cannot both win.
     """
-    tmp = _synced_temp_copy(path, data)
+    tmp = synced_temp_copy(path, data)
     try:
         os.link(tmp, path)  # fails if the name exists: no clobbering, even in a race
     except FileExistsError:

@@ -47,6 +47,7 @@ _SCHEMA = (
         accepted_at REAL NOT NULL,
         dat_file TEXT,
         dat_written_at REAL,
+        dat_staged TEXT,
         PRIMARY KEY (terminal_id, business_day, receipt_id)
     )
     """,
@@ -218,6 +219,13 @@ class Ledger:
         with self._write() as write:
             for statement in _SCHEMA:
                 write.execute(statement)
+            columns = {row[1] for row in write.execute("PRAGMA table_info(receipt)")}
+            if "dat_staged" not in columns:  # a ledger from before the staged .dat
+                write.execute("ALTER TABLE receipt ADD COLUMN dat_staged TEXT")
+            write.execute(
+                "CREATE INDEX IF NOT EXISTS receipt_staged ON receipt (terminal_id) "
+                "WHERE dat_staged IS NOT NULL"
+            )
 
     def _connect(self) -> sqlite3.Connection:
         connection = getattr(self._local, "connection", None)
@@ -380,22 +388,47 @@ class Ledger:
         return added
 
     def mark_emitted(
-        self, written: Iterable[tuple[Receipt, str]], *, now: float | None = None
+        self,
+        written: Iterable[tuple[Receipt, str]],
+        *,
+        staged: str | None = None,
+        now: float | None = None,
     ) -> None:
-        """Record that these receipts' .dat files (path relative to the .dat folder) exist."""
+        """Record that these receipts' .dat files (path relative to the .dat folder) exist, or,
+        with ``staged``, are fully written under that temp name beside them and about to be
+        renamed into place: whatever stops the rename, the .dat is never written twice."""
         now = time.time() if now is None else now
         rows = [
-            (path, now, r.terminal_id, r.business_day.isoformat(), r.receipt_id)
+            (path, now, staged, r.terminal_id, r.business_day.isoformat(), r.receipt_id)
             for r, path in written
         ]
         if not rows:
             return
         with self._write() as connection:
             connection.executemany(
-                "UPDATE receipt SET dat_file = ?, dat_written_at = ? WHERE terminal_id = ? "
-                "AND business_day = ? AND receipt_id = ? AND dat_written_at IS NULL",
+                "UPDATE receipt SET dat_file = ?, dat_written_at = ?, dat_staged = ? "
+                "WHERE terminal_id = ? AND business_day = ? AND receipt_id = ? "
+                "AND dat_written_at IS NULL",
                 rows,
             )
+
+    def staged_dat(self, terminal_id: str) -> list[tuple[str, str]]:
+        """(.dat path, temp name) of a terminal's .dat files recorded as written whose rename
+        into place may not have happened (the attempt stopped in between)."""
+        rows = self._connect().execute(
+            "SELECT dat_file, dat_staged FROM receipt "
+            "WHERE terminal_id = ? AND dat_staged IS NOT NULL",
+            (terminal_id,),
+        )
+        return list(rows)
+
+    def clear_staged(self, dat_files: Iterable[str]) -> None:
+        rows = [(path,) for path in dat_files]
+        if rows:
+            with self._write() as connection:
+                connection.executemany(
+                    "UPDATE receipt SET dat_staged = NULL WHERE dat_file = ?", rows
+                )
 
     def owed_dat(self, terminal_id: str) -> list[Receipt]:
         """A terminal's accepted receipts whose .dat is not written (an attempt stopped between

@@ -26,7 +26,9 @@ from posfed_pipeline.core.dat import (
     DatConflictError,
     DatRenderError,
     DatSpec,
+    publish_dat,
     render_receipt,
+    stage_dat,
     write_dat,
 )
 from posfed_pipeline.core.ledger import Acceptance, Delivery, Ledger
@@ -270,21 +272,44 @@ def emit(
     that stops half-way leaves nothing written-but-unrecorded for the next one to write again.
     """
     emission = Emission()
+    published: list[str] = []
     for receipt in receipts:
         rendered = render_receipt(receipt, terminal, spec)
+        if ledger is None:
+            emission.written.append(write_dat(config.dat_dir, rendered, spec, receipt.business_day))
+            continue
+        relative = rendered.relative_path.as_posix()
         try:
-            path = write_dat(config.dat_dir, rendered, spec, receipt.business_day)
+            path, staged = stage_dat(config.dat_dir, rendered, spec, receipt.business_day)
         except DatConflictError as exc:
-            if ledger is None:
-                raise
             reason = f"its .dat file is another receipt's: {exc}"
             ledger.withdraw(receipt, reason)
             emission.refused.append((receipt, reason))
             continue
-        if ledger is not None:
-            ledger.mark_emitted([(receipt, rendered.relative_path.as_posix())])
+        # Recorded before the rename: an attempt stopped in between leaves the staged file,
+        # which the next one renames (publish_staged); never a second .dat after the billing
+        # software took the first.
+        ledger.mark_emitted([(receipt, relative)], staged=staged.name if staged else None)
+        if staged is not None:
+            publish_dat(staged, path)
+            published.append(relative)
         emission.written.append(path)
+    if ledger is not None:
+        ledger.clear_staged(published)
     return emission
+
+
+def publish_staged(config: PosfedConfig, terminal: Terminal, ledger: Ledger) -> int:
+    """Finish the renames an attempt that stopped after recording its .dat files left undone;
+    a staged file already gone was renamed (and maybe imported): nothing to do."""
+    staged = ledger.staged_dat(terminal.id)
+    for relative, temp_name in staged:
+        target = config.dat_dir / relative
+        temp = target.with_name(temp_name)
+        if temp.exists():
+            publish_dat(temp, target)
+    ledger.clear_staged(relative for relative, _ in staged)
+    return len(staged)
 
 
 def archive(terminal: Terminal, batch: IntakeResult, receipts: list[Receipt]) -> None:
@@ -322,6 +347,7 @@ def process_batch(
     to_emit = acceptance.to_emit
     emission = emit(config, terminal, spec, to_emit, ledger=ledger)
     written_at = time.time()
+    publish_staged(config, terminal, ledger)
     # Receipts an earlier attempt accepted whose file went away before their .dat was written.
     in_batch = {_key(r) for r in to_emit}
     stranded = [r for r in ledger.owed_dat(terminal.id) if _key(r) not in in_batch]
