@@ -671,6 +671,18 @@ class ChaosRun:
         if tty:
             print()
 
+    def reconcile(self) -> Verdict:
+        """Every file this run sent against what the store and the central side hold."""
+        return reconcile(
+            self.config,
+            self.bench.spec,
+            self.traffic.items,
+            ignore=self.warm_up,
+            ignore_rows=self.warm_up_rows,
+            db_url=self.central_url,
+            imported=self.importer.folder,
+        )
+
     def execute(self) -> dict:
         report: dict = {"settings": self.settings.__dict__.copy(), "root": str(self.root)}
         try:
@@ -695,15 +707,7 @@ class ChaosRun:
                 if progress:
                     progress.join()
             report["seconds"] = round(time.monotonic() - started, 1)
-            outcome = reconcile(
-                self.config,
-                self.bench.spec,
-                self.traffic.items,
-                ignore=self.warm_up,
-                ignore_rows=self.warm_up_rows,
-                db_url=self.central_url,
-                imported=self.importer.folder,
-            )
+            outcome = self.reconcile()
             for problem in self.cursor_disagreements():
                 outcome.problems.append(problem)
             if behind := self.settlement_behind():

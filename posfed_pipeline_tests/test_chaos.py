@@ -39,29 +39,13 @@ def test_reduced_chaos_run_loses_nothing_and_duplicates_nothing():
             p for t in run.config.terminals for p in t.quarantine.glob("*.error.json")
         )
         quarantined.unlink()
-        outcome = chaos.reconcile(
-            run.config,
-            run.bench.spec,
-            run.traffic.items,
-            ignore=run.warm_up,
-            ignore_rows=run.warm_up_rows,
-            db_url=run.central_url,
-            imported=run.importer.folder,
-        )
+        outcome = run.reconcile()
         assert not outcome.passed
         assert outcome.counts["lost"] == 2
         # A sale billed twice (its .dat written again after the import) is seen too.
         twice = next(p for p in run.importer.folder.rglob("*.dat"))
         shutil.copy(twice, run.config.dat_dir / twice.relative_to(run.importer.folder))
-        again = chaos.reconcile(
-            run.config,
-            run.bench.spec,
-            run.traffic.items,
-            ignore=run.warm_up,
-            ignore_rows=run.warm_up_rows,
-            db_url=run.central_url,
-            imported=run.importer.folder,
-        )
+        again = run.reconcile()
         assert again.counts["billed_twice"] == 1 and again.counts["duplicates"] >= 1
     finally:
         shutil.rmtree(report["root"], ignore_errors=True)

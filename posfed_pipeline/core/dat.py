@@ -1101,20 +1101,14 @@ def render_receipt(receipt: Receipt, terminal: Terminal, spec: DatSpec) -> Rende
 
 def write_dat(out_dir: Path, rendered: RenderedDat, spec: DatSpec, business_day: date) -> Path:
     """Write atomically (temp + fsync + rename), then re-read and re-parse it against the spec."""
-    out_dir = Path(out_dir)
-    target = (out_dir / rendered.relative_path).resolve()
-    if out_dir.resolve() not in target.parents:
-        raise DatRenderError(f"refusing to write outside {out_dir}: {target}")
+    target = _target(out_dir, rendered)
     version = rendered.version or spec.version_for(business_day)
     try:
         # A written .dat is final for the billing software: re-writing identical bytes is fine
         # (a re-delivery, a backfill), replacing a different file never is.
         write_once(target, rendered.content)
     except ContentConflict:
-        raise DatConflictError(
-            f"{target} already exists with other content (another receipt with the same file "
-            "name: same department and receipt id?); not overwritten"
-        ) from None
+        raise _conflict(target) from None
     problems = check_dat(target.read_bytes(), version)
     if problems:
         raise DatRenderError(
@@ -1130,10 +1124,7 @@ def stage_dat(out_dir: Path, rendered: RenderedDat, spec: DatSpec, business_day:
     Returns (target, temp); temp is None if the target already holds exactly these bytes.
     Raises ``DatConflictError`` if it holds other bytes.
     """
-    out_dir = Path(out_dir)
-    target = (out_dir / rendered.relative_path).resolve()
-    if out_dir.resolve() not in target.parents:
-        raise DatRenderError(f"refusing to write outside {out_dir}: {target}")
+    target = _target(out_dir, rendered)
     version = rendered.version or spec.version_for(business_day)
     problems = check_dat(rendered.content, version)
     if problems:
@@ -1159,7 +1150,20 @@ def _same_or_conflict(target: Path, content: bytes) -> bool:
         return False
     if existing == content:
         return True
-    raise DatConflictError(
+    raise _conflict(target)
+
+
+def _target(out_dir: Path, rendered: RenderedDat) -> Path:
+    """Where a .dat goes; nothing from a receipt can steer it out of the .dat folder."""
+    out_dir = Path(out_dir)
+    target = (out_dir / rendered.relative_path).resolve()
+    if out_dir.resolve() not in target.parents:
+        raise DatRenderError(f"refusing to write outside {out_dir}: {target}")
+    return target
+
+
+def _conflict(target: Path) -> DatConflictError:
+    return DatConflictError(
         f"{target} already exists with other content (another receipt with the same file "
         "name: same department and receipt id?); not overwritten"
     )

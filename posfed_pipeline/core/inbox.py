@@ -102,9 +102,12 @@ def is_unchanged(version: InboxFile) -> bool:
     """Whether the inbox still holds exactly this version (a writer may have replaced or
     rewritten it since it was read)."""
     try:
-        now = stat_inbox_file(version.path)
+        return _same_version(version, stat_inbox_file(version.path))
     except FileNotFoundError:
         return False
+
+
+def _same_version(version: InboxFile, now: InboxFile) -> bool:
     same_file = not version.inode or now.inode == version.inode
     return same_file and (now.size, now.mtime_ns) == (version.size, version.mtime_ns)
 
@@ -128,9 +131,7 @@ def take(version: InboxFile) -> Path | None:
         os.rename(version.path, claimed)
     except FileNotFoundError:
         return None
-    now = stat_inbox_file(claimed)
-    same_file = not version.inode or now.inode == version.inode
-    if same_file and (now.size, now.mtime_ns) == (version.size, version.mtime_ns):
+    if _same_version(version, stat_inbox_file(claimed)):
         return claimed
     move_unique(claimed, claimed.parent, name=version.name)
     return None
