@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import time
+from datetime import date
 
 import dagster as dg
 
@@ -173,3 +174,17 @@ def test_a_file_left_half_moved_by_a_dead_run_goes_back_to_the_inbox(config):
     assert json.loads((terminal.inbox / "r9~1.json").read_text())["receiptId"] == "R0009"
     later = inbox.scan_inbox(terminal, stability_seconds=0, now=time.time() + 120)
     assert sorted(f.name for f in later.ready) == ["r9.json", "r9~1.json"]
+
+
+def test_the_history_is_kept_as_long_as_the_archive_and_no_longer(config):
+    terminal = config.terminal("bakery_1")
+    drop_receipt(terminal.inbox, receipt_doc("R0011", timestamp=WHEN, total="9.99"), name="o.json")
+    _sensor_and_runs(config)
+    path = quarantine.history_path(terminal)
+    old = json.dumps({"event": "quarantined", "file": "old.json", "quarantined_at": "2020-01-02"})
+    path.write_text(old + "\n" + path.read_text())
+
+    assert quarantine.prune_history(terminal, date(2026, 1, 1)) == 1
+
+    assert [e["file"] for e in quarantine.history(terminal)] == ["o.json"]
+    assert quarantine.prune_history(terminal, date(2026, 1, 1)) == 0

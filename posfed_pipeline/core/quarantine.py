@@ -26,6 +26,7 @@ from posfed_pipeline.core.fsutil import (
     fsync_dir,
     move_unique,
     unique_destination,
+    write_atomic,
     write_once,
 )
 from posfed_pipeline.core.inbox import InboxFile, take
@@ -193,6 +194,31 @@ def quarantined_receipt_ids(terminal: Terminal, business_day: date) -> set[str]:
         and event.get("business_day") == day
         and event.get("receipt_id")
     }
+
+
+def prune_history(terminal: Terminal, before: date) -> int:
+    """Forget the events from before ``before`` (the archive's retention): the history file
+    stays bounded. Returns how many were dropped."""
+    path = history_path(terminal)
+    if not path.exists():
+        return 0
+    kept: list[str] = []
+    dropped = 0
+    cutoff = before.isoformat()
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            event = json.loads(line)
+        except json.JSONDecodeError:
+            dropped += 1
+            continue
+        when = str(event.get("quarantined_at") or event.get("at") or "")
+        if when[:10] < cutoff:
+            dropped += 1
+        else:
+            kept.append(line)
+    if dropped:
+        write_atomic(path, "".join(f"{line}\n" for line in kept).encode("utf-8"))
+    return dropped
 
 
 def _record(terminal: Terminal, event: dict) -> None:

@@ -8,7 +8,7 @@ from datetime import date, datetime, timedelta
 
 import dagster as dg
 
-from posfed_pipeline.core import audit, retention
+from posfed_pipeline.core import audit, quarantine, retention
 from posfed_pipeline.core.config import PosfedConfig
 from posfed_pipeline.core.dat import load_spec
 from posfed_pipeline.core.ledger import open_ledger
@@ -187,13 +187,17 @@ def build_audit_assets(
         for item in done:
             context.log.info(f"compressed {item.folder} ({item.files} files) into {item.archive}")
         # The ledger keeps what it needs to recognise a re-delivery for as long as the archive.
-        pruned = open_ledger(config.home).prune(today - timedelta(days=config.retention_days))
+        cutoff = today - timedelta(days=config.retention_days)
+        pruned = open_ledger(config.home).prune(cutoff)
+        # The quarantine's history is kept as long as the archive, and no longer.
+        events = sum(quarantine.prune_history(t, cutoff) for t in config.terminals)
         return dg.MaterializeResult(
             metadata={
                 "days_compressed": len(done),
                 "files_compressed": sum(d.files for d in done),
                 "archives": dg.MetadataValue.json([str(d.archive) for d in done]),
                 "ledger_receipts_pruned": pruned,
+                "quarantine_events_pruned": events,
             }
         )
 
@@ -282,11 +286,15 @@ def build_late_receipts_sensor(config: PosfedConfig, audit_jobs: list) -> dg.Sen
             return dg.SensorResult(
                 skip_reason="no receipt reached the central database since the last tick"
             )
+        # A day with more receipts on their way waits: its last batch brings it here again.
+        complete = {
+            d for d in {day for _, day, _ in synced} if not ledger.pending_receipts_of_day(d)
+        }
         requests: list[dg.RunRequest] = []
         days: dict[date, float] = {}
         for terminal_id, day, at in synced:
-            if ledger.pending_receipts_of_day(day):
-                continue  # more of the day is on its way: its last batch brings it here again
+            if day not in complete:
+                continue
             days[day] = max(days.get(day, 0.0), at)
             key = terminal_day_key(terminal_id, day)
             if _audited(context.instance, DAILY_RECONCILIATION, "reconciliation_job", key):
