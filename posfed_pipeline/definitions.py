@@ -28,8 +28,9 @@ from posfed_pipeline.defs.central_db import build_central_db_assets, build_sync_
 from posfed_pipeline.defs.partitions import terminal_day_partitions
 from posfed_pipeline.defs.resources import central_db_resource
 from posfed_pipeline.defs.sensors import build_inbox_sensor
+from posfed_pipeline.run_tags import RECEIPTS_JOB
 
-RECEIPTS_JOB = "receipts_job"
+__all__ = ["RECEIPTS_JOB", "build_definitions", "defs"]
 
 
 def build_definitions(config: PosfedConfig) -> dg.Definitions:
@@ -60,6 +61,9 @@ def build_definitions(config: PosfedConfig) -> dg.Definitions:
         ],
         # Credentials only ever come from the environment.
         resources={"central_db": central_db_resource(config)},
+        # Also for the jobs the UI builds (materialize on an asset page, asset backfills): a
+        # step per process would cost seconds, and warm run workers may not fork.
+        executor=dg.in_process_executor,
     )
 
 

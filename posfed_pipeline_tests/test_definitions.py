@@ -71,3 +71,35 @@ def test_partition_keys_round_trip():
     assert str(key) == "2026-11-24|bakery_1"
     assert split_terminal_day_key(str(key)) == ("bakery_1", date(2026, 11, 24))
     assert split_terminal_day_key(key) == ("bakery_1", date(2026, 11, 24))
+
+
+def test_the_jobs_the_ui_builds_run_in_process_and_lanes_name_the_real_assets():
+    """Materialize on an asset page runs Dagster's implicit asset job: in a warm run worker (a
+    daemonic process, which may not fork) it must not start a process per step."""
+    from posfed_pipeline.run_tags import RECEIPT_ASSETS, SYNC_ASSETS, SYNC_JOB
+
+    defs = build_definitions(load_config(REPO_ROOT / "posfed.toml"))
+    for job in [defs.resolve_implicit_global_asset_job_def(), *defs.resolve_all_job_defs()]:
+        assert job.executor_def.name == dg.in_process_executor.name, job.name
+    receipts = defs.resolve_job_def(RECEIPTS_JOB).asset_layer.executable_asset_keys
+    assert {k.to_user_string() for k in receipts} == RECEIPT_ASSETS
+    sync = defs.resolve_job_def(SYNC_JOB).asset_layer.executable_asset_keys
+    assert {k.to_user_string() for k in sync} == SYNC_ASSETS
+
+
+def test_runs_started_from_the_ui_get_their_terminal_or_lane():
+    from posfed_pipeline.run_tags import missing_lane_tags
+
+    partition = {"dagster/partition": "2026-11-30|bakery_1"}
+    assert missing_lane_tags("__ASSET_JOB", {"dat_files", "validated_receipts"}, partition) == {
+        "posfed/terminal": "bakery_1"
+    }
+    assert missing_lane_tags(
+        RECEIPTS_JOB, None, {"dagster/partition/terminal": "deli_1", **partition}
+    ) == {"posfed/terminal": "deli_1"}
+    assert missing_lane_tags("__ASSET_JOB", {"central_db_receipts"}, {}) == {
+        "posfed/lane": "central_db_sync"
+    }
+    # Already tagged (by a sensor or the trigger), or not a laned run: nothing added.
+    assert missing_lane_tags(RECEIPTS_JOB, None, {"posfed/terminal": "x", **partition}) == {}
+    assert missing_lane_tags("daily_reconciliation_job", {"daily_reconciliation"}, partition) == {}

@@ -22,11 +22,10 @@ from posfed_pipeline.core.ledger import Ledger, open_ledger
 from posfed_pipeline.defs.assets import GROUP, VALIDATED_RECEIPTS
 from posfed_pipeline.defs.markdown import md_table
 from posfed_pipeline.defs.resources import CentralDbResource
-from posfed_pipeline.run_tags import LANE_TAG, RUN_KEY_TAG, SYNC_LANE
+from posfed_pipeline.run_tags import LANE_TAG, RUN_KEY_TAG, SYNC_JOB, SYNC_LANE
 
 CENTRAL_DB_RECEIPTS = dg.AssetKey("central_db_receipts")
 LAG_CHECK = "central_db_lag"
-SYNC_JOB = "central_db_sync_job"
 SYNC_SENSOR = "central_db_sync_sensor"
 # Set on a failed sync run: "transient" (the central database was out of reach) and "repeated"
 # (the same error as the attempt before) are not alerted one by one: the lag check and the lag

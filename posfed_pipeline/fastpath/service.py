@@ -18,11 +18,10 @@ from posfed_pipeline.core.config import PosfedConfig
 from posfed_pipeline.fastpath import dagster_internals, launcher
 from posfed_pipeline.fastpath.pool import PoolServer, WarmWorkerPool
 from posfed_pipeline.fastpath.trigger import InboxTrigger
+from posfed_pipeline.run_tags import RECEIPTS_JOB, SYNC_JOB
 
 log = logging.getLogger("posfed.fastpath")
 REPO_ROOT = Path(__file__).resolve().parent.parent.parent
-RECEIPTS_JOB = "receipts_job"
-SYNC_JOB = "central_db_sync_job"
 
 
 @dataclass
