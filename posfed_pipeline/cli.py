@@ -132,33 +132,41 @@ def _demo(args) -> int:
     ]
     print(f"posfed demo: {len(config.terminals)} terminals, state in {config.home}")
     print(f"posfed demo: open http://{args.host}:{args.port} (Ctrl-C stops everything)")
-    processes = [subprocess.Popen(command, env=env, cwd=REPO_ROOT, start_new_session=True)]
-    if not args.no_fastpath:
-        processes.append(
-            subprocess.Popen(
-                [sys.executable, "-m", "posfed_pipeline.cli", "fastpath"],
-                env=env,
-                cwd=REPO_ROOT,
-                start_new_session=True,
-            )
-        )
     # A service manager's SIGTERM stops the demo as cleanly as Ctrl-C does.
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    processes: list[subprocess.Popen] = []
     stop = threading.Event()
-    if not args.no_simulator:
-        threading.Thread(
-            target=_simulate_until, args=(config, args.rate, stop), daemon=True
-        ).start()
     try:
+        processes.append(subprocess.Popen(command, env=env, cwd=REPO_ROOT, start_new_session=True))
+        if not args.no_fastpath:
+            processes.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "posfed_pipeline.cli", "fastpath"],
+                    env=env,
+                    cwd=REPO_ROOT,
+                    start_new_session=True,
+                )
+            )
+        if not args.no_simulator:
+            threading.Thread(
+                target=_simulate_until, args=(config, args.rate, stop), daemon=True
+            ).start()
         while all(p.poll() is None for p in processes):
             time.sleep(0.5)
-        return next(p.returncode for p in processes if p.returncode is not None) or 0
+        ended = next(p for p in processes if p.returncode is not None)
+        print(
+            f"posfed demo: {' '.join(ended.args[2:4])} exited ({ended.returncode}); "
+            "stopping the rest"
+        )
+        return ended.returncode or 1
     except KeyboardInterrupt:
         print("\nposfed demo: stopping (waiting for Dagster to shut down)...")
-        stop.set()
-        for process in processes:
-            _stop_process_group(process)
         return 0
+    finally:
+        stop.set()
+        # Whatever ended the demo, nothing it started keeps running.
+        with contextlib.suppress(KeyboardInterrupt):
+            _stop_process_groups(processes)
 
 
 def _fastpath(args) -> int:
@@ -183,19 +191,28 @@ def _fastpath(args) -> int:
     return 0
 
 
-def _stop_process_group(process: subprocess.Popen) -> None:
-    # `dagster dev` first, so the daemon stops ticking before its code server goes away;
-    # then the rest of its process group (code server, run workers), as a terminal's Ctrl-C does.
-    process.send_signal(signal.SIGINT)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        process.wait(timeout=5)
-    try:
-        os.killpg(process.pid, signal.SIGINT)
-        process.wait(timeout=30)
-    except ProcessLookupError:
-        pass
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
+def _stop_process_groups(processes: list[subprocess.Popen], timeout: float = 25.0) -> None:
+    """Stop each child and everything in its process group, all at once, within ``timeout``.
+
+    SIGINT to the child first (``dagster dev`` then stops its daemon before its code server),
+    then to the rest of its group, then SIGKILL: a demo that is told to stop never leaves a
+    webserver or a ticking daemon behind, however loaded the machine."""
+    deadline = time.monotonic() + timeout
+    for process in processes:
+        with contextlib.suppress(ProcessLookupError):
+            process.send_signal(signal.SIGINT)
+    for process in processes:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=max(0.1, min(deadline - time.monotonic(), timeout / 3)))
+    for process in processes:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGINT)
+    for process in processes:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=max(0.1, deadline - time.monotonic()))
+    for process in processes:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)  # what is left of the group, if anything
         process.wait()
 
 

@@ -167,10 +167,75 @@ def drop_receipt(
     return path
 
 
+# Every process the suite starts inherits this marker from os.environ (tests build their
+# subprocesses' environments from it), so the session's end can find what is still running,
+# even a grandchild that moved to its own session and lost its parent.
+SESSION_MARKER = "POSFED_TEST_SESSION"
+
+
+def processes_marked(name: str, value: str) -> list[int]:
+    """Live processes started with ``name=value`` in their environment (never this one)."""
+    needle = f"{name}={value}".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            if needle in (entry / "environ").read_bytes().split(b"\0"):
+                found.append(int(entry.name))
+        except OSError:  # gone already, or a zombie
+            continue
+    return found
+
+
+def _describe(pid: int) -> str:
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        cmdline = "?"
+    return f"{pid}: {cmdline.strip()[:200]}"
+
+
+def kill_marked(name: str, value: str) -> list[str]:
+    """SIGKILL every process carrying the marker; returns what was found."""
+    found = [_describe(pid) for pid in processes_marked(name, value)]
+    for pid in processes_marked(name, value):
+        with suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    return found
+
+
+def pytest_configure(config):
+    os.environ.setdefault(SESSION_MARKER, uuid.uuid4().hex)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """No process the suite started may outlive it: fail the session if one is left."""
+    marker = os.environ[SESSION_MARKER]
+    deadline = time.monotonic() + 15  # a service that is still shutting down may finish
+    while processes_marked(SESSION_MARKER, marker) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    left = kill_marked(SESSION_MARKER, marker)
+    if left:
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        message = "processes started by the test suite outlived it (killed now):\n  " + (
+            "\n  ".join(left)
+        )
+        if reporter:
+            reporter.write_line(message, red=True)
+        else:
+            print(message, file=sys.stderr)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
 @contextmanager
 def dagster_process(args: list[str], *, env: dict, log_path: Path) -> Iterator[subprocess.Popen]:
-    """A command of this venv (``dagster-daemon``, ``dagster-webserver``) in its own process
-    group, output in ``log_path``; stopped as a service manager would: SIGINT, then SIGKILL."""
+    """A command of this venv (``dagster-daemon``, ``dagster-webserver``, ``posfed demo``) in
+    its own process group, output in ``log_path``; stopped as a service manager would: SIGINT,
+    then SIGKILL, and then whatever it started, wherever that went (systemd stops a unit's whole
+    control group; a marker in the environment plays that part here)."""
+    marker = uuid.uuid4().hex
+    env = {**env, "POSFED_TEST_PROCESS": marker}
     with log_path.open("wb") as log:
         process = subprocess.Popen(
             [str(Path(sys.executable).with_name(args[0])), *args[1:]],
@@ -185,14 +250,15 @@ def dagster_process(args: list[str], *, env: dict, log_path: Path) -> Iterator[s
         finally:
             os.killpg(process.pid, signal.SIGINT)
             try:
-                process.wait(timeout=30)
+                process.wait(timeout=60)
             except subprocess.TimeoutExpired:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
-            # What outlived it in its group (the daemon's code server): gone too, as systemd
-            # stops a unit's whole control group.
-            with suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
+            deadline = time.monotonic() + 10
+            while processes_marked("POSFED_TEST_PROCESS", marker) and time.monotonic() < deadline:
+                time.sleep(0.25)
+            # For tests that hold the command to stopping everything it started by itself.
+            process.outlived = kill_marked("POSFED_TEST_PROCESS", marker)
 
 
 def wait_for(predicate, timeout: float, what: str, log: Path):

@@ -310,9 +310,11 @@ def test_the_demo_web_ui_listens_on_the_loopback_only(tmp_path):
         env.pop(name, None)
     log = tmp_path / "demo.log"
     command = ["posfed", "demo", "--no-simulator", "--no-fastpath", "--port", str(port)]
-    with dagster_process(command, env=env, log_path=log):
+    with dagster_process(command, env=env, log_path=log) as demo:
         addresses = wait_for(lambda: _listening_addresses(port), 120, "the web UI", log)
     assert addresses == {"127.0.0.1"}
+    # Ctrl-C stopped the demo and all it started: no webserver or daemon left behind.
+    assert demo.outlived == []
 
 
 def test_the_production_web_ui_unit_binds_the_loopback_unless_configured():
