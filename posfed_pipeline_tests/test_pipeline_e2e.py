@@ -96,6 +96,7 @@ def test_bad_receipt_is_quarantined_with_reasons_and_reported(config, engine):
     with dg.instance_for_test() as instance:
         result = _run(config, instance, ["GOOD.json", "BAD.json", "TRUNC.json"])
         assert result.success
+        run_tags = instance.get_run_by_id(result.run_id).tags
         checks = {e.check_name: e for e in result.get_asset_check_evaluations()}
         validated = [
             e.event_specific_data.materialization
@@ -108,6 +109,20 @@ def test_bad_receipt_is_quarantined_with_reasons_and_reported(config, engine):
     assert validated.metadata["receipts_rejected"].value == 2
     assert checks["validation_pass_rate"].passed is False
     assert checks["dat_files_reparse"].passed is True
+    # What the operator reads without opening anything: the run's tag in the runs list, and
+    # plain-text fields on the check naming the file, the rule, the value, where it went and
+    # the command that re-queues it; the check's verdict belongs to this terminal-day.
+    assert run_tags["posfed/rejected"] == "2"
+    seen = checks["validation_pass_rate"]
+    assert seen.partition == "2026-11-20|bakery_1"
+    fields = {k: v.value for k, v in seen.metadata.items()}
+    assert fields["file"] == "TRUNC.json"  # unreadable files are reported first
+    assert fields["rule"].startswith("file: not valid JSON")
+    assert fields["quarantined_to"] == str(terminal.quarantine / "TRUNC.json")
+    assert fields["requeue_command"].endswith(
+        "posfed quarantine retry bakery_1 TRUNC.json BAD.json"
+    )
+    assert "| BAD\\.json | total='99\\.99" in fields["reasons"]  # every one, in the table
 
     report = json.loads((terminal.quarantine / "BAD.json.error.json").read_text())
     rules = {(p["field"], p["rule"]) for p in report["problems"]}

@@ -44,12 +44,25 @@ class IntakeResult:
     rejected: list[tuple[Path, list[Problem]]] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)  # already handled by an earlier attempt
     deferred: list[str] = field(default_factory=list)  # unreadable yet fresh: left in the inbox
+    quarantined: dict[str, Path] = field(default_factory=dict)  # file name -> where it went
+
+    def quarantine(self, terminal: Terminal, version: inbox.InboxFile, problems, **report):
+        target = quarantine_file(terminal, version, problems, **report)
+        if target is not None:
+            self.quarantined[version.name] = target
 
     def path_of(self, receipt: Receipt) -> Path:
         return self.files[id(receipt)].path
 
     def file_of(self, receipt: Receipt) -> inbox.InboxFile:
         return self.files[id(receipt)]
+
+
+@dataclass(frozen=True)
+class Rejection:
+    file: str
+    problems: list[Problem]
+    quarantined_to: Path | None  # None: not moved (a backfill, or the file changed meanwhile)
 
 
 @dataclass
@@ -71,6 +84,18 @@ class BatchResult:
     @property
     def rejected_files(self) -> int:
         return self.receipts_rejected + len(self.acceptance.conflicts)
+
+    def rejections(self) -> list[Rejection]:
+        """Every rejected file with its reasons and where it went, in the batch's order."""
+        found = [(path.name, problems) for path, problems in self.intake.rejected]
+        found += [(r.source_file, problems) for r, problems in self.validation.invalid]
+        found += [
+            (r.source_file, [Problem("receiptId", r.receipt_id, reason)])
+            for r, reason in self.acceptance.conflicts
+        ]
+        return [
+            Rejection(name, problems, self.intake.quarantined.get(name)) for name, problems in found
+        ]
 
     @property
     def amount_accepted(self) -> Decimal:
@@ -103,7 +128,7 @@ def read_batch(
                 continue
             result.rejected.append((path, exc.problems))
             if quarantine:
-                quarantine_file(terminal, version, exc.problems, stage="intake")
+                result.quarantine(terminal, version, exc.problems, stage="intake")
             continue
         if not inbox.is_unchanged(version):
             # Written to while it was read: the version on disk now is read by the next run.
@@ -159,7 +184,7 @@ def validate(
         report.valid = renderable
     if quarantine:
         for receipt, problems in report.invalid:
-            quarantine_file(
+            batch.quarantine(
                 terminal, batch.file_of(receipt), problems, stage="validation", receipt=receipt
             )
     return report
@@ -210,7 +235,7 @@ def accept(
     acceptance = ledger.accept(deliveries, tenant=terminal.tenant, run_id=run_id)
     if quarantine:
         for receipt, reason in acceptance.conflicts:
-            quarantine_file(
+            batch.quarantine(
                 terminal,
                 batch.file_of(receipt),
                 [Problem("receiptId", receipt.receipt_id, reason)],
@@ -356,7 +381,7 @@ def process_batch(
     resynced = 0
     if move:
         for receipt, reason in emission.refused:
-            quarantine_file(
+            batch.quarantine(
                 terminal,
                 batch.file_of(receipt),
                 [Problem("receiptId", receipt.receipt_id, reason)],
@@ -392,6 +417,7 @@ __all__ = [
     "DatRenderError",
     "Emission",
     "IntakeResult",
+    "Rejection",
     "accept",
     "archive",
     "emit",

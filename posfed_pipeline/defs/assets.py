@@ -6,23 +6,27 @@ ledger and rendered as one unit, and one step keeps a run short. The central dat
 from the ledger by its own asset (``defs.central_db``), so it never delays a .dat file.
 """
 
+import shlex
+import warnings
 from contextlib import contextmanager
 
 import dagster as dg
 from pydantic import Field
 
 from posfed_pipeline.core import inbox, processing, retention, store
-from posfed_pipeline.core.config import PosfedConfig
+from posfed_pipeline.core.config import PosfedConfig, Terminal
 from posfed_pipeline.core.dat import check_dat, load_spec
 from posfed_pipeline.core.ledger import open_ledger
 from posfed_pipeline.defs.markdown import md_table
 from posfed_pipeline.defs.partitions import split_terminal_day_key
+from posfed_pipeline.run_tags import REJECTED_TAG
 
 GROUP = "receipts"
 RECEIPT_FILES = dg.AssetKey("receipt_files")
 VALIDATED_RECEIPTS = dg.AssetKey("validated_receipts")
 DAT_FILES = dg.AssetKey("dat_files")
 PIPELINE_OP = "receipt_pipeline"
+VALIDATION_CHECK = "validation_pass_rate"
 
 
 class ReceiptBatchConfig(dg.Config):
@@ -71,18 +75,7 @@ def build_receipt_assets(
                 kinds={"file"},
             ),
         ],
-        check_specs=[
-            dg.AssetCheckSpec(
-                "validation_pass_rate",
-                asset=VALIDATED_RECEIPTS,
-                description="Every receipt of the run passed validation.",
-            ),
-            dg.AssetCheckSpec(
-                "dat_files_reparse",
-                asset=DAT_FILES,
-                description="Every .dat file written re-parses against its spec version.",
-            ),
-        ],
+        check_specs=_partitioned_check_specs(partitions),
         partitions_def=partitions,
         group_name=GROUP,
         # Transient failures (a locked ledger, a busy disk) retry at 1 s, 2 s, 4 s.
@@ -131,9 +124,22 @@ def build_receipt_assets(
                 + ", ".join(result.intake.deferred[:20])
             )
         acceptance = result.acceptance
+        rejections = result.rejections()
         yield dg.MaterializeResult(
             asset_key=VALIDATED_RECEIPTS,
             metadata={
+                # First, so the terminal-day's partition page shows it at the top.
+                **(
+                    {
+                        "rejected_files": dg.MetadataValue.text(
+                            ", ".join(r.file for r in rejections[:10])
+                            + (" ..." if len(rejections) > 10 else "")
+                            + f" (quarantined; why: the {VALIDATION_CHECK} check)"
+                        )
+                    }
+                    if rejections
+                    else {}
+                ),
                 "files": result.files,
                 "receipts_valid": len(result.validation.valid),
                 "receipts_rejected": result.receipts_rejected,
@@ -145,21 +151,10 @@ def build_receipt_assets(
                 "amount_accepted": dg.MetadataValue.text(str(result.amount_accepted)),
             },
         )
-        # Conflicts passed validation and were refused after it: one count per file.
-        checked = len(result.validation.valid) + result.receipts_rejected
-        yield dg.AssetCheckResult(
-            asset_key=VALIDATED_RECEIPTS,
-            check_name="validation_pass_rate",
-            passed=result.rejected_files == 0,
-            severity=dg.AssetCheckSeverity.WARN,
-            metadata={
-                "pass_rate": dg.MetadataValue.float(
-                    (checked - result.rejected_files) / checked if checked else 1.0
-                ),
-                "rejected": result.rejected_files,
-                "reasons": dg.MetadataValue.md(_reasons_table(result)),
-            },
-        )
+        if rejections:
+            # The runs list shows tags: a rejection is visible there without opening the run.
+            context.instance.add_run_tags(context.run.run_id, {REJECTED_TAG: str(len(rejections))})
+        yield rejection_check_result(terminal, result, rejections)
         latencies = result.dat_seconds
         yield dg.MaterializeResult(
             asset_key=DAT_FILES,
@@ -212,10 +207,79 @@ def classified_errors(stage: str):
         ) from exc
 
 
-def _reasons_table(result: processing.BatchResult) -> str:
-    rows = [(path.name, problems[0]) for path, problems in result.intake.rejected]
-    rows += [(r.source_file, problems[0]) for r, problems in result.validation.invalid]
-    rows += [(r.source_file, reason) for r, reason in result.acceptance.conflicts]
-    if not rows:
+def _partitioned_check_specs(partitions: dg.PartitionsDefinition) -> list[dg.AssetCheckSpec]:
+    """The checks, per terminal-day: the Checks tab keeps each partition's last verdict, so a
+    rejection stays red for its terminal-day after other terminals' runs pass."""
+    with warnings.catch_warnings():
+        # Partitioned checks are a preview feature in dagster 1.13; said once here, not per load.
+        warnings.simplefilter("ignore", dg.PreviewWarning)
+        return [
+            dg.AssetCheckSpec(
+                VALIDATION_CHECK,
+                asset=VALIDATED_RECEIPTS,
+                description="Every receipt file of the terminal-day passed validation; a "
+                "rejected one names its file, the rule, the value, where it went and the "
+                "command that re-queues it.",
+                partitions_def=partitions,
+            ),
+            dg.AssetCheckSpec(
+                "dat_files_reparse",
+                asset=DAT_FILES,
+                description="Every .dat file written re-parses against its spec version.",
+                partitions_def=partitions,
+            ),
+        ]
+
+
+def rejection_check_result(
+    terminal: Terminal, result: processing.BatchResult, rejections: list[processing.Rejection]
+) -> dg.AssetCheckResult:
+    """The validation check as an operator reads it: plain text fields for the first rejected
+    file (no markdown to open), the table of all of them below."""
+    # Conflicts passed validation and were refused after it: one count per file.
+    checked = len(result.validation.valid) + result.receipts_rejected
+    metadata: dict[str, dg.RawMetadataValue] = {"rejected": len(rejections)}
+    if rejections:
+        first = rejections[0]
+        problem = first.problems[0]
+        moved = [r.quarantined_to.name for r in rejections if r.quarantined_to is not None]
+        metadata |= {
+            "file": dg.MetadataValue.text(first.file),
+            "rule": dg.MetadataValue.text(f"{problem.field}: {problem.rule}"),
+            "value": dg.MetadataValue.text(problem.value),
+            "quarantined_to": dg.MetadataValue.text(
+                str(first.quarantined_to) if first.quarantined_to else "not moved (a backfill)"
+            ),
+            "requeue_command": dg.MetadataValue.text(
+                "fix the file(s) or the terminal's settings, then: posfed quarantine retry "
+                + " ".join(shlex.quote(n) for n in [terminal.id, *moved[:10]])
+                + (" ..." if len(moved) > 10 else "")
+                if moved
+                else "a backfill re-reads the archive: fix the rule or the file there"
+            ),
+        }
+    metadata |= {
+        "pass_rate": dg.MetadataValue.float(
+            (checked - result.rejected_files) / checked if checked else 1.0
+        ),
+        "reasons": dg.MetadataValue.md(_reasons_table(rejections)),
+    }
+    return dg.AssetCheckResult(
+        asset_key=VALIDATED_RECEIPTS,
+        check_name=VALIDATION_CHECK,
+        passed=not rejections,
+        severity=dg.AssetCheckSeverity.WARN,
+        # No receipt text here: the UI renders a description as markdown.
+        description=f"{len(rejections)} receipt file(s) rejected: see file, rule, value, "
+        "quarantined_to and requeue_command"
+        if rejections
+        else "every receipt file passed",
+        metadata=metadata,
+    )
+
+
+def _reasons_table(rejections: list[processing.Rejection]) -> str:
+    if not rejections:
         return "No rejected receipts."
+    rows = [(r.file, r.problems[0]) for r in rejections]
     return md_table(["file", "first problem"], rows[:50])
