@@ -720,6 +720,14 @@ def _add_quarantine(commands) -> None:
     retry.add_argument("files", nargs="*", metavar="FILE", help="names in the quarantine")
     retry.add_argument("--all", action="store_true", help="every file the terminal has there")
     retry.set_defaults(handler=_quarantine_retry)
+    discard = group.add_parser(
+        "discard",
+        help="set files aside for good, with a reason (kept in quarantine/discarded/, logged)",
+    )
+    discard.add_argument("terminal", metavar="TERMINAL")
+    discard.add_argument("files", nargs="+", metavar="FILE", help="names in the quarantine")
+    discard.add_argument("--reason", required=True, help="why, for the history")
+    discard.set_defaults(handler=_quarantine_discard)
 
 
 def _quarantine_list(args) -> int:
@@ -777,6 +785,25 @@ def _quarantine_retry(args) -> int:
             continue
         print(f"{terminal.id}: {name} -> inbox/{back.name}")
     print(f"quarantine retry: {len(names) - failed} re-queued, {failed} not found")
+    return 1 if failed else 0
+
+
+def _quarantine_discard(args) -> int:
+    import getpass
+
+    from posfed_pipeline.core import quarantine
+
+    terminal = _config(args).terminal(args.terminal)
+    failed = 0
+    for name in args.files:
+        try:
+            moved = quarantine.discard(terminal, name, reason=args.reason, by=getpass.getuser())
+        except FileNotFoundError as exc:
+            print(f"posfed: {exc}", file=sys.stderr)
+            failed += 1
+            continue
+        print(f"{terminal.id}: {name} -> quarantine/{quarantine.DISCARDED_FOLDER}/{moved.name}")
+    print(f"quarantine discard: {len(args.files) - failed} set aside, {failed} not found")
     return 1 if failed else 0
 
 

@@ -188,3 +188,52 @@ def test_the_history_is_kept_as_long_as_the_archive_and_no_longer(config):
 
     assert [e["file"] for e in quarantine.history(terminal)] == ["o.json"]
     assert quarantine.prune_history(terminal, date(2026, 1, 1)) == 0
+
+
+def test_a_terminal_days_check_stays_failed_until_its_quarantined_file_is_dealt_with(
+    tmp_path, monkeypatch
+):
+    """The terminal's next good receipt must not turn the day's check green while a rejected
+    file of that day still waits; discarding it (with a reason, kept) does."""
+    monkeypatch.delenv("POSFED_HOME", raising=False)
+    config_path = write_store_config(tmp_path / "posfed.toml", tmp_path / "state")
+    config = load_config(config_path)
+    config.ensure_folders()
+    terminal = config.terminal("bakery_1")
+
+    def run_and_check(*docs) -> dg.AssetCheckEvaluation:
+        for doc in docs:
+            drop_receipt(terminal.inbox, doc)
+        defs = build_definitions(config)
+        sensor = defs.resolve_sensor_def("bakery_1_inbox_sensor")
+        with dg.instance_for_test() as instance:
+            [request] = _tick(sensor, None, instance).run_requests
+            result = _run_as_the_daemon_would(
+                defs.resolve_job_def(RECEIPTS_JOB), request, instance, sensor.name
+            )
+        [check] = [
+            e
+            for e in result.get_asset_check_evaluations()
+            if e.check_name == "validation_pass_rate"
+        ]
+        return check
+
+    rejected = run_and_check(receipt_doc("Q1", timestamp=WHEN, total="9.99"))
+    assert not rejected.passed
+    assert rejected.metadata["rejected_by_this_run"].value == 1
+    later = run_and_check(receipt_doc("Q2", timestamp=WHEN))
+    assert not later.passed, "a good receipt hid the waiting rejection"
+    assert later.metadata["rejected_by_this_run"].value == 0
+    assert later.metadata["waiting_in_quarantine"].value == 1
+    assert later.metadata["file"].value == "Q1.json"
+    assert "posfed quarantine retry bakery_1 Q1.json" in later.metadata["requeue_command"].value
+
+    done = _posfed(config_path, "quarantine", "discard", "bakery_1", "Q1.json", "--reason", "void")
+    assert done.returncode == 0, done.stderr
+    assert (terminal.quarantine / "discarded" / "Q1.json").exists()
+    assert quarantine.quarantined_files(terminal) == []
+    assert [e["event"] for e in quarantine.history(terminal, "Q1.json")] == [
+        "quarantined",
+        "discarded",
+    ]
+    assert run_and_check(receipt_doc("Q3", timestamp=WHEN)).passed

@@ -109,6 +109,7 @@ def read_batch(
     quarantine: bool = True,
     incomplete_grace_seconds: float = 0.0,
     now: float | None = None,
+    day: date | None = None,
 ) -> IntakeResult:
     """Read the files; ``incomplete_grace_seconds``: an unreadable file modified more recently
     than this is left in the inbox (``deferred``), as its writer may not be done with it."""
@@ -128,7 +129,7 @@ def read_batch(
                 continue
             result.rejected.append((path, exc.problems))
             if quarantine:
-                result.quarantine(terminal, version, exc.problems, stage="intake")
+                result.quarantine(terminal, version, exc.problems, stage="intake", business_day=day)
             continue
         if not inbox.is_unchanged(version):
             # Written to while it was read: the version on disk now is read by the next run.
@@ -363,7 +364,7 @@ def process_batch(
     """
     move = not from_archive
     grace = config.incomplete_grace_seconds if move else 0.0
-    batch = read_batch(terminal, paths, quarantine=move, incomplete_grace_seconds=grace)
+    batch = read_batch(terminal, paths, quarantine=move, incomplete_grace_seconds=grace, day=day)
     report = validate(config, terminal, batch, quarantine=move, check_age=move, spec=spec)
     if move:
         acceptance = accept(ledger, terminal, batch, report.valid, run_id=run_id)

@@ -8,7 +8,8 @@ shows each attempt.
 
 An operator re-queues files once the cause is fixed (a terminal's clock, a missing mapping):
 ``retry`` moves a file back into the inbox under its original name, where the sensor and the
-trigger take it like any new file.
+trigger take it like any new file. A file that must never be processed (the till sent a
+corrected receipt instead) is ``discard``-ed: set aside with its reason, not deleted.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from posfed_pipeline.core.receipt import Problem, Receipt
 
 REPORT_SUFFIX = ".error.json"
 HISTORY_FILE = "quarantine-history.jsonl"
+DISCARDED_FOLDER = "discarded"
 
 
 def report_path(quarantined: Path) -> Path:
@@ -51,8 +53,12 @@ def quarantine_file(
     *,
     stage: str,
     receipt: Receipt | None = None,
+    business_day: date | None = None,
 ) -> Path | None:
     """Move the version of a file that was read to quarantine, its reasons written first.
+
+    ``business_day``: for a file that could not be read, the day of the run that took it (its
+    terminal-day's check then reports it).
 
     None if the file changed since it was read: the new version stays in the inbox for a run of
     its own (the reasons were the old version's).
@@ -77,6 +83,8 @@ def quarantine_file(
         if receipt is not None:  # it was read: the gap check counts it as arrived
             report["receipt_id"] = receipt.receipt_id
             report["business_day"] = receipt.business_day.isoformat()
+        elif business_day is not None:
+            report["business_day"] = business_day.isoformat()
         try:
             # Reason first: a file never sits in quarantine without its explanation.
             if not write_once(report_path(target), _json(report)):
@@ -135,6 +143,25 @@ def quarantined_files(terminal: Terminal) -> list[Quarantined]:
     return sorted(entries, key=lambda q: (q.report.get("quarantined_at", ""), q.name))
 
 
+def waiting_for(terminal: Terminal, business_day: date) -> list[Quarantined]:
+    """The day's files still in quarantine: an operator has yet to re-queue or discard them.
+
+    A file that could not be read has no business day of its own: it counts on the store-local
+    day it was quarantined."""
+    day = business_day.isoformat()
+
+    def day_of(entry: Quarantined) -> str | None:
+        if entry.report.get("business_day"):
+            return entry.report["business_day"]
+        try:
+            at = datetime.fromisoformat(entry.report["quarantined_at"])
+        except (KeyError, TypeError, ValueError):
+            return None
+        return at.astimezone(terminal.timezone).date().isoformat()
+
+    return [entry for entry in quarantined_files(terminal) if day_of(entry) == day]
+
+
 def find(terminal: Terminal, name: str) -> Quarantined:
     for entry in quarantined_files(terminal):
         if entry.name == name:
@@ -166,6 +193,31 @@ def retry(terminal: Terminal, name: str, *, by: str = "") -> Path:
     return back
 
 
+def discard(terminal: Terminal, name: str, *, reason: str, by: str = "") -> Path:
+    """Set a quarantined file aside for good (a corrected receipt came instead, a till's test
+    file): it and its report move to ``quarantine/discarded/``, the reason to the history.
+    Nothing is deleted; its terminal-day's validation check passes again."""
+    entry = find(terminal, name)
+    moved = move_unique(entry.path, terminal.quarantine / DISCARDED_FOLDER)
+    report = report_path(entry.path)
+    if report.exists():
+        move_unique(report, moved.parent, name=report_path(moved).name)
+    _record(
+        terminal,
+        {
+            "event": "discarded",
+            "file": entry.report.get("file") or entry.name,
+            "quarantined_as": entry.name,
+            "discarded_as": moved.name,
+            "terminal": terminal.id,
+            "reason": reason,
+            "at": _now(),
+            "by": by,
+        },
+    )
+    return moved
+
+
 def history(terminal: Terminal, name: str | None = None) -> Iterator[dict]:
     """The terminal's quarantine events, oldest first; of one file (by any of its names)."""
     path = history_path(terminal)
@@ -177,7 +229,12 @@ def history(terminal: Terminal, name: str | None = None) -> Iterator[dict]:
                 event = json.loads(line)
             except json.JSONDecodeError:
                 continue  # a line cut by a power cut: the rest still reads
-            names = {event.get("file"), event.get("quarantined_as"), event.get("requeued_as")}
+            names = {
+                event.get("file"),
+                event.get("quarantined_as"),
+                event.get("requeued_as"),
+                event.get("discarded_as"),
+            }
             if event.get("terminal", terminal.id) != terminal.id:
                 continue
             if name is None or name in names:

@@ -13,7 +13,7 @@ from contextlib import contextmanager
 import dagster as dg
 from pydantic import Field
 
-from posfed_pipeline.core import inbox, processing, retention, store
+from posfed_pipeline.core import inbox, processing, quarantine, retention, store
 from posfed_pipeline.core.config import PosfedConfig, Terminal
 from posfed_pipeline.core.dat import check_dat, load_spec
 from posfed_pipeline.core.ledger import open_ledger
@@ -154,7 +154,9 @@ def build_receipt_assets(
         if rejections:
             # The runs list shows tags: a rejection is visible there without opening the run.
             context.instance.add_run_tags(context.run.run_id, {REJECTED_TAG: str(len(rejections))})
-        yield rejection_check_result(terminal, result, rejections)
+        yield rejection_check_result(
+            terminal, result, rejections, quarantine.waiting_for(terminal, day)
+        )
         latencies = result.dat_seconds
         yield dg.MaterializeResult(
             asset_key=DAT_FILES,
@@ -232,54 +234,90 @@ def _partitioned_check_specs(partitions: dg.PartitionsDefinition) -> list[dg.Ass
 
 
 def rejection_check_result(
-    terminal: Terminal, result: processing.BatchResult, rejections: list[processing.Rejection]
+    terminal: Terminal,
+    result: processing.BatchResult,
+    rejections: list[processing.Rejection],
+    waiting: list[quarantine.Quarantined],
 ) -> dg.AssetCheckResult:
-    """The validation check as an operator reads it: plain text fields for the first rejected
-    file (no markdown to open), the table of all of them below."""
+    """The validation check of a terminal-day, as an operator reads it.
+
+    It fails while any file of the day sits in quarantine (``waiting``), not only in the run
+    that rejected it: the terminal's next receipt must not turn it green again. Plain-text
+    fields name the first file (this run's, else the oldest waiting), the rule, the value,
+    where it went and the command that re-queues it; the table below lists all of them."""
     # Conflicts passed validation and were refused after it: one count per file.
     checked = len(result.validation.valid) + result.receipts_rejected
-    metadata: dict[str, dg.RawMetadataValue] = {"rejected": len(rejections)}
+    metadata: dict[str, dg.RawMetadataValue] = {
+        "rejected_by_this_run": len(rejections),
+        "waiting_in_quarantine": len(waiting),
+    }
+    rows = [(r.file, r.problems[0]) for r in rejections]
+    this_run = {str(r.quarantined_to) for r in rejections}
+    rows += [(w.name, w.first_problem) for w in waiting if str(w.path) not in this_run]
     if rejections:
         first = rejections[0]
         problem = first.problems[0]
-        moved = [r.quarantined_to.name for r in rejections if r.quarantined_to is not None]
-        metadata |= {
-            "file": dg.MetadataValue.text(first.file),
-            "rule": dg.MetadataValue.text(f"{problem.field}: {problem.rule}"),
-            "value": dg.MetadataValue.text(problem.value),
-            "quarantined_to": dg.MetadataValue.text(
-                str(first.quarantined_to) if first.quarantined_to else "not moved (a backfill)"
-            ),
-            "requeue_command": dg.MetadataValue.text(
-                "fix the file(s) or the terminal's settings, then: posfed quarantine retry "
-                + " ".join(shlex.quote(n) for n in [terminal.id, *moved[:10]])
-                + (" ..." if len(moved) > 10 else "")
-                if moved
-                else "a backfill re-reads the archive: fix the rule or the file there"
-            ),
-        }
+        metadata |= _first_file_fields(
+            terminal,
+            first.file,
+            f"{problem.field}: {problem.rule}",
+            problem.value,
+            first.quarantined_to,
+            [w.name for w in waiting],
+        )
+    elif waiting:
+        problems = waiting[0].report.get("problems") or [{}]
+        metadata |= _first_file_fields(
+            terminal,
+            waiting[0].report.get("file", waiting[0].name),
+            waiting[0].first_problem,
+            str(problems[0].get("value", "")),
+            waiting[0].path,
+            [w.name for w in waiting],
+        )
     metadata |= {
         "pass_rate": dg.MetadataValue.float(
             (checked - result.rejected_files) / checked if checked else 1.0
         ),
-        "reasons": dg.MetadataValue.md(_reasons_table(rejections)),
+        "reasons": dg.MetadataValue.md(
+            md_table(["file", "first problem"], rows[:50]) if rows else "No rejected receipts."
+        ),
     }
+    if rejections or waiting:
+        # No receipt text here: the UI renders a description as markdown.
+        description = (
+            f"{len(rejections)} file(s) rejected by this run, {len(waiting)} of the day waiting "
+            "in quarantine: see file, rule, value, quarantined_to and requeue_command"
+        )
+    else:
+        description = "every receipt file of the day passed"
     return dg.AssetCheckResult(
         asset_key=VALIDATED_RECEIPTS,
         check_name=VALIDATION_CHECK,
-        passed=not rejections,
+        passed=not rejections and not waiting,
         severity=dg.AssetCheckSeverity.WARN,
-        # No receipt text here: the UI renders a description as markdown.
-        description=f"{len(rejections)} receipt file(s) rejected: see file, rule, value, "
-        "quarantined_to and requeue_command"
-        if rejections
-        else "every receipt file passed",
+        description=description,
         metadata=metadata,
     )
 
 
-def _reasons_table(rejections: list[processing.Rejection]) -> str:
-    if not rejections:
-        return "No rejected receipts."
-    rows = [(r.file, r.problems[0]) for r in rejections]
-    return md_table(["file", "first problem"], rows[:50])
+def _first_file_fields(
+    terminal: Terminal, file: str, rule: str, value: str, where, waiting_names: list[str]
+) -> dict[str, dg.MetadataValue]:
+    names = waiting_names or ([where.name] if where else [])
+    if names:
+        requeue = (
+            "fix the file or the terminal's settings, then: posfed quarantine retry "
+            + " ".join(shlex.quote(n) for n in [terminal.id, *names[:10]])
+            + (" ..." if len(names) > 10 else "")
+            + f" (a file never to bill: posfed quarantine discard {terminal.id} FILE --reason ...)"
+        )
+    else:
+        requeue = "not moved (a backfill re-reads the archive): fix the rule, then backfill again"
+    return {
+        "file": dg.MetadataValue.text(file),
+        "rule": dg.MetadataValue.text(rule),
+        "value": dg.MetadataValue.text(value),
+        "quarantined_to": dg.MetadataValue.text(str(where) if where else "not moved"),
+        "requeue_command": dg.MetadataValue.text(requeue),
+    }
