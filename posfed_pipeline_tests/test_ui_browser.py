@@ -17,7 +17,8 @@ import subprocess
 import time
 import urllib.request
 from collections.abc import Iterator
-from datetime import datetime
+from contextlib import ExitStack
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import dagster as dg
@@ -34,6 +35,7 @@ from posfed_pipeline_tests.conftest import (
     dagster_process,
     drop_receipt,
     receipt_doc,
+    wait_for,
     write_store_config,
 )
 
@@ -230,3 +232,160 @@ def _wait_until_serving(base_url: str, server: subprocess.Popen, log: Path) -> N
             time.sleep(0.5)
     tail = log.read_text(errors="replace")[-3000:] if log.exists() else ""
     pytest.fail(f"dagster-webserver did not serve {base_url}\n--- webserver log ---\n{tail}")
+
+
+@pytest.fixture
+def operator_stack(tmp_path, monkeypatch):
+    """The demo's services on a temp store (webserver, daemon, warm run workers; the trigger
+    off, so the terminals' sensors deliver): two terminals, partitions from yesterday, each
+    with a processed receipt in the archive today. Yields (base URL, config, DAGSTER_HOME)."""
+    monkeypatch.delenv("POSFED_HOME", raising=False)
+    monkeypatch.delenv("POSFED_DB_URL", raising=False)
+    today = datetime.now().astimezone().date()
+    config_path = write_store_config(
+        tmp_path / "posfed.toml",
+        tmp_path / "state",
+        store={
+            "id": "ui-store",
+            "timezone": "Europe/Amsterdam",
+            "partitions_start": str(today - timedelta(days=1)),
+        },
+        terminals=[
+            {"id": id_, "department": department, "tenant": tenant}
+            for id_, department, tenant in TERMINALS[:2]
+        ],
+    )
+    config = load_config(config_path)
+    config.ensure_folders()
+    store.upgrade_database(store.make_engine(config.db_url))
+    dagster_home = tmp_path / "dagster_home"
+    render_instance_yaml(dagster_home)
+    defs = build_definitions(config)
+    with dg.DagsterInstance.from_config(str(dagster_home)) as instance:
+        for terminal_id, department, _ in TERMINALS[:2]:
+            terminal = config.terminal(terminal_id)
+            now = datetime.now(terminal.timezone).replace(microsecond=0)
+            doc = receipt_doc(f"OK{department}", terminal_id, department, timestamp=now.isoformat())
+            drop_receipt(terminal.inbox, doc)
+            result = defs.resolve_job_def(RECEIPTS_JOB).execute_in_process(
+                run_config=receipt_op_config(ReceiptBatchConfig(files=[f"OK{department}.json"])),
+                partition_key=terminal_day_key(terminal_id, now.date()),
+                instance=instance,
+                tags={"posfed/terminal": terminal_id},
+            )
+            assert result.success
+
+    env = {**os.environ, "DAGSTER_HOME": str(dagster_home), "POSFED_CONFIG": str(config_path)}
+    env.pop("POSFED_HOME", None)
+    env.pop("POSFED_DB_URL", None)
+    port = _free_port()
+    workspace = str(REPO_ROOT / "workspace.yaml")
+    base_url = f"http://127.0.0.1:{port}"
+    with ExitStack() as stack:
+        stack.enter_context(
+            dagster_process(
+                ["posfed", "fastpath", "--no-trigger"], env=env, log_path=tmp_path / "fast.log"
+            )
+        )
+        stack.enter_context(
+            dagster_process(
+                ["dagster-daemon", "run", "-w", workspace],
+                env=env,
+                log_path=tmp_path / "daemon.log",
+            )
+        )
+        log_path = tmp_path / "webserver.log"
+        server = stack.enter_context(
+            dagster_process(
+                ["dagster-webserver", "-h", "127.0.0.1", "-p", str(port), "-w", workspace],
+                env=env,
+                log_path=log_path,
+            )
+        )
+        _wait_until_serving(base_url, server, log_path)
+        yield base_url, config, dagster_home
+
+
+def test_an_operator_backfills_from_the_asset_page_and_finds_the_rejected_receipt(
+    operator_stack, browser, tmp_path
+):
+    from selenium.webdriver.common.by import By
+
+    base_url, config, dagster_home = operator_stack
+    browser.set_window_size(1920, 1000)  # the check's metadata table is wide
+    screenshots = (
+        REPO_ROOT / "docs" if os.environ.get("POSFED_UPDATE_SCREENSHOTS") == "1" else tmp_path
+    )
+    # A till sends a receipt whose total is wrong; the terminal's sensor takes it.
+    bakery = config.terminal("bakery_1")
+    now = datetime.now(bakery.timezone).replace(microsecond=0)
+    drop_receipt(bakery.inbox, receipt_doc("BAD0001", timestamp=now.isoformat(), total="99.99"))
+    wait_for(
+        (bakery.quarantine / "BAD0001.json").exists,
+        120,
+        "the sensor to quarantine BAD0001.json",
+        tmp_path / "daemon.log",
+    )
+
+    # The operator re-runs the store's days from the dat_files asset page: Materialize, all
+    # terminal-days, launch.
+    browser.get(f"{base_url}/assets/dat_files")
+    _dismiss_community_modal(browser)
+    _click_text(browser, "Materialize…")
+    # One step makes validated_receipts and dat_files: the UI says so and adds it.
+    _click_text(browser, "Confirm")
+    # Today's terminal-days, every terminal: two runs, as a backfill.
+    _click_text(browser, "Latest")
+    browser.find_elements(By.XPATH, "//button[normalize-space(.)='All']")[-1].click()
+    _wait_visible_text(browser, "2 partitions")
+    _save_screenshot(browser, screenshots / "backfill-dialog.png")
+    _click_text(browser, "Launch backfill")
+
+    # The Backfills tab: the backfill completes, both runs on the warm workers.
+    deadline = time.monotonic() + 120
+    while True:
+        browser.get(f"{base_url}/runs")
+        _click_text(browser, "Backfills")
+        time.sleep(2)
+        if "Success" in browser.find_element(By.TAG_NAME, "body").text:
+            break
+        assert time.monotonic() < deadline, browser.find_element(By.TAG_NAME, "body").text
+
+    # The runs list: the run that rejected the receipt says so in its tags.
+    browser.get(f"{base_url}/runs")
+    _wait_visible_text(browser, "posfed/rejected: 1")
+    _save_screenshot(browser, screenshots / "runs-rejected.png")
+
+    # The asset's Checks tab: the check is failed (yellow: a warning), and the reason reads
+    # as text: the file, the rule, the value, where it went, the command that re-queues it.
+    browser.get(f"{base_url}/assets/validated_receipts?view=checks")
+    _wait_visible_text(browser, "validation_pass_rate")
+    time.sleep(2)
+    # Its Partitions tab: today's bakery_1 is red; the other terminal-days pass.
+    tabs = browser.find_elements(By.XPATH, "//*[normalize-space(.)='Partitions' and not(*)]")
+    tabs[-1].click()
+    _wait_visible_text(browser, "Failed (1)")
+    # (The day is also the range's axis label: its list entry is the last one.)
+    days = browser.find_elements(By.XPATH, f"//*[normalize-space(.)='{now.date()}' and not(*)]")
+    [d for d in days if d.is_displayed()][-1].click()
+    _click_text(browser, "bakery_1")
+    browser.execute_script(
+        "arguments[0].scrollIntoView({block: 'center'})",
+        _wait_visible_text(browser, "BAD0001.json"),
+    )
+    body = browser.find_element(By.TAG_NAME, "body").text
+    assert "Failed" in body
+    assert "total must equal the sum of the line amounts" in body
+    assert str(bakery.quarantine / "BAD0001.json") in body
+    assert "posfed quarantine retry bakery_1 BAD0001.json" in body
+    _save_screenshot(browser, screenshots / "rejection-check.png")
+
+
+def _click_text(browser, text: str) -> None:
+    from selenium.webdriver.support import expected_conditions
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    element = _wait_visible_text(browser, text)
+    WebDriverWait(browser, PAGE_TIMEOUT_SECONDS).until(
+        expected_conditions.element_to_be_clickable(element)
+    ).click()

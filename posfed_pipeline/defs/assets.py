@@ -286,8 +286,9 @@ def rejection_check_result(
     if rejections or waiting:
         # No receipt text here: the UI renders a description as markdown.
         description = (
-            f"{len(rejections)} file(s) rejected by this run, {len(waiting)} of the day waiting "
-            "in quarantine: see file, rule, value, quarantined_to and requeue_command"
+            f"{len(waiting) or len(rejections)} file(s) of this terminal-day in quarantine"
+            + (f", {len(rejections)} rejected by this run" if rejections else "")
+            + ": see file, rule, value, quarantined_to and requeue_command"
         )
     else:
         description = "every receipt file of the day passed"
