@@ -251,3 +251,31 @@ def test_a_file_left_by_a_successful_run_is_looked_at_again(config):
         assert _run_as_the_daemon_would(job, again, instance, sensor.name).success
     assert not path.exists()
     assert (terminal.quarantine / "CUT1.json.error.json").exists()
+
+
+def test_without_partitions_start_the_store_starts_on_its_first_day_and_keeps_it(
+    tmp_path, monkeypatch
+):
+    """The UI offers days from the store's first business day (not an arbitrary January 1st),
+    every process agrees on it, and a receipt older than that day still gets a run."""
+    from posfed_pipeline.core.config import config_from_dict
+    from posfed_pipeline_tests.conftest import store_config_dict
+
+    monkeypatch.delenv("POSFED_HOME", raising=False)
+    raw = store_config_dict(tmp_path / "home")
+    del raw["store"]["partitions_start"]
+    config = config_from_dict(raw, base_dir=tmp_path)
+    config.ensure_folders()
+    (config.dat_dir / "20261115").mkdir()  # a .dat day folder: the store had data then
+    assert config.first_partition_day() == date(2026, 11, 15)
+    (config.dat_dir / "20261001").mkdir()  # recorded once: a later finding changes nothing
+    again = config_from_dict(raw, base_dir=tmp_path)
+    assert again.first_partition_day() == date(2026, 11, 15)
+    assert (config.home / "first_business_day").read_text() == "2026-11-15\n"
+
+    # A receipt dated before the first day runs in the first day's partition.
+    terminal = config.terminal("bakery_1")
+    old = datetime(2026, 11, 2, 10, 0, tzinfo=terminal.timezone).isoformat()
+    drop_receipt(terminal.inbox, receipt_doc("OLD1", timestamp=old))
+    [request] = _tick(_sensor(config), None).run_requests
+    assert request.partition_key == "2026-11-15|bakery_1"

@@ -11,19 +11,22 @@ database, credentials included).
 from __future__ import annotations
 
 import codecs
+import contextlib
 import os
 import re
 import tomllib
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import date, datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from posfed_pipeline.core.alerts import SMTP_SECURITY, AlertSettings
+from posfed_pipeline.core.fsutil import ContentConflict, write_once
 from posfed_pipeline.core.store import database_url_from_env
 from posfed_pipeline.core.sync import SyncPolicy
 
 DEFAULT_CONFIG_FILE = "posfed.toml"
+FIRST_DAY_FILE = "first_business_day"  # in the home folder: see first_partition_day
 # Terminal ids become Dagster sensor names and partition keys: keep them to that alphabet.
 TERMINAL_ID_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,31}$")
 DEPARTMENT_PATTERN = re.compile(r"^[A-Za-z0-9]{1,8}$")
@@ -139,7 +142,8 @@ class PosfedConfig:
     dat_spec: Path
     dat_dir: Path
     db_url: str
-    partitions_start: date
+    # None: the store's first business day, recorded once (first_partition_day).
+    partitions_start: date | None
     # A file is taken only once its size and mtime have been unchanged this long.
     stability_seconds: float = 0.3
     max_clock_skew_seconds: int = 300
@@ -171,6 +175,29 @@ class PosfedConfig:
     @property
     def terminal_ids(self) -> list[str]:
         return [t.id for t in self.terminals]
+
+    def first_partition_day(self) -> date:
+        """The first day the UI offers: ``[store] partitions_start``, else the store's first
+        business day: the oldest .dat day folder, or today, recorded once in the home folder,
+        so every process agrees on the partitions, today and after any restart."""
+        if self.partitions_start is not None:
+            return self.partitions_start
+        record = self.home / FIRST_DAY_FILE
+        try:
+            return date.fromisoformat(record.read_text().strip())
+        except (FileNotFoundError, ValueError):
+            pass
+        today = datetime.now(self.timezone).date()
+        days = [today]
+        if self.dat_dir.is_dir():
+            for entry in self.dat_dir.iterdir():
+                with contextlib.suppress(ValueError):
+                    days.append(datetime.strptime(entry.name[:8], "%Y%m%d").date())
+        self.home.mkdir(parents=True, exist_ok=True)
+        # The first process to ask records it (atomically); any other reads what it wrote.
+        with contextlib.suppress(ContentConflict):
+            write_once(record, f"{min(days).isoformat()}\n".encode())
+        return date.fromisoformat(record.read_text().strip())
 
     def ensure_folders(self) -> None:
         """Create every folder the pipeline writes to (idempotent)."""
@@ -373,7 +400,8 @@ def config_from_dict(raw: dict, *, base_dir: Path, config_path: Path | None = No
         raise ConfigError(f"{where}: no [[terminals]] configured")
 
     try:
-        partitions_start = date.fromisoformat(str(store.get("partitions_start", "2026-01-01")))
+        start = store.get("partitions_start")
+        partitions_start = date.fromisoformat(str(start)) if start is not None else None
     except ValueError as exc:
         raise ConfigError(f"{where}: [store] partitions_start: {exc}") from None
 

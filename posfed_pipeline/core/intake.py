@@ -538,13 +538,18 @@ def claimed_terminal_id(data: bytes, mapping: InputMapping | None) -> str | None
     return value.strip() if isinstance(value, str) else None
 
 
-def business_day_of_file(path: Path, terminal: Terminal) -> date:
-    """The business day a file belongs to: its receipt's local date, else the day it arrived."""
+def business_day_of_file(path: Path, terminal: Terminal, not_before: date | None = None) -> date:
+    """The business day a file belongs to: its receipt's local date, else the day it arrived.
+
+    ``not_before``: the first day with a partition. An older receipt is run in that first
+    day's partition (and judged there by the age rule): a day without a partition would fail
+    its terminal's sensor at every tick."""
     try:
-        return read_receipt_file(path, terminal).business_day
+        day = read_receipt_file(path, terminal).business_day
     except (IntakeError, OSError):
         try:
             mtime = path.stat().st_mtime
         except OSError:
             mtime = datetime.now().timestamp()
-        return datetime.fromtimestamp(mtime, tz=terminal.timezone).date()
+        day = datetime.fromtimestamp(mtime, tz=terminal.timezone).date()
+    return max(day, not_before) if not_before else day

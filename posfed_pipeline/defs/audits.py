@@ -26,7 +26,9 @@ ARCHIVE_RETENTION = dg.AssetKey("archive_retention")
 
 def daily_partitions(config: PosfedConfig) -> dg.DailyPartitionsDefinition:
     return dg.DailyPartitionsDefinition(
-        start_date=config.partitions_start.isoformat(), timezone=config.timezone.key, end_offset=1
+        start_date=config.first_partition_day().isoformat(),
+        timezone=config.timezone.key,
+        end_offset=1,
     )
 
 

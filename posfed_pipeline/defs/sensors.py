@@ -46,6 +46,7 @@ def run_request_for(terminal: Terminal, batch: inbox.PlannedBatch) -> dg.RunRequ
 def build_inbox_sensor(config: PosfedConfig, terminal: Terminal, job) -> dg.SensorDefinition:
     """``job``: the receipts asset job (as returned by ``define_asset_job``)."""
     name = inbox_sensor_name(terminal)
+    first_day = config.first_partition_day()
 
     @dg.sensor(
         name=name,
@@ -67,7 +68,7 @@ def build_inbox_sensor(config: PosfedConfig, terminal: Terminal, job) -> dg.Sens
         store = claims.ClaimStore(claims.claim_store_path(config.home))
 
         def day_of(item: inbox.InboxFile):
-            return intake.business_day_of_file(item.path, terminal)
+            return intake.business_day_of_file(item.path, terminal, not_before=first_day)
 
         claimed = store.claims(terminal.id, [f.signature for f in scan.ready])
         unclaimed = [f for f in scan.ready if f.signature not in claimed]

@@ -76,6 +76,7 @@ class InboxTrigger:
         self._sync_in_flight: str | None = None
         self._next_sync_at = 0.0
         self._by_inbox = {t.inbox.resolve(): t for t in config.terminals}
+        self._first_day = config.first_partition_day()
         self._cond = threading.Condition()
         self._complete: dict[str, set[str]] = defaultdict(set)  # terminal -> closed file names
         self._dirty: set[str] = set(t.id for t in config.terminals)  # rescan everything at start
@@ -252,7 +253,7 @@ class InboxTrigger:
             self.claims,
             terminal,
             sorted(fresh, key=lambda f: (f.mtime_ns, f.name)),
-            lambda f: intake.business_day_of_file(f.path, terminal),
+            lambda f: intake.business_day_of_file(f.path, terminal, not_before=self._first_day),
         )
 
     def _launch_batches(self, terminal: Terminal, batches: list[inbox.PlannedBatch]) -> None:
