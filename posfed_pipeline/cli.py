@@ -41,6 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     _add_spec_and_dat(commands)
     _add_receipt(commands)
     _add_quarantine(commands)
+    _add_backup(commands)
     _add_bench(commands)
     _add_chaos(commands)
     args = parser.parse_args(argv)
@@ -69,6 +70,9 @@ def _add_demo(commands) -> None:
     demo.add_argument("--port", type=int, default=3000)
     demo.add_argument("--rate", type=float, default=0.2, help="simulated receipts per second")
     demo.add_argument("--no-simulator", action="store_true", help="only watch the inboxes")
+    demo.add_argument(
+        "--verbose", action="store_true", help="Dagster's info lines too (every sensor tick)"
+    )
     demo.add_argument(
         "--no-fastpath",
         action="store_true",
@@ -129,7 +133,16 @@ def _demo(args) -> int:
         args.host,
         "-p",
         str(args.port),
+        # Dagster's per-tick sensor lines (two per terminal every 5 s) are the UI's to show;
+        # the console keeps warnings and errors.
+        "--log-level",
+        "info" if args.verbose else "warning",
     ]
+    # `dagster dev` still works in 1.13 but says once per start that `dg dev` supersedes it;
+    # posfed ships no dg project, so the notice is noise here.
+    env["PYTHONWARNINGS"] = ",".join(
+        filter(None, [env.get("PYTHONWARNINGS"), "ignore:Function `dev_command` is superseded"])
+    )
     print(f"posfed demo: {len(config.terminals)} terminals, state in {config.home}")
     print(f"posfed demo: open http://{args.host}:{args.port} (Ctrl-C stops everything)")
     # A service manager's SIGTERM stops the demo as cleanly as Ctrl-C does.
@@ -175,6 +188,7 @@ def _fastpath(args) -> int:
     from posfed_pipeline.fastpath.service import serve_forever
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # "Context impl SQLiteImpl." etc.
     config = _config(args)
     dagster_home = Path(os.environ.get("DAGSTER_HOME") or prepare_instance(config))
     stop = threading.Event()
@@ -805,6 +819,82 @@ def _quarantine_discard(args) -> int:
         print(f"{terminal.id}: {name} -> quarantine/{quarantine.DISCARDED_FOLDER}/{moved.name}")
     print(f"quarantine discard: {len(args.files) - failed} set aside, {failed} not found")
     return 1 if failed else 0
+
+
+# --- backup ---------------------------------------------------------------------------------
+
+
+def _add_backup(commands) -> None:
+    group = commands.add_parser(
+        "backup", help="the store server's local state (ledger, inboxes, archive, ...) in a file"
+    ).add_subparsers(dest="backup_command", required=True, metavar="ACTION")
+    create = group.add_parser(
+        "create", help="write a consistent backup while posfed runs (databases by SQLite's API)"
+    )
+    create.add_argument(
+        "file",
+        nargs="?",
+        help="the .tar.gz to write (default: posfed-backup-<store>-<time>.tar.gz here)",
+    )
+    create.set_defaults(handler=_backup_create)
+    restore = group.add_parser(
+        "restore", help="restore a backup into the home folder (services stopped), verified"
+    )
+    restore.add_argument("file", help="a file written by `posfed backup create`")
+    restore.add_argument(
+        "--replace",
+        action="store_true",
+        help="the home folder is not empty: rename it to <home>.before-restore-<time> first",
+    )
+    restore.set_defaults(handler=_backup_restore)
+
+
+def _backup_create(args) -> int:
+    from posfed_pipeline.core import backup
+
+    config = _config(args)
+    stamp = time.strftime("%Y%m%dT%H%M%S")
+    target = Path(args.file or f"posfed-backup-{config.store_id}-{stamp}.tar.gz")
+
+    def progress(files: int, name: str) -> None:
+        print(f"\rbackup: {files} files ({name[-60:]})", end="", file=sys.stderr, flush=True)
+
+    try:
+        done = backup.create_backup(config.home, target, progress=progress)
+    except backup.BackupError as exc:
+        print(f"backup create: {exc}", file=sys.stderr)
+        return 2
+    print(
+        f"\rbackup create: {done.path}: {done.files} files ({done.databases} databases), "
+        f"{done.bytes / 1e6:.1f} MB of {config.home}"
+    )
+    return 0
+
+
+def _backup_restore(args) -> int:
+    from posfed_pipeline.core import backup, claims
+
+    config = _config(args)
+    claim_store = claims.claim_store_path(config.home)
+    if claim_store.exists() and claims.ClaimStore(claim_store).alive():
+        print(
+            "backup restore: posfed's fast path is running on this home; stop the services "
+            "(posfed-fastpath, the daemon, the webserver) first",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        done = backup.restore_backup(Path(args.file), config.home, replace=args.replace)
+    except backup.BackupError as exc:
+        print(f"backup restore: {exc}", file=sys.stderr)
+        return 1 if isinstance(exc, backup.BackupDamaged) else 2
+    if done.moved_aside:
+        print(f"backup restore: the previous {config.home} is kept as {done.moved_aside}")
+    print(
+        f"backup restore: {done.files} files ({done.databases} databases) verified and "
+        f"restored into {done.home}; start the services again"
+    )
+    return 0
 
 
 # --- bench ------------------------------------------------------------------------------------
