@@ -1,12 +1,6 @@
-"""The ``posfed`` command line.
+"""The ``posfed`` command line: each command group registers itself in its own ``_add_*``
+function below, and every command is listed in the README (a test checks it).
 
-    posfed demo                      the embedded demo: Dagster UI + daemon + receipt simulator
-    posfed simulate                  drop simulated receipts into the terminals' inboxes
-    posfed db upgrade | status       central database schema and contents
-    posfed spec check SPEC           validate a .dat layout spec
-    posfed dat render|parse|check    the .dat engine by hand
-
-Each command group registers itself in its own ``_add_*`` function below.
 Exit codes: 0 success, 1 a verdict against the input, 2 a usage or configuration error.
 """
 
@@ -30,7 +24,14 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="posfed", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="posfed",
+        description="Point-of-sale receipts from every terminal's inbox to .dat files for the "
+        "billing software and to the central register.",
+        epilog="`posfed COMMAND --help` shows a command's options. Exit codes: 0 success, "
+        "1 a verdict against the input (invalid receipt, lag too high, damaged backup), "
+        "2 a usage or configuration error.",
+    )
     parser.add_argument(
         "--config", help="store configuration (default: $POSFED_CONFIG or ./posfed.toml)"
     )
@@ -260,7 +261,14 @@ def _simulate(args) -> int:
 
     config = _config(args)
     config.ensure_folders()
-    terminals = list(config.terminals[: args.terminals] if args.terminals else config.terminals)
+    available = len(config.terminals)
+    if args.terminals is not None and not 1 <= args.terminals <= available:
+        print(
+            f"posfed simulate: --terminals must be 1 to {available} (the store's terminals)",
+            file=sys.stderr,
+        )
+        return 2
+    terminals = list(config.terminals[: args.terminals or available])
     if args.rate <= 0:
         print("posfed simulate: --rate must be positive", file=sys.stderr)
         return 2
@@ -540,6 +548,8 @@ def _dat_render(args) -> int:
             )
         return config.terminal(terminal_id)
 
+    from posfed_pipeline.core import processing
+
     out = Path(args.out)
     failed = 0
     for name in args.receipts:
@@ -547,6 +557,16 @@ def _dat_render(args) -> int:
         try:
             terminal = terminal_of(path)
             receipt = intake.read_receipt_file(path, terminal)
+            # The pipeline's own verdict first: a receipt it would quarantine is not rendered.
+            batch = processing.IntakeResult(receipts=[receipt])
+            report = processing.validate(
+                config, terminal, batch, quarantine=False, check_age=False, spec=spec
+            )
+            if report.invalid:
+                failed += 1
+                problems = "; ".join(str(p) for p in report.invalid[0][1])
+                print(f"dat render: {name}: invalid, not rendered: {problems}", file=sys.stderr)
+                continue
             rendered = dat.render_receipt(receipt, terminal, spec)
             print(dat.write_dat(out, rendered, spec, receipt.business_day))
         except (OSError, ValueError) as exc:  # IntakeError, DatRenderError, ConfigError included
@@ -717,7 +737,7 @@ def _terminal_of_file(config: PosfedConfig, path: Path) -> str | None:
 
 def _add_quarantine(commands) -> None:
     group = commands.add_parser(
-        "quarantine", help="rejected files: list them, read why, re-queue them once fixed"
+        "quarantine", help="rejected files: list, read why, re-queue once fixed, or discard"
     ).add_subparsers(dest="quarantine_command", required=True, metavar="ACTION")
     listing = group.add_parser("list", help="quarantined files with their first reason")
     listing.add_argument("--terminal", help="only this terminal")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
@@ -30,7 +31,18 @@ def write_receipt(
     department="10",
     timestamp="2026-03-01T10:15:00+01:00",
     items=None,
+    total=None,
 ) -> Path:
+    if total is None:
+        total = (
+            "6.40"
+            if items is None
+            else str(
+                sum(Decimal(str(i["price"])) * i["quantity"] for i in items).quantize(
+                    Decimal("0.01")
+                )
+            )
+        )
     doc = {
         "receiptId": receipt_id,
         "terminalId": terminal_id,
@@ -45,7 +57,7 @@ def write_receipt(
             },
             {"barcode": "4006381333931", "description": "Croissant", "price": 1.15, "quantity": 3},
         ],
-        "total": "6.40",
+        "total": total,
         "timestamp": timestamp,
     }
     path = folder / f"{receipt_id}.json"
@@ -172,6 +184,7 @@ def test_render_reports_each_receipt_it_cannot_render_and_goes_on(capsys, tmp_pa
             }
         ],
     )
+    wrong_total = write_receipt(tmp_path, receipt_id="R0004", total="9.99")
     broken = tmp_path / "broken.json"
     broken.write_text("{not json")
     good = write_receipt(tmp_path)
@@ -189,6 +202,7 @@ def test_render_reports_each_receipt_it_cannot_render_and_goes_on(capsys, tmp_pa
         unknown,
         too_long,
         huge,
+        wrong_total,
         broken,
         good,
         missing,
@@ -196,7 +210,7 @@ def test_render_reports_each_receipt_it_cannot_render_and_goes_on(capsys, tmp_pa
     assert code == 1
     assert out.strip().endswith("20260301/scon10R0001.dat")  # the good one still rendered
     lines = err.splitlines()
-    assert len(lines) == 5, err
+    assert len(lines) == 6, err
     assert (
         f"{unknown}: cannot render: terminal 'cashdesk_9' is not in the store configuration "
         f"{REPO_CONFIG}"
@@ -204,8 +218,12 @@ def test_render_reports_each_receipt_it_cannot_render_and_goes_on(capsys, tmp_pa
     assert "field receipt_id" in lines[1] and "longer than 12" in lines[1]
     assert "receipt R0003, item line 1" in lines[2] and "field price" in lines[2]
     assert "does not fit in 8" in lines[2]
-    assert f"{broken}: cannot render: not a JSON receipt" in lines[3]
-    assert f"{missing}: cannot render" in lines[4]
+    # The pipeline's verdict comes first: a receipt it would quarantine is never rendered.
+    assert f"{wrong_total}: invalid, not rendered: total=" in lines[3]
+    assert "total must equal the sum of the line amounts" in lines[3]
+    assert f"{broken}: cannot render: not a JSON receipt" in lines[4]
+    assert f"{missing}: cannot render" in lines[5]
+    assert not list((tmp_path / "out").rglob("*R0004*"))
     assert not list((tmp_path / "out").rglob("*R0003*"))
 
 

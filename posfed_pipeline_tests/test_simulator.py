@@ -48,3 +48,18 @@ def test_simulate_command_drops_receipts_into_the_first_n_terminals(tmp_path, ca
     assert not list((tmp_path / "state" / "terminals" / "butcher_1" / "inbox").iterdir())
     assert json.loads(dropped[0].read_text())["terminalId"] == "bakery_1"
     assert f"dropped {len(dropped)} receipts into 1 terminal inboxes" in capsys.readouterr().out
+
+
+def test_simulate_refuses_a_terminal_count_it_cannot_honour(tmp_path, capsys):
+    config = write_store_config(tmp_path / "posfed.toml", tmp_path / "home")  # 2 terminals
+    for count in ("0", "3", "-1"):
+        assert main(["--config", str(config), "simulate", "--terminals", count]) == 2
+        assert "--terminals must be 1 to 2" in capsys.readouterr().err
+    assert not list((tmp_path / "home").rglob("*.json"))
+
+
+def test_an_unknown_terminal_is_named_with_the_known_ones(tmp_path, capsys):
+    config = write_store_config(tmp_path / "posfed.toml", tmp_path / "home")
+    assert main(["--config", str(config), "quarantine", "list", "--terminal", "bakery_9"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown terminal 'bakery_9'" in err and "(known: bakery_1, butcher_1)" in err

@@ -170,7 +170,10 @@ class PosfedConfig:
         try:
             return self._by_id[terminal_id]
         except KeyError:
-            raise ConfigError(f"unknown terminal {terminal_id!r}") from None
+            ids = self.terminal_ids
+            known = ", ".join(ids[:12]) + (f" and {len(ids) - 12} more" if len(ids) > 12 else "")
+            where = f" in {self.config_path}" if self.config_path else ""
+            raise ConfigError(f"unknown terminal {terminal_id!r}{where} (known: {known})") from None
 
     @property
     def terminal_ids(self) -> list[str]:
