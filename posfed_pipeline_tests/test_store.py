@@ -721,3 +721,53 @@ def test_status_counts_per_terminal_and_day(db):
         ("bakery_1", DAY, 2),
         ("bakery_1", DAY + timedelta(days=1), 1),
     ]
+
+
+# --- upgrades of a register shared by many stores ----------------------------------------------
+
+
+def test_a_store_newer_than_its_register_says_upgrade_the_register_first(config, tmp_path):
+    from sqlalchemy import text
+
+    from posfed_pipeline.core import sync
+
+    engine = store.make_engine(f"sqlite:///{tmp_path / 'register.db'}")
+    store.upgrade_database(engine, "0003")
+    with pytest.raises(sync.SchemaMissing, match="upgrade the register first"):
+        sync.check_central_schema(engine)
+    store.upgrade_database(engine)
+    sync.check_central_schema(engine)
+    # Upgraded by a newer posfed (a revision this one does not know): still fine to load into.
+    with engine.begin() as connection:
+        connection.execute(text("UPDATE alembic_version SET version_num = '0099'"))
+    sync.check_central_schema(engine)
+
+
+def test_every_migration_only_adds_so_old_and_new_stores_share_a_register():
+    """Expand only: new tables, new indexes, new nullable columns. A store still on the last
+    release keeps loading into a register already upgraded for the next (docs/deployment.md)."""
+    import ast
+
+    allowed = {"create_table", "create_index", "add_column"}
+    for path in sorted((store.MIGRATIONS_DIR / "versions").glob("0*.py")):
+        upgrade = next(
+            node
+            for node in ast.parse(path.read_text()).body
+            if isinstance(node, ast.FunctionDef) and node.name == "upgrade"
+        )
+        ops = [
+            call
+            for call in ast.walk(upgrade)
+            if isinstance(call, ast.Call)
+            and isinstance(call.func, ast.Attribute)
+            and getattr(call.func.value, "id", "") == "op"
+        ]
+        assert ops, f"{path.name}: no op.* call found in upgrade()"
+        for call in ops:
+            assert call.func.attr in allowed, f"{path.name}: op.{call.func.attr} in upgrade()"
+            if call.func.attr == "add_column":
+                column = call.args[1]
+                nullable = {k.arg: k.value for k in column.keywords}.get("nullable")
+                assert isinstance(nullable, ast.Constant) and nullable.value is True, (
+                    f"{path.name}: a new column must be nullable"
+                )

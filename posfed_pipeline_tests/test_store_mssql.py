@@ -10,6 +10,7 @@ Not verified: executing anything on a live SQL Server (see docs/database.md).
 
 from __future__ import annotations
 
+import os
 import socket
 import threading
 from datetime import date
@@ -429,3 +430,41 @@ def test_a_sql_server_key_violation_is_recognised_as_a_lost_race():
         pyodbc.Error,
     )
     assert store._is_lost_race(delivery)
+
+
+# --- a live SQL Server, when one is given ------------------------------------------------------
+
+LIVE_URL = os.environ.get("POSFED_TEST_MSSQL_URL")
+
+
+@pytest.mark.skipif(
+    not LIVE_URL,
+    reason="no SQL Server here: set POSFED_TEST_MSSQL_URL to a database the tests may empty "
+    "(docs/deployment.md, 'SQL Server')",
+)
+def test_a_live_sql_server_takes_the_schema_and_loads_receipts_once(config):
+    """What the rest of this module cannot: the migrations and the loads, executed."""
+    from datetime import datetime
+
+    from posfed_pipeline.core.ledger import open_ledger
+    from posfed_pipeline_tests.conftest import drop_receipt, process_and_sync, receipt_doc
+
+    engine = store.make_engine(LIVE_URL)
+    store.downgrade_database(engine, "base")  # the database is the tests': start empty
+    try:
+        store.upgrade_database(engine)
+        assert store.schema_revision(engine) == store.head_revision()
+        terminal = config.terminal("bakery_1")
+        when = datetime.now(terminal.timezone).replace(microsecond=0).isoformat()
+        paths = [
+            drop_receipt(terminal.inbox, receipt_doc(f"M{n}", timestamp=when)) for n in range(3)
+        ]
+        process_and_sync(config, engine, terminal, paths)
+        # Sent again (a resync after an outage): stored once.
+        open_ledger(config.home).resync()
+        process_and_sync(config, engine, terminal, [])
+        [(terminal_id, _day, count, total)] = store.counts_by_terminal_day(engine)
+        assert (terminal_id, count, str(total)) == ("bakery_1", 3, "19.20")
+    finally:
+        store.downgrade_database(engine, "base")
+        engine.dispose()

@@ -536,6 +536,23 @@ def upgrade_sql(url: str, revision: str = "head") -> str:
     return output.getvalue()
 
 
+def revisions_behind_head() -> list[str]:
+    """This posfed's migrations older than its newest (head), newest first.
+
+    Migrations only add (tables, nullable columns, indexes): a register at a revision this list
+    does not know was upgraded by a newer posfed, and this one still works with it."""
+    from alembic.script import ScriptDirectory
+
+    script = ScriptDirectory.from_config(_alembic_config())
+    return [s.revision for s in script.walk_revisions()][1:]
+
+
+def head_revision() -> str:
+    from alembic.script import ScriptDirectory
+
+    return ScriptDirectory.from_config(_alembic_config()).get_current_head()
+
+
 def schema_revision(engine: Engine) -> str | None:
     from alembic.runtime.migration import MigrationContext
 
