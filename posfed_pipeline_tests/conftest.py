@@ -10,7 +10,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import ExitStack, contextmanager, suppress
 from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
@@ -173,18 +173,28 @@ def drop_receipt(
 SESSION_MARKER = "POSFED_TEST_SESSION"
 
 
+# multiprocessing's helpers of this very process: they end with the interpreter, by design.
+OWN_HELPERS = (b"multiprocessing.resource_tracker", b"multiprocessing.forkserver")
+
+
 def processes_marked(name: str, value: str) -> list[int]:
-    """Live processes started with ``name=value`` in their environment (never this one)."""
+    """Live processes started with ``name=value`` in their environment (never this one, nor
+    its own multiprocessing helpers)."""
     needle = f"{name}={value}".encode()
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
             continue
         try:
-            if needle in (entry / "environ").read_bytes().split(b"\0"):
-                found.append(int(entry.name))
-        except OSError:  # gone already, or a zombie
+            if needle not in (entry / "environ").read_bytes().split(b"\0"):
+                continue
+            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            cmdline = (entry / "cmdline").read_bytes()
+        except (OSError, ValueError, IndexError):  # gone already, or a zombie
             continue
+        if parent == os.getpid() and any(helper in cmdline for helper in OWN_HELPERS):
+            continue
+        found.append(int(entry.name))
     return found
 
 
@@ -259,6 +269,45 @@ def dagster_process(args: list[str], *, env: dict, log_path: Path) -> Iterator[s
                 time.sleep(0.25)
             # For tests that hold the command to stopping everything it started by itself.
             process.outlived = kill_marked("POSFED_TEST_PROCESS", marker)
+
+
+@contextmanager
+def dagster_services(
+    config_path: Path, dagster_home: Path, log_dir: Path, *, warm_workers: bool = True
+) -> Iterator[str]:
+    """What a store server runs (posfed's warm run workers, unless ``warm_workers`` is off and
+    runs fall back to fresh processes; the daemon; the webserver on 127.0.0.1 and a free port),
+    the event-driven trigger off, so the terminals' sensors deliver. Yields the UI's base URL."""
+    import socket
+    import urllib.request
+
+    env = {**os.environ, "DAGSTER_HOME": str(dagster_home), "POSFED_CONFIG": str(config_path)}
+    env.pop("POSFED_HOME", None)
+    env.pop("POSFED_DB_URL", None)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    workspace = str(REPO_ROOT / "workspace.yaml")
+    base_url = f"http://127.0.0.1:{port}"
+    with ExitStack() as stack:
+        if warm_workers:
+            command = ["posfed", "fastpath", "--no-trigger"]
+            stack.enter_context(dagster_process(command, env=env, log_path=log_dir / "fast.log"))
+        command = ["dagster-daemon", "run", "-w", workspace]
+        stack.enter_context(dagster_process(command, env=env, log_path=log_dir / "daemon.log"))
+        server_log = log_dir / "webserver.log"
+        command = ["dagster-webserver", "-h", "127.0.0.1", "-p", str(port), "-w", workspace]
+        stack.enter_context(dagster_process(command, env=env, log_path=server_log))
+
+        def serving():
+            try:
+                with urllib.request.urlopen(f"{base_url}/server_info", timeout=2) as response:
+                    return response.status == 200
+            except OSError:
+                return False
+
+        wait_for(serving, 90, "the webserver", server_log)
+        yield base_url
 
 
 def wait_for(predicate, timeout: float, what: str, log: Path):

@@ -17,7 +17,6 @@ import subprocess
 import time
 import urllib.request
 from collections.abc import Iterator
-from contextlib import ExitStack
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -33,6 +32,7 @@ from posfed_pipeline.defs.partitions import terminal_day_key
 from posfed_pipeline_tests.conftest import (
     REPO_ROOT,
     dagster_process,
+    dagster_services,
     drop_receipt,
     receipt_doc,
     wait_for,
@@ -275,34 +275,7 @@ def operator_stack(tmp_path, monkeypatch):
             )
             assert result.success
 
-    env = {**os.environ, "DAGSTER_HOME": str(dagster_home), "POSFED_CONFIG": str(config_path)}
-    env.pop("POSFED_HOME", None)
-    env.pop("POSFED_DB_URL", None)
-    port = _free_port()
-    workspace = str(REPO_ROOT / "workspace.yaml")
-    base_url = f"http://127.0.0.1:{port}"
-    with ExitStack() as stack:
-        stack.enter_context(
-            dagster_process(
-                ["posfed", "fastpath", "--no-trigger"], env=env, log_path=tmp_path / "fast.log"
-            )
-        )
-        stack.enter_context(
-            dagster_process(
-                ["dagster-daemon", "run", "-w", workspace],
-                env=env,
-                log_path=tmp_path / "daemon.log",
-            )
-        )
-        log_path = tmp_path / "webserver.log"
-        server = stack.enter_context(
-            dagster_process(
-                ["dagster-webserver", "-h", "127.0.0.1", "-p", str(port), "-w", workspace],
-                env=env,
-                log_path=log_path,
-            )
-        )
-        _wait_until_serving(base_url, server, log_path)
+    with dagster_services(config_path, dagster_home, tmp_path) as base_url:
         yield base_url, config, dagster_home
 
 

@@ -13,11 +13,10 @@ its terminal's tag and respect the one-run-per-terminal limit.
 from __future__ import annotations
 
 import json
-import os
+import logging
 import socket
 import urllib.request
 from collections import defaultdict
-from contextlib import ExitStack
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -33,7 +32,7 @@ from posfed_pipeline.defs.partitions import terminal_day_key
 from posfed_pipeline.run_tags import TERMINAL_TAG
 from posfed_pipeline_tests.conftest import (
     REPO_ROOT,
-    dagster_process,
+    dagster_services,
     drop_receipt,
     receipt_doc,
     wait_for,
@@ -165,6 +164,13 @@ class UiStack:
     def run(self, run_id: str) -> dict:
         run = self.gql(RUN, runId=run_id)["runOrError"]
         run["tags"] = {t["key"]: t["value"] for t in run["tags"]}
+        if run["status"] == "FAILURE":  # why, for the assertion's message
+            with dg.DagsterInstance.from_config(str(self.dagster_home)) as instance:
+                run["errors"] = [
+                    record.user_message
+                    for record in instance.all_logs(run_id)
+                    if record.level >= logging.ERROR
+                ]
         return run
 
     def wait_run(self, run_id: str) -> dict:
@@ -236,45 +242,10 @@ def ui_stack(request, tmp_path_factory):
                 )
                 assert result.success
 
-    env = {**os.environ, "DAGSTER_HOME": str(dagster_home), "POSFED_CONFIG": str(config_path)}
-    env.pop("POSFED_HOME", None)
-    env.pop("POSFED_DB_URL", None)
-    port = _free_port()
-    workspace = str(REPO_ROOT / "workspace.yaml")
-    with ExitStack() as stack:
-        if request.param == "warm_workers":
-            stack.enter_context(
-                dagster_process(
-                    ["posfed", "fastpath", "--no-trigger"],
-                    env=env,
-                    log_path=tmp_path / "fastpath.log",
-                )
-            )
-        daemon_log = tmp_path / "daemon.log"
-        stack.enter_context(
-            dagster_process(
-                ["dagster-daemon", "run", "-w", workspace], env=env, log_path=daemon_log
-            )
-        )
-        server_log = tmp_path / "webserver.log"
-        stack.enter_context(
-            dagster_process(
-                ["dagster-webserver", "-h", "127.0.0.1", "-p", str(port), "-w", workspace],
-                env=env,
-                log_path=server_log,
-            )
-        )
-        base_url = f"http://127.0.0.1:{port}"
-
-        def serving():
-            try:
-                with urllib.request.urlopen(f"{base_url}/server_info", timeout=2) as response:
-                    return response.status == 200
-            except OSError:
-                return False
-
-        wait_for(serving, 90, "the webserver", server_log)
-        yield UiStack(base_url, dagster_home, config, days, daemon_log)
+    with dagster_services(
+        config_path, dagster_home, tmp_path, warm_workers=request.param == "warm_workers"
+    ) as base_url:
+        yield UiStack(base_url, dagster_home, config, days, tmp_path / "daemon.log")
 
 
 def _partition(terminal_id: str, day) -> str:
