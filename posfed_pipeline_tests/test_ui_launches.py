@@ -253,7 +253,7 @@ def _partition(terminal_id: str, day) -> str:
 
 
 def _assert_receipts_run(run: dict, terminal_id: str) -> None:
-    assert run["status"] == "SUCCESS", run
+    assert run["status"] == "SUCCESS", f"run failed: {run.get('errors')}"
     assert run["tags"][TERMINAL_TAG] == terminal_id
     if "posfed/run_worker_pool" in run["tags"]:
         assert "dagster/grpc_info" not in run["tags"]
