@@ -332,3 +332,22 @@ def test_the_dev_instance_reuses_its_sqlite_connections_and_sees_other_processes
             env=dict(os.environ, DAGSTER_HOME=str(dagster_home)),
         )
         assert instance.get_run_by_id(run.run_id).tags.get("seen") == "yes"
+
+
+def test_a_run_the_fallback_launcher_started_is_not_judged_by_the_absent_pool(tmp_path):
+    """With no warm pool, Dagster's default launcher starts runs in fresh processes and marks
+    them with its hidden grpc-info tag. Run monitoring asks the launcher about them every few
+    seconds: the answer must not be "pool not reachable, FAILED", or every fallback run longer
+    than one monitoring poll is marked failed while it still runs (seen in CI: a run with
+    retries marked FAILURE, then finishing SUCCESS)."""
+    from dagster._core.launcher.base import WorkerStatus
+    from dagster._core.storage.tags import GRPC_INFO_TAG as DAGSTERS_TAG
+
+    from posfed_pipeline.run_tags import GRPC_INFO_TAG
+
+    assert GRPC_INFO_TAG == DAGSTERS_TAG  # pinned: an upgrade that renames it fails here
+    nowhere = launcher.WarmWorkerRunLauncher(socket_path=str(tmp_path / "no-pool.sock"))
+    fallback_run = dg.DagsterRun(job_name="receipts_job", tags={DAGSTERS_TAG: "{}"})
+    assert nowhere.check_run_worker_health(fallback_run).status == WorkerStatus.UNKNOWN
+    pool_run = dg.DagsterRun(job_name="receipts_job", tags={})
+    assert nowhere.check_run_worker_health(pool_run).status == WorkerStatus.FAILED
