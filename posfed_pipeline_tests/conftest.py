@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager, suppress
@@ -278,15 +280,10 @@ def dagster_services(
     """What a store server runs (posfed's warm run workers, unless ``warm_workers`` is off and
     runs fall back to fresh processes; the daemon; the webserver on 127.0.0.1 and a free port),
     the event-driven trigger off, so the terminals' sensors deliver. Yields the UI's base URL."""
-    import socket
-    import urllib.request
-
     env = {**os.environ, "DAGSTER_HOME": str(dagster_home), "POSFED_CONFIG": str(config_path)}
     env.pop("POSFED_HOME", None)
     env.pop("POSFED_DB_URL", None)
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     workspace = str(REPO_ROOT / "workspace.yaml")
     base_url = f"http://127.0.0.1:{port}"
     with ExitStack() as stack:
@@ -297,17 +294,32 @@ def dagster_services(
         stack.enter_context(dagster_process(command, env=env, log_path=log_dir / "daemon.log"))
         server_log = log_dir / "webserver.log"
         command = ["dagster-webserver", "-h", "127.0.0.1", "-p", str(port), "-w", workspace]
-        stack.enter_context(dagster_process(command, env=env, log_path=server_log))
-
-        def serving():
-            try:
-                with urllib.request.urlopen(f"{base_url}/server_info", timeout=2) as response:
-                    return response.status == 200
-            except OSError:
-                return False
-
-        wait_for(serving, 90, "the webserver", server_log)
+        server = stack.enter_context(dagster_process(command, env=env, log_path=server_log))
+        wait_until_serving(base_url, server, server_log)
         yield base_url
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def wait_until_serving(
+    base_url: str, server: subprocess.Popen, log: Path, timeout: float = 90
+) -> None:
+    """Until the webserver answers, or fail with its log's tail (also if it exits first)."""
+
+    def serving():
+        if server.poll() is not None:
+            pytest.fail(f"the webserver exited\n{log.read_text(errors='replace')[-3000:]}")
+        try:
+            with urllib.request.urlopen(f"{base_url}/server_info", timeout=2) as response:
+                return response.status == 200
+        except OSError:
+            return False
+
+    wait_for(serving, timeout, f"the webserver at {base_url}", log)
 
 
 def wait_for(predicate, timeout: float, what: str, log: Path):

@@ -36,6 +36,7 @@ from posfed_pipeline_tests.conftest import (
     REPO_ROOT,
     dagster_process,
     drop_receipt,
+    free_port,
     receipt_doc,
     store_config_dict,
     wait_for,
@@ -296,15 +297,9 @@ def _listening_addresses(port: int) -> set[str]:
     return found
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def test_the_demo_web_ui_listens_on_the_loopback_only(tmp_path):
     config_path = write_store_config(tmp_path / "posfed.toml", tmp_path / "home")
-    port = _free_port()
+    port = free_port()
     env = dict(os.environ, POSFED_CONFIG=str(config_path))
     for name in ("POSFED_HOME", "POSFED_DB_URL", "DAGSTER_HOME"):
         env.pop(name, None)

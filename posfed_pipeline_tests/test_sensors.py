@@ -267,10 +267,10 @@ def test_without_partitions_start_the_store_starts_on_its_first_day_and_keeps_it
     config = config_from_dict(raw, base_dir=tmp_path)
     config.ensure_folders()
     (config.dat_dir / "20261115").mkdir()  # a .dat day folder: the store had data then
-    assert config.first_partition_day() == date(2026, 11, 15)
+    assert config.first_partition_day == date(2026, 11, 15)
     (config.dat_dir / "20261001").mkdir()  # recorded once: a later finding changes nothing
     again = config_from_dict(raw, base_dir=tmp_path)
-    assert again.first_partition_day() == date(2026, 11, 15)
+    assert again.first_partition_day == date(2026, 11, 15)
     assert (config.home / "first_business_day").read_text() == "2026-11-15\n"
 
     # A receipt dated before the first day runs in the first day's partition.

@@ -12,10 +12,7 @@ Without Chromium this skips, except in CI (``CI=true``), where it fails.
 from __future__ import annotations
 
 import os
-import socket
-import subprocess
 import time
-import urllib.request
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -34,8 +31,10 @@ from posfed_pipeline_tests.conftest import (
     dagster_process,
     dagster_services,
     drop_receipt,
+    free_port,
     receipt_doc,
     wait_for,
+    wait_until_serving,
     write_store_config,
 )
 
@@ -90,7 +89,7 @@ def ui_store(tmp_path, monkeypatch) -> tuple[PosfedConfig, Path, Path]:
 def webserver(ui_store, tmp_path) -> Iterator[str]:
     """``dagster-webserver`` on 127.0.0.1 and a free port; yields its base URL."""
     _config, config_path, dagster_home = ui_store
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "DAGSTER_HOME": str(dagster_home), "POSFED_CONFIG": str(config_path)}
     env.pop("POSFED_HOME", None)
     env.pop("POSFED_DB_URL", None)
@@ -109,7 +108,7 @@ def webserver(ui_store, tmp_path) -> Iterator[str]:
         env=env,
         log_path=log_path,
     ) as server:
-        _wait_until_serving(base_url, server, log_path)
+        wait_until_serving(base_url, server, log_path, PAGE_TIMEOUT_SECONDS)
         yield base_url
 
 
@@ -211,27 +210,6 @@ def _save_screenshot(browser, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     assert browser.save_screenshot(str(path))
     assert path.read_bytes().startswith(b"\x89PNG")
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def _wait_until_serving(base_url: str, server: subprocess.Popen, log: Path) -> None:
-    deadline = time.monotonic() + PAGE_TIMEOUT_SECONDS
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            break
-        try:
-            with urllib.request.urlopen(f"{base_url}/server_info", timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.5)
-    tail = log.read_text(errors="replace")[-3000:] if log.exists() else ""
-    pytest.fail(f"dagster-webserver did not serve {base_url}\n--- webserver log ---\n{tail}")
 
 
 @pytest.fixture

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import logging
-import socket
 import urllib.request
 from collections import defaultdict
 from datetime import datetime, timedelta
@@ -189,12 +188,6 @@ class UiStack:
         assert backfill["status"] == "COMPLETED_SUCCESS", backfill
         assert len(backfill["runs"]) == runs
         return [self.wait_run(r["id"]) for r in backfill["runs"]]
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.fixture(scope="module", params=["warm_workers", "fallback_launcher"])

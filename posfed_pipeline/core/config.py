@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import codecs
 import contextlib
+import functools
 import os
 import re
 import tomllib
@@ -179,6 +180,7 @@ class PosfedConfig:
     def terminal_ids(self) -> list[str]:
         return [t.id for t in self.terminals]
 
+    @functools.cached_property
     def first_partition_day(self) -> date:
         """The first day the UI offers: ``[store] partitions_start``, else the store's first
         business day: the oldest .dat day folder, or today, recorded once in the home folder,

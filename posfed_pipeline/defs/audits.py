@@ -26,7 +26,7 @@ ARCHIVE_RETENTION = dg.AssetKey("archive_retention")
 
 def daily_partitions(config: PosfedConfig) -> dg.DailyPartitionsDefinition:
     return dg.DailyPartitionsDefinition(
-        start_date=config.first_partition_day().isoformat(),
+        start_date=config.first_partition_day.isoformat(),
         timezone=config.timezone.key,
         end_offset=1,
     )

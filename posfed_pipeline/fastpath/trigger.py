@@ -76,7 +76,7 @@ class InboxTrigger:
         self._sync_in_flight: str | None = None
         self._next_sync_at = 0.0
         self._by_inbox = {t.inbox.resolve(): t for t in config.terminals}
-        self._first_day = config.first_partition_day()
+        self._first_day = config.first_partition_day
         self._cond = threading.Condition()
         self._complete: dict[str, set[str]] = defaultdict(set)  # terminal -> closed file names
         self._dirty: set[str] = set(t.id for t in config.terminals)  # rescan everything at start
