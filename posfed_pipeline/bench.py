@@ -524,7 +524,10 @@ class Run:
     def pool_stats(self) -> dict | None:
         from posfed_pipeline.fastpath import launcher
 
-        return launcher.ask_pool({"op": "stats"}, self._socket, timeout=1.0)
+        try:
+            return launcher.ask_pool({"op": "stats"}, self._socket, timeout=1.0)
+        except launcher.PoolDidNotAnswer:
+            return None
 
     def start(self) -> None:
         import dagster as dg

@@ -351,3 +351,34 @@ def test_a_run_the_fallback_launcher_started_is_not_judged_by_the_absent_pool(tm
     assert nowhere.check_run_worker_health(fallback_run).status == WorkerStatus.UNKNOWN
     pool_run = dg.DagsterRun(job_name="receipts_job", tags={})
     assert nowhere.check_run_worker_health(pool_run).status == WorkerStatus.FAILED
+
+
+def test_a_pool_slow_to_answer_never_gets_its_run_launched_a_second_time(tmp_path, monkeypatch):
+    """A pool that listens but answers late (a host under load) may have queued the run
+    already. Falling back to a fresh process then would execute the run twice (seen: a UI
+    launch during the pool's warm-up, interrupted 0.02 s after it started). The launcher
+    waits; if the pool still does not answer, the launch fails loudly instead; and run
+    monitoring reads "busy" as unknown, never as a dead worker."""
+    import socket as socketlib
+
+    from dagster._core.launcher.base import LaunchRunContext, WorkerStatus
+
+    path = tmp_path / "busy.sock"
+    listener = socketlib.socket(socketlib.AF_UNIX, socketlib.SOCK_STREAM)
+    listener.bind(str(path))
+    listener.listen(16)  # accepts connections, never answers: a pool too busy to reply
+    monkeypatch.setattr(launcher, "POOL_PATIENCE_SECONDS", 0.5)
+    busy = launcher.WarmWorkerRunLauncher(socket_path=str(path))
+    with dg.instance_for_test() as instance:
+        run = instance.create_run_for_job(
+            build_definitions(load_config(REPO_ROOT / "posfed.toml")).resolve_job_def(RECEIPTS_JOB),
+            tags={"posfed/terminal": "bakery_1"},
+        )
+        busy.register_instance(instance)
+        with pytest.raises(dg.DagsterInvariantViolationError, match="did not answer"):
+            # A workspace is given: the old code fell back to it.
+            busy.launch_run(LaunchRunContext(dagster_run=run, workspace=object()))
+        assert instance.get_run_by_id(run.run_id).tags.get("dagster/grpc_info") is None
+        assert ".dagster/grpc_info" not in instance.get_run_by_id(run.run_id).tags
+        assert busy.check_run_worker_health(run).status == WorkerStatus.UNKNOWN
+    listener.close()

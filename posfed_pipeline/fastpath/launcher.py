@@ -13,6 +13,7 @@ default launcher (a fresh process per run): slower, never lost.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -28,6 +29,8 @@ from dagster._serdes import ConfigurableClassData
 from posfed_pipeline.run_tags import GRPC_INFO_TAG, lane_of
 
 SOCKET_NAME = "posfed-run-workers.sock"
+# How long a launch waits on a pool that listens but is slow to answer, before it gives up.
+POOL_PATIENCE_SECONDS = 30.0
 
 # The pool, when it lives in this very process (the fast-path service): no socket round trip.
 _local_pool = None
@@ -48,17 +51,28 @@ def default_socket_path() -> Path:
     return Path(tempfile.gettempdir()) / f"posfed-{digest}.sock"
 
 
+class PoolDidNotAnswer(Exception):
+    """A pool listens but did not answer in time (busy, or a host under load): it may have
+    acted on the request, so the caller must not act as if no pool were there."""
+
+
 def ask_pool(request: dict, socket_path: Path, timeout: float = 2.0) -> dict | None:
-    """One request to the pool; ``None`` when no pool is listening."""
-    try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
-            client.settimeout(timeout)
+    """One request to the pool; ``None`` when no pool is listening (``PoolDidNotAnswer`` when
+    one is, but its answer did not come within ``timeout``)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
+        client.settimeout(timeout)
+        try:
             client.connect(str(socket_path))
+        except OSError:  # no socket file, nobody listening, or a stale socket
+            return None
+        try:
             client.sendall((json.dumps(request) + "\n").encode())
             reply = client.makefile("rb").readline()
-    except (FileNotFoundError, ConnectionRefusedError, TimeoutError, OSError):
-        return None
-    return json.loads(reply) if reply else None
+        except OSError as exc:  # TimeoutError included
+            raise PoolDidNotAnswer(f"{request.get('op')}: {exc or 'timed out'}") from exc
+    if not reply:
+        raise PoolDidNotAnswer(f"{request.get('op')}: the pool closed the line without answering")
+    return json.loads(reply)
 
 
 class WarmWorkerRunLauncher(DefaultRunLauncher):
@@ -86,10 +100,19 @@ class WarmWorkerRunLauncher(DefaultRunLauncher):
         if _local_pool is not None:
             _local_pool.submit(run.run_id, lane, background)
             return
-        reply = ask_pool(
-            {"op": "launch", "run_id": run.run_id, "lane": lane, "background": background},
-            self.socket_path,
-        )
+        request = {"op": "launch", "run_id": run.run_id, "lane": lane, "background": background}
+        try:
+            reply = ask_pool(request, self.socket_path)
+        except PoolDidNotAnswer:
+            # The pool may have queued the run already: launching it in a fresh process as
+            # well would run it twice. Ask again, patiently (a launch is idempotent).
+            try:
+                reply = ask_pool(request, self.socket_path, timeout=POOL_PATIENCE_SECONDS)
+            except PoolDidNotAnswer as exc:
+                raise dg.DagsterInvariantViolationError(
+                    f"posfed's run-worker pool at {self.socket_path} did not answer within "
+                    f"{POOL_PATIENCE_SECONDS:.0f} s ({exc}); the run was not launched twice"
+                ) from exc
         if reply and reply.get("ok"):
             return
         if context.workspace is None:
@@ -104,9 +127,10 @@ class WarmWorkerRunLauncher(DefaultRunLauncher):
             if _local_pool.terminate(run_id):
                 return True
         else:
-            reply = ask_pool({"op": "terminate", "run_id": run_id}, self.socket_path)
-            if reply and reply.get("ok"):
-                return True
+            with contextlib.suppress(PoolDidNotAnswer):
+                reply = ask_pool({"op": "terminate", "run_id": run_id}, self.socket_path)
+                if reply and reply.get("ok"):
+                    return True
         return super().terminate(run_id)
 
     @property
@@ -120,7 +144,11 @@ class WarmWorkerRunLauncher(DefaultRunLauncher):
         if _local_pool is not None:
             status = _local_pool.health(run.run_id)
         else:
-            reply = ask_pool({"op": "health", "run_id": run.run_id}, self.socket_path)
+            try:
+                reply = ask_pool({"op": "health", "run_id": run.run_id}, self.socket_path)
+            except PoolDidNotAnswer:
+                # Busy is not dead: run monitoring asks again on its next poll.
+                return CheckRunHealthResult(WorkerStatus.UNKNOWN, "run-worker pool busy")
             if reply is None:
                 return CheckRunHealthResult(
                     WorkerStatus.FAILED, f"run-worker pool not reachable at {self.socket_path}"
