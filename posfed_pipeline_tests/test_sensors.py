@@ -66,7 +66,10 @@ def test_new_stable_file_gives_one_run_request_and_never_again(config):
 
 
 def test_file_still_being_written_is_not_taken_until_stable(config):
-    config = replace(config, stability_seconds=1.5, _by_id={})
+    slow = tuple(
+        replace(t, delivery=replace(t.delivery, stability_seconds=1.5)) for t in config.terminals
+    )
+    config = replace(config, terminals=slow, _by_id={})
     inbox = config.terminal("bakery_1").inbox
     sensor = _sensor(config)
     path = drop_receipt(inbox, '{"receiptId": "R00', name="R0002.json", age=0)
@@ -76,7 +79,7 @@ def test_file_still_being_written_is_not_taken_until_stable(config):
     assert "still being written" in while_writing.skip_reason.skip_message
 
     path.write_text(json.dumps(receipt_doc("R0002")))  # the writer finishes...
-    time.sleep(config.stability_seconds + 0.05)  # ...and the file settles
+    time.sleep(1.5 + 0.05)  # ...and the file settles
     settled = _tick(sensor, while_writing.cursor)
     assert [
         r.run_config["ops"]["receipt_pipeline"]["config"]["files"] for r in settled.run_requests

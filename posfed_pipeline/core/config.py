@@ -22,6 +22,14 @@ from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from posfed_pipeline.core.alerts import SMTP_SECURITY, AlertSettings
+from posfed_pipeline.core.delivery import (
+    DELIVERY_KEYS,
+    HEALTH_KEYS,
+    DeliveryRules,
+    HealthRules,
+    delivery_rules,
+    health_rules,
+)
 from posfed_pipeline.core.fsutil import ContentConflict, write_once
 from posfed_pipeline.core.store import database_url_from_env
 from posfed_pipeline.core.sync import SyncPolicy
@@ -116,6 +124,8 @@ class Terminal:
     # Receipt ids numbered in sequence: the regex's one group is the number. The daily
     # reconciliation lists the numbers of a day that never arrived.
     receipt_number_pattern: re.Pattern[str] | None = None
+    delivery: DeliveryRules = DeliveryRules()  # how its files arrive and when one is complete
+    health: HealthRules = HealthRules()  # when its silence or its backlog needs a look
 
     @property
     def folder(self) -> Path:
@@ -227,6 +237,8 @@ TOP_LEVEL_TABLES = {
     "alerts",
     "mappings",
     "terminals",
+    "delivery",
+    "health",
 }
 TABLE_KEYS = {
     "store": {"id", "name", "timezone", "partitions_start", "variable_measure"},
@@ -240,6 +252,8 @@ TABLE_KEYS = {
         "incomplete_grace_seconds",
     },
     "dat": {"spec"},
+    "delivery": set(DELIVERY_KEYS),
+    "health": set(HEALTH_KEYS),
     "retention": {"keep_days"},
     "sync": {
         "batch_size",
@@ -273,6 +287,8 @@ TERMINAL_KEYS = {
     "allow_returns",
     "receipt_id_prefix",
     "receipt_number_pattern",
+    *DELIVERY_KEYS,
+    *HEALTH_KEYS,
 }
 
 
@@ -327,6 +343,18 @@ def config_from_dict(raw: dict, *, base_dir: Path, config_path: Path | None = No
         if "variable_measure" in store
         else None
     )
+    stability = intake.get("stability_seconds", 0.3)
+    if isinstance(stability, bool) or not isinstance(stability, int | float):
+        raise ConfigError(f"{where}: [intake] stability_seconds must be a number")
+    if not 0 <= stability <= 60:
+        raise ConfigError(f"{where}: [intake] stability_seconds must be between 0 and 60")
+    store_delivery = _rules(
+        delivery_rules,
+        raw.get("delivery", {}),
+        DeliveryRules(stability_seconds=float(stability)),
+        f"{where}: [delivery]",
+    )
+    store_health = _rules(health_rules, raw.get("health", {}), HealthRules(), f"{where}: [health]")
     home_setting = os.environ.get("POSFED_HOME") or paths.get("home", ".posfed")
     home = _resolve(home_setting, base_dir if "POSFED_HOME" not in os.environ else Path.cwd())
     terminals_root = _resolve(paths.get("terminals", "terminals"), home)
@@ -399,6 +427,8 @@ def config_from_dict(raw: dict, *, base_dir: Path, config_path: Path | None = No
                 variable_measure=terminal_variable_measure,
                 receipt_id_prefix=receipt_id_prefix,
                 receipt_number_pattern=number_pattern,
+                delivery=_rules(delivery_rules, entry, store_delivery, place),
+                health=_rules(health_rules, entry, store_health, place),
             )
         )
     if not terminals:
@@ -409,10 +439,6 @@ def config_from_dict(raw: dict, *, base_dir: Path, config_path: Path | None = No
         partitions_start = date.fromisoformat(str(start)) if start is not None else None
     except ValueError as exc:
         raise ConfigError(f"{where}: [store] partitions_start: {exc}") from None
-
-    stability = float(intake.get("stability_seconds", 0.3))
-    if not 0 <= stability <= 60:
-        raise ConfigError(f"{where}: [intake] stability_seconds must be between 0 and 60")
 
     config = PosfedConfig(
         store_id=str(store.get("id", "store")),
@@ -425,7 +451,7 @@ def config_from_dict(raw: dict, *, base_dir: Path, config_path: Path | None = No
         # POSFED_DB_URL, else the POSFED_DB_* parts (store.database_url_from_env), else SQLite.
         db_url=database_url_from_env(default=f"sqlite:///{home / 'central.db'}"),
         partitions_start=partitions_start,
-        stability_seconds=stability,
+        stability_seconds=float(stability),
         max_clock_skew_seconds=int(intake.get("max_clock_skew_seconds", 300)),
         max_age_days=int(intake.get("max_age_days", 45)),
         relaunch_after_seconds=float(intake.get("relaunch_after_seconds", 10.0)),
@@ -461,6 +487,15 @@ def _refuse_shared_dat_names(config: PosfedConfig, where: str) -> None:
             + (f"  ... and {len(clashes) - 20} more\n" if len(clashes) > 20 else "")
             + HOW_TO_TELL_APART
         )
+
+
+def _rules(parse, table: object, defaults, place: str):
+    if not isinstance(table, dict):
+        raise ConfigError(f"{place}: must be a table")
+    try:
+        return parse(table, defaults)
+    except ValueError as exc:
+        raise ConfigError(f"{place}: {exc}") from None
 
 
 def _number_pattern(value: object, place: str) -> re.Pattern[str] | None:

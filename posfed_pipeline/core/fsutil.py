@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import os
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -55,9 +57,8 @@ def move_unique(source: Path, folder: Path, *, name: str | None = None) -> Path:
     while True:
         target = unique_destination(folder, name or source.name)
         try:
-            os.link(source, target)  # fails if the name exists: nothing is clobbered
-        except FileExistsError:
-            continue
+            if not link_no_clobber(source, target):
+                continue
         except OSError:
             # A file system without hard links: rename, with the (tiny) race that leaves.
             os.replace(source, target)
@@ -66,6 +67,41 @@ def move_unique(source: Path, folder: Path, *, name: str | None = None) -> Path:
         break
     fsync_dir(folder)
     return target
+
+
+def link_no_clobber(source: Path, target: Path) -> bool:
+    """``target`` becomes ``source``'s content, never over an existing file (False then). A
+    hard link; across file systems (an inbox on a network mount, its archive on the local
+    disk) a copy that is on disk before it appears."""
+    try:
+        os.link(source, target)
+    except FileExistsError:
+        return False
+    except OSError as exc:
+        if exc.errno != errno.EXDEV:
+            raise
+        return _copy_across(source, target)
+    return True
+
+
+def _copy_across(source: Path, target: Path) -> bool:
+    """Copy ``source`` to ``target`` on another file system, on disk before it appears there;
+    False if ``target`` was taken meanwhile."""
+    fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    tmp = Path(tmp_name)
+    try:
+        with open(source, "rb") as reader, os.fdopen(fd, "wb") as writer:
+            shutil.copyfileobj(reader, writer, 1 << 20)
+            writer.flush()
+            os.fsync(writer.fileno())
+        shutil.copystat(source, tmp)
+        try:
+            os.link(tmp, target)
+        except FileExistsError:
+            return False
+        return True
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def unique_destination(

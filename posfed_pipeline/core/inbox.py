@@ -1,7 +1,9 @@
 """Terminal inbox handling: which files are ready, and where they go once handled.
 
 A POS terminal drops receipt files into its inbox. A file is *ready* once its size and mtime
-have been unchanged for the stability window, so a half-written file is never read. Handled
+have been unchanged for the stability window, so a half-written file is never read, or, for a
+terminal with markers (``core.delivery``), once its ``<name>.ok`` or the batch trigger file
+that covers it is there. Handled
 files are moved, never deleted: to ``archive/YYYYMMDD/`` (business day) when accepted, to
 ``quarantine/`` when rejected (``core.quarantine``); only the version that was read is moved.
 """
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -17,6 +20,7 @@ from datetime import date, datetime
 from pathlib import Path
 
 from posfed_pipeline.core.config import Terminal
+from posfed_pipeline.core.delivery import DeliveryRules
 from posfed_pipeline.core.fsutil import move_unique
 
 # Writers that follow the write-then-rename convention use these while a file is in progress.
@@ -25,6 +29,8 @@ IN_PROGRESS_SUFFIXES = (".tmp", ".part", ".partial", ".crdownload")
 CLAIM_PREFIX = ".posfed-taking."
 # A claim older than this was left by a run that died mid-move: the file goes back.
 STALE_CLAIM_SECONDS = 60.0
+# One run carries at most this many files; a flooded inbox is worked off a run at a time.
+MAX_FILES_PER_RUN = 500
 
 
 @dataclass(frozen=True)
@@ -50,23 +56,29 @@ class InboxScan:
     settling: list[InboxFile]  # still being written, or written too recently to trust
 
 
-def is_candidate(name: str) -> bool:
-    return not name.startswith(".") and not name.lower().endswith(IN_PROGRESS_SUFFIXES)
+def is_candidate(name: str, rules: DeliveryRules | None = None) -> bool:
+    """Whether ``name`` may be a receipt file (markers and ignored names never are)."""
+    if name.startswith(".") or name.lower().endswith(IN_PROGRESS_SUFFIXES):
+        return False
+    return rules is None or not (rules.is_marker(name) or rules.is_ignored(name))
 
 
 def scan_inbox(
-    terminal: Terminal, *, stability_seconds: float, now: float | None = None
+    terminal: Terminal, *, stability_seconds: float | None = None, now: float | None = None
 ) -> InboxScan:
-    """List the inbox, oldest first, split into ready and still-settling files."""
+    """List the inbox, oldest first, split into ready and still-settling files, by the
+    terminal's delivery rules (``stability_seconds`` overrides its stability window)."""
+    rules = terminal.delivery
+    stability = rules.stability_seconds if stability_seconds is None else stability_seconds
     now = time.time() if now is None else now
-    ready: list[InboxFile] = []
-    settling: list[InboxFile] = []
+    files: list[InboxFile] = []
+    markers: dict[str, InboxFile] = {}
     with os.scandir(terminal.inbox) as entries:
         for entry in entries:
             if entry.name.startswith(CLAIM_PREFIX):
                 _restore_stale_claim(Path(entry.path), now)
                 continue
-            if not is_candidate(entry.name):
+            if not is_candidate(entry.name) or rules.is_ignored(entry.name):
                 continue
             try:
                 if not entry.is_file(follow_symlinks=False):
@@ -75,17 +87,138 @@ def scan_inbox(
             except FileNotFoundError:
                 continue  # taken by a concurrent run between listing and stat
             item = InboxFile(Path(entry.path), stat.st_size, stat.st_mtime_ns, stat.st_ino)
-            age = now - stat.st_mtime_ns / 1e9
-            (ready if age >= stability_seconds else settling).append(item)
+            (markers if rules.is_marker(entry.name) else {})[entry.name] = item
+            if not rules.is_marker(entry.name):
+                files.append(item)
+    if rules.ready_marker:
+        ready, settling = _split_by_ready_markers(files, markers, rules.ready_marker, now)
+    elif rules.batch_marker:
+        ready, settling = _split_by_batch_marker(files, markers.get(rules.batch_marker))
+    else:
+        ready, settling = [], []
+        for item in files:
+            age = now - item.mtime_ns / 1e9
+            (ready if age >= stability else settling).append(item)
     ready.sort(key=lambda f: (f.mtime_ns, f.name))
     settling.sort(key=lambda f: (f.mtime_ns, f.name))
     return InboxScan(ready=ready, settling=settling)
 
 
+class SettleWatch:
+    """Readiness by observation, for an inbox whose mtimes cannot be trusted to the split
+    second (a network mount: SFTP keeps whole seconds, a NAS keeps its own clock): a file is
+    ready once listings at least ``stability_seconds`` apart saw it the same size and mtime."""
+
+    def __init__(self) -> None:
+        self._since: dict[str, tuple[str, float]] = {}  # name -> (signature, first seen)
+
+    def split(self, scan: InboxScan, stability_seconds: float, now: float) -> InboxScan:
+        """``now``: a monotonic clock."""
+        ready: list[InboxFile] = []
+        settling: list[InboxFile] = []
+        seen: dict[str, tuple[str, float]] = {}
+        for item in sorted(scan.ready + scan.settling, key=lambda f: (f.mtime_ns, f.name)):
+            signature, since = self._since.get(item.name, (item.signature, now))
+            if signature != item.signature:
+                since = now  # changed since the last listing: still being written
+            seen[item.name] = (item.signature, since)
+            (ready if now - since >= stability_seconds else settling).append(item)
+        self._since = seen  # only what the inbox holds now: bounded
+        return InboxScan(ready=ready, settling=settling)
+
+
+class InboxNotAnswering(OSError):
+    """Listing the inbox did not finish in time (a share that hangs)."""
+
+
+_listings: dict[str, tuple[float, threading.Thread]] = {}  # inbox -> (since, its listing)
+_listings_lock = threading.Lock()
+
+
+def scan_inbox_within(terminal: Terminal, timeout: float, *, now: float | None = None) -> InboxScan:
+    """``scan_inbox`` that gives up after ``timeout`` seconds: a listing stuck on a hung share
+    cannot be interrupted, so it is left to end on its thread, and no second listing of that
+    inbox starts while it lasts (a hung inbox holds one thread, never one per attempt)."""
+    key = str(terminal.inbox)
+    outcome: dict[str, object] = {}
+    done = threading.Event()
+
+    def listing() -> None:
+        try:
+            outcome["scan"] = scan_inbox(terminal, now=now)
+        except BaseException as exc:  # handed to the caller
+            outcome["error"] = exc
+        finally:
+            done.set()
+
+    with _listings_lock:
+        pending = _listings.get(key)
+        if pending is not None and pending[1].is_alive():
+            raise InboxNotAnswering(
+                f"{terminal.inbox} has not answered for {time.time() - pending[0]:.0f} s"
+            )
+        thread = threading.Thread(target=listing, name=f"list-{terminal.id}", daemon=True)
+        _listings[key] = (time.time(), thread)
+        thread.start()
+    if not done.wait(timeout):
+        raise InboxNotAnswering(f"{terminal.inbox} did not answer within {timeout:g} s")
+    with _listings_lock:
+        _listings.pop(key, None)
+    if "error" in outcome:
+        raise outcome["error"]  # type: ignore[misc]
+    return outcome["scan"]  # type: ignore[return-value]
+
+
+def _split_by_ready_markers(
+    files: list[InboxFile], markers: dict[str, InboxFile], suffix: str, now: float
+) -> tuple[list[InboxFile], list[InboxFile]]:
+    ready, settling = [], []
+    for item in files:
+        marker = markers.pop(item.name + suffix, None)
+        # A marker older than the file is an earlier delivery's: this one is not done yet.
+        complete = marker is not None and marker.mtime_ns >= item.mtime_ns
+        (ready if complete else settling).append(item)
+    for marker in markers.values():  # its file was handled, or never came
+        if now - marker.mtime_ns / 1e9 > STALE_CLAIM_SECONDS:
+            _remove_marker(marker)
+    return ready, settling
+
+
+def _split_by_batch_marker(
+    files: list[InboxFile], marker: InboxFile | None
+) -> tuple[list[InboxFile], list[InboxFile]]:
+    if marker is None:
+        return [], list(files)
+    ready = [f for f in files if f.mtime_ns <= marker.mtime_ns]
+    if not ready:
+        _remove_marker(marker)  # every file it announced is handled: the next batch needs its own
+    return ready, [f for f in files if f.mtime_ns > marker.mtime_ns]
+
+
+def _remove_marker(marker: InboxFile) -> None:
+    """Remove a consumed marker, unless the till has just written it again."""
+    claimed = take(marker)
+    if claimed is not None:
+        claimed.unlink(missing_ok=True)
+
+
+def release_ready_marker(terminal: Terminal, name: str) -> None:
+    """A handled file's ``<name>.ok`` goes with it: the next file of that name needs its own."""
+    if terminal.delivery.ready_marker:
+        (terminal.inbox / f"{name}{terminal.delivery.ready_marker}").unlink(missing_ok=True)
+
+
+def mark_ready(terminal: Terminal, name: str) -> None:
+    """Say a file put back by an operator is complete, as its till would have."""
+    if terminal.delivery.ready_marker:
+        (terminal.inbox / f"{name}{terminal.delivery.ready_marker}").touch()
+
+
 def inbox_path(terminal: Terminal, name: str) -> Path:
     """The inbox path of a file name given to a run (its config can be edited in the UI):
     a plain name only, so nothing can reach outside the terminal's inbox."""
-    if not name or name in (".", "..") or any(c in name for c in "/\\\0") or not is_candidate(name):
+    bad = not name or name in (".", "..") or any(c in name for c in "/\\\0")
+    if bad or not is_candidate(name, terminal.delivery):
         raise ValueError(f"{name!r} is not a receipt file name in {terminal.id}'s inbox")
     path = terminal.inbox / name
     if path.is_symlink():
@@ -153,7 +286,9 @@ def archive_file(terminal: Terminal, version: InboxFile, business_day: date) -> 
     claimed = take(version)
     if claimed is None:
         return None
-    return move_unique(claimed, terminal.archive_dir(business_day), name=version.name)
+    archived = move_unique(claimed, terminal.archive_dir(business_day), name=version.name)
+    release_ready_marker(terminal, version.name)
+    return archived
 
 
 def archived_files(terminal: Terminal, business_day: date) -> list[Path]:
@@ -191,7 +326,7 @@ def plan_batches(
     day_of: Callable[[InboxFile], date],
     *,
     attempt: int = 0,
-    max_files_per_run: int = 500,
+    max_files_per_run: int = MAX_FILES_PER_RUN,
 ) -> list[PlannedBatch]:
     """Group ready files into at most one batch per business day (more only past the cap)."""
     by_day: dict[date, list[InboxFile]] = {}

@@ -156,11 +156,16 @@ def validate(
     now: datetime | None = None,
     check_age: bool = True,
     spec: DatSpec | None = None,
+    incomplete_grace_seconds: float = 0.0,
 ) -> ValidationReport:
     """pandera's rules, then (with ``spec``) that the receipt renders under its .dat layout.
 
     A receipt the billing layout cannot hold (a number wider than its field) is rejected here,
     before it is accepted: never a receipt in the ledger without its .dat file.
+
+    ``incomplete_grace_seconds``: a CSV file that fails and changed more recently than this is
+    left in the inbox (``deferred``), not quarantined. A CSV cut at a row boundary parses, and
+    fails its total only because its writer is still appending rows.
     """
     report = validate_batch(
         batch.receipts,
@@ -184,11 +189,25 @@ def validate(
                 renderable.append(receipt)
         report.valid = renderable
     if quarantine:
+        growing = [
+            (receipt, problems)
+            for receipt, problems in report.invalid
+            if _may_still_grow(terminal, batch.file_of(receipt), incomplete_grace_seconds)
+        ]
+        for receipt, _ in growing:
+            batch.deferred.append(batch.file_of(receipt).name)
+        left = {id(receipt) for receipt, _ in growing}
+        report.invalid = [entry for entry in report.invalid if id(entry[0]) not in left]
         for receipt, problems in report.invalid:
             batch.quarantine(
                 terminal, batch.file_of(receipt), problems, stage="validation", receipt=receipt
             )
     return report
+
+
+def _may_still_grow(terminal: Terminal, version: inbox.InboxFile, grace: float) -> bool:
+    appends_rows = terminal.mapping is not None and terminal.mapping.kind == "csv"
+    return appends_rows and time.time() - version.mtime_ns / 1e9 < grace
 
 
 def _dat_problem(
@@ -365,7 +384,15 @@ def process_batch(
     move = not from_archive
     grace = config.incomplete_grace_seconds if move else 0.0
     batch = read_batch(terminal, paths, quarantine=move, incomplete_grace_seconds=grace, day=day)
-    report = validate(config, terminal, batch, quarantine=move, check_age=move, spec=spec)
+    report = validate(
+        config,
+        terminal,
+        batch,
+        quarantine=move,
+        check_age=move,
+        spec=spec,
+        incomplete_grace_seconds=grace,
+    )
     if move:
         acceptance = accept(ledger, terminal, batch, report.valid, run_id=run_id)
     else:

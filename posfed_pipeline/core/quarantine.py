@@ -25,12 +25,13 @@ from posfed_pipeline.core.config import Terminal
 from posfed_pipeline.core.fsutil import (
     ContentConflict,
     fsync_dir,
+    link_no_clobber,
     move_unique,
     unique_destination,
     write_atomic,
     write_once,
 )
-from posfed_pipeline.core.inbox import InboxFile, take
+from posfed_pipeline.core.inbox import InboxFile, mark_ready, release_ready_marker, take
 from posfed_pipeline.core.receipt import Problem, Receipt
 
 REPORT_SUFFIX = ".error.json"
@@ -91,13 +92,12 @@ def quarantine_file(
                 continue  # an identical report is another file's: pick the next name
         except ContentConflict:
             continue  # another report took the name meanwhile: pick the next one
-        try:
-            os.link(claimed, target)  # never over another quarantined file
-        except FileExistsError:
+        if not link_no_clobber(claimed, target):  # never over another quarantined file
             report_path(target).unlink()
             continue
         break
     claimed.unlink()
+    release_ready_marker(terminal, version.name)
     fsync_dir(terminal.quarantine)
     _record(terminal, {"event": "quarantined", **report})
     return target
@@ -177,6 +177,7 @@ def retry(terminal: Terminal, name: str, *, by: str = "") -> Path:
     # A new version (mtime now): launchers remember the old one as handled.
     os.utime(entry.path)
     back = move_unique(entry.path, terminal.inbox, name=original)
+    mark_ready(terminal, back.name)  # a till that sends "<name>.ok" markers: as it would
     _record(
         terminal,
         {

@@ -6,7 +6,9 @@ store's claim table; a version is claimed once, so a file is never launched twic
 launcher sees it first. The sensor is the guaranteed catch-up path: it takes whatever is ready
 and unclaimed, and re-launches files still in the inbox whose run failed (after a delay that
 doubles per attempt) or whose claim never got a run (a launcher crashed in between): nothing is
-lost and no operator has to act. Each tick launches at most one run per (terminal, business day).
+lost and no operator has to act. Each tick launches at most one run per (terminal, business
+day), and at most a run's worth of new files (the oldest): a flooded inbox is worked off run by
+run. An inbox that does not list within 5 s (a hung share) is reported on its own sensor.
 While the trigger is alive (its heartbeat in the claim table), the sensor leaves new files to it
 for ``catchup_grace_seconds`` (10 s), so it never competes with the trigger's batching.
 The cursor keeps, for the UI, which files this sensor launched and under which run key.
@@ -26,6 +28,9 @@ from posfed_pipeline.defs.partitions import terminal_day_key
 from posfed_pipeline.run_tags import TERMINAL_TAG
 
 SENSOR_INTERVAL_SECONDS = 4
+# A tick gives up on an inbox that does not list within this (a hung share): the tick says so,
+# and the sensors of the other terminals, which share the code server's threads, go on.
+LISTING_TIMEOUT_SECONDS = 5.0
 # A claim with no run after this long belongs to a launcher that died before creating it.
 ORPHAN_CLAIM_SECONDS = 30.0
 
@@ -61,9 +66,7 @@ def build_inbox_sensor(config: PosfedConfig, terminal: Terminal, job) -> dg.Sens
     )
     def _inbox_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
         try:
-            scan = inbox.scan_inbox(
-                terminal, stability_seconds=config.stability_seconds, now=time.time()
-            )
+            scan = inbox.scan_inbox_within(terminal, LISTING_TIMEOUT_SECONDS, now=time.time())
         except OSError as exc:
             # This terminal's problem only: say it on its own sensor, keep the cursor.
             return dg.SensorResult(skip_reason=f"inbox {terminal.inbox} unreadable: {exc}")
@@ -80,7 +83,10 @@ def build_inbox_sensor(config: PosfedConfig, terminal: Terminal, job) -> dg.Sens
             # busy terminal's files into its next run: catch up only on what it left behind.
             cutoff_ns = (time.time() - config.catchup_grace_seconds) * 1e9
             unclaimed = [f for f in unclaimed if f.mtime_ns <= cutoff_ns]
-        batches = claims.claim_batches(store, terminal, unclaimed, day_of)
+        # A run's worth per tick, oldest first: a flooded inbox is worked off run by run.
+        batches = claims.claim_batches(
+            store, terminal, unclaimed[: inbox.MAX_FILES_PER_RUN], day_of
+        )
         batches += _relaunch_batches(
             context.instance, name, store, terminal, scan, claimed, config, day_of
         )

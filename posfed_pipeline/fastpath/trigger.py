@@ -8,7 +8,13 @@ creates the very run the terminal's sensor would create (same run key and tags) 
 on the warm workers.
 
 Adaptive batching: while a terminal's run is in flight, its new files wait; when the run
-finishes, one run carries all of them. Under load runs get bigger, not more numerous.
+finishes, one run carries all of them (up to a run's worth of files, oldest first). Under load
+runs get bigger, not more numerous.
+
+Terminals whose inbox is on a network mount (``watch = "poll"``: inotify sees no remote
+writes) are listed every ``poll_interval_seconds`` instead. Each terminal's inbox is listed and
+claimed on a thread of its own, at most one at a time: an inbox of 50,000 files, or one on a
+share that hangs, delays its own terminal and no other.
 
 After receipt runs, the trigger also launches the central database sync (the run its sensor
 would launch), at most one at a time and one every ``[sync] min_interval_seconds`` (3 s), and
@@ -19,9 +25,11 @@ few seconds, and an unreachable one costs the checkout nothing.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import dagster as dg
@@ -42,6 +50,11 @@ from posfed_pipeline.run_tags import TERMINAL_TAG, lane_of
 
 log = logging.getLogger("posfed.fastpath.trigger")
 RESCAN_SECONDS = 0.5  # how often files without a close event are re-checked for stability
+HEARTBEAT_SECONDS = 1.0
+# An inbox that takes long to list (tens of thousands of files) is listed less often, so
+# listing it never costs more than about 1/SLOW_SCAN_FACTOR of a core.
+SLOW_SCAN_FACTOR = 20
+MAX_SCAN_THREADS = 32
 SYNC_LANE = lane_of(sync_run_tags())[0]
 
 
@@ -75,23 +88,39 @@ class InboxTrigger:
         self._sync_wanted = True  # the outbox may hold something from before a restart
         self._sync_in_flight: str | None = None
         self._next_sync_at = 0.0
-        self._by_inbox = {t.inbox.resolve(): t for t in config.terminals}
+        # abspath, not resolve(): resolving stats the path, and an inbox on a share that
+        # hangs would hang the trigger's start.
+        self._by_inbox = {os.path.abspath(t.inbox): t for t in config.terminals}
         self._first_day = config.first_partition_day
         self._cond = threading.Condition()
         self._complete: dict[str, set[str]] = defaultdict(set)  # terminal -> closed file names
         self._dirty: set[str] = set(t.id for t in config.terminals)  # rescan everything at start
         self._in_flight: dict[str, set[str]] = defaultdict(set)  # terminal -> run ids
+        self._scanning: set[str] = set()  # terminals whose inbox is being listed right now
+        self._claimed: list[tuple[Terminal, list[inbox.PlannedBatch]]] = []  # to launch
+        self._next_scan = {t.id: 0.0 for t in config.terminals}
+        self._scan_seconds = {t.id: 0.0 for t in config.terminals}  # the last listing took
+        self._settle = {
+            t.id: inbox.SettleWatch() for t in config.terminals if t.delivery.watch == "poll"
+        }
+        self._scanner = ThreadPoolExecutor(
+            max_workers=min(MAX_SCAN_THREADS, len(config.terminals)),
+            thread_name_prefix="inbox-scan",
+        )
         self._stopping = False
         self._observer = Observer()
         self.runs_launched = 0
         self.files_launched = 0
-        self.step_seconds: list[tuple[float, float]] = []  # (create run, launch run) per run
+        # (create run, launch run) of the latest runs, for `posfed bench`.
+        self.step_seconds: deque[tuple[float, float]] = deque(maxlen=10_000)
 
     # --- life cycle ---------------------------------------------------------------------------
 
     def start(self) -> None:
         handler = _InboxEvents(self)
-        for folder in self._by_inbox:
+        for folder, terminal in self._by_inbox.items():
+            if terminal.delivery.watch != "events":
+                continue  # listed every poll interval instead
             try:
                 self._observer.schedule(handler, str(folder), recursive=False)
             except OSError as exc:
@@ -106,12 +135,19 @@ class InboxTrigger:
             self._cond.notify_all()
         self._observer.stop()
         self._observer.join(timeout=5)
+        # A listing stuck on a hung share cannot be interrupted; its thread is left to end.
+        self._scanner.shutdown(wait=False, cancel_futures=True)
 
     # --- events -------------------------------------------------------------------------------
 
     def file_complete(self, path: Path) -> None:
-        terminal = self._by_inbox.get(path.parent.resolve())
-        if terminal is None or not inbox.is_candidate(path.name):
+        terminal = self._by_inbox.get(os.path.dirname(os.path.abspath(path)))
+        if terminal is None or not inbox.is_candidate(path.name, terminal.delivery):
+            # A marker (`<name>.ok`, `endofday.trg`) is no receipt, but says files are ready.
+            if terminal is not None and terminal.delivery.is_marker(path.name):
+                with self._cond:
+                    self._dirty.add(terminal.id)
+                    self._cond.notify_all()
             return
         with self._cond:
             self._complete[terminal.id].add(path.name)
@@ -138,44 +174,85 @@ class InboxTrigger:
     # --- dispatching --------------------------------------------------------------------------
 
     def _dispatch_loop(self) -> None:
-        next_rescan = time.monotonic() + RESCAN_SECONDS
+        next_beat = 0.0
         while True:
             with self._cond:
-                while not self._stopping and not self._ready_terminals():
-                    timeout = next_rescan - time.monotonic()
+                while not self._stopping and not self._work_waiting():
+                    timeout = min(self._next_scan.values()) - time.monotonic()
                     if timeout <= 0:
                         break
                     self._cond.wait(timeout)
                 if self._stopping:
                     return
-                rescan = time.monotonic() >= next_rescan
-                if rescan:
-                    self._dirty.update(t.id for t in self.config.terminals)
-                    next_rescan = time.monotonic() + RESCAN_SECONDS
-                ready = self._ready_terminals()
-                self._dirty -= set(ready)
-            if rescan:
+                now = time.monotonic()
+                for terminal_id, due in self._next_scan.items():
+                    if now >= due:
+                        self._dirty.add(terminal_id)
+                        self._next_scan[terminal_id] = now + self._scan_interval(terminal_id)
+                to_scan = self._ready_terminals()
+                self._dirty -= set(to_scan)
+                self._scanning |= set(to_scan)
+                claimed, self._claimed = self._claimed, []
+            if now >= next_beat:
                 # Tells the sensors the trigger is alive, so they leave fresh files to it.
                 self.claims.beat()
-            # Claim every ready terminal's files first (milliseconds each), then create the runs
-            # (~50-100 ms each): in a burst the sensor's next tick finds the files taken instead
-            # of claiming some itself and sending them the slow way, through the run queue.
-            claimed = []
-            for terminal_id in ready:
-                try:
-                    terminal = self.config.terminal(terminal_id)
-                    claimed.append((terminal, self._claim_for(terminal)))
-                except Exception:  # one terminal's trouble never stops the others
-                    log.exception("trigger: claiming for %s failed", terminal_id)
+                next_beat = now + HEARTBEAT_SECONDS
+            # Listing and claiming happen on the scan threads (milliseconds each, one thread per
+            # terminal at most); creating runs (~50-100 ms each) here. In a burst, the files are
+            # claimed before the sensor's next tick could take some the slow way.
+            for terminal_id in to_scan:
+                self._start_scan(terminal_id)
             for terminal, batches in claimed:
                 try:
                     self._launch_batches(terminal, batches)
-                except Exception:
+                except Exception:  # one terminal's trouble never stops the others
                     log.exception("trigger: launching for %s failed", terminal.id)
             try:
                 self._maybe_sync()
             except Exception:  # the sensor is the catch-up path for the sync too
                 log.exception("trigger: launching the central database sync failed")
+
+    def _work_waiting(self) -> bool:
+        return bool(self._claimed) or bool(self._ready_terminals())
+
+    def _scan_interval(self, terminal_id: str) -> float:
+        delivery = self.config.terminal(terminal_id).delivery
+        base = delivery.poll_interval_seconds if delivery.watch == "poll" else RESCAN_SECONDS
+        return max(base, SLOW_SCAN_FACTOR * self._scan_seconds[terminal_id])
+
+    def _start_scan(self, terminal_id: str) -> None:
+        terminal = self.config.terminal(terminal_id)
+        try:
+            if self._sensor_run_queued(terminal):
+                # The sensor's catch-up run for this terminal waits in the run queue for the
+                # terminal's slot: let it have the slot first (the rescan looks again), or it
+                # starves behind our runs for as long as files keep arriving.
+                with self._cond:
+                    self._scanning.discard(terminal_id)
+                return
+        except Exception:
+            log.exception("trigger: looking for %s's queued runs failed", terminal_id)
+        self._scanner.submit(self._scan_and_claim, terminal)
+
+    def _scan_and_claim(self, terminal: Terminal) -> None:
+        started = time.monotonic()
+        batches: list[inbox.PlannedBatch] = []
+        settling = False
+        try:
+            batches, settling = self._claim_for(terminal)
+        except Exception:
+            log.exception("trigger: claiming for %s failed", terminal.id)
+        finally:
+            with self._cond:
+                now = time.monotonic()
+                self._scan_seconds[terminal.id] = now - started
+                if settling:  # look again once they may have settled, not a poll later
+                    recheck = now + max(terminal.delivery.stability_seconds, 0.05)
+                    self._next_scan[terminal.id] = min(self._next_scan[terminal.id], recheck)
+                self._scanning.discard(terminal.id)
+                if batches:
+                    self._claimed.append((terminal, batches))
+                self._cond.notify_all()
 
     def _maybe_sync(self) -> None:
         now = time.monotonic()
@@ -226,35 +303,52 @@ class InboxTrigger:
         )
 
     def _ready_terminals(self) -> list[str]:
-        return [t for t in self._dirty if not self._in_flight[t]]
+        return [t for t in self._dirty if not self._in_flight[t] and t not in self._scanning]
 
-    def _claim_for(self, terminal: Terminal) -> list[inbox.PlannedBatch]:
+    def _claim_for(self, terminal: Terminal) -> tuple[list[inbox.PlannedBatch], bool]:
+        """On a scan thread: list the inbox and claim up to one run's worth of its files.
+        Also says whether files are still settling."""
         with self._cond:
             complete = set(self._complete.pop(terminal.id, set()))
-        if self._sensor_run_queued(terminal):
-            # The sensor's catch-up run for this terminal waits in the run queue for the
-            # terminal's slot: let it have the slot first (the rescan looks again), or it starves
-            # behind our runs for as long as files keep arriving.
-            with self._cond:
-                self._complete[terminal.id] |= complete
-            return []
         try:
-            scan = inbox.scan_inbox(terminal, stability_seconds=self.config.stability_seconds)
+            scan = inbox.scan_inbox(terminal)
         except OSError:
-            return []  # an unreadable inbox: its sensor reports it
-        eligible = scan.ready + [f for f in scan.settling if f.name in complete]
-        if not eligible:
-            return []
-        taken = self.claims.claims(terminal.id, [f.signature for f in eligible])
-        fresh = [f for f in eligible if f.signature not in taken]
+            return [], False  # an unreadable inbox: its sensor reports it
+        settle = self._settle.get(terminal.id)
+        if settle is not None and terminal.delivery.closes_mean_complete:
+            stability = terminal.delivery.stability_seconds
+            scan = settle.split(scan, stability, time.monotonic())
+        eligible = scan.ready
+        if terminal.delivery.closes_mean_complete:
+            # A close or rename event is the completeness signal: no stability wait.
+            eligible = sorted(
+                scan.ready + [f for f in scan.settling if f.name in complete],
+                key=lambda f: (f.mtime_ns, f.name),
+            )
+        fresh = self._unclaimed(terminal, eligible, limit=inbox.MAX_FILES_PER_RUN)
         if not fresh:
-            return []
-        return claims.claim_batches(
+            return [], bool(scan.settling)
+        batches = claims.claim_batches(
             self.claims,
             terminal,
-            sorted(fresh, key=lambda f: (f.mtime_ns, f.name)),
+            fresh,
             lambda f: intake.business_day_of_file(f.path, terminal, not_before=self._first_day),
         )
+        return batches, bool(scan.settling)
+
+    def _unclaimed(
+        self, terminal: Terminal, files: list[inbox.InboxFile], *, limit: int
+    ) -> list[inbox.InboxFile]:
+        """The oldest ``limit`` files no launcher has claimed (looked up a chunk at a time:
+        a flooded inbox costs one lookup per run, not one per file waiting)."""
+        fresh: list[inbox.InboxFile] = []
+        for start in range(0, len(files), limit):
+            chunk = files[start : start + limit]
+            taken = self.claims.claims(terminal.id, [f.signature for f in chunk])
+            fresh += [f for f in chunk if f.signature not in taken]
+            if len(fresh) >= limit:
+                return fresh[:limit]
+        return fresh
 
     def _launch_batches(self, terminal: Terminal, batches: list[inbox.PlannedBatch]) -> None:
         for batch in batches:

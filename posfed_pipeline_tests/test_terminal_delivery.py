@@ -1,0 +1,236 @@
+"""Receipts as tills really deliver them: through a real Samba server, a real OpenSSH SFTP
+server, and an inbox on a network mount (sshfs), into the real fast path (trigger + warm run
+workers + Dagster runs).
+
+Every way a till writes (``WRITE_STYLES``: plain; slow, chunks over seconds on one handle;
+pre-sized, zero-filled then written; temp name then rename; written, closed, re-opened and
+appended) must be delivered exactly once, nothing quarantined. Latency is measured by
+``posfed bench --delivery smb|sftp``, not asserted here.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+import time
+from datetime import datetime
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from posfed_pipeline.cli import render_instance_yaml
+from posfed_pipeline.core import store
+from posfed_pipeline.core.config import load_config
+from posfed_pipeline.core.ledger import open_ledger
+from posfed_pipeline.definitions import RECEIPTS_JOB
+from posfed_pipeline.fastpath.service import start_fastpath
+from posfed_pipeline.terminal_servers import (
+    WRITE_STYLES,
+    SambaServer,
+    SftpServer,
+    SshfsMount,
+    chroot_safe_folder,
+    sftp_deliver,
+    smb_deliver,
+)
+from posfed_pipeline_tests.conftest import receipt_doc, write_store_config
+
+pytestmark = pytest.mark.timeout(300)
+
+
+@pytest.fixture
+def store_dir(monkeypatch):
+    """A store whose terminal folders sshd accepts as chroots (root-owned up to /)."""
+    root = chroot_safe_folder("store-")
+    monkeypatch.delenv("POSFED_HOME", raising=False)
+    monkeypatch.delenv("POSFED_DB_URL", raising=False)
+    yield root
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def _open_store(root: Path, monkeypatch, **overrides):
+    config_path = write_store_config(
+        root / "posfed.toml", root / "s", intake={"stability_seconds": 0.3}, **overrides
+    )
+    monkeypatch.setenv("POSFED_CONFIG", str(config_path))
+    dagster_home = root / "dh"
+    render_instance_yaml(dagster_home)
+    monkeypatch.setenv("DAGSTER_HOME", str(dagster_home))
+    config = load_config(config_path)
+    config.ensure_folders()
+    store.upgrade_database(store.make_engine(config.db_url))
+    return config, dagster_home
+
+
+def _doc(receipt_id: str, terminal) -> bytes:
+    now = datetime.now(terminal.timezone).replace(microsecond=0).isoformat()
+    return json.dumps(
+        receipt_doc(receipt_id, terminal.id, terminal.department, timestamp=now), indent=1
+    ).encode()
+
+
+def _dat(config, terminal, receipt_id: str) -> Path:
+    day = datetime.now(terminal.timezone).strftime("%Y%m%d")
+    return config.dat_dir / day / f"scon{terminal.department}{receipt_id}.dat"
+
+
+def _wait(predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    pytest.fail(f"timed out after {timeout}s waiting for {what}")
+
+
+def _assert_each_delivered_once(config, sent: dict[str, list[str]]) -> None:
+    """Every receipt: accepted once, one .dat, its file archived once; nothing quarantined or
+    left over; every run a success. (A file a run found still being written is left in the
+    inbox and carried again by a later run: runs may share a file, receipts are never doubled.)
+    """
+    instance = dg.DagsterInstance.get()
+    _wait(lambda: all(r.is_finished for r in instance.get_runs()), 60, "every run to finish")
+    runs = [r for r in instance.get_runs() if r.job_name == RECEIPTS_JOB]
+    assert {r.status for r in runs} == {dg.DagsterRunStatus.SUCCESS}
+    ledger = open_ledger(config.home)
+    for terminal_id, receipt_ids in sent.items():
+        terminal = config.terminal(terminal_id)
+        names = sorted(f"{r}.json" for r in receipt_ids)
+        archived = sorted(p.name for p in terminal.archive_root.rglob("*") if p.is_file())
+        assert archived == names
+        assert not [p for p in terminal.quarantine.rglob("*") if p.is_file()]
+        assert sorted(p.name for p in terminal.inbox.iterdir()) == []
+        day = datetime.now(terminal.timezone).date()
+        accepted = ledger.receipts(terminal_id=terminal_id, business_day=day)
+        assert sorted(r.receipt_id for r in accepted) == sorted(receipt_ids)
+        dats = sorted(p.name for p in (config.dat_dir / f"{day:%Y%m%d}").iterdir())
+        for receipt_id in receipt_ids:
+            assert dats.count(f"scon{terminal.department}{receipt_id}.dat") == 1
+
+
+def test_receipts_written_over_smb_in_every_way_a_till_writes_arrive_once(store_dir, monkeypatch):
+    config, dagster_home = _open_store(store_dir, monkeypatch)
+    shares = {t.id: t.inbox for t in config.terminals}
+    fastpath = start_fastpath(config, dagster_home, workers=2)
+    sent: dict[str, list[str]] = {t.id: [] for t in config.terminals}
+    try:
+        with SambaServer(shares) as samba:
+
+            def till(terminal) -> None:  # one till per terminal, all at once
+                connection: dict = {}
+                for n, style in enumerate(WRITE_STYLES):
+                    receipt_id = f"S{n}{terminal.department}"
+                    smb_deliver(
+                        samba,
+                        terminal.id,
+                        f"{receipt_id}.json",
+                        _doc(receipt_id, terminal),
+                        style,
+                        connection_cache=connection,
+                    )
+                    sent[terminal.id].append(receipt_id)
+
+            failures = []
+
+            def run_till(terminal) -> None:
+                try:
+                    till(terminal)
+                except Exception as exc:
+                    failures.append(f"{terminal.id}: {exc!r}")
+
+            tills = [threading.Thread(target=run_till, args=(t,)) for t in config.terminals]
+            for thread in tills:
+                thread.start()
+            for thread in tills:
+                thread.join(timeout=120)
+            assert not failures
+            _wait(
+                lambda: all(
+                    _dat(config, config.terminal(t), r).exists()
+                    for t, ids in sent.items()
+                    for r in ids
+                ),
+                60,
+                "every .dat file",
+            )
+            _wait(
+                lambda: not any(any(t.inbox.iterdir()) for t in config.terminals),
+                30,
+                "empty inboxes",
+            )
+    finally:
+        fastpath.stop()
+    assert sum(len(ids) for ids in sent.values()) == 2 * len(WRITE_STYLES)
+    _assert_each_delivered_once(config, sent)
+
+
+def test_receipts_uploaded_by_sftp_into_a_chrooted_inbox_arrive_once(store_dir, monkeypatch):
+    config, dagster_home = _open_store(store_dir, monkeypatch)
+    terminal = config.terminal("bakery_1")
+    fastpath = start_fastpath(config, dagster_home, workers=2)
+    sent = {terminal.id: []}
+    try:
+        with SftpServer(terminal.folder) as sshd, sshd.client() as sftp:
+            # The till sees its own terminal folder only, and starts in its inbox.
+            assert sftp.normalize(".") == "/inbox"
+            assert "butcher_1" not in sftp.listdir("/")
+            assert sftp.listdir("/..") == sftp.listdir("/")
+            for n, style in enumerate(WRITE_STYLES):
+                receipt_id = f"F{n}"
+                sftp_deliver(sftp, f"{receipt_id}.json", _doc(receipt_id, terminal), style)
+                sent[terminal.id].append(receipt_id)
+            _wait(
+                lambda: all(_dat(config, terminal, r).exists() for r in sent[terminal.id]),
+                60,
+                "every .dat file",
+            )
+            _wait(lambda: not any(terminal.inbox.iterdir()), 30, "an empty inbox")
+    finally:
+        fastpath.stop()
+    _assert_each_delivered_once(config, sent)
+
+
+def test_an_inbox_on_a_network_mount_is_polled_and_delivers(store_dir, monkeypatch):
+    """The inbox is a folder of a file server (here: SFTP) mounted with sshfs. The till writes
+    on the server's side: inotify on the mount sees nothing, so the terminal says
+    ``watch = "poll"``. Its archive stays on the local disk (a copy across file systems)."""
+    nas = store_dir / "nas"  # the file server's folder, chroot-safe
+    (nas / "bakery_1").mkdir(parents=True)
+    nas.chmod(0o755)
+    root = store_dir / "store"
+    root.mkdir()
+    inbox = root / "mnt" / "bakery_1" / "inbox"
+    terminals = [
+        {
+            "id": "bakery_1",
+            "department": "10",
+            "tenant": "Bakkerij",
+            "inbox": str(inbox),
+            "watch": "poll",
+            "poll_interval_seconds": 0.5,
+        },
+        {"id": "butcher_1", "department": "20", "tenant": "Slagerij"},
+    ]
+    with SftpServer(nas, start="/") as sshd, SshfsMount(sshd, "/bakery_1", inbox, port=sshd.port):
+        config, dagster_home = _open_store(root, monkeypatch, terminals=terminals)
+        terminal = config.terminal("bakery_1")
+        assert terminal.delivery.watch == "poll"
+        fastpath = start_fastpath(config, dagster_home, workers=2)
+        try:
+            sent = {terminal.id: []}
+            for n in range(3):
+                receipt_id = f"N{n}"
+                # Written on the server, as a till writing to the NAS would.
+                (nas / "bakery_1" / f"{receipt_id}.json").write_bytes(_doc(receipt_id, terminal))
+                sent[terminal.id].append(receipt_id)
+            _wait(
+                lambda: all(_dat(config, terminal, r).exists() for r in sent[terminal.id]),
+                30,
+                "every .dat file",
+            )
+            _wait(lambda: not any((nas / "bakery_1").iterdir()), 30, "an empty share folder")
+        finally:
+            fastpath.stop()
+        _assert_each_delivered_once(config, sent)
