@@ -42,6 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     _add_spec_and_dat(commands)
     _add_receipt(commands)
     _add_quarantine(commands)
+    _add_status(commands)
     _add_backup(commands)
     _add_bench(commands)
     _add_chaos(commands)
@@ -843,6 +844,62 @@ def _quarantine_discard(args) -> int:
 
 
 # --- backup ---------------------------------------------------------------------------------
+
+
+# --- status -----------------------------------------------------------------------------------
+
+
+def _add_status(commands) -> None:
+    status = commands.add_parser(
+        "status",
+        help="per terminal: last receipt, waiting files, quarantined today, last run, health",
+    )
+    status.add_argument("--json", action="store_true", help="the same facts as JSON")
+    status.add_argument(
+        "--check", action="store_true", help="exit 1 when a terminal needs a look (monitoring)"
+    )
+    status.set_defaults(handler=_status)
+
+
+def _status(args) -> int:
+    from datetime import UTC, datetime
+
+    from posfed_pipeline.core.ledger import open_ledger
+    from posfed_pipeline.core.terminal_health import terminal_health
+    from posfed_pipeline.status import last_run_statuses, print_status
+
+    config = _config(args)
+    ledger = open_ledger(config.home)
+    now = datetime.now(UTC)
+    healths = [terminal_health(t, ledger, now) for t in config.terminals]
+    last_runs = last_run_statuses(config.terminal_ids)
+    if args.json:
+        print(
+            json.dumps(
+                [
+                    {
+                        "terminal": h.terminal_id,
+                        "tenant": h.tenant,
+                        "last_receipt_at": h.last_receipt_at.isoformat()
+                        if h.last_receipt_at
+                        else None,
+                        "waiting_files": h.waiting_files,
+                        "oldest_waiting_seconds": h.oldest_waiting_seconds,
+                        "quarantined_today": h.quarantined_today,
+                        "open_now": h.open_now,
+                        "last_run": last_runs.get(h.terminal_id),
+                        "ok": h.ok,
+                        "problems": list(h.problems),
+                    }
+                    for h in healths
+                ],
+                indent=2,
+                ensure_ascii=False,
+            )
+        )
+    else:
+        print_status(healths, last_runs)
+    return 1 if args.check and not all(h.ok for h in healths) else 0
 
 
 def _add_backup(commands) -> None:

@@ -9,6 +9,7 @@
         central_db_receipts ─▶ tenant_settlements (day)
         dat_files ─▶ archive_retention
     alerts: a failed run, or a central database too far behind ─▶ e-mail / webhook
+    terminal_inboxes: a check per terminal (quiet while open, files waiting, quarantine)
 
 Everything is built from the store's configuration (``posfed.toml`` or ``POSFED_CONFIG``):
 adding a terminal to it adds its sensor and its partitions.
@@ -28,6 +29,7 @@ from posfed_pipeline.defs.central_db import build_central_db_assets, build_sync_
 from posfed_pipeline.defs.partitions import terminal_day_partitions
 from posfed_pipeline.defs.resources import central_db_resource
 from posfed_pipeline.defs.sensors import build_inbox_sensor
+from posfed_pipeline.defs.terminal_health import build_terminal_health
 from posfed_pipeline.run_tags import RECEIPTS_JOB
 
 __all__ = ["RECEIPTS_JOB", "build_definitions", "defs"]
@@ -40,6 +42,7 @@ def build_definitions(config: PosfedConfig) -> dg.Definitions:
         + build_central_db_assets(config)
         + build_audit_assets(config, partitions)
     )
+    health_defs, health_sensor = build_terminal_health(config)
     audit_jobs, audit_schedules = build_audit_jobs_and_schedules(config)
     sync_job, sync_sensor = build_sync_job_and_sensor(config)
     receipts_job = dg.define_asset_job(
@@ -50,7 +53,8 @@ def build_definitions(config: PosfedConfig) -> dg.Definitions:
         description="Validate, accept and render one terminal's new receipts for one day.",
     )
     return dg.Definitions(
-        assets=assets,
+        assets=[*assets, health_defs[0]],
+        asset_checks=[health_defs[1]],
         jobs=[receipts_job, sync_job, *audit_jobs],
         schedules=audit_schedules,
         sensors=[
@@ -58,6 +62,7 @@ def build_definitions(config: PosfedConfig) -> dg.Definitions:
             sync_sensor,
             build_late_receipts_sensor(config, audit_jobs),
             *build_alert_sensors(config),
+            health_sensor,
         ],
         # Credentials only ever come from the environment.
         resources={"central_db": central_db_resource(config)},

@@ -51,7 +51,8 @@ def write_store_config(path: Path, home: Path, **overrides) -> Path:
     """The store TOML a user would write, for tests that run posfed's own processes."""
     raw = store_config_dict(home, **overrides)
     lines = []
-    for table in ("store", "paths", "intake", "dat"):
+    tables = [k for k, v in raw.items() if isinstance(v, dict) and k != "mappings"]
+    for table in tables:
         lines.append(f"[{table}]")
         lines += [f"{key} = {json.dumps(value)}" for key, value in raw[table].items()]
     for terminal in raw["terminals"]:

@@ -17,7 +17,7 @@ def test_demo_store_definitions_load_with_one_sensor_per_terminal():
     assert sorted(s.name for s in defs.sensors) == sorted(
         [f"{terminal_id}_inbox_sensor" for terminal_id in config.terminal_ids]
         + ["central_db_sync_sensor", "late_receipts_sensor"]
-        + ["run_failure_alert_sensor", "central_db_lag_alert_sensor"]
+        + ["run_failure_alert_sensor", "central_db_lag_alert_sensor", "terminal_health_sensor"]
     )
     receipts = defs.resolve_job_def(RECEIPTS_JOB)
     assert set(receipts.asset_layer.executable_asset_keys) == {

@@ -44,7 +44,7 @@ class AlertSettings:
 class Alert:
     subject: str
     body: str
-    kind: str  # run_failure | sync_lag | sync_recovered
+    kind: str  # run_failure | sync_lag | sync_recovered | terminal_health
     store_id: str = ""
     details: tuple[tuple[str, str], ...] = ()
 

@@ -74,6 +74,8 @@ _SCHEMA = (
     "CREATE INDEX IF NOT EXISTS delivery_outbox ON delivery (seq) WHERE synced_at IS NULL",
     "CREATE INDEX IF NOT EXISTS delivery_key ON delivery (terminal_id, business_day, receipt_id)",
     "CREATE INDEX IF NOT EXISTS delivery_synced ON delivery (synced_at)",
+    # A terminal's latest receipt (its health check, every minute): a lookup, not a scan.
+    "CREATE INDEX IF NOT EXISTS receipt_accepted ON receipt (terminal_id, accepted_at)",
     """
     CREATE TABLE IF NOT EXISTS sync_state (
         id INTEGER PRIMARY KEY CHECK (id = 1),
@@ -656,6 +658,15 @@ class Ledger:
             params.append(business_day.isoformat())
         rows = self._connect().execute(query + " ORDER BY accepted_at, rowid", params)
         return [from_payload(payload) for (payload,) in rows]
+
+    def last_accepted_at(self, terminal_id: str) -> float | None:
+        """When the terminal's latest receipt was accepted (epoch seconds), if ever."""
+        row = (
+            self._connect()
+            .execute("SELECT MAX(accepted_at) FROM receipt WHERE terminal_id = ?", (terminal_id,))
+            .fetchone()
+        )
+        return row[0] if row else None
 
     def day_state(self, terminal_id: str, business_day: date) -> dict[str, tuple[str, bool]]:
         """receipt id -> (content hash, .dat written?) for one terminal-day."""
