@@ -122,6 +122,11 @@ class BenchSettings:
     outage_at: float = 60.0  # seconds into the run
     outage_kind: str = "partition"  # partition | stop | lock
     catch_up_timeout: float = 600.0  # how long to wait for the central database afterwards
+    delivery: str = "local"  # local | smb | sftp: how the tills write their files
+    # One terminal in trouble, the others measured: "flood" (files waiting in its inbox) or
+    # "hung" (its inbox on a network mount whose server stops answering).
+    isolate: str | None = None
+    flood_files: int = 50_000
 
 
 @dataclass
@@ -199,9 +204,18 @@ class BenchCentral:
             self.cluster.destroy()
 
 
+DELIVERIES = ("local", "smb", "sftp")
+ISOLATIONS = ("flood", "hung")
+
+
 def make_store(
-    root: Path, terminals: int, stability_seconds: float = 0.3, db_url: str | None = None
+    root: Path,
+    terminals: int,
+    stability_seconds: float = 0.3,
+    db_url: str | None = None,
+    extra: dict[str, dict] | None = None,
 ) -> PosfedConfig:
+    """``extra``: more settings of some terminals (terminal id -> settings)."""
     config_path = root / "posfed.toml"
     text = STORE_TOML.format(
         home=root / "state",
@@ -212,6 +226,8 @@ def make_store(
         text += TERMINAL_TOML.format(
             id=terminal_id, department=department, tenant=tenant, prefix=prefix
         )
+        for key, value in (extra or {}).get(terminal_id, {}).items():
+            text += f"{key} = {json.dumps(value)}\n"
     config_path.write_text(text)
     config = load_config(config_path)
     config.ensure_folders()
@@ -480,9 +496,18 @@ class Run:
         self.settings = settings
         self.root = Path(tempfile.mkdtemp(prefix="pfb-", dir="/tmp"))
         self.central = BenchCentral(settings.central)
+        self.servers = contextlib.ExitStack()  # the tills' SMB/SFTP server, a hung share
+        self.hung_proxy: FaultProxy | None = None
         self.config = make_store(
-            self.root, settings.terminals, settings.stability_seconds, self.central.posfed_url
+            self.root,
+            settings.terminals,
+            settings.stability_seconds,
+            self.central.posfed_url,
+            extra=self._hung_share() if settings.isolate == "hung" else None,
         )
+        # The terminal in trouble (the last one) is not driven: the others are measured.
+        self.isolated = self.config.terminals[-1] if settings.isolate else None
+        self.driven = [t for t in self.config.terminals if t is not self.isolated]
         self.central_url = self.central.direct_url or self.config.db_url
         self.outage_window: tuple[float, float] | None = None  # (start, end), time.time()
         self.central_complete_at: float | None = None
@@ -499,7 +524,8 @@ class Run:
         if self.central.posfed_url:
             env["POSFED_DB_URL"] = self.central.posfed_url
         self.processes = Processes(self.root, env)
-        self.simulator = ReceiptSimulator(list(self.config.terminals), seed=settings.seed)
+        self.simulator = ReceiptSimulator(self.driven, seed=settings.seed)
+        self.deliver = self._start_delivery(settings.delivery)
         self.watcher = DatWatcher()
         self.instance = None
         self.pool_queue_max = 0
@@ -507,6 +533,60 @@ class Run:
         self.report: dict = {}
 
     # --- set-up -----------------------------------------------------------------------------
+
+    def _hung_share(self) -> dict[str, dict]:
+        """The last terminal's inbox: a folder of an SFTP server, mounted with sshfs through a
+        fault proxy (partitioned once measuring starts), listed by polling."""
+        from posfed_pipeline.terminal_servers import SftpServer, SshfsMount
+
+        terminal_id = terminal_specs(self.settings.terminals)[-1][0]
+        nas = self.root / "nas" / terminal_id
+        nas.mkdir(parents=True)
+        server = self.servers.enter_context(SftpServer(None, start="/"))
+        self.hung_proxy = self.servers.enter_context(FaultProxy("127.0.0.1", server.port))
+        mount = self.root / "mnt" / terminal_id / "inbox"
+        self.servers.enter_context(SshfsMount(server, str(nas), mount, port=self.hung_proxy.port))
+        return {terminal_id: {"inbox": str(mount), "watch": "poll"}}
+
+    def _start_delivery(self, delivery: str):
+        """How a receipt reaches the inbox: (terminal, name, bytes) -> the moment it was
+        complete (after close, or rename)."""
+        from posfed_pipeline import terminal_servers as ts
+
+        if delivery == "smb":
+            samba = self.servers.enter_context(ts.SambaServer({t.id: t.inbox for t in self.driven}))
+            caches: dict[str, dict] = {}  # one SMB connection per till
+            return lambda t, name, data: ts.smb_deliver(
+                samba, t.id, name, data, "plain", connection_cache=caches.setdefault(t.id, {})
+            )
+        if delivery == "sftp":
+            server = self.servers.enter_context(ts.SftpServer(None, start="/"))
+            sessions: dict[str, object] = {}  # one SFTP session per till
+
+            def upload(terminal: Terminal, name: str, data: bytes) -> float:
+                if terminal.id not in sessions:
+                    sftp = self.servers.enter_context(server.client())
+                    sftp.chdir(str(terminal.inbox))
+                    sessions[terminal.id] = sftp
+                return ts.sftp_deliver(sessions[terminal.id], name, data, "plain")
+
+            return upload
+        return None  # local: write_receipt
+
+    def _trouble(self) -> None:
+        """Put the isolated terminal in trouble, right before measuring."""
+        if self.settings.isolate == "flood":
+            inbox = self.isolated.inbox
+            old = time.time() - 60
+            for n in range(self.settings.flood_files):
+                path = inbox / f"flood{n:06d}.json"
+                receipt = self.simulator.make_receipt(self.isolated)
+                path.write_text(canonical_json(receipt))
+                os.utime(path, (old, old))
+            self._say(f"{self.settings.flood_files} files waiting in {self.isolated.id}'s inbox")
+        elif self.settings.isolate == "hung":
+            self.hung_proxy.partition()
+            self._say(f"{self.isolated.id}'s share stopped answering")
 
     def socket_path(self) -> Path:
         from posfed_pipeline.fastpath import launcher
@@ -551,7 +631,8 @@ class Run:
         # One receipt end to end before measuring: the whole path is up (not counted).
         terminal = self.config.terminals[0]
         receipt = self.simulator.make_receipt(terminal)
-        write_receipt(terminal, receipt)
+        self._send(terminal, receipt)
+        self.watcher = DatWatcher()  # not counted
         warm_dat = (
             self.config.dat_dir / dat.render_receipt(receipt, terminal, self.spec).relative_path
         )
@@ -627,7 +708,11 @@ class Run:
     # --- driving ----------------------------------------------------------------------------
 
     def _send(self, terminal: Terminal, receipt: Receipt) -> None:
-        name, closed = write_receipt(terminal, receipt)
+        if self.deliver is None:
+            name, closed = write_receipt(terminal, receipt)
+        else:
+            name = f"{receipt.receipt_id}.json"
+            closed = self.deliver(terminal, name, canonical_json(receipt).encode("utf-8"))
         rendered = dat.render_receipt(receipt, terminal, self.spec)
         self.watcher.expect(
             Sent(
@@ -651,7 +736,7 @@ class Run:
             self._send(terminal, self.simulator.make_receipt(terminal))
 
     def drive_burst(self) -> None:
-        terminals = list(self.config.terminals)
+        terminals = list(self.driven)
         receipts = [self.simulator.make_receipt(t) for t in terminals]
         barrier = threading.Barrier(len(terminals))
 
@@ -697,6 +782,8 @@ class Run:
         self.watcher.poll()
 
     def measure(self) -> None:
+        if self.settings.isolate:
+            self._trouble()
         self.load_start = os.getloadavg()
         self.cpu_harness_start = time.process_time()
         started = time.monotonic()
@@ -815,6 +902,8 @@ class Run:
             "workers": self.settings.workers if self.mode == "posfed" else None,
             "daemon_nice": self.settings.daemon_nice,
             "stability_seconds": self.settings.stability_seconds,
+            "delivery": self.settings.delivery,
+            "isolated": self._isolated_label(),
             "instance_yaml": str(self.settings.instance_yaml or "") or None,
             "sent": n,
             "dat_files": len(latencies),
@@ -860,6 +949,13 @@ class Run:
                 f"{i.terminal_id}/{i.file_name}" for i in sent if i.dat_at is None
             ][:10]
         return report
+
+    def _isolated_label(self) -> str | None:
+        if self.isolated is None:
+            return None
+        if self.settings.isolate == "flood":
+            return f"{self.isolated.id}: {self.settings.flood_files} files waiting"
+        return f"{self.isolated.id}: its share hangs"
 
     def _sensor_daemon_runs(self) -> set[str]:
         """Runs the sensor daemon launched (its ticks name them); the rest came from the trigger."""
@@ -978,8 +1074,11 @@ class Run:
         finally:
             if self.instance is not None:
                 self.instance.dispose()
+            if self.hung_proxy is not None:
+                self.hung_proxy.heal()  # let the mount answer again, so it unmounts
             final = self.processes.stop()
             _set_subreaper(False)
+            self.servers.close()
             self.central.close()
             if not self.settings.keep:
                 shutil.rmtree(self.root, ignore_errors=True)
@@ -1029,6 +1128,8 @@ def format_reports(reports: list[dict]) -> str:
             ],
         ),
         ("terminals", [_fmt(r["terminals"]) for r in reports]),
+        ("delivery", [r.get("delivery", "local") for r in reports]),
+        ("terminal in trouble", [r.get("isolated") or "-" for r in reports]),
         (
             "settings",
             [
@@ -1181,6 +1282,9 @@ def main(args) -> int:
     if not args.burst and (args.rate <= 0 or args.duration <= 0):
         print("posfed bench: --rate and --duration must be positive", file=sys.stderr)
         return 2
+    if args.isolate and args.terminals < 2:
+        print("posfed bench: --isolate needs at least 2 terminals", file=sys.stderr)
+        return 2
     if args.terminals < 1 or args.workers < 1:
         print("posfed bench: --terminals and --workers must be at least 1", file=sys.stderr)
         return 2
@@ -1202,6 +1306,9 @@ def main(args) -> int:
         outage=args.outage,
         outage_at=args.outage_at,
         outage_kind=args.outage_kind,
+        delivery=args.delivery,
+        isolate=args.isolate,
+        flood_files=args.flood_files,
     )
     # A service manager's (or `timeout`'s) SIGTERM stops the benchmark as cleanly as Ctrl-C.
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
@@ -1269,6 +1376,23 @@ def add_arguments(parser) -> None:
         help="posfed mode: this Dagster instance profile instead of deploy/dagster.dev.yaml",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress line")
+    parser.add_argument(
+        "--delivery",
+        choices=DELIVERIES,
+        default="local",
+        help="how the tills write: local files, through a real Samba server (smb), or "
+        "uploads to a real OpenSSH SFTP server (sftp)",
+    )
+    parser.add_argument(
+        "--isolate",
+        choices=ISOLATIONS,
+        help="put the last terminal in trouble and measure the others: flood (files waiting "
+        "in its inbox, --flood-files) or hung (its inbox on an sshfs mount whose server stops "
+        "answering)",
+    )
+    parser.add_argument(
+        "--flood-files", type=int, default=50_000, help="files for --isolate flood (50000)"
+    )
     parser.add_argument(
         "--central",
         choices=["sqlite", "postgres"],

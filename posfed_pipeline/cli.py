@@ -718,9 +718,9 @@ def _receipt_validate(args) -> int:
 
 def _terminal_of_file(config: PosfedConfig, path: Path) -> str | None:
     """The terminal folder a file sits in (inbox, archive, quarantine), else its terminalId."""
-    resolved = path.resolve()
+    places = {Path(os.path.abspath(path)), path.resolve()}  # as written, and through links
     for terminal in config.terminals:
-        if resolved.is_relative_to(terminal.folder):
+        if any(place.is_relative_to(terminal.folder) for place in places):
             return terminal.id
     try:
         data = path.read_bytes()[: intake.MAX_FILE_BYTES]

@@ -208,9 +208,10 @@ def chroot_safe_folder(prefix: str = "posfed-sftp-") -> Path:
 
 class SftpServer:
     """``sshd`` on 127.0.0.1 and a free port: key login for ``user``, ``internal-sftp`` only,
-    chrooted to ``chroot`` and started in its ``start`` folder (the terminal's inbox)."""
+    chrooted to ``chroot`` (None: no chroot, for a benchmark's temp store) and started in its
+    ``start`` folder (the terminal's inbox)."""
 
-    def __init__(self, chroot: Path, *, start: str = "/inbox", user: str | None = None):
+    def __init__(self, chroot: Path | None, *, start: str = "/inbox", user: str | None = None):
         self.chroot = chroot
         self.start = start
         self.user = user or _current_user()
@@ -244,8 +245,8 @@ class SftpServer:
             "StrictModes no\n"
             "Subsystem sftp internal-sftp\n"
             f"Match User {self.user}\n"
-            f"  ChrootDirectory {self.chroot}\n"
-            f"  ForceCommand internal-sftp -d {self.start}\n"
+            + (f"  ChrootDirectory {self.chroot}\n" if self.chroot else "")
+            + f"  ForceCommand internal-sftp -d {self.start}\n"
             "  AllowTcpForwarding no\n"
             "  X11Forwarding no\n"
         )
@@ -325,8 +326,19 @@ class SshfsMount:
     """``remote`` (a path as the SFTP user sees it) mounted at ``mountpoint`` with sshfs,
     caches off (a poller must see the server's listing, not a copy), through ``port``."""
 
-    def __init__(self, server: SftpServer, remote: str, mountpoint: Path, *, port: int):
+    def __init__(
+        self,
+        server: SftpServer,
+        remote: str,
+        mountpoint: Path,
+        *,
+        port: int,
+        give_up_after: int = 15,
+    ):
+        """``give_up_after``: seconds of silence before sshfs declares the server gone (until
+        then, every access to the mount hangs)."""
         self.server, self.remote, self.mountpoint, self.port = server, remote, mountpoint, port
+        self.give_up_after = give_up_after
 
     def __enter__(self) -> SshfsMount:
         self.mountpoint.mkdir(parents=True, exist_ok=True)
@@ -338,7 +350,7 @@ class SshfsMount:
                 "cache=no",
                 "dir_cache=no",
                 "ServerAliveInterval=5",
-                "ServerAliveCountMax=3",
+                f"ServerAliveCountMax={max(1, self.give_up_after // 5)}",
             ]
         )
         subprocess.run(

@@ -24,8 +24,10 @@ from posfed_pipeline.cli import render_instance_yaml
 from posfed_pipeline.core import store
 from posfed_pipeline.core.config import load_config
 from posfed_pipeline.core.ledger import open_ledger
-from posfed_pipeline.definitions import RECEIPTS_JOB
+from posfed_pipeline.definitions import RECEIPTS_JOB, build_definitions
+from posfed_pipeline.defs.sensors import LISTING_TIMEOUT_SECONDS, inbox_sensor_name
 from posfed_pipeline.fastpath.service import start_fastpath
+from posfed_pipeline.faults import FaultProxy
 from posfed_pipeline.terminal_servers import (
     WRITE_STYLES,
     SambaServer,
@@ -234,3 +236,56 @@ def test_an_inbox_on_a_network_mount_is_polled_and_delivers(store_dir, monkeypat
         finally:
             fastpath.stop()
         _assert_each_delivered_once(config, sent)
+
+
+def test_a_share_that_hangs_holds_up_its_own_terminal_only(store_dir, monkeypatch):
+    """bakery_1's inbox is a mounted share whose server stops answering (the link drops every
+    packet: no reset, so every access to the mount hangs). While a listing of it is still
+    hanging, butcher_1's receipts are delivered, and bakery_1's sensor says what is wrong
+    instead of holding the code server's threads."""
+    nas = store_dir / "nas"
+    (nas / "bakery_1").mkdir(parents=True)
+    root = store_dir / "store"
+    root.mkdir()
+    mount = root / "mnt" / "bakery_1" / "inbox"
+    terminals = [
+        {"id": "bakery_1", "department": "10", "inbox": str(mount), "watch": "poll"},
+        {"id": "butcher_1", "department": "20"},
+    ]
+    with (
+        SftpServer(None, start="/") as sshd,
+        FaultProxy("127.0.0.1", sshd.port) as link,
+        SshfsMount(sshd, str(nas / "bakery_1"), mount, port=link.port, give_up_after=120),
+    ):
+        config, dagster_home = _open_store(root, monkeypatch, terminals=terminals)
+        bakery, butcher = config.terminal("bakery_1"), config.terminal("butcher_1")
+        fastpath = start_fastpath(config, dagster_home, workers=2)
+        try:
+            (nas / "bakery_1" / "H0.json").write_bytes(_doc("H0", bakery))
+            _wait(lambda: _dat(config, bakery, "H0").exists(), 30, "the share's first receipt")
+
+            link.partition()
+            listing = threading.Thread(target=lambda: list(mount.iterdir()), daemon=True)
+            listing.start()
+            for n in range(3):
+                (butcher.inbox / f"L{n}.json").write_bytes(_doc(f"L{n}", butcher))
+            _wait(
+                lambda: all(_dat(config, butcher, f"L{n}").exists() for n in range(3)),
+                60,
+                "butcher_1's receipts",
+            )
+            assert listing.is_alive(), "the share answered again: the test proved nothing"
+
+            defs = build_definitions(config)
+            sensor = defs.resolve_sensor_def(inbox_sensor_name(bakery))
+            started = time.monotonic()
+            tick = sensor(dg.build_sensor_context(instance=dg.DagsterInstance.get()))
+            assert time.monotonic() - started < LISTING_TIMEOUT_SECONDS + 5
+            assert "unreadable" in tick.skip_reason.skip_message
+            assert "answer" in tick.skip_reason.skip_message
+            other = defs.resolve_sensor_def(inbox_sensor_name(butcher))
+            assert other(dg.build_sensor_context(instance=dg.DagsterInstance.get())).skip_reason
+        finally:
+            link.heal()
+            fastpath.stop()
+        _assert_each_delivered_once(config, {"butcher_1": ["L0", "L1", "L2"]})

@@ -708,7 +708,9 @@ def _variable_measure(raw: object, place: str) -> VariableMeasureScheme:
 
 def _resolve(value: str | os.PathLike[str], base: Path) -> Path:
     path = Path(value).expanduser()
-    return (path if path.is_absolute() else base / path).resolve()
+    # abspath, not resolve(): resolving stats every component, and an inbox on a network
+    # share that hangs would hang whoever loads the configuration (every run, every sensor).
+    return Path(os.path.abspath(path if path.is_absolute() else base / path))
 
 
 def _zone(name: str, place: str) -> ZoneInfo:

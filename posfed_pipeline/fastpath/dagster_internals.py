@@ -9,8 +9,10 @@ What is used, and why:
 - ``InProcessCodeLocationOrigin``: the trigger loads the code location once, in its own
   process, under the same location name as workspace.yaml, so the runs it creates carry the
   same repository origin as the sensor daemon's (the daemon matches run keys per origin).
-- ``CodeLocation.get_execution_plan`` and ``DagsterInstance.create_run``: what the sensor
-  daemon does to create a sensor run (dagster/_daemon/sensor.py, ``_create_sensor_run``).
+- ``create_execution_plan`` + ``snapshot_from_execution_plan`` (what
+  ``CodeLocation.get_execution_plan`` does, from a job definition the factory keeps) and
+  ``DagsterInstance.create_run``: what the sensor daemon does to create a sensor run
+  (dagster/_daemon/sensor.py, ``_create_sensor_run``).
 - ``recon_job_from_origin`` and ``execute_run``: what a run worker process does with a run id.
 - The SQLite run, event-log and schedule storages, subclassed to keep one connection pool per
   process: Dagster's own open a new engine and connection for every query (about 65 per run),
@@ -30,9 +32,11 @@ from pathlib import Path
 import dagster as dg
 import sqlalchemy as sa
 from dagster._core.definitions.run_request import RunRequest
-from dagster._core.execution.api import execute_run
+from dagster._core.execution.api import create_execution_plan, execute_run
 from dagster._core.remote_origin import InProcessCodeLocationOrigin
 from dagster._core.remote_representation.code_location import CodeLocation
+from dagster._core.remote_representation.external import RemoteExecutionPlan
+from dagster._core.snap.execution_plan_snapshot import snapshot_from_execution_plan
 from dagster._core.storage.event_log.sqlite.consolidated_sqlite_event_log import (
     ConsolidatedSqliteEventLogStorage,
 )
@@ -89,12 +93,20 @@ class SensorStyleRunFactory:
             if request.partition_key is not None
             else request
         )
-        plan = self.code_location.get_execution_plan(
-            self.remote_job,
-            resolved.run_config,
-            step_keys_to_execute=None,
-            known_state=None,
-            instance=self.instance,
+        # From this factory's own job definition, as the code location would from its
+        # reconstructable job. Not through the code location: ReconstructableJob caches one
+        # job definition process-wide (lru_cache(maxsize=1)), so a receipts run after a sync
+        # run rebuilt every definition, configuration included (~0.1 s, and a stat of every
+        # inbox: an inbox on a hung share hung the trigger).
+        plan = RemoteExecutionPlan(
+            execution_plan_snapshot=snapshot_from_execution_plan(
+                create_execution_plan(
+                    self.job_def,
+                    run_config=resolved.run_config,
+                    instance_ref=self.instance.get_ref() if self.instance.is_persistent else None,
+                ),
+                self.remote_job.identifying_job_snapshot_id,
+            )
         )
         tags = {
             **(self.remote_job.run_tags or {}),
