@@ -127,6 +127,7 @@ class BenchSettings:
     # "hung" (its inbox on a network mount whose server stops answering).
     isolate: str | None = None
     flood_files: int = 50_000
+    watch: str = "events"  # every terminal's [delivery] watch: "poll" as on a network mount
 
 
 @dataclass
@@ -497,13 +498,25 @@ class Run:
         self.root = Path(tempfile.mkdtemp(prefix="pfb-", dir="/tmp"))
         self.central = BenchCentral(settings.central)
         self.servers = contextlib.ExitStack()  # the tills' SMB/SFTP server, a hung share
+        try:
+            self._prepare(mode, settings)
+        except BaseException:  # nothing started here outlives a failed set-up
+            self.servers.close()
+            self.central.close()
+            shutil.rmtree(self.root, ignore_errors=True)
+            raise
+
+    def _prepare(self, mode: str, settings: BenchSettings) -> None:
         self.hung_proxy: FaultProxy | None = None
+        extra = {t[0]: {"watch": settings.watch} for t in terminal_specs(settings.terminals)}
+        if settings.isolate == "hung":
+            extra.update(self._hung_share())
         self.config = make_store(
             self.root,
             settings.terminals,
             settings.stability_seconds,
             self.central.posfed_url,
-            extra=self._hung_share() if settings.isolate == "hung" else None,
+            extra=extra,
         )
         # The terminal in trouble (the last one) is not driven: the others are measured.
         self.isolated = self.config.terminals[-1] if settings.isolate else None
@@ -545,7 +558,11 @@ class Run:
         server = self.servers.enter_context(SftpServer(None, start="/"))
         self.hung_proxy = self.servers.enter_context(FaultProxy("127.0.0.1", server.port))
         mount = self.root / "mnt" / terminal_id / "inbox"
-        self.servers.enter_context(SshfsMount(server, str(nas), mount, port=self.hung_proxy.port))
+        # It stays hung for the whole run (sshfs would otherwise give up after 15 s and
+        # answer with errors, an easier case).
+        self.servers.enter_context(
+            SshfsMount(server, str(nas), mount, port=self.hung_proxy.port, give_up_after=3600)
+        )
         return {terminal_id: {"inbox": str(mount), "watch": "poll"}}
 
     def _start_delivery(self, delivery: str):
@@ -902,7 +919,8 @@ class Run:
             "workers": self.settings.workers if self.mode == "posfed" else None,
             "daemon_nice": self.settings.daemon_nice,
             "stability_seconds": self.settings.stability_seconds,
-            "delivery": self.settings.delivery,
+            "delivery": self.settings.delivery
+            + (f", watch {self.settings.watch}" if self.settings.watch != "events" else ""),
             "isolated": self._isolated_label(),
             "instance_yaml": str(self.settings.instance_yaml or "") or None,
             "sent": n,
@@ -1309,6 +1327,7 @@ def main(args) -> int:
         delivery=args.delivery,
         isolate=args.isolate,
         flood_files=args.flood_files,
+        watch=args.watch,
     )
     # A service manager's (or `timeout`'s) SIGTERM stops the benchmark as cleanly as Ctrl-C.
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
@@ -1392,6 +1411,13 @@ def add_arguments(parser) -> None:
     )
     parser.add_argument(
         "--flood-files", type=int, default=50_000, help="files for --isolate flood (50000)"
+    )
+    parser.add_argument(
+        "--watch",
+        choices=("events", "poll"),
+        default="events",
+        help='every terminal\'s [delivery] watch: "poll" lists the inboxes, as for inboxes on '
+        "a network mount",
     )
     parser.add_argument(
         "--central",

@@ -75,8 +75,17 @@ class SambaServer:
         self.port = free_port()
         self.root = Path(tempfile.mkdtemp(prefix="posfed-smbd-"))
         self.process: subprocess.Popen | None = None
+        self._log = None
 
     def __enter__(self) -> SambaServer:
+        try:
+            self._start()
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        return self
+
+    def _start(self) -> None:
         folders = {n: self.root / n for n in ("private", "lock", "state", "cache", "pid", "rpc")}
         for folder in folders.values():
             folder.mkdir()
@@ -113,22 +122,20 @@ class SambaServer:
             timeout=30,
         )
         log = self.root / "smbd.out"
+        self._log = log.open("wb")
         self.process = subprocess.Popen(
             [SMBD, "--foreground", "--no-process-group", "-s", str(config), "--debug-stdout"],
-            stdout=log.open("wb"),
+            stdout=self._log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-        try:
-            _wait_for_port(self.port, self.process, log)
-        except BaseException:
-            self.__exit__(None, None, None)
-            raise
-        return self
+        _wait_for_port(self.port, self.process, log)
 
     def __exit__(self, *exc) -> None:
         if self.process is not None:
             _stop(self.process)
+        if self._log is not None:
+            self._log.close()
         shutil.rmtree(self.root, ignore_errors=True)
 
     def unc(self, share: str, name: str = "") -> str:
@@ -219,8 +226,17 @@ class SftpServer:
         self.root = Path(tempfile.mkdtemp(prefix="posfed-sshd-"))
         self.client_key = self.root / "client_key"
         self.process: subprocess.Popen | None = None
+        self._log = None
 
     def __enter__(self) -> SftpServer:
+        try:
+            self._start()
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        return self
+
+    def _start(self) -> None:
         host_key = self.root / "host_key"
         for key in (host_key, self.client_key):
             subprocess.run(
@@ -253,22 +269,20 @@ class SftpServer:
         if os.geteuid() == 0:
             Path("/run/sshd").mkdir(parents=True, exist_ok=True)  # sshd's privilege separation
         log = self.root / "sshd.log"
+        self._log = log.open("wb")
         self.process = subprocess.Popen(
             [SSHD, "-D", "-e", "-f", str(config)],
-            stdout=log.open("wb"),
+            stdout=self._log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-        try:
-            _wait_for_port(self.port, self.process, log)
-        except BaseException:
-            self.__exit__(None, None, None)
-            raise
-        return self
+        _wait_for_port(self.port, self.process, log)
 
     def __exit__(self, *exc) -> None:
         if self.process is not None:
             _stop(self.process)
+        if self._log is not None:
+            self._log.close()
         shutil.rmtree(self.root, ignore_errors=True)
 
     @contextlib.contextmanager

@@ -50,3 +50,43 @@ def test_bench_posfed_small_run_loses_and_duplicates_nothing(tmp_path):
     lines = {line.split("  ")[0]: line.split()[-1] for line in result.stdout.splitlines() if line}
     assert lines["lost"] == "0"
     assert lines["duplicated"] == "0"
+
+
+def test_bench_through_real_servers_with_one_terminal_in_trouble(tmp_path):
+    """The delivery and isolation scenarios run end to end: SMB writes with a flooded inbox,
+    SFTP uploads with a share that hangs. Functional only: the figures are the bench's job."""
+    for delivery, isolate in (("smb", "flood"), ("sftp", "hung")):
+        out = tmp_path / f"{delivery}.json"
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "posfed_pipeline.cli",
+                "bench",
+                "--terminals",
+                "3",
+                "--rate",
+                "2",
+                "--duration",
+                "3",
+                "--delivery",
+                delivery,
+                "--isolate",
+                isolate,
+                "--flood-files",
+                "40",
+                "--quiet",
+                "--json",
+                str(out),
+            ],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=240,
+        )
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        (report,) = json.loads(out.read_text())
+        assert report["delivery"] == delivery
+        assert report["isolated"].startswith(("butcher_1: 40 files", "butcher_1: its share"))
+        assert report["sent"] == 6 and report["lost"] == 0 and report["duplicated"] == 0
+        assert "terminal in trouble" in result.stdout

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import time
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -205,3 +205,49 @@ def test_a_file_moves_across_file_systems_whole_and_without_clobbering(tmp_path)
         for leftover in source_dir.iterdir():
             leftover.unlink()
         source_dir.rmdir()
+
+
+def test_a_new_files_marker_survives_the_old_files_move(tmp_path):
+    """A till re-sends a name while the earlier file of that name is being archived: the new
+    file's marker is the new file's, and stays."""
+    config = store(tmp_path, ready_marker=".ok")
+    terminal = config.terminal("bakery_1")
+    drop_receipt(terminal.inbox, receipt_doc("R1"), age=10)
+    (terminal.inbox / "R1.json.ok").touch()
+    [old] = inbox.scan_inbox(terminal).ready
+    claimed = inbox.take(old)
+    drop_receipt(terminal.inbox, receipt_doc("R1", total="9.99"), age=0)  # the new one...
+    (terminal.inbox / "R1.json.ok").touch()  # ...and its marker, while the old one moves
+    move_unique(claimed, terminal.archive_dir(datetime.now().date()), name="R1.json")
+    inbox.release_ready_marker(terminal, "R1.json")
+    assert names(inbox.scan_inbox(terminal).ready) == ["R1.json"]
+
+
+def test_a_claim_is_judged_stale_by_its_own_time_not_the_file_systems_ctime(tmp_path):
+    config = store(tmp_path)
+    terminal = config.terminal("bakery_1")
+    now_ns = time.time_ns()
+    fresh = terminal.inbox / f"{inbox.CLAIM_PREFIX}1.{now_ns}.R1.json"
+    stale = terminal.inbox / f"{inbox.CLAIM_PREFIX}1.{now_ns - 120 * 10**9}.R2.json"
+    for path in (fresh, stale):
+        path.write_text("{}")
+        os.utime(path, (0, 0))  # as sshfs shows it: an old time, whatever the rename did
+    inbox.scan_inbox(terminal)
+    assert sorted(os.listdir(terminal.inbox)) == sorted([fresh.name, "R2.json"])
+
+
+@pytest.mark.parametrize(
+    "hours, days, weekday_hour, is_open",
+    [
+        ("00:00-24:00", ["mon"], (0, 3), True),  # Monday 03:00: open all day
+        ("22:00-06:00", ["fri"], (4, 23), True),  # Friday 23:00
+        ("22:00-06:00", ["fri"], (5, 2), True),  # Saturday 02:00: still Friday's night
+        ("22:00-06:00", ["fri"], (4, 2), False),  # Friday 02:00: Thursday's night
+    ],
+)
+def test_opening_hours_belong_to_the_day_they_open(tmp_path, hours, days, weekday_hour, is_open):
+    config = store(tmp_path, opening_hours=hours, open_days=days)
+    weekday, hour = weekday_hour
+    monday = datetime(2026, 11, 30, tzinfo=config.timezone)  # a Monday
+    moment = monday + timedelta(days=weekday, hours=hour)
+    assert config.terminal("bakery_1").health.is_open(moment) is is_open

@@ -74,13 +74,19 @@ class HealthRules:
     max_quarantined_per_day: int = 3
 
     def is_open(self, at: datetime) -> bool:
-        if WEEKDAYS[at.weekday()] not in self.open_days:
-            return False
+        """Whether the store is open at ``at`` (local time). Hours past midnight belong to
+        the day the opening began ("22:00-06:00" on a Friday runs into Saturday morning)."""
         if self.opening_hours is None:
-            return True
+            return WEEKDAYS[at.weekday()] in self.open_days
         opens, closes = self.opening_hours
         now = at.time()
-        return opens <= now < closes if opens <= closes else now >= opens or now < closes
+        if opens == closes:  # "00:00-24:00": all day
+            return WEEKDAYS[at.weekday()] in self.open_days
+        if opens < closes:
+            return opens <= now < closes and WEEKDAYS[at.weekday()] in self.open_days
+        if now >= opens:
+            return WEEKDAYS[at.weekday()] in self.open_days
+        return now < closes and WEEKDAYS[(at.weekday() - 1) % 7] in self.open_days
 
 
 def delivery_rules(table: dict, defaults: DeliveryRules) -> DeliveryRules:

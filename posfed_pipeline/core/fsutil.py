@@ -52,41 +52,53 @@ def write_atomic(path: Path, data: bytes) -> None:
 
 def move_unique(source: Path, folder: Path, *, name: str | None = None) -> Path:
     """Move ``source`` into ``folder`` (as ``name``, default its own) without ever overwriting:
-    a clash gets a numbered name, even when another file takes the name meanwhile."""
+    a clash gets a numbered name, even when another file takes the name meanwhile. The new
+    name is on disk before the old one goes."""
     folder.mkdir(parents=True, exist_ok=True)
     while True:
         target = unique_destination(folder, name or source.name)
         try:
             if not link_no_clobber(source, target):
                 continue
-        except OSError:
+        except NoHardLinks:
             # A file system without hard links: rename, with the (tiny) race that leaves.
             os.replace(source, target)
             break
+        fsync_dir(folder)
         source.unlink()
         break
     fsync_dir(folder)
     return target
 
 
+class NoHardLinks(OSError):
+    """The file system cannot hard-link (some FUSE and network file systems)."""
+
+
+_NO_HARD_LINK_ERRORS = {errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS}
+
+
 def link_no_clobber(source: Path, target: Path) -> bool:
     """``target`` becomes ``source``'s content, never over an existing file (False then). A
     hard link; across file systems (an inbox on a network mount, its archive on the local
-    disk) a copy that is on disk before it appears."""
+    disk) a copy that is on disk before it appears. ``NoHardLinks`` where links cannot be made;
+    any other error (a full disk) is raised as it is."""
     try:
         os.link(source, target)
     except FileExistsError:
         return False
     except OSError as exc:
-        if exc.errno != errno.EXDEV:
-            raise
-        return _copy_across(source, target)
+        if exc.errno == errno.EXDEV:
+            return _copy_across(source, target)
+        if exc.errno in _NO_HARD_LINK_ERRORS:
+            raise NoHardLinks(exc.errno, exc.strerror, str(target)) from exc
+        raise
     return True
 
 
 def _copy_across(source: Path, target: Path) -> bool:
-    """Copy ``source`` to ``target`` on another file system, on disk before it appears there;
-    False if ``target`` was taken meanwhile."""
+    """Copy ``source`` to ``target`` on another file system, on disk (data and name) before
+    the caller removes the source; False if ``target`` was taken meanwhile."""
     fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
     tmp = Path(tmp_name)
     try:
@@ -99,6 +111,7 @@ def _copy_across(source: Path, target: Path) -> bool:
             os.link(tmp, target)
         except FileExistsError:
             return False
+        fsync_dir(target.parent)
         return True
     finally:
         tmp.unlink(missing_ok=True)

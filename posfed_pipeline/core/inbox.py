@@ -15,7 +15,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, datetime
 from pathlib import Path
 
@@ -131,42 +131,54 @@ class InboxNotAnswering(OSError):
     """Listing the inbox did not finish in time (a share that hangs)."""
 
 
-_listings: dict[str, tuple[float, threading.Thread]] = {}  # inbox -> (since, its listing)
+@dataclass
+class _Listing:
+    started: float
+    done: threading.Event = field(default_factory=threading.Event)
+    scan: InboxScan | None = None
+    error: BaseException | None = None
+
+
+_listings: dict[str, _Listing] = {}  # inbox -> the listing of it under way
 _listings_lock = threading.Lock()
 
 
 def scan_inbox_within(terminal: Terminal, timeout: float, *, now: float | None = None) -> InboxScan:
-    """``scan_inbox`` that gives up after ``timeout`` seconds: a listing stuck on a hung share
-    cannot be interrupted, so it is left to end on its thread, and no second listing of that
-    inbox starts while it lasts (a hung inbox holds one thread, never one per attempt)."""
+    """``scan_inbox`` that gives up after ``timeout`` seconds. A listing stuck on a hung share
+    cannot be interrupted: it is left to end on its thread, and while it lasts no second
+    listing of that inbox starts (a hung inbox holds one thread, never one per attempt);
+    callers meanwhile wait for it, so two sensors listing one inbox share one listing."""
     key = str(terminal.inbox)
-    outcome: dict[str, object] = {}
-    done = threading.Event()
-
-    def listing() -> None:
-        try:
-            outcome["scan"] = scan_inbox(terminal, now=now)
-        except BaseException as exc:  # handed to the caller
-            outcome["error"] = exc
-        finally:
-            done.set()
-
     with _listings_lock:
-        pending = _listings.get(key)
-        if pending is not None and pending[1].is_alive():
-            raise InboxNotAnswering(
-                f"{terminal.inbox} has not answered for {time.time() - pending[0]:.0f} s"
-            )
-        thread = threading.Thread(target=listing, name=f"list-{terminal.id}", daemon=True)
-        _listings[key] = (time.time(), thread)
-        thread.start()
-    if not done.wait(timeout):
-        raise InboxNotAnswering(f"{terminal.inbox} did not answer within {timeout:g} s")
-    with _listings_lock:
-        _listings.pop(key, None)
-    if "error" in outcome:
-        raise outcome["error"]  # type: ignore[misc]
-    return outcome["scan"]  # type: ignore[return-value]
+        listing = _listings.get(key)
+        if listing is None:
+            listing = _listings[key] = _Listing(time.time())
+            threading.Thread(
+                target=_list_into,
+                args=(key, listing, terminal, now),
+                name=f"list-{terminal.id}",
+                daemon=True,
+            ).start()
+    if not listing.done.wait(timeout):
+        raise InboxNotAnswering(
+            f"{terminal.inbox} has not answered for {time.time() - listing.started:.0f} s"
+        )
+    if listing.error is not None:
+        raise listing.error
+    assert listing.scan is not None
+    return listing.scan
+
+
+def _list_into(key: str, listing: _Listing, terminal: Terminal, now: float | None) -> None:
+    try:
+        listing.scan = scan_inbox(terminal, now=now)
+    except BaseException as exc:  # handed to every waiting caller
+        listing.error = exc
+    finally:
+        with _listings_lock:
+            if _listings.get(key) is listing:
+                del _listings[key]
+        listing.done.set()
 
 
 def _split_by_ready_markers(
@@ -203,9 +215,22 @@ def _remove_marker(marker: InboxFile) -> None:
 
 
 def release_ready_marker(terminal: Terminal, name: str) -> None:
-    """A handled file's ``<name>.ok`` goes with it: the next file of that name needs its own."""
-    if terminal.delivery.ready_marker:
-        (terminal.inbox / f"{name}{terminal.delivery.ready_marker}").unlink(missing_ok=True)
+    """A handled file's ``<name>.ok`` goes with it: the next file of that name needs its own.
+    Kept if the till has meanwhile written that next file and its marker."""
+    suffix = terminal.delivery.ready_marker
+    if not suffix:
+        return
+    marker = terminal.inbox / f"{name}{suffix}"
+    try:
+        marker_mtime = marker.lstat().st_mtime_ns
+    except FileNotFoundError:
+        return
+    try:
+        if marker_mtime >= (terminal.inbox / name).lstat().st_mtime_ns:
+            return  # the marker of a new file under the same name
+    except FileNotFoundError:
+        pass
+    marker.unlink(missing_ok=True)
 
 
 def mark_ready(terminal: Terminal, name: str) -> None:
@@ -258,7 +283,9 @@ def take(version: InboxFile) -> Path | None:
     over a yet newer one) for a run of its own.
     """
     claimed = version.path.with_name(
-        f"{CLAIM_PREFIX}{os.getpid()}.{time.monotonic_ns()}.{version.name}"
+        # The claim's own time in its name: a rename does not refresh every file system's
+        # ctime (sshfs reports the mtime), and a fresh claim must never look stale.
+        f"{CLAIM_PREFIX}{os.getpid()}.{time.time_ns()}.{version.name}"
     )
     try:
         os.rename(version.path, claimed)
@@ -272,11 +299,14 @@ def take(version: InboxFile) -> Path | None:
 
 def _restore_stale_claim(claimed: Path, now: float) -> None:
     try:
-        if now - claimed.lstat().st_ctime < STALE_CLAIM_SECONDS:
+        _, stamp, name = claimed.name.removeprefix(CLAIM_PREFIX).split(".", 2)
+        claimed_at = int(stamp) / 1e9
+        if claimed_at < 1e9:  # an older posfed's claim (a monotonic clock): its ctime
+            claimed_at = claimed.lstat().st_ctime
+        if now - claimed_at < STALE_CLAIM_SECONDS:
             return  # a run is moving it right now
-        name = claimed.name.removeprefix(CLAIM_PREFIX).split(".", 2)[2]
         move_unique(claimed, claimed.parent, name=name)
-    except (FileNotFoundError, IndexError):
+    except (FileNotFoundError, ValueError):
         return
 
 

@@ -96,6 +96,7 @@ def quarantine_file(
             report_path(target).unlink()
             continue
         break
+    fsync_dir(terminal.quarantine)  # the file is in quarantine before it leaves the inbox
     claimed.unlink()
     release_ready_marker(terminal, version.name)
     fsync_dir(terminal.quarantine)

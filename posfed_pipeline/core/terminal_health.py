@@ -51,10 +51,14 @@ def terminal_health(terminal: Terminal, ledger: Ledger, now: datetime) -> Termin
     oldest: float | None = None
     try:
         scan = inbox.scan_inbox_within(terminal, LISTING_TIMEOUT_SECONDS)
-        files = scan.ready + scan.settling
-        waiting = len(files)
-        if files:
-            oldest = max(0.0, now.timestamp() - min(f.mtime_ns for f in files) / 1e9)
+        waiting = len(scan.ready) + len(scan.settling)
+        # With markers, a file may rightly wait for its till's marker all day: only complete
+        # files count as waiting on posfed.
+        judged = (
+            scan.ready if not terminal.delivery.closes_mean_complete else scan.ready + scan.settling
+        )
+        if judged:
+            oldest = max(0.0, now.timestamp() - min(f.mtime_ns for f in judged) / 1e9)
     except OSError as exc:
         problems.append(f"inbox cannot be listed: {exc}")
     if oldest is not None and oldest > rules.max_waiting_minutes * 60:

@@ -59,13 +59,11 @@ def build_terminal_health(config: PosfedConfig) -> tuple[list, dg.SensorDefiniti
         for t in config.terminals
     ]
 
-    def evaluate(terminal: Terminal) -> TerminalHealth:
-        return terminal_health(terminal, open_ledger(config.home), datetime.now(UTC))
-
     @dg.multi_asset_check(specs=specs, name="terminal_health_checks")
     def terminal_health_checks():
+        ledger = open_ledger(config.home)
         for terminal in config.terminals:
-            health = evaluate(terminal)
+            health = terminal_health(terminal, ledger, datetime.now(UTC))
             yield dg.AssetCheckResult(
                 asset_key=TERMINAL_INBOXES,
                 check_name=check_name(terminal),
@@ -86,9 +84,10 @@ def build_terminal_health(config: PosfedConfig) -> tuple[list, dg.SensorDefiniti
         verdicts: dict[str, str] = {}
         events = []
         alerts = []
+        ledger = open_ledger(config.home)  # one per tick: opening one takes the write lock
         for terminal in config.terminals:
             try:
-                health = evaluate(terminal)
+                health = terminal_health(terminal, ledger, datetime.now(UTC))
             except Exception as exc:  # one terminal's trouble never hides the others'
                 context.log.warning(f"{terminal.id}: health not evaluated: {exc}")
                 verdicts[terminal.id] = previous.get(terminal.id, "")

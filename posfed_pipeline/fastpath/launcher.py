@@ -138,17 +138,20 @@ class WarmWorkerRunLauncher(DefaultRunLauncher):
         return True
 
     def check_run_worker_health(self, run: dg.DagsterRun) -> CheckRunHealthResult:
+        # Run monitoring fails a STARTED run on any answer but RUNNING or SUCCESS (UNKNOWN
+        # included), so only a run the pool no longer knows is reported dead.
         if GRPC_INFO_TAG in run.tags:
-            # Launched by the fallback into a code-server process: not ours to judge.
-            return CheckRunHealthResult(WorkerStatus.UNKNOWN, "launched without the warm pool")
+            # Launched by the fallback into a code-server process, which watches it itself
+            # (it fails a run whose process died): not ours to judge.
+            return CheckRunHealthResult(WorkerStatus.RUNNING, "launched without the warm pool")
         if _local_pool is not None:
             status = _local_pool.health(run.run_id)
         else:
             try:
                 reply = ask_pool({"op": "health", "run_id": run.run_id}, self.socket_path)
             except PoolDidNotAnswer:
-                # Busy is not dead: run monitoring asks again on its next poll.
-                return CheckRunHealthResult(WorkerStatus.UNKNOWN, "run-worker pool busy")
+                # Busy is not dead; a run that really hangs meets max_runtime_seconds.
+                return CheckRunHealthResult(WorkerStatus.RUNNING, "run-worker pool busy")
             if reply is None:
                 return CheckRunHealthResult(
                     WorkerStatus.FAILED, f"run-worker pool not reachable at {self.socket_path}"

@@ -26,10 +26,10 @@ from __future__ import annotations
 
 import logging
 import os
+import queue
 import threading
 import time
 from collections import defaultdict, deque
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import dagster as dg
@@ -98,15 +98,18 @@ class InboxTrigger:
         self._in_flight: dict[str, set[str]] = defaultdict(set)  # terminal -> run ids
         self._scanning: set[str] = set()  # terminals whose inbox is being listed right now
         self._claimed: list[tuple[Terminal, list[inbox.PlannedBatch]]] = []  # to launch
+        self._launching: set[str] = set()  # terminals with claimed files not yet in a run
         self._next_scan = {t.id: 0.0 for t in config.terminals}
         self._scan_seconds = {t.id: 0.0 for t in config.terminals}  # the last listing took
         self._settle = {
             t.id: inbox.SettleWatch() for t in config.terminals if t.delivery.watch == "poll"
         }
-        self._scanner = ThreadPoolExecutor(
-            max_workers=min(MAX_SCAN_THREADS, len(config.terminals)),
-            thread_name_prefix="inbox-scan",
-        )
+        # Daemon threads: one stuck on a hung share must not keep the service from exiting.
+        self._scan_queue: queue.SimpleQueue[Terminal | None] = queue.SimpleQueue()
+        self._scan_threads = [
+            threading.Thread(target=self._scan_worker, name=f"inbox-scan-{n}", daemon=True)
+            for n in range(min(MAX_SCAN_THREADS, len(config.terminals)))
+        ]
         self._stopping = False
         self._observer = Observer()
         self.runs_launched = 0
@@ -127,6 +130,8 @@ class InboxTrigger:
                 # One broken inbox must not stop the others; its sensor reports it.
                 log.warning("cannot watch %s: %s", folder, exc)
         self._observer.start()
+        for thread in self._scan_threads:
+            thread.start()
         threading.Thread(target=self._dispatch_loop, name="trigger-dispatch", daemon=True).start()
 
     def stop(self) -> None:
@@ -136,7 +141,8 @@ class InboxTrigger:
         self._observer.stop()
         self._observer.join(timeout=5)
         # A listing stuck on a hung share cannot be interrupted; its thread is left to end.
-        self._scanner.shutdown(wait=False, cancel_futures=True)
+        for _ in self._scan_threads:
+            self._scan_queue.put(None)
 
     # --- events -------------------------------------------------------------------------------
 
@@ -207,6 +213,9 @@ class InboxTrigger:
                     self._launch_batches(terminal, batches)
                 except Exception:  # one terminal's trouble never stops the others
                     log.exception("trigger: launching for %s failed", terminal.id)
+                finally:
+                    with self._cond:
+                        self._launching.discard(terminal.id)
             try:
                 self._maybe_sync()
             except Exception:  # the sensor is the catch-up path for the sync too
@@ -232,7 +241,11 @@ class InboxTrigger:
                 return
         except Exception:
             log.exception("trigger: looking for %s's queued runs failed", terminal_id)
-        self._scanner.submit(self._scan_and_claim, terminal)
+        self._scan_queue.put(terminal)
+
+    def _scan_worker(self) -> None:
+        while (terminal := self._scan_queue.get()) is not None:
+            self._scan_and_claim(terminal)
 
     def _scan_and_claim(self, terminal: Terminal) -> None:
         started = time.monotonic()
@@ -246,11 +259,16 @@ class InboxTrigger:
             with self._cond:
                 now = time.monotonic()
                 self._scan_seconds[terminal.id] = now - started
-                if settling:  # look again once they may have settled, not a poll later
-                    recheck = now + max(terminal.delivery.stability_seconds, 0.05)
+                if settling and terminal.delivery.closes_mean_complete:
+                    # Look again once they may have settled, not a poll later (markers say
+                    # when files are complete: no point in looking sooner for them).
+                    wait = max(terminal.delivery.stability_seconds, 0.05)
+                    recheck = now + max(wait, SLOW_SCAN_FACTOR * self._scan_seconds[terminal.id])
                     self._next_scan[terminal.id] = min(self._next_scan[terminal.id], recheck)
                 self._scanning.discard(terminal.id)
                 if batches:
+                    # Not listed again until these are runs: new files wait for the next run.
+                    self._launching.add(terminal.id)
                     self._claimed.append((terminal, batches))
                 self._cond.notify_all()
 
@@ -303,7 +321,8 @@ class InboxTrigger:
         )
 
     def _ready_terminals(self) -> list[str]:
-        return [t for t in self._dirty if not self._in_flight[t] and t not in self._scanning]
+        busy = self._scanning | self._launching
+        return [t for t in self._dirty if not self._in_flight[t] and t not in busy]
 
     def _claim_for(self, terminal: Terminal) -> tuple[list[inbox.PlannedBatch], bool]:
         """On a scan thread: list the inbox and claim up to one run's worth of its files.
