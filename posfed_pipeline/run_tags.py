@@ -9,6 +9,10 @@ deploy/dagster.*.yaml) and the warm worker pool both honour it.
 TERMINAL_TAG = "posfed/terminal"  # a receipts run: the terminal whose files it carries
 LANE_TAG = "posfed/lane"  # any other serialised run: its lane
 REJECTED_TAG = "posfed/rejected"  # a receipts run that quarantined files: how many
+# A receipts run carrying a backlog (a flooded inbox, a catch-up after an outage): it runs at a
+# lower CPU priority, so the terminals whose cashiers wait for one receipt go first.
+BACKLOG_TAG = "posfed/backlog"
+BACKLOG_FILES = 50  # a run carrying at least this many files is a backlog
 SYNC_LANE = "central_db_sync"
 # Set by Dagster's default launcher on the runs it starts: a hidden tag, hence the dot
 # (dagster._core.storage.tags.GRPC_INFO_TAG; test_fastpath pins it).
@@ -27,10 +31,11 @@ SYNC_ASSETS = frozenset({"central_db_receipts"})
 
 
 def lane_of(tags: dict[str, str]) -> tuple[str | None, bool]:
-    """(lane, background) of a run: a terminal's lane, or a background lane such as the sync."""
+    """(lane, background) of a run: a terminal's lane (in the background for a backlog), or a
+    background lane such as the sync."""
     terminal = tags.get(TERMINAL_TAG)
     if terminal:
-        return terminal, False
+        return terminal, tags.get(BACKLOG_TAG) == "true"
     lane = tags.get(LANE_TAG)
     return (f"lane:{lane}", True) if lane else (None, False)
 

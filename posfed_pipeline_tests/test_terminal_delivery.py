@@ -4,7 +4,8 @@ workers + Dagster runs).
 
 Every way a till writes (``WRITE_STYLES``: plain; slow, chunks over seconds on one handle;
 pre-sized, zero-filled then written; temp name then rename; written, closed, re-opened and
-appended) must be delivered exactly once, nothing quarantined. Latency is measured by
+appended), a test each over SMB and over SFTP, must be delivered exactly once, nothing
+quarantined. Latency is measured by
 ``posfed bench --delivery smb|sftp``, not asserted here.
 """
 
@@ -112,7 +113,9 @@ def _assert_each_delivered_once(config, sent: dict[str, list[str]]) -> None:
             assert dats.count(f"scon{terminal.department}{receipt_id}.dat") == 1
 
 
-def test_receipts_written_over_smb_in_every_way_a_till_writes_arrive_once(store_dir, monkeypatch):
+@pytest.mark.parametrize("style", WRITE_STYLES)
+def test_receipts_written_over_smb_arrive_once(style, store_dir, monkeypatch):
+    """Two tills at once, each writing two receipts through Samba in one way."""
     config, dagster_home = _open_store(store_dir, monkeypatch)
     shares = {t.id: t.inbox for t in config.terminals}
     fastpath = start_fastpath(config, dagster_home, workers=2)
@@ -122,8 +125,8 @@ def test_receipts_written_over_smb_in_every_way_a_till_writes_arrive_once(store_
 
             def till(terminal) -> None:  # one till per terminal, all at once
                 connection: dict = {}
-                for n, style in enumerate(WRITE_STYLES):
-                    receipt_id = f"S{n}{terminal.department}"
+                for n in range(2):
+                    receipt_id = f"S{WRITE_STYLES.index(style)}{n}{terminal.department}"
                     smb_deliver(
                         samba,
                         terminal.id,
@@ -164,11 +167,12 @@ def test_receipts_written_over_smb_in_every_way_a_till_writes_arrive_once(store_
             )
     finally:
         fastpath.stop()
-    assert sum(len(ids) for ids in sent.values()) == 2 * len(WRITE_STYLES)
+    assert sum(len(ids) for ids in sent.values()) == 4
     _assert_each_delivered_once(config, sent)
 
 
-def test_receipts_uploaded_by_sftp_into_a_chrooted_inbox_arrive_once(store_dir, monkeypatch):
+@pytest.mark.parametrize("style", WRITE_STYLES)
+def test_receipts_uploaded_by_sftp_into_a_chrooted_inbox_arrive_once(style, store_dir, monkeypatch):
     config, dagster_home = _open_store(store_dir, monkeypatch)
     terminal = config.terminal("bakery_1")
     fastpath = start_fastpath(config, dagster_home, workers=2)
@@ -179,8 +183,8 @@ def test_receipts_uploaded_by_sftp_into_a_chrooted_inbox_arrive_once(store_dir, 
             assert sftp.normalize(".") == "/inbox"
             assert "butcher_1" not in sftp.listdir("/")
             assert sftp.listdir("/..") == sftp.listdir("/")
-            for n, style in enumerate(WRITE_STYLES):
-                receipt_id = f"F{n}"
+            for n in range(2):
+                receipt_id = f"F{WRITE_STYLES.index(style)}{n}"
                 sftp_deliver(sftp, f"{receipt_id}.json", _doc(receipt_id, terminal), style)
                 sent[terminal.id].append(receipt_id)
             _wait(

@@ -112,6 +112,15 @@ class ClaimStore:
     def claims(self, terminal_id: str, signatures: Iterable[str]) -> dict[str, Claim]:
         return self._taken(self._connect(), terminal_id, list(signatures))
 
+    def claims_of(self, terminal_id: str) -> dict[str, Claim]:
+        """Every claim of a terminal (files in flight, and handled ones for ten minutes): one
+        query, however many files wait in its inbox."""
+        rows = self._connect().execute(
+            "SELECT signature, run_key, attempt, claimed_at FROM claim WHERE terminal_id = ?",
+            (terminal_id,),
+        )
+        return {sig: Claim(sig, key, attempt, at) for sig, key, attempt, at in rows}
+
     def release_absent(
         self, terminal_id: str, present: set[str], *, older_than: float = 600.0
     ) -> int:

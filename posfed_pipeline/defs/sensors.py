@@ -25,7 +25,7 @@ from posfed_pipeline.core import claims, inbox, intake
 from posfed_pipeline.core.config import PosfedConfig, Terminal
 from posfed_pipeline.defs.assets import ReceiptBatchConfig, receipt_op_config
 from posfed_pipeline.defs.partitions import terminal_day_key
-from posfed_pipeline.run_tags import TERMINAL_TAG
+from posfed_pipeline.run_tags import BACKLOG_FILES, BACKLOG_TAG, TERMINAL_TAG
 
 SENSOR_INTERVAL_SECONDS = 4
 # A tick gives up on an inbox that does not list within this (a hung share): the tick says so,
@@ -41,11 +41,14 @@ def inbox_sensor_name(terminal: Terminal) -> str:
 
 def run_request_for(terminal: Terminal, batch: inbox.PlannedBatch) -> dg.RunRequest:
     """The run a batch becomes, identical whichever launcher creates it."""
+    tags = {TERMINAL_TAG: terminal.id}
+    if len(batch.files) >= BACKLOG_FILES:
+        tags[BACKLOG_TAG] = "true"  # the warm pool runs it at a lower CPU priority
     return dg.RunRequest(
         run_key=batch.run_key,
         partition_key=terminal_day_key(terminal.id, batch.business_day),
         run_config=receipt_op_config(ReceiptBatchConfig(files=batch.file_names)),
-        tags={TERMINAL_TAG: terminal.id},
+        tags=tags,
     )
 
 
@@ -75,14 +78,21 @@ def build_inbox_sensor(config: PosfedConfig, terminal: Terminal, job) -> dg.Sens
         def day_of(item: inbox.InboxFile):
             return intake.business_day_of_file(item.path, terminal, not_before=first_day)
 
-        claimed = store.claims(terminal.id, [f.signature for f in scan.ready])
-        unclaimed = [f for f in scan.ready if f.signature not in claimed]
+        every_claim = store.claims_of(terminal.id)
+        claimed = {
+            f.signature: every_claim[f.signature] for f in scan.ready if f.signature in every_claim
+        }
+        unclaimed = [f for f in scan.ready if f.signature not in every_claim]
         trigger_alive = store.alive()
         if trigger_alive:
             # The event-driven trigger is up and takes files within milliseconds, batching a
-            # busy terminal's files into its next run: catch up only on what it left behind.
+            # busy terminal's files into its next run: catch up only on what it left behind,
+            # and not while it works through a backlog of this terminal (its next run takes
+            # the next files).
             cutoff_ns = (time.time() - config.catchup_grace_seconds) * 1e9
             unclaimed = [f for f in unclaimed if f.mtime_ns <= cutoff_ns]
+            if unclaimed and _has_unfinished_run(context.instance, terminal):
+                unclaimed = []
         # A run's worth per tick, oldest first: a flooded inbox is worked off run by run.
         batches = claims.claim_batches(
             store, terminal, unclaimed[: inbox.MAX_FILES_PER_RUN], day_of
@@ -119,6 +129,17 @@ def build_inbox_sensor(config: PosfedConfig, terminal: Terminal, job) -> dg.Sens
         )
 
     return _inbox_sensor
+
+
+def _has_unfinished_run(instance: dg.DagsterInstance, terminal: Terminal) -> bool:
+    unfinished = [
+        dg.DagsterRunStatus.QUEUED,
+        dg.DagsterRunStatus.NOT_STARTED,
+        dg.DagsterRunStatus.STARTING,
+        dg.DagsterRunStatus.STARTED,
+    ]
+    only_its_runs = dg.RunsFilter(tags={TERMINAL_TAG: terminal.id}, statuses=unfinished)
+    return instance.get_runs_count(filters=only_its_runs) > 0
 
 
 def _relaunch_batches(

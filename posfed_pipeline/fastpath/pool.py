@@ -9,7 +9,8 @@ The pool serialises the runs of one lane in submission order (a terminal's, by i
 different lanes in parallel. Background runs have a worker of their own, at a lower CPU
 priority (nice 10): a sync never takes a checkout worker, so one that waits on an unreachable
 central database holds up no terminal, and one that works competes as little as possible with
-the runs a cashier waits for. It answers the run
+the runs a cashier waits for; so does a terminal's backlog (a run of 50 files or more: a
+flooded inbox, a catch-up), so that it never slows the other terminals. It answers the run
 launcher over a local Unix socket (launch, terminate, health), so runs launched from the UI,
 the daemon or the trigger all land on the same workers.
 """
