@@ -12,7 +12,7 @@ REJECTED_TAG = "posfed/rejected"  # a receipts run that quarantined files: how m
 # A receipts run carrying a backlog (a flooded inbox, a catch-up after an outage): it runs at a
 # lower CPU priority, so the terminals whose cashiers wait for one receipt go first.
 BACKLOG_TAG = "posfed/backlog"
-BACKLOG_FILES = 50  # a run carrying at least this many files is a backlog
+BACKLOG_FILES = 20  # a run carrying at least this many files is a backlog
 SYNC_LANE = "central_db_sync"
 # Set by Dagster's default launcher on the runs it starts: a hidden tag, hence the dot
 # (dagster._core.storage.tags.GRPC_INFO_TAG; test_fastpath pins it).

@@ -386,3 +386,37 @@ def test_a_pool_slow_to_answer_never_gets_its_run_launched_a_second_time(tmp_pat
         # What run monitoring does not fail (monitor_started_run: RUNNING or SUCCESS only).
         assert busy.check_run_worker_health(run).status == WorkerStatus.RUNNING
     listener.close()
+
+
+def test_a_backlog_run_waits_while_a_cashiers_receipt_is_processed(tmp_path):
+    """A flooded inbox's runs (posfed/backlog) go to the background worker, and start only
+    while no terminal's ordinary run is running or waiting; a sync run is not held back."""
+    import multiprocessing
+
+    from posfed_pipeline.fastpath.pool import WarmWorkerPool, _Job, _Worker
+    from posfed_pipeline.run_tags import BACKLOG_TAG, TERMINAL_TAG, lane_of
+
+    assert lane_of({TERMINAL_TAG: "coffee_2", BACKLOG_TAG: "true"}) == ("coffee_2", True)
+    assert lane_of({TERMINAL_TAG: "bakery_1"}) == ("bakery_1", False)
+
+    pool = WarmWorkerPool(tmp_path, tmp_path, size=1)
+    pipes = [multiprocessing.Pipe() for _ in range(2)]
+    checkout = _Worker(process=None, conn=pipes[0][0], ready=True)
+    background = _Worker(process=None, conn=pipes[1][0], ready=True, for_background=True)
+    pool._workers = [checkout, background]
+    checkout.run_id, checkout.lane = "cashier-run", "bakery_1"
+    pool._busy_lanes.add("bakery_1")
+    pool._queue.append(_Job("flood-run", "coffee_2", background=True))
+    assert not pool._assign_one()  # the backlog waits for the cashier's run
+
+    pool._queue.append(_Job("sync-run", "lane:central_db_sync", background=True))
+    assert pool._assign_one() and background.run_id == "sync-run"  # a sync does not wait
+    assert pipes[1][1].recv() == "sync-run"
+
+    pool._free(background)
+    pool._free(checkout)
+    pool._queue.append(_Job("next-cashier-run", "butcher_1"))
+    assert pool._assign_one() and checkout.run_id == "next-cashier-run"
+    assert not pool._assign_one()  # still a cashier's run in progress
+    pool._free(checkout)
+    assert pool._assign_one() and background.run_id == "flood-run"

@@ -29,8 +29,9 @@ IN_PROGRESS_SUFFIXES = (".tmp", ".part", ".partial", ".crdownload")
 CLAIM_PREFIX = ".posfed-taking."
 # A claim older than this was left by a run that died mid-move: the file goes back.
 STALE_CLAIM_SECONDS = 60.0
-# One run carries at most this many files; a flooded inbox is worked off a run at a time.
-MAX_FILES_PER_RUN = 500
+# One run carries at most this many files; a flooded inbox is worked off a run at a time, in
+# runs short enough (well under a second) to let any terminal's next receipt through between.
+MAX_FILES_PER_RUN = 100
 
 
 @dataclass(frozen=True)

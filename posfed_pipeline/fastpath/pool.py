@@ -113,6 +113,11 @@ class _Job:
     background: bool = False
     submitted_at: float = field(default_factory=time.monotonic)
 
+    @property
+    def is_backlog(self) -> bool:
+        """A terminal's run sent to the background: many files at once (a flooded inbox)."""
+        return self.background and self.lane is not None and not self.lane.startswith("lane:")
+
 
 class WarmWorkerPool:
     def __init__(
@@ -281,11 +286,21 @@ class WarmWorkerPool:
     def _assign_one(self) -> bool:
         # Without a background worker (background_workers=0) background runs share the others.
         shared = not any(w.for_background for w in self._workers)
+        # A backlog run starts only while no receipt a cashier waits for is being processed or
+        # waiting: its fsyncs and ledger writes would otherwise delay theirs (a lower CPU
+        # priority alone does not order the disk).
+        checkout_busy = any(
+            w.run_id is not None and w.lane is not None and not w.lane.startswith("lane:")
+            for w in self._workers
+            if not w.for_background
+        ) or any(not job.background for job in self._queue)
         for idle in (w for w in self._workers if w.ready and w.run_id is None):
             for job in self._queue:
                 if job.lane is not None and job.lane in self._busy_lanes:
                     continue
                 if job.background != idle.for_background and not (shared and job.background):
+                    continue
+                if job.is_backlog and checkout_busy:
                     continue
                 self._queue.remove(job)
                 idle.run_id, idle.lane = job.run_id, job.lane

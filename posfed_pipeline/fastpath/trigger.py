@@ -8,7 +8,8 @@ creates the very run the terminal's sensor would create (same run key and tags) 
 on the warm workers.
 
 Adaptive batching: while a terminal's run is in flight, its new files wait; when the run
-finishes, one run carries all of them (up to a run's worth of files, oldest first). Under load
+finishes, one run carries all of them (up to a run's worth of files, oldest first; a flooded
+inbox becomes a few runs of 100 at a time, run at a lower priority: posfed/backlog). Under load
 runs get bigger, not more numerous.
 
 Terminals whose inbox is on a network mount (``watch = "poll"``: inotify sees no remote
@@ -55,6 +56,7 @@ HEARTBEAT_SECONDS = 1.0
 # listing it never costs more than about 1/SLOW_SCAN_FACTOR of a core.
 SLOW_SCAN_FACTOR = 20
 MAX_SCAN_THREADS = 32
+RUNS_PER_LISTING = 3
 SYNC_LANE = lane_of(sync_run_tags())[0]
 
 
@@ -208,7 +210,8 @@ class InboxTrigger:
             # claimed before the sensor's next tick could take some the slow way.
             for terminal_id in to_scan:
                 self._start_scan(terminal_id)
-            for terminal, batches in claimed:
+            # A terminal's one new receipt before another's backlog of runs.
+            for terminal, batches in sorted(claimed, key=lambda pair: len(pair[1])):
                 try:
                     self._launch_batches(terminal, batches)
                 except Exception:  # one terminal's trouble never stops the others
@@ -344,7 +347,10 @@ class InboxTrigger:
                 scan.ready + [f for f in scan.settling if f.name in complete],
                 key=lambda f: (f.mtime_ns, f.name),
             )
-        fresh = self._unclaimed(terminal, eligible, limit=inbox.MAX_FILES_PER_RUN)
+        # Up to a few runs' worth: a flooded inbox is listed once per few runs, not per run.
+        fresh = self._unclaimed(
+            terminal, eligible, limit=RUNS_PER_LISTING * inbox.MAX_FILES_PER_RUN
+        )
         if not fresh:
             return [], bool(scan.settling)
         batches = claims.claim_batches(
