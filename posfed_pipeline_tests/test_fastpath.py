@@ -188,8 +188,11 @@ def test_a_killed_run_worker_fails_its_run_and_the_files_are_processed_exactly_o
     try:
         instance = dg.DagsterInstance.get()
         ready = inbox.scan_inbox(terminal, stability_seconds=0).ready
-        [batch] = inbox.plan_batches(
-            terminal, ready, lambda f: intake.business_day_of_file(f.path, terminal)
+        [batch] = inbox.plan_batches(  # one long run, to be killed halfway
+            terminal,
+            ready,
+            lambda f: intake.business_day_of_file(f.path, terminal),
+            max_files_per_run=400,
         )
         code_location = dagster_internals.load_code_location(instance, REPO_ROOT)
         factory = dagster_internals.SensorStyleRunFactory(instance, code_location, RECEIPTS_JOB)
@@ -213,12 +216,13 @@ def test_a_killed_run_worker_fails_its_run_and_the_files_are_processed_exactly_o
 
         # Without operator action, the terminal's sensor launches the rest once more.
         sensor = build_definitions(config).resolve_sensor_def("bakery_1_inbox_sensor")
-        [retry] = sensor(dg.build_sensor_context(instance=instance)).run_requests
-        assert retry.run_key.endswith(":retry1")
-        rerun = factory.create_run(retry, "bakery_1_inbox_sensor")
-        instance.launch_run(rerun.run_id, workspace=None)
-        _wait(lambda: instance.get_run_by_id(rerun.run_id).is_finished, 120, "the retry")
-        assert instance.get_run_by_id(rerun.run_id).status == dg.DagsterRunStatus.SUCCESS
+        retries = sensor(dg.build_sensor_context(instance=instance)).run_requests
+        assert retries and all(r.run_key.endswith(":retry1") for r in retries)
+        for retry in retries:  # a run's worth (100 files) each
+            rerun = factory.create_run(retry, "bakery_1_inbox_sensor")
+            instance.launch_run(rerun.run_id, workspace=None)
+            _wait(lambda r=rerun: instance.get_run_by_id(r.run_id).is_finished, 120, "a retry")
+            assert instance.get_run_by_id(rerun.run_id).status == dg.DagsterRunStatus.SUCCESS
     finally:
         fastpath.stop()
 
