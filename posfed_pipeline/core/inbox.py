@@ -31,7 +31,7 @@ CLAIM_PREFIX = ".posfed-taking."
 STALE_CLAIM_SECONDS = 60.0
 # One run carries at most this many files; a flooded inbox is worked off a run at a time, in
 # runs short enough (well under a second) to let any terminal's next receipt through between.
-MAX_FILES_PER_RUN = 100
+MAX_FILES_PER_RUN = 50
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,8 @@ on the warm workers.
 
 Adaptive batching: while a terminal's run is in flight, its new files wait; when the run
 finishes, one run carries all of them (up to a run's worth of files, oldest first; a flooded
-inbox becomes a few runs of 100 at a time, run at a lower priority: posfed/backlog). Under load
+inbox becomes runs of 50, created one per round between other terminals' runs and run at a
+lower priority, between cashiers' runs: posfed/backlog). Under load
 runs get bigger, not more numerous.
 
 Terminals whose inbox is on a network mount (``watch = "poll"``: inotify sees no remote
@@ -56,7 +57,7 @@ HEARTBEAT_SECONDS = 1.0
 # listing it never costs more than about 1/SLOW_SCAN_FACTOR of a core.
 SLOW_SCAN_FACTOR = 20
 MAX_SCAN_THREADS = 32
-RUNS_PER_LISTING = 3
+RUNS_PER_LISTING = 10
 SYNC_LANE = lane_of(sync_run_tags())[0]
 
 
@@ -210,14 +211,19 @@ class InboxTrigger:
             # claimed before the sensor's next tick could take some the slow way.
             for terminal_id in to_scan:
                 self._start_scan(terminal_id)
-            # A terminal's one new receipt before another's backlog of runs.
-            for terminal, batches in sorted(claimed, key=lambda pair: len(pair[1])):
+            # One run per terminal per round (~20 ms each): a flooded inbox's runs are
+            # created in between other terminals' new receipts, never all at once before them.
+            for terminal, batches in claimed:
+                rest = batches[1:]
                 try:
-                    self._launch_batches(terminal, batches)
+                    self._launch_batches(terminal, batches[:1])
                 except Exception:  # one terminal's trouble never stops the others
                     log.exception("trigger: launching for %s failed", terminal.id)
-                finally:
-                    with self._cond:
+                    rest = []  # its files stay claimed: the sensor relaunches them
+                with self._cond:
+                    if rest:
+                        self._claimed.append((terminal, rest))
+                    else:
                         self._launching.discard(terminal.id)
             try:
                 self._maybe_sync()
