@@ -10,6 +10,7 @@ files are moved, never deleted: to ``archive/YYYYMMDD/`` (business day) when acc
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import threading
@@ -45,7 +46,7 @@ class InboxFile:
     def name(self) -> str:
         return self.path.name
 
-    @property
+    @functools.cached_property  # asked for many times per listing of a big inbox
     def signature(self) -> str:
         """Identifies this version of the file: a re-drop under the same name is a new version."""
         return f"{self.name}:{self.size}:{self.mtime_ns}"

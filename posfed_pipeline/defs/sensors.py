@@ -98,7 +98,16 @@ def build_inbox_sensor(config: PosfedConfig, terminal: Terminal, job) -> dg.Sens
             store, terminal, unclaimed[: inbox.MAX_FILES_PER_RUN], day_of
         )
         batches += _relaunch_batches(
-            context.instance, name, store, terminal, scan, claimed, config, day_of
+            # Lazily: building the instance from its ref costs more than the rest of a quiet
+            # tick, and a quiet tick (no claimed file waiting) needs no run records.
+            lambda: context.instance,
+            name,
+            store,
+            terminal,
+            scan,
+            claimed,
+            config,
+            day_of,
         )
         present = {f.signature for f in scan.ready + scan.settling}
         store.release_absent(terminal.id, present)
@@ -143,7 +152,7 @@ def _has_unfinished_run(instance: dg.DagsterInstance, terminal: Terminal) -> boo
 
 
 def _relaunch_batches(
-    instance: dg.DagsterInstance,
+    instance_of,
     sensor_name: str,
     store: claims.ClaimStore,
     terminal: Terminal,
@@ -171,7 +180,7 @@ def _relaunch_batches(
         if now - max(c.claimed_at for c in key_claims) < too_young:
             continue
         attempt = key_claims[0].attempt
-        records = instance.get_run_records(
+        records = instance_of().get_run_records(
             filters=dg.RunsFilter(
                 tags={"dagster/run_key": run_key, "dagster/sensor_name": sensor_name}
             ),
