@@ -63,12 +63,11 @@ def move_unique(source: Path, folder: Path, *, name: str | None = None) -> Path:
         except NoHardLinks:
             # A file system without hard links: rename, with the (tiny) race that leaves.
             os.replace(source, target)
-            break
+            fsync_dir(folder)
+            return target
         fsync_dir(folder)
         source.unlink()
-        break
-    fsync_dir(folder)
-    return target
+        return target
 
 
 class NoHardLinks(OSError):
@@ -81,8 +80,9 @@ _NO_HARD_LINK_ERRORS = {errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOS
 def link_no_clobber(source: Path, target: Path) -> bool:
     """``target`` becomes ``source``'s content, never over an existing file (False then). A
     hard link; across file systems (an inbox on a network mount, its archive on the local
-    disk) a copy that is on disk before it appears. ``NoHardLinks`` where links cannot be made;
-    any other error (a full disk) is raised as it is."""
+    disk) a copy whose data is on disk before it appears; the caller fsyncs the folder before
+    removing the source. ``NoHardLinks`` where links cannot be made; any other error (a full
+    disk) is raised as it is."""
     try:
         os.link(source, target)
     except FileExistsError:
@@ -97,8 +97,8 @@ def link_no_clobber(source: Path, target: Path) -> bool:
 
 
 def _copy_across(source: Path, target: Path) -> bool:
-    """Copy ``source`` to ``target`` on another file system, on disk (data and name) before
-    the caller removes the source; False if ``target`` was taken meanwhile."""
+    """Copy ``source`` to ``target`` on another file system, its data on disk before its name
+    appears; False if ``target`` was taken meanwhile."""
     fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
     tmp = Path(tmp_name)
     try:
@@ -111,7 +111,6 @@ def _copy_across(source: Path, target: Path) -> bool:
             os.link(tmp, target)
         except FileExistsError:
             return False
-        fsync_dir(target.parent)
         return True
     finally:
         tmp.unlink(missing_ok=True)

@@ -89,8 +89,9 @@ def scan_inbox(
             except FileNotFoundError:
                 continue  # taken by a concurrent run between listing and stat
             item = InboxFile(Path(entry.path), stat.st_size, stat.st_mtime_ns, stat.st_ino)
-            (markers if rules.is_marker(entry.name) else {})[entry.name] = item
-            if not rules.is_marker(entry.name):
+            if rules.is_marker(entry.name):
+                markers[entry.name] = item
+            else:
                 files.append(item)
     if rules.ready_marker:
         ready, settling = _split_by_ready_markers(files, markers, rules.ready_marker, now)

@@ -99,7 +99,6 @@ def quarantine_file(
     fsync_dir(terminal.quarantine)  # the file is in quarantine before it leaves the inbox
     claimed.unlink()
     release_ready_marker(terminal, version.name)
-    fsync_dir(terminal.quarantine)
     _record(terminal, {"event": "quarantined", **report})
     return target
 
