@@ -62,28 +62,56 @@ def _stop(process: subprocess.Popen) -> None:
             process.wait()
 
 
-# --- SMB ----------------------------------------------------------------------------------
+class _ServerProcess:
+    """A server on 127.0.0.1 and a free port, its files in a temp folder of its own: started
+    by ``with``, stopped (its whole process group) and its folder removed on leaving, also when
+    it fails to start."""
 
-
-class SambaServer:
-    """``smbd`` sharing ``shares`` (name -> folder) to one user, on 127.0.0.1 and a free port."""
-
-    def __init__(self, shares: dict[str, Path], *, user: str | None = None):
-        self.shares = shares
+    def __init__(self, prefix: str, user: str | None):
         self.user = user or _current_user()
-        self.password = uuid.uuid4().hex
         self.port = free_port()
-        self.root = Path(tempfile.mkdtemp(prefix="posfed-smbd-"))
+        self.root = Path(tempfile.mkdtemp(prefix=prefix))
         self.process: subprocess.Popen | None = None
         self._log = None
 
-    def __enter__(self) -> SambaServer:
+    def __enter__(self):
         try:
             self._start()
         except BaseException:
             self.__exit__(None, None, None)
             raise
         return self
+
+    def _start(self) -> None:
+        raise NotImplementedError
+
+    def _launch(self, command: list[str], log_name: str) -> None:
+        """Run ``command`` in its own session, output in ``log_name``, until it listens."""
+        log = self.root / log_name
+        self._log = log.open("wb")
+        self.process = subprocess.Popen(
+            command, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        _wait_for_port(self.port, self.process, log)
+
+    def __exit__(self, *exc) -> None:
+        if self.process is not None:
+            _stop(self.process)
+        if self._log is not None:
+            self._log.close()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+# --- SMB ----------------------------------------------------------------------------------
+
+
+class SambaServer(_ServerProcess):
+    """``smbd`` sharing ``shares`` (name -> folder) to one user, on 127.0.0.1 and a free port."""
+
+    def __init__(self, shares: dict[str, Path], *, user: str | None = None):
+        super().__init__("posfed-smbd-", user)
+        self.shares = shares
+        self.password = uuid.uuid4().hex
 
     def _start(self) -> None:
         folders = {n: self.root / n for n in ("private", "lock", "state", "cache", "pid", "rpc")}
@@ -121,22 +149,10 @@ class SambaServer:
             capture_output=True,
             timeout=30,
         )
-        log = self.root / "smbd.out"
-        self._log = log.open("wb")
-        self.process = subprocess.Popen(
+        self._launch(
             [SMBD, "--foreground", "--no-process-group", "-s", str(config), "--debug-stdout"],
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
+            "smbd.out",
         )
-        _wait_for_port(self.port, self.process, log)
-
-    def __exit__(self, *exc) -> None:
-        if self.process is not None:
-            _stop(self.process)
-        if self._log is not None:
-            self._log.close()
-        shutil.rmtree(self.root, ignore_errors=True)
 
     def unc(self, share: str, name: str = "") -> str:
         return rf"\\127.0.0.1\{share}" + (rf"\{name}" if name else "")
@@ -213,28 +229,16 @@ def chroot_safe_folder(prefix: str = "posfed-sftp-") -> Path:
     return folder
 
 
-class SftpServer:
+class SftpServer(_ServerProcess):
     """``sshd`` on 127.0.0.1 and a free port: key login for ``user``, ``internal-sftp`` only,
     chrooted to ``chroot`` (None: no chroot, for a benchmark's temp store) and started in its
     ``start`` folder (the terminal's inbox)."""
 
     def __init__(self, chroot: Path | None, *, start: str = "/inbox", user: str | None = None):
+        super().__init__("posfed-sshd-", user)
         self.chroot = chroot
         self.start = start
-        self.user = user or _current_user()
-        self.port = free_port()
-        self.root = Path(tempfile.mkdtemp(prefix="posfed-sshd-"))
         self.client_key = self.root / "client_key"
-        self.process: subprocess.Popen | None = None
-        self._log = None
-
-    def __enter__(self) -> SftpServer:
-        try:
-            self._start()
-        except BaseException:
-            self.__exit__(None, None, None)
-            raise
-        return self
 
     def _start(self) -> None:
         host_key = self.root / "host_key"
@@ -268,22 +272,7 @@ class SftpServer:
         )
         if os.geteuid() == 0:
             Path("/run/sshd").mkdir(parents=True, exist_ok=True)  # sshd's privilege separation
-        log = self.root / "sshd.log"
-        self._log = log.open("wb")
-        self.process = subprocess.Popen(
-            [SSHD, "-D", "-e", "-f", str(config)],
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        _wait_for_port(self.port, self.process, log)
-
-    def __exit__(self, *exc) -> None:
-        if self.process is not None:
-            _stop(self.process)
-        if self._log is not None:
-            self._log.close()
-        shutil.rmtree(self.root, ignore_errors=True)
+        self._launch([SSHD, "-D", "-e", "-f", str(config)], "sshd.log")
 
     @contextlib.contextmanager
     def client(self, port: int | None = None) -> Iterator:
