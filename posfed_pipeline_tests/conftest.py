@@ -62,6 +62,25 @@ def write_store_config(path: Path, home: Path, **overrides) -> Path:
     return path
 
 
+def open_instance_store(root: Path, monkeypatch, **overrides) -> tuple[PosfedConfig, Path]:
+    """A store under ``root`` with its own Dagster instance (``root/dh``), set up as a store
+    server is: folders made, central database upgraded, POSFED_CONFIG and DAGSTER_HOME set."""
+    from posfed_pipeline.cli import render_instance_yaml
+    from posfed_pipeline.core.config import load_config
+
+    monkeypatch.delenv("POSFED_HOME", raising=False)
+    monkeypatch.delenv("POSFED_DB_URL", raising=False)
+    config_path = write_store_config(root / "posfed.toml", root / "s", **overrides)
+    monkeypatch.setenv("POSFED_CONFIG", str(config_path))
+    dagster_home = root / "dh"
+    render_instance_yaml(dagster_home)
+    monkeypatch.setenv("DAGSTER_HOME", str(dagster_home))
+    config = load_config(config_path)
+    config.ensure_folders()
+    store.upgrade_database(store.make_engine(config.db_url))
+    return config, dagster_home
+
+
 @pytest.fixture(scope="module")
 def pg_database_url():
     """A fresh, uniquely named PostgreSQL database for this module, dropped afterwards."""

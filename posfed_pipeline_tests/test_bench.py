@@ -10,22 +10,15 @@ import sys
 from posfed_pipeline_tests.conftest import REPO_ROOT
 
 
-def test_bench_posfed_small_run_loses_and_duplicates_nothing(tmp_path):
-    out = tmp_path / "bench.json"
+def bench(out, *args: str) -> tuple[subprocess.CompletedProcess, dict]:
+    """``posfed bench ARGS --quiet --json OUT``: what it printed, and its one report."""
     result = subprocess.run(
         [
             sys.executable,
             "-m",
             "posfed_pipeline.cli",
             "bench",
-            "--mode",
-            "posfed",
-            "--terminals",
-            "2",
-            "--rate",
-            "2",
-            "--duration",
-            "3",
+            *args,
             "--quiet",
             "--json",
             str(out),
@@ -37,6 +30,12 @@ def test_bench_posfed_small_run_loses_and_duplicates_nothing(tmp_path):
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     (report,) = json.loads(out.read_text())
+    return result, report
+
+
+def test_bench_posfed_small_run_loses_and_duplicates_nothing(tmp_path):
+    args = ["--mode", "posfed", "--terminals", "2", "--rate", "2", "--duration", "3"]
+    result, report = bench(tmp_path / "bench.json", *args)
     assert report["mode"] == "posfed"
     assert report["sent"] == 6
     assert report["dat_files"] == report["sent"]
@@ -56,36 +55,11 @@ def test_bench_through_real_servers_with_one_terminal_in_trouble(tmp_path):
     """The delivery and isolation scenarios run end to end: SMB writes with a flooded inbox,
     SFTP uploads with a share that hangs. Functional only: the figures are the bench's job."""
     for delivery, isolate in (("smb", "flood"), ("sftp", "hung")):
-        out = tmp_path / f"{delivery}.json"
-        result = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "posfed_pipeline.cli",
-                "bench",
-                "--terminals",
-                "3",
-                "--rate",
-                "2",
-                "--duration",
-                "3",
-                "--delivery",
-                delivery,
-                "--isolate",
-                isolate,
-                "--flood-files",
-                "40",
-                "--quiet",
-                "--json",
-                str(out),
-            ],
-            cwd=REPO_ROOT,
-            capture_output=True,
-            text=True,
-            timeout=240,
+        result, report = bench(
+            tmp_path / f"{delivery}.json",
+            *["--terminals", "3", "--rate", "2", "--duration", "3", "--delivery", delivery],
+            *["--isolate", isolate, "--flood-files", "40"],
         )
-        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-        (report,) = json.loads(out.read_text())
         assert report["delivery"] == delivery
         assert report["isolated"].startswith(("butcher_1: 40 files", "butcher_1: its share"))
         assert report["sent"] == 6 and report["lost"] == 0 and report["duplicated"] == 0

@@ -16,7 +16,6 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from posfed_pipeline.cli import render_instance_yaml
 from posfed_pipeline.core import inbox, intake, store
 from posfed_pipeline.core.config import load_config
 from posfed_pipeline.core.ledger import open_ledger
@@ -26,28 +25,16 @@ from posfed_pipeline.defs.central_db import SYNC_JOB
 from posfed_pipeline.defs.sensors import inbox_sensor_name, run_request_for
 from posfed_pipeline.fastpath import dagster_internals, launcher
 from posfed_pipeline.fastpath.service import REPO_ROOT, start_fastpath
-from posfed_pipeline_tests.conftest import receipt_doc, write_store_config
+from posfed_pipeline_tests.conftest import open_instance_store, receipt_doc
 
 
 @pytest.fixture
 def fast_store(monkeypatch):
     # Short paths: the pool's Unix socket lives in DAGSTER_HOME.
     root = Path(tempfile.mkdtemp(prefix="pft-", dir="/tmp"))
-    config_path = write_store_config(
-        root / "posfed.toml",
-        root / "s",
-        intake={"stability_seconds": 0.2, "relaunch_after_seconds": 0},
+    yield open_instance_store(
+        root, monkeypatch, intake={"stability_seconds": 0.2, "relaunch_after_seconds": 0}
     )
-    monkeypatch.setenv("POSFED_CONFIG", str(config_path))
-    monkeypatch.delenv("POSFED_HOME", raising=False)
-    monkeypatch.delenv("POSFED_DB_URL", raising=False)
-    dagster_home = root / "dh"
-    render_instance_yaml(dagster_home)
-    monkeypatch.setenv("DAGSTER_HOME", str(dagster_home))
-    config = load_config(config_path)
-    config.ensure_folders()
-    store.upgrade_database(store.make_engine(config.db_url))
-    yield config, dagster_home
     shutil.rmtree(root, ignore_errors=True)
 
 

@@ -21,9 +21,6 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from posfed_pipeline.cli import render_instance_yaml
-from posfed_pipeline.core import store
-from posfed_pipeline.core.config import load_config
 from posfed_pipeline.core.ledger import open_ledger
 from posfed_pipeline.definitions import RECEIPTS_JOB, build_definitions
 from posfed_pipeline.defs.sensors import LISTING_TIMEOUT_SECONDS, inbox_sensor_name
@@ -38,33 +35,21 @@ from posfed_pipeline.terminal_servers import (
     sftp_deliver,
     smb_deliver,
 )
-from posfed_pipeline_tests.conftest import receipt_doc, write_store_config
+from posfed_pipeline_tests.conftest import open_instance_store, receipt_doc
 
 pytestmark = pytest.mark.timeout(300)
 
 
 @pytest.fixture
-def store_dir(monkeypatch):
+def store_dir():
     """A store whose terminal folders sshd accepts as chroots (root-owned up to /)."""
     root = chroot_safe_folder("store-")
-    monkeypatch.delenv("POSFED_HOME", raising=False)
-    monkeypatch.delenv("POSFED_DB_URL", raising=False)
     yield root
     shutil.rmtree(root, ignore_errors=True)
 
 
 def _open_store(root: Path, monkeypatch, **overrides):
-    config_path = write_store_config(
-        root / "posfed.toml", root / "s", intake={"stability_seconds": 0.3}, **overrides
-    )
-    monkeypatch.setenv("POSFED_CONFIG", str(config_path))
-    dagster_home = root / "dh"
-    render_instance_yaml(dagster_home)
-    monkeypatch.setenv("DAGSTER_HOME", str(dagster_home))
-    config = load_config(config_path)
-    config.ensure_folders()
-    store.upgrade_database(store.make_engine(config.db_url))
-    return config, dagster_home
+    return open_instance_store(root, monkeypatch, intake={"stability_seconds": 0.3}, **overrides)
 
 
 def _doc(receipt_id: str, terminal) -> bytes:
