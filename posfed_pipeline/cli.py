@@ -679,21 +679,37 @@ def _receipt_validate(args) -> int:
         by_terminal.setdefault(terminal_id, {})[path] = name
 
     # The same intake and validation as the pipeline, without moving any file.
+    # A file of several transactions (POSLog) has a verdict per transaction: "<file>#<n>".
     for terminal_id, names in by_terminal.items():
         terminal = config.terminal(terminal_id)
         batch = processing.read_batch(terminal, list(names), quarantine=False)
         report = processing.validate(config, terminal, batch, quarantine=False)
-        for path, problems in batch.rejected:
-            verdicts[names[path]] = (terminal_id, problems)
+        by_name = {path.name: name for path, name in names.items()}
+
+        for rejected_name, problems in batch.rejected:
+            if rejected_name not in by_name:  # a transaction: "<file name>#<n>"
+                file_name, _, index = rejected_name.rpartition("#")
+                rejected_name = f"{by_name[file_name]}#{index}"
+            else:
+                rejected_name = by_name[rejected_name]
+            verdicts[rejected_name] = (terminal_id, problems)
         for receipt, problems in report.invalid:
-            verdicts[names[batch.path_of(receipt)]] = (terminal_id, problems)
+            verdicts[_shown_name(batch, names, receipt)] = (terminal_id, problems)
         for receipt in report.valid:
-            verdicts[names[batch.path_of(receipt)]] = (terminal_id, [])
+            verdicts[_shown_name(batch, names, receipt)] = (terminal_id, [])
         for missing in batch.missing:
-            name = next(n for p, n in names.items() if p.name == missing)
+            name = by_name[missing]
             verdicts[name] = (terminal_id, [Problem("file", name, "vanished while reading")])
 
-    results = [(name, *verdicts[name]) for name in dict.fromkeys(args.files)]
+    order = {name: n for n, name in enumerate(dict.fromkeys(args.files))}
+
+    def in_file_order(name: str) -> tuple[int, int]:
+        if name in order:
+            return order[name], 0
+        file_name, _, index = name.rpartition("#")
+        return order[file_name], int(index)
+
+    results = [(name, *verdicts[name]) for name in sorted(verdicts, key=in_file_order)]
     if args.json:
         listing = [
             {
@@ -714,6 +730,14 @@ def _receipt_validate(args) -> int:
         invalid = sum(1 for _, _, problems in results if problems)
         print(f"receipt validate: {len(results) - invalid} valid, {invalid} invalid")
     return 1 if any(problems for _, _, problems in results) else 0
+
+
+def _shown_name(batch, names: dict[Path, str], receipt) -> str:
+    from posfed_pipeline.core import processing
+
+    name = names[batch.path_of(receipt)]
+    part = batch.parts.get(id(receipt))
+    return processing.part_name(name, part) if part else name
 
 
 def _terminal_of_file(config: PosfedConfig, path: Path) -> str | None:

@@ -11,6 +11,7 @@ import pytest
 from sqlalchemy import select
 
 from posfed_pipeline.core import store
+from posfed_pipeline.core.validation import BARCODE_RULE
 from posfed_pipeline.definitions import RECEIPTS_JOB, build_definitions
 from posfed_pipeline.defs.assets import ReceiptBatchConfig, receipt_op_config
 from posfed_pipeline.defs.central_db import SYNC_JOB
@@ -127,7 +128,7 @@ def test_bad_receipt_is_quarantined_with_reasons_and_reported(config, engine):
     rules = {(p["field"], p["rule"]) for p in report["problems"]}
     assert (
         "items[1].barcode",
-        "must be an EAN-13, EAN-8 or UPC-A code with a valid check digit",
+        BARCODE_RULE,
     ) in rules
     assert any(field == "total" for field, _ in rules)
     assert (terminal.quarantine / "TRUNC.json").read_bytes() == b"{truncated"

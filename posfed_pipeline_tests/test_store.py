@@ -133,7 +133,7 @@ def test_upgrade_creates_the_schema_and_downgrade_removes_it(db_url):
 
     store.upgrade_database(engine)
     store.upgrade_database(engine)  # a second upgrade is a no-op
-    assert store.schema_revision(engine) == "0004"
+    assert store.schema_revision(engine) == store.head_revision()
     tables = set(inspect(engine).get_table_names())
     assert {"pos_receipt", "pos_receipt_line", "pos_ingest_ledger", "pos_settlement"} <= tables
 
@@ -147,7 +147,56 @@ def test_upgrade_creates_the_schema_and_downgrade_removes_it(db_url):
     assert not {"pos_receipt", "pos_receipt_line"} & set(inspect(engine).get_table_names())
 
     store.upgrade_database(engine)
-    assert store.schema_revision(engine) == "0004"
+    assert store.schema_revision(engine) == store.head_revision()
+    engine.dispose()
+
+
+def test_scanned_labels_migration_keeps_existing_lines_and_stores_what_a_label_said(db_url):
+    engine = store.make_engine(db_url)
+    store.upgrade_database(engine, "0004")
+    before = make_receipt("R0001")
+    lines = [store._line_rows(before)[0]]
+    for row in lines:
+        for column in ("gtin", "net_weight_kg", "unit_count"):
+            row.pop(column)  # not in the 0004 schema
+    with engine.begin() as connection:
+        connection.execute(
+            store.ReceiptRow.__table__.insert(), [store._header_row(before, "B", datetime.now(UTC))]
+        )
+        # The columns of the 0004 schema only: SQLAlchemy inserts the keys it is given.
+        connection.execute(store.ReceiptLineRow.__table__.insert(), lines)
+    store.upgrade_database(engine)
+
+    [old] = line_rows(engine)
+    assert (old["barcode"], old["price"], old["amount"]) == (
+        "8712345678906",
+        Decimal("2.95"),
+        Decimal("2.95"),
+    )
+    assert (old["gtin"], old["net_weight_kg"], old["unit_count"]) == (None, None, None)
+
+    label = "(01)08712345678906(3103)000455(3922)541"
+    weighed = replace(
+        make_receipt("R0002", lines=[("11.90", "0.455")]),
+        items=(
+            ReceiptItem(
+                label,
+                "Rundergehakt",
+                Decimal("11.90"),
+                Decimal("0.455"),
+                gtin="08712345678906",
+                weight=Decimal("0.455"),
+            ),
+        ),
+    )
+    store.store_deliveries(engine, outbox(weighed))
+    new = line_rows(engine)[1]
+    assert new["barcode"] == label  # as scanned, 40 characters
+    assert (new["gtin"], new["net_weight_kg"], new["unit_count"]) == (
+        "08712345678906",
+        Decimal("0.455"),
+        None,
+    )
     engine.dispose()
 
 
@@ -744,11 +793,12 @@ def test_a_store_newer_than_its_register_says_upgrade_the_register_first(config,
 
 
 def test_every_migration_only_adds_so_old_and_new_stores_share_a_register():
-    """Expand only: new tables, new indexes, new nullable columns. A store still on the last
-    release keeps loading into a register already upgraded for the next (docs/deployment.md)."""
+    """Expand only: new tables, new indexes, new nullable columns, wider columns. A store still
+    on the last release keeps loading into a register already upgraded for the next
+    (docs/deployment.md)."""
     import ast
 
-    allowed = {"create_table", "create_index", "add_column"}
+    allowed = {"create_table", "create_index", "add_column", "batch_alter_table", "alter_column"}
     for path in sorted((store.MIGRATIONS_DIR / "versions").glob("0*.py")):
         upgrade = next(
             node
@@ -760,14 +810,25 @@ def test_every_migration_only_adds_so_old_and_new_stores_share_a_register():
             for call in ast.walk(upgrade)
             if isinstance(call, ast.Call)
             and isinstance(call.func, ast.Attribute)
-            and getattr(call.func.value, "id", "") == "op"
+            and getattr(call.func.value, "id", "") in ("op", "batch")
         ]
         assert ops, f"{path.name}: no op.* call found in upgrade()"
         for call in ops:
             assert call.func.attr in allowed, f"{path.name}: op.{call.func.attr} in upgrade()"
             if call.func.attr == "add_column":
-                column = call.args[1]
+                column = call.args[-1]
                 nullable = {k.arg: k.value for k in column.keywords}.get("nullable")
                 assert isinstance(nullable, ast.Constant) and nullable.value is True, (
                     f"{path.name}: a new column must be nullable"
                 )
+            if call.func.attr == "alter_column":
+                keywords = {k.arg: k.value for k in call.keywords}
+                assert set(keywords) <= {"existing_type", "type_", "existing_nullable"}, (
+                    f"{path.name}: a column may only change type"
+                )
+                old, new = (
+                    ast.literal_eval(keywords[k].args[0]) if keywords[k].args else None
+                    for k in ("existing_type", "type_")
+                )
+                widened = new is None or (old is not None and new >= old)  # None: unbounded
+                assert widened, f"{path.name}: a column may only get wider"

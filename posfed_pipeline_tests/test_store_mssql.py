@@ -162,6 +162,10 @@ def test_offline_migration_script_is_tsql():
     assert "loaded_at DATETIMEOFFSET NOT NULL" in script
     assert "\nGO\n" in script  # batch separators for sqlcmd / SSMS
     assert "UPDATE alembic_version SET version_num='0002'" in script
+    # 0005: the barcode column widened in place (no table rebuild), the label's facts added.
+    assert "ALTER TABLE pos_receipt_line ALTER COLUMN barcode NVARCHAR(4000) NOT NULL;" in script
+    assert "ALTER TABLE pos_receipt_line ADD gtin VARCHAR(14) NULL;" in script
+    assert "ALTER TABLE pos_receipt_line ADD net_weight_kg NUMERIC(14, 3) NULL;" in script
     assert script.rstrip().endswith("COMMIT;\n\nGO")
 
 

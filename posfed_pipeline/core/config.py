@@ -22,6 +22,7 @@ from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from posfed_pipeline.core.alerts import SMTP_SECURITY, AlertSettings
+from posfed_pipeline.core.barcodes import GS1_REGIONS, region_code
 from posfed_pipeline.core.delivery import (
     DELIVERY_KEYS,
     HEALTH_KEYS,
@@ -42,7 +43,8 @@ DEPARTMENT_PATTERN = re.compile(r"^[A-Za-z0-9]{1,8}$")
 RECEIPT_ID_PREFIX_PATTERN = re.compile(r"^[A-Za-z0-9]{0,16}$")
 CANONICAL_FORMAT = "posfed-json"
 # Built-in formats; every [mappings.<name>] of the store file adds one more.
-INPUT_FORMATS = (CANONICAL_FORMAT,)
+POSLOG_FORMAT = "arts-poslog"  # ARTS/NRF POSLog XML: many transactions per file
+INPUT_FORMATS = (CANONICAL_FORMAT, POSLOG_FORMAT)
 MAPPING_KINDS = ("json", "csv")
 # The canonical receipt's fields, named as in the posfed JSON; mappings say where each one is.
 RECEIPT_FIELDS = ("receiptId", "terminalId", "departmentCode", "timestamp", "total")
@@ -118,6 +120,12 @@ class Terminal:
     encoding_fallback: str | None = None  # tried only when a file is not UTF-8
     quantity_decimals: int = 3  # weighed items: kilograms to the gram
     variable_measure: VariableMeasureScheme | None = None
+    # How in-store codes (RCNs) read: a biip region code from [store] gs1_region, or None.
+    gs1_region: str | None = None
+    # A price, amount or weight on a scale label must agree with its line (core.validation).
+    check_labels: bool = False
+    # POSLog's WorkstationID for this till, when it is not the terminal's id.
+    workstation_id: str | None = None
     # The terminal's own receipt numbers all begin with this (its number range): what tells two
     # terminals of one department apart in a .dat name like scon{department}{receiptId}.dat.
     receipt_id_prefix: str = ""
@@ -241,7 +249,15 @@ TOP_LEVEL_TABLES = {
     "health",
 }
 TABLE_KEYS = {
-    "store": {"id", "name", "timezone", "partitions_start", "variable_measure"},
+    "store": {
+        "id",
+        "name",
+        "timezone",
+        "partitions_start",
+        "variable_measure",
+        "gs1_region",
+        "weighed_departments",
+    },
     "paths": {"home", "terminals", "dat"},
     "intake": {
         "stability_seconds",
@@ -284,6 +300,8 @@ TERMINAL_KEYS = {
     "encoding_fallback",
     "quantity_decimals",
     "variable_measure",
+    "check_labels",
+    "workstation_id",
     "allow_returns",
     "receipt_id_prefix",
     "receipt_number_pattern",
@@ -343,6 +361,10 @@ def config_from_dict(raw: dict, *, base_dir: Path, config_path: Path | None = No
         if "variable_measure" in store
         else None
     )
+    gs1_region = _gs1_region(store.get("gs1_region"), f"{where}: [store] gs1_region")
+    weighed_departments = _department_list(
+        store.get("weighed_departments", []), f"{where}: [store] weighed_departments"
+    )
     stability = intake.get("stability_seconds", 0.3)
     if isinstance(stability, bool) or not isinstance(stability, int | float):
         raise ConfigError(f"{where}: [intake] stability_seconds must be a number")
@@ -400,6 +422,9 @@ def config_from_dict(raw: dict, *, base_dir: Path, config_path: Path | None = No
             terminal_variable_measure = _variable_measure(
                 variable_measure, f"{place}: variable_measure"
             )
+        check_labels = entry.get("check_labels", department in weighed_departments)
+        if not isinstance(check_labels, bool):
+            raise ConfigError(f"{place}: check_labels must be true or false")
         receipt_id_prefix = str(entry.get("receipt_id_prefix", ""))
         if not RECEIPT_ID_PREFIX_PATTERN.match(receipt_id_prefix):
             raise ConfigError(
@@ -425,6 +450,9 @@ def config_from_dict(raw: dict, *, base_dir: Path, config_path: Path | None = No
                 encoding_fallback=encoding_fallback,
                 quantity_decimals=quantity_decimals,
                 variable_measure=terminal_variable_measure,
+                gs1_region=gs1_region,
+                check_labels=check_labels,
+                workstation_id=_optional_text(entry.get("workstation_id"), place, "workstation_id"),
                 receipt_id_prefix=receipt_id_prefix,
                 receipt_number_pattern=number_pattern,
                 delivery=_rules(delivery_rules, entry, store_delivery, place),
@@ -704,6 +732,34 @@ def _variable_measure(raw: object, place: str) -> VariableMeasureScheme:
     if digits not in (4, 5) or type(digits) is not int:
         raise ConfigError(f"{place}: price_digits must be 4 or 5")
     return VariableMeasureScheme(tuple(str(p) for p in prefixes), digits)
+
+
+def _gs1_region(value: object, place: str) -> str | None:
+    if value is None:
+        return None
+    code = region_code(value) if isinstance(value, str) else None
+    if code is None:
+        known = ", ".join(sorted(GS1_REGIONS))
+        raise ConfigError(
+            f"{place}: {value!r} is not a region whose in-store code rules posfed knows "
+            f"(known: {known}). Elsewhere leave it unset and describe the store's price codes "
+            "with [store.variable_measure]."
+        )
+    return code
+
+
+def _optional_text(value: object, place: str, key: str) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str | int) or isinstance(value, bool) or not str(value).strip():
+        raise ConfigError(f"{place}: {key} must be a non-empty text or number")
+    return str(value).strip()
+
+
+def _department_list(value: object, place: str) -> frozenset[str]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ConfigError(f'{place}: must be a list of department codes, e.g. ["20", "40"]')
+    return frozenset(value)
 
 
 def _resolve(value: str | os.PathLike[str], base: Path) -> Path:

@@ -34,9 +34,10 @@ from typing import Any
 
 import jsonschema
 
+from posfed_pipeline.core.barcodes import gtin13
 from posfed_pipeline.core.config import Terminal
 from posfed_pipeline.core.fsutil import ContentConflict, fsync_dir, synced_temp_copy, write_once
-from posfed_pipeline.core.receipt import Receipt
+from posfed_pipeline.core.receipt import Receipt, ReceiptItem
 
 SPEC_SCHEMA_PATH = Path(__file__).with_name("dat_spec.schema.json")
 LINE_ENDINGS = {"CRLF": b"\r\n", "LF": b"\n", "CR": b"\r"}
@@ -83,6 +84,10 @@ SOURCES: dict[str, str] = {
     "receipt.total": "decimal",
     "receipt.timestamp": "datetime",
     "item.barcode": "text",
+    "item.gtin": "text",
+    "item.gtin13": "text",
+    "item.weight": "decimal",
+    "item.count": "int",
     "item.description": "text",
     "item.price": "decimal",
     "item.quantity": "decimal",
@@ -99,6 +104,10 @@ SOURCES: dict[str, str] = {
 ITEM_SOURCES = frozenset(
     {
         "item.barcode",
+        "item.gtin",
+        "item.gtin13",
+        "item.weight",
+        "item.count",
         "item.description",
         "item.price",
         "item.quantity",
@@ -637,9 +646,32 @@ def _receipt_part(source: str, fmt: Callable[[Any], str]) -> Callable[..., str]:
     return lambda r, t, local: fmt(get(r, t, local))
 
 
+# What a line's label said (core.barcodes): empty text or zero where it says nothing.
+_LABEL_VALUES: dict[str, Callable[[ReceiptItem], Any]] = {
+    "item.gtin": lambda item: item.gtin or "",
+    "item.gtin13": lambda item: _gtin13(item),
+    "item.weight": lambda item: item.weight if item.weight is not None else _ZERO,
+    "item.count": lambda item: item.count if item.count is not None else 0,
+}
+_ZERO = Decimal(0)
+
+
+def _gtin13(item: ReceiptItem) -> str:
+    code = gtin13(item.barcode, item.gtin)
+    if code is None:
+        raise DatRenderError(
+            f"barcode {item.barcode[:40]!r} has no 13-digit form (a GTIN-14 of a case or "
+            "pack, indicator digit not 0)"
+        )
+    return code
+
+
 def _item_part(source: str, fmt: Callable[[Any], str]) -> Callable[..., str]:
     if source == "computed.line_number":
         return lambda item, n: fmt(n)
+    if source in _LABEL_VALUES:
+        label_value = _LABEL_VALUES[source]
+        return lambda item, n: fmt(label_value(item))
     get = attrgetter("amount" if source == "computed.line_amount" else source.partition(".")[2])
     return lambda item, n: fmt(get(item))
 

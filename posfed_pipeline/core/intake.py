@@ -19,10 +19,13 @@ from datetime import date, datetime
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
+from posfed_pipeline.core import poslog
+from posfed_pipeline.core.barcodes import read_label
 from posfed_pipeline.core.config import (
     CANONICAL_FORMAT,
     FIELDS_FROM_TERMINAL,
     ITEM_FIELDS,
+    POSLOG_FORMAT,
     RECEIPT_FIELDS,
     InputMapping,
     JsonPath,
@@ -63,28 +66,135 @@ class _Fields:
     problems: list[Problem] = field(default_factory=list)
 
 
-def read_receipt_file(path: Path, terminal: Terminal) -> Receipt:
-    """Read one inbox file; raises ``IntakeError`` with every reason it is not a receipt."""
+@dataclass(frozen=True)
+class Part:
+    """One transaction of a file that carries several (ARTS POSLog). It is judged on its own:
+    a bad one is quarantined as a file of its own, ``document``, while the others are taken."""
+
+    index: int  # 1-based position in the file
+    name: str  # how an operator finds it: "transaction 2 (SequenceNumber 1002)"
+    document: bytes  # the transaction alone, as a file of the terminal's format
+    quarantine_name: str  # "<stem>.t<index><suffix>"
+
+
+@dataclass(frozen=True)
+class Reading:
+    """What one receipt of a file became: a receipt, or the reasons it is not one."""
+
+    part: Part | None  # None: the file is one receipt
+    receipt: Receipt | None
+    error: IntakeError | None = None
+
+
+def _read_bytes(path: Path, limit: int) -> bytes:
     # O_NOFOLLOW: a symlink dropped into an inbox must not make posfed read any other file.
     fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
     with os.fdopen(fd, "rb") as handle:
         size = os.fstat(fd).st_size
-        if size > MAX_FILE_BYTES:
-            raise IntakeError(
-                [Problem("file", f"{size} bytes", f"larger than {MAX_FILE_BYTES} bytes")]
+        if size > limit:
+            raise IntakeError([Problem("file", f"{size} bytes", f"larger than {limit} bytes")])
+        return handle.read(limit + 1)
+
+
+def max_file_bytes(terminal: Terminal) -> int:
+    return poslog.MAX_FILE_BYTES if terminal.input_format == POSLOG_FORMAT else MAX_FILE_BYTES
+
+
+def read_receipt_file(path: Path, terminal: Terminal) -> Receipt:
+    """Read one inbox file of one receipt; raises ``IntakeError`` with every reason it is not
+    one (a POSLog file of several transactions included: see ``read_receipts``)."""
+    readings = read_receipts(path, terminal)
+    if len(readings) > 1:
+        raise IntakeError(
+            [Problem("file", f"{len(readings)} transactions", "holds more than one receipt")]
+        )
+    reading = readings[0]
+    if reading.error is not None:
+        raise reading.error
+    assert reading.receipt is not None
+    return reading.receipt
+
+
+def read_receipts(path: Path, terminal: Terminal) -> list[Reading]:
+    """Every receipt of one inbox file. A file that is no document at all raises
+    ``IntakeError``; in a file of many transactions, each bad one is a ``Reading`` with its
+    error while the others are read."""
+    data = _read_bytes(path, max_file_bytes(terminal))
+    return parse_receipts(data, terminal, source_file=path.name)
+
+
+def parse_receipts(data: bytes, terminal: Terminal, *, source_file: str = "") -> list[Reading]:
+    if terminal.input_format != POSLOG_FORMAT:
+        return [Reading(None, parse_receipt(data, terminal, source_file=source_file))]
+    _check_size(data, poslog.MAX_FILE_BYTES)
+    try:
+        transactions, _skipped = poslog.read_poslog(data)
+    except poslog.PosLogError as exc:
+        raise IntakeError(exc.problems, maybe_incomplete=exc.maybe_incomplete) from None
+    stem, dot, suffix = source_file.rpartition(".")
+    stem, suffix = (stem, f".{suffix}") if dot else (source_file, "")
+    several = len(transactions) > 1
+    readings = []
+    for transaction in transactions:
+        part = (
+            Part(
+                transaction.index,
+                transaction.name,
+                transaction.document,
+                f"{stem}.t{transaction.index}{suffix}",
             )
-        data = handle.read(MAX_FILE_BYTES + 1)
-    return parse_receipt(data, terminal, source_file=path.name)
+            if several
+            else None
+        )
+        fields = _Fields(
+            values={k: _MISSING if v is None else v for k, v in transaction.values.items()},
+            labels=transaction.labels,
+            items=[
+                ({k: _MISSING if v is None else v for k, v in values.items()}, labels)
+                for values, labels in transaction.items
+            ]
+            or None,
+            problems=transaction.problems,
+        )
+        if fields.items is None:
+            fields.problems.append(Problem("items", "none", "a sale needs at least one item"))
+        name = f"{source_file}#{transaction.index}" if several else source_file
+        try:
+            # Its own bytes identify it: the same transaction in another file is the same sale.
+            receipt = _build_receipt(
+                fields, terminal, transaction.document, name, terminal_name=terminal.workstation_id
+            )
+        except IntakeError as exc:
+            if part is not None:
+                exc = IntakeError(
+                    [Problem(f"{part.name}: {p.field}", p.value, p.rule) for p in exc.problems]
+                )
+            readings.append(Reading(part, None, exc))
+            continue
+        readings.append(Reading(part, receipt))
+    return readings
+
+
+def _check_size(data: bytes, limit: int) -> None:
+    if not data.strip():
+        raise IntakeError([Problem("file", "", "file is empty")], maybe_incomplete=True)
+    if len(data) > limit:
+        raise IntakeError([Problem("file", f"{len(data)} bytes", f"larger than {limit} bytes")])
 
 
 def parse_receipt(data: bytes, terminal: Terminal, *, source_file: str = "") -> Receipt:
-    """The receipt in ``data``, read in the terminal's configured format."""
-    if not data.strip():
-        raise IntakeError([Problem("file", "", "file is empty")], maybe_incomplete=True)
-    if len(data) > MAX_FILE_BYTES:
-        raise IntakeError(
-            [Problem("file", f"{len(data)} bytes", f"larger than {MAX_FILE_BYTES} bytes")]
-        )
+    """The receipt in ``data``, read in the terminal's configured format (one receipt)."""
+    if terminal.input_format == POSLOG_FORMAT:
+        readings = parse_receipts(data, terminal, source_file=source_file)
+        if len(readings) > 1:
+            raise IntakeError(
+                [Problem("file", f"{len(readings)} transactions", "holds more than one receipt")]
+            )
+        if readings[0].error is not None:
+            raise readings[0].error
+        assert readings[0].receipt is not None
+        return readings[0].receipt
+    _check_size(data, MAX_FILE_BYTES)
     text = _decode(data, terminal)
     mapping = terminal.mapping
     if mapping is None:
@@ -322,7 +432,16 @@ def _at_path(doc: object, path: JsonPath) -> object:
 # --- checking the canonical fields ---------------------------------------------------------------
 
 
-def _build_receipt(fields: _Fields, terminal: Terminal, data: bytes, source_file: str) -> Receipt:
+def _build_receipt(
+    fields: _Fields,
+    terminal: Terminal,
+    data: bytes,
+    source_file: str,
+    *,
+    terminal_name: str | None = None,
+) -> Receipt:
+    """``terminal_name``: the id the file must name, when the till calls itself otherwise
+    (a POSLog WorkstationID)."""
     problems = fields.problems
     mapping = terminal.mapping
     decimal_comma = mapping is not None and mapping.decimal_separator == ","
@@ -339,7 +458,10 @@ def _build_receipt(fields: _Fields, terminal: Terminal, data: bytes, source_file
             )
         )
     # The folder a file arrived in is authoritative: one tenant cannot post as another.
-    identity = {"terminalId": terminal.id, "departmentCode": terminal.department}
+    identity = {
+        "terminalId": terminal_name or terminal.id,
+        "departmentCode": terminal.department,
+    }
     for name in FIELDS_FROM_TERMINAL:
         if name not in values:
             continue  # not sent by this vendor: the terminal's own
@@ -347,6 +469,7 @@ def _build_receipt(fields: _Fields, terminal: Terminal, data: bytes, source_file
         if claimed is not None and claimed != identity[name]:
             rule = (
                 f"file arrived from terminal {terminal.id}"
+                + (f" (workstation {terminal_name})" if terminal_name else "")
                 if name == "terminalId"
                 else f"terminal {terminal.id} belongs to department {terminal.department}"
             )
@@ -371,7 +494,19 @@ def _build_receipt(fields: _Fields, terminal: Terminal, data: bytes, source_file
             item_values["quantity"], item_labels["quantity"], problems, decimal_comma
         )
         if None not in (barcode, description, price, quantity):
-            items.append(ReceiptItem(barcode, description, price, quantity))
+            # What the label says is kept with the line (validation judges it).
+            label = read_label(barcode, terminal.gs1_region)
+            items.append(
+                ReceiptItem(
+                    barcode,
+                    description,
+                    price,
+                    quantity,
+                    gtin=label.gtin,
+                    weight=label.weight,
+                    count=label.count,
+                )
+            )
 
     if problems:
         raise IntakeError(problems)

@@ -32,7 +32,7 @@ from posfed_pipeline.core.dat import (
     write_dat,
 )
 from posfed_pipeline.core.ledger import Acceptance, Delivery, Ledger
-from posfed_pipeline.core.quarantine import quarantine_file
+from posfed_pipeline.core.quarantine import quarantine_file, quarantine_part
 from posfed_pipeline.core.receipt import Problem, Receipt
 from posfed_pipeline.core.validation import ValidationReport, validate_batch
 
@@ -41,21 +41,51 @@ from posfed_pipeline.core.validation import ValidationReport, validate_batch
 class IntakeResult:
     receipts: list[Receipt] = field(default_factory=list)
     files: dict[int, inbox.InboxFile] = field(default_factory=dict)  # id(receipt) -> its file
-    rejected: list[tuple[Path, list[Problem]]] = field(default_factory=list)
+    # id(receipt) -> its transaction, for files of several (POSLog): judged one by one.
+    parts: dict[int, intake.Part] = field(default_factory=dict)
+    # Files of several transactions, by signature: archived once every one is decided.
+    several: dict[str, inbox.InboxFile] = field(default_factory=dict)
+    rejected: list[tuple[str, list[Problem]]] = field(default_factory=list)  # (name, reasons)
     missing: list[str] = field(default_factory=list)  # already handled by an earlier attempt
     deferred: list[str] = field(default_factory=list)  # unreadable yet fresh: left in the inbox
-    quarantined: dict[str, Path] = field(default_factory=dict)  # file name -> where it went
+    quarantined: dict[str, Path] = field(default_factory=dict)  # name -> where it went
 
     def quarantine(self, terminal: Terminal, version: inbox.InboxFile, problems, **report):
         target = quarantine_file(terminal, version, problems, **report)
         if target is not None:
             self.quarantined[version.name] = target
 
+    def quarantine_part(
+        self,
+        terminal: Terminal,
+        version: inbox.InboxFile,
+        part: intake.Part,
+        problems,
+        **report,
+    ):
+        target = quarantine_part(terminal, version, part, problems, **report)
+        self.quarantined[part_name(version.name, part)] = target
+
+    def quarantine_receipt(self, terminal: Terminal, receipt: Receipt, problems, **report):
+        """Its file to quarantine; in a file of several, only its own transaction."""
+        part = self.parts.get(id(receipt))
+        if part is None:
+            self.quarantine(terminal, self.file_of(receipt), problems, receipt=receipt, **report)
+        else:
+            self.quarantine_part(
+                terminal, self.file_of(receipt), part, problems, receipt=receipt, **report
+            )
+
     def path_of(self, receipt: Receipt) -> Path:
         return self.files[id(receipt)].path
 
     def file_of(self, receipt: Receipt) -> inbox.InboxFile:
         return self.files[id(receipt)]
+
+
+def part_name(file_name: str, part: intake.Part) -> str:
+    """How a transaction of a file of several is named in reports: ``<file>#<index>``."""
+    return f"{file_name}#{part.index}"
 
 
 @dataclass(frozen=True)
@@ -79,6 +109,7 @@ class BatchResult:
 
     @property
     def receipts_rejected(self) -> int:
+        # A file of several transactions counts each rejected one.
         return len(self.intake.rejected) + len(self.validation.invalid)
 
     @property
@@ -87,7 +118,7 @@ class BatchResult:
 
     def rejections(self) -> list[Rejection]:
         """Every rejected file with its reasons and where it went, in the batch's order."""
-        found = [(path.name, problems) for path, problems in self.intake.rejected]
+        found = list(self.intake.rejected)
         found += [(r.source_file, problems) for r, problems in self.validation.invalid]
         found += [
             (r.source_file, [Problem("receiptId", r.receipt_id, reason)])
@@ -119,7 +150,7 @@ def read_batch(
         try:
             # The version read (size, mtime) identifies this delivery in the ledger.
             version = inbox.stat_inbox_file(path)
-            receipt = intake.read_receipt_file(path, terminal)
+            readings = intake.read_receipts(path, terminal)
         except FileNotFoundError:
             result.missing.append(path.name)
             continue
@@ -127,7 +158,7 @@ def read_batch(
             if exc.maybe_incomplete and _modified_within(path, incomplete_grace_seconds, now):
                 result.deferred.append(path.name)
                 continue
-            result.rejected.append((path, exc.problems))
+            result.rejected.append((path.name, exc.problems))
             if quarantine:
                 result.quarantine(terminal, version, exc.problems, stage="intake", business_day=day)
             continue
@@ -135,8 +166,22 @@ def read_batch(
             # Written to while it was read: the version on disk now is read by the next run.
             result.deferred.append(path.name)
             continue
-        result.receipts.append(receipt)
-        result.files[id(receipt)] = version
+        for reading in readings:
+            if reading.part is not None:
+                result.several[version.signature] = version
+            if reading.receipt is None:
+                assert reading.part is not None and reading.error is not None
+                problems = reading.error.problems
+                result.rejected.append((part_name(path.name, reading.part), problems))
+                if quarantine:
+                    result.quarantine_part(
+                        terminal, version, reading.part, problems, stage="intake", business_day=day
+                    )
+                continue
+            result.receipts.append(reading.receipt)
+            result.files[id(reading.receipt)] = version
+            if reading.part is not None:
+                result.parts[id(reading.receipt)] = reading.part
     return result
 
 
@@ -172,6 +217,8 @@ def validate(
         allow_returns=terminal.allow_returns,
         quantity_decimals=terminal.quantity_decimals,
         variable_measure=terminal.variable_measure,
+        gs1_region=terminal.gs1_region,
+        check_labels=terminal.check_labels,
         # A backfill re-reads receipts accepted before the terminal's numbering had a prefix.
         receipt_id_prefix=terminal.receipt_id_prefix if check_age else "",
         now=now or datetime.now(UTC),
@@ -199,9 +246,7 @@ def validate(
         left = {id(receipt) for receipt, _ in growing}
         report.invalid = [entry for entry in report.invalid if id(entry[0]) not in left]
         for receipt, problems in report.invalid:
-            batch.quarantine(
-                terminal, batch.file_of(receipt), problems, stage="validation", receipt=receipt
-            )
+            batch.quarantine_receipt(terminal, receipt, problems, stage="validation")
     return report
 
 
@@ -255,12 +300,11 @@ def accept(
     acceptance = ledger.accept(deliveries, tenant=terminal.tenant, run_id=run_id)
     if quarantine:
         for receipt, reason in acceptance.conflicts:
-            batch.quarantine(
+            batch.quarantine_receipt(
                 terminal,
-                batch.file_of(receipt),
+                receipt,
                 [Problem("receiptId", receipt.receipt_id, reason)],
                 stage="accept",
-                receipt=receipt,
             )
     return acceptance
 
@@ -357,9 +401,21 @@ def publish_staged(config: PosfedConfig, terminal: Terminal, ledger: Ledger) -> 
     return len(staged)
 
 
-def archive(terminal: Terminal, batch: IntakeResult, receipts: list[Receipt]) -> None:
+def archive(
+    terminal: Terminal, batch: IntakeResult, receipts: list[Receipt], *, day: date | None = None
+) -> None:
+    """Each accepted receipt's file to the archive of its business day. A file of several
+    transactions goes once all are decided, taken or quarantined one by one: with its first
+    taken one's day, or ``day`` when none was taken."""
+    archived: set[str] = set()
     for receipt in receipts:
-        inbox.archive_file(terminal, batch.file_of(receipt), receipt.business_day)
+        version = batch.file_of(receipt)
+        if version.signature not in archived:
+            archived.add(version.signature)
+            inbox.archive_file(terminal, version, receipt.business_day)
+    for signature, version in batch.several.items():
+        if signature not in archived:
+            inbox.archive_file(terminal, version, day or datetime.now(terminal.timezone).date())
 
 
 def process_batch(
@@ -409,15 +465,16 @@ def process_batch(
     resynced = 0
     if move:
         for receipt, reason in emission.refused:
-            batch.quarantine(
-                terminal,
-                batch.file_of(receipt),
-                [Problem("receiptId", receipt.receipt_id, reason)],
-                stage="emit",
-                receipt=receipt,
+            batch.quarantine_receipt(
+                terminal, receipt, [Problem("receiptId", receipt.receipt_id, reason)], stage="emit"
             )
         withdrawn = {id(r) for r, _ in emission.refused}
-        archive(terminal, batch, [r for r in acceptance.accepted if id(r) not in withdrawn])
+        archive(
+            terminal,
+            batch,
+            [r for r in acceptance.accepted if id(r) not in withdrawn],
+            day=day,
+        )
     elif day is not None:
         resynced = ledger.resync(terminal_id=terminal.id, business_day=day)
     emitted = {id(r) for r in to_emit} - {id(r) for r, _ in emission.refused}

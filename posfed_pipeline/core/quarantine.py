@@ -32,6 +32,7 @@ from posfed_pipeline.core.fsutil import (
     write_once,
 )
 from posfed_pipeline.core.inbox import InboxFile, mark_ready, release_ready_marker, take
+from posfed_pipeline.core.intake import Part
 from posfed_pipeline.core.receipt import Problem, Receipt
 
 REPORT_SUFFIX = ".error.json"
@@ -101,6 +102,69 @@ def quarantine_file(
     release_ready_marker(terminal, version.name)
     _record(terminal, {"event": "quarantined", **report})
     return target
+
+
+def quarantine_part(
+    terminal: Terminal,
+    version: InboxFile,
+    part: Part,
+    problems: Iterable[Problem],
+    *,
+    stage: str,
+    receipt: Receipt | None = None,
+    business_day: date | None = None,
+) -> Path:
+    """Quarantine one transaction of a file of several as a file of its own (the transaction
+    alone, in the file's format), its reasons first. The file itself stays where it is: it
+    goes to the archive with the transactions that were taken (``processing.archive``).
+
+    Retried, the quarantined file is read like any other file of the terminal's format."""
+    terminal.quarantine.mkdir(parents=True, exist_ok=True)
+    earlier = terminal.quarantine / part.quarantine_name
+    if _holds(earlier, part.document) and report_path(earlier).exists():
+        return earlier  # an attempt that stopped before archiving the file put it there
+    problems = [p.as_dict() for p in problems]
+    while True:
+        target = unique_destination(
+            terminal.quarantine, part.quarantine_name, taken=lambda p: report_path(p).exists()
+        )
+        report = {
+            "file": part.quarantine_name,
+            "quarantined_as": target.name,
+            "part_of": version.name,
+            "transaction": part.name,
+            "terminal": terminal.id,
+            "stage": stage,
+            "quarantined_at": _now(),
+            "problems": problems,
+        }
+        if receipt is not None:
+            report["receipt_id"] = receipt.receipt_id
+            report["business_day"] = receipt.business_day.isoformat()
+        elif business_day is not None:
+            report["business_day"] = business_day.isoformat()
+        try:
+            # Reason first, as for a whole file.
+            if not write_once(report_path(target), _json(report)):
+                continue
+        except ContentConflict:
+            continue
+        try:
+            write_once(target, part.document)  # False: this very transaction is already there
+        except ContentConflict:
+            report_path(target).unlink()  # another file took the name meanwhile
+            continue
+        break
+    fsync_dir(terminal.quarantine)
+    _record(terminal, {"event": "quarantined", **report})
+    return target
+
+
+def _holds(path: Path, data: bytes) -> bool:
+    try:
+        return path.read_bytes() == data
+    except OSError:
+        return False
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, datetime
 from decimal import ROUND_HALF_UP, Decimal
 
@@ -26,6 +26,11 @@ class ReceiptItem:
     description: str
     price: Decimal
     quantity: Decimal
+    # What the barcode's label says (core.barcodes), kept with the line for the register and
+    # the .dat file. Read from the barcode, so not part of the line's identity.
+    gtin: str | None = field(default=None, compare=False)
+    weight: Decimal | None = field(default=None, compare=False)  # kg
+    count: int | None = field(default=None, compare=False)
 
     @property
     def amount(self) -> Decimal:
@@ -57,20 +62,32 @@ def content_hash(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def _item_document(item: ReceiptItem) -> dict:
+    return {
+        "barcode": item.barcode,
+        "description": item.description,
+        "price": str(item.price),
+        "quantity": str(item.quantity),
+    }
+
+
+def _label_facts(item: ReceiptItem) -> dict:
+    facts: dict[str, str | int] = {}
+    if item.gtin is not None:
+        facts["gtin"] = item.gtin
+    if item.weight is not None:
+        facts["weight"] = str(item.weight)
+    if item.count is not None:
+        facts["count"] = item.count
+    return facts
+
+
 def _as_document(receipt: Receipt) -> dict:
     return {
         "receiptId": receipt.receipt_id,
         "terminalId": receipt.terminal_id,
         "departmentCode": receipt.department_code,
-        "items": [
-            {
-                "barcode": item.barcode,
-                "description": item.description,
-                "price": str(item.price),
-                "quantity": str(item.quantity),
-            }
-            for item in receipt.items
-        ],
+        "items": [_item_document(item) for item in receipt.items],
         "total": str(receipt.total),
         "timestamp": receipt.timestamp.isoformat(),
     }
@@ -85,6 +102,8 @@ def to_payload(receipt: Receipt) -> str:
     """The accepted receipt as the local ledger keeps it for the central database: compact
     JSON, exact (Decimal as strings, the timestamp with its offset), file and hash included."""
     document = _as_document(receipt)
+    for line, item in zip(document["items"], receipt.items, strict=True):
+        line.update(_label_facts(item))
     document["sourceFile"] = receipt.source_file
     document["contentHash"] = receipt.content_hash
     return json.dumps(document, ensure_ascii=False, separators=(",", ":"))
@@ -103,6 +122,9 @@ def from_payload(payload: str) -> Receipt:
                 description=item["description"],
                 price=Decimal(item["price"]),
                 quantity=Decimal(item["quantity"]),
+                gtin=item.get("gtin"),
+                weight=Decimal(item["weight"]) if "weight" in item else None,
+                count=item.get("count"),
             )
             for item in document["items"]
         ),

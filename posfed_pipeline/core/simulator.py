@@ -1,7 +1,9 @@
 """A receipt simulator: realistic receipts dropped into terminal inboxes at a chosen rate.
 
 Receipts follow each department's catalogue (weighed items in kilograms for the butcher,
-fishmonger, cheese and greengrocer counters), carry valid EAN-13 codes and exact totals.
+fishmonger, cheese and greengrocer counters), carry valid EAN-13 codes and exact totals. A
+weighed item carries its scale's label, a GS1 element string with the weight and the amount
+payable, as a DataBar scanner reads it.
 Files are written the way a legacy POS writes them: straight into the inbox, in one go.
 """
 
@@ -18,9 +20,10 @@ from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
 
+from biip.checksums import gs1_standard_check_digit
+
 from posfed_pipeline.core.config import Terminal
 from posfed_pipeline.core.receipt import Receipt, ReceiptItem, canonical_json, round_cents
-from posfed_pipeline.core.validation import gs1_check_digit
 
 # (description, unit price, weighed?) per department kind, keyed by terminal id prefix.
 CATALOGUE: dict[str, list[tuple[str, str, bool]]] = {
@@ -81,13 +84,20 @@ DEFAULT_CATALOGUE = [("Artikel", "1.00", False)]
 
 def ean13(seed: int) -> str:
     body = f"87{seed % 10**10:010d}"
-    return body + gs1_check_digit(body)
+    return f"{body}{gs1_standard_check_digit(body)}"
+
+
+def scale_label(gtin13: str, weight: Decimal, amount: Decimal) -> str:
+    """A scale's GS1 label: (01) the item, (3103) net kg to the gram, (3922) amount payable."""
+    # 392n holds at least its n decimals and one unit digit: 0.05 is 005.
+    return f"(01)0{gtin13}(3103){int(weight * 1000):06d}(3922){int(amount * 100):03d}"
 
 
 @dataclass
 class ReceiptSimulator:
     terminals: list[Terminal]
     seed: int | None = None
+    scale_labels: bool = True  # weighed items carry a scale label, not a plain EAN-13
 
     def __post_init__(self) -> None:
         self.random = random.Random(self.seed)
@@ -105,6 +115,8 @@ class ReceiptSimulator:
                 else Decimal(self.random.randint(1, 4))
             )
             code = ean13(zlib.crc32(f"{kind}:{index}".encode()))
+            if weighed and self.scale_labels:
+                code = scale_label(code, quantity, round_cents(Decimal(price) * quantity))
             items.append(ReceiptItem(code, description, Decimal(price), quantity))
         moment = (when or datetime.now(terminal.timezone)).astimezone(terminal.timezone)
         # 12 characters (the seed layout's field), starting with the terminal's own prefix.

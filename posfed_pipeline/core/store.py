@@ -51,6 +51,7 @@ from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.sql import Select
 
+from posfed_pipeline.core.barcodes import MAX_SCANNED
 from posfed_pipeline.core.db_timeouts import (
     DEFAULT_TIMEOUTS,
     DbTimeouts,
@@ -116,11 +117,15 @@ class ReceiptLineRow(Base):
     business_day: Mapped[date] = mapped_column(BusinessDay, primary_key=True)
     receipt_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     line_no: Mapped[int] = mapped_column(Integer, primary_key=True)
-    barcode: Mapped[str] = mapped_column(String(14))
+    barcode: Mapped[str] = mapped_column(Unicode(MAX_SCANNED))  # as scanned (migration 0005)
     description: Mapped[str] = mapped_column(Unicode(200))
     price: Mapped[Decimal] = mapped_column(Money)
     quantity: Mapped[Decimal] = mapped_column(Quantity)
     amount: Mapped[Decimal] = mapped_column(Money)
+    # What the barcode said (core.barcodes): the trade item, and the scale label's figures.
+    gtin: Mapped[str | None] = mapped_column(String(14), nullable=True)
+    net_weight_kg: Mapped[Decimal | None] = mapped_column(Quantity, nullable=True)
+    unit_count: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
 
 class IngestLedgerRow(Base):
@@ -751,6 +756,9 @@ def _line_rows(receipt: Receipt) -> list[dict]:
             "price": item.price,
             "quantity": item.quantity,
             "amount": item.amount,
+            "gtin": item.gtin,
+            "net_weight_kg": item.weight,
+            "unit_count": item.count,
         }
         for n, item in enumerate(receipt.items, start=1)
     ]

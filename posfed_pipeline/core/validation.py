@@ -22,59 +22,29 @@ import pandas as pd
 import pandera.pandas as pa
 from pandera.typing import Series
 
+from posfed_pipeline.core.barcodes import Label, read_label
 from posfed_pipeline.core.config import VariableMeasureScheme
 from posfed_pipeline.core.intake import MAX_MAGNITUDE, RECEIPT_ID_PATTERN
 from posfed_pipeline.core.receipt import Problem, Receipt, ReceiptItem, round_cents
 
 QUANTITY_DECIMALS = 3  # default for weighed items: kilograms to the gram
-BARCODE_LENGTHS = (8, 12, 13)  # EAN-8, UPC-A, EAN-13 (in-store variable-measure codes: 20-29)
 MAX_DESCRIPTION = 200
-DIGITS_ONLY = r"^[0-9]+\Z"
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _ONE_MICROSECOND = timedelta(microseconds=1)
 _MAX_MINOR = int(MAX_MAGNITUDE) * 10**6  # any magnitude intake accepts, at any scale used here
 
 # Rules whose wording needs the failing row's own values; matched by the check's error text.
-BARCODE_LENGTH_RULE = "barcode must be 8 (EAN-8), 12 (UPC-A) or 13 (EAN-13) digits long"
-CHECK_DIGIT_RULE = "must be an EAN-13, EAN-8 or UPC-A code with a valid check digit"
+BARCODE_RULE = (
+    "barcode must be a GTIN-8/12/13/14, an in-store code (RCN) valid in the store's GS1 region, "
+    "a GS1 element string or a GS1 Digital Link URI"
+)
+LABEL_AMOUNT_RULE = "the price or amount payable on this label must equal the line's amount"
+LABEL_WEIGHT_RULE = (
+    "this label's weight x unit price (half-up to cents) must equal the line's amount"
+)
 EMBEDDED_PRICE_RULE = "the price in this in-store barcode must equal the line's price or amount"
 RETURNS_RULE = "returns (negative quantities) are not allowed on this terminal"
 TOTAL_RULE = "total must equal the sum of the line amounts (price x quantity, half-up to cents)"
-
-
-# --- GS1 check digits ---------------------------------------------------------------------------
-
-
-def gs1_check_digit(body: str) -> str:
-    """The check digit that completes ``body`` (used by the simulator and tests)."""
-    total = sum(int(d) * (3 if i % 2 == 0 else 1) for i, d in enumerate(reversed(body)))
-    return str((10 - total % 10) % 10)
-
-
-def gs1_check_digit_ok(code: str) -> bool:
-    """GS1 mod-10: weights 3,1,3,... from the rightmost data digit."""
-    if len(code) not in BARCODE_LENGTHS or not code.isascii() or not code.isdigit():
-        return False
-    return gs1_check_digit(code[:-1]) == code[-1]
-
-
-def gs1_check_digits_ok(barcodes: pd.Series) -> pd.Series:
-    """``gs1_check_digit_ok`` over a whole column at once: numpy over fixed-width digit arrays."""
-    values = barcodes.to_numpy(dtype=object)
-    lengths = np.fromiter((len(v) for v in values), dtype=np.int64, count=len(values))
-    result = np.zeros(len(values), dtype=bool)
-    for length in BARCODE_LENGTHS:
-        rows = np.flatnonzero(lengths == length)
-        if not len(rows):
-            continue
-        # Code points, one row per barcode; anything but an ASCII digit falls outside 0-9.
-        chars = np.array(values[rows].tolist(), dtype=f"U{length}")
-        digits = chars.view(np.uint32).reshape(len(rows), length).astype(np.int64) - 48
-        all_digits = ((digits >= 0) & (digits <= 9)).all(axis=1)
-        weights = np.array([3 if (length - 2 - i) % 2 == 0 else 1 for i in range(length - 1)])
-        expected = (10 - (digits[:, :-1] @ weights) % 10) % 10
-        result[rows] = all_digits & (expected == digits[:, -1])
-    return pd.Series(result, index=barcodes.index)
 
 
 # --- the models ---------------------------------------------------------------------------------
@@ -108,24 +78,21 @@ class ReceiptItemModel(pa.DataFrameModel):
 
     receipt_idx: Series[int]
     line_no: Series[int]
-    barcode: Series[str] = pa.Field(str_matches=DIGITS_ONLY)
+    barcode: Series[str]
+    # Why biip could not read the barcode (core.barcodes), None when it could.
+    barcode_problem: Series[str] = pa.Field(nullable=True)
     description: Series[str] = pa.Field(str_length={"max_value": MAX_DESCRIPTION})
     price_minor: Series[pd.Int64Dtype] = pa.Field(nullable=False)
     quantity_scaled: Series[pd.Int64Dtype] = pa.Field(nullable=False)
     amount_minor: Series[pd.Int64Dtype] = pa.Field(nullable=True)
+    # The line amount its scale label implies, in cents: its amount payable, and its weight x
+    # unit price. NA where the label carries no such figure.
+    label_amount_minor: Series[pd.Int64Dtype] = pa.Field(nullable=True)
+    weight_amount_minor: Series[pd.Int64Dtype] = pa.Field(nullable=True)
 
-    @pa.check("barcode", error=BARCODE_LENGTH_RULE)
-    def barcode_length(cls, barcode: Series[str]) -> Series[bool]:
-        # Non-digit codes already fail "digits only"; one reason per mistake is enough.
-        digits = barcode.str.fullmatch(r"[0-9]+", na=False)
-        return ~digits | barcode.str.len().isin(BARCODE_LENGTHS)
-
-    @pa.check("barcode", error=CHECK_DIGIT_RULE)
-    def barcode_check_digit(cls, barcode: Series[str]) -> Series[bool]:
-        well_formed = barcode.str.fullmatch(r"[0-9]+", na=False) & barcode.str.len().isin(
-            BARCODE_LENGTHS
-        )
-        return ~well_formed | gs1_check_digits_ok(barcode)
+    @pa.check("barcode_problem", error=BARCODE_RULE)
+    def barcode_readable(cls, problem: Series[str]) -> Series[bool]:
+        return problem.isna()
 
     @pa.check("price_minor", error="price must not be negative")
     def price_not_negative(cls, price: Series[pd.Int64Dtype]) -> Series[bool]:
@@ -148,6 +115,7 @@ _FIELD_NAMES = {
     "price_minor": "price",
     "quantity_scaled": "quantity",
     "barcode": "barcode",
+    "barcode_problem": "barcode",
     "description": "description",
 }
 
@@ -194,8 +162,28 @@ def _amount_minor(price: int | None, quantity: int | None, scale: int) -> int | 
     return (exact + half) // scale if exact >= 0 else -((-exact + half) // scale)
 
 
+def _label_amounts(
+    items: list[ReceiptItem], labels: list[Label]
+) -> tuple[list[int | None], list[int | None]]:
+    """Per line, the amount its label states and the amount its weight x unit price makes."""
+    stated: list[int | None] = [None] * len(items)
+    weighed: list[int | None] = [None] * len(items)
+    for row, label in enumerate(labels):
+        if not label.carries_figures:
+            continue
+        if label.amount is not None:
+            stated[row] = _minor(label.amount, 100)
+        if label.weight is not None:
+            unit_price = label.unit_price if label.unit_price is not None else items[row].price
+            weighed[row] = _minor(round_cents(label.weight * unit_price), 100)
+    return stated, weighed
+
+
 def receipts_to_frames(
-    receipts: list[Receipt], *, quantity_decimals: int = QUANTITY_DECIMALS
+    receipts: list[Receipt],
+    *,
+    quantity_decimals: int = QUANTITY_DECIMALS,
+    gs1_region: str | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The header and item frames of a batch, built column by column (no per-row frames)."""
     scale = 10**quantity_decimals
@@ -204,6 +192,11 @@ def receipts_to_frames(
     prices = [_minor(item.price, 100) for item in items]
     quantities = [_minor(item.quantity, scale) for item in items]
     amounts = [_amount_minor(p, q, scale) for p, q in zip(prices, quantities, strict=True)]
+    barcodes = [item.barcode for item in items]
+    # Each distinct code is read once (and cached across batches): a store sells few codes.
+    readings = {code: read_label(code, gs1_region) for code in set(barcodes)}
+    labels = [readings[code] for code in barcodes]
+    stated, weighed = _label_amounts(items, labels)
 
     starts = np.concatenate(([0], np.cumsum(counts)[:-1])) if len(receipts) else counts
     receipt_idx = np.repeat(np.arange(len(receipts), dtype=np.int64), counts)
@@ -237,11 +230,14 @@ def receipts_to_frames(
         {
             "receipt_idx": receipt_idx,
             "line_no": line_no,
-            "barcode": pd.Series([item.barcode for item in items], dtype=object),
+            "barcode": pd.Series(barcodes, dtype=object),
+            "barcode_problem": pd.Series([label.error for label in labels], dtype=object),
             "description": pd.Series([item.description for item in items], dtype=object),
             "price_minor": pd.array(prices, dtype="Int64"),
             "quantity_scaled": pd.array(quantities, dtype="Int64"),
             "amount_minor": amount_array,
+            "label_amount_minor": pd.array(stated, dtype="Int64"),
+            "weight_amount_minor": pd.array(weighed, dtype="Int64"),
         }
     )
     item_frame.attrs["quantity_decimals"] = quantity_decimals
@@ -261,22 +257,31 @@ def validate_batch(
     quantity_decimals: int = QUANTITY_DECIMALS,
     variable_measure: VariableMeasureScheme | None = None,
     receipt_id_prefix: str = "",
+    gs1_region: str | None = None,
+    check_labels: bool = False,
 ) -> ValidationReport:
-    """Check a batch of one terminal's receipts; every failure of every receipt is reported."""
+    """Check a batch of one terminal's receipts; every failure of every receipt is reported.
+
+    ``gs1_region``: how in-store codes read (``core.barcodes``); ``check_labels``: a price,
+    amount or weight on a line's label must agree with the line."""
     report = ValidationReport()
     if not receipts:
         return report
     now = now or datetime.now(UTC)
-    headers, items = receipts_to_frames(receipts, quantity_decimals=quantity_decimals)
+    headers, items = receipts_to_frames(
+        receipts, quantity_decimals=quantity_decimals, gs1_region=gs1_region
+    )
     problems: dict[int, list[Problem]] = {}
 
     header_schema = _header_schema(now, max_clock_skew, max_age, receipt_id_prefix)
-    item_schema = _item_schema(allow_returns, quantity_decimals, variable_measure)
+    item_schema = _item_schema(allow_returns, quantity_decimals, variable_measure, check_labels)
     for schema, frame, kind in ((header_schema, headers, "header"), (item_schema, items, "item")):
         try:
             schema.validate(frame, lazy=True)
         except pa.errors.SchemaErrors as exc:
-            explained = _explain(exc.failure_cases, frame, receipts, kind, variable_measure)
+            explained = _explain(
+                exc.failure_cases, frame, receipts, kind, variable_measure, gs1_region
+            )
             for receipt_idx, problem in explained:
                 problems.setdefault(receipt_idx, []).append(problem)
 
@@ -325,7 +330,10 @@ def _base_header_schema() -> pa.DataFrameSchema:
 
 @functools.cache
 def _item_schema(
-    allow_returns: bool, quantity_decimals: int, variable_measure: VariableMeasureScheme | None
+    allow_returns: bool,
+    quantity_decimals: int,
+    variable_measure: VariableMeasureScheme | None,
+    check_labels: bool = False,
 ) -> pa.DataFrameSchema:
     schema = ReceiptItemModel.to_schema()
     if not allow_returns:
@@ -345,7 +353,23 @@ def _item_schema(
                 functools.partial(_embedded_price_ok, variable_measure), error=EMBEDDED_PRICE_RULE
             ),
         ]
+    if check_labels:
+        schema = copy.deepcopy(schema)
+        schema.checks = [
+            *schema.checks,
+            pa.Check(
+                functools.partial(_label_agrees, "label_amount_minor"), error=LABEL_AMOUNT_RULE
+            ),
+            pa.Check(
+                functools.partial(_label_agrees, "weight_amount_minor"), error=LABEL_WEIGHT_RULE
+            ),
+        ]
     return schema
+
+
+def _label_agrees(column: str, items: pd.DataFrame) -> pd.Series:
+    """The label's figure is the line's amount (a return's by its size); no figure: agrees."""
+    return (items[column] == items["amount_minor"].abs()).fillna(True).astype(bool)
 
 
 def _embedded_price_ok(scheme: VariableMeasureScheme, items: pd.DataFrame) -> pd.Series:
@@ -392,7 +416,6 @@ def _builtin_rule(column: str, check: str, quantity_decimals: int) -> str | None
         ("quantity_scaled", "not_nullable"): (
             f"quantity must be below 10 million with at most {quantity_decimals} decimals"
         ),
-        ("barcode", f"str_matches('{DIGITS_ONLY}')"): "barcode must contain digits only",
         ("description", f"str_length(None, {MAX_DESCRIPTION})"): (
             f"description must be at most {MAX_DESCRIPTION} characters"
         ),
@@ -406,6 +429,7 @@ def _explain(
     receipts: list[Receipt],
     kind: str,
     scheme: VariableMeasureScheme | None,
+    gs1_region: str | None = None,
 ) -> Iterator[tuple[int, Problem]]:
     """Translate pandera's failure cases into (receipt index, Problem) pairs."""
     quantity_decimals = _quantity_decimals(frame) if kind == "item" else QUANTITY_DECIMALS
@@ -432,7 +456,7 @@ def _explain(
             item = receipts[receipt_idx].items[line_no - 1]
             attr = "barcode" if frame_check else _FIELD_NAMES.get(column, column)
             name = f"items[{line_no}].{attr}"
-            value = _item_value(rule, item, attr, scheme)
+            value = _item_value(rule, item, attr, scheme, gs1_region)
         if (receipt_idx, name, rule) in seen:
             continue
         seen.add((receipt_idx, name, rule))
@@ -444,13 +468,24 @@ def _quantity_decimals(items: pd.DataFrame) -> int:
 
 
 def _item_value(
-    rule: str, item: ReceiptItem, attr: str, scheme: VariableMeasureScheme | None
+    rule: str,
+    item: ReceiptItem,
+    attr: str,
+    scheme: VariableMeasureScheme | None,
+    gs1_region: str | None = None,
 ) -> str:
     """The failing value, with the numbers the operator needs to see why (rules stay fixed)."""
     value = _show(getattr(item, attr, ""))
-    if rule == CHECK_DIGIT_RULE:
-        expected = gs1_check_digit(item.barcode[:-1])
-        return f"{value} (check digit {item.barcode[-1]}, expected {expected})"
+    if rule == BARCODE_RULE:
+        return f"{_show(item.barcode)} ({read_label(item.barcode, gs1_region).error})"
+    if rule in (LABEL_AMOUNT_RULE, LABEL_WEIGHT_RULE):
+        label = read_label(item.barcode, gs1_region)
+        line = f"line: {item.price} x {item.quantity} = {item.amount}"
+        if rule == LABEL_AMOUNT_RULE:
+            return f"{value} (label: {label.amount}; {line})"
+        unit = label.unit_price if label.unit_price is not None else item.price
+        implied = round_cents((label.weight or 0) * unit)
+        return f"{value} (label: {label.weight} kg x {unit} = {implied}; {line})"
     if rule == EMBEDDED_PRICE_RULE and scheme is not None:
         embedded = Decimal(int(item.barcode[12 - scheme.price_digits : 12])).scaleb(-2)
         amount = round_cents(item.price * item.quantity)
