@@ -680,11 +680,14 @@ def _receipt_validate(args) -> int:
 
     # The same intake and validation as the pipeline, without moving any file.
     # A file of several transactions (POSLog) has a verdict per transaction: "<file>#<n>".
+    all_transactions: dict[str, str] = {}
+    by_name: dict[str, str] = {}
     for terminal_id, names in by_terminal.items():
         terminal = config.terminal(terminal_id)
         batch = processing.read_batch(terminal, list(names), quarantine=False)
         report = processing.validate(config, terminal, batch, quarantine=False)
-        by_name = {path.name: name for path, name in names.items()}
+        by_name.update({path.name: name for path, name in names.items()})
+        all_transactions.update(batch.transactions)
 
         for rejected_name, problems in batch.rejected:
             if rejected_name not in by_name:  # a transaction: "<file name>#<n>"
@@ -710,11 +713,19 @@ def _receipt_validate(args) -> int:
         return order[file_name], int(index)
 
     results = [(name, *verdicts[name]) for name in sorted(verdicts, key=in_file_order)]
+    # A transaction's own name, e.g. "transaction 2 (SequenceNumber 1041)", by "<file>#<n>".
+    transaction_names = {
+        f"{by_name[file]}#{index}": label
+        for file, index, label in (
+            (*key.rsplit("#", 1), label) for key, label in all_transactions.items()
+        )
+    }
     if args.json:
         listing = [
             {
                 "file": name,
                 "terminal": terminal_id,
+                **({"transaction": transaction_names[name]} if name in transaction_names else {}),
                 "valid": not problems,
                 "errors": [p.as_dict() for p in problems],
             }
@@ -724,6 +735,8 @@ def _receipt_validate(args) -> int:
     else:
         for name, terminal_id, problems in results:
             where = f" ({terminal_id})" if terminal_id else ""
+            if name in transaction_names:
+                where += f" {transaction_names[name]}"
             print(f"{name}{where}: {'INVALID' if problems else 'valid'}")
             for problem in problems:
                 print(f"  - {problem.field}: {problem.rule} (value: {problem.value})")

@@ -83,9 +83,9 @@ def test_the_example_file_reads_as_its_three_sales(config):
     assert [r.error for r in readings] == [None, None, None]
     receipts = [r.receipt for r in readings]
     assert [(r.receipt_id, r.total, len(r.items)) for r in receipts] == [
-        ("1041", Decimal("16.83"), 2),
-        ("1042", Decimal("13.00"), 1),  # the voided line is not a sale
-        ("1043", Decimal("5.55"), 1),
+        ("2041", Decimal("16.83"), 2),
+        ("2042", Decimal("13.00"), 1),  # the voided line is not a sale
+        ("2043", Decimal("5.55"), 1),
     ]
     salmon = receipts[0].items[0]
     assert (salmon.barcode, salmon.gtin, salmon.weight) == (
@@ -95,9 +95,9 @@ def test_the_example_file_reads_as_its_three_sales(config):
     )
     # The sign-on (a ControlTransaction) is no receipt; the others are named by position.
     assert [r.part.name for r in readings] == [
-        "transaction 2 (SequenceNumber 1041)",
-        "transaction 3 (SequenceNumber 1042)",
-        "transaction 4 (SequenceNumber 1043)",
+        "transaction 2 (SequenceNumber 2041)",
+        "transaction 3 (SequenceNumber 2042)",
+        "transaction 4 (SequenceNumber 2043)",
     ]
     assert [r.source_file for r in receipts] == ["poslog.xml#2", "poslog.xml#3", "poslog.xml#4"]
 
@@ -294,4 +294,29 @@ def test_receipt_validate_lists_each_transaction(config, tmp_path, capsys):
         ("broken.xml#3", False),
         ("broken.xml#4", True),
     ]
+    assert listing[4]["transaction"] == "transaction 3 (SequenceNumber 2042)"
     assert listing[4]["errors"][0]["field"] == "total"
+
+
+def test_the_simulator_writes_what_a_poslog_till_writes(config):
+    """The demo's POSLog till: each simulated sale, scale labels included, reads back whole."""
+    from posfed_pipeline.core.simulator import ReceiptSimulator
+
+    # The simulator's catalogue is chosen by the id: a fishmonger's weighed fish.
+    terminal = replace(config.terminal("fish_7"), id="fishmonger_7")
+    simulator = ReceiptSimulator([terminal], seed=3)
+    labels = 0
+    for _ in range(20):
+        receipt = simulator.make_receipt(terminal)
+        path = simulator.drop(terminal, receipt)
+        assert path.suffix == ".xml"
+        [reading] = intake.read_receipts(path, terminal)
+        assert reading.error is None
+        read = reading.receipt
+        assert (read.receipt_id, read.items, read.total) == (
+            receipt.receipt_id,
+            receipt.items,
+            receipt.total,
+        )
+        labels += sum(item.weight is not None for item in read.items)
+    assert labels > 0

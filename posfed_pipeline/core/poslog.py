@@ -32,7 +32,7 @@ from decimal import Decimal, InvalidOperation
 from defusedxml import DefusedXmlException
 from defusedxml.ElementTree import fromstring
 
-from posfed_pipeline.core.receipt import Problem, round_cents
+from posfed_pipeline.core.receipt import Problem, Receipt, round_cents
 
 IXRETAIL_NAMESPACE = "http://www.nrf-arts.org/IXRetail/namespace/"
 MAX_TRANSACTIONS = 10_000
@@ -246,3 +246,36 @@ def _split(tag: str) -> tuple[str, str]:
         namespace, _, local = tag[1:].partition("}")
         return namespace, local
     return "", tag
+
+
+def write_poslog(receipts: list[Receipt], workstation_id: str) -> bytes:
+    """Receipts as one POSLog file, as a till exports them (the simulator's POSLog tills)."""
+    ns = IXRETAIL_NAMESPACE
+    root = ET.Element(_q(ns, "POSLog"))
+    for receipt in receipts:
+        transaction = ET.SubElement(root, _q(ns, "Transaction"))
+        for name, value in (
+            ("WorkstationID", workstation_id),
+            ("SequenceNumber", receipt.receipt_id),
+            ("BusinessDayDate", receipt.business_day.isoformat()),
+            ("EndDateTime", receipt.timestamp.isoformat()),
+        ):
+            ET.SubElement(transaction, _q(ns, name)).text = value
+        retail = ET.SubElement(transaction, _q(ns, "RetailTransaction"))
+        for number, item in enumerate(receipt.items, start=1):
+            line = ET.SubElement(retail, _q(ns, "LineItem"))
+            ET.SubElement(line, _q(ns, "SequenceNumber")).text = str(number)
+            kind = "Return" if item.quantity < 0 else "Sale"
+            goods = ET.SubElement(line, _q(ns, kind))
+            for name, value in (
+                ("ItemID", item.barcode),
+                ("Description", item.description),
+                ("RegularSalesUnitPrice", str(item.price)),
+                ("ExtendedAmount", str(abs(item.amount))),
+                ("Quantity", str(abs(item.quantity))),
+            ):
+                ET.SubElement(goods, _q(ns, name)).text = value
+        total = ET.SubElement(retail, _q(ns, "Total"), TotalType=GRAND_TOTAL)
+        total.text = str(receipt.total)
+    ET.indent(root)
+    return ET.tostring(root, encoding="utf-8", xml_declaration=True) + b"\n"

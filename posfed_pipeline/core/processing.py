@@ -45,6 +45,8 @@ class IntakeResult:
     parts: dict[int, intake.Part] = field(default_factory=dict)
     # Files of several transactions, by signature: archived once every one is decided.
     several: dict[str, inbox.InboxFile] = field(default_factory=dict)
+    # "<file>#<n>" -> "transaction <n> (SequenceNumber ...)": how reports name them.
+    transactions: dict[str, str] = field(default_factory=dict)
     rejected: list[tuple[str, list[Problem]]] = field(default_factory=list)  # (name, reasons)
     missing: list[str] = field(default_factory=list)  # already handled by an earlier attempt
     deferred: list[str] = field(default_factory=list)  # unreadable yet fresh: left in the inbox
@@ -169,6 +171,7 @@ def read_batch(
         for reading in readings:
             if reading.part is not None:
                 result.several[version.signature] = version
+                result.transactions[part_name(path.name, reading.part)] = reading.part.name
             if reading.receipt is None:
                 assert reading.part is not None and reading.error is not None
                 problems = reading.error.problems

@@ -22,7 +22,8 @@ from pathlib import Path
 
 from biip.checksums import gs1_standard_check_digit
 
-from posfed_pipeline.core.config import Terminal
+from posfed_pipeline.core.config import POSLOG_FORMAT, Terminal
+from posfed_pipeline.core.poslog import write_poslog
 from posfed_pipeline.core.receipt import Receipt, ReceiptItem, canonical_json, round_cents
 
 # (description, unit price, weighed?) per department kind, keyed by terminal id prefix.
@@ -132,7 +133,12 @@ class ReceiptSimulator:
         )
 
     def drop(self, terminal: Terminal, receipt: Receipt | None = None) -> Path:
+        """The receipt as the terminal's till writes it: posfed JSON, or a POSLog file."""
         receipt = receipt or self.make_receipt(terminal)
+        if terminal.input_format == POSLOG_FORMAT:
+            path = terminal.inbox / f"{receipt.receipt_id}.xml"
+            path.write_bytes(write_poslog([receipt], terminal.workstation_id or terminal.id))
+            return path
         path = terminal.inbox / f"{receipt.receipt_id}.json"
         path.write_text(canonical_json(receipt), encoding="utf-8")
         return path

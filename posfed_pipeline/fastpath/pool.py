@@ -86,11 +86,30 @@ def _warm_up() -> None:
 
     config = load_config()
     build_definitions(config).resolve_job_def(RECEIPTS_JOB)
-    terminal = config.terminals[0]
-    sample = ReceiptSimulator([terminal], seed=0).make_receipt(
-        terminal, datetime.now().astimezone()
-    )
-    validation.validate_batch([sample])
+    # Each distinct set of rules is its own pandera schema; a weighed line loads biip's tables.
+    warmed = set()
+    for terminal in config.terminals:
+        rules = (
+            terminal.allow_returns,
+            terminal.quantity_decimals,
+            terminal.variable_measure,
+            terminal.check_labels,
+            terminal.gs1_region,
+        )
+        if rules in warmed:
+            continue
+        warmed.add(rules)
+        sample = ReceiptSimulator([terminal], seed=0).make_receipt(
+            terminal, datetime.now().astimezone()
+        )
+        validation.validate_batch(
+            [sample],
+            allow_returns=terminal.allow_returns,
+            quantity_decimals=terminal.quantity_decimals,
+            variable_measure=terminal.variable_measure,
+            gs1_region=terminal.gs1_region,
+            check_labels=terminal.check_labels,
+        )
     # The database may be down right now; the run will say so.
     with contextlib.suppress(Exception):
         central_db_resource(config).get_engine().connect().close()
