@@ -103,16 +103,18 @@ def max_file_bytes(terminal: Terminal) -> int:
 def read_receipt_file(path: Path, terminal: Terminal) -> Receipt:
     """Read one inbox file of one receipt; raises ``IntakeError`` with every reason it is not
     one (a POSLog file of several transactions included: see ``read_receipts``)."""
-    readings = read_receipts(path, terminal)
+    return _only_receipt(read_receipts(path, terminal))
+
+
+def _only_receipt(readings: list[Reading]) -> Receipt:
     if len(readings) > 1:
         raise IntakeError(
             [Problem("file", f"{len(readings)} transactions", "holds more than one receipt")]
         )
-    reading = readings[0]
-    if reading.error is not None:
-        raise reading.error
-    assert reading.receipt is not None
-    return reading.receipt
+    if readings[0].error is not None:
+        raise readings[0].error
+    assert readings[0].receipt is not None
+    return readings[0].receipt
 
 
 def read_receipts(path: Path, terminal: Terminal) -> list[Reading]:
@@ -185,15 +187,7 @@ def _check_size(data: bytes, limit: int) -> None:
 def parse_receipt(data: bytes, terminal: Terminal, *, source_file: str = "") -> Receipt:
     """The receipt in ``data``, read in the terminal's configured format (one receipt)."""
     if terminal.input_format == POSLOG_FORMAT:
-        readings = parse_receipts(data, terminal, source_file=source_file)
-        if len(readings) > 1:
-            raise IntakeError(
-                [Problem("file", f"{len(readings)} transactions", "holds more than one receipt")]
-            )
-        if readings[0].error is not None:
-            raise readings[0].error
-        assert readings[0].receipt is not None
-        return readings[0].receipt
+        return _only_receipt(parse_receipts(data, terminal, source_file=source_file))
     _check_size(data, MAX_FILE_BYTES)
     text = _decode(data, terminal)
     mapping = terminal.mapping
