@@ -232,7 +232,7 @@ def make_store(
     config_path.write_text(text)
     config = load_config(config_path)
     config.ensure_folders()
-    store.upgrade_database(store.make_engine(db_url or config.db_url))
+    store.upgrade_database(store.make_engine(db_url or config.db_url), store_id=config.store_id)
     return config
 
 

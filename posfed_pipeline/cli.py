@@ -107,7 +107,7 @@ def render_instance_yaml(dagster_home: Path, profile: str = "dev") -> Path:
 def prepare_instance(config: PosfedConfig) -> Path:
     """Folders, schema and Dagster home for the embedded setup; returns DAGSTER_HOME."""
     config.ensure_folders()
-    store.upgrade_database(store.make_engine(config.db_url))
+    store.upgrade_database(store.make_engine(config.db_url), store_id=config.store_id)
     dagster_home = config.home / "dagster_home"
     render_instance_yaml(dagster_home)
     # Create Dagster's storage once, before several processes open it at the same moment.
@@ -330,11 +330,11 @@ def _add_db(commands) -> None:
 def _db_upgrade(args) -> int:
     config = _config(args)
     if args.sql:
-        print(store.upgrade_sql(config.db_url), end="")
+        print(store.upgrade_sql(config.db_url, store_id=config.store_id), end="")
         return 0
     engine = store.make_engine(config.db_url)
     try:
-        store.upgrade_database(engine)
+        store.upgrade_database(engine, store_id=config.store_id)
         revision = store.schema_revision(engine)
     except store.DatabaseUnavailable as exc:
         print(f"db upgrade: {exc}", file=sys.stderr)
@@ -368,9 +368,11 @@ def _db_status(args) -> int:
     try:
         with call_deadline(engine, config.sync.call_timeout_seconds, "db status"):
             revision = store.schema_revision(engine)
-            rows = store.counts_by_terminal_day(engine) if revision else []
+            rows = store.counts_by_terminal_day(engine, config.store_id) if revision else []
             summaries = (
-                store.ledger_summary(engine) if revision and store.has_ledger(engine) else {}
+                store.ledger_summary(engine, config.store_id)
+                if revision and store.has_ledger(engine)
+                else {}
             )
     except Exception as exc:  # the ledger's view above stands; say why this part is missing
         if not (isinstance(exc, store.DatabaseUnavailable) or store.is_transient_error(exc)):

@@ -130,11 +130,11 @@ def test_retention_compresses_old_days_and_a_backfill_restores_them(config, engi
 def test_settlement_is_stored_and_replaced_on_rerun(config, engine):
     _process(config, engine, "bakery_1", [receipt_doc("B1", timestamp=TS)])
     first = audit.settle_day(config, engine, DAY)
-    assert audit.store_settlements(engine, DAY, first) == 2
+    assert audit.store_settlements(engine, DAY, first, config.store_id) == 2
     _process(config, engine, "bakery_1", [receipt_doc("B2", timestamp=TS)])
-    audit.store_settlements(engine, DAY, audit.settle_day(config, engine, DAY))
+    audit.store_settlements(engine, DAY, audit.settle_day(config, engine, DAY), config.store_id)
 
-    rows = audit.stored_settlements(engine, DAY)
+    rows = audit.stored_settlements(engine, DAY, config.store_id)
     assert [(r["tenant"], r["receipts"], r["net"]) for r in rows] == [
         ("Bakkerij", 2, Decimal("12.80")),
         ("Slagerij", 0, Decimal("0.00")),

@@ -70,7 +70,10 @@ def test_settlement_job_writes_csv_and_table(config, engine):
 
     rows = list(csv.DictReader(audit.settlement_csv_path(config, DAY).open(newline="")))
     assert [(r["tenant"], r["net"]) for r in rows] == [("Bakkerij", "6.40"), ("Slagerij", "0.00")]
-    assert [r["tenant"] for r in audit.stored_settlements(engine, DAY)] == ["Bakkerij", "Slagerij"]
+    assert [r["tenant"] for r in audit.stored_settlements(engine, DAY, config.store_id)] == [
+        "Bakkerij",
+        "Slagerij",
+    ]
 
 
 def test_nightly_reconciliation_schedule_asks_for_every_terminal_yesterday(config):
@@ -113,11 +116,11 @@ def test_a_day_with_receipts_still_on_their_way_is_not_settled_short(config, eng
         assert "1 receipt(s) of 2026-11-20 are not in the central database yet" in str(
             failure.event_specific_data.error
         )
-        assert audit.stored_settlements(engine, DAY) == []
+        assert audit.stored_settlements(engine, DAY, config.store_id) == []
 
         assert defs.resolve_job_def(SYNC_JOB).execute_in_process(instance=instance).success
         assert settle.execute_in_process(partition_key="2026-11-20", instance=instance).success
-    rows = audit.stored_settlements(engine, DAY)
+    rows = audit.stored_settlements(engine, DAY, config.store_id)
     assert [(r["tenant"], r["net"]) for r in rows] == [
         ("Bakkerij", Decimal("6.40")),
         ("Slagerij", Decimal("0.00")),
@@ -220,7 +223,11 @@ def test_late_receipts_bring_a_settled_day_up_to_date_with_what_changed(config, 
     assert revision.metadata["net_total"].value == "12.80"
     changes = revision.metadata["changes"].value
     assert "Bakkerij | 1 | 2 | 6\\.40 | 12\\.80" in changes
-    [bakery] = [r for r in audit.stored_settlements(engine, DAY) if r["tenant"] == "Bakkerij"]
+    [bakery] = [
+        r
+        for r in audit.stored_settlements(engine, DAY, config.store_id)
+        if r["tenant"] == "Bakkerij"
+    ]
     assert (bakery["receipts"], bakery["net"]) == (2, Decimal("12.80"))
 
 

@@ -47,7 +47,10 @@ def test_receipt_table_ddl_is_tsql():
     assert "sold_at DATETIMEOFFSET NOT NULL" in ddl  # timezone-aware: the offset is kept
     assert "total NUMERIC(14, 2) NOT NULL" in ddl
     assert "tenant NVARCHAR(128) NOT NULL" in ddl
-    assert "CONSTRAINT uq_pos_receipt_key UNIQUE (terminal_id, business_day, receipt_id)" in ddl
+    assert (
+        "CONSTRAINT uq_pos_receipt_key UNIQUE (store_id, terminal_id, business_day, receipt_id)"
+        in ddl
+    )
     assert "FLOAT" not in ddl and "REAL" not in ddl
 
 
@@ -59,14 +62,20 @@ def test_line_and_ledger_ddl_is_tsql():
     assert "price NUMERIC(14, 2) NOT NULL" in lines
     assert "quantity NUMERIC(14, 3) NOT NULL" in lines
     assert "description NVARCHAR(200) NOT NULL" in lines
-    assert "PRIMARY KEY (terminal_id, business_day, receipt_id, line_no)" in lines
-    assert "FOREIGN KEY(terminal_id, business_day, receipt_id) REFERENCES pos_receipt" in lines
+    assert (
+        "CONSTRAINT pk_pos_receipt_line PRIMARY KEY "
+        "(store_id, terminal_id, business_day, receipt_id, line_no)" in lines
+    )
+    assert (
+        "FOREIGN KEY(store_id, terminal_id, business_day, receipt_id) REFERENCES pos_receipt"
+        in lines
+    )
     assert "detected_at DATETIMEOFFSET NULL" in ledger
     assert "dat_written_at DATETIMEOFFSET NULL" in ledger
     assert "run_id VARCHAR(64) NULL" in ledger
     assert compiled(CreateIndex(key_index)) == (
         "CREATE INDEX ix_pos_ingest_ledger_key ON pos_ingest_ledger "
-        "(terminal_id, business_day, receipt_id)"
+        "(store_id, terminal_id, business_day, receipt_id)"
     )
 
 
@@ -90,15 +99,15 @@ def test_load_statements_are_tsql_with_qmark_parameters():
         render_postcompile=True,
     )
 
-    assert header_insert.startswith("INSERT INTO pos_receipt (terminal_id, business_day,")
-    assert header_insert.endswith("VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+    assert header_insert.startswith("INSERT INTO pos_receipt (store_id, terminal_id, business_day,")
+    assert header_insert.endswith("VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
     assert existing == (
         "SELECT pos_receipt.receipt_id, pos_receipt.content_hash \n"
         "FROM pos_receipt \n"
-        "WHERE pos_receipt.terminal_id = ? AND pos_receipt.business_day = ? "
-        "AND pos_receipt.receipt_id IN (?, ?, ?)"
+        "WHERE pos_receipt.store_id = ? AND pos_receipt.terminal_id = ? "
+        "AND pos_receipt.business_day = ? AND pos_receipt.receipt_id IN (?, ?, ?)"
     )
-    assert ledger_insert.startswith("INSERT INTO pos_ingest_ledger (terminal_id,")
+    assert ledger_insert.startswith("INSERT INTO pos_ingest_ledger (store_id, terminal_id,")
     assert "delivery_id" in ledger_insert and ledger_insert.count("?") == len(ledger_columns)
     assert held == (
         "SELECT pos_ingest_ledger.delivery_id \nFROM pos_ingest_ledger \n"
@@ -166,6 +175,14 @@ def test_offline_migration_script_is_tsql():
     assert "ALTER TABLE pos_receipt_line ALTER COLUMN barcode NVARCHAR(4000) NOT NULL;" in script
     assert "ALTER TABLE pos_receipt_line ADD gtin VARCHAR(14) NULL;" in script
     assert "ALTER TABLE pos_receipt_line ADD net_weight_kg NUMERIC(14, 3) NULL;" in script
+    # 0006: the store joins every key; the unnamed primary keys are found by their table.
+    assert "UPDATE pos_receipt SET store_id='store';" in script
+    assert "OBJECT_ID('pos_receipt_line')" in script
+    assert (
+        "ALTER TABLE pos_receipt ADD CONSTRAINT uq_pos_receipt_key UNIQUE "
+        "(store_id, terminal_id, business_day, receipt_id);" in script
+    )
+    assert "CREATE VIEW pos_settlement_chain AS" in script
     assert script.rstrip().endswith("COMMIT;\n\nGO")
 
 

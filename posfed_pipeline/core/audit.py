@@ -22,7 +22,19 @@ from datetime import UTC, date, datetime
 from decimal import Decimal
 from pathlib import Path
 
-from sqlalchemy import DateTime, Integer, Numeric, String, Unicode, delete, insert, select
+from sqlalchemy import (
+    DateTime,
+    Integer,
+    Numeric,
+    PrimaryKeyConstraint,
+    String,
+    Unicode,
+    bindparam,
+    delete,
+    insert,
+    select,
+    text,
+)
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -31,7 +43,13 @@ from posfed_pipeline.core.config import PosfedConfig, Terminal
 from posfed_pipeline.core.dat import DatSpec, render_receipt
 from posfed_pipeline.core.fsutil import write_atomic
 from posfed_pipeline.core.ledger import Ledger
-from posfed_pipeline.core.store import Base, BusinessDay, ReceiptLineRow, ReceiptRow
+from posfed_pipeline.core.store import (
+    Base,
+    BusinessDay,
+    ReceiptLineRow,
+    ReceiptRow,
+    StoreId,
+)
 
 ZERO = Decimal("0.00")
 
@@ -108,7 +126,9 @@ def reconcile_terminal_day(
         result.loaded = set(
             connection.execute(
                 select(header.c.receipt_id).where(
-                    header.c.terminal_id == terminal.id, header.c.business_day == day
+                    header.c.store_id == config.store_id,
+                    header.c.terminal_id == terminal.id,
+                    header.c.business_day == day,
                 )
             ).scalars()
         )
@@ -166,10 +186,15 @@ def describe_gaps(numbers: list[int], limit: int = 50) -> str:
 
 
 class SettlementRow(Base):
-    """One tenant's settlement for one day (migration 0003)."""
+    """One tenant's settlement in one store for one day (migrations 0003, 0006); the chain's,
+    across stores, is the view ``pos_settlement_chain``."""
 
     __tablename__ = "pos_settlement"
+    __table_args__ = (
+        PrimaryKeyConstraint("store_id", "business_day", "tenant", name="pk_pos_settlement"),
+    )
 
+    store_id: Mapped[str] = mapped_column(StoreId, primary_key=True)
     business_day: Mapped[date] = mapped_column(BusinessDay, primary_key=True)
     tenant: Mapped[str] = mapped_column(Unicode(128), primary_key=True)
     departments: Mapped[str] = mapped_column(String(64))
@@ -206,7 +231,7 @@ class TenantSettlement:
 
 
 def settle_day(config: PosfedConfig, engine: Engine, day: date) -> list[TenantSettlement]:
-    """One line per configured tenant (zero when it sold nothing), exact to the cent."""
+    """This store's line per configured tenant (zero when it sold nothing), exact to the cent."""
     header = ReceiptRow.__table__
     lines = ReceiptLineRow.__table__
     receipts: dict[str, int] = defaultdict(int)
@@ -214,7 +239,9 @@ def settle_day(config: PosfedConfig, engine: Engine, day: date) -> list[TenantSe
     returns: dict[str, Decimal] = defaultdict(lambda: ZERO)
     with engine.connect() as connection:
         for (tenant,) in connection.execute(
-            select(header.c.tenant).where(header.c.business_day == day)
+            select(header.c.tenant).where(
+                header.c.store_id == config.store_id, header.c.business_day == day
+            )
         ).all():
             receipts[tenant] += 1
         # Summed in Python: exact Decimal arithmetic whatever the database's SUM does.
@@ -222,11 +249,12 @@ def settle_day(config: PosfedConfig, engine: Engine, day: date) -> list[TenantSe
             select(header.c.tenant, lines.c.amount)
             .join(
                 lines,
-                (lines.c.terminal_id == header.c.terminal_id)
+                (lines.c.store_id == header.c.store_id)
+                & (lines.c.terminal_id == header.c.terminal_id)
                 & (lines.c.business_day == header.c.business_day)
                 & (lines.c.receipt_id == header.c.receipt_id),
             )
-            .where(header.c.business_day == day)
+            .where(header.c.store_id == config.store_id, header.c.business_day == day)
         ).all():
             amount = Decimal(amount)
             if amount >= 0:
@@ -279,17 +307,26 @@ def write_settlement_csv(
     return path
 
 
-def store_settlements(engine: Engine, day: date, settlements: list[TenantSettlement]) -> int:
-    """Replace the day's settlement rows in one transaction (a re-run recomputes, never adds)."""
+def store_settlements(
+    engine: Engine,
+    day: date,
+    settlements: list[TenantSettlement],
+    store_id: str,
+) -> int:
+    """Replace this store's settlement rows of the day in one transaction (a re-run
+    recomputes, never adds; other stores' rows are theirs)."""
     table = SettlementRow.__table__
     computed_at = datetime.now(UTC)
     with engine.begin() as connection:
-        connection.execute(delete(table).where(table.c.business_day == day))
+        connection.execute(
+            delete(table).where(table.c.store_id == store_id, table.c.business_day == day)
+        )
         if settlements:
             connection.execute(
                 insert(table),
                 [
                     {
+                        "store_id": store_id,
                         "business_day": s.business_day,
                         "tenant": s.tenant,
                         "departments": s.departments,
@@ -305,12 +342,39 @@ def store_settlements(engine: Engine, day: date, settlements: list[TenantSettlem
     return len(settlements)
 
 
-def stored_settlements(engine: Engine, day: date) -> list[dict]:
+def stored_settlements(engine: Engine, day: date, store_id: str | None) -> list[dict]:
+    """One store's settlement rows of a day (``store_id=None``: every store's)."""
     table = SettlementRow.__table__
+    query = select(table).where(table.c.business_day == day)
+    if store_id is not None:
+        query = query.where(table.c.store_id == store_id)
     with engine.connect() as connection:
         return [
             dict(row)
             for row in connection.execute(
-                select(table).where(table.c.business_day == day).order_by(table.c.tenant)
+                query.order_by(table.c.store_id, table.c.tenant)
             ).mappings()
         ]
+
+
+def chain_settlements(engine: Engine, day: date) -> list[dict]:
+    """The chain's settlement of a day, per tenant across its stores (the view
+    ``pos_settlement_chain``); money comes back as Decimal."""
+    query = text(
+        "SELECT business_day, tenant, stores, receipts, gross_sales, returns, net "
+        "FROM pos_settlement_chain WHERE business_day = :day ORDER BY tenant"
+    ).bindparams(bindparam("day", day, type_=BusinessDay))
+    # A view's columns carry no types on SQLite: say what they are.
+    query = query.columns(business_day=BusinessDay, tenant=Unicode(128))
+    with engine.connect() as connection:
+        rows = connection.execute(query).mappings().all()
+    money = ("gross_sales", "returns", "net")
+    return [
+        {
+            **row,
+            "stores": int(row["stores"]),
+            "receipts": int(row["receipts"]),
+            **{k: Decimal(str(row[k])).quantize(Decimal("0.01")) for k in money},
+        }
+        for row in rows
+    ]

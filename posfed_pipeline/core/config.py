@@ -32,7 +32,7 @@ from posfed_pipeline.core.delivery import (
     health_rules,
 )
 from posfed_pipeline.core.fsutil import ContentConflict, write_once
-from posfed_pipeline.core.store import database_url_from_env
+from posfed_pipeline.core.store import DEFAULT_STORE_ID, database_url_from_env
 from posfed_pipeline.core.sync import SyncPolicy
 
 DEFAULT_CONFIG_FILE = "posfed.toml"
@@ -41,6 +41,8 @@ FIRST_DAY_FILE = "first_business_day"  # in the home folder: see first_partition
 TERMINAL_ID_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,31}$")
 DEPARTMENT_PATTERN = re.compile(r"^[A-Za-z0-9]{1,8}$")
 RECEIPT_ID_PREFIX_PATTERN = re.compile(r"^[A-Za-z0-9]{0,16}$")
+# Part of every key in the central register, shared by a chain's stores.
+STORE_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,31}\Z")
 CANONICAL_FORMAT = "posfed-json"
 # Built-in formats; every [mappings.<name>] of the store file adds one more.
 POSLOG_FORMAT = "arts-poslog"  # ARTS/NRF POSLog XML: many transactions per file
@@ -355,6 +357,12 @@ def config_from_dict(raw: dict, *, base_dir: Path, config_path: Path | None = No
             _refuse_unknown_keys(raw[table], known, f"{where}: [{table}]")
 
     timezone = _zone(store.get("timezone", "UTC"), f"{where}: [store] timezone")
+    store_id = str(store.get("id", DEFAULT_STORE_ID))
+    if not STORE_ID_PATTERN.match(store_id):
+        raise ConfigError(
+            f"{where}: [store] id {store_id!r} must be 1-32 letters, digits, '.', '-' or '_', "
+            "starting with a letter or digit: it is part of every key in the central register"
+        )
     mappings = _mappings(raw.get("mappings", {}), where)
     store_variable_measure = (
         _variable_measure(store["variable_measure"], f"{where}: [store.variable_measure]")
@@ -469,8 +477,8 @@ def config_from_dict(raw: dict, *, base_dir: Path, config_path: Path | None = No
         raise ConfigError(f"{where}: [store] partitions_start: {exc}") from None
 
     config = PosfedConfig(
-        store_id=str(store.get("id", "store")),
-        store_name=str(store.get("name", store.get("id", "store"))),
+        store_id=store_id,
+        store_name=str(store.get("name", store_id)),
         timezone=timezone,
         home=home,
         terminals=tuple(terminals),
@@ -486,7 +494,7 @@ def config_from_dict(raw: dict, *, base_dir: Path, config_path: Path | None = No
         catchup_grace_seconds=float(intake.get("catchup_grace_seconds", 10.0)),
         incomplete_grace_seconds=float(intake.get("incomplete_grace_seconds", 10.0)),
         retention_days=int(raw.get("retention", {}).get("keep_days", 90)),
-        sync=_sync_policy(raw.get("sync", {}), f"{where}: [sync]"),
+        sync=_sync_policy(raw.get("sync", {}), f"{where}: [sync]", store_id),
         alerts=_alert_settings(raw.get("alerts", {}), f"{where}: [alerts]"),
         config_path=config_path,
     )
@@ -548,12 +556,13 @@ def _positive(table: dict, key: str, default: float, place: str) -> float:
     return float(value)
 
 
-def _sync_policy(table: dict, place: str) -> SyncPolicy:
+def _sync_policy(table: dict, place: str, store_id: str) -> SyncPolicy:
     default = SyncPolicy()
     batch_size = table.get("batch_size", default.batch_size)
     if type(batch_size) is not int or not 1 <= batch_size <= 10_000:
         raise ConfigError(f"{place}: batch_size must be a whole number from 1 to 10000")
     policy = SyncPolicy(
+        store_id=store_id,
         batch_size=batch_size,
         backoff_cap_seconds=_positive(
             table, "backoff_cap_seconds", default.backoff_cap_seconds, place

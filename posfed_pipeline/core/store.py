@@ -31,6 +31,7 @@ from sqlalchemy import (
     Index,
     Integer,
     Numeric,
+    PrimaryKeyConstraint,
     String,
     Unicode,
     UniqueConstraint,
@@ -44,6 +45,7 @@ from sqlalchemy import (
     inspect,
     select,
     text,
+    true,
 )
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects import mssql, postgresql
@@ -64,6 +66,9 @@ from posfed_pipeline.core.ledger import OutboxEntry, Outcome
 from posfed_pipeline.core.receipt import Receipt
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
+# Part of every key in the register: a chain's stores share it (migration 0006).
+DEFAULT_STORE_ID = "store"
+StoreId = String(32)
 
 # SQL Server compiles a plain Date to DATETIME when it cannot ask the server its version (offline
 # migrations); the variant keeps it a DATE everywhere.
@@ -86,10 +91,13 @@ class Base(DeclarativeBase):
 class ReceiptRow(Base):
     __tablename__ = "pos_receipt"
     __table_args__ = (
-        UniqueConstraint("terminal_id", "business_day", "receipt_id", name="uq_pos_receipt_key"),
+        UniqueConstraint(
+            "store_id", "terminal_id", "business_day", "receipt_id", name="uq_pos_receipt_key"
+        ),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    store_id: Mapped[str] = mapped_column(StoreId)
     terminal_id: Mapped[str] = mapped_column(String(32))
     business_day: Mapped[date] = mapped_column(BusinessDay)
     receipt_id: Mapped[str] = mapped_column(String(64))
@@ -106,13 +114,27 @@ class ReceiptRow(Base):
 class ReceiptLineRow(Base):
     __tablename__ = "pos_receipt_line"
     __table_args__ = (
+        PrimaryKeyConstraint(
+            "store_id",
+            "terminal_id",
+            "business_day",
+            "receipt_id",
+            "line_no",
+            name="pk_pos_receipt_line",
+        ),
         ForeignKeyConstraint(
-            ["terminal_id", "business_day", "receipt_id"],
-            ["pos_receipt.terminal_id", "pos_receipt.business_day", "pos_receipt.receipt_id"],
+            ["store_id", "terminal_id", "business_day", "receipt_id"],
+            [
+                "pos_receipt.store_id",
+                "pos_receipt.terminal_id",
+                "pos_receipt.business_day",
+                "pos_receipt.receipt_id",
+            ],
             name="fk_pos_receipt_line_receipt",
         ),
     )
 
+    store_id: Mapped[str] = mapped_column(StoreId, primary_key=True)
     terminal_id: Mapped[str] = mapped_column(String(32), primary_key=True)
     business_day: Mapped[date] = mapped_column(BusinessDay, primary_key=True)
     receipt_id: Mapped[str] = mapped_column(String(64), primary_key=True)
@@ -133,7 +155,7 @@ class IngestLedgerRow(Base):
 
     __tablename__ = "pos_ingest_ledger"
     __table_args__ = (
-        Index("ix_pos_ingest_ledger_key", "terminal_id", "business_day", "receipt_id"),
+        Index("ix_pos_ingest_ledger_key", "store_id", "terminal_id", "business_day", "receipt_id"),
         Index("ix_pos_ingest_ledger_run", "run_id"),
         Index(
             "ux_pos_ingest_ledger_delivery",
@@ -144,6 +166,7 @@ class IngestLedgerRow(Base):
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    store_id: Mapped[str] = mapped_column(StoreId)
     terminal_id: Mapped[str] = mapped_column(String(32))
     business_day: Mapped[date] = mapped_column(BusinessDay)
     receipt_id: Mapped[str] = mapped_column(String(64))
@@ -491,11 +514,15 @@ def _alembic_config(output: io.StringIO | None = None):
     return config
 
 
-def upgrade_database(engine: Engine, revision: str = "head") -> None:
-    """Bring the schema to ``revision`` with Alembic (idempotent)."""
+def upgrade_database(
+    engine: Engine, revision: str = "head", *, store_id: str = DEFAULT_STORE_ID
+) -> None:
+    """Bring the schema to ``revision`` with Alembic (idempotent). ``store_id``: the store
+    that rows from before migration 0006 (the register of one store) belong to."""
     from alembic import command
 
     config = _alembic_config()
+    config.attributes["store_id"] = store_id
     with engine.begin() as connection, _no_statement_limit(connection):
         config.attributes["connection"] = connection
         command.upgrade(config, revision)
@@ -530,12 +557,13 @@ def downgrade_database(engine: Engine, revision: str) -> None:
         command.downgrade(config, revision)
 
 
-def upgrade_sql(url: str, revision: str = "head") -> str:
+def upgrade_sql(url: str, revision: str = "head", *, store_id: str = DEFAULT_STORE_ID) -> str:
     """The upgrade as a SQL script for ``url``'s dialect, without connecting (for a DBA)."""
     from alembic import command
 
     output = io.StringIO()
     config = _alembic_config(output)
+    config.attributes["store_id"] = store_id
     config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
     command.upgrade(config, revision, sql=True)
     return output.getvalue()
@@ -588,8 +616,10 @@ class CentralWrite:
         return sum(len(r.items) for r in self.receipts_inserted)
 
 
-def store_deliveries(engine: Engine, entries: Iterable[OutboxEntry]) -> CentralWrite:
-    """Store a batch of the ledger's deliveries in one transaction, idempotently.
+def store_deliveries(
+    engine: Engine, entries: Iterable[OutboxEntry], *, store_id: str = DEFAULT_STORE_ID
+) -> CentralWrite:
+    """Store a batch of one store's ledger deliveries in one transaction, idempotently.
 
     Deliveries the central database already holds (by delivery id) are skipped; an accepted
     receipt's rows are inserted unless its key is there already with the same content. A key
@@ -599,7 +629,7 @@ def store_deliveries(engine: Engine, entries: Iterable[OutboxEntry]) -> CentralW
     batch = list(entries)
     for attempt in range(KEY_RACE_RETRIES + 1):
         try:
-            result = _store_once(engine, batch)
+            result = _store_once(engine, batch, store_id)
         except sa_exc.IntegrityError as exc:
             if attempt == KEY_RACE_RETRIES or not _is_lost_race(exc):
                 raise
@@ -619,7 +649,7 @@ def _write_transaction(engine: Engine) -> Iterator[Connection]:
             yield connection
 
 
-def _store_once(engine: Engine, batch: list[OutboxEntry]) -> CentralWrite:
+def _store_once(engine: Engine, batch: list[OutboxEntry], store_id: str) -> CentralWrite:
     result = CentralWrite()
     if not batch:
         return result
@@ -632,7 +662,7 @@ def _store_once(engine: Engine, batch: list[OutboxEntry]) -> CentralWrite:
         # Held deliveries too: a resync after rows were lost here (a restore) puts them back.
         accepted = [e for e in batch if e.receipt is not None]
         keys = list(dict.fromkeys((e.terminal_id, e.business_day, e.receipt_id) for e in accepted))
-        central = _existing_hashes(connection, keys)
+        central = _existing_hashes(connection, store_id, keys)
         inserting: dict[tuple, OutboxEntry] = {}
         for entry in accepted:
             key = (entry.terminal_id, entry.business_day, entry.receipt_id)
@@ -641,9 +671,9 @@ def _store_once(engine: Engine, batch: list[OutboxEntry]) -> CentralWrite:
                 continue  # stored long ago next to what is there now: not ours to judge again
             if there is not None and there != entry.content_hash:
                 result.refused[entry.seq] = (
-                    "the central database holds another receipt under this terminal, day and "
-                    f"receipt id (content hash {there[:12]}, ours {entry.content_hash[:12]}); "
-                    "not overwritten"
+                    "the central database holds another receipt under this store, terminal, "
+                    f"day and receipt id (content hash {there[:12]}, ours "
+                    f"{entry.content_hash[:12]}); not overwritten"
                 )
             elif there is None:
                 inserting.setdefault(key, entry)
@@ -653,14 +683,16 @@ def _store_once(engine: Engine, batch: list[OutboxEntry]) -> CentralWrite:
             receipts = [(e.receipt, e.tenant) for e in inserting.values()]
             connection.execute(
                 insert(ReceiptRow.__table__),
-                [_header_row(r, tenant or "", loaded_at) for r, tenant in receipts],
+                [_header_row(r, tenant or "", loaded_at, store_id) for r, tenant in receipts],
             )
             connection.execute(
                 insert(ReceiptLineRow.__table__),
-                [row for r, _ in receipts for row in _line_rows(r)],
+                [row for r, _ in receipts for row in _line_rows(r, store_id)],
             )
             result.receipts_inserted = [r for r, _ in receipts]
-        ledger_rows = [_ledger_row(e, loaded_at) for e in fresh if e.seq not in result.refused]
+        ledger_rows = [
+            _ledger_row(e, loaded_at, store_id) for e in fresh if e.seq not in result.refused
+        ]
         if ledger_rows:
             connection.execute(insert(IngestLedgerRow.__table__), ledger_rows)
         result.stored += [e.seq for e in fresh if e.seq not in result.refused]
@@ -674,7 +706,7 @@ def _is_lost_race(exc: sa_exc.IntegrityError) -> bool:
         marker in message
         for marker in (
             "uq_pos_receipt_key",
-            "UNIQUE constraint failed: pos_receipt.terminal_id",
+            "UNIQUE constraint failed: pos_receipt.store_id",
             "ux_pos_ingest_ledger_delivery",
             "UNIQUE constraint failed: pos_ingest_ledger.delivery_id",
         )
@@ -694,7 +726,7 @@ def _existing_delivery_ids(connection: Connection, delivery_ids: list[str]) -> s
     return found
 
 
-def _existing_hashes(connection: Connection, keys: list[tuple]) -> dict[tuple, str]:
+def _existing_hashes(connection: Connection, store_id: str, keys: list[tuple]) -> dict[tuple, str]:
     found: dict[tuple, str] = {}
     # Query per (terminal, day) group with a plain IN on receipt ids: portable to SQL Server,
     # which has no row-value IN; a chunk stays far below its 2,100-parameter limit.
@@ -704,7 +736,9 @@ def _existing_hashes(connection: Connection, keys: list[tuple]) -> dict[tuple, s
     for (terminal_id, day), receipt_ids in groups.items():
         for start in range(0, len(receipt_ids), EXISTING_QUERY_CHUNK):
             chunk = receipt_ids[start : start + EXISTING_QUERY_CHUNK]
-            query = existing_hashes_query(terminal_id, day, chunk, dialect=connection.dialect.name)
+            query = existing_hashes_query(
+                terminal_id, day, chunk, dialect=connection.dialect.name, store_id=store_id
+            )
             rows = connection.execute(query)
             for receipt_id, digest in rows:
                 found[(terminal_id, day, receipt_id)] = digest
@@ -712,9 +746,14 @@ def _existing_hashes(connection: Connection, keys: list[tuple]) -> dict[tuple, s
 
 
 def existing_hashes_query(
-    terminal_id: str, business_day: date, receipt_ids: list[str], *, dialect: str = "default"
+    terminal_id: str,
+    business_day: date,
+    receipt_ids: list[str],
+    *,
+    dialect: str = "default",
+    store_id: str = DEFAULT_STORE_ID,
 ) -> Select:
-    """Content hashes already stored for some receipt ids of one terminal-day."""
+    """Content hashes already stored for some receipt ids of one store's terminal-day."""
     header = ReceiptRow.__table__
     if dialect == "postgresql":
         # One array parameter: measured 30x faster on psycopg 3 than an IN list of 500.
@@ -724,12 +763,18 @@ def existing_hashes_query(
     else:
         wanted = header.c.receipt_id.in_(receipt_ids)
     return select(header.c.receipt_id, header.c.content_hash).where(
-        header.c.terminal_id == terminal_id, header.c.business_day == business_day, wanted
+        header.c.store_id == store_id,
+        header.c.terminal_id == terminal_id,
+        header.c.business_day == business_day,
+        wanted,
     )
 
 
-def _header_row(receipt: Receipt, tenant: str, loaded_at: datetime) -> dict:
+def _header_row(
+    receipt: Receipt, tenant: str, loaded_at: datetime, store_id: str = DEFAULT_STORE_ID
+) -> dict:
     return {
+        "store_id": store_id,
         "terminal_id": receipt.terminal_id,
         "business_day": receipt.business_day,
         "receipt_id": receipt.receipt_id,
@@ -744,9 +789,10 @@ def _header_row(receipt: Receipt, tenant: str, loaded_at: datetime) -> dict:
     }
 
 
-def _line_rows(receipt: Receipt) -> list[dict]:
+def _line_rows(receipt: Receipt, store_id: str = DEFAULT_STORE_ID) -> list[dict]:
     return [
         {
+            "store_id": store_id,
             "terminal_id": receipt.terminal_id,
             "business_day": receipt.business_day,
             "receipt_id": receipt.receipt_id,
@@ -768,9 +814,10 @@ def _utc(seconds: float | None) -> datetime | None:
     return datetime.fromtimestamp(seconds, UTC) if seconds is not None else None
 
 
-def _ledger_row(entry: OutboxEntry, loaded_at: datetime) -> dict:
+def _ledger_row(entry: OutboxEntry, loaded_at: datetime, store_id: str) -> dict:
     return {
         "delivery_id": entry.delivery_id,
+        "store_id": store_id,
         "terminal_id": entry.terminal_id,
         "business_day": entry.business_day,
         "receipt_id": entry.receipt_id,
@@ -811,6 +858,7 @@ def ledger_entries(
     business_day: date | None = None,
     run_id: str | None = None,
     outcome: Outcome | str | None = None,
+    store_id: str | None = None,
 ) -> list[LedgerEntry]:
     """Ledger rows, oldest first; timestamps come back timezone-aware (UTC)."""
     ledger = IngestLedgerRow.__table__
@@ -818,6 +866,7 @@ def ledger_entries(
         ledger.c.id
     )
     for column, value in (
+        (ledger.c.store_id, store_id),
         (ledger.c.terminal_id, terminal_id),
         (ledger.c.business_day, business_day),
         (ledger.c.run_id, run_id),
@@ -855,7 +904,10 @@ class LedgerSummary:
     dat_pending: int  # loaded (or re-delivered) but no .dat recorded yet
 
 
-def ledger_summary(engine: Engine) -> dict[tuple[str, date], LedgerSummary]:
+def ledger_summary(
+    engine: Engine, store_id: str | None = None
+) -> dict[tuple[str, date], LedgerSummary]:
+    """Deliveries per terminal-day of one store (None: of every store)."""
     ledger = IngestLedgerRow.__table__
 
     def count_where(condition):
@@ -870,7 +922,10 @@ def ledger_summary(engine: Engine) -> dict[tuple[str, date], LedgerSummary]:
         count_where(
             (ledger.c.outcome != Outcome.CONFLICT.value) & ledger.c.dat_written_at.is_(None)
         ),
-    ).group_by(ledger.c.terminal_id, ledger.c.business_day)
+    )
+    if store_id is not None:
+        query = query.where(ledger.c.store_id == store_id)
+    query = query.group_by(ledger.c.terminal_id, ledger.c.business_day)
     with engine.connect() as connection:
         return {
             (terminal_id, day): LedgerSummary(int(total), int(dups), int(conflicts), int(pending))
@@ -878,18 +933,26 @@ def ledger_summary(engine: Engine) -> dict[tuple[str, date], LedgerSummary]:
         }
 
 
-def count_receipts(engine: Engine, terminal_id: str, business_day: date) -> int:
+def count_receipts(
+    engine: Engine, terminal_id: str, business_day: date, store_id: str | None = None
+) -> int:
+    """Receipts of a terminal-day in one store (None: in any store)."""
     header = ReceiptRow.__table__
+    query = select(func.count()).where(
+        header.c.terminal_id == terminal_id, header.c.business_day == business_day
+    )
+    if store_id is not None:
+        query = query.where(header.c.store_id == store_id)
     with engine.connect() as connection:
-        return connection.execute(
-            select(func.count()).where(
-                header.c.terminal_id == terminal_id, header.c.business_day == business_day
-            )
-        ).scalar_one()
+        return connection.execute(query).scalar_one()
 
 
-def counts_by_terminal_day(engine: Engine) -> list[tuple[str, date, int, Decimal]]:
+def counts_by_terminal_day(
+    engine: Engine, store_id: str | None = None
+) -> list[tuple[str, date, int, Decimal]]:
+    """Receipts and their total per terminal-day of one store (None: of every store)."""
     header = ReceiptRow.__table__
+    mine = header.c.store_id == store_id if store_id is not None else true()
     with engine.connect() as connection:
         return [
             tuple(row)
@@ -900,6 +963,7 @@ def counts_by_terminal_day(engine: Engine) -> list[tuple[str, date, int, Decimal
                     func.count(),
                     func.sum(header.c.total),
                 )
+                .where(mine)
                 .group_by(header.c.terminal_id, header.c.business_day)
                 .order_by(header.c.business_day, header.c.terminal_id)
             )

@@ -27,6 +27,9 @@ from posfed_pipeline.core.ledger import Ledger, SyncLag
 
 @dataclass(frozen=True)
 class SyncPolicy:
+    # The store whose receipts these are: part of every key in the central register
+    # ([store] id), so terminal ids need only be unique within a store.
+    store_id: str = store.DEFAULT_STORE_ID
     batch_size: int = 500
     backoff_base_seconds: float = 1.0
     # Capped well below a minute: once the database is back, the next attempt comes soon.
@@ -134,7 +137,7 @@ def sync_pending(ledger: Ledger, engine: Engine, policy: SyncPolicy = SyncPolicy
 
 def _store(engine: Engine, entries, policy: SyncPolicy) -> store.CentralWrite:
     with call_deadline(engine, policy.call_timeout_seconds, "storing receipts"):
-        return store.store_deliveries(engine, entries)
+        return store.store_deliveries(engine, entries, store_id=policy.store_id)
 
 
 def _store_one_by_one(engine: Engine, entries, policy: SyncPolicy) -> store.CentralWrite:

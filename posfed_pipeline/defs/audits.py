@@ -136,10 +136,12 @@ def build_audit_assets(
                 allow_retries=False,
             )
         engine = central_db.get_engine()
-        previous = {row["tenant"]: row for row in audit.stored_settlements(engine, day)}
+        previous = {
+            row["tenant"]: row for row in audit.stored_settlements(engine, day, config.store_id)
+        }
         settlements = audit.settle_day(config, engine, day)
         path = audit.write_settlement_csv(config, settlements, day)
-        stored = audit.store_settlements(engine, day, settlements)
+        stored = audit.store_settlements(engine, day, settlements, config.store_id)
         table = md_table(
             ["tenant", "receipts", "gross", "returns", "net"],
             [(s.tenant, s.receipts, s.gross_sales, s.returns, s.net) for s in settlements],
