@@ -100,6 +100,7 @@ telemetry:
 ACTIVE_STATUSES = ("QUEUED", "NOT_STARTED", "STARTING", "STARTED", "CANCELING")
 PR_SET_CHILD_SUBREAPER = 36
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 
 
 @dataclass
@@ -128,6 +129,8 @@ class BenchSettings:
     isolate: str | None = None
     flood_files: int = 50_000
     watch: str = "events"  # every terminal's [delivery] watch: "poll" as on a network mount
+    # Seconds of no receipts at all, once everything is up, before the load: the idle cost.
+    idle: float = 0.0
 
 
 @dataclass
@@ -264,6 +267,13 @@ def _proc_stat(pid: int) -> tuple[int, str, int, float] | None:
     return int(fields[1]), fields[0], int(fields[3]), ticks / CLOCK_TICKS
 
 
+def _rss_bytes(pid: int) -> int:
+    try:
+        return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * PAGE_SIZE
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
 def _all_procs() -> dict[int, tuple[int, str, int, float]]:
     procs = {}
     for entry in os.listdir("/proc"):
@@ -363,6 +373,14 @@ class Processes:
         procs = _all_procs()
         return {
             name: sum(procs[pid][3] for pid in self.session_pids(name, procs) if pid in procs)
+            for name in self.started
+        }
+
+    def rss_by_process(self) -> dict[str, float]:
+        """Resident memory in MB per started process (its session, descendants included)."""
+        procs = _all_procs()
+        return {
+            name: sum(_rss_bytes(pid) for pid in self.session_pids(name, procs)) / 2**20
             for name in self.started
         }
 
@@ -541,8 +559,9 @@ class Run:
         self.deliver = self._start_delivery(settings.delivery)
         self.watcher = DatWatcher()
         self.instance = None
-        self.pool_queue_max = 0
         self.pending_max = 0
+        self.pool_queue_max = 0
+        self.idle_report: dict | None = None
         self.report: dict = {}
 
     # --- set-up -----------------------------------------------------------------------------
@@ -798,6 +817,20 @@ class Run:
                 print(("\r" + line.ljust(78)) if tty else line, end="" if tty else "\n", flush=True)
         self.watcher.poll()
 
+    def measure_idle(self, seconds: float) -> dict:
+        """CPU (in cores) and memory of every process while no receipt arrives at all."""
+        self._say(f"idle: {seconds:g} s without receipts")
+        before, started = self.processes.cpu_by_process(), time.monotonic()
+        time.sleep(seconds)
+        after, elapsed = self.processes.cpu_by_process(), time.monotonic() - started
+        cores = {name: (after[name] - before.get(name, 0.0)) / elapsed for name in after}
+        return {
+            "seconds": elapsed,
+            "cores": sum(cores.values()),
+            "cores_by_process": cores,
+            "rss_mb_by_process": self.processes.rss_by_process(),
+        }
+
     def measure(self) -> None:
         if self.settings.isolate:
             self._trouble()
@@ -953,6 +986,8 @@ class Run:
             "breakdown": breakdown,
             "cpu_seconds": cpu_total,
             "cpu_seconds_startup": self.cpu_ready,
+            "idle": self.idle_report,
+            "rss_mb_by_process_end": self.processes.rss_by_process(),
             "cpu_seconds_by_process": self.cpu_by_process,
             "cpu_per_receipt": cpu_total / n if n else None,
             "cpu_per_receipt_after_startup": (cpu_total - self.cpu_ready) / n if n else None,
@@ -1085,6 +1120,8 @@ class Run:
         cpu_total = 0.0
         try:
             self.start()
+            if self.settings.idle > 0:
+                self.idle_report = self.measure_idle(self.settings.idle)
             self.measure()
             cpu_total = self.processes.tree_cpu()
             self.cpu_by_process = self.processes.cpu_by_process()
@@ -1237,6 +1274,35 @@ def format_reports(reports: list[dict]) -> str:
             ],
         ),
         ("CPU s at start-up", [_fmt(r["cpu_seconds_startup"]) for r in reports]),
+        (
+            "idle cores (all)",
+            [f"{r['idle']['cores']:.3f}" if r.get("idle") else "-" for r in reports],
+        ),
+        (
+            "  by process",
+            [
+                " ".join(f"{k}:{v:.3f}" for k, v in r["idle"]["cores_by_process"].items())
+                if r.get("idle")
+                else "-"
+                for r in reports
+            ],
+        ),
+        (
+            "RSS MB idle",
+            [
+                " ".join(f"{k}:{v:.0f}" for k, v in r["idle"]["rss_mb_by_process"].items())
+                if r.get("idle")
+                else "-"
+                for r in reports
+            ],
+        ),
+        (
+            "RSS MB at end",
+            [
+                " ".join(f"{k}:{v:.0f}" for k, v in r["rss_mb_by_process_end"].items())
+                for r in reports
+            ],
+        ),
         ("CPU s per receipt", [_fmt(r["cpu_per_receipt"]) for r in reports]),
         ("  excl. start-up", [_fmt(r["cpu_per_receipt_after_startup"]) for r in reports]),
         ("harness CPU s", [_fmt(r["cpu_harness_seconds"]) for r in reports]),
@@ -1303,6 +1369,9 @@ def main(args) -> int:
     if args.isolate and args.terminals < 2:
         print("posfed bench: --isolate needs at least 2 terminals", file=sys.stderr)
         return 2
+    if args.idle < 0:
+        print("posfed bench: --idle must not be negative", file=sys.stderr)
+        return 2
     if args.terminals < 1 or args.workers < 1:
         print("posfed bench: --terminals and --workers must be at least 1", file=sys.stderr)
         return 2
@@ -1328,6 +1397,7 @@ def main(args) -> int:
         isolate=args.isolate,
         flood_files=args.flood_files,
         watch=args.watch,
+        idle=args.idle,
     )
     # A service manager's (or `timeout`'s) SIGTERM stops the benchmark as cleanly as Ctrl-C.
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
@@ -1395,6 +1465,13 @@ def add_arguments(parser) -> None:
         help="posfed mode: this Dagster instance profile instead of deploy/dagster.dev.yaml",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress line")
+    parser.add_argument(
+        "--idle",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="first measure this long with no receipts: CPU (cores) and memory per process",
+    )
     parser.add_argument(
         "--delivery",
         choices=DELIVERIES,

@@ -35,8 +35,12 @@ def bench(out, *args: str) -> tuple[subprocess.CompletedProcess, dict]:
 
 def test_bench_posfed_small_run_loses_and_duplicates_nothing(tmp_path):
     args = ["--mode", "posfed", "--terminals", "2", "--rate", "2", "--duration", "3"]
-    result, report = bench(tmp_path / "bench.json", *args)
+    result, report = bench(tmp_path / "bench.json", *args, "--idle", "2")
     assert report["mode"] == "posfed"
+    # The idle phase: every process measured, in cores and MB (their values are the bench's).
+    idle = report["idle"]
+    assert set(idle["cores_by_process"]) == set(idle["rss_mb_by_process"]) >= {"daemon"}
+    assert idle["seconds"] >= 2 and all(mb > 0 for mb in idle["rss_mb_by_process"].values())
     assert report["sent"] == 6
     assert report["dat_files"] == report["sent"]
     assert report["lost"] == 0
