@@ -1,9 +1,10 @@
 """The event-driven trigger: a file closed in an inbox becomes its terminal's run in milliseconds.
 
-inotify (through watchdog) reports ``IN_CLOSE_WRITE`` and ``IN_MOVED_TO`` within microseconds of
-the writer's ``close()``/``rename()``: that is the completeness signal, so no stability wait is
-needed. Files without such an event (present at start, or written while the trigger was down)
-are taken once they are stable, exactly as the sensor would. The trigger claims the files, then
+inotify (one instance for every inbox, ``inbox_events``) reports ``IN_CLOSE_WRITE`` and
+``IN_MOVED_TO`` within microseconds of the writer's ``close()``/``rename()``: that is the
+completeness signal, so no stability wait is needed. Files without such an event (present at
+start, or written while the trigger was down) are taken once they are stable, exactly as the
+sensor would. The trigger claims the files, then
 creates the very run the terminal's sensor would create (same run key and tags) and launches it
 on the warm workers.
 
@@ -35,8 +36,6 @@ from collections import defaultdict, deque
 from pathlib import Path
 
 import dagster as dg
-from watchdog.events import FileSystemEvent, FileSystemEventHandler
-from watchdog.observers import Observer
 
 from posfed_pipeline.core import claims, inbox, intake
 from posfed_pipeline.core.config import PosfedConfig, Terminal
@@ -48,6 +47,7 @@ from posfed_pipeline.defs.central_db import (
     sync_run_tags,
 )
 from posfed_pipeline.defs.sensors import inbox_sensor_name, run_request_for
+from posfed_pipeline.fastpath.inbox_events import InboxEvents
 from posfed_pipeline.run_tags import TERMINAL_TAG, lane_of
 
 log = logging.getLogger("posfed.fastpath.trigger")
@@ -59,19 +59,6 @@ SLOW_SCAN_FACTOR = 20
 MAX_SCAN_THREADS = 32
 RUNS_PER_LISTING = 10
 SYNC_LANE = lane_of(sync_run_tags())[0]
-
-
-class _InboxEvents(FileSystemEventHandler):
-    def __init__(self, trigger: InboxTrigger):
-        self.trigger = trigger
-
-    def on_closed(self, event: FileSystemEvent) -> None:
-        if not event.is_directory:
-            self.trigger.file_complete(Path(event.src_path))
-
-    def on_moved(self, event: FileSystemEvent) -> None:
-        if not event.is_directory:
-            self.trigger.file_complete(Path(event.dest_path))
 
 
 class InboxTrigger:
@@ -114,7 +101,7 @@ class InboxTrigger:
             for n in range(min(MAX_SCAN_THREADS, len(config.terminals)))
         ]
         self._stopping = False
-        self._observer = Observer()
+        self._events = InboxEvents(self.file_complete, self.rescan_all)
         self.runs_launched = 0
         self.files_launched = 0
         # (create run, launch run) of the latest runs, for `posfed bench`.
@@ -123,16 +110,15 @@ class InboxTrigger:
     # --- life cycle ---------------------------------------------------------------------------
 
     def start(self) -> None:
-        handler = _InboxEvents(self)
         for folder, terminal in self._by_inbox.items():
             if terminal.delivery.watch != "events":
                 continue  # listed every poll interval instead
             try:
-                self._observer.schedule(handler, str(folder), recursive=False)
+                self._events.watch(folder)
             except OSError as exc:
                 # One broken inbox must not stop the others; its sensor reports it.
                 log.warning("cannot watch %s: %s", folder, exc)
-        self._observer.start()
+        self._events.start()
         for thread in self._scan_threads:
             thread.start()
         threading.Thread(target=self._dispatch_loop, name="trigger-dispatch", daemon=True).start()
@@ -141,8 +127,7 @@ class InboxTrigger:
         with self._cond:
             self._stopping = True
             self._cond.notify_all()
-        self._observer.stop()
-        self._observer.join(timeout=5)
+        self._events.stop()
         # A listing stuck on a hung share cannot be interrupted; its thread is left to end.
         for _ in self._scan_threads:
             self._scan_queue.put(None)
@@ -161,6 +146,12 @@ class InboxTrigger:
         with self._cond:
             self._complete[terminal.id].add(path.name)
             self._dirty.add(terminal.id)
+            self._cond.notify_all()
+
+    def rescan_all(self) -> None:
+        """The kernel dropped events: list every inbox again."""
+        with self._cond:
+            self._dirty.update(t.id for t in self.config.terminals)
             self._cond.notify_all()
 
     def run_finished(self, run_id: str, terminal_id: str | None, status: str) -> None:
