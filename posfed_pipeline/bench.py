@@ -77,6 +77,7 @@ home = "{home}"
 
 [intake]
 stability_seconds = {stability}
+catchup_interval_seconds = {catchup}
 
 [dat]
 spec = "{spec}"
@@ -218,6 +219,7 @@ def make_store(
     stability_seconds: float = 0.3,
     db_url: str | None = None,
     extra: dict[str, dict] | None = None,
+    catchup_interval: float = 30.0,
 ) -> PosfedConfig:
     """``extra``: more settings of some terminals (terminal id -> settings)."""
     config_path = root / "posfed.toml"
@@ -225,6 +227,7 @@ def make_store(
         home=root / "state",
         spec=REPO_ROOT / "dat_specs/scon_default.json",
         stability=stability_seconds,
+        catchup=catchup_interval,
     )
     for terminal_id, department, tenant, prefix in terminal_specs(terminals):
         text += TERMINAL_TOML.format(
@@ -535,6 +538,9 @@ class Run:
             settings.stability_seconds,
             self.central.posfed_url,
             extra=extra,
+            # naive: the plain pattern, a sensor per terminal ticking every daemon loop; posfed:
+            # the product's default, the sensors only catching what the trigger left.
+            catchup_interval=4 if mode == "naive" else 30.0,
         )
         # The terminal in trouble (the last one) is not driven: the others are measured.
         self.isolated = self.config.terminals[-1] if settings.isolate else None

@@ -36,7 +36,12 @@ def store_config_dict(home: Path, **overrides) -> dict:
         },
         "paths": {"home": str(home)},
         # Fixed past dates in tests must stay acceptable whenever the suite runs.
-        "intake": {"stability_seconds": 0.2, "max_age_days": 36500},
+        # Sensors tick every daemon loop: tests without the fast path wait seconds, not 30.
+        "intake": {
+            "stability_seconds": 0.2,
+            "max_age_days": 36500,
+            "catchup_interval_seconds": 4,
+        },
         "dat": {"spec": str(DEFAULT_SPEC)},
         "terminals": [
             {"id": "bakery_1", "department": "10", "tenant": "Bakkerij"},

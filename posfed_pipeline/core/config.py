@@ -173,6 +173,10 @@ class PosfedConfig:
     relaunch_after_seconds: float = 10.0
     # While the event-driven trigger runs, sensors only take files at least this old.
     catchup_grace_seconds: float = 10.0
+    # Each terminal's sensor (the catch-up path) is evaluated at most this often. Every tick
+    # costs the daemon a few tens of milliseconds whether or not a file came, times the
+    # terminals; the fast path takes new files within milliseconds meanwhile.
+    catchup_interval_seconds: float = 30.0
     # A file that does not parse (empty, cut-off JSON, broken UTF-8) but changed more recently
     # than this may still be being written (a writer that closes and reopens, a slow share):
     # it is left in the inbox and looked at again, and quarantined only once it is this old.
@@ -267,6 +271,7 @@ TABLE_KEYS = {
         "max_age_days",
         "relaunch_after_seconds",
         "catchup_grace_seconds",
+        "catchup_interval_seconds",
         "incomplete_grace_seconds",
     },
     "dat": {"spec"},
@@ -492,6 +497,9 @@ def config_from_dict(raw: dict, *, base_dir: Path, config_path: Path | None = No
         max_age_days=int(intake.get("max_age_days", 45)),
         relaunch_after_seconds=float(intake.get("relaunch_after_seconds", 10.0)),
         catchup_grace_seconds=float(intake.get("catchup_grace_seconds", 10.0)),
+        catchup_interval_seconds=_between(
+            intake, "catchup_interval_seconds", 30.0, 1, 600, f"{where}: [intake]"
+        ),
         incomplete_grace_seconds=float(intake.get("incomplete_grace_seconds", 10.0)),
         retention_days=int(raw.get("retention", {}).get("keep_days", 90)),
         sync=_sync_policy(raw.get("sync", {}), f"{where}: [sync]", store_id),
@@ -547,6 +555,13 @@ def _number_pattern(value: object, place: str) -> re.Pattern[str] | None:
             'number: e.g. "1C(\\d+)" for 1C0001, 1C0002, ...'
         )
     return pattern
+
+
+def _between(table: dict, key: str, default: float, low: float, high: float, place: str) -> float:
+    value = table.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
+        raise ConfigError(f"{place} {key} must be a number from {low:g} to {high:g}")
+    return float(value)
 
 
 def _positive(table: dict, key: str, default: float, place: str) -> float:

@@ -27,12 +27,21 @@ from posfed_pipeline.defs.assets import ReceiptBatchConfig, receipt_op_config
 from posfed_pipeline.defs.partitions import terminal_day_key
 from posfed_pipeline.run_tags import BACKLOG_FILES, BACKLOG_TAG, TERMINAL_TAG
 
-SENSOR_INTERVAL_SECONDS = 4
+# The daemon's sensor loop runs every 5 s; 4 keeps every loop's tick (at 5, a loop that comes a
+# few milliseconds early would be skipped, and the next tick be 10 s away).
+DAEMON_LOOP_SECONDS = 5
 # A tick gives up on an inbox that does not list within this (a hung share): the tick says so,
 # and the sensors of the other terminals, which share the code server's threads, go on.
 LISTING_TIMEOUT_SECONDS = 5.0
 # A claim with no run after this long belongs to a launcher that died before creating it.
 ORPHAN_CLAIM_SECONDS = 30.0
+
+
+def catchup_interval(config: PosfedConfig) -> int:
+    """``[intake] catchup_interval_seconds`` as the sensor's minimum interval: a second under
+    a multiple of the daemon's loop, so no loop that comes a little early skips a tick."""
+    loops = max(1, round(config.catchup_interval_seconds / DAEMON_LOOP_SECONDS))
+    return loops * DAEMON_LOOP_SECONDS - 1
 
 
 def inbox_sensor_name(terminal: Terminal) -> str:
@@ -60,9 +69,7 @@ def build_inbox_sensor(config: PosfedConfig, terminal: Terminal, job) -> dg.Sens
     @dg.sensor(
         name=name,
         job=job,
-        # The daemon's sensor loop runs every 5 s; 4 keeps every loop's tick (at 5, a loop that
-        # comes a few milliseconds early would be skipped, and the next tick be 10 s away).
-        minimum_interval_seconds=SENSOR_INTERVAL_SECONDS,
+        minimum_interval_seconds=catchup_interval(config),
         default_status=dg.DefaultSensorStatus.RUNNING,
         description=f"Watches {terminal.inbox} ({terminal.tenant}, department "
         f"{terminal.department}) and launches a run per business day for new receipt files.",
