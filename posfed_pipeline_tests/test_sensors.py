@@ -282,3 +282,26 @@ def test_without_partitions_start_the_store_starts_on_its_first_day_and_keeps_it
     drop_receipt(terminal.inbox, receipt_doc("OLD1", timestamp=old))
     [request] = _tick(_sensor(config), None).run_requests
     assert request.partition_key == "2026-11-15|bakery_1"
+
+
+def test_the_catch_up_interval_is_the_sensors_and_is_checked(tmp_path):
+    import pytest
+
+    from posfed_pipeline.core.config import ConfigError, config_from_dict
+    from posfed_pipeline.defs.sensors import inbox_sensor_name
+    from posfed_pipeline_tests.conftest import store_config_dict
+
+    def sensor_interval(**intake) -> int:
+        raw = store_config_dict(tmp_path)
+        raw["intake"] = {"stability_seconds": 0.2, **intake}
+        config = config_from_dict(raw, base_dir=tmp_path)
+        terminal = config.terminals[0]
+        sensor = build_definitions(config).resolve_sensor_def(inbox_sensor_name(terminal))
+        return sensor.minimum_interval_seconds
+
+    # A second under a multiple of the daemon's 5-s loop: a loop a little early still ticks.
+    assert sensor_interval() == 29  # the default, 30 s
+    assert sensor_interval(catchup_interval_seconds=4) == 4
+    assert sensor_interval(catchup_interval_seconds=60) == 59
+    with pytest.raises(ConfigError, match="catchup_interval_seconds must be a number from 1"):
+        sensor_interval(catchup_interval_seconds=0)
