@@ -74,19 +74,7 @@ def quarantine_file(
         target = unique_destination(
             terminal.quarantine, version.name, taken=lambda p: report_path(p).exists()
         )
-        report = {
-            "file": version.name,
-            "quarantined_as": target.name,
-            "terminal": terminal.id,
-            "stage": stage,
-            "quarantined_at": _now(),
-            "problems": problems,
-        }
-        if receipt is not None:  # it was read: the gap check counts it as arrived
-            report["receipt_id"] = receipt.receipt_id
-            report["business_day"] = receipt.business_day.isoformat()
-        elif business_day is not None:
-            report["business_day"] = business_day.isoformat()
+        report = _report(terminal, version.name, target, stage, problems, receipt, business_day)
         try:
             # Reason first: a file never sits in quarantine without its explanation.
             if not write_once(report_path(target), _json(report)):
@@ -128,21 +116,17 @@ def quarantine_part(
         target = unique_destination(
             terminal.quarantine, part.quarantine_name, taken=lambda p: report_path(p).exists()
         )
-        report = {
-            "file": part.quarantine_name,
-            "quarantined_as": target.name,
-            "part_of": version.name,
-            "transaction": part.name,
-            "terminal": terminal.id,
-            "stage": stage,
-            "quarantined_at": _now(),
-            "problems": problems,
-        }
-        if receipt is not None:
-            report["receipt_id"] = receipt.receipt_id
-            report["business_day"] = receipt.business_day.isoformat()
-        elif business_day is not None:
-            report["business_day"] = business_day.isoformat()
+        report = _report(
+            terminal,
+            part.quarantine_name,
+            target,
+            stage,
+            problems,
+            receipt,
+            business_day,
+            part_of=version.name,
+            transaction=part.name,
+        )
         try:
             # Reason first, as for a whole file.
             if not write_once(report_path(target), _json(report)):
@@ -158,6 +142,34 @@ def quarantine_part(
     fsync_dir(terminal.quarantine)
     _record(terminal, {"event": "quarantined", **report})
     return target
+
+
+def _report(
+    terminal: Terminal,
+    name: str,
+    target: Path,
+    stage: str,
+    problems: list[dict],
+    receipt: Receipt | None,
+    business_day: date | None,
+    **where: str,
+) -> dict:
+    """The ``.error.json`` of a quarantined file (``where``: the file a transaction came from)."""
+    report = {
+        "file": name,
+        "quarantined_as": target.name,
+        **where,
+        "terminal": terminal.id,
+        "stage": stage,
+        "quarantined_at": _now(),
+        "problems": problems,
+    }
+    if receipt is not None:  # it was read: the gap check counts it as arrived
+        report["receipt_id"] = receipt.receipt_id
+        report["business_day"] = receipt.business_day.isoformat()
+    elif business_day is not None:
+        report["business_day"] = business_day.isoformat()
+    return report
 
 
 def _holds(path: Path, data: bytes) -> bool:
