@@ -6,8 +6,8 @@ Rows from before this revision belong to the store that upgrades (``posfed db up
 its id). ``pos_settlement_chain`` is the chain-wide view: per tenant per day across stores.
 
 Unlike the revisions before it, this one does not only add: the keys change, so a store still
-on the last release cannot load into an upgraded register (its rows lack a store). Its sync
-parks them, the checkout goes on, and they load once it is upgraded (docs/deployment.md).
+on the last release cannot load into an upgraded register (its rows lack a store): upgrade the
+register and the stores in one window (docs/deployment.md).
 
 Revision ID: 0006
 Revises: 0005
