@@ -34,7 +34,7 @@ from posfed_pipeline.core.dat import (
 from posfed_pipeline.core.ledger import Acceptance, Delivery, Ledger
 from posfed_pipeline.core.quarantine import quarantine_file, quarantine_part
 from posfed_pipeline.core.receipt import Problem, Receipt
-from posfed_pipeline.core.validation import ValidationReport, validate_batch
+from posfed_pipeline.core.validation import ValidationReport, rules_of, validate_batch
 
 
 @dataclass
@@ -217,11 +217,7 @@ def validate(
     """
     report = validate_batch(
         batch.receipts,
-        allow_returns=terminal.allow_returns,
-        quantity_decimals=terminal.quantity_decimals,
-        variable_measure=terminal.variable_measure,
-        gs1_region=terminal.gs1_region,
-        check_labels=terminal.check_labels,
+        **rules_of(terminal),
         # A backfill re-reads receipts accepted before the terminal's numbering had a prefix.
         receipt_id_prefix=terminal.receipt_id_prefix if check_age else "",
         now=now or datetime.now(UTC),

@@ -23,7 +23,7 @@ import pandera.pandas as pa
 from pandera.typing import Series
 
 from posfed_pipeline.core.barcodes import Label, read_label
-from posfed_pipeline.core.config import VariableMeasureScheme
+from posfed_pipeline.core.config import Terminal, VariableMeasureScheme
 from posfed_pipeline.core.intake import MAX_MAGNITUDE, RECEIPT_ID_PATTERN
 from posfed_pipeline.core.receipt import Problem, Receipt, ReceiptItem, round_cents
 
@@ -245,6 +245,17 @@ def receipts_to_frames(
 
 
 # --- validation ---------------------------------------------------------------------------------
+
+
+def rules_of(terminal: Terminal) -> dict:
+    """The settings a terminal's receipts are validated with (``validate_batch``'s keywords)."""
+    return {
+        "allow_returns": terminal.allow_returns,
+        "quantity_decimals": terminal.quantity_decimals,
+        "variable_measure": terminal.variable_measure,
+        "gs1_region": terminal.gs1_region,
+        "check_labels": terminal.check_labels,
+    }
 
 
 def validate_batch(

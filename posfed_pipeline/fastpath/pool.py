@@ -89,27 +89,14 @@ def _warm_up() -> None:
     # Each distinct set of rules is its own pandera schema; a weighed line loads biip's tables.
     warmed = set()
     for terminal in config.terminals:
-        rules = (
-            terminal.allow_returns,
-            terminal.quantity_decimals,
-            terminal.variable_measure,
-            terminal.check_labels,
-            terminal.gs1_region,
-        )
-        if rules in warmed:
+        rules = validation.rules_of(terminal)
+        if tuple(rules.values()) in warmed:
             continue
-        warmed.add(rules)
+        warmed.add(tuple(rules.values()))
         sample = ReceiptSimulator([terminal], seed=0).make_receipt(
             terminal, datetime.now().astimezone()
         )
-        validation.validate_batch(
-            [sample],
-            allow_returns=terminal.allow_returns,
-            quantity_decimals=terminal.quantity_decimals,
-            variable_measure=terminal.variable_measure,
-            gs1_region=terminal.gs1_region,
-            check_labels=terminal.check_labels,
-        )
+        validation.validate_batch([sample], **rules)
     # The database may be down right now; the run will say so.
     with contextlib.suppress(Exception):
         central_db_resource(config).get_engine().connect().close()
