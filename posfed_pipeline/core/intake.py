@@ -130,7 +130,7 @@ def parse_receipts(data: bytes, terminal: Terminal, *, source_file: str = "") ->
         return [Reading(None, parse_receipt(data, terminal, source_file=source_file))]
     _check_size(data, poslog.MAX_FILE_BYTES)
     try:
-        transactions, _skipped = poslog.read_poslog(data)
+        transactions = poslog.read_poslog(data)
     except poslog.PosLogError as exc:
         raise IntakeError(exc.problems, maybe_incomplete=exc.maybe_incomplete) from None
     stem, dot, suffix = source_file.rpartition(".")

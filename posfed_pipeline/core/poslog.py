@@ -71,8 +71,8 @@ class Transaction:
         return f"transaction {self.index}{number}"
 
 
-def read_poslog(data: bytes) -> tuple[list[Transaction], int]:
-    """The file's sales, and how many of its transactions were skipped as not sales."""
+def read_poslog(data: bytes) -> list[Transaction]:
+    """The file's sales (transactions that are not sales are passed over)."""
     try:
         root = fromstring(data)
     except ET.ParseError as exc:
@@ -120,7 +120,7 @@ def read_poslog(data: bytes) -> tuple[list[Transaction], int]:
                 )
             ]
         )
-    return transactions, skipped
+    return transactions
 
 
 def _skipped(transaction: ET.Element, retail: ET.Element) -> bool:
