@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import dataclasses
 import json
 import os
 import resource
@@ -119,6 +120,9 @@ class BenchSettings:
     daemon_nice: int = 0  # run the daemon (sensors, catch-up path) at a lower CPU priority
     stability_seconds: float = 0.3  # the store's intake setting (the sensors wait this long)
     instance_yaml: Path | None = None  # posfed mode: this profile instead of dagster.dev.yaml
+    # posfed mode: "embedded" (deploy/dagster.dev.yaml, SQLite) or "production"
+    # (deploy/dagster.prod.yaml on a PostgreSQL cluster of the benchmark's own, same machine)
+    instance: str = "embedded"
     central: str = "sqlite"  # or "postgres": a cluster of the benchmark's own, behind a proxy
     outage: float = 0.0  # seconds the central database is unreachable (postgres only)
     outage_at: float = 60.0  # seconds into the run
@@ -207,6 +211,40 @@ class BenchCentral:
             self.proxy.stop()
         if self.cluster is not None:
             self.cluster.destroy()
+
+
+INSTANCES = ("embedded", "production")
+
+
+class BenchDagsterStorage:
+    """The production profile's Dagster database: a PostgreSQL cluster of the benchmark's own on
+    this machine (fsync on), as a store server with its database beside it."""
+
+    def __init__(self):
+        self.cluster = ThrowawayPostgres(fsync=True)
+        try:
+            self.cluster.create()
+            self.cluster.create_database("dagster")
+        except BaseException:
+            self.cluster.destroy()
+            raise
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {
+            "DAGSTER_PG_HOST": "127.0.0.1",
+            "DAGSTER_PG_PORT": str(self.cluster.port),
+            "DAGSTER_PG_USER": "postgres",
+            "DAGSTER_PG_PASSWORD": "",
+            "DAGSTER_PG_DB": "dagster",
+        }
+
+    @property
+    def server_pid(self) -> int:
+        return int((self.cluster.data / "postmaster.pid").read_text().split()[0])
+
+    def close(self) -> None:
+        self.cluster.destroy()
 
 
 DELIVERIES = ("local", "smb", "sftp")
@@ -329,6 +367,8 @@ class Processes:
         self.root = root
         self.env = env
         self.started: dict[str, subprocess.Popen] = {}
+        # Processes counted but not started (nor stopped) here: a database server (name -> pid).
+        self.tracked: dict[str, int] = {}
         self._logs = []
         self.cpu_before = _children_rusage()
 
@@ -356,15 +396,30 @@ class Processes:
         roots = [pid for pid, (_, _, sid, _) in procs.items() if sid in sessions]
         return (set(roots) | _descendants(roots, procs)) & set(procs)
 
+    def track(self, name: str, pid: int) -> None:
+        self.tracked[name] = pid
+
+    def _tracked_cpu(self, procs: dict[int, tuple[int, str, int, float]]) -> float:
+        return sum(
+            procs[pid][3]
+            for name in self.tracked
+            for pid in self.session_pids(name, procs)
+            if pid in procs
+        )
+
     def tree_cpu(self) -> float:
-        """CPU seconds so far of everything started (live, zombie and reaped descendants)."""
+        """CPU seconds so far of everything started (live, zombie and reaped descendants) and
+        of the tracked processes."""
         procs = _all_procs()
         live = sum(procs[pid][3] for pid in self._tree(procs))
-        return live + _children_rusage() - self.cpu_before
+        return live + self._tracked_cpu(procs) + _children_rusage() - self.cpu_before
 
     def session_pids(self, name: str, procs: dict | None = None) -> set[int]:
         """The live processes of one started process's session, and all their descendants."""
         procs = _all_procs() if procs is None else procs
+        if name in self.tracked:
+            root = self.tracked[name]
+            return ({root} & set(procs)) | _descendants([root], procs)
         process = self.started.get(name)
         if process is None:
             return set()
@@ -376,7 +431,7 @@ class Processes:
         procs = _all_procs()
         return {
             name: sum(procs[pid][3] for pid in self.session_pids(name, procs) if pid in procs)
-            for name in self.started
+            for name in [*self.started, *self.tracked]
         }
 
     def rss_by_process(self) -> dict[str, float]:
@@ -384,7 +439,7 @@ class Processes:
         procs = _all_procs()
         return {
             name: sum(_rss_bytes(pid) for pid in self.session_pids(name, procs)) / 2**20
-            for name in self.started
+            for name in [*self.started, *self.tracked]
         }
 
     def reap_orphans(self) -> None:
@@ -399,7 +454,9 @@ class Processes:
                     os.waitpid(pid, os.WNOHANG)
 
     def stop(self) -> float:
-        """Stop everything (SIGINT to each group, SIGKILL after a timeout); total CPU seconds."""
+        """Stop everything started (SIGINT to each group, SIGKILL after a timeout); total CPU
+        seconds, the tracked processes' so far included."""
+        tracked_cpu = self._tracked_cpu(_all_procs())
         for process in self.started.values():
             if process.poll() is None:
                 with contextlib.suppress(ProcessLookupError):
@@ -426,7 +483,7 @@ class Processes:
         self.reap_orphans()
         for log in self._logs:
             log.close()
-        return _children_rusage() - self.cpu_before
+        return _children_rusage() - self.cpu_before + tracked_cpu
 
     def log_tail(self, name: str, chars: int = 3000) -> str:
         path = self.root / f"{name}.log"
@@ -518,12 +575,15 @@ class Run:
         self.settings = settings
         self.root = Path(tempfile.mkdtemp(prefix="pfb-", dir="/tmp"))
         self.central = BenchCentral(settings.central)
+        self.dagster_storage: BenchDagsterStorage | None = None
         self.servers = contextlib.ExitStack()  # the tills' SMB/SFTP server, a hung share
         try:
             self._prepare(mode, settings)
         except BaseException:  # nothing started here outlives a failed set-up
             self.servers.close()
             self.central.close()
+            if self.dagster_storage is not None:
+                self.dagster_storage.close()
             shutil.rmtree(self.root, ignore_errors=True)
             raise
 
@@ -550,17 +610,26 @@ class Run:
         self.central_complete_at: float | None = None
         self.spec = dat.load_spec(self.config.dat_spec)
         self.dagster_home = self.root / "dh"
-        write_instance_yaml(self.dagster_home, mode, settings.instance_yaml)
+        profile = settings.instance_yaml
+        if mode == "posfed" and profile is None and settings.instance == "production":
+            self.dagster_storage = BenchDagsterStorage()
+            profile = REPO_ROOT / "deploy/dagster.prod.yaml"
+        write_instance_yaml(self.dagster_home, mode, profile)
         env = {
             **os.environ,
             "DAGSTER_HOME": str(self.dagster_home),
             "POSFED_CONFIG": str(self.config.config_path),
         }
+        if self.dagster_storage is not None:
+            env.update(self.dagster_storage.env)
+            os.environ.update(self.dagster_storage.env)  # this process reads the instance too
         for name in ("POSFED_HOME", "POSFED_DB_URL", "POSFED_DB_PASSWORD"):
             env.pop(name, None)
         if self.central.posfed_url:
             env["POSFED_DB_URL"] = self.central.posfed_url
         self.processes = Processes(self.root, env)
+        if self.dagster_storage is not None:
+            self.processes.track("dagster-pg", self.dagster_storage.server_pid)
         self.simulator = ReceiptSimulator(self.driven, seed=settings.seed)
         self.deliver = self._start_delivery(settings.delivery)
         self.watcher = DatWatcher()
@@ -962,6 +1031,11 @@ class Run:
             + (f", watch {self.settings.watch}" if self.settings.watch != "events" else ""),
             "isolated": self._isolated_label(),
             "instance_yaml": str(self.settings.instance_yaml or "") or None,
+            "instance": (
+                self.settings.instance
+                if self.mode == "posfed" and not self.settings.instance_yaml
+                else None
+            ),
             "sent": n,
             "dat_files": len(latencies),
             "lost": n - len(latencies),
@@ -1141,6 +1215,8 @@ class Run:
             _set_subreaper(False)
             self.servers.close()
             self.central.close()
+            if self.dagster_storage is not None:
+                self.dagster_storage.close()
             if not self.settings.keep:
                 shutil.rmtree(self.root, ignore_errors=True)
         # After stopping, everything is reaped: the exact total (shutdown included).
@@ -1179,6 +1255,7 @@ def _fmt(value, unit: str = "") -> str:
 def format_reports(reports: list[dict]) -> str:
     rows: list[tuple[str, list[str]]] = [
         ("mode", [r["mode"] for r in reports]),
+        ("Dagster instance", [r.get("instance") or "-" for r in reports]),
         (
             "scenario",
             [
@@ -1346,16 +1423,22 @@ def _phase(report: dict, phase: str) -> str:
     )
 
 
-def run_bench(settings: BenchSettings, modes: list[str]) -> list[dict]:
+def run_bench(
+    settings: BenchSettings, modes: list[str], instances: tuple[str, ...] = ("embedded",)
+) -> list[dict]:
+    """One run per mode; posfed mode once per Dagster instance profile, side by side."""
     reports = []
     for mode in modes:
-        what = (
-            f"burst of {settings.terminals}"
-            if settings.burst
-            else (f"{settings.rate:g} receipts/s for {settings.duration:g} s")
-        )
-        print(f"posfed bench: {mode}: {settings.terminals} terminals, {what}", flush=True)
-        reports.append(Run(mode, settings).execute())
+        for instance in instances if mode == "posfed" else ("embedded",):
+            what = (
+                f"burst of {settings.terminals}"
+                if settings.burst
+                else (f"{settings.rate:g} receipts/s for {settings.duration:g} s")
+            )
+            label = f"{mode} ({instance})" if mode == "posfed" else mode
+            print(f"posfed bench: {label}: {settings.terminals} terminals, {what}", flush=True)
+            run_settings = dataclasses.replace(settings, instance=instance)
+            reports.append(Run(mode, run_settings).execute())
     return reports
 
 
@@ -1374,6 +1457,9 @@ def main(args) -> int:
         return 2
     if args.isolate and args.terminals < 2:
         print("posfed bench: --isolate needs at least 2 terminals", file=sys.stderr)
+        return 2
+    if args.instance != "embedded" and (args.instance_yaml or args.mode == "naive"):
+        print("posfed bench: --instance is for posfed mode (no --instance-yaml)", file=sys.stderr)
         return 2
     if args.idle < 0:
         print("posfed bench: --idle must not be negative", file=sys.stderr)
@@ -1409,7 +1495,8 @@ def main(args) -> int:
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     signal.signal(signal.SIGINT, signal.default_int_handler)
     modes = list(MODES) if args.mode == "both" else [args.mode]
-    reports = run_bench(settings, modes)
+    instances = INSTANCES if args.instance == "both" else (args.instance,)
+    reports = run_bench(settings, modes, instances)
     print(format_reports(reports))
     if args.json:
         Path(args.json).write_text(json.dumps(reports, indent=2) + "\n")
@@ -1435,6 +1522,14 @@ def add_arguments(parser) -> None:
         help="instead: one receipt on every terminal at the same instant",
     )
     parser.add_argument("--mode", choices=["naive", "posfed", "both"], default="posfed")
+    parser.add_argument(
+        "--instance",
+        choices=[*INSTANCES, "both"],
+        default="embedded",
+        help="posfed mode's Dagster instance: embedded (deploy/dagster.dev.yaml, SQLite), "
+        "production (deploy/dagster.prod.yaml on a PostgreSQL cluster of the benchmark's own, "
+        "on this machine; its CPU is counted), or both, one after the other",
+    )
     parser.add_argument("--workers", type=int, default=2, help="warm run workers (posfed)")
     parser.add_argument("--keep", action="store_true", help="keep the temp folder (logs, state)")
     parser.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
