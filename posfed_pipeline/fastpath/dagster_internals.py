@@ -24,6 +24,7 @@ What is used, and why:
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import sys
 import threading
@@ -193,6 +194,45 @@ def pooled_sqlite_engine(conn_string: str) -> sa.Engine:
         return engine
 
 
+# Dagster's storages ask the database's catalog whether a migration's columns or tables exist,
+# several times per run, uncached: on PostgreSQL that reflection was about a tenth of a run
+# worker's time. Columns do not vanish while a process runs (`dagster instance migrate` only
+# adds, and needs a restart anyway), so a yes is kept; a no is asked again.
+_SCHEMA_CHECKS = (
+    "has_run_stats_index_cols",
+    "has_bulk_actions_selector_cols",
+    "has_backfill_id_column",
+    "has_bulk_action_job_name_column",
+    "has_backfill_tags_table",
+    "has_asset_key_col",
+    "has_default_pool_limit_col",
+    "has_instigators_table",
+)
+
+
+def _keeping_yes(check):
+    @functools.wraps(check)
+    def kept(self, *args):
+        known = self.__dict__.setdefault("_schema_yes", set())
+        key = (check.__name__, *args)
+        if key in known:
+            return True
+        answer = check(self, *args)
+        if answer:
+            known.add(key)
+        return answer
+
+    return kept
+
+
+def _remember_schema(cls: type) -> type:
+    for name in _SCHEMA_CHECKS:
+        check = getattr(cls, name, None)
+        if check is not None:
+            setattr(cls, name, _keeping_yes(check))
+    return cls
+
+
 @contextmanager
 def _pooled_transaction(conn_string: str):
     # What Dagster's SQLite storages do per query (connect, begin, commit), minus the new
@@ -222,14 +262,17 @@ class _PooledFromLocal(_PooledSqliteConnections):
         return cls.from_local(inst_data=inst_data, **config_value)
 
 
+@_remember_schema
 class PooledSqliteRunStorage(_PooledFromLocal, SqliteRunStorage):
     """Dagster's SQLite run storage, reusing its connections (``run_storage`` in dagster.yaml)."""
 
 
+@_remember_schema
 class PooledSqliteScheduleStorage(_PooledFromLocal, SqliteScheduleStorage):
     """Dagster's SQLite schedule storage (sensor ticks and cursors), reusing its connections."""
 
 
+@_remember_schema
 class PooledSqliteEventLogStorage(_PooledSqliteConnections, ConsolidatedSqliteEventLogStorage):
     """One SQLite event log for every run, reusing its connections."""
 
@@ -304,7 +347,7 @@ def _pooled_postgres(base: type) -> type:
 
     Pooled.__name__ = Pooled.__qualname__ = f"Pooled{base.__name__}"
     Pooled.__module__ = __name__
-    return Pooled
+    return _remember_schema(Pooled)
 
 
 _POSTGRES_STORAGES = {
