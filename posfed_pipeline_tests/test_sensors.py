@@ -4,7 +4,7 @@ import json
 import os
 import time
 from dataclasses import replace
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 
 import dagster as dg
 
@@ -305,3 +305,62 @@ def test_the_catch_up_interval_is_the_sensors_and_is_checked(tmp_path):
     assert sensor_interval(catchup_interval_seconds=60) == 59
     with pytest.raises(ConfigError, match="catchup_interval_seconds must be a number from 1"):
         sensor_interval(catchup_interval_seconds=0)
+
+
+def test_terminal_day_partitions_cover_a_rolling_window_of_months():
+    """Terminals x days passes Dagster's advised 100,000 partitions per asset in under two
+    years at 200 terminals: the terminal partitions start the first of the month a year back."""
+    from posfed_pipeline.core.config import partition_window_start
+
+    first = date(2023, 12, 6)
+    assert partition_window_start(first, date(2026, 12, 6), 12) == date(2025, 12, 1)
+    assert partition_window_start(first, date(2026, 12, 31), 12) == date(2025, 12, 1)
+    assert partition_window_start(first, date(2027, 1, 1), 12) == date(2026, 1, 1)
+    assert partition_window_start(first, date(2026, 3, 15), 3) == date(2025, 12, 1)
+    assert partition_window_start(first, date(2026, 12, 6), 0) == first  # no window
+    assert partition_window_start(date(2026, 6, 2), date(2026, 12, 6), 12) == date(2026, 6, 2)
+
+
+def test_a_receipt_older_than_the_window_still_runs_and_old_days_stay_backfillable(tmp_path):
+    """200 terminals x 3 years would be 219,000 partitions; the window keeps at most 13 months.
+    A receipt from before the window runs in its first day; a wider window (or 0) brings the
+    old days back into the UI for a backfill, and the store-wide days keep all history."""
+    import pytest
+
+    from posfed_pipeline.core.config import ConfigError, config_from_dict
+    from posfed_pipeline.definitions import RECEIPTS_JOB
+    from posfed_pipeline_tests.conftest import store_config_dict
+
+    def store(**settings):
+        raw = store_config_dict(tmp_path / "home")
+        raw["store"].update(partitions_start="2023-12-06", **settings)
+        return config_from_dict(raw, base_dir=tmp_path)
+
+    config = store()
+    config.ensure_folders()
+    today = datetime.now(config.timezone).date()
+    window_start = date(today.year - 1, today.month, 1)
+    assert config.terminal_day_start == window_start
+    defs = build_definitions(config)
+    terminal_days = defs.resolve_job_def(RECEIPTS_JOB).partitions_def
+    keys = terminal_days.get_partition_keys()
+    assert f"{window_start}|bakery_1" in keys
+    assert f"{window_start - timedelta(days=1)}|bakery_1" not in keys
+    assert len(keys) <= 2 * (366 + 31)
+    settlement_days = defs.resolve_job_def("settlement_job").partitions_def.get_partition_keys()
+    assert settlement_days[0] == "2023-12-06"
+
+    terminal = config.terminal("bakery_1")
+    old = datetime(2024, 3, 2, 10, 0, tzinfo=terminal.timezone).isoformat()
+    drop_receipt(terminal.inbox, receipt_doc("OLD1", timestamp=old))
+    [request] = _tick(_sensor(config), None).run_requests
+    assert request.partition_key == f"{window_start}|bakery_1"
+
+    everything = store(partition_window_months=0)
+    assert everything.terminal_day_start == date(2023, 12, 6)
+    keys = build_definitions(everything).resolve_job_def(RECEIPTS_JOB).partitions_def
+    assert "2024-03-02|bakery_1" in keys.get_partition_keys()
+
+    for wrong in (-1, 1.5, "12", True):
+        with pytest.raises(ConfigError, match=r"\[store\] partition_window_months must be a whole"):
+            store(partition_window_months=wrong)

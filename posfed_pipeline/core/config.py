@@ -165,6 +165,9 @@ class PosfedConfig:
     db_url: str
     # None: the store's first business day, recorded once (first_partition_day).
     partitions_start: date | None
+    # Terminal x day partitions cover this many months before the current one (0: all days
+    # since first_partition_day); see terminal_day_start.
+    partition_window_months: int = 12
     # A file is taken only once its size and mtime have been unchanged this long.
     stability_seconds: float = 0.3
     max_clock_skew_seconds: int = 300
@@ -228,6 +231,19 @@ class PosfedConfig:
             write_once(record, f"{min(days).isoformat()}\n".encode())
         return date.fromisoformat(record.read_text().strip())
 
+    @functools.cached_property
+    def terminal_day_start(self) -> date:
+        """The first day of the terminal x day partitions: the first of the month
+        ``partition_window_months`` before the current one, or first_partition_day if later.
+
+        Dagster advises under 100,000 partitions per asset; terminals x days passes that in
+        under two years at 200 terminals. The window holds at most 12 months + 31 days (79,400
+        partitions at 200 terminals) and moves only when a month begins, so processes started
+        on different days of a month agree. The store-wide daily partitions (settlement,
+        retention) keep every day since first_partition_day."""
+        today = datetime.now(self.timezone).date()
+        return partition_window_start(self.first_partition_day, today, self.partition_window_months)
+
     def ensure_folders(self) -> None:
         """Create every folder the pipeline writes to (idempotent)."""
         for terminal in self.terminals:
@@ -260,6 +276,7 @@ TABLE_KEYS = {
         "name",
         "timezone",
         "partitions_start",
+        "partition_window_months",
         "variable_measure",
         "gs1_region",
         "weighed_departments",
@@ -492,6 +509,9 @@ def config_from_dict(raw: dict, *, base_dir: Path, config_path: Path | None = No
         # POSFED_DB_URL, else the POSFED_DB_* parts (store.database_url_from_env), else SQLite.
         db_url=database_url_from_env(default=f"sqlite:///{home / 'central.db'}"),
         partitions_start=partitions_start,
+        partition_window_months=_whole(
+            store, "partition_window_months", 12, 0, 1200, f"{where}: [store]"
+        ),
         stability_seconds=float(stability),
         max_clock_skew_seconds=int(intake.get("max_clock_skew_seconds", 300)),
         max_age_days=int(intake.get("max_age_days", 45)),
@@ -562,6 +582,22 @@ def _between(table: dict, key: str, default: float, low: float, high: float, pla
     if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
         raise ConfigError(f"{place} {key} must be a number from {low:g} to {high:g}")
     return float(value)
+
+
+def partition_window_start(first_day: date, today: date, months: int) -> date:
+    """The first of the month ``months`` before ``today``'s, or ``first_day`` if later
+    (``months`` 0: ``first_day``)."""
+    if not months:
+        return first_day
+    index = today.year * 12 + today.month - 1 - months
+    return max(first_day, date(index // 12, index % 12 + 1, 1))
+
+
+def _whole(table: dict, key: str, default: int, low: int, high: int, place: str) -> int:
+    value = table.get(key, default)
+    if type(value) is not int or not low <= value <= high:
+        raise ConfigError(f"{place} {key} must be a whole number from {low} to {high}")
+    return value
 
 
 def _positive(table: dict, key: str, default: float, place: str) -> float:

@@ -300,6 +300,8 @@ def build_late_receipts_sensor(config: PosfedConfig, audit_jobs: list) -> dg.Sen
             if day not in complete:
                 continue
             days[day] = max(days.get(day, 0.0), at)
+            if day < config.terminal_day_start:
+                continue  # before the terminal x day window: its store-wide settlement only
             key = terminal_day_key(terminal_id, day)
             if _audited(context.instance, DAILY_RECONCILIATION, "reconciliation_job", key):
                 requests.append(

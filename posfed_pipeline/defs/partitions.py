@@ -15,7 +15,7 @@ def terminal_day_partitions(config: PosfedConfig) -> dg.MultiPartitionsDefinitio
         {
             TERMINAL_DIMENSION: dg.StaticPartitionsDefinition(config.terminal_ids),
             DAY_DIMENSION: dg.DailyPartitionsDefinition(
-                start_date=config.first_partition_day.isoformat(),
+                start_date=config.terminal_day_start.isoformat(),
                 timezone=config.timezone.key,
                 # Today's partition must exist while the store is open, not only tomorrow.
                 end_offset=1,

@@ -64,7 +64,7 @@ def run_request_for(terminal: Terminal, batch: inbox.PlannedBatch) -> dg.RunRequ
 def build_inbox_sensor(config: PosfedConfig, terminal: Terminal, job) -> dg.SensorDefinition:
     """``job``: the receipts asset job (as returned by ``define_asset_job``)."""
     name = inbox_sensor_name(terminal)
-    first_day = config.first_partition_day
+    first_day = config.terminal_day_start
 
     @dg.sensor(
         name=name,

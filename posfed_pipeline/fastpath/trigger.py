@@ -87,7 +87,7 @@ class InboxTrigger:
         # abspath, not resolve(): resolving stats the path, and an inbox on a share that
         # hangs would hang the trigger's start.
         self._by_inbox = {os.path.abspath(t.inbox): t for t in config.terminals}
-        self._first_day = config.first_partition_day
+        self._first_day = config.terminal_day_start
         self._cond = threading.Condition()
         self._complete: dict[str, set[str]] = defaultdict(set)  # terminal -> closed file names
         self._dirty: set[str] = set(t.id for t in config.terminals)  # rescan everything at start
