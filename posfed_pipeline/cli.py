@@ -15,12 +15,13 @@ import subprocess
 import sys
 import threading
 import time
+from importlib.metadata import entry_points
 from pathlib import Path
 
+from posfed_pipeline import packaged
 from posfed_pipeline.core import dat, intake, store
 from posfed_pipeline.core.config import ConfigError, PosfedConfig, load_config
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from posfed_pipeline.dagster_home import prepare_instance
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -44,8 +45,10 @@ def main(argv: list[str] | None = None) -> int:
     _add_quarantine(commands)
     _add_status(commands)
     _add_backup(commands)
-    _add_bench(commands)
-    _add_chaos(commands)
+    # Tools (posfed bench, posfed chaos) add their commands from their own package, found
+    # through its entry points: the product never imports them.
+    for entry in sorted(entry_points(group="posfed.commands"), key=lambda e: e.name):
+        entry.load()(commands)
     args = parser.parse_args(argv)
     try:
         return args.handler(args)
@@ -95,29 +98,6 @@ def _add_demo(commands) -> None:
     fast.set_defaults(handler=_fastpath)
 
 
-def render_instance_yaml(dagster_home: Path, profile: str = "dev") -> Path:
-    """Write DAGSTER_HOME/dagster.yaml from the profile in deploy/."""
-    dagster_home.mkdir(parents=True, exist_ok=True)
-    target = dagster_home / "dagster.yaml"
-    template = (REPO_ROOT / "deploy" / f"dagster.{profile}.yaml").read_text()
-    target.write_text(template.replace("${DAGSTER_HOME}", str(dagster_home.resolve())))
-    return target
-
-
-def prepare_instance(config: PosfedConfig) -> Path:
-    """Folders, schema and Dagster home for the embedded setup; returns DAGSTER_HOME."""
-    config.ensure_folders()
-    store.upgrade_database(store.make_engine(config.db_url), store_id=config.store_id)
-    dagster_home = config.home / "dagster_home"
-    render_instance_yaml(dagster_home)
-    # Create Dagster's storage once, before several processes open it at the same moment.
-    import dagster as dg
-
-    with dg.DagsterInstance.from_config(str(dagster_home)):
-        pass
-    return dagster_home
-
-
 def _demo(args) -> int:
     config = _config(args)
     dagster_home = prepare_instance(config)
@@ -130,7 +110,7 @@ def _demo(args) -> int:
         "dagster",
         "dev",
         "-w",
-        str(REPO_ROOT / "workspace.yaml"),
+        str(packaged.workspace_file()),
         "-h",
         args.host,
         "-p",
@@ -140,27 +120,25 @@ def _demo(args) -> int:
         "--log-level",
         "info" if args.verbose else "warning",
     ]
-    # `dagster dev` still works in 1.13 but says once per start that `dg dev` supersedes it;
-    # posfed ships no dg project, so the notice is noise here.
+    # `dagster dev` says once per start that `dg dev` supersedes it. `dg dev` works in a
+    # checkout (pyproject's [tool.dg]); the demo keeps `dagster dev`, which takes the packaged
+    # workspace file, so it runs from an installed wheel in any folder: the notice is noise.
     env["PYTHONWARNINGS"] = ",".join(
         filter(None, [env.get("PYTHONWARNINGS"), "ignore:Function `dev_command` is superseded"])
     )
     print(f"posfed demo: {len(config.terminals)} terminals, state in {config.home}")
     print(f"posfed demo: open http://{args.host}:{args.port} (Ctrl-C stops everything)")
-    # A service manager's SIGTERM stops the demo as cleanly as Ctrl-C does.
+    # A service manager's SIGTERM stops the demo as cleanly as Ctrl-C does, and so does SIGINT
+    # when the demo was started in the background (which ignores SIGINT).
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     processes: list[subprocess.Popen] = []
     stop = threading.Event()
     try:
-        processes.append(subprocess.Popen(command, env=env, cwd=REPO_ROOT, start_new_session=True))
+        processes.append(_tied_child(command, env))
         if not args.no_fastpath:
             processes.append(
-                subprocess.Popen(
-                    [sys.executable, "-m", "posfed_pipeline.cli", "fastpath"],
-                    env=env,
-                    cwd=REPO_ROOT,
-                    start_new_session=True,
-                )
+                _tied_child([sys.executable, "-m", "posfed_pipeline.cli", "fastpath"], env)
             )
         if not args.no_simulator:
             threading.Thread(
@@ -187,6 +165,7 @@ def _demo(args) -> int:
 def _fastpath(args) -> int:
     import logging
 
+    from posfed_pipeline.fastpath.pool import AlreadyServing
     from posfed_pipeline.fastpath.service import serve_forever
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -196,14 +175,18 @@ def _fastpath(args) -> int:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    serve_forever(
-        config,
-        dagster_home,
-        workers=args.workers,
-        trigger=not args.no_trigger,
-        stop=stop,
-        background_workers=args.background_workers,
-    )
+    try:
+        serve_forever(
+            config,
+            dagster_home,
+            workers=args.workers,
+            trigger=not args.no_trigger,
+            stop=stop,
+            background_workers=args.background_workers,
+        )
+    except AlreadyServing as refused:
+        print(f"posfed fastpath: {refused}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -231,6 +214,14 @@ def _stop_process_groups(processes: list[subprocess.Popen], timeout: float = 30.
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)  # what is left of the group, if anything
         process.wait()
+
+
+def _tied_child(command: list[str], env: dict[str, str]) -> subprocess.Popen:
+    """A child in a process group of its own (stopped as a group), which gets SIGTERM if the
+    demo dies, even by SIGKILL."""
+    from posfed_pipeline.process_ties import tie_to_parent
+
+    return subprocess.Popen(command, env=env, start_new_session=True, preexec_fn=tie_to_parent)
 
 
 def _raise_keyboard_interrupt(_signum, _frame) -> None:
@@ -1012,46 +1003,6 @@ def _backup_restore(args) -> int:
         f"restored into {done.home}; start the services again"
     )
     return 0
-
-
-# --- bench ------------------------------------------------------------------------------------
-
-
-def _add_bench(commands) -> None:
-    from posfed_pipeline.bench import add_arguments
-
-    bench = commands.add_parser(
-        "bench", help="benchmark file-to-.dat latency in a temp store (naive vs posfed)"
-    )
-    add_arguments(bench)
-    bench.set_defaults(handler=_bench)
-
-
-def _bench(args) -> int:
-    from posfed_pipeline import bench
-
-    return bench.main(args)
-
-
-# --- chaos ------------------------------------------------------------------------------------
-
-
-def _add_chaos(commands) -> None:
-    from posfed_pipeline.chaos import add_arguments
-
-    chaos = commands.add_parser(
-        "chaos",
-        help="run the real pipeline under faults (kills, power cut, DB outage, bad files) "
-        "and reconcile; exits 1 if anything was lost or duplicated",
-    )
-    add_arguments(chaos)
-    chaos.set_defaults(handler=_chaos)
-
-
-def _chaos(args) -> int:
-    from posfed_pipeline import chaos
-
-    return chaos.main(args)
 
 
 if __name__ == "__main__":

@@ -70,8 +70,8 @@ def write_store_config(path: Path, home: Path, **overrides) -> Path:
 def open_instance_store(root: Path, monkeypatch, **overrides) -> tuple[PosfedConfig, Path]:
     """A store under ``root`` with its own Dagster instance (``root/dh``), set up as a store
     server is: folders made, central database upgraded, POSFED_CONFIG and DAGSTER_HOME set."""
-    from posfed_pipeline.cli import render_instance_yaml
     from posfed_pipeline.core.config import load_config
+    from posfed_pipeline.dagster_home import render_instance_yaml
 
     monkeypatch.delenv("POSFED_HOME", raising=False)
     monkeypatch.delenv("POSFED_DB_URL", raising=False)

@@ -27,7 +27,7 @@ from posfed_pipeline.core.config import ConfigError, config_from_dict
 from posfed_pipeline.core.ledger import Delivery, open_ledger
 from posfed_pipeline.definitions import build_definitions
 from posfed_pipeline.defs.alerts import LAG_SENSOR, RUN_FAILURE_SENSOR, run_failure_alert
-from posfed_pipeline.faults import free_port
+from posfed_pipeline.tools.faults import free_port
 from posfed_pipeline_tests.conftest import store_config_dict
 from posfed_pipeline_tests.test_store import make_receipt
 

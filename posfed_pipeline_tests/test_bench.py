@@ -68,3 +68,29 @@ def test_bench_through_real_servers_with_one_terminal_in_trouble(tmp_path):
         assert report["isolated"].startswith(("butcher_1: 40 files", "butcher_1: its share"))
         assert report["sent"] == 6 and report["lost"] == 0 and report["duplicated"] == 0
         assert "terminal in trouble" in result.stdout
+
+
+def test_bench_stores_loads_one_register_from_several_stores_exactly(tmp_path):
+    """``--stores K``: K store processes sell and sync into one PostgreSQL register of the
+    bench's own; every receipt arrives once and every settlement adds up."""
+    out = tmp_path / "chain.json"
+    result = subprocess.run(
+        [sys.executable, "-m", "posfed_pipeline.cli", "bench", "--stores", "3"]
+        + ["--terminals", "4", "--rate", "4", "--duration", "3", "--quiet", "--json", str(out)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert report["stores"] == 3 and len(report["per_store"]) == 3
+    assert report["receipts"] >= 3 * 4 * 2  # most of 4/s for 3 s in each store
+    assert (report["in_register"], report["lost"], report["duplicated"]) == (
+        report["receipts"],
+        0,
+        0,
+    )
+    assert report["settlement_exact_per_store"] and report["chain_settlement_exact"]
+    assert all(s["in_register"] == s["accepted"] for s in report["per_store"].values())
+    assert "lost 0, duplicated 0" in result.stdout

@@ -6,7 +6,7 @@ The full run (10,000 files) is `posfed chaos`, documented in the README with its
 
 import shutil
 
-from posfed_pipeline import chaos
+from posfed_pipeline.tools import chaos
 
 
 def test_reduced_chaos_run_loses_nothing_and_duplicates_nothing():

@@ -411,3 +411,21 @@ def test_a_backlog_run_waits_while_a_cashiers_receipt_is_processed(tmp_path):
     assert not pool._assign_one()  # still a cashier's run in progress
     pool._free(checkout)
     assert pool._assign_one() and background.run_id == "flood-run"
+
+
+def test_a_dagster_other_than_the_pinned_one_is_refused_by_name():
+    """The fast path rests on Dagster internals: another release is refused at import, naming
+    both versions, before any of them is touched."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import dagster; dagster.__version__ = '1.14.0'\nimport posfed_pipeline.fastpath.launcher\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 1
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("ImportError: posfed's fast path needs dagster 1.13.27"), last
+    assert "found dagster 1.14.0" in last

@@ -28,14 +28,14 @@ import dagster as dg
 import pytest
 from sqlalchemy import select
 
-from posfed_pipeline.cli import render_instance_yaml
 from posfed_pipeline.core import store
 from posfed_pipeline.core.config import config_from_dict, load_config
 from posfed_pipeline.core.ledger import open_ledger
+from posfed_pipeline.dagster_home import render_instance_yaml
 from posfed_pipeline.definitions import RECEIPTS_JOB, build_definitions
 from posfed_pipeline.defs.assets import ReceiptBatchConfig, receipt_op_config
 from posfed_pipeline.defs.central_db import FAILURE_KIND_TAG, SYNC_JOB, SYNC_SENSOR
-from posfed_pipeline.faults import FaultProxy, ThrowawayPostgres, hold_lock
+from posfed_pipeline.tools.faults import FaultProxy, ThrowawayPostgres, hold_lock
 from posfed_pipeline_tests.conftest import (
     REPO_ROOT,
     dagster_process,

@@ -22,9 +22,9 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from posfed_pipeline.cli import render_instance_yaml
 from posfed_pipeline.core import store
 from posfed_pipeline.core.config import load_config
+from posfed_pipeline.dagster_home import render_instance_yaml
 from posfed_pipeline_tests.conftest import (
     REPO_ROOT,
     dagster_process,

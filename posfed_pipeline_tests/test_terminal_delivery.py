@@ -25,8 +25,8 @@ from posfed_pipeline.core.ledger import open_ledger
 from posfed_pipeline.definitions import RECEIPTS_JOB, build_definitions
 from posfed_pipeline.defs.sensors import LISTING_TIMEOUT_SECONDS, inbox_sensor_name
 from posfed_pipeline.fastpath.service import start_fastpath
-from posfed_pipeline.faults import FaultProxy
-from posfed_pipeline.terminal_servers import (
+from posfed_pipeline.tools.faults import FaultProxy
+from posfed_pipeline.tools.terminal_servers import (
     WRITE_STYLES,
     SambaServer,
     SftpServer,

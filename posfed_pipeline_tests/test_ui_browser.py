@@ -20,9 +20,9 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from posfed_pipeline.cli import render_instance_yaml
 from posfed_pipeline.core import store
 from posfed_pipeline.core.config import PosfedConfig, load_config
+from posfed_pipeline.dagster_home import render_instance_yaml
 from posfed_pipeline.definitions import RECEIPTS_JOB, build_definitions
 from posfed_pipeline.defs.assets import ReceiptBatchConfig, receipt_op_config
 from posfed_pipeline.defs.partitions import terminal_day_key

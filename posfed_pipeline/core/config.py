@@ -34,6 +34,7 @@ from posfed_pipeline.core.delivery import (
 from posfed_pipeline.core.fsutil import ContentConflict, write_once
 from posfed_pipeline.core.store import DEFAULT_STORE_ID, database_url_from_env
 from posfed_pipeline.core.sync import SyncPolicy
+from posfed_pipeline.packaged import default_dat_spec
 
 DEFAULT_CONFIG_FILE = "posfed.toml"
 FIRST_DAY_FILE = "first_business_day"  # in the home folder: see first_partition_day
@@ -498,13 +499,15 @@ def config_from_dict(raw: dict, *, base_dir: Path, config_path: Path | None = No
     except ValueError as exc:
         raise ConfigError(f"{where}: [store] partitions_start: {exc}") from None
 
+    in_intake, in_retention = f"{where}: [intake]", f"{where}: [retention]"
     config = PosfedConfig(
         store_id=store_id,
         store_name=str(store.get("name", store_id)),
         timezone=timezone,
         home=home,
         terminals=tuple(terminals),
-        dat_spec=_resolve(dat.get("spec", "dat_specs/scon_default.json"), base_dir),
+        # No spec named: the one posfed ships (posfed_pipeline/dat_specs, linked as dat_specs/).
+        dat_spec=_resolve(dat["spec"], base_dir) if "spec" in dat else default_dat_spec(),
         dat_dir=_resolve(paths.get("dat", "dat"), home),
         # POSFED_DB_URL, else the POSFED_DB_* parts (store.database_url_from_env), else SQLite.
         db_url=database_url_from_env(default=f"sqlite:///{home / 'central.db'}"),
@@ -513,15 +516,17 @@ def config_from_dict(raw: dict, *, base_dir: Path, config_path: Path | None = No
             store, "partition_window_months", 12, 0, 1200, f"{where}: [store]"
         ),
         stability_seconds=float(stability),
-        max_clock_skew_seconds=int(intake.get("max_clock_skew_seconds", 300)),
-        max_age_days=int(intake.get("max_age_days", 45)),
-        relaunch_after_seconds=float(intake.get("relaunch_after_seconds", 10.0)),
-        catchup_grace_seconds=float(intake.get("catchup_grace_seconds", 10.0)),
+        max_clock_skew_seconds=_whole(intake, "max_clock_skew_seconds", 300, 0, 86400, in_intake),
+        max_age_days=_whole(intake, "max_age_days", 45, 1, 36500, in_intake),
+        relaunch_after_seconds=_between(intake, "relaunch_after_seconds", 10.0, 0, 3600, in_intake),
+        catchup_grace_seconds=_between(intake, "catchup_grace_seconds", 10.0, 0, 3600, in_intake),
         catchup_interval_seconds=_between(
-            intake, "catchup_interval_seconds", 30.0, 1, 600, f"{where}: [intake]"
+            intake, "catchup_interval_seconds", 30.0, 1, 600, in_intake
         ),
-        incomplete_grace_seconds=float(intake.get("incomplete_grace_seconds", 10.0)),
-        retention_days=int(raw.get("retention", {}).get("keep_days", 90)),
+        incomplete_grace_seconds=_between(
+            intake, "incomplete_grace_seconds", 10.0, 0, 3600, in_intake
+        ),
+        retention_days=_whole(raw.get("retention", {}), "keep_days", 90, 1, 36500, in_retention),
         sync=_sync_policy(raw.get("sync", {}), f"{where}: [sync]", store_id),
         alerts=_alert_settings(raw.get("alerts", {}), f"{where}: [alerts]"),
         config_path=config_path,
@@ -532,7 +537,7 @@ def config_from_dict(raw: dict, *, base_dir: Path, config_path: Path | None = No
 
 def _refuse_shared_dat_names(config: PosfedConfig, where: str) -> None:
     """One .dat file is one sale: terminals whose file names could coincide never start."""
-    # Imported here: the .dat engine itself needs this module's Terminal.
+    # Imported here: loading a spec is work, and most of the .dat engine is not config's.
     from posfed_pipeline.core.dat import SpecError, load_spec
     from posfed_pipeline.core.dat_names import HOW_TO_TELL_APART, dat_name_clashes
 

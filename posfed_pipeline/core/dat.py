@@ -30,14 +30,16 @@ from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from functools import cache, lru_cache
 from operator import attrgetter
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jsonschema
 
 from posfed_pipeline.core.barcodes import gtin13
-from posfed_pipeline.core.config import Terminal
 from posfed_pipeline.core.fsutil import ContentConflict, fsync_dir, synced_temp_copy, write_once
 from posfed_pipeline.core.receipt import Receipt, ReceiptItem
+
+if TYPE_CHECKING:  # the configuration loads specs: the engine needs its Terminal as a type only
+    from posfed_pipeline.core.config import Terminal
 
 SPEC_SCHEMA_PATH = Path(__file__).with_name("dat_spec.schema.json")
 LINE_ENDINGS = {"CRLF": b"\r\n", "LF": b"\n", "CR": b"\r"}

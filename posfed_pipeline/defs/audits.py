@@ -15,21 +15,17 @@ from posfed_pipeline.core.ledger import open_ledger
 from posfed_pipeline.defs.assets import DAT_FILES
 from posfed_pipeline.defs.central_db import CENTRAL_DB_RECEIPTS
 from posfed_pipeline.defs.markdown import md_table
-from posfed_pipeline.defs.partitions import split_terminal_day_key, terminal_day_key
+from posfed_pipeline.defs.partitions import (
+    daily_partitions,
+    split_terminal_day_key,
+    terminal_day_key,
+)
 from posfed_pipeline.defs.resources import CentralDbResource
 
 AUDIT_GROUP = "audits"
 DAILY_RECONCILIATION = dg.AssetKey("daily_reconciliation")
 TENANT_SETTLEMENTS = dg.AssetKey("tenant_settlements")
 ARCHIVE_RETENTION = dg.AssetKey("archive_retention")
-
-
-def daily_partitions(config: PosfedConfig) -> dg.DailyPartitionsDefinition:
-    return dg.DailyPartitionsDefinition(
-        start_date=config.first_partition_day.isoformat(),
-        timezone=config.timezone.key,
-        end_offset=1,
-    )
 
 
 def build_audit_assets(

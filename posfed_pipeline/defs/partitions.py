@@ -10,16 +10,26 @@ TERMINAL_DIMENSION = "terminal"
 DAY_DIMENSION = "day"
 
 
+def business_days(config: PosfedConfig, first: date) -> dg.DailyPartitionsDefinition:
+    return dg.DailyPartitionsDefinition(
+        start_date=first.isoformat(),
+        timezone=config.timezone.key,
+        # Today's partition must exist while the store is open, not only tomorrow.
+        end_offset=1,
+    )
+
+
+def daily_partitions(config: PosfedConfig) -> dg.DailyPartitionsDefinition:
+    """The store-wide days (settlement, retention): every day since the first."""
+    return business_days(config, config.first_partition_day)
+
+
 def terminal_day_partitions(config: PosfedConfig) -> dg.MultiPartitionsDefinition:
+    """Terminal x day, days within the rolling window (PosfedConfig.terminal_day_start)."""
     return dg.MultiPartitionsDefinition(
         {
             TERMINAL_DIMENSION: dg.StaticPartitionsDefinition(config.terminal_ids),
-            DAY_DIMENSION: dg.DailyPartitionsDefinition(
-                start_date=config.terminal_day_start.isoformat(),
-                timezone=config.timezone.key,
-                # Today's partition must exist while the store is open, not only tomorrow.
-                end_offset=1,
-            ),
+            DAY_DIMENSION: business_days(config, config.terminal_day_start),
         }
     )
 

@@ -14,6 +14,9 @@ What is used, and why:
   ``DagsterInstance.create_run``: what the sensor daemon does to create a sensor run
   (dagster/_daemon/sensor.py, ``_create_sensor_run``).
 - ``recon_job_from_origin`` and ``execute_run``: what a run worker process does with a run id.
+- The run launcher's base types (``DefaultRunLauncher``, ``LaunchRunContext``,
+  ``CheckRunHealthResult``, ``WorkerStatus``, ``ConfigurableClassData``), for launcher.py;
+  ``InstigatorType`` for the benchmarks' sensor-tick queries.
 - The SQLite run, event-log and schedule storages, subclassed to keep one connection pool per
   process: Dagster's own open a new engine and connection for every query (about 65 per run),
   which was more than half of a short run's CPU. Likewise dagster-postgres's storages, which
@@ -34,8 +37,10 @@ from pathlib import Path
 
 import dagster as dg
 import sqlalchemy as sa
-from dagster._core.definitions.run_request import RunRequest
+from dagster._core.definitions.run_request import InstigatorType, RunRequest
 from dagster._core.execution.api import create_execution_plan, execute_run
+from dagster._core.launcher.base import CheckRunHealthResult, LaunchRunContext, WorkerStatus
+from dagster._core.launcher.default_run_launcher import DefaultRunLauncher
 from dagster._core.remote_origin import InProcessCodeLocationOrigin
 from dagster._core.remote_representation.code_location import CodeLocation
 from dagster._core.remote_representation.external import RemoteExecutionPlan
@@ -47,14 +52,23 @@ from dagster._core.storage.runs.sqlite.sqlite_run_storage import SqliteRunStorag
 from dagster._core.storage.schedules.sqlite.sqlite_schedule_storage import SqliteScheduleStorage
 from dagster._core.storage.sqlite import SQLITE_BUSY_TIMEOUT_SECONDS
 from dagster._core.types.loadable_target_origin import LoadableTargetOrigin
+from dagster._serdes import ConfigurableClassData
 from dagster._utils.hosted_user_process import recon_job_from_origin
 
-DAGSTER_VERSION = "1.13.27"
+from posfed_pipeline.run_tags import RUN_KEY_TAG, SENSOR_NAME_TAG
+
+# Private types other modules need (the run launcher, the benchmarks), handed on from here.
+__all__ = [
+    "CheckRunHealthResult",
+    "ConfigurableClassData",
+    "DefaultRunLauncher",
+    "InstigatorType",
+    "LaunchRunContext",
+    "WorkerStatus",
+]
 CODE_MODULE = "posfed_pipeline.definitions"
 LOCATION_NAME = "posfed"  # as in workspace.yaml
 REPOSITORY_NAME = "__repository__"
-RUN_KEY_TAG = "dagster/run_key"
-SENSOR_NAME_TAG = "dagster/sensor_name"
 
 
 def load_code_location(instance: dg.DagsterInstance, working_directory: Path) -> CodeLocation:

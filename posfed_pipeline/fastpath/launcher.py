@@ -22,10 +22,14 @@ import tempfile
 from pathlib import Path
 
 import dagster as dg
-from dagster._core.launcher.base import CheckRunHealthResult, LaunchRunContext, WorkerStatus
-from dagster._core.launcher.default_run_launcher import DefaultRunLauncher
-from dagster._serdes import ConfigurableClassData
 
+from posfed_pipeline.fastpath.dagster_internals import (
+    CheckRunHealthResult,
+    ConfigurableClassData,
+    DefaultRunLauncher,
+    LaunchRunContext,
+    WorkerStatus,
+)
 from posfed_pipeline.run_tags import GRPC_INFO_TAG, lane_of
 
 SOCKET_NAME = "posfed-run-workers.sock"

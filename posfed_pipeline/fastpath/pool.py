@@ -18,6 +18,7 @@ the daemon or the trigger all land on the same workers.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import logging
 import multiprocessing
@@ -39,6 +40,7 @@ log = logging.getLogger("posfed.fastpath.pool")
 
 
 BACKGROUND_NICE = 10
+FINISHED_KEPT = 10_000  # finished runs' statuses kept for the launcher's health checks
 
 
 def _worker_main(conn, dagster_home: str, working_directory: str, nice: int = 0) -> None:
@@ -222,7 +224,7 @@ class WarmWorkerPool:
     def submit(self, run_id: str, lane: str | None, background: bool = False) -> bool:
         """Queue a run in its lane; a run id already known is not queued twice."""
         with self._cond:
-            if run_id in self._known:
+            if run_id in self._known or run_id in self._finished:
                 return False
             self._known.add(run_id)
         # Marked before it can start: if this pool dies, the next one knows the run was ours
@@ -344,7 +346,11 @@ class WarmWorkerPool:
 
     def _record_finished(self, run_id: str, status: str) -> None:
         self._finished[run_id] = status
-        while len(self._finished) > 10_000:
+        # A finished run is never submitted again (its launcher's run ended): forget it as a
+        # known id, and keep only the latest statuses, so a pool that runs for months stays
+        # small.
+        self._known.discard(run_id)
+        while len(self._finished) > FINISHED_KEPT:
             self._finished.popitem(last=False)
 
     def _worker_died(self, worker: _Worker) -> None:
@@ -406,10 +412,37 @@ class _Handler(socketserver.StreamRequestHandler):
         self.wfile.write((json.dumps(reply) + "\n").encode())
 
 
+class AlreadyServing(RuntimeError):
+    """Another fast path holds this launcher socket."""
+
+
+def claim_socket(socket_path: Path):
+    """Hold ``<socket>.lock`` for this process's life (the kernel lets go when it dies, however
+    it dies); a second fast path is refused instead of taking the first one's socket."""
+    socket_path.parent.mkdir(parents=True, exist_ok=True)
+    lock_path = socket_path.with_name(socket_path.name + ".lock")
+    handle = lock_path.open("a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "?"
+        handle.close()
+        raise AlreadyServing(
+            f"another posfed fastpath (pid {holder}) serves {socket_path}; stop it first"
+        ) from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"{os.getpid()}\n")
+    handle.flush()
+    return handle
+
+
 class PoolServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     daemon_threads = True
 
     def __init__(self, socket_path: Path, pool: WarmWorkerPool):
+        """Call ``claim_socket`` first: the socket left by a fast path that died is replaced."""
         socket_path.parent.mkdir(parents=True, exist_ok=True)
         socket_path.unlink(missing_ok=True)
         super().__init__(str(socket_path), _Handler)

@@ -8,20 +8,21 @@ fall back to fresh processes and the sensors take every file the trigger does no
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import dagster as dg
 
 from posfed_pipeline.core.config import PosfedConfig
 from posfed_pipeline.fastpath import dagster_internals, launcher
-from posfed_pipeline.fastpath.pool import PoolServer, WarmWorkerPool
+from posfed_pipeline.fastpath.pool import PoolServer, WarmWorkerPool, claim_socket
 from posfed_pipeline.fastpath.trigger import InboxTrigger
 from posfed_pipeline.run_tags import RECEIPTS_JOB, SYNC_JOB
 
 log = logging.getLogger("posfed.fastpath")
-REPO_ROOT = Path(__file__).resolve().parent.parent.parent
 
 
 @dataclass
@@ -29,6 +30,7 @@ class FastPath:
     pool: WarmWorkerPool
     server: PoolServer
     trigger: InboxTrigger | None
+    lock: IO[str]
 
     def stop(self) -> None:
         if self.trigger:
@@ -36,6 +38,7 @@ class FastPath:
         self.server.close()
         self.pool.stop()
         launcher.register_local_pool(None)
+        self.lock.close()
 
 
 def start_fastpath(
@@ -46,20 +49,26 @@ def start_fastpath(
     trigger: bool = True,
     background_workers: int = 1,
 ) -> FastPath:
+    """Raises ``AlreadyServing`` if another fast path serves this instance's socket."""
+    # The launcher in every Dagster process finds the socket from DAGSTER_HOME: so must we.
+    os.environ.setdefault("DAGSTER_HOME", str(dagster_home))
     instance = dg.DagsterInstance.from_config(str(dagster_home))
-    pool = WarmWorkerPool(
-        dagster_home, REPO_ROOT, size=workers, background_workers=background_workers
-    )
-    launcher.register_local_pool(pool)
-    pool.start()
     socket_path = launcher.default_socket_path()
     if isinstance(instance.run_launcher, launcher.WarmWorkerRunLauncher):
         socket_path = instance.run_launcher.socket_path
+    lock = claim_socket(socket_path)
+    # The workers' and the code location's working directory: the instance's own folder
+    # (the code location is a module: nothing is read relative to it).
+    pool = WarmWorkerPool(
+        dagster_home, dagster_home, size=workers, background_workers=background_workers
+    )
+    launcher.register_local_pool(pool)
+    pool.start()
     server = PoolServer(socket_path, pool)
     server.serve_in_background()
     inbox_trigger = None
     if trigger:
-        code_location = dagster_internals.load_code_location(instance, REPO_ROOT)
+        code_location = dagster_internals.load_code_location(instance, dagster_home)
         factory = dagster_internals.SensorStyleRunFactory(instance, code_location, RECEIPTS_JOB)
         sync_factory = dagster_internals.SensorStyleRunFactory(instance, code_location, SYNC_JOB)
         inbox_trigger = InboxTrigger(config, instance, factory, sync_factory)
@@ -72,7 +81,7 @@ def start_fastpath(
         socket_path,
         "on" if trigger else "off",
     )
-    return FastPath(pool, server, inbox_trigger)
+    return FastPath(pool, server, inbox_trigger, lock)
 
 
 def serve_forever(

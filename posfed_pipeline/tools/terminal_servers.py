@@ -26,7 +26,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-from posfed_pipeline.faults import free_port
+from posfed_pipeline.tools.faults import free_port
 
 WRITE_STYLES = ("plain", "slow", "presized", "rename", "reopen_append")
 SMBD = "/usr/sbin/smbd"

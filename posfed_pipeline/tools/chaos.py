@@ -62,13 +62,14 @@ from pathlib import Path
 
 from sqlalchemy import case, func, select
 
-from posfed_pipeline import bench
+from posfed_pipeline import packaged
 from posfed_pipeline.core import audit, dat, inbox, quarantine, store
 from posfed_pipeline.core.config import PosfedConfig, Terminal
 from posfed_pipeline.core.intake import MAX_FILE_BYTES
 from posfed_pipeline.core.ledger import Ledger, Outcome, ledger_path
 from posfed_pipeline.core.receipt import Receipt, canonical_json, content_hash
 from posfed_pipeline.core.simulator import ReceiptSimulator
+from posfed_pipeline.tools import bench
 
 # What each rejected kind's quarantine reason must say.
 INVALID_KINDS = {
@@ -457,7 +458,7 @@ class ChaosRun:
                 "job",
                 "launch",
                 "-w",
-                str(bench.REPO_ROOT / "workspace.yaml"),
+                str(packaged.workspace_file()),
                 "-j",
                 "settlement_job",
                 "--tags",
@@ -612,7 +613,7 @@ class ChaosRun:
     def cursor_disagreements(self, wait_seconds: float = 30.0) -> list[str]:
         """The sensors' cursors agree with the inboxes: with every inbox empty, a sensor's next
         tick keeps no file as launched-and-pending. Waits for one tick after the drain."""
-        from dagster._core.definitions.run_request import InstigatorType
+        from posfed_pipeline.fastpath.dagster_internals import InstigatorType
 
         instance = self.bench.instance
         drained_at = time.time()

@@ -46,13 +46,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from posfed_pipeline import packaged
 from posfed_pipeline.core import dat, store
 from posfed_pipeline.core.config import PosfedConfig, Terminal, load_config
 from posfed_pipeline.core.receipt import Receipt, canonical_json
 from posfed_pipeline.core.simulator import ReceiptSimulator
-from posfed_pipeline.faults import FaultProxy, ThrowawayPostgres, hold_lock
+from posfed_pipeline.tools.faults import FaultProxy, ThrowawayPostgres, hold_lock
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 MODES = ("naive", "posfed")
 # (terminal id prefix, department code, tenant), as in the demo store (posfed.toml).
 KINDS = [
@@ -69,7 +69,7 @@ KINDS = [
 ]
 STORE_TOML = """\
 [store]
-id = "bench"
+id = "{store_id}"
 timezone = "Europe/Amsterdam"
 partitions_start = "2026-01-01"
 
@@ -258,12 +258,15 @@ def make_store(
     db_url: str | None = None,
     extra: dict[str, dict] | None = None,
     catchup_interval: float = 30.0,
+    store_id: str = "bench",
 ) -> PosfedConfig:
     """``extra``: more settings of some terminals (terminal id -> settings)."""
+    root.mkdir(parents=True, exist_ok=True)
     config_path = root / "posfed.toml"
     text = STORE_TOML.format(
+        store_id=store_id,
         home=root / "state",
-        spec=REPO_ROOT / "dat_specs/scon_default.json",
+        spec=packaged.default_dat_spec(),
         stability=stability_seconds,
         catchup=catchup_interval,
     )
@@ -281,7 +284,7 @@ def make_store(
 
 
 def write_instance_yaml(dagster_home: Path, mode: str, profile: Path | None = None) -> None:
-    from posfed_pipeline.cli import render_instance_yaml
+    from posfed_pipeline.dagster_home import render_instance_yaml
 
     if mode == "posfed" and profile is not None:
         dagster_home.mkdir(parents=True, exist_ok=True)
@@ -377,7 +380,7 @@ class Processes:
         self._logs.append(log)
         process = subprocess.Popen(
             command,
-            cwd=REPO_ROOT,
+            cwd=self.root,
             env=self.env,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -613,7 +616,7 @@ class Run:
         profile = settings.instance_yaml
         if mode == "posfed" and profile is None and settings.instance == "production":
             self.dagster_storage = BenchDagsterStorage()
-            profile = REPO_ROOT / "deploy/dagster.prod.yaml"
+            profile = packaged.instance_profile_file("prod")
         write_instance_yaml(self.dagster_home, mode, profile)
         env = {
             **os.environ,
@@ -644,7 +647,7 @@ class Run:
     def _hung_share(self) -> dict[str, dict]:
         """The last terminal's inbox: a folder of an SFTP server, mounted with sshfs through a
         fault proxy (partitioned once measuring starts), listed by polling."""
-        from posfed_pipeline.terminal_servers import SftpServer, SshfsMount
+        from posfed_pipeline.tools.terminal_servers import SftpServer, SshfsMount
 
         terminal_id = terminal_specs(self.settings.terminals)[-1][0]
         nas = self.root / "nas" / terminal_id
@@ -662,7 +665,7 @@ class Run:
     def _start_delivery(self, delivery: str):
         """How a receipt reaches the inbox: (terminal, name, bytes) -> the moment it was
         complete (after close, or rename)."""
-        from posfed_pipeline import terminal_servers as ts
+        from posfed_pipeline.tools import terminal_servers as ts
 
         if delivery == "smb":
             samba = self.servers.enter_context(ts.SambaServer({t.id: t.inbox for t in self.driven}))
@@ -761,7 +764,7 @@ class Run:
         daemon = str(Path(sys.executable).with_name("dagster-daemon"))
         self.processes.start(
             "daemon",
-            [daemon, "run", "-w", str(REPO_ROOT / "workspace.yaml")],
+            [daemon, "run", "-w", str(packaged.workspace_file())],
             nice=self.settings.daemon_nice,
         )
 
@@ -780,7 +783,7 @@ class Run:
         )
 
     def _sensors_ticking(self) -> bool:
-        from dagster._core.definitions.run_request import InstigatorType
+        from posfed_pipeline.fastpath.dagster_internals import InstigatorType
 
         states = self.instance.all_instigator_state(instigator_type=InstigatorType.SENSOR)
         ticked = sum(
@@ -1092,7 +1095,7 @@ class Run:
 
     def _sensor_daemon_runs(self) -> set[str]:
         """Runs the sensor daemon launched (its ticks name them); the rest came from the trigger."""
-        from dagster._core.definitions.run_request import InstigatorType
+        from posfed_pipeline.fastpath.dagster_internals import InstigatorType
 
         run_ids: set[str] = set()
         for state in self.instance.all_instigator_state(instigator_type=InstigatorType.SENSOR):
@@ -1160,10 +1163,10 @@ class Run:
 
     def _breakdown(self, sent: list[Sent], run_of: dict) -> dict:
         """Where the time goes: close → run launched → run started → .dat → run ended."""
-        from dagster._core.events import DagsterEventType
+        import dagster as dg
 
         launched_at: dict[str, float] = {}
-        kinds = {DagsterEventType.RUN_ENQUEUED, DagsterEventType.RUN_STARTING}
+        kinds = {dg.DagsterEventType.RUN_ENQUEUED, dg.DagsterEventType.RUN_STARTING}
         for record in {id(r): r for r in run_of.values()}.values():
             run_id = record.dagster_run.run_id
             if run_id in self.runs_before:
@@ -1509,6 +1512,14 @@ def _raise_keyboard_interrupt(_signum, _frame) -> None:
 
 def add_arguments(parser) -> None:
     parser.add_argument("--terminals", type=int, default=20, help="terminals (default 20)")
+    parser.add_argument(
+        "--stores",
+        type=int,
+        default=0,
+        metavar="K",
+        help="instead: K stores (--terminals each, --rate receipts/s each) load one "
+        "PostgreSQL register at once; the register's lag, errors and settlements",
+    )
     parser.add_argument("--rate", type=float, default=1.0, help="receipts per second (default 1)")
     parser.add_argument(
         "--duration",

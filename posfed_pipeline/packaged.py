@@ -1,0 +1,39 @@
+"""Files posfed ships inside its package, found with importlib.resources, so that an installed
+wheel works from any folder, not only from a checkout. (In a checkout, deploy/dagster.*.yaml,
+workspace.yaml and dat_specs/ are links to these.)"""
+
+from __future__ import annotations
+
+from importlib.resources import files
+from pathlib import Path
+
+PROFILES = "posfed_pipeline.profiles"
+DAT_SPECS = "posfed_pipeline.dat_specs"
+DEFAULT_DAT_SPEC = "scon_default.json"
+
+
+def instance_profile(profile: str) -> str:
+    """The Dagster instance profile ``dev`` (embedded) or ``prod`` (PostgreSQL), as text."""
+    return instance_profile_file(profile).read_text()
+
+
+def instance_profile_file(profile: str) -> Path:
+    return _as_path(files(PROFILES) / f"dagster.{profile}.yaml")
+
+
+def workspace_file() -> Path:
+    """The Dagster workspace (one code location, posfed's), as a file for ``-w``."""
+    return _as_path(files(PROFILES) / "workspace.yaml")
+
+
+def default_dat_spec() -> Path:
+    return _as_path(files(DAT_SPECS) / DEFAULT_DAT_SPEC)
+
+
+def _as_path(resource) -> Path:
+    # pip installs posfed as files, never zipped: the resource is a file other processes
+    # (dagster -w) and the config can name.
+    path = Path(str(resource))
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: posfed's installation is incomplete (reinstall it)")
+    return path

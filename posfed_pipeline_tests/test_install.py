@@ -1,0 +1,116 @@
+"""posfed installs from its wheel and runs from any folder, not only from a checkout.
+
+The wheel is built from a copy of the source tree (the checkout stays clean) and installed,
+without its dependencies, into a fresh virtual environment that borrows this one's installed
+dependencies through a .pth file: what is tested is the wheel's own content (the package, its
+instance profiles, workspace and default .dat spec as package data), not a download.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import site
+import subprocess
+import sys
+import uuid
+from datetime import datetime
+from pathlib import Path
+
+from posfed_pipeline_tests.conftest import (
+    REPO_ROOT,
+    free_port,
+    kill_marked,
+    receipt_doc,
+    wait_for,
+    write_store_config,
+)
+
+BUILD_TIMEOUT_SECONDS = 300
+
+
+def _wheel(tmp_path: Path) -> Path:
+    source = tmp_path / "source"
+    shutil.copytree(
+        REPO_ROOT,
+        source,
+        symlinks=True,
+        ignore=shutil.ignore_patterns(
+            ".git", ".venv", ".posfed", "build", "dist", "*.egg-info", "__pycache__", ".*_cache"
+        ),
+    )
+    dist = tmp_path / "dist"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation"]
+        + ["--wheel-dir", str(dist), str(source)],
+        check=True,
+        timeout=BUILD_TIMEOUT_SECONDS,
+    )
+    [wheel] = dist.glob("posfed-*.whl")
+    return wheel
+
+
+def _venv_with(wheel: Path, root: Path) -> Path:
+    venv = root / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    python = venv / "bin" / "python"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "--python", str(python), "install", "--quiet"]
+        + ["--no-deps", str(wheel)],
+        check=True,
+        timeout=BUILD_TIMEOUT_SECONDS,
+    )
+    [own] = venv.glob("lib/python3*/site-packages")
+    (own / "borrowed-dependencies.pth").write_text("\n".join(site.getsitepackages()) + "\n")
+    return venv
+
+
+def test_the_wheel_installs_and_the_demo_runs_from_another_folder(tmp_path):
+    venv = _venv_with(_wheel(tmp_path), tmp_path)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    imported = subprocess.run(
+        [str(venv / "bin/python"), "-c", "import posfed_pipeline; print(posfed_pipeline.__file__)"],
+        cwd=elsewhere,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    assert imported.startswith(str(venv)), imported  # the wheel's copy, not the checkout's
+
+    # A store that names no .dat spec: the one the wheel ships.
+    config_path = write_store_config(elsewhere / "posfed.toml", elsewhere / "state", dat={})
+    marker = uuid.uuid4().hex
+    env = {
+        "PATH": f"{venv / 'bin'}:/usr/bin:/bin",
+        "HOME": str(tmp_path),
+        "POSFED_CONFIG": str(config_path),
+        "POSFED_TEST_PROCESS": marker,
+    }
+    port = free_port()
+    log = tmp_path / "demo.log"
+    with log.open("wb") as out:
+        demo = subprocess.Popen(
+            [str(venv / "bin/posfed"), "demo", "--no-simulator", "--port", str(port)],
+            cwd=elsewhere,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        wait_for(lambda: "fast path up" in log.read_text(), 180, "the demo's fast path", log)
+        inbox = elsewhere / "state" / "terminals" / "bakery_1" / "inbox"
+        now = datetime.now().astimezone().replace(microsecond=0)
+        (inbox / "W1.json").write_text(json.dumps(receipt_doc("W1", timestamp=now.isoformat())))
+        dat_dir = elsewhere / "state" / "dat"
+        [dat] = wait_for(lambda: list(dat_dir.rglob("*.dat")), 120, "the receipt's .dat", log)
+        assert dat.read_bytes()  # rendered with the packaged default spec
+        demo.send_signal(signal.SIGINT)
+        assert demo.wait(timeout=60) == 0
+    finally:
+        left = kill_marked("POSFED_TEST_PROCESS", marker)
+        if demo.poll() is None:
+            demo.kill()
+    assert left == []
