@@ -24,6 +24,7 @@ system-deps:
 lint: $(INSTALLED)
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
+	$(BIN)/mypy
 	$(BIN)/dg check defs
 
 test: $(INSTALLED) system-deps lint

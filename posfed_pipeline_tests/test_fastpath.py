@@ -24,8 +24,8 @@ from posfed_pipeline.definitions import RECEIPTS_JOB, build_definitions
 from posfed_pipeline.defs.central_db import SYNC_JOB
 from posfed_pipeline.defs.sensors import inbox_sensor_name, run_request_for
 from posfed_pipeline.fastpath import dagster_internals, launcher
-from posfed_pipeline.fastpath.service import REPO_ROOT, start_fastpath
-from posfed_pipeline_tests.conftest import open_instance_store, receipt_doc
+from posfed_pipeline.fastpath.service import start_fastpath
+from posfed_pipeline_tests.conftest import REPO_ROOT, open_instance_store, receipt_doc
 
 
 @pytest.fixture
@@ -145,7 +145,7 @@ def test_trigger_stopped_the_sensors_still_deliver_through_warm_workers(fast_sto
         [request] = sensor(dg.build_sensor_context(instance=instance)).run_requests
         # Create the run as the sensor daemon does, and launch it through the configured
         # launcher: it lands on the warm workers.
-        code_location = dagster_internals.load_code_location(instance, REPO_ROOT)
+        code_location = dagster_internals.load_code_location(instance, dagster_home)
         factory = dagster_internals.SensorStyleRunFactory(instance, code_location, RECEIPTS_JOB)
         run = factory.create_run(request, "bakery_1_inbox_sensor")
         instance.launch_run(run.run_id, workspace=None)
@@ -181,7 +181,7 @@ def test_a_killed_run_worker_fails_its_run_and_the_files_are_processed_exactly_o
             lambda f: intake.business_day_of_file(f.path, terminal),
             max_files_per_run=400,
         )
-        code_location = dagster_internals.load_code_location(instance, REPO_ROOT)
+        code_location = dagster_internals.load_code_location(instance, dagster_home)
         factory = dagster_internals.SensorStyleRunFactory(instance, code_location, RECEIPTS_JOB)
         from posfed_pipeline.core import claims
 
@@ -243,7 +243,7 @@ def test_launcher_cancels_queued_and_running_runs_and_reports_worker_health(fast
 
         sensor = build_definitions(config).resolve_sensor_def("bakery_1_inbox_sensor")
         [request] = sensor(dg.build_sensor_context(instance=instance)).run_requests
-        code_location = dagster_internals.load_code_location(instance, REPO_ROOT)
+        code_location = dagster_internals.load_code_location(instance, dagster_home)
         factory = dagster_internals.SensorStyleRunFactory(instance, code_location, RECEIPTS_JOB)
         busy = factory.create_run(request, "bakery_1_inbox_sensor")
         instance.launch_run(busy.run_id, workspace=None)

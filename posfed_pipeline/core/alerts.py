@@ -183,6 +183,7 @@ def _send_email(settings: AlertSettings, alert: Alert) -> None:
     lines = [alert.body, ""] + [f"{key}: {value}" for key, value in alert.details]
     message.set_content("\n".join(lines).rstrip() + "\n")
     timeout = settings.timeout_seconds
+    client: smtplib.SMTP
     if settings.smtp_security == "ssl":
         client = smtplib.SMTP_SSL(
             settings.smtp_host,

@@ -124,7 +124,7 @@ def _from_gtin(scanned: str, gtin: Gtin) -> Label:
     if not isinstance(gtin, Rcn):
         return Label(scanned, form, gtin=gtin.as_gtin_14())
     form = form.replace("GTIN", "RCN")
-    item = gtin
+    item: Gtin = gtin
     if gtin.usage == RcnUsage.GEOGRAPHICAL and gtin.region is not None:
         # The measure varies per label; the item is what the product master knows.
         item = gtin.without_variable_measure()

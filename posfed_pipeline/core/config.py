@@ -432,10 +432,10 @@ def config_from_dict(raw: dict, *, base_dir: Path, config_path: Path | None = No
             raise ConfigError(f"{place}: department {department!r} must be 1-8 letters or digits")
         input_format = entry.get("format", CANONICAL_FORMAT)
         if input_format not in INPUT_FORMATS and input_format not in mappings:
-            known = ", ".join([*INPUT_FORMATS, *sorted(mappings)])
+            formats = ", ".join([*INPUT_FORMATS, *sorted(mappings)])
             raise ConfigError(
                 f"{place}: format {input_format!r} is neither built in nor a [mappings] entry "
-                f"(known: {known})"
+                f"(known: {formats})"
             )
         mapping = mappings.get(input_format)
         encoding_fallback = _encoding(entry.get("encoding_fallback"), place) or (
@@ -711,9 +711,7 @@ def _mapping(name: str, table: dict, place: str) -> InputMapping:
         "encoding_fallback",
         "description",
     }
-    unknown = sorted(set(table) - known_keys)
-    if unknown:
-        raise ConfigError(f"{place}: unknown setting(s) {', '.join(unknown)}")
+    _refuse_unknown_keys(table, known_keys, place)
     kind = table.get("kind")
     if kind not in MAPPING_KINDS:
         raise ConfigError(f"{place}: kind must be one of {', '.join(MAPPING_KINDS)}")
@@ -783,9 +781,7 @@ def _encoding(value: object, place: str) -> str | None:
 def _variable_measure(raw: object, place: str) -> VariableMeasureScheme:
     if not isinstance(raw, dict):
         raise ConfigError(f"{place}: must be a table (or false on a terminal to switch it off)")
-    unknown = sorted(set(raw) - {"price_prefixes", "price_digits"})
-    if unknown:
-        raise ConfigError(f"{place}: unknown setting(s) {', '.join(unknown)}")
+    _refuse_unknown_keys(raw, {"price_prefixes", "price_digits"}, place)
     prefixes = raw.get("price_prefixes", list(VARIABLE_MEASURE_PREFIXES))
     if (
         not isinstance(prefixes, list)

@@ -74,16 +74,15 @@ def name_pattern(version: LayoutVersion, terminal: Terminal) -> tuple[Token, ...
 
 def patterns_overlap(first: Sequence[Token], second: Sequence[Token]) -> bool:
     """Whether some file name matches both patterns (a product automaton, walked breadth-first)."""
-    end = object()  # past a pattern's last token
     start = (0, 0)
     seen = {start}
     frontier = [start]
     while frontier:
         following: list[tuple[int, int]] = []
         for i, j in frontier:
-            a = first[i] if i < len(first) else end
-            b = second[j] if j < len(second) else end
-            if a is end and b is end:
+            a = first[i] if i < len(first) else None  # past its last token
+            b = second[j] if j < len(second) else None  # past its last token
+            if a is None and b is None:
                 return True  # both patterns ended on the same name
             steps: list[tuple[int, int]] = []
             # A run of id characters may be empty: skip it without reading anything.
@@ -92,7 +91,7 @@ def patterns_overlap(first: Sequence[Token], second: Sequence[Token]) -> bool:
             if b is _ANY_ID_CHARS:
                 steps.append((i, j + 1))
             # Read one character that both patterns accept here.
-            if a is end or b is end:
+            if a is None or b is None:
                 pass  # one name is complete, the other needs more: only skips remain
             elif a is _ANY_ID_CHARS and b is _ANY_ID_CHARS:
                 steps.append((i, j))  # any id character keeps both inside their runs

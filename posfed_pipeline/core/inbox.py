@@ -187,7 +187,8 @@ def _list_into(key: str, listing: _Listing, terminal: Terminal, now: float | Non
 def _split_by_ready_markers(
     files: list[InboxFile], markers: dict[str, InboxFile], suffix: str, now: float
 ) -> tuple[list[InboxFile], list[InboxFile]]:
-    ready, settling = [], []
+    ready: list[InboxFile] = []
+    settling: list[InboxFile] = []
     for item in files:
         marker = markers.pop(item.name + suffix, None)
         # A marker older than the file is an earlier delivery's: this one is not done yet.

@@ -165,7 +165,9 @@ def _transaction(index: int, element: ET.Element, retail: ET.Element, ns: str) -
         if not goods:
             continue
         kind = goods[0]
-        result.items.append(_line(line.find(_q(ns, kind)), kind, place, ns, result.problems))
+        goods_line = line.find(_q(ns, kind))
+        assert goods_line is not None  # its tag was just found among the children
+        result.items.append(_line(goods_line, kind, place, ns, result.problems))
     return result
 
 

@@ -317,8 +317,8 @@ def reaccept_archived(
     re-delivering a day's .dat files is an operator's explicit act."""
     known: dict[tuple, tuple[str, bool]] = {}
     for terminal_id, day in {(r.terminal_id, r.business_day) for r in receipts}:
-        for receipt_id, state in ledger.day_state(terminal_id, day).items():
-            known[(day, receipt_id)] = state
+        for receipt_id, held in ledger.day_state(terminal_id, day).items():
+            known[(day, receipt_id)] = held
     unknown = [r for r in receipts if (r.business_day, r.receipt_id) not in known]
     ledger.adopt(unknown, tenant=terminal.tenant)
     acceptance = Acceptance(inserted=unknown)

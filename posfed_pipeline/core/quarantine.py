@@ -68,13 +68,13 @@ def quarantine_file(
     claimed = take(version)
     if claimed is None:
         return None
-    problems = [p.as_dict() for p in problems]
+    reasons = [p.as_dict() for p in problems]
     terminal.quarantine.mkdir(parents=True, exist_ok=True)
     while True:
         target = unique_destination(
             terminal.quarantine, version.name, taken=lambda p: report_path(p).exists()
         )
-        report = _report(terminal, version.name, target, stage, problems, receipt, business_day)
+        report = _report(terminal, version.name, target, stage, reasons, receipt, business_day)
         try:
             # Reason first: a file never sits in quarantine without its explanation.
             if not write_once(report_path(target), _json(report)):
@@ -111,7 +111,7 @@ def quarantine_part(
     earlier = terminal.quarantine / part.quarantine_name
     if _holds(earlier, part.document) and report_path(earlier).exists():
         return earlier  # an attempt that stopped before archiving the file put it there
-    problems = [p.as_dict() for p in problems]
+    reasons = [p.as_dict() for p in problems]
     while True:
         target = unique_destination(
             terminal.quarantine, part.quarantine_name, taken=lambda p: report_path(p).exists()
@@ -121,7 +121,7 @@ def quarantine_part(
             part.quarantine_name,
             target,
             stage,
-            problems,
+            reasons,
             receipt,
             business_day,
             part_of=version.name,

@@ -86,7 +86,7 @@ def _verify(archive: Path, prefix: str, digests: dict[str, str]) -> None:
     with tarfile.open(archive, "r:gz") as tar:
         for member in tar.getmembers():
             if member.isfile():
-                data = tar.extractfile(member).read()
+                data = _member_bytes(tar, member)
                 seen[member.name.removeprefix(f"{prefix}/")] = _sha256(data)
     if seen != digests:
         raise OSError(f"{archive}: compressed copy does not match {prefix}; folder kept")
@@ -106,10 +106,17 @@ def restore_day(terminal: Terminal, day: date) -> int:
                 if target.exists():
                     continue
                 folder.mkdir(parents=True, exist_ok=True)
-                target.write_bytes(tar.extractfile(member).read())
+                target.write_bytes(_member_bytes(tar, member))
                 restored += 1
     return restored
 
 
 def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def _member_bytes(tar: tarfile.TarFile, member: tarfile.TarInfo) -> bytes:
+    handle = tar.extractfile(member)
+    if handle is None:  # not a regular file: callers only ask for files
+        raise ValueError(f"{member.name} is not a regular file in the archive")
+    return handle.read()

@@ -15,6 +15,8 @@ def run_migrations() -> None:
         import os
 
         url = os.environ.get("POSFED_DB_URL") or context.config.get_main_option("sqlalchemy.url")
+        if not url:
+            raise SystemExit("alembic: set POSFED_DB_URL or sqlalchemy.url")
         with create_engine(url).begin() as own_connection:
             context.configure(connection=own_connection, target_metadata=target_metadata)
             context.run_migrations()
