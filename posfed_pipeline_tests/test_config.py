@@ -89,3 +89,37 @@ def test_the_demo_configuration_loads(monkeypatch):
     monkeypatch.delenv("POSFED_HOME", raising=False)
     config = load_config(REPO_ROOT / "posfed.toml")
     assert len(config.terminals) == len(set(config.terminal_ids)) >= 20
+
+
+def test_loading_the_configuration_imports_no_database_library():
+    """Every command and process loads the store's configuration first: for an embedded store
+    that costs no SQLAlchemy (nor Dagster, nor pandas)."""
+    import subprocess
+    import sys
+
+    from posfed_pipeline_tests.conftest import REPO_ROOT
+
+    probe = (
+        "import sys\n"
+        "from posfed_pipeline.core.config import load_config\n"
+        f"load_config({str(REPO_ROOT / 'posfed.toml')!r})\n"
+        "print(sorted(m for m in ('sqlalchemy', 'dagster', 'pandas') if m in sys.modules))\n"
+    )
+    env = {"PATH": "/usr/bin:/bin", "POSFED_HOME": "/tmp/posfed-config-probe"}
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, env=env, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
+
+
+def test_the_central_database_comes_from_the_environment(tmp_path, monkeypatch):
+    raw = store_config_dict(tmp_path / "home")
+    monkeypatch.delenv("POSFED_DB_URL", raising=False)
+    monkeypatch.delenv("POSFED_DB_DIALECT", raising=False)
+    embedded = config_from_dict(raw, base_dir=tmp_path).db_url
+    assert embedded == f"sqlite:///{tmp_path / 'home' / 'central.db'}"
+    monkeypatch.setenv("POSFED_DB_URL", "postgresql+psycopg://posfed@db.example/register")
+    monkeypatch.setenv("POSFED_DB_PASSWORD", "s3cret")
+    url = config_from_dict(raw, base_dir=tmp_path).db_url
+    assert url == "postgresql+psycopg://posfed:s3cret@db.example/register"

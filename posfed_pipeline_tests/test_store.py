@@ -26,6 +26,7 @@ from posfed_pipeline.core.dat import load_spec
 from posfed_pipeline.core.ledger import Ledger, OutboxEntry, Outcome
 from posfed_pipeline.core.processing import process_batch
 from posfed_pipeline.core.receipt import Receipt, ReceiptItem, content_hash, round_cents
+from posfed_pipeline.core.store import loads as store_loads
 from posfed_pipeline.core.sync import sync_pending
 from posfed_pipeline_tests.conftest import DEFAULT_SPEC, PG_SERVER, drop_receipt, receipt_doc
 
@@ -155,8 +156,8 @@ def test_scanned_labels_migration_keeps_existing_lines_and_stores_what_a_label_s
     engine = store.make_engine(db_url)
     store.upgrade_database(engine, "0004")
     before = make_receipt("R0001")
-    lines = [store._line_rows(before)[0]]
-    header = store._header_row(before, "B", datetime.now(UTC))
+    lines = [store_loads._line_rows(before)[0]]
+    header = store_loads._header_row(before, "B", datetime.now(UTC))
     for row in [*lines, header]:
         for column in ("gtin", "net_weight_kg", "unit_count", "store_id"):
             row.pop(column, None)  # not in the 0004 schema
@@ -203,8 +204,8 @@ def test_the_stores_migration_gives_existing_rows_the_upgrading_store(db_url):
     engine = store.make_engine(db_url)
     store.upgrade_database(engine, "0005")
     before = make_receipt("R0001")
-    header = store._header_row(before, "Bakkerij", datetime.now(UTC))
-    lines = store._line_rows(before)
+    header = store_loads._header_row(before, "Bakkerij", datetime.now(UTC))
+    lines = store_loads._line_rows(before)
     for row in [header, *lines]:
         row.pop("store_id")
     with engine.begin() as connection:
@@ -233,7 +234,9 @@ def test_the_receipt_key_is_unique_in_the_database_itself(db):
     # Even a writer that bypasses posfed cannot store a key twice.
     receipt = make_receipt()
     store.store_deliveries(db, outbox(receipt))
-    row = store._header_row(replace(receipt, content_hash="other"), "Bakkerij", datetime.now(UTC))
+    row = store_loads._header_row(
+        replace(receipt, content_hash="other"), "Bakkerij", datetime.now(UTC)
+    )
     with pytest.raises(sa_exc.IntegrityError), db.begin() as connection:
         connection.execute(store.ReceiptRow.__table__.insert(), [row])
 
@@ -522,7 +525,7 @@ def test_a_writer_that_loses_the_race_reclassifies(db, same_content):
         transaction = rival.begin()
         rival.execute(
             store.ReceiptRow.__table__.insert(),
-            [store._header_row(theirs, "Bakkerij", datetime.now(UTC))],
+            [store_loads._header_row(theirs, "Bakkerij", datetime.now(UTC))],
         )
 
         def write() -> None:
@@ -580,7 +583,7 @@ def test_a_locked_sqlite_database_is_transient(tmp_path):
     engine = store.make_engine(url)
     store.upgrade_database(engine)
     impatient = create_engine(url, connect_args={"timeout": 0})
-    row = store._header_row(make_receipt(), "Bakkerij", datetime.now(UTC))
+    row = store_loads._header_row(make_receipt(), "Bakkerij", datetime.now(UTC))
 
     with engine.connect() as holder:
         holder.execution_options(posfed_sqlite_begin="IMMEDIATE")
@@ -595,7 +598,7 @@ def test_a_locked_sqlite_database_is_transient(tmp_path):
 
 
 def test_constraint_violations_and_bad_sql_are_permanent(db):
-    row = store._header_row(make_receipt(), "Bakkerij", datetime.now(UTC))
+    row = store_loads._header_row(make_receipt(), "Bakkerij", datetime.now(UTC))
     with db.begin() as connection:
         connection.execute(store.ReceiptRow.__table__.insert(), [row])
     with pytest.raises(sa_exc.IntegrityError) as duplicate_key, db.begin() as connection:

@@ -24,6 +24,7 @@ from sqlalchemy.schema import CreateIndex, CreateTable
 
 from posfed_pipeline import cli
 from posfed_pipeline.core import store
+from posfed_pipeline.core.store import loads as store_loads
 
 SQL_SERVER_URL = "mssql+pyodbc://posfed@sql.example/posfed?driver=FreeTDS"
 # The dialect exactly as posfed's engine configures it (pyodbc, qmark parameters).
@@ -438,7 +439,7 @@ def test_a_sql_server_key_violation_is_recognised_as_a_lost_race():
         pyodbc.Error,
     )
     assert isinstance(violation, sa_exc.IntegrityError)
-    assert store._is_lost_race(violation)
+    assert store_loads._is_lost_race(violation)
     delivery = sa_exc.DBAPIError.instance(
         "INSERT INTO pos_ingest_ledger ...",
         {},
@@ -450,7 +451,7 @@ def test_a_sql_server_key_violation_is_recognised_as_a_lost_race():
         ),
         pyodbc.Error,
     )
-    assert store._is_lost_race(delivery)
+    assert store_loads._is_lost_race(delivery)
 
 
 # --- a live SQL Server, when one is given ------------------------------------------------------

@@ -23,11 +23,6 @@ from decimal import Decimal
 from pathlib import Path
 
 from sqlalchemy import (
-    DateTime,
-    Integer,
-    Numeric,
-    PrimaryKeyConstraint,
-    String,
     Unicode,
     bindparam,
     delete,
@@ -36,19 +31,17 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.engine import Engine
-from sqlalchemy.orm import Mapped, mapped_column
 
 from posfed_pipeline.core import inbox, intake, quarantine
 from posfed_pipeline.core.config import PosfedConfig, Terminal
 from posfed_pipeline.core.dat import DatSpec, render_receipt
 from posfed_pipeline.core.fsutil import write_atomic
 from posfed_pipeline.core.ledger import Ledger
-from posfed_pipeline.core.store import (
-    Base,
+from posfed_pipeline.core.store.models import (
     BusinessDay,
     ReceiptLineRow,
     ReceiptRow,
-    StoreId,
+    SettlementRow,
 )
 
 ZERO = Decimal("0.00")
@@ -183,26 +176,6 @@ def describe_gaps(numbers: list[int], limit: int = 50) -> str:
             runs.append([n, n])
     text = [f"{a}-{b}" if a != b else f"{a}" for a, b in runs[:limit]]
     return ", ".join(text) + (f", ... ({len(runs) - limit} more)" if len(runs) > limit else "")
-
-
-class SettlementRow(Base):
-    """One tenant's settlement in one store for one day (migrations 0003, 0006); the chain's,
-    across stores, is the view ``pos_settlement_chain``."""
-
-    __tablename__ = "pos_settlement"
-    __table_args__ = (
-        PrimaryKeyConstraint("store_id", "business_day", "tenant", name="pk_pos_settlement"),
-    )
-
-    store_id: Mapped[str] = mapped_column(StoreId, primary_key=True)
-    business_day: Mapped[date] = mapped_column(BusinessDay, primary_key=True)
-    tenant: Mapped[str] = mapped_column(Unicode(128), primary_key=True)
-    departments: Mapped[str] = mapped_column(String(64))
-    receipts: Mapped[int] = mapped_column(Integer)
-    gross_sales: Mapped[Decimal] = mapped_column(Numeric(14, 2))
-    returns: Mapped[Decimal] = mapped_column(Numeric(14, 2))
-    net: Mapped[Decimal] = mapped_column(Numeric(14, 2))
-    computed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
 @dataclass(frozen=True)

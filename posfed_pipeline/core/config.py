@@ -32,8 +32,7 @@ from posfed_pipeline.core.delivery import (
     health_rules,
 )
 from posfed_pipeline.core.fsutil import ContentConflict, write_once
-from posfed_pipeline.core.store import DEFAULT_STORE_ID, database_url_from_env
-from posfed_pipeline.core.sync import SyncPolicy
+from posfed_pipeline.core.sync_policy import DEFAULT_STORE_ID, SyncPolicy
 from posfed_pipeline.packaged import default_dat_spec
 
 DEFAULT_CONFIG_FILE = "posfed.toml"
@@ -509,8 +508,7 @@ def config_from_dict(raw: dict, *, base_dir: Path, config_path: Path | None = No
         # No spec named: the one posfed ships (posfed_pipeline/dat_specs, linked as dat_specs/).
         dat_spec=_resolve(dat["spec"], base_dir) if "spec" in dat else default_dat_spec(),
         dat_dir=_resolve(paths.get("dat", "dat"), home),
-        # POSFED_DB_URL, else the POSFED_DB_* parts (store.database_url_from_env), else SQLite.
-        db_url=database_url_from_env(default=f"sqlite:///{home / 'central.db'}"),
+        db_url=_central_database_url(home),
         partitions_start=partitions_start,
         partition_window_months=_whole(
             store, "partition_window_months", 12, 0, 1200, f"{where}: [store]"
@@ -596,6 +594,19 @@ def partition_window_start(first_day: date, today: date, months: int) -> date:
         return first_day
     index = today.year * 12 + today.month - 1 - months
     return max(first_day, date(index // 12, index % 12 + 1, 1))
+
+
+def _central_database_url(home: Path) -> str:
+    """POSFED_DB_URL, else the POSFED_DB_* parts, else the embedded SQLite under ``home``.
+
+    SQLAlchemy builds (and checks) a URL from the environment; it is imported only then, so
+    loading the configuration of an embedded store imports no database library."""
+    embedded = f"sqlite:///{home / 'central.db'}"
+    if not any(os.environ.get(name) for name in ("POSFED_DB_URL", "POSFED_DB_DIALECT")):
+        return embedded
+    from posfed_pipeline.core.store.engines import database_url_from_env
+
+    return database_url_from_env(default=embedded)
 
 
 def _whole(table: dict, key: str, default: int, low: int, high: int, place: str) -> int:

@@ -34,6 +34,7 @@ _ID_CHARS = _FIRST_ID_CHARS | {"-", "_"}
 # possibly empty.
 _ANY_ID_CHARS = None
 Token = frozenset[str] | None
+_END: frozenset[str] = frozenset({"<past the last token>"})  # not a token: compared by identity
 _SAMPLE_DAY = "20260101"  # {date} renders the same for both terminals of one date folder
 
 HOW_TO_TELL_APART = (
@@ -80,9 +81,9 @@ def patterns_overlap(first: Sequence[Token], second: Sequence[Token]) -> bool:
     while frontier:
         following: list[tuple[int, int]] = []
         for i, j in frontier:
-            a = first[i] if i < len(first) else None  # past its last token
-            b = second[j] if j < len(second) else None  # past its last token
-            if a is None and b is None:
+            a = first[i] if i < len(first) else _END
+            b = second[j] if j < len(second) else _END
+            if a is _END and b is _END:
                 return True  # both patterns ended on the same name
             steps: list[tuple[int, int]] = []
             # A run of id characters may be empty: skip it without reading anything.
@@ -91,14 +92,14 @@ def patterns_overlap(first: Sequence[Token], second: Sequence[Token]) -> bool:
             if b is _ANY_ID_CHARS:
                 steps.append((i, j + 1))
             # Read one character that both patterns accept here.
-            if a is None or b is None:
+            if a is _END or b is _END:
                 pass  # one name is complete, the other needs more: only skips remain
             elif a is _ANY_ID_CHARS and b is _ANY_ID_CHARS:
                 steps.append((i, j))  # any id character keeps both inside their runs
-            elif a is _ANY_ID_CHARS:
-                if b & _ID_CHARS:
+            elif a is None:  # a run of id characters (_ANY_ID_CHARS), b one character
+                if b is not None and b & _ID_CHARS:
                     steps.append((i, j + 1))
-            elif b is _ANY_ID_CHARS:
+            elif b is None:
                 if a & _ID_CHARS:
                     steps.append((i + 1, j))
             elif a & b:

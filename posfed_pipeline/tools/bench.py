@@ -1132,7 +1132,7 @@ class Run:
                 )
             ).all()
         engine.dispose()
-        return {(t, r): store._aware(at).timestamp() for t, r, at in rows}
+        return {(t, r): store.as_utc(at).timestamp() for t, r, at in rows}
 
     def _outage_report(self, sent: list[Sent], central_at: dict) -> dict:
         if not self.settings.outage:

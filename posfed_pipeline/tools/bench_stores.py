@@ -212,7 +212,7 @@ def _report(
                 " FROM pos_receipt GROUP BY store_id"
             )
         ).all()
-    loaded = {(s, f"{t}/{r}"): store._aware(at).timestamp() for s, t, r, at in rows}
+    loaded = {(s, f"{t}/{r}"): store.as_utc(at).timestamp() for s, t, r, at in rows}
     per_store = {}
     all_lags: list[float] = []
     settled_exact = True

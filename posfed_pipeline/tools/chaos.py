@@ -63,7 +63,7 @@ from pathlib import Path
 from sqlalchemy import case, func, select
 
 from posfed_pipeline import packaged
-from posfed_pipeline.core import audit, dat, inbox, quarantine, store
+from posfed_pipeline.core import dat, inbox, quarantine, store
 from posfed_pipeline.core.config import PosfedConfig, Terminal
 from posfed_pipeline.core.intake import MAX_FILE_BYTES
 from posfed_pipeline.core.ledger import Ledger, Outcome, ledger_path
@@ -510,8 +510,8 @@ class ChaosRun:
         try:
             with engine.connect() as connection:
                 settled = connection.execute(
-                    select(func.coalesce(func.sum(audit.SettlementRow.receipts), 0)).where(
-                        audit.SettlementRow.business_day == day
+                    select(func.coalesce(func.sum(store.SettlementRow.receipts), 0)).where(
+                        store.SettlementRow.business_day == day
                     )
                 ).scalar_one()
                 receipts = connection.execute(
