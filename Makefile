@@ -1,13 +1,13 @@
 # posfed — two commands on a fresh machine:
 #   make demo   the embedded demo: SQLite, local folders, Dagster UI (127.0.0.1:3000) + daemon
-#   make test   the whole test suite (what CI runs)
+#   make test   the whole test suite (what CI runs); make check: its fast part, under a minute
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 
-.PHONY: demo test lint system-deps clean
+.PHONY: demo test check lint system-deps clean
 
 $(INSTALLED): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,10 @@ lint: $(INSTALLED)
 
 test: $(INSTALLED) system-deps lint
 	$(BIN)/pytest
+
+# The fast tests while you work (under a minute); `make test` runs everything.
+check: $(INSTALLED) lint
+	$(BIN)/pytest -m "not slow" -q
 
 clean:
 	rm -rf .posfed

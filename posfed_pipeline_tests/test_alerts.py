@@ -177,6 +177,7 @@ def test_a_sync_that_failed_only_because_the_database_was_away_is_not_mailed(con
     assert run_failure_alert(config, permanent, "no schema") is not None
 
 
+@pytest.mark.slow
 def test_the_lag_alert_is_sent_once_when_it_fails_and_once_when_it_recovers(
     smtp_server, webhook, tmp_path, monkeypatch
 ):

@@ -5,6 +5,7 @@ import re
 from decimal import Decimal
 
 import dagster as dg
+import pytest
 
 from posfed_pipeline.core import audit
 from posfed_pipeline.definitions import RECEIPTS_JOB, build_definitions
@@ -34,6 +35,7 @@ def _checks(result) -> dict[str, dg.AssetCheckEvaluation]:
     return {e.check_name: e for e in result.get_asset_check_evaluations()}
 
 
+@pytest.mark.slow
 def test_reconciliation_checks_pass_then_name_the_missing_dat(config, engine):
     defs = build_definitions(config)
     with dg.instance_for_test() as instance:
@@ -59,6 +61,7 @@ def test_reconciliation_checks_pass_then_name_the_missing_dat(config, engine):
         }
 
 
+@pytest.mark.slow
 def test_settlement_job_writes_csv_and_table(config, engine):
     defs = build_definitions(config)
     with dg.instance_for_test() as instance:
@@ -92,6 +95,7 @@ def test_nightly_reconciliation_schedule_asks_for_every_terminal_yesterday(confi
     ]
 
 
+@pytest.mark.slow
 def test_a_day_with_receipts_still_on_their_way_is_not_settled_short(config, engine):
     defs = build_definitions(config)
     terminal = config.terminal("bakery_1")
@@ -127,6 +131,7 @@ def test_a_day_with_receipts_still_on_their_way_is_not_settled_short(config, eng
     ]
 
 
+@pytest.mark.slow
 def test_receipt_numbers_that_never_arrived_are_listed(tmp_path, monkeypatch):
     """bakery_1 numbers its receipts C0001, C0002, ...: 3 and 6 were printed but never came;
     5 came and was quarantined (it arrived: not a gap)."""
@@ -178,6 +183,7 @@ def test_gaps_are_told_as_ranges():
     ]
 
 
+@pytest.mark.slow
 def test_late_receipts_bring_a_settled_day_up_to_date_with_what_changed(config, engine):
     """The day was settled and reconciled; a terminal that was offline overnight then sends
     one more sale of that day. Nobody has to remember: the late-receipts sensor runs the
@@ -231,6 +237,7 @@ def test_late_receipts_bring_a_settled_day_up_to_date_with_what_changed(config, 
     assert (bakery["receipts"], bakery["net"]) == (2, Decimal("12.80"))
 
 
+@pytest.mark.slow
 def test_late_receipts_of_a_day_never_audited_wait_for_the_nightly_runs(config, engine):
     defs = build_definitions(config)
     sensor = defs.resolve_sensor_def("late_receipts_sensor")

@@ -7,6 +7,8 @@ import tarfile
 from datetime import date
 from pathlib import Path
 
+import pytest
+
 from posfed_pipeline.core import quarantine
 from posfed_pipeline.core.config import load_config
 from posfed_pipeline.core.ledger import open_ledger
@@ -36,6 +38,7 @@ def _files(home: Path) -> dict[str, bytes]:
     }
 
 
+@pytest.mark.slow
 def test_a_restored_store_knows_every_receipt_and_file_and_bills_nothing_twice(
     tmp_path, monkeypatch
 ):
@@ -92,6 +95,7 @@ def test_a_restored_store_knows_every_receipt_and_file_and_bills_nothing_twice(
     assert [p.name for p in tmp_path.glob("state.before-restore-*")]
 
 
+@pytest.mark.slow
 def test_a_damaged_backup_is_refused_and_the_home_is_left_alone(tmp_path, monkeypatch):
     monkeypatch.delenv("POSFED_HOME", raising=False)
     home = tmp_path / "state"

@@ -7,7 +7,12 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from posfed_pipeline_tests.conftest import REPO_ROOT
+
+# Starts real processes (Dagster, servers, browsers): `make check` leaves it out.
+pytestmark = pytest.mark.slow
 
 
 def bench(out, *args: str) -> tuple[subprocess.CompletedProcess, dict]:

@@ -58,6 +58,7 @@ def chain_store(tmp_path, number: int, db_url: str):
     return config
 
 
+@pytest.mark.slow
 def test_ten_stores_load_one_register_concurrently_and_settle_exactly(tmp_path, pg_database_url):
     engine = store.make_engine(pg_database_url)
     store.upgrade_database(engine)

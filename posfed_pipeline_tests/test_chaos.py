@@ -6,7 +6,12 @@ The full run (10,000 files) is `posfed chaos`, documented in the README with its
 
 import shutil
 
+import pytest
+
 from posfed_pipeline.tools import chaos
+
+# Starts real processes (Dagster, servers, browsers): `make check` leaves it out.
+pytestmark = pytest.mark.slow
 
 
 def test_reduced_chaos_run_loses_nothing_and_duplicates_nothing():

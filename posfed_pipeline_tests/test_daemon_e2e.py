@@ -19,6 +19,9 @@ from posfed_pipeline_tests.conftest import (
     write_store_config,
 )
 
+# Starts real processes (Dagster, servers, browsers): `make check` leaves it out.
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture
 def running_daemon(tmp_path):

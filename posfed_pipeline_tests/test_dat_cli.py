@@ -380,6 +380,7 @@ def test_example_spec_picks_each_files_version_from_its_folder(capsys, tmp_path)
 # --- the console script -----------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not POSFED.exists(), reason="posfed console script not installed")
 def test_console_script_exit_codes(tmp_path):
     receipt = write_receipt(tmp_path)

@@ -815,6 +815,7 @@ def _half_up(value: Decimal) -> Decimal:
     return value.quantize(CENT, rounding=ROUND_HALF_UP)
 
 
+@pytest.mark.slow
 @settings(max_examples=200, deadline=None)
 @given(receipt=receipts())
 def test_round_trip_default_spec(receipt):
@@ -841,6 +842,7 @@ def test_round_trip_default_spec(receipt):
         assert record["date"] == local.date().isoformat()
 
 
+@pytest.mark.slow
 @settings(max_examples=200, deadline=None)
 @given(receipt=receipts())
 def test_round_trip_example_spec_with_header_and_footer(receipt):

@@ -139,6 +139,7 @@ def test_the_demo_store_tells_every_pair_of_terminals_apart():
     assert len(set(departments)) < len(departments)  # it does have shared departments
 
 
+@pytest.mark.slow
 def test_two_terminals_of_one_department_each_get_their_own_dat_for_the_same_sale(tmp_path):
     """Through the sensors and runs: both tills sold receipt number C0001 with the same loaf."""
     terminals = [

@@ -27,6 +27,9 @@ from posfed_pipeline.fastpath import dagster_internals, launcher
 from posfed_pipeline.fastpath.service import start_fastpath
 from posfed_pipeline_tests.conftest import REPO_ROOT, open_instance_store, receipt_doc
 
+# Starts real processes (Dagster, servers, browsers): `make check` leaves it out.
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture
 def fast_store(monkeypatch):

@@ -18,6 +18,8 @@ import uuid
 from datetime import datetime
 from pathlib import Path
 
+import pytest
+
 from posfed_pipeline_tests.conftest import (
     REPO_ROOT,
     free_port,
@@ -26,6 +28,9 @@ from posfed_pipeline_tests.conftest import (
     wait_for,
     write_store_config,
 )
+
+# Starts real processes (Dagster, servers, browsers): `make check` leaves it out.
+pytestmark = pytest.mark.slow
 
 BUILD_TIMEOUT_SECONDS = 300
 

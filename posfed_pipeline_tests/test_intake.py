@@ -481,6 +481,7 @@ def test_any_bytes_are_a_receipt_or_an_intake_error(tmp_path_factory, data):
         survives(data, terminal)
 
 
+@pytest.mark.slow
 @fuzz
 @given(doc=json_values)
 def test_any_json_is_a_receipt_or_an_intake_error(tmp_path_factory, doc):
@@ -489,6 +490,7 @@ def test_any_json_is_a_receipt_or_an_intake_error(tmp_path_factory, doc):
         survives(json.dumps(doc).encode(), terminal)
 
 
+@pytest.mark.slow
 @fuzz
 @given(
     replacements=st.dictionaries(

@@ -345,6 +345,7 @@ def databar_label(item: int, grams: int, cents: int) -> str:
     return f"(01)0{gtin}(3103){grams:06d}(3922){cents:03d}"
 
 
+@pytest.mark.slow
 @settings(max_examples=200, deadline=None)
 @given(item=items, grams=weights, price=unit_prices)
 def test_a_line_built_from_its_label_always_agrees(item, grams, price):
@@ -357,6 +358,7 @@ def test_a_line_built_from_its_label_always_agrees(item, grams, price):
     assert verdict(line(german, str(unit_price), str(weight)), region="de") == []
 
 
+@pytest.mark.slow
 @settings(max_examples=300, deadline=None)
 @given(
     item=items,

@@ -9,6 +9,7 @@ from datetime import date
 from pathlib import Path
 
 import dagster as dg
+import pytest
 
 from posfed_pipeline.core import store
 from posfed_pipeline.core.config import load_config
@@ -21,6 +22,7 @@ TS = "2026-11-20T10:15:00+01:00"
 DAY = date(2026, 11, 20)
 
 
+@pytest.mark.slow
 def test_unwritable_dat_folder_is_retried_with_backoff_and_nothing_is_lost(config, engine):
     terminal = config.terminal("bakery_1")
     drop_receipt(terminal.inbox, receipt_doc("R1", timestamp=TS))
@@ -62,6 +64,7 @@ def _unblock_after_first_retry(instance: dg.DagsterInstance, blocker: Path) -> N
     blocker.unlink()
 
 
+@pytest.mark.slow
 def test_backfill_from_the_dagster_cli_reprocesses_the_archive(tmp_path):
     config_path = write_store_config(tmp_path / "posfed.toml", tmp_path / "state")
     config = load_config(config_path)

@@ -46,6 +46,9 @@ from posfed_pipeline_tests.conftest import (
     write_store_config,
 )
 
+# Starts real processes (Dagster, servers, browsers): `make check` leaves it out.
+pytestmark = pytest.mark.slow
+
 DAY = date(2026, 11, 20)
 TS = "2026-11-20T10:{:02d}:00+01:00"
 

@@ -54,6 +54,7 @@ def _rows(engine):
     return headers, lines
 
 
+@pytest.mark.slow
 def test_terminal_day_materializes_rows_and_exact_dat_bytes(config, engine):
     terminal = config.terminal("bakery_1")
     drop_receipt(terminal.inbox, receipt_doc("R0001", timestamp="2026-11-20T10:15:00+01:00"))
@@ -85,6 +86,7 @@ def test_terminal_day_materializes_rows_and_exact_dat_bytes(config, engine):
     assert list(terminal.inbox.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_bad_receipt_is_quarantined_with_reasons_and_reported(config, engine):
     terminal = config.terminal("bakery_1")
     drop_receipt(terminal.inbox, receipt_doc("GOOD", timestamp="2026-11-20T10:15:00+01:00"))
@@ -138,6 +140,7 @@ def test_bad_receipt_is_quarantined_with_reasons_and_reported(config, engine):
     assert list(terminal.inbox.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_a_fresh_unreadable_file_is_left_to_its_writer_then_quarantined(config, engine):
     terminal = config.terminal("bakery_1")
     # Cut off mid-value and written a second ago: its writer may still be appending.
@@ -164,6 +167,7 @@ def test_a_fresh_unreadable_file_is_left_to_its_writer_then_quarantined(config, 
     assert "not valid JSON" in (terminal.quarantine / "SLOW1.json.error.json").read_text()
 
 
+@pytest.mark.slow
 def test_redelivery_and_backfill_are_idempotent(config, engine):
     terminal = config.terminal("bakery_1")
     doc = receipt_doc("R0001", timestamp="2026-11-20T10:15:00+01:00")
@@ -211,6 +215,7 @@ def test_redelivery_and_backfill_are_idempotent(config, engine):
     assert archived == ["R0001-again.json", "R0001.json"]
 
 
+@pytest.mark.slow
 def test_same_key_with_other_content_is_a_conflict_not_an_overwrite(config, engine):
     terminal = config.terminal("bakery_1")
     drop_receipt(terminal.inbox, receipt_doc("R0001", timestamp="2026-11-20T10:15:00+01:00"))

@@ -180,6 +180,7 @@ def test_a_file_that_is_no_poslog_is_refused_as_a_whole(config, data, rule):
     assert rule in str(raised.value)
 
 
+@pytest.mark.slow
 def test_several_transactions_one_broken_through_the_pipeline(config, tmp_path):
     """The good sales are accepted, billed and loaded; the broken one alone goes to quarantine
     with a report naming it; nothing of it is loaded; the file is archived once; retried after

@@ -34,6 +34,9 @@ from posfed_pipeline_tests.conftest import (
     write_store_config,
 )
 
+# Starts real processes (Dagster, servers, browsers): `make check` leaves it out.
+pytestmark = pytest.mark.slow
+
 PG_ADMIN_DSN = "host=127.0.0.1 port=5432 user=postgres dbname=postgres connect_timeout=5"
 
 

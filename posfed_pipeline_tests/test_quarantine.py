@@ -9,6 +9,7 @@ import time
 from datetime import date
 
 import dagster as dg
+import pytest
 
 from posfed_pipeline.core import processing, quarantine
 from posfed_pipeline.core.config import load_config
@@ -43,6 +44,7 @@ def _posfed(config_path, *args) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow
 def test_a_report_never_replaces_a_quarantined_file_or_another_report(config):
     terminal = config.terminal("bakery_1")
     # A terminal delivered a bad receipt under a name that looks like a report, then a bad
@@ -100,6 +102,7 @@ def test_only_the_version_that_was_read_is_archived(config):
     assert not list(terminal.inbox.iterdir())
 
 
+@pytest.mark.slow
 def test_an_operator_lists_reads_and_requeues_quarantined_files(tmp_path, monkeypatch):
     """A butcher's return reached a bakery terminal not allowed returns: quarantined. Once the
     store allows it, `posfed quarantine retry` re-queues the file and the sale goes through."""
@@ -141,6 +144,7 @@ def test_an_operator_lists_reads_and_requeues_quarantined_files(tmp_path, monkey
     assert events == [("quarantined", "r7.json"), ("retried", "r7.json")]
 
 
+@pytest.mark.slow
 def test_a_retry_that_fails_again_keeps_every_attempt(config):
     terminal = config.terminal("bakery_1")
     drop_receipt(terminal.inbox, receipt_doc("R0008", timestamp=WHEN, total="9.99"), name="x.json")
@@ -190,6 +194,7 @@ def test_the_history_is_kept_as_long_as_the_archive_and_no_longer(config):
     assert quarantine.prune_history(terminal, date(2026, 1, 1)) == 0
 
 
+@pytest.mark.slow
 def test_a_terminal_days_check_stays_failed_until_its_quarantined_file_is_dealt_with(
     tmp_path, monkeypatch
 ):

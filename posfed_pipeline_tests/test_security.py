@@ -81,6 +81,7 @@ def _run_sensor_and_runs(config, instance) -> list[dg.ExecuteInProcessResult]:
     return results
 
 
+@pytest.mark.slow
 def test_hostile_receipts_write_nothing_outside_the_store_folders(config, engine, tmp_path):
     terminal = config.terminal("bakery_1")
     for n, receipt_id in enumerate(HOSTILE_IDS):
@@ -192,6 +193,7 @@ def test_credentials_or_misspelt_settings_anywhere_in_the_config_file_are_refuse
         config_from_dict(raw, base_dir=tmp_path)
 
 
+@pytest.mark.slow
 def test_the_database_password_comes_from_the_environment_and_dagster_never_stores_it(
     pg_database_url, tmp_path, monkeypatch
 ):
@@ -297,6 +299,7 @@ def _listening_addresses(port: int) -> set[str]:
     return found
 
 
+@pytest.mark.slow
 def test_the_demo_web_ui_listens_on_the_loopback_only(tmp_path):
     config_path = write_store_config(tmp_path / "posfed.toml", tmp_path / "home")
     port = free_port()
@@ -320,6 +323,7 @@ def test_the_production_web_ui_unit_binds_the_loopback_unless_configured():
     assert host < lines.index("EnvironmentFile=/etc/posfed/posfed.env")
 
 
+@pytest.mark.slow
 def test_receipt_text_in_the_run_metadata_renders_as_text_not_markup(config):
     """A receipt id like [Pay](https://x), a barcode carrying HTML, a file name with a table
     pipe and an image: through the sensor and the run, the UI shows them as the text they are."""

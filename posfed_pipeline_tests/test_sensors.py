@@ -7,6 +7,7 @@ from dataclasses import replace
 from datetime import date, datetime, timedelta
 
 import dagster as dg
+import pytest
 
 from posfed_pipeline.definitions import build_definitions
 from posfed_pipeline_tests.conftest import drop_receipt, receipt_doc
@@ -65,6 +66,7 @@ def test_new_stable_file_gives_one_run_request_and_never_again(config):
     assert json.loads(done.cursor) == {"launched": {}}
 
 
+@pytest.mark.slow
 def test_file_still_being_written_is_not_taken_until_stable(config):
     slow = tuple(
         replace(t, delivery=replace(t.delivery, stability_seconds=1.5)) for t in config.terminals
@@ -176,9 +178,9 @@ def test_business_day_falls_back_to_arrival_day_for_unparseable_files(config):
     result = _tick(_sensor(config), None)
     today = datetime.now(config.timezone).date()
     assert [r.partition_key for r in result.run_requests] == [f"{today:%Y-%m-%d}|bakery_1"]
-    assert isinstance(today, date)
 
 
+@pytest.mark.slow
 def test_files_of_a_failed_run_are_launched_again_and_then_processed_once(config, tmp_path):
     from posfed_pipeline.core.ledger import open_ledger
     from posfed_pipeline.definitions import RECEIPTS_JOB
@@ -227,6 +229,7 @@ def test_while_the_trigger_is_alive_the_sensor_only_catches_up_on_old_files(conf
     assert request.run_config["ops"]["receipt_pipeline"]["config"]["files"] == ["MISSED.json"]
 
 
+@pytest.mark.slow
 def test_a_file_left_by_a_successful_run_is_looked_at_again(config):
     """A run that found a file still being written leaves it (and succeeds); the sensor gives
     the file another run after the relaunch delay, which judges it once its writer is gone."""

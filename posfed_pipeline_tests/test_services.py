@@ -11,6 +11,8 @@ import sys
 import uuid
 from pathlib import Path
 
+import pytest
+
 from posfed_pipeline_tests.conftest import (
     REPO_ROOT,
     dagster_process,
@@ -20,6 +22,9 @@ from posfed_pipeline_tests.conftest import (
     wait_for,
     write_store_config,
 )
+
+# Starts real processes (Dagster, servers, browsers): `make check` leaves it out.
+pytestmark = pytest.mark.slow
 
 
 def _store_env(tmp_path: Path) -> dict[str, str]:

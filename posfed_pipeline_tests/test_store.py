@@ -512,6 +512,7 @@ def test_concurrent_writers_store_each_receipt_and_delivery_exactly_once(db):
     assert len(store.ledger_entries(db)) == 200
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("same_content", [True, False], ids=["same", "different"])
 def test_a_writer_that_loses_the_race_reclassifies(db, same_content):
     """Another writer inserts our key meanwhile: we end up stored or refused, never crash."""

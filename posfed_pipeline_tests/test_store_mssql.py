@@ -303,6 +303,7 @@ def test_a_refused_connection_fails_fast_with_a_clear_message():
     assert store.is_transient_error(unavailable.value)
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(30)
 def test_a_server_that_never_answers_times_out_at_login():
     """FreeTDS dials the configured host and port, and gives up after the login timeout."""

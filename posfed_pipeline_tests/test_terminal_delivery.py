@@ -37,7 +37,8 @@ from posfed_pipeline.tools.terminal_servers import (
 )
 from posfed_pipeline_tests.conftest import open_instance_store, receipt_doc
 
-pytestmark = pytest.mark.timeout(300)
+# Real smbd, sshd and mounts: `make check` leaves it out.
+pytestmark = [pytest.mark.timeout(300), pytest.mark.slow]
 
 
 @pytest.fixture

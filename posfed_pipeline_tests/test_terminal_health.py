@@ -155,6 +155,7 @@ def test_the_sensor_turns_a_terminals_check_red_once_and_mails_the_operator(
         assert again.asset_events == [] and len(mailbox.messages) == 1  # said once
 
 
+@pytest.mark.slow
 def test_posfed_status_lists_every_terminal_and_its_reason(tmp_path):
     config_path = write_store_config(
         tmp_path / "posfed.toml",

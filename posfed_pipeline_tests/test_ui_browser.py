@@ -38,6 +38,9 @@ from posfed_pipeline_tests.conftest import (
     write_store_config,
 )
 
+# Starts real processes (Dagster, servers, browsers): `make check` leaves it out.
+pytestmark = pytest.mark.slow
+
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
 LOCATION = "posfed"

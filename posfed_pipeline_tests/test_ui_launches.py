@@ -38,6 +38,9 @@ from posfed_pipeline_tests.conftest import (
     write_store_config,
 )
 
+# Starts real processes (Dagster, servers, browsers): `make check` leaves it out.
+pytestmark = pytest.mark.slow
+
 LOCATION = "posfed"
 REPOSITORY = "__repository__"
 ASSET_JOB = "__ASSET_JOB"

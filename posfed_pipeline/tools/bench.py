@@ -101,6 +101,7 @@ telemetry:
 """
 ACTIVE_STATUSES = ("QUEUED", "NOT_STARTED", "STARTING", "STARTED", "CANCELING")
 PR_SET_CHILD_SUBREAPER = 36
+RSS_WARM_AFTER_SECONDS = 60.0  # into the load: the memory of processes that have warmed up
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 
@@ -639,6 +640,7 @@ class Run:
         self.instance = None
         self.pending_max = 0
         self.pool_queue_max = 0
+        self.rss_warm: dict[str, float] | None = None
         self.idle_report: dict | None = None
         self.report: dict = {}
 
@@ -879,6 +881,10 @@ class Run:
                 last_sample = now
                 stats = self.pool_stats() or {}
                 self.pool_queue_max = max(self.pool_queue_max, stats.get("queued", 0))
+            if self.rss_warm is None and now - started >= RSS_WARM_AFTER_SECONDS:
+                # Every process has run receipts by now (imports done, pools filled): growth
+                # from here to the end is what a day of trading would add.
+                self.rss_warm = self.processes.rss_by_process()
             if now - last_line < (0.5 if tty else 10.0):
                 continue
             last_line = now
@@ -1070,6 +1076,7 @@ class Run:
             "cpu_seconds": cpu_total,
             "cpu_seconds_startup": self.cpu_ready,
             "idle": self.idle_report,
+            "rss_mb_by_process_warm": self.rss_warm,
             "rss_mb_by_process_end": self.processes.rss_by_process(),
             "cpu_seconds_by_process": self.cpu_by_process,
             "cpu_per_receipt": cpu_total / n if n else None,
@@ -1378,6 +1385,15 @@ def format_reports(reports: list[dict]) -> str:
             [
                 " ".join(f"{k}:{v:.0f}" for k, v in r["idle"]["rss_mb_by_process"].items())
                 if r.get("idle")
+                else "-"
+                for r in reports
+            ],
+        ),
+        (
+            f"RSS MB at {RSS_WARM_AFTER_SECONDS:.0f} s",
+            [
+                " ".join(f"{k}:{v:.0f}" for k, v in r["rss_mb_by_process_warm"].items())
+                if r.get("rss_mb_by_process_warm")
                 else "-"
                 for r in reports
             ],
