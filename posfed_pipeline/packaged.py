@@ -26,6 +26,16 @@ def workspace_file() -> Path:
     return _as_path(files(PROFILES) / "workspace.yaml")
 
 
+def location_name() -> str:
+    """The code location's name, as the workspace gives it (pyproject's [tool.dagster] and
+    [tool.dg.project] must say the same: test_definitions checks)."""
+    import yaml
+
+    workspace = yaml.safe_load(workspace_file().read_text())
+    [entry] = workspace["load_from"]
+    return entry["python_module"]["location_name"]
+
+
 def default_dat_spec() -> Path:
     return _as_path(files(DAT_SPECS) / DEFAULT_DAT_SPEC)
 

@@ -103,3 +103,22 @@ def test_runs_started_from_the_ui_get_their_terminal_or_lane():
     # Already tagged (by a sensor or the trigger), or not a laned run: nothing added.
     assert missing_lane_tags(RECEIPTS_JOB, None, {"posfed/terminal": "x", **partition}) == {}
     assert missing_lane_tags("daily_reconciliation_job", {"daily_reconciliation"}, partition) == {}
+
+
+def test_the_code_location_has_one_name_everywhere_dagster_reads_it():
+    """The workspace (posfed demo, the systemd units), `dagster dev` ([tool.dagster]) and `dg`
+    ([tool.dg.project]) load one location; the fast path's runs carry its name."""
+    import tomllib
+
+    from posfed_pipeline import packaged
+    from posfed_pipeline.fastpath.dagster_internals import LOCATION_NAME
+    from posfed_pipeline_tests.conftest import REPO_ROOT
+
+    project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["tool"]
+    names = {
+        packaged.location_name(),
+        project["dagster"]["code_location_name"],
+        project["dg"]["project"]["code_location_name"],
+        LOCATION_NAME,
+    }
+    assert len(names) == 1

@@ -20,6 +20,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
+from posfed_pipeline import packaged
 from posfed_pipeline.core import store
 from posfed_pipeline.core.config import PosfedConfig, load_config
 from posfed_pipeline.dagster_home import render_instance_yaml
@@ -43,7 +44,7 @@ pytestmark = pytest.mark.slow
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
-LOCATION = "posfed"
+LOCATION = packaged.location_name()
 RECEIPT_ASSETS = ["receipt_files", "validated_receipts", "central_db_receipts", "dat_files"]
 TERMINALS = [
     ("bakery_1", "10", "Bakkerij"),

@@ -22,6 +22,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
+from posfed_pipeline import packaged
 from posfed_pipeline.core import store
 from posfed_pipeline.core.config import load_config
 from posfed_pipeline.dagster_home import render_instance_yaml
@@ -41,7 +42,7 @@ from posfed_pipeline_tests.conftest import (
 # Starts real processes (Dagster, servers, browsers): `make check` leaves it out.
 pytestmark = pytest.mark.slow
 
-LOCATION = "posfed"
+LOCATION = packaged.location_name()
 REPOSITORY = "__repository__"
 ASSET_JOB = "__ASSET_JOB"
 TERMINALS = [

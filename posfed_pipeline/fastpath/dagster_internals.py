@@ -55,6 +55,7 @@ from dagster._core.types.loadable_target_origin import LoadableTargetOrigin
 from dagster._serdes import ConfigurableClassData
 from dagster._utils.hosted_user_process import recon_job_from_origin
 
+from posfed_pipeline import packaged
 from posfed_pipeline.run_tags import RUN_KEY_TAG, SENSOR_NAME_TAG
 
 # Private types other modules need (the run launcher, the benchmarks), handed on from here.
@@ -67,7 +68,8 @@ __all__ = [
     "WorkerStatus",
 ]
 CODE_MODULE = "posfed_pipeline.definitions"
-LOCATION_NAME = "posfed"  # as in workspace.yaml
+# The runs the trigger creates must carry the location name the daemon's runs carry.
+LOCATION_NAME = packaged.location_name()
 REPOSITORY_NAME = "__repository__"
 
 
