@@ -350,6 +350,53 @@ def test_a_run_the_fallback_launcher_started_is_not_judged_by_the_absent_pool(tm
     assert nowhere.check_run_worker_health(pool_run).status == WorkerStatus.FAILED
 
 
+def test_a_fallback_run_whose_process_died_with_its_code_server_is_reported_dead(tmp_path):
+    """A power cut takes the code server with the fresh run process it watched: nobody fails
+    that run until max_runtime_seconds, and a sync run held every sync back that long (seen
+    in the chaos run). Run monitoring asks the launcher: a fallback run whose process has
+    exited on this server is reported FAILED; one whose process runs is RUNNING."""
+    import subprocess
+
+    from dagster._core.events import EngineEventData
+    from dagster._core.launcher.base import WorkerStatus
+
+    from posfed_pipeline.run_tags import GRPC_INFO_TAG
+
+    launcher_config = {
+        "module": "posfed_pipeline.fastpath.launcher",
+        "class": "WarmWorkerRunLauncher",
+        "config": {"socket_path": str(tmp_path / "no-pool.sock")},
+    }
+    with dg.instance_for_test(overrides={"run_launcher": launcher_config}) as instance:
+
+        def fallback_run_in(process: subprocess.Popen) -> dg.DagsterRun:
+            run = instance.add_run(
+                dg.DagsterRun(job_name="central_db_sync_job", tags={GRPC_INFO_TAG: "{}"})
+            )
+            instance.report_engine_event(
+                f"Executing steps in process (pid: {process.pid})",
+                run,
+                EngineEventData(metadata={"pid": dg.MetadataValue.text(str(process.pid))}),
+            )
+            return run
+
+        gone = subprocess.Popen(["true"])
+        gone.wait()
+        running = subprocess.Popen(["sleep", "60"])
+        try:
+            dead_run, live_run = fallback_run_in(gone), fallback_run_in(running)
+            health = instance.run_launcher.check_run_worker_health
+            assert health(dead_run).status == WorkerStatus.FAILED
+            assert f"pid {gone.pid}" in health(dead_run).msg
+            assert health(live_run).status == WorkerStatus.RUNNING
+            # Not yet started anywhere (no pid reported): not judged.
+            fresh = instance.add_run(dg.DagsterRun(job_name="x", tags={GRPC_INFO_TAG: "{}"}))
+            assert health(fresh).status == WorkerStatus.RUNNING
+        finally:
+            running.kill()
+            running.wait()
+
+
 def test_a_pool_slow_to_answer_never_gets_its_run_launched_a_second_time(tmp_path, monkeypatch):
     """A pool that listens but answers late (a host under load) may have queued the run
     already. Falling back to a fresh process then would execute the run twice (seen: a UI

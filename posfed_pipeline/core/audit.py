@@ -21,8 +21,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from pathlib import Path
+from typing import cast
 
 from sqlalchemy import (
+    Table,
     Unicode,
     bindparam,
     delete,
@@ -37,6 +39,7 @@ from posfed_pipeline.core.config import PosfedConfig, Terminal
 from posfed_pipeline.core.dat import DatSpec, render_receipt
 from posfed_pipeline.core.fsutil import write_atomic
 from posfed_pipeline.core.ledger import Ledger
+from posfed_pipeline.core.receipt import Receipt
 from posfed_pipeline.core.store.models import (
     BusinessDay,
     ReceiptLineRow,
@@ -104,7 +107,7 @@ def reconcile_terminal_day(
     result = Reconciliation(terminal.id, day)
     if ledger is not None:
         result.pending_sync = ledger.pending_receipt_ids(terminal.id, day)
-    receipts = {}
+    receipts: dict[str, Receipt] = {}
     for path in inbox.archived_files(terminal, day):
         try:
             receipt = intake.read_receipt_file(path, terminal)
@@ -288,7 +291,7 @@ def store_settlements(
 ) -> int:
     """Replace this store's settlement rows of the day in one transaction (a re-run
     recomputes, never adds; other stores' rows are theirs)."""
-    table = SettlementRow.__table__
+    table = cast(Table, SettlementRow.__table__)
     computed_at = datetime.now(UTC)
     with engine.begin() as connection:
         connection.execute(
@@ -333,12 +336,15 @@ def stored_settlements(engine: Engine, day: date, store_id: str | None) -> list[
 def chain_settlements(engine: Engine, day: date) -> list[dict]:
     """The chain's settlement of a day, per tenant across its stores (the view
     ``pos_settlement_chain``); money comes back as Decimal."""
-    query = text(
-        "SELECT business_day, tenant, stores, receipts, gross_sales, returns, net "
-        "FROM pos_settlement_chain WHERE business_day = :day ORDER BY tenant"
-    ).bindparams(bindparam("day", day, type_=BusinessDay))
     # A view's columns carry no types on SQLite: say what they are.
-    query = query.columns(business_day=BusinessDay, tenant=Unicode(128))
+    query = (
+        text(
+            "SELECT business_day, tenant, stores, receipts, gross_sales, returns, net "
+            "FROM pos_settlement_chain WHERE business_day = :day ORDER BY tenant"
+        )
+        .bindparams(bindparam("day", day, type_=BusinessDay))
+        .columns(business_day=BusinessDay, tenant=Unicode(128))
+    )
     with engine.connect() as connection:
         rows = connection.execute(query).mappings().all()
     money = ("gross_sales", "returns", "net")

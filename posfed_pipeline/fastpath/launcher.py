@@ -60,6 +60,15 @@ class PoolDidNotAnswer(Exception):
     acted on the request, so the caller must not act as if no pool were there."""
 
 
+def _process_alive(pid: int) -> bool:
+    """Whether ``pid`` is a live process on this server (a zombie is not)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2 :].split()[0] != "Z"
+
+
 def ask_pool(request: dict, socket_path: Path, timeout: float = 2.0) -> dict | None:
     """One request to the pool; ``None`` when no pool is listening (``PoolDidNotAnswer`` when
     one is, but its answer did not come within ``timeout``)."""
@@ -141,12 +150,33 @@ class WarmWorkerRunLauncher(DefaultRunLauncher):
     def supports_check_run_worker_health(self) -> bool:
         return True
 
+    def _run_process_pid(self, run: dg.DagsterRun) -> int | None:
+        """The pid of the process a fallback run executes in (its engine events say it); None
+        when not known (no instance, no such event yet)."""
+        if not self.has_instance:
+            return None
+        events = self._instance.all_logs(run.run_id, of_type=dg.DagsterEventType.ENGINE_EVENT)
+        for event in reversed(events):
+            data = event.dagster_event.event_specific_data if event.dagster_event else None
+            pid = getattr(data, "metadata", {}).get("pid") if data is not None else None
+            if pid is not None:
+                with contextlib.suppress(ValueError):
+                    return int(getattr(pid, "value", pid))
+        return None
+
     def check_run_worker_health(self, run: dg.DagsterRun) -> CheckRunHealthResult:
         # Run monitoring fails a STARTED run on any answer but RUNNING or SUCCESS (UNKNOWN
         # included), so only a run the pool no longer knows is reported dead.
         if GRPC_INFO_TAG in run.tags:
             # Launched by the fallback into a code-server process, which watches it itself
-            # (it fails a run whose process died): not ours to judge.
+            # (it fails a run whose process died)... unless the code server died with it (a
+            # power cut, a killed daemon): then the run would stay STARTED until
+            # max_runtime_seconds, holding its lane (a sync: every sync) for ten minutes.
+            pid = self._run_process_pid(run)
+            if pid is not None and not _process_alive(pid):
+                return CheckRunHealthResult(
+                    WorkerStatus.FAILED, f"its process (pid {pid}) on this server has exited"
+                )
             return CheckRunHealthResult(WorkerStatus.RUNNING, "launched without the warm pool")
         if _local_pool is not None:
             status = _local_pool.health(run.run_id)
