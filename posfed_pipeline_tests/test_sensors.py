@@ -66,7 +66,6 @@ def test_new_stable_file_gives_one_run_request_and_never_again(config):
     assert json.loads(done.cursor) == {"launched": {}}
 
 
-@pytest.mark.slow
 def test_file_still_being_written_is_not_taken_until_stable(config):
     slow = tuple(
         replace(t, delivery=replace(t.delivery, stability_seconds=1.5)) for t in config.terminals
@@ -81,7 +80,8 @@ def test_file_still_being_written_is_not_taken_until_stable(config):
     assert "still being written" in while_writing.skip_reason.skip_message
 
     path.write_text(json.dumps(receipt_doc("R0002")))  # the writer finishes...
-    time.sleep(1.5 + 0.05)  # ...and the file settles
+    settled_at = time.time() - 1.5 - 0.05  # ...and the file settles (its mtime, not a sleep)
+    os.utime(path, (settled_at, settled_at))
     settled = _tick(sensor, while_writing.cursor)
     assert [
         r.run_config["ops"]["receipt_pipeline"]["config"]["files"] for r in settled.run_requests
@@ -250,6 +250,8 @@ def test_a_file_left_by_a_successful_run_is_looked_at_again(config):
         assert _run_as_the_daemon_would(job, first.run_requests[0], instance, sensor.name).success
         assert path.exists()  # younger than the grace period: left to its writer
 
+        # The grace period passes. (A sleep, not an older mtime: the mtime is part of the
+        # file's identity, and an older one would be another version of the file.)
         time.sleep(max(0.0, written + config.incomplete_grace_seconds + 0.2 - time.time()))
         second = _tick(sensor, first.cursor, instance)
         [again] = second.run_requests
