@@ -281,7 +281,9 @@ def _mapped_json_fields(doc: object, mapping: InputMapping) -> _Fields:
             continue  # terminal and department then come from the terminal itself
         fields.values[name] = _at_path(doc, path)
         fields.labels[name] = f"{name} ({mapping.source(name)})"
-    fields.items = _item_list(_at_path(doc, mapping.json_path("items")), fields, mapping)
+    items_path = mapping.json_path("items")
+    raw_items = _at_path(doc, items_path) if items_path is not None else _MISSING
+    fields.items = _item_list(raw_items, fields, mapping)
     return fields
 
 
@@ -380,8 +382,8 @@ def _csv_fields(text: str, mapping: InputMapping) -> _Fields:
     for name in RECEIPT_FIELDS:
         if name not in columns:
             continue
-        column = mapping.source(name)
-        fields.labels[name] = f"{name} (column {column})"
+        source_column = mapping.source(name)
+        fields.labels[name] = f"{name} (column {source_column})"
         seen = {row[columns[name]].strip() for _, row in data_rows}
         first = data_rows[0][1][columns[name]].strip()
         if len(seen) > 1:
@@ -400,12 +402,13 @@ def _csv_fields(text: str, mapping: InputMapping) -> _Fields:
         labels: dict[str, str] = {}
         for name in ITEM_FIELDS:
             value = row[columns[name]].strip() if name in columns else ""
-            if not value and mapping.default(name) is not None:
-                value = mapping.default(name)
+            default = mapping.default(name)
+            if not value and default is not None:
+                value = default
             values[name] = value if value or name == "description" else _MISSING
-            column = mapping.source(name)
+            source_column = mapping.source(name)
             labels[name] = f"items[{n}].{name}" + (
-                f" (line {line}, column {column})" if column else ""
+                f" (line {line}, column {source_column})" if source_column else ""
             )
         fields.items.append((values, labels))
     return fields
@@ -417,9 +420,11 @@ def _at_path(doc: object, path: JsonPath) -> object:
         if isinstance(step, int):
             if not isinstance(value, list) or step >= len(value):
                 return _MISSING
+            value = value[step]
         elif not isinstance(value, dict) or step not in value:
             return _MISSING
-        value = value[step]
+        else:
+            value = value[step]
     return value
 
 
@@ -487,7 +492,12 @@ def _build_receipt(
         quantity = _decimal(
             item_values["quantity"], item_labels["quantity"], problems, decimal_comma
         )
-        if None not in (barcode, description, price, quantity):
+        if (
+            barcode is not None
+            and description is not None
+            and price is not None
+            and (quantity is not None)
+        ):
             # What the label says is kept with the line (validation judges it).
             label = read_label(barcode, terminal.gs1_region)
             items.append(
@@ -504,6 +514,8 @@ def _build_receipt(
 
     if problems:
         raise IntakeError(problems)
+    # A field that could not be read is a problem above: none is missing here.
+    assert receipt_id is not None and total is not None and timestamp is not None
     return Receipt(
         receipt_id=receipt_id,
         terminal_id=terminal.id,
