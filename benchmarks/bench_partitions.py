@@ -37,9 +37,8 @@ from posfed_pipeline.core.config import load_config
 from posfed_pipeline.dagster_home import render_instance_yaml
 from posfed_pipeline.defs.partitions import terminal_day_key
 from posfed_pipeline.tools.bench import terminal_specs
+from posfed_pipeline.tools.browser import headless_chromium, missing_browser
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMEDRIVER = Path("/usr/bin/chromedriver")
 ASSET = "dat_files"
 # One step makes both: the UI's Materialize of dat_files selects validated_receipts too.
 BACKFILL_ASSETS = ["validated_receipts", "dat_files"]
@@ -190,31 +189,6 @@ def stop(process: subprocess.Popen) -> None:
         process.wait()
 
 
-def browser(profile: Path):
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    profile.mkdir(parents=True, exist_ok=True)
-    options = webdriver.ChromeOptions()
-    options.binary_location = str(CHROMIUM)
-    for flag in (
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        f"--user-data-dir={profile}",
-        "--window-size=1600,900",
-    ):
-        options.add_argument(flag)
-    return webdriver.Chrome(
-        options=options,
-        service=Service(executable_path=str(CHROMEDRIVER), log_output=str(profile / "driver.log")),
-    )
-
-
 def time_asset_page(driver, base_url: str, expected: str) -> float:
     """Seconds from navigation to the Partitions tab showing ``expected`` (the count)."""
     from selenium.webdriver.common.by import By
@@ -256,8 +230,8 @@ def measure(args, window: int, root: Path) -> dict:
             if d["name"] == "day"
         )
         page = []
-        if CHROMIUM.exists() and CHROMEDRIVER.exists():
-            driver = browser(root / "chromium")
+        if not missing_browser():
+            driver = headless_chromium(root / "browser")
             try:
                 expected = f"{stats['numPartitions']:,}"
                 for _ in range(args.repeat):

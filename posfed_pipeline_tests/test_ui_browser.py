@@ -2,7 +2,7 @@
 
 A real ``dagster-webserver`` serves a temp store (one terminal-day already processed, so the
 lineage shows materializations) on 127.0.0.1 and a free port; headless Chromium from the
-distribution's packages (``chromium``, ``chromium-driver``), driven by Selenium, opens the pages
+distribution's packages (``tools/browser.py``), driven by Selenium, opens the pages
 an operator would. With ``POSFED_UPDATE_SCREENSHOTS=1`` the screenshots are written to
 ``docs/asset-lineage.png`` and ``docs/sensors.png``; otherwise into the test's temp folder.
 
@@ -27,6 +27,7 @@ from posfed_pipeline.dagster_home import render_instance_yaml
 from posfed_pipeline.definitions import RECEIPTS_JOB, build_definitions
 from posfed_pipeline.defs.assets import ReceiptBatchConfig, receipt_op_config
 from posfed_pipeline.defs.partitions import terminal_day_key
+from posfed_pipeline.tools.browser import headless_chromium, missing_browser
 from posfed_pipeline_tests.conftest import (
     REPO_ROOT,
     dagster_process,
@@ -42,8 +43,6 @@ from posfed_pipeline_tests.conftest import (
 # Starts real processes (Dagster, servers, browsers): `make check` leaves it out.
 pytestmark = pytest.mark.slow
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMEDRIVER = Path("/usr/bin/chromedriver")
 LOCATION = packaged.location_name()
 RECEIPT_ASSETS = ["receipt_files", "validated_receipts", "central_db_receipts", "dat_files"]
 TERMINALS = [
@@ -119,36 +118,13 @@ def webserver(ui_store, tmp_path) -> Iterator[str]:
 @pytest.fixture
 def browser(tmp_path):
     """Headless Chromium from the distribution, no downloaded browser or driver."""
-    missing = [str(p) for p in (CHROMIUM, CHROMEDRIVER) if not p.exists()]
+    missing = missing_browser()
     if missing:
         message = f"{', '.join(missing)} missing (scripts/install-system-deps.sh installs them)"
         if os.environ.get("CI") == "true":
             pytest.fail(message)
         pytest.skip(message)
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = str(CHROMIUM)
-    for flag in (
-        "--headless",
-        # Root in a container has no user namespace for the sandbox.
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        f"--user-data-dir={tmp_path / 'chromium-profile'}",
-        "--window-size=1600,900",
-    ):
-        options.add_argument(flag)
-    # An explicit driver path: Selenium then never tries to download one.
-    driver = webdriver.Chrome(
-        options=options,
-        service=Service(executable_path=str(CHROMEDRIVER), log_output=str(tmp_path / "driver.log")),
-    )
+    driver = headless_chromium(tmp_path / "browser")
     try:
         yield driver
     finally:
