@@ -15,6 +15,8 @@ Everything is built from the store's configuration (``posfed.toml`` or ``POSFED_
 adding a terminal to it adds its sensor and its partitions.
 """
 
+import functools
+
 import dagster as dg
 
 from posfed_pipeline.core.config import PosfedConfig, load_config
@@ -72,6 +74,16 @@ def build_definitions(config: PosfedConfig) -> dg.Definitions:
     )
 
 
+@functools.lru_cache(maxsize=1)
+def _definitions_for(config: PosfedConfig) -> dg.Definitions:
+    return build_definitions(config)
+
+
 @dg.definitions
 def defs() -> dg.Definitions:
-    return build_definitions(load_config())
+    # Built once per process and configuration, whoever loads the location: the code server,
+    # the fast path's trigger, each warm run worker. Dagster reconstructs a run's job from this
+    # module and keeps one job process-wide, so a worker alternating receipts and sync runs
+    # would otherwise rebuild every definition per switch. Reloading the location in the UI
+    # starts a new code server process, which builds them afresh.
+    return _definitions_for(load_config())

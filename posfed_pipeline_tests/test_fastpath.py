@@ -479,3 +479,28 @@ def test_a_dagster_other_than_the_pinned_one_is_refused_by_name():
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("ImportError: posfed's fast path needs dagster 1.13.27"), last
     assert "found dagster 1.14.0" in last
+
+
+def test_the_fast_path_uses_the_code_locations_definitions_built_once(fast_store, monkeypatch):
+    """The trigger's runs and a worker's jobs come from the one set of definitions the code
+    location built: none is built a second time, not even by a worker alternating a terminal's
+    runs with syncs (Dagster keeps only one reconstructed job per process)."""
+    from posfed_pipeline import definitions
+
+    config, dagster_home = fast_store
+    builds = []
+    build = definitions.build_definitions
+    monkeypatch.setattr(definitions, "build_definitions", lambda c: builds.append(c) or build(c))
+    definitions._definitions_for.cache_clear()
+    monkeypatch.chdir(dagster_home)  # where the pool starts its workers
+
+    instance = dg.DagsterInstance.get()
+    location = dagster_internals.load_code_location(instance, dagster_home)
+    receipts = dagster_internals.SensorStyleRunFactory(instance, location, RECEIPTS_JOB)
+    sync = dagster_internals.SensorStyleRunFactory(instance, location, SYNC_JOB)
+    warmed = dagster_internals.load_job_as_runs_will(RECEIPTS_JOB)
+    for factory in (receipts, sync, receipts, sync):
+        job = dagster_internals._reconstructable(factory.remote_job.get_python_origin())
+        assert job.get_definition() is factory.job_def
+    assert warmed is receipts.job_def
+    assert len(builds) == 1

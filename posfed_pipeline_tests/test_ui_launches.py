@@ -21,6 +21,7 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
+import yaml
 
 from posfed_pipeline import packaged
 from posfed_pipeline.core import store
@@ -322,3 +323,18 @@ def test_backfill_of_many_terminal_days_runs_one_per_terminal_at_a_time(ui_stack
         spans.sort()
         for (_, end), (start, _) in zip(spans, spans[1:], strict=False):
             assert start >= end, f"two runs of {terminal_id} overlapped: {spans}"
+
+
+def test_the_ui_shows_the_run_queues_limits(ui_stack):
+    """The limits live in dagster.yaml's `concurrency:` block, where the UI reads them."""
+    queue = ui_stack.gql(
+        "{ instance { runQueuingSupported runQueueConfig"
+        " { maxConcurrentRuns tagConcurrencyLimitsYaml } } }"
+    )["instance"]
+    assert queue["runQueuingSupported"]
+    assert queue["runQueueConfig"]["maxConcurrentRuns"] == 4
+    limits = yaml.safe_load(queue["runQueueConfig"]["tagConcurrencyLimitsYaml"])
+    assert {(limit["key"], limit["limit"]) for limit in limits} == {
+        (TERMINAL_TAG, 1),
+        ("posfed/lane", 1),
+    }

@@ -8,12 +8,14 @@ processes, and two of them at once must not deadlock.
 What is used, and why:
 - ``InProcessCodeLocationOrigin``: the trigger loads the code location once, in its own
   process, under the same location name as workspace.yaml, so the runs it creates carry the
-  same repository origin as the sensor daemon's (the daemon matches run keys per origin).
+  same repository origin as the sensor daemon's (the daemon matches run keys per origin);
+  ``InProcessCodeLocation._get_repo_def`` hands it the job definitions that location loaded.
 - ``create_execution_plan`` + ``snapshot_from_execution_plan`` (what
   ``CodeLocation.get_execution_plan`` does, from a job definition the factory keeps) and
   ``DagsterInstance.create_run``: what the sensor daemon does to create a sensor run
   (dagster/_daemon/sensor.py, ``_create_sensor_run``).
-- ``recon_job_from_origin`` and ``execute_run``: what a run worker process does with a run id.
+- ``recon_job_from_origin`` and ``execute_run``: what a run worker process does with a run id;
+  ``ReconstructableRepository`` to load the job that way before the first run.
 - The run launcher's base types (``DefaultRunLauncher``, ``LaunchRunContext``,
   ``CheckRunHealthResult``, ``WorkerStatus``, ``ConfigurableClassData``), for launcher.py;
   ``InstigatorType`` for the benchmarks' sensor-tick queries.
@@ -37,12 +39,13 @@ from pathlib import Path
 
 import dagster as dg
 import sqlalchemy as sa
+from dagster._core.definitions.reconstruct import ReconstructableRepository
 from dagster._core.definitions.run_request import InstigatorType, RunRequest
 from dagster._core.execution.api import create_execution_plan, execute_run
 from dagster._core.launcher.base import CheckRunHealthResult, LaunchRunContext, WorkerStatus
 from dagster._core.launcher.default_run_launcher import DefaultRunLauncher
 from dagster._core.remote_origin import InProcessCodeLocationOrigin
-from dagster._core.remote_representation.code_location import CodeLocation
+from dagster._core.remote_representation.code_location import InProcessCodeLocation
 from dagster._core.remote_representation.external import RemoteExecutionPlan
 from dagster._core.snap.execution_plan_snapshot import snapshot_from_execution_plan
 from dagster._core.storage.event_log.sqlite.consolidated_sqlite_event_log import (
@@ -73,7 +76,9 @@ LOCATION_NAME = packaged.location_name()
 REPOSITORY_NAME = "__repository__"
 
 
-def load_code_location(instance: dg.DagsterInstance, working_directory: Path) -> CodeLocation:
+def load_code_location(
+    instance: dg.DagsterInstance, working_directory: Path
+) -> InProcessCodeLocation:
     origin = InProcessCodeLocationOrigin(
         loadable_target_origin=LoadableTargetOrigin(
             executable_path=sys.executable,
@@ -88,18 +93,16 @@ def load_code_location(instance: dg.DagsterInstance, working_directory: Path) ->
 class SensorStyleRunFactory:
     """Creates runs exactly as the sensor daemon would for a terminal's sensor."""
 
-    def __init__(self, instance: dg.DagsterInstance, code_location: CodeLocation, job_name: str):
+    def __init__(
+        self, instance: dg.DagsterInstance, code_location: InProcessCodeLocation, job_name: str
+    ):
         self.instance = instance
         self.code_location = code_location
         self.repository = code_location.get_repository(REPOSITORY_NAME)
         self.remote_job = self.repository.get_full_job(job_name)
-        self.job_def = self._job_definition(job_name)
-
-    def _job_definition(self, job_name: str) -> dg.JobDefinition:
-        from posfed_pipeline.core.config import load_config
-        from posfed_pipeline.definitions import build_definitions
-
-        return build_definitions(load_config()).resolve_job_def(job_name)
+        # The job definition the code location loaded (RepositoryDefinition caches it), not a
+        # second build of the definitions.
+        self.job_def = code_location._get_repo_def(REPOSITORY_NAME).get_job(job_name)
 
     def create_run(self, request: RunRequest, sensor_name: str) -> dg.DagsterRun:
         # As the daemon does: partition tags and config only for a partitioned request.
@@ -112,11 +115,9 @@ class SensorStyleRunFactory:
             if request.partition_key is not None
             else request
         )
-        # From this factory's own job definition, as the code location would from its
-        # reconstructable job. Not through the code location: ReconstructableJob caches one
-        # job definition process-wide (lru_cache(maxsize=1)), so a receipts run after a sync
-        # run rebuilt every definition, configuration included (~0.1 s, and a stat of every
-        # inbox: an inbox on a hung share hung the trigger).
+        # From the code location's job definition, as CodeLocation.get_execution_plan would
+        # from its reconstructable job, which keeps one job definition process-wide
+        # (lru_cache(maxsize=1)): a receipts run after a sync run would look the job up again.
         plan = RemoteExecutionPlan(
             execution_plan_snapshot=snapshot_from_execution_plan(
                 create_execution_plan(
@@ -163,6 +164,14 @@ class SensorStyleRunFactory:
 
 
 _reconstructed: dict[str, object] = {}
+
+
+def load_job_as_runs_will(job_name: str) -> dg.JobDefinition:
+    """Load the code location's job the way a run's origin will (module ``defs``), ahead of
+    the first run: the definitions are built here, once (posfed_pipeline.definitions keeps
+    them for the process)."""
+    repository = ReconstructableRepository.for_module(CODE_MODULE, "defs", os.getcwd())
+    return repository.get_definition().get_job(job_name)
 
 
 def _reconstructable(origin):

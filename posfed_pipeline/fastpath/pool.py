@@ -83,11 +83,12 @@ def _warm_up() -> None:
     from posfed_pipeline.core import validation
     from posfed_pipeline.core.config import load_config
     from posfed_pipeline.core.simulator import ReceiptSimulator
-    from posfed_pipeline.definitions import RECEIPTS_JOB, build_definitions
     from posfed_pipeline.defs.resources import central_db_resource
+    from posfed_pipeline.fastpath import dagster_internals
+    from posfed_pipeline.run_tags import RECEIPTS_JOB
 
     config = load_config()
-    build_definitions(config).resolve_job_def(RECEIPTS_JOB)
+    dagster_internals.load_job_as_runs_will(RECEIPTS_JOB)
     # Each distinct set of rules is its own pandera schema; a weighed line loads biip's tables.
     warmed = set()
     for terminal in config.terminals:
