@@ -19,6 +19,7 @@ import functools
 
 import dagster as dg
 
+from posfed_pipeline.core.clock import SYSTEM_CLOCK, Clock
 from posfed_pipeline.core.config import PosfedConfig, load_config
 from posfed_pipeline.defs.alerts import build_alert_sensors
 from posfed_pipeline.defs.assets import DAT_FILES, VALIDATED_RECEIPTS, build_receipt_assets
@@ -37,16 +38,17 @@ from posfed_pipeline.run_tags import RECEIPTS_JOB
 __all__ = ["RECEIPTS_JOB", "build_definitions", "defs"]
 
 
-def build_definitions(config: PosfedConfig) -> dg.Definitions:
+def build_definitions(config: PosfedConfig, *, clock: Clock = SYSTEM_CLOCK) -> dg.Definitions:
+    """``clock``: what the sensors and assets ask the time (tests set one instead of sleeping)."""
     partitions = terminal_day_partitions(config)
     assets = (
-        build_receipt_assets(config, partitions)
-        + build_central_db_assets(config)
-        + build_audit_assets(config, partitions)
+        build_receipt_assets(config, partitions, clock)
+        + build_central_db_assets(config, clock)
+        + build_audit_assets(config, partitions, clock)
     )
-    health_defs, health_sensor = build_terminal_health(config)
+    health_defs, health_sensor = build_terminal_health(config, clock)
     audit_jobs, audit_schedules = build_audit_jobs_and_schedules(config)
-    sync_job, sync_sensor = build_sync_job_and_sensor(config)
+    sync_job, sync_sensor = build_sync_job_and_sensor(config, clock)
     receipts_job = dg.define_asset_job(
         RECEIPTS_JOB,
         selection=dg.AssetSelection.assets(VALIDATED_RECEIPTS, DAT_FILES),
@@ -60,10 +62,10 @@ def build_definitions(config: PosfedConfig) -> dg.Definitions:
         jobs=[receipts_job, sync_job, *audit_jobs],
         schedules=audit_schedules,
         sensors=[
-            *(build_inbox_sensor(config, t, receipts_job) for t in config.terminals),
+            *(build_inbox_sensor(config, t, receipts_job, clock) for t in config.terminals),
             sync_sensor,
             build_late_receipts_sensor(config, audit_jobs),
-            *build_alert_sensors(config),
+            *build_alert_sensors(config, clock),
             health_sensor,
         ],
         # Credentials only ever come from the environment.

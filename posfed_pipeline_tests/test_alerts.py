@@ -5,7 +5,6 @@ from __future__ import annotations
 import email
 import json
 import threading
-import time
 from dataclasses import replace
 from email import policy
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -23,6 +22,7 @@ from posfed_pipeline.core.alerts import (
     alert_outbox_path,
     send_alert,
 )
+from posfed_pipeline.core.clock import ManualClock
 from posfed_pipeline.core.config import ConfigError, config_from_dict
 from posfed_pipeline.core.ledger import Delivery, open_ledger
 from posfed_pipeline.definitions import build_definitions
@@ -191,12 +191,13 @@ def test_the_lag_alert_is_sent_once_when_it_fails_and_once_when_it_recovers(
         smtp_port=controller.port,
         webhook_url=url,
     )
-    sensor = build_definitions(config).resolve_sensor_def(LAG_SENSOR)
+    clock = ManualClock()
+    sensor = build_definitions(config, clock=clock).resolve_sensor_def(LAG_SENSOR)
     ledger = open_ledger(config.home)
     receipt = make_receipt("L1")
-    ledger.accept([Delivery(receipt, "L1.json:1:1")], tenant="Bakkerij", now=time.time() - 5)
+    ledger.accept([Delivery(receipt, "L1.json:1:1")], tenant="Bakkerij", now=clock.time() - 5)
     ledger.mark_emitted([(receipt, "x")])
-    assert sync.lag_level(ledger.lag(), config.sync) is sync.LagLevel.FAIL
+    assert sync.lag_level(ledger.lag(), config.sync, clock.time()) is sync.LagLevel.FAIL
 
     with dg.instance_for_test() as instance:
 
@@ -209,9 +210,9 @@ def test_the_lag_alert_is_sent_once_when_it_fails_and_once_when_it_recovers(
         cursor = tick(cursor)  # still failing: no second alert
         assert len(inbox.messages) == 1
         # Draining: the lag passes through WARN on its way back; still the same outage.
-        ledger.resync()
-        time.sleep(1.1)  # past warn_after_seconds (1 s), short of fail_after_seconds (2 s)
-        assert sync.lag_level(ledger.lag(), config.sync) is sync.LagLevel.WARN
+        ledger.resync(now=clock.time())
+        clock.advance(1.1)  # past warn_after_seconds (1 s), short of fail_after_seconds (2 s)
+        assert sync.lag_level(ledger.lag(), config.sync, clock.time()) is sync.LagLevel.WARN
         cursor = tick(cursor)
         assert len(inbox.messages) == 1
         ledger.mark_synced([e.seq for e in ledger.outbox()])

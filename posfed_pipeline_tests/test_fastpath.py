@@ -17,6 +17,7 @@ import dagster as dg
 import pytest
 
 from posfed_pipeline.core import inbox, intake, store
+from posfed_pipeline.core.clock import ManualClock
 from posfed_pipeline.core.config import load_config
 from posfed_pipeline.core.ledger import open_ledger
 from posfed_pipeline.core.sync import sync_pending
@@ -141,9 +142,9 @@ def test_trigger_stopped_the_sensors_still_deliver_through_warm_workers(fast_sto
         terminal = config.terminal("bakery_1")
         doc = _now_doc("S0001", terminal)
         _write(terminal, doc)
-        time.sleep(config.stability_seconds + 0.1)
+        settled = ManualClock(time.time() + config.stability_seconds)  # the file has settled
         instance = dg.DagsterInstance.get()
-        defs = build_definitions(config)
+        defs = build_definitions(config, clock=settled)
         sensor = defs.resolve_sensor_def("bakery_1_inbox_sensor")
         [request] = sensor(dg.build_sensor_context(instance=instance)).run_requests
         # Create the run as the sensor daemon does, and launch it through the configured

@@ -541,14 +541,20 @@ class Ledger:
                     [(reason[:500], seq) for seq, reason in reasons.items()],
                 )
 
-    def resync(self, *, terminal_id: str | None = None, business_day: date | None = None) -> int:
+    def resync(
+        self,
+        *,
+        terminal_id: str | None = None,
+        business_day: date | None = None,
+        now: float | None = None,
+    ) -> int:
         """Put deliveries back in the outbox (all, or a terminal's and/or a day's): they are
         sent again, idempotently. Returns how many."""
         # The lag of a delivery sent again counts from now, not from when it was accepted.
         query = (
             "UPDATE delivery SET synced_at = NULL, sync_error = NULL, recorded_at = ? WHERE 1 = 1"
         )
-        params: list = [time.time()]
+        params: list = [time.time() if now is None else now]
         if terminal_id is not None:
             query += " AND terminal_id = ?"
             params.append(terminal_id)

@@ -21,6 +21,7 @@ from decimal import Decimal
 from pathlib import Path
 
 from posfed_pipeline.core import inbox, intake
+from posfed_pipeline.core.clock import SYSTEM_CLOCK, Clock
 from posfed_pipeline.core.config import PosfedConfig, Terminal
 from posfed_pipeline.core.dat import (
     DatConflictError,
@@ -215,12 +216,13 @@ def validate(
     left in the inbox (``deferred``), not quarantined. A CSV cut at a row boundary parses, and
     fails its total only because its writer is still appending rows.
     """
+    now = now or datetime.now(UTC)
     report = validate_batch(
         batch.receipts,
         **rules_of(terminal),
         # A backfill re-reads receipts accepted before the terminal's numbering had a prefix.
         receipt_id_prefix=terminal.receipt_id_prefix if check_age else "",
-        now=now or datetime.now(UTC),
+        now=now,
         max_clock_skew=timedelta(seconds=config.max_clock_skew_seconds),
         # A backfill re-validates old receipts: their age was judged when they arrived.
         max_age=timedelta(days=config.max_age_days if check_age else 36500),
@@ -238,7 +240,9 @@ def validate(
         growing = [
             (receipt, problems)
             for receipt, problems in report.invalid
-            if _may_still_grow(terminal, batch.file_of(receipt), incomplete_grace_seconds)
+            if _may_still_grow(
+                terminal, batch.file_of(receipt), incomplete_grace_seconds, now.timestamp()
+            )
         ]
         for receipt, _ in growing:
             batch.deferred.append(batch.file_of(receipt).name)
@@ -249,9 +253,9 @@ def validate(
     return report
 
 
-def _may_still_grow(terminal: Terminal, version: inbox.InboxFile, grace: float) -> bool:
+def _may_still_grow(terminal: Terminal, version: inbox.InboxFile, grace: float, now: float) -> bool:
     appends_rows = terminal.mapping is not None and terminal.mapping.kind == "csv"
-    return appends_rows and time.time() - version.mtime_ns / 1e9 < grace
+    return appends_rows and now - version.mtime_ns / 1e9 < grace
 
 
 def _dat_problem(
@@ -428,6 +432,7 @@ def process_batch(
     run_id: str | None = None,
     day: date | None = None,
     redeliver_dat: bool = False,
+    clock: Clock = SYSTEM_CLOCK,
 ) -> BatchResult:
     """Every stage for one batch of one terminal's files.
 
@@ -438,12 +443,16 @@ def process_batch(
     """
     move = not from_archive
     grace = config.incomplete_grace_seconds if move else 0.0
-    batch = read_batch(terminal, paths, quarantine=move, incomplete_grace_seconds=grace, day=day)
+    now = clock.time()
+    batch = read_batch(
+        terminal, paths, quarantine=move, incomplete_grace_seconds=grace, now=now, day=day
+    )
     report = validate(
         config,
         terminal,
         batch,
         quarantine=move,
+        now=datetime.fromtimestamp(now, UTC),
         check_age=move,
         spec=spec,
         incomplete_grace_seconds=grace,

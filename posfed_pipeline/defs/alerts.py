@@ -13,6 +13,7 @@ import dagster as dg
 
 from posfed_pipeline.core import sync
 from posfed_pipeline.core.alerts import Alert, AlertOutbox, alert_outbox_path
+from posfed_pipeline.core.clock import SYSTEM_CLOCK, Clock
 from posfed_pipeline.core.config import PosfedConfig
 from posfed_pipeline.core.ledger import open_ledger
 from posfed_pipeline.defs.central_db import FAILURE_KIND_TAG
@@ -39,7 +40,9 @@ def run_failure_alert(config: PosfedConfig, run: dg.DagsterRun, message: str) ->
     )
 
 
-def lag_alert(config: PosfedConfig, level: sync.LagLevel, previous: str | None) -> Alert | None:
+def lag_alert(
+    config: PosfedConfig, level: sync.LagLevel, previous: str | None, now: float | None = None
+) -> Alert | None:
     """An alert when the lag turns to FAIL, and one when it is OK again after that."""
     ledger = open_ledger(config.home)
     lag = ledger.lag()
@@ -47,17 +50,17 @@ def lag_alert(config: PosfedConfig, level: sync.LagLevel, previous: str | None) 
     details = (
         ("receipts_pending", str(lag.pending_receipts)),
         ("deliveries_pending", str(lag.pending_deliveries)),
-        ("lag_seconds", f"{lag.age_seconds():.0f}"),
+        ("lag_seconds", f"{lag.age_seconds(now):.0f}"),
         ("refused_by_central_db", str(lag.parked)),
         ("last_error", state.last_error or ""),
     )
     if level is sync.LagLevel.FAIL and previous != ALERTED:
         return Alert(
-            subject=f"{config.store_name}: central database behind by {lag.age_seconds():.0f} s",
+            subject=f"{config.store_name}: central database behind by {lag.age_seconds(now):.0f} s",
             body="The central database is not receiving this store's receipts. The checkout "
             "is not affected (every .dat file is written), and nothing is lost: the store "
             "server keeps every receipt and sends it once the central database answers.\n\n"
-            f"{sync.describe_lag(lag)}.",
+            f"{sync.describe_lag(lag, now)}.",
             kind="sync_lag",
             store_id=config.store_id,
             details=details,
@@ -73,7 +76,9 @@ def lag_alert(config: PosfedConfig, level: sync.LagLevel, previous: str | None) 
     return None
 
 
-def build_alert_sensors(config: PosfedConfig) -> list[dg.SensorDefinition]:
+def build_alert_sensors(
+    config: PosfedConfig, clock: Clock = SYSTEM_CLOCK
+) -> list[dg.SensorDefinition]:
     settings = config.alerts
 
     def outbox() -> AlertOutbox:
@@ -103,10 +108,11 @@ def build_alert_sensors(config: PosfedConfig) -> list[dg.SensorDefinition]:
         "[sync] fail_after_seconds, and again when it has caught up; retries undelivered alerts.",
     )
     def central_db_lag_alert_sensor(context: dg.SensorEvaluationContext):
-        level = sync.lag_level(open_ledger(config.home).lag(), config.sync)
+        now = clock.time()
+        level = sync.lag_level(open_ledger(config.home).lag(), config.sync, now)
         if not settings.enabled:
             return dg.SkipReason(f"no [alerts] configured (lag: {level})")
-        alert = lag_alert(config, level, context.cursor)
+        alert = lag_alert(config, level, context.cursor, now)
         alerts = outbox()
         if alert is not None:
             alerts.add(settings, alert)

@@ -14,6 +14,7 @@ import dagster as dg
 from pydantic import Field
 
 from posfed_pipeline.core import inbox, processing, quarantine, retention, store
+from posfed_pipeline.core.clock import SYSTEM_CLOCK, Clock
 from posfed_pipeline.core.config import PosfedConfig, Terminal
 from posfed_pipeline.core.dat import check_dat, load_spec
 from posfed_pipeline.core.ledger import open_ledger
@@ -48,7 +49,7 @@ def receipt_op_config(batch: ReceiptBatchConfig) -> dict:
 
 
 def build_receipt_assets(
-    posfed: PosfedConfig, partitions: dg.PartitionsDefinition
+    posfed: PosfedConfig, partitions: dg.PartitionsDefinition, clock: Clock = SYSTEM_CLOCK
 ) -> list[dg.AssetSpec | dg.AssetsDefinition]:
     receipt_files = dg.AssetSpec(
         RECEIPT_FILES,
@@ -110,6 +111,7 @@ def build_receipt_assets(
                 run_id=context.run.run_id,
                 day=day,
                 redeliver_dat=config.redeliver_dat and from_archive,
+                clock=clock,
             )
         if config.redeliver_dat and from_archive:
             context.log.warning(

@@ -4,11 +4,12 @@ They run nightly for the day that just closed (schedules below) and can be mater
 backfilled from the UI for any day.
 """
 
-from datetime import date, datetime, timedelta
+from datetime import date, timedelta
 
 import dagster as dg
 
 from posfed_pipeline.core import audit, quarantine, retention
+from posfed_pipeline.core.clock import SYSTEM_CLOCK, Clock
 from posfed_pipeline.core.config import PosfedConfig
 from posfed_pipeline.core.dat import load_spec
 from posfed_pipeline.core.ledger import open_ledger
@@ -29,7 +30,7 @@ ARCHIVE_RETENTION = dg.AssetKey("archive_retention")
 
 
 def build_audit_assets(
-    config: PosfedConfig, terminal_day: dg.MultiPartitionsDefinition
+    config: PosfedConfig, terminal_day: dg.MultiPartitionsDefinition, clock: Clock = SYSTEM_CLOCK
 ) -> list[dg.AssetsDefinition]:
     @dg.asset(
         key=DAILY_RECONCILIATION,
@@ -182,7 +183,7 @@ def build_audit_assets(
         "days, compressed into per-day .tar.gz archives (verified before a folder is removed).",
     )
     def archive_retention(context: dg.AssetExecutionContext):
-        today = datetime.now(config.timezone).date()
+        today = clock.now(config.timezone).date()
         done = retention.compress_old_days(config, keep_days=config.retention_days, today=today)
         for item in done:
             context.log.info(f"compressed {item.folder} ({item.files} files) into {item.archive}")

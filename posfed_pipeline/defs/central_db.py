@@ -16,6 +16,7 @@ import time
 import dagster as dg
 
 from posfed_pipeline.core import claims, store, sync
+from posfed_pipeline.core.clock import SYSTEM_CLOCK, Clock
 from posfed_pipeline.core.config import PosfedConfig
 from posfed_pipeline.core.db_timeouts import DeadlineExceeded
 from posfed_pipeline.core.ledger import Ledger, open_ledger
@@ -43,14 +44,14 @@ def sync_run_tags() -> dict[str, str]:
     return {LANE_TAG: SYNC_LANE}
 
 
-def slot_holder_done(instance: dg.DagsterInstance):
+def slot_holder_done(instance: dg.DagsterInstance, clock: Clock = SYSTEM_CLOCK):
     """For ``Ledger.take_sync_slot``: has the run holding the slot ended?"""
 
     def done(run_key: str, taken_at: float) -> bool:
         records = instance.get_run_records(
             filters=dg.RunsFilter(tags={RUN_KEY_TAG: run_key}), limit=1
         )
-        orphaned = time.time() - taken_at > ORPHAN_SLOT_SECONDS
+        orphaned = clock.time() - taken_at > ORPHAN_SLOT_SECONDS
         if not records:
             return orphaned  # its launcher died before creating the run
         run = records[0].dagster_run
@@ -60,7 +61,9 @@ def slot_holder_done(instance: dg.DagsterInstance):
     return done
 
 
-def build_central_db_assets(config: PosfedConfig) -> list[dg.AssetsDefinition]:
+def build_central_db_assets(
+    config: PosfedConfig, clock: Clock = SYSTEM_CLOCK
+) -> list[dg.AssetsDefinition]:
     policy = config.sync
 
     @dg.asset(
@@ -92,14 +95,17 @@ def build_central_db_assets(config: PosfedConfig) -> list[dg.AssetsDefinition]:
             done = sync.sync_pending(ledger, engine, policy)
         except Exception as exc:  # judged below, after the ledger and the check are updated
             error = exc
+        now = clock.time()
         state = ledger.finish_sync(
-            run_key, error=str(error) if error else None, backoff=policy.backoff_seconds
+            run_key, error=str(error) if error else None, backoff=policy.backoff_seconds, now=now
         )
         if error is None:
             yield dg.MaterializeResult(metadata=_pass_metadata(done))
-        yield lag_check_result(ledger, policy, state)
+        yield lag_check_result(ledger, policy, state, now=now)
         if error is not None:
-            raise _sync_failure(context, error, state, repeated=str(error) == previous_error)
+            raise _sync_failure(
+                context, error, state, repeated=str(error) == previous_error, now=now
+            )
 
     return [central_db_receipts]
 
@@ -125,17 +131,19 @@ def _pass_metadata(done: sync.SyncPass) -> dict:
     }
 
 
-def lag_check_result(ledger: Ledger, policy: sync.SyncPolicy, state=None) -> dg.AssetCheckResult:
+def lag_check_result(
+    ledger: Ledger, policy: sync.SyncPolicy, state=None, *, now: float | None = None
+) -> dg.AssetCheckResult:
     lag = ledger.lag()
-    level = sync.lag_level(lag, policy)
+    level = sync.lag_level(lag, policy, now)
     state = state or ledger.sync_state()
     metadata = {
-        "lag_seconds": dg.MetadataValue.float(round(lag.age_seconds(), 1)),
+        "lag_seconds": dg.MetadataValue.float(round(lag.age_seconds(now), 1)),
         "receipts_pending": lag.pending_receipts,
         "deliveries_pending": lag.pending_deliveries,
         "refused_by_central_db": lag.parked,
         "failed_attempts_in_a_row": state.failures,
-        "summary": dg.MetadataValue.text(sync.describe_lag(lag)),
+        "summary": dg.MetadataValue.text(sync.describe_lag(lag, now)),
     }
     if state.last_error:
         metadata["last_error"] = dg.MetadataValue.text(state.last_error[:500])
@@ -158,11 +166,11 @@ def is_out_of_reach(error: BaseException) -> bool:
     return isinstance(error, DeadlineExceeded) or store.is_transient_error(error)
 
 
-def _sync_failure(context, error: Exception, state, *, repeated: bool) -> dg.Failure:
+def _sync_failure(context, error: Exception, state, *, repeated: bool, now: float) -> dg.Failure:
     transient = is_out_of_reach(error)
     kind = "transient" if transient else "repeated" if repeated else "permanent"
     context.instance.add_run_tags(context.run.run_id, {FAILURE_KIND_TAG: kind})
-    retry_in = max(0.0, state.next_attempt_at - time.time())
+    retry_in = max(0.0, state.next_attempt_at - now)
     what = (
         "the central database is out of reach"
         if transient
@@ -177,7 +185,7 @@ def _sync_failure(context, error: Exception, state, *, repeated: bool) -> dg.Fai
     )
 
 
-def build_sync_job_and_sensor(config: PosfedConfig):
+def build_sync_job_and_sensor(config: PosfedConfig, clock: Clock = SYSTEM_CLOCK):
     sync_job = dg.define_asset_job(
         SYNC_JOB,
         selection=dg.AssetSelection.assets(CENTRAL_DB_RECEIPTS),
@@ -197,18 +205,20 @@ def build_sync_job_and_sensor(config: PosfedConfig):
     def central_db_sync_sensor(context: dg.SensorEvaluationContext):
         ledger = open_ledger(config.home)
         lag = ledger.lag()
+        now = clock.time()
         if not ledger.has_outbox():
-            return dg.SkipReason(sync.describe_lag(lag))
+            return dg.SkipReason(sync.describe_lag(lag, now))
         trigger_alive = claims.ClaimStore(claims.claim_store_path(config.home)).alive()
-        if trigger_alive and lag.age_seconds() < config.catchup_grace_seconds:
+        if trigger_alive and lag.age_seconds(now) < config.catchup_grace_seconds:
             return dg.SkipReason("the fast path's trigger syncs fresh receipts")
         run_key = sync_run_key()
-        if not ledger.take_sync_slot(run_key, holder_done=slot_holder_done(context.instance)):
+        holder_done = slot_holder_done(context.instance, clock)
+        if not ledger.take_sync_slot(run_key, holder_done=holder_done, now=now):
             state = ledger.sync_state()
-            if state.next_attempt_at > time.time():
+            if state.next_attempt_at > now:
                 return dg.SkipReason(
                     f"backing off after {state.failures} failed attempt(s): next in "
-                    f"{state.next_attempt_at - time.time():.0f} s ({state.last_error})"
+                    f"{state.next_attempt_at - now:.0f} s ({state.last_error})"
                 )
             return dg.SkipReason("a sync is in flight")
         return dg.RunRequest(run_key=run_key, tags=sync_run_tags())

@@ -15,13 +15,13 @@ The cursor keeps, for the UI, which files this sensor launched and under which r
 """
 
 import json
-import time
 from collections import defaultdict
 from dataclasses import replace
 
 import dagster as dg
 
 from posfed_pipeline.core import claims, inbox, intake
+from posfed_pipeline.core.clock import SYSTEM_CLOCK, Clock
 from posfed_pipeline.core.config import PosfedConfig, Terminal
 from posfed_pipeline.defs.assets import ReceiptBatchConfig, receipt_op_config
 from posfed_pipeline.defs.partitions import terminal_day_key
@@ -61,7 +61,9 @@ def run_request_for(terminal: Terminal, batch: inbox.PlannedBatch) -> dg.RunRequ
     )
 
 
-def build_inbox_sensor(config: PosfedConfig, terminal: Terminal, job) -> dg.SensorDefinition:
+def build_inbox_sensor(
+    config: PosfedConfig, terminal: Terminal, job, clock: Clock = SYSTEM_CLOCK
+) -> dg.SensorDefinition:
     """``job``: the receipts asset job (as returned by ``define_asset_job``)."""
     name = inbox_sensor_name(terminal)
     first_day = config.terminal_day_start
@@ -75,8 +77,9 @@ def build_inbox_sensor(config: PosfedConfig, terminal: Terminal, job) -> dg.Sens
         f"{terminal.department}) and launches a run per business day for new receipt files.",
     )
     def _inbox_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
+        now = clock.time()
         try:
-            scan = inbox.scan_inbox_within(terminal, LISTING_TIMEOUT_SECONDS, now=time.time())
+            scan = inbox.scan_inbox_within(terminal, LISTING_TIMEOUT_SECONDS, now=now)
         except OSError as exc:
             # This terminal's problem only: say it on its own sensor, keep the cursor.
             return dg.SensorResult(skip_reason=f"inbox {terminal.inbox} unreadable: {exc}")
@@ -96,7 +99,7 @@ def build_inbox_sensor(config: PosfedConfig, terminal: Terminal, job) -> dg.Sens
             # busy terminal's files into its next run: catch up only on what it left behind,
             # and not while it works through a backlog of this terminal (its next run takes
             # the next files).
-            cutoff_ns = (time.time() - config.catchup_grace_seconds) * 1e9
+            cutoff_ns = (now - config.catchup_grace_seconds) * 1e9
             unclaimed = [f for f in unclaimed if f.mtime_ns <= cutoff_ns]
             if unclaimed and _has_unfinished_run(context.instance, terminal):
                 unclaimed = []
@@ -115,6 +118,7 @@ def build_inbox_sensor(config: PosfedConfig, terminal: Terminal, job) -> dg.Sens
             claimed,
             config,
             day_of,
+            now,
         )
         present = {f.signature for f in scan.ready + scan.settling}
         store.release_absent(terminal.id, present)
@@ -167,6 +171,7 @@ def _relaunch_batches(
     claimed: dict[str, claims.Claim],
     config: PosfedConfig,
     day_of,
+    now: float,
 ) -> list[inbox.PlannedBatch]:
     """Files still in the inbox whose run finished without moving them (it failed, or found
     them still being written), or whose claim never became a run.
@@ -178,7 +183,6 @@ def _relaunch_batches(
     for claim in claimed.values():
         by_key[claim.run_key].append(claim)
     files = {f.signature: f for f in scan.ready}
-    now = time.time()
     batches = []
     # A claim younger than the relaunch delay cannot be owed a relaunch yet (its run, if it
     # failed, ended even more recently): skip the run lookup, the common case under load.

@@ -7,11 +7,10 @@ an evaluation when a terminal's verdict changes (runless: no run, no worker), an
 through ``[alerts]`` when one goes bad. The same checks run on demand from the asset page.
 """
 
-from datetime import UTC, datetime
-
 import dagster as dg
 
 from posfed_pipeline.core.alerts import Alert, AlertOutbox, alert_outbox_path
+from posfed_pipeline.core.clock import SYSTEM_CLOCK, Clock
 from posfed_pipeline.core.config import PosfedConfig, Terminal
 from posfed_pipeline.core.ledger import open_ledger
 from posfed_pipeline.core.terminal_health import TerminalHealth, terminal_health
@@ -40,7 +39,9 @@ def health_metadata(health: TerminalHealth) -> dict:
     }
 
 
-def build_terminal_health(config: PosfedConfig) -> tuple[list, dg.SensorDefinition]:
+def build_terminal_health(
+    config: PosfedConfig, clock: Clock = SYSTEM_CLOCK
+) -> tuple[list, dg.SensorDefinition]:
     """The ``terminal_inboxes`` asset, its per-terminal checks, and the sensor evaluating them."""
     inboxes = dg.AssetSpec(
         TERMINAL_INBOXES,
@@ -63,7 +64,7 @@ def build_terminal_health(config: PosfedConfig) -> tuple[list, dg.SensorDefiniti
     def terminal_health_checks():
         ledger = open_ledger(config.home)
         for terminal in config.terminals:
-            health = terminal_health(terminal, ledger, datetime.now(UTC))
+            health = terminal_health(terminal, ledger, clock.now())
             yield dg.AssetCheckResult(
                 asset_key=TERMINAL_INBOXES,
                 check_name=check_name(terminal),
@@ -87,7 +88,7 @@ def build_terminal_health(config: PosfedConfig) -> tuple[list, dg.SensorDefiniti
         ledger = open_ledger(config.home)  # one per tick: opening one takes the write lock
         for terminal in config.terminals:
             try:
-                health = terminal_health(terminal, ledger, datetime.now(UTC))
+                health = terminal_health(terminal, ledger, clock.now())
             except Exception as exc:  # one terminal's trouble never hides the others'
                 context.log.warning(f"{terminal.id}: health not evaluated: {exc}")
                 verdicts[terminal.id] = previous.get(terminal.id, "")
