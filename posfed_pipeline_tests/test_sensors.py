@@ -192,9 +192,11 @@ def test_files_of_a_failed_run_are_launched_again_and_then_processed_once(config
     defs = build_definitions(config)
     sensor = defs.resolve_sensor_def("bakery_1_inbox_sensor")
     job = defs.resolve_job_def(RECEIPTS_JOB)
-    # The same job while its .dat layout spec is missing (a botched deployment).
-    missing_spec = replace(config, dat_spec=tmp_path / "missing.json", _by_id={})
-    broken_job = build_definitions(missing_spec).resolve_job_def(RECEIPTS_JOB)
+    # The same job while its .dat layout spec is broken (a botched deployment).
+    broken = tmp_path / "broken.json"
+    broken.write_text("{ not a spec")
+    broken_spec = replace(config, dat_spec=broken, _by_id={})
+    broken_job = build_definitions(broken_spec).resolve_job_def(RECEIPTS_JOB)
 
     with dg.instance_for_test() as instance:
         first = _tick(sensor, None, instance)
@@ -230,6 +232,7 @@ def test_while_the_trigger_is_alive_the_sensor_only_catches_up_on_old_files(conf
     assert request.run_config["ops"]["receipt_pipeline"]["config"]["files"] == ["MISSED.json"]
 
 
+@pytest.mark.slow
 def test_a_file_left_by_a_successful_run_is_looked_at_again(config):
     """A run that found a file still being written leaves it (and succeeds); the sensor gives
     the file another run after the relaunch delay, which judges it once its writer is gone."""

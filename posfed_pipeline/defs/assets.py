@@ -85,7 +85,8 @@ def build_receipt_assets(
     def receipt_pipeline(context: dg.AssetExecutionContext, config: ReceiptBatchConfig):
         terminal_id, day = split_terminal_day_key(context.partition_key)
         terminal = posfed.terminal(terminal_id)
-        spec = load_spec(posfed.dat_spec)
+        with classified_errors("loading the .dat spec"):  # a broken spec: no retry helps
+            spec = load_spec(posfed.dat_spec)
         from_archive = not config.files
         if from_archive:
             restored = retention.restore_day(terminal, day)
