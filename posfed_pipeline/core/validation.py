@@ -96,11 +96,11 @@ class ReceiptItemModel(pa.DataFrameModel):
 
     @pa.check("price_minor", error="price must not be negative")
     def price_not_negative(cls, price: Series[pd.Int64Dtype]) -> Series[bool]:
-        return (price >= 0).fillna(True).astype(bool)
+        return price.ge(0).fillna(True).astype(bool)
 
     @pa.check("quantity_scaled", error="quantity must not be zero")
     def quantity_not_zero(cls, quantity: Series[pd.Int64Dtype]) -> Series[bool]:
-        return (quantity != 0).fillna(True).astype(bool)
+        return quantity.ne(0).fillna(True).astype(bool)
 
     class Config:
         strict = False
@@ -140,6 +140,8 @@ def _minor(value: Decimal, scale: int) -> int | None:
         # Bounds first: as_integer_ratio() of 9e-999999999 builds a billion-digit integer.
         # (By the digits, not normalize(): the context would round that to zero.)
         _, digits, exponent = value.as_tuple()
+        if not isinstance(exponent, int):  # 'n', 'N', 'F': NaN and Infinity (not finite)
+            return None
         trailing_zeros = len(digits) - len("".join(map(str, digits)).rstrip("0"))
         if exponent + trailing_zeros < -18 or value.adjusted() > 18:
             return None

@@ -6,9 +6,11 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
+from typing import cast
 
 from sqlalchemy import (
     String,
+    Table,
     any_,
     bindparam,
     insert,
@@ -22,7 +24,7 @@ from sqlalchemy.sql import Select
 from posfed_pipeline.core.ledger import OutboxEntry
 from posfed_pipeline.core.receipt import Receipt
 from posfed_pipeline.core.store.engines import SQLITE_BEGIN_OPTION
-from posfed_pipeline.core.store.models import IngestLedgerRow, ReceiptLineRow, ReceiptRow
+from posfed_pipeline.core.store.models import Base, IngestLedgerRow, ReceiptLineRow, ReceiptRow
 from posfed_pipeline.core.sync_policy import DEFAULT_STORE_ID
 
 # Concurrent loaders of the same key: the loser re-classifies against the winner's rows once.
@@ -110,13 +112,14 @@ def _store_once(engine: Engine, batch: list[OutboxEntry], store_id: str) -> Cent
 
         loaded_at = datetime.now(UTC)
         if inserting:
-            receipts = [(e.receipt, e.tenant) for e in inserting.values()]
+            # (Every entry here has its receipt: ``accepted`` above.)
+            receipts = [(e.receipt, e.tenant) for e in inserting.values() if e.receipt]
             connection.execute(
-                insert(ReceiptRow.__table__),
+                insert(_table(ReceiptRow)),
                 [_header_row(r, tenant or "", loaded_at, store_id) for r, tenant in receipts],
             )
             connection.execute(
-                insert(ReceiptLineRow.__table__),
+                insert(_table(ReceiptLineRow)),
                 [row for r, _ in receipts for row in _line_rows(r, store_id)],
             )
             result.receipts_inserted = [r for r, _ in receipts]
@@ -124,9 +127,14 @@ def _store_once(engine: Engine, batch: list[OutboxEntry], store_id: str) -> Cent
             _ledger_row(e, loaded_at, store_id) for e in fresh if e.seq not in result.refused
         ]
         if ledger_rows:
-            connection.execute(insert(IngestLedgerRow.__table__), ledger_rows)
+            connection.execute(insert(_table(IngestLedgerRow)), ledger_rows)
         result.stored += [e.seq for e in fresh if e.seq not in result.refused]
     return result
+
+
+def _table(model: type[Base]) -> Table:
+    # A declarative model's table, typed as SQLAlchemy's insert() wants it.
+    return cast(Table, model.__table__)
 
 
 def _is_lost_race(exc: sa_exc.IntegrityError) -> bool:
