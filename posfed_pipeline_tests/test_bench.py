@@ -40,7 +40,8 @@ def bench(out, *args: str) -> tuple[subprocess.CompletedProcess, dict]:
 
 def test_bench_posfed_small_run_loses_and_duplicates_nothing(tmp_path):
     args = ["--mode", "posfed", "--terminals", "2", "--rate", "2", "--duration", "3"]
-    result, report = bench(tmp_path / "bench.json", *args, "--idle", "2")
+    # Two trading days compressed into the run: receipts of three business days.
+    result, report = bench(tmp_path / "bench.json", *args, "--idle", "2", "--days", "2")
     assert report["mode"] == "posfed"
     # The idle phase: every process measured, in cores and MB (their values are the bench's).
     idle = report["idle"]
@@ -54,10 +55,15 @@ def test_bench_posfed_small_run_loses_and_duplicates_nothing(tmp_path):
     assert report["runs"] >= 1
     assert set(report["runs_by_status"]) == {"SUCCESS"}
     assert report["latency"]["p50"] is not None  # measured, whatever its value
+    # Memory at each simulated midnight, every process.
+    days = report["rss_mb_by_simulated_day"]
+    assert [d["day"] for d in days] == sorted({d["day"] for d in days}) and len(days) >= 2
+    assert all(d["rss_mb"]["daemon"] > 0 for d in days)
     # The printed report says the same.
     lines = {line.split("  ")[0]: line.split()[-1] for line in result.stdout.splitlines() if line}
     assert lines["lost"] == "0"
     assert lines["duplicated"] == "0"
+    assert "RSS MB day 2" in lines
 
 
 def test_bench_through_real_servers_with_one_terminal_in_trouble(tmp_path):

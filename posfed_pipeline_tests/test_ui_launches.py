@@ -295,23 +295,22 @@ def test_reexecution_of_a_failed_run(ui_stack):
         _assert_receipts_run(ui_stack.wait_run(result["run"]["id"]), "deli_1")
 
 
-@pytest.mark.parametrize("target", ["asset_backfill", "job_backfill"])
-def test_backfill_of_many_terminal_days_runs_one_per_terminal_at_a_time(ui_stack, target):
+def test_backfills_of_many_terminal_days_run_one_per_terminal_at_a_time(ui_stack):
+    """The asset page's Materialize of many keys and the job page's partitions tab, launched
+    together (the backfill daemon ticks every 30 s: together they share its ticks): every run
+    succeeds, and a terminal's runs never overlap, across both backfills."""
     partitions = [_partition(t, day) for t, _, _ in TERMINALS for day in ui_stack.days]
-    params = {"partitionNames": partitions, "fromFailure": False, "tags": []}
-    if target == "asset_backfill":  # the asset page's or the graph's Materialize, many keys
-        params["assetSelection"] = RECEIPT_ASSETS
-    else:  # the job page's partitions tab
-        params["selector"] = {
-            "partitionSetName": f"{RECEIPTS_JOB}_partition_set",
-            "repositorySelector": {
-                "repositoryLocationName": LOCATION,
-                "repositoryName": REPOSITORY,
-            },
-        }
-    result = ui_stack.gql(BACKFILL, backfillParams=params)["launchPartitionBackfill"]
-    assert result["__typename"] == "LaunchBackfillSuccess", result
-    runs = ui_stack.wait_backfill(result["backfillId"], len(partitions))
+    job_partitions = {
+        "partitionSetName": f"{RECEIPTS_JOB}_partition_set",
+        "repositorySelector": {"repositoryLocationName": LOCATION, "repositoryName": REPOSITORY},
+    }
+    backfill_ids = []
+    for target in ({"assetSelection": RECEIPT_ASSETS}, {"selector": job_partitions}):
+        params = {"partitionNames": partitions, "fromFailure": False, "tags": [], **target}
+        result = ui_stack.gql(BACKFILL, backfillParams=params)["launchPartitionBackfill"]
+        assert result["__typename"] == "LaunchBackfillSuccess", result
+        backfill_ids.append(result["backfillId"])
+    runs = [run for b in backfill_ids for run in ui_stack.wait_backfill(b, len(partitions))]
 
     by_terminal = defaultdict(list)
     for run in runs:
@@ -320,6 +319,7 @@ def test_backfill_of_many_terminal_days_runs_one_per_terminal_at_a_time(ui_stack
         by_terminal[terminal_id].append((run["startTime"], run["endTime"]))
     assert sorted(by_terminal) == sorted(t for t, _, _ in TERMINALS)
     for terminal_id, spans in by_terminal.items():
+        assert len(spans) == 2 * len(ui_stack.days)
         spans.sort()
         for (_, end), (start, _) in zip(spans, spans[1:], strict=False):
             assert start >= end, f"two runs of {terminal_id} overlapped: {spans}"

@@ -44,6 +44,8 @@ import tempfile
 import threading
 import time
 from dataclasses import dataclass
+from datetime import datetime, timedelta
+from datetime import time as dt_time
 from pathlib import Path
 
 from posfed_pipeline import packaged
@@ -101,6 +103,8 @@ telemetry:
 """
 ACTIVE_STATUSES = ("QUEUED", "NOT_STARTED", "STARTING", "STARTED", "CANCELING")
 PR_SET_CHILD_SUBREAPER = 36
+# The bench's store keeps [intake] max_age_days at its default: older receipts are refused.
+MAX_SIMULATED_DAYS = PosfedConfig.max_age_days
 RSS_WARM_AFTER_SECONDS = 60.0  # into the load: the memory of processes that have warmed up
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
@@ -137,6 +141,10 @@ class BenchSettings:
     watch: str = "events"  # every terminal's [delivery] watch: "poll" as on a network mount
     # Seconds of no receipts at all, once everything is up, before the load: the idle cost.
     idle: float = 0.0
+    # Trading days compressed into the run: the receipts' timestamps run from this many days
+    # ago to now, so the business day turns (new partitions, .dat folders, ledger days) and
+    # memory is sampled at every simulated midnight. 0: every receipt is stamped now.
+    days: int = 0
 
 
 @dataclass
@@ -641,6 +649,7 @@ class Run:
         self.pending_max = 0
         self.pool_queue_max = 0
         self.rss_warm: dict[str, float] | None = None
+        self.rss_by_simulated_day: list[dict] = []
         self.idle_report: dict | None = None
         self.report: dict = {}
 
@@ -844,12 +853,34 @@ class Run:
         rate, duration = self.settings.rate, self.settings.duration
         count = max(1, round(rate * duration))
         start = time.monotonic()
+        stamp = self._simulated_moments(count)
         for i in range(count):
             delay = start + i / rate - time.monotonic()
             if delay > 0:
                 time.sleep(delay)
             terminal = self.simulator.random.choice(self.simulator.terminals)
-            self._send(terminal, self.simulator.make_receipt(terminal))
+            when = stamp(i) if stamp else None
+            if when is not None:
+                self._sample_at_midnight(when, i)
+            self._send(terminal, self.simulator.make_receipt(terminal, when))
+
+    def _simulated_moments(self, count: int):
+        """``--days``: receipt i's timestamp, from ``days`` days ago (midnight) to now."""
+        if not self.settings.days:
+            return None
+        now = datetime.now(self.config.timezone)
+        first = datetime.combine(
+            now.date() - timedelta(days=self.settings.days), dt_time(), self.config.timezone
+        )
+        span = now - first
+        return lambda i: first + span * (i / count)
+
+    def _sample_at_midnight(self, when: datetime, sent: int) -> None:
+        day = when.date().isoformat()
+        if not self.rss_by_simulated_day or self.rss_by_simulated_day[-1]["day"] != day:
+            self.rss_by_simulated_day.append(
+                {"day": day, "sent": sent, "rss_mb": self.processes.rss_by_process()}
+            )
 
     def drive_burst(self) -> None:
         terminals = list(self.driven)
@@ -1078,6 +1109,8 @@ class Run:
             "idle": self.idle_report,
             "rss_mb_by_process_warm": self.rss_warm,
             "rss_mb_by_process_end": self.processes.rss_by_process(),
+            "days": self.settings.days,
+            "rss_mb_by_simulated_day": self.rss_by_simulated_day,
             "cpu_seconds_by_process": self.cpu_by_process,
             "cpu_per_receipt": cpu_total / n if n else None,
             "cpu_per_receipt_after_startup": (cpu_total - self.cpu_ready) / n if n else None,
@@ -1398,6 +1431,18 @@ def format_reports(reports: list[dict]) -> str:
                 for r in reports
             ],
         ),
+        *(
+            (
+                f"RSS MB day {n + 1}",
+                [
+                    " ".join(f"{k}:{v:.0f}" for k, v in days[n]["rss_mb"].items())
+                    if n < len(days := r.get("rss_mb_by_simulated_day") or [])
+                    else "-"
+                    for r in reports
+                ],
+            )
+            for n in range(max(len(r.get("rss_mb_by_simulated_day") or []) for r in reports))
+        ),
         (
             "RSS MB at end",
             [
@@ -1486,6 +1531,13 @@ def main(args) -> int:
     if args.terminals < 1 or args.workers < 1:
         print("posfed bench: --terminals and --workers must be at least 1", file=sys.stderr)
         return 2
+    if args.days and (args.burst or not 0 < args.days < MAX_SIMULATED_DAYS):
+        print(
+            f"posfed bench: --days is 1 to {MAX_SIMULATED_DAYS - 1}, with --rate (receipts "
+            f"older than the store's max_age_days are refused)",
+            file=sys.stderr,
+        )
+        return 2
     settings = BenchSettings(
         terminals=args.terminals,
         rate=args.rate,
@@ -1509,6 +1561,7 @@ def main(args) -> int:
         flood_files=args.flood_files,
         watch=args.watch,
         idle=args.idle,
+        days=args.days,
     )
     # A service manager's (or `timeout`'s) SIGTERM stops the benchmark as cleanly as Ctrl-C.
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
@@ -1599,6 +1652,14 @@ def add_arguments(parser) -> None:
         default=0.0,
         metavar="SECONDS",
         help="first measure this long with no receipts: CPU (cores) and memory per process",
+    )
+    parser.add_argument(
+        "--days",
+        type=int,
+        default=0,
+        metavar="N",
+        help="compress N trading days into the run: receipts are stamped from N days ago to "
+        "now (the business day turns N times); memory per process at each simulated midnight",
     )
     parser.add_argument(
         "--delivery",
