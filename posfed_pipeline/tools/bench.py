@@ -327,6 +327,26 @@ def _rss_bytes(pid: int) -> int:
         return 0
 
 
+def _role(pid: int) -> str:
+    """What a process is, from its command line, in a few words."""
+    try:
+        words = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+    except OSError:
+        return "?"
+    line = " ".join(words)
+    for marker, role in (
+        ("multiprocessing.spawn", "run worker"),
+        ("multiprocessing.resource_tracker", "resource tracker"),
+        ("api grpc", "code server"),
+        ("dagster-daemon", "daemon"),
+        ("fastpath", "fast path"),
+        ("dagster-webserver", "webserver"),
+    ):
+        if marker in line:
+            return role
+    return Path(words[0]).name if words and words[0] else "?"
+
+
 def _all_procs() -> dict[int, tuple[int, str, int, float]]:
     procs = {}
     for entry in os.listdir("/proc"):
@@ -452,6 +472,15 @@ class Processes:
         return {
             name: sum(_rss_bytes(pid) for pid in self.session_pids(name, procs)) / 2**20
             for name in [*self.started, *self.tracked]
+        }
+
+    def rss_by_pid(self) -> dict[str, float]:
+        """Resident memory in MB of every process started, one by one ("name/role/pid")."""
+        procs = _all_procs()
+        return {
+            f"{name}/{_role(pid)}/{pid}": _rss_bytes(pid) / 2**20
+            for name in [*self.started, *self.tracked]
+            for pid in sorted(self.session_pids(name, procs))
         }
 
     def reap_orphans(self) -> None:
@@ -879,7 +908,12 @@ class Run:
         day = when.date().isoformat()
         if not self.rss_by_simulated_day or self.rss_by_simulated_day[-1]["day"] != day:
             self.rss_by_simulated_day.append(
-                {"day": day, "sent": sent, "rss_mb": self.processes.rss_by_process()}
+                {
+                    "day": day,
+                    "sent": sent,
+                    "rss_mb": self.processes.rss_by_process(),
+                    "rss_mb_by_pid": self.processes.rss_by_pid(),
+                }
             )
 
     def drive_burst(self) -> None:
@@ -1109,6 +1143,7 @@ class Run:
             "idle": self.idle_report,
             "rss_mb_by_process_warm": self.rss_warm,
             "rss_mb_by_process_end": self.processes.rss_by_process(),
+            "rss_mb_by_pid_end": self.processes.rss_by_pid(),
             "days": self.settings.days,
             "rss_mb_by_simulated_day": self.rss_by_simulated_day,
             "cpu_seconds_by_process": self.cpu_by_process,
