@@ -505,3 +505,24 @@ def test_the_fast_path_uses_the_code_locations_definitions_built_once(fast_store
         assert job.get_definition() is factory.job_def
     assert warmed is receipts.job_def
     assert len(builds) == 1
+
+
+def test_a_warm_worker_keeps_nothing_of_the_runs_it_executed(fast_store):
+    """Dagster's instance keeps an (empty) list of event listeners per run it reported events
+    for; a worker that executes runs for weeks drops them after each run."""
+    config, dagster_home = fast_store
+    terminal = config.terminal("bakery_1")
+    instance = dg.DagsterInstance.get()
+    location = dagster_internals.load_code_location(instance, dagster_home)
+    factory = dagster_internals.SensorStyleRunFactory(instance, location, RECEIPTS_JOB)
+    for n in range(3):
+        _write(terminal, _now_doc(f"W{n:04d}", terminal))
+        ready = inbox.scan_inbox(terminal, stability_seconds=0).ready
+        [batch] = inbox.plan_batches(
+            terminal, ready, lambda f: intake.business_day_of_file(f.path, terminal)
+        )
+        run = factory.create_run(run_request_for(terminal, batch), inbox_sensor_name(terminal))
+        status = dagster_internals.execute_run_in_this_process(instance, run)
+        assert status == dg.DagsterRunStatus.SUCCESS
+        assert dagster_internals.drop_idle_event_subscriptions(instance) == 0
+    assert list(terminal.inbox.iterdir()) == []

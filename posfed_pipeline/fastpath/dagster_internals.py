@@ -14,6 +14,9 @@ What is used, and why:
   ``CodeLocation.get_execution_plan`` does, from a job definition the factory keeps) and
   ``DagsterInstance.create_run``: what the sensor daemon does to create a sensor run
   (dagster/_daemon/sensor.py, ``_create_sensor_run``).
+- ``DagsterInstance._subscribers``: its empty per-run entries are dropped
+  (``drop_idle_event_subscriptions``), as they would otherwise grow by one per run for as long
+  as a warm worker or the trigger lives.
 - ``recon_job_from_origin`` and ``execute_run``: what a run worker process does with a run id;
   ``ReconstructableRepository`` to load the job that way before the first run.
 - The run launcher's base types (``DefaultRunLauncher``, ``LaunchRunContext``,
@@ -189,9 +192,26 @@ def execute_run_in_this_process(
     origin = run.job_code_origin
     if origin is None:
         raise ValueError(f"run {run.run_id} has no code origin; it cannot be executed here")
-    execute_run(_reconstructable(origin), run, instance)
+    try:
+        execute_run(_reconstructable(origin), run, instance)
+    finally:
+        drop_idle_event_subscriptions(instance)
     finished = instance.get_run_by_id(run.run_id)
     return finished.status if finished else dg.DagsterRunStatus.FAILURE
+
+
+def drop_idle_event_subscriptions(instance: dg.DagsterInstance) -> int:
+    """Forget the runs nobody listens to; returns how many.
+
+    Every event a process reports looks up its run's listeners in the instance's
+    ``defaultdict(list)``, which keeps an empty list per run id for good: about 200 bytes per
+    run, without end, in a process that handles runs for weeks (a worker, the trigger).
+    """
+    subscribers = instance._subscribers  # noqa: SLF001
+    idle = [run_id for run_id, listeners in list(subscribers.items()) if not listeners]
+    for run_id in idle:
+        subscribers.pop(run_id, None)
+    return len(idle)
 
 
 # --- SQLite instance storage with one connection pool per process -------------------------------

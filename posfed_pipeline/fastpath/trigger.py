@@ -47,6 +47,7 @@ from posfed_pipeline.defs.central_db import (
     sync_run_tags,
 )
 from posfed_pipeline.defs.sensors import inbox_sensor_name, run_request_for
+from posfed_pipeline.fastpath import dagster_internals
 from posfed_pipeline.fastpath.inbox_events import InboxEvents
 from posfed_pipeline.run_tags import TERMINAL_TAG, lane_of
 
@@ -307,6 +308,7 @@ class InboxTrigger:
             with self._cond:
                 self._sync_in_flight = run.run_id
             self.instance.launch_run(run.run_id, workspace=None)
+            dagster_internals.drop_idle_event_subscriptions(self.instance)
         except Exception as exc:
             # Give the slot back at once: the sensor (or the next receipt run) tries again.
             if run is not None:
@@ -401,3 +403,4 @@ class InboxTrigger:
             self.step_seconds.append((created - started, time.perf_counter() - created))
             self.runs_launched += 1
             self.files_launched += len(batch.files)
+        dagster_internals.drop_idle_event_subscriptions(self.instance)
