@@ -496,7 +496,7 @@ def _build_receipt(
             barcode is not None
             and description is not None
             and price is not None
-            and (quantity is not None)
+            and quantity is not None
         ):
             # What the label says is kept with the line (validation judges it).
             label = read_label(barcode, terminal.gs1_region)

@@ -11,7 +11,7 @@ What is used, and why:
   same repository origin as the sensor daemon's (the daemon matches run keys per origin);
   ``InProcessCodeLocation._get_repo_def`` hands it the job definitions that location loaded.
 - ``create_execution_plan`` + ``snapshot_from_execution_plan`` (what
-  ``CodeLocation.get_execution_plan`` does, from a job definition the factory keeps) and
+  ``CodeLocation.get_execution_plan`` does, from the code location's job definition) and
   ``DagsterInstance.create_run``: what the sensor daemon does to create a sensor run
   (dagster/_daemon/sensor.py, ``_create_sensor_run``).
 - ``DagsterInstance._subscribers``: its empty per-run entries are dropped
@@ -100,7 +100,6 @@ class SensorStyleRunFactory:
         self, instance: dg.DagsterInstance, code_location: InProcessCodeLocation, job_name: str
     ):
         self.instance = instance
-        self.code_location = code_location
         self.repository = code_location.get_repository(REPOSITORY_NAME)
         self.remote_job = self.repository.get_full_job(job_name)
         # The job definition the code location loaded (RepositoryDefinition caches it), not a
