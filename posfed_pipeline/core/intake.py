@@ -10,10 +10,12 @@ just the first, and nothing here raises anything but ``IntakeError``, whatever t
 from __future__ import annotations
 
 import csv
+import errno
 import io
 import json
 import os
 import re
+import stat
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from decimal import Decimal, InvalidOperation
@@ -88,11 +90,25 @@ class Reading:
 
 def _read_bytes(path: Path, limit: int) -> bytes:
     # O_NOFOLLOW: a symlink dropped into an inbox must not make posfed read any other file.
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    # O_NONBLOCK: a FIFO put where a file was listed must not hang the run that opens it.
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise IntakeError(
+                [Problem("file", "a symbolic link", "never followed: posfed reads regular files")]
+            ) from None
+        raise
     with os.fdopen(fd, "rb") as handle:
-        size = os.fstat(fd).st_size
-        if size > limit:
-            raise IntakeError([Problem("file", f"{size} bytes", f"larger than {limit} bytes")])
+        status = os.fstat(fd)
+        if not stat.S_ISREG(status.st_mode):
+            raise IntakeError(
+                [Problem("file", "not a regular file", "posfed reads regular files only")]
+            )
+        if status.st_size > limit:
+            raise IntakeError(
+                [Problem("file", f"{status.st_size} bytes", f"larger than {limit} bytes")]
+            )
         return handle.read(limit + 1)
 
 
@@ -120,14 +136,30 @@ def _only_receipt(readings: list[Reading]) -> Receipt:
 def read_receipts(path: Path, terminal: Terminal) -> list[Reading]:
     """Every receipt of one inbox file. A file that is no document at all raises
     ``IntakeError``; in a file of many transactions, each bad one is a ``Reading`` with its
-    error while the others are read."""
+    error while the others are read. Only ``OSError`` (the file system's) escapes besides."""
     data = _read_bytes(path, max_file_bytes(terminal))
     return parse_receipts(data, terminal, source_file=path.name)
 
 
 def parse_receipts(data: bytes, terminal: Terminal, *, source_file: str = "") -> list[Reading]:
+    """The receipts in ``data``; whatever the bytes, it returns or raises ``IntakeError``."""
+    try:
+        return _parse_receipts(data, terminal, source_file)
+    except IntakeError:
+        raise
+    except RecursionError:
+        raise IntakeError([Problem("file", "", "nested too deeply to be a receipt")]) from None
+    except Exception as exc:
+        # A case posfed's reading does not foresee must stay this file's verdict, never stop
+        # its terminal: the file is quarantined, the error named for whoever looks into it.
+        raise IntakeError(
+            [Problem("file", type(exc).__name__, f"posfed could not read it: {exc}"[:300])]
+        ) from exc
+
+
+def _parse_receipts(data: bytes, terminal: Terminal, source_file: str) -> list[Reading]:
     if terminal.input_format != POSLOG_FORMAT:
-        return [Reading(None, parse_receipt(data, terminal, source_file=source_file))]
+        return [Reading(None, _parse_one(data, terminal, source_file))]
     _check_size(data, poslog.MAX_FILE_BYTES)
     try:
         transactions = poslog.read_poslog(data)
@@ -186,8 +218,10 @@ def _check_size(data: bytes, limit: int) -> None:
 
 def parse_receipt(data: bytes, terminal: Terminal, *, source_file: str = "") -> Receipt:
     """The receipt in ``data``, read in the terminal's configured format (one receipt)."""
-    if terminal.input_format == POSLOG_FORMAT:
-        return _only_receipt(parse_receipts(data, terminal, source_file=source_file))
+    return _only_receipt(parse_receipts(data, terminal, source_file=source_file))
+
+
+def _parse_one(data: bytes, terminal: Terminal, source_file: str) -> Receipt:
     _check_size(data, MAX_FILE_BYTES)
     text = _decode(data, terminal)
     mapping = terminal.mapping
@@ -245,7 +279,23 @@ def _load_json(text: str) -> object:
         # Money goes straight to Decimal: a float never touches it. Integers too, so that a
         # 5000-digit number is a (too large) value rather than a crash; NaN and Infinity become
         # non-finite Decimals that the field checks reject by name.
-        return json.loads(text, parse_float=Decimal, parse_int=Decimal, parse_constant=Decimal)
+        return json.loads(
+            text,
+            parse_float=Decimal,
+            parse_int=Decimal,
+            parse_constant=Decimal,
+            object_pairs_hook=_object_with_unique_keys,
+        )
+    except _RepeatedKey as exc:
+        raise IntakeError(
+            [
+                Problem(
+                    "file",
+                    f'"{_show(exc.key)}" twice in one object',
+                    "a JSON key must not repeat (which of its values is meant cannot be told)",
+                )
+            ]
+        ) from None
     except json.JSONDecodeError as exc:
         raise IntakeError(
             [
@@ -257,6 +307,25 @@ def _load_json(text: str) -> object:
         ) from None
     except RecursionError:
         raise IntakeError([Problem("file", "", "JSON nested too deeply")]) from None
+
+
+class _RepeatedKey(ValueError):
+    def __init__(self, key: str):
+        super().__init__(key)
+        self.key = key
+
+
+def _object_with_unique_keys(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    # Python's JSON keeps the last of two equal keys; two totals or two receipt ids in one
+    # receipt are a till's bug, and silently billing one of them would hide it.
+    found = dict(pairs)
+    if len(found) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _RepeatedKey(key)
+            seen.add(key)
+    return found
 
 
 # --- reading each format into the canonical fields ---------------------------------------------
@@ -342,6 +411,17 @@ def _csv_fields(text: str, mapping: InputMapping) -> _Fields:
     columns = {}
     missing_columns = []
     for name, column in mapping.fields:
+        if header.count(column) > 1:
+            raise IntakeError(
+                [
+                    Problem(
+                        "header",
+                        column,
+                        "column appears more than once in the CSV header (which is meant "
+                        "cannot be told)",
+                    )
+                ]
+            )
         if column in header:
             columns[name] = header.index(column)
         else:
@@ -679,18 +759,29 @@ def claimed_terminal_id(data: bytes, mapping: InputMapping | None) -> str | None
     return value.strip() if isinstance(value, str) else None
 
 
-def business_day_of_file(path: Path, terminal: Terminal, not_before: date | None = None) -> date:
+def business_day_of_file(
+    path: Path,
+    terminal: Terminal,
+    not_before: date | None = None,
+    not_after: date | None = None,
+) -> date:
     """The business day a file belongs to: its receipt's local date, else the day it arrived.
+    Never raises: the day is only where its run goes, and the run gives the file its verdict.
 
-    ``not_before``: the first day with a partition. An older receipt is run in that first
-    day's partition (and judged there by the age rule): a day without a partition would fail
-    its terminal's sensor at every tick."""
+    ``not_before`` and ``not_after``: the first and last days with a partition. A receipt
+    dated outside them (an old one, a till whose clock runs a day ahead) is run in the nearest
+    day's partition and judged there by the age and clock-skew rules: a day without a partition
+    would fail its terminal's sensor at every tick."""
     try:
         day = read_receipt_file(path, terminal).business_day
-    except (IntakeError, OSError):
+    except Exception:  # unreadable, not a receipt, several: the day it arrived
         try:
-            mtime = path.stat().st_mtime
+            mtime = path.lstat().st_mtime
         except OSError:
             mtime = datetime.now().timestamp()
         day = datetime.fromtimestamp(mtime, tz=terminal.timezone).date()
-    return max(day, not_before) if not_before else day
+    if not_before is not None:
+        day = max(day, not_before)
+    if not_after is not None:
+        day = min(day, not_after)
+    return day

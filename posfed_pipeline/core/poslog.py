@@ -30,13 +30,16 @@ from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 
 from defusedxml import DefusedXmlException
-from defusedxml.ElementTree import fromstring
+from defusedxml.ElementTree import DefusedXMLParser
 
 from posfed_pipeline.core.receipt import Problem, Receipt, round_cents
 
 IXRETAIL_NAMESPACE = "http://www.nrf-arts.org/IXRetail/namespace/"
 MAX_TRANSACTIONS = 10_000
 MAX_FILE_BYTES = 64_000_000  # an end-of-day file of a busy till
+# A POSLog sale is about ten elements deep; far deeper is no sale, and would exhaust the
+# recursion of whatever walks the tree afterwards.
+MAX_DEPTH = 64
 GRAND_TOTAL = "TransactionGrandAmount"
 SKIPPED_STATUSES = {"voided", "canceled", "cancelled", "suspended"}
 GOODS_LINES = ("Sale", "Return")
@@ -71,10 +74,44 @@ class Transaction:
         return f"transaction {self.index}{number}"
 
 
+class _TooDeep(Exception):
+    pass
+
+
+class _DepthLimitedBuilder(ET.TreeBuilder):
+    """Builds the tree, refusing it as soon as it gets deeper than ``MAX_DEPTH``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._depth = 0
+
+    def start(self, tag, attrs):
+        self._depth += 1
+        if self._depth > MAX_DEPTH:
+            raise _TooDeep
+        return super().start(tag, attrs)
+
+    def end(self, tag):
+        self._depth -= 1
+        return super().end(tag)
+
+
+def _parse(data: bytes) -> ET.Element:
+    # defusedxml: no entity expansion, nothing fetched; and no DTD at all (forbid_dtd), as the
+    # vendors' guide promises: a file with one is refused whole.
+    parser = DefusedXMLParser(target=_DepthLimitedBuilder(), forbid_dtd=True)
+    parser.feed(data)
+    return parser.close()
+
+
 def read_poslog(data: bytes) -> list[Transaction]:
     """The file's sales (transactions that are not sales are passed over)."""
     try:
-        root = fromstring(data)
+        root = _parse(data)
+    except _TooDeep:
+        raise PosLogError(
+            [Problem("file", f"more than {MAX_DEPTH} levels", "XML nested too deeply")]
+        ) from None
     except ET.ParseError as exc:
         line, column = exc.position
         raise PosLogError(
@@ -123,6 +160,13 @@ def read_poslog(data: bytes) -> list[Transaction]:
     return transactions
 
 
+def _once(count: int, label: str, problems: list[Problem]) -> None:
+    if count > 1:
+        problems.append(
+            Problem(label, f"{count} elements", "must appear once (which is meant cannot be told)")
+        )
+
+
 def _skipped(transaction: ET.Element, retail: ET.Element) -> bool:
     if transaction.get("CancelFlag", "").lower() == "true":
         return True
@@ -140,10 +184,12 @@ def _transaction(index: int, element: ET.Element, retail: ET.Element, ns: str) -
     ):
         values[name] = _text(element, ns, path)
         labels[name] = f"{name} ({path})"
-    totals = {t.get("TotalType", ""): t for t in retail.findall(_q(ns, "Total"))}
-    grand = totals.get(GRAND_TOTAL)
+        _once(len(element.findall(_q(ns, path))), labels[name], result.problems)
+    grands = [t for t in retail.findall(_q(ns, "Total")) if t.get("TotalType") == GRAND_TOTAL]
+    grand = grands[0] if grands else None
     values["total"] = grand.text.strip() if grand is not None and grand.text else None
     labels["total"] = f'total (RetailTransaction/Total[@TotalType="{GRAND_TOTAL}"])'
+    _once(len(grands), labels["total"], result.problems)
 
     for position, line in enumerate(retail.findall(_q(ns, "LineItem")), start=1):
         if line.get("VoidFlag", "").lower() == "true":
