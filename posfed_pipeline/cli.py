@@ -653,16 +653,23 @@ def _add_receipt(commands) -> None:
 
 def _receipt_validate(args) -> int:
     from posfed_pipeline.core import processing
+    from posfed_pipeline.core.inbox import printable_name
+    from posfed_pipeline.core.ledger import ledger_path, open_ledger
     from posfed_pipeline.core.receipt import Problem
 
     config = _config(args)
     chosen = config.terminal(args.terminal) if args.terminal else None  # unknown: exit 2
+    spec = dat.load_spec(config.dat_spec)
+    # The store's ledger, if this is its server: a receipt id it holds with other content is
+    # refused by the pipeline, so here too. Only read.
+    ledger = open_ledger(config.home) if ledger_path(config.home).exists() else None
     verdicts: dict[str, tuple[str | None, list[Problem]]] = {}
     by_terminal: dict[str, dict[Path, str]] = {}
     for name in args.files:
         path = Path(name)
-        if not path.is_file():
-            verdicts[name] = (None, [Problem("file", name, "no such file")])
+        not_a_file = _not_a_regular_file(path)
+        if not_a_file:
+            verdicts[name] = (None, [Problem("file", printable_name(name), not_a_file)])
             continue
         terminal_id = chosen.id if chosen else _terminal_of_file(config, path)
         if terminal_id is None:
@@ -671,14 +678,14 @@ def _receipt_validate(args) -> int:
             continue
         by_terminal.setdefault(terminal_id, {})[path] = name
 
-    # The same intake and validation as the pipeline, without moving any file.
+    # The pipeline's stages, without moving any file (processing.judge).
     # A file of several transactions (POSLog) has a verdict per transaction: "<file>#<n>".
     all_transactions: dict[str, str] = {}
     by_name: dict[str, str] = {}
     for terminal_id, names in by_terminal.items():
         terminal = config.terminal(terminal_id)
-        batch = processing.read_batch(terminal, list(names), quarantine=False)
-        report = processing.validate(config, terminal, batch, quarantine=False)
+        judgement = processing.judge(config, terminal, list(names), spec=spec, ledger=ledger)
+        batch, report = judgement.intake, judgement.validation
         by_name.update({path.name: name for path, name in names.items()})
         all_transactions.update(batch.transactions)
 
@@ -691,11 +698,16 @@ def _receipt_validate(args) -> int:
             verdicts[rejected_name] = (terminal_id, problems)
         for receipt, problems in report.invalid:
             verdicts[_shown_name(batch, names, receipt)] = (terminal_id, problems)
+        for receipt, reason in judgement.conflicts:
+            problem = Problem("receiptId", receipt.receipt_id, reason)
+            verdicts[_shown_name(batch, names, receipt)] = (terminal_id, [problem])
         for receipt in report.valid:
             verdicts[_shown_name(batch, names, receipt)] = (terminal_id, [])
         for missing in batch.missing:
             name = by_name[missing]
             verdicts[name] = (terminal_id, [Problem("file", name, "vanished while reading")])
+        for held, why in batch.held:
+            verdicts[by_name[held]] = (terminal_id, [Problem("file", held, why)])
 
     order = {name: n for n, name in enumerate(dict.fromkeys(args.files))}
 
@@ -716,7 +728,7 @@ def _receipt_validate(args) -> int:
     if args.json:
         listing = [
             {
-                "file": name,
+                "file": printable_name(name),
                 "terminal": terminal_id,
                 **({"transaction": transaction_names[name]} if name in transaction_names else {}),
                 "valid": not problems,
@@ -730,12 +742,32 @@ def _receipt_validate(args) -> int:
             where = f" ({terminal_id})" if terminal_id else ""
             if name in transaction_names:
                 where += f" {transaction_names[name]}"
-            print(f"{name}{where}: {'INVALID' if problems else 'valid'}")
+            print(f"{printable_name(name)}{where}: {'INVALID' if problems else 'valid'}")
             for problem in problems:
-                print(f"  - {problem.field}: {problem.rule} (value: {problem.value})")
+                print(
+                    printable_name(f"  - {problem.field}: {problem.rule} (value: {problem.value})")
+                )
         invalid = sum(1 for _, _, problems in results if problems)
         print(f"receipt validate: {len(results) - invalid} valid, {invalid} invalid")
     return 1 if any(problems for _, _, problems in results) else 0
+
+
+def _not_a_regular_file(path: Path) -> str | None:
+    """Why ``path`` cannot be validated as a file (None: it can), as the pipeline would see
+    it in an inbox: a symlink is never followed there, nor anything but a regular file read."""
+    import stat
+
+    try:
+        mode = path.lstat().st_mode
+    except FileNotFoundError:
+        return "no such file"
+    except OSError as exc:
+        return f"cannot be examined: {exc.strerror}"
+    if stat.S_ISLNK(mode):
+        return "a symbolic link: posfed never follows one in an inbox (validate its target)"
+    if not stat.S_ISREG(mode):
+        return "not a regular file: posfed never opens one in an inbox"
+    return None
 
 
 def _shown_name(batch, names: dict[Path, str], receipt) -> str:
@@ -798,19 +830,51 @@ def _add_quarantine(commands) -> None:
 
 def _quarantine_list(args) -> int:
     from posfed_pipeline.core import quarantine
+    from posfed_pipeline.core.inbox import printable_name
 
     config = _config(args)
     terminals = [config.terminal(args.terminal)] if args.terminal else list(config.terminals)
     entries = [e for t in terminals for e in quarantine.quarantined_files(t)]
+    not_taken = [(t.id, entry) for t in terminals for entry in _entries_not_taken(t)]
     if args.json:
         listing = [{"terminal": e.terminal, "name": e.name, **e.report} for e in entries]
+        listing += [
+            {
+                "terminal": terminal_id,
+                "name": printable_name(entry.name),
+                "not_taken": entry.kind,
+                "where": "inbox",
+            }
+            for terminal_id, entry in not_taken
+        ]
         print(json.dumps(listing, indent=2, ensure_ascii=False))
         return 0
     for e in entries:
         when = e.report.get("quarantined_at", "?")
-        print(f"{e.terminal}  {e.name}  {when}  {e.first_problem}")
+        print(f"{e.terminal}  {printable_name(e.name)}  {when}  {printable_name(e.first_problem)}")
     print(f"quarantine: {len(entries)} file(s)")
+    if not_taken:
+        for terminal_id, entry in not_taken:
+            print(f"{terminal_id}  inbox/{entry.describe()}")
+        print(
+            f"inboxes: {len(not_taken)} entr{'y' if len(not_taken) == 1 else 'ies'} not taken "
+            "(not regular files, or a writer's temporary name left behind): move or delete them"
+        )
     return 0
+
+
+def _entries_not_taken(terminal) -> list:
+    """What the terminal's health check reports as left alone in its inbox."""
+    import time
+
+    from posfed_pipeline.core import inbox, terminal_health
+
+    try:
+        scan = inbox.scan_inbox_within(terminal, terminal_health.LISTING_TIMEOUT_SECONDS)
+    except OSError:
+        return []  # `posfed status` says the inbox cannot be listed
+    limit = terminal.health.max_waiting_minutes * 60
+    return terminal_health.entries_not_taken(scan, limit, time.time())
 
 
 def _quarantine_show(args) -> int:

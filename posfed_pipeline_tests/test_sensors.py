@@ -23,6 +23,10 @@ def _tick(
         return sensor(dg.build_sensor_context(cursor=cursor, instance=fresh))
 
 
+def _batch_config(request: dg.RunRequest) -> dict:
+    return request.run_config["ops"]["receipt_pipeline"]["config"]
+
+
 def _sensor(config, terminal_id="bakery_1") -> dg.SensorDefinition:
     return build_definitions(config).resolve_sensor_def(f"{terminal_id}_inbox_sensor")
 
@@ -208,7 +212,8 @@ def test_files_of_a_failed_run_are_launched_again_and_then_processed_once(config
         second = _tick(sensor, first.cursor, instance)
         [retry] = second.run_requests
         assert retry.run_key == first.run_requests[0].run_key + ":retry1"
-        assert retry.run_config == first.run_requests[0].run_config
+        # The same files, the run told it is their second attempt.
+        assert _batch_config(retry) == {**_batch_config(first.run_requests[0]), "attempt": 1}
 
         # The cause is gone.
         assert _run_as_the_daemon_would(job, retry, instance, sensor.name).success

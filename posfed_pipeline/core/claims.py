@@ -6,11 +6,16 @@ versions the run will carry; a version can be claimed once, so whichever launche
 it and the other never launches a second run for it. A claim names its run key, so a launcher
 can find out whether the run failed and the files are owed another attempt.
 
+A run that leaves a file in the inbox for a later look (written to moments ago, or the file
+system would not let it be read or moved) says when in the claim (``defer``): the trigger
+relaunches it then, the sensor at its first tick after.
+
 A small SQLite file on the store server's local disk (WAL, one short transaction per claim).
 """
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import threading
 import time
@@ -35,6 +40,8 @@ CREATE TABLE IF NOT EXISTS claim (
 _HEARTBEAT = """
 CREATE TABLE IF NOT EXISTS heartbeat (name TEXT PRIMARY KEY, at REAL NOT NULL)
 """
+# Added after the first release: a claim table made before gets them at open.
+_LATER_COLUMNS = {"retry_at": "REAL", "note": "TEXT"}
 TRIGGER_HEARTBEAT = "trigger"
 
 
@@ -44,6 +51,11 @@ class Claim:
     run_key: str
     attempt: int
     claimed_at: float
+    retry_at: float | None = None  # its run left the file for a later look, due then
+    note: str = ""  # why
+
+    def due(self, now: float) -> bool:
+        return self.retry_at is not None and now >= self.retry_at
 
 
 class ClaimStore:
@@ -55,6 +67,12 @@ class ClaimStore:
             connection.execute("PRAGMA journal_mode=WAL")
             connection.execute(_SCHEMA)
             connection.execute(_HEARTBEAT)
+            present = {row[1] for row in connection.execute("PRAGMA table_info(claim)")}
+            for column, kind in _LATER_COLUMNS.items():
+                if column not in present:
+                    # OperationalError: another process added it a moment ago.
+                    with contextlib.suppress(sqlite3.OperationalError):
+                        connection.execute(f"ALTER TABLE claim ADD COLUMN {column} {kind}")
 
     def _connect(self) -> sqlite3.Connection:
         connection = getattr(self._local, "connection", None)
@@ -84,7 +102,8 @@ class ClaimStore:
                 run_key = run_key_for(won)
                 now = time.time()
                 connection.executemany(
-                    "INSERT INTO claim VALUES (?, ?, ?, ?, ?)",
+                    "INSERT INTO claim (terminal_id, signature, run_key, attempt, claimed_at) "
+                    "VALUES (?, ?, ?, ?, ?)",
                     [(terminal_id, s, run_key, attempt, now) for s in won],
                 )
             connection.execute("COMMIT")
@@ -93,21 +112,39 @@ class ClaimStore:
             raise
         return won
 
-    def reclaim(self, terminal_id: str, claims: list[Claim], run_key: str, attempt: int) -> None:
-        """Hand claims whose run failed to a new run (a retry)."""
+    def reclaim(
+        self, terminal_id: str, claims: list[Claim], run_key: str, attempt: int
+    ) -> list[str]:
+        """Hand claims whose run failed or left files behind to a new run (a retry). Returns
+        the signatures handed over: a claim another launcher handed over first is not."""
         connection = self._connect()
         now = time.time()
+        won = []
         connection.execute("BEGIN IMMEDIATE")
         try:
-            connection.executemany(
-                "UPDATE claim SET run_key = ?, attempt = ?, claimed_at = ? "
-                "WHERE terminal_id = ? AND signature = ? AND run_key = ?",
-                [(run_key, attempt, now, terminal_id, c.signature, c.run_key) for c in claims],
-            )
+            for claim in claims:
+                updated = connection.execute(
+                    "UPDATE claim SET run_key = ?, attempt = ?, claimed_at = ?, retry_at = NULL, "
+                    "note = NULL WHERE terminal_id = ? AND signature = ? AND run_key = ?",
+                    (run_key, attempt, now, terminal_id, claim.signature, claim.run_key),
+                )
+                if updated.rowcount:
+                    won.append(claim.signature)
             connection.execute("COMMIT")
         except BaseException:
             connection.execute("ROLLBACK")
             raise
+        return won
+
+    def defer(self, terminal_id: str, deferrals: Iterable[tuple[str, float, str]]) -> None:
+        """(signature, retry at, why): the run that holds these claims left their files in the
+        inbox to be looked at again at that time (wall clock)."""
+        rows = [(at, note, terminal_id, sig) for sig, at, note in deferrals]
+        if rows:
+            self._connect().executemany(
+                "UPDATE claim SET retry_at = ?, note = ? WHERE terminal_id = ? AND signature = ?",
+                rows,
+            )
 
     def claims(self, terminal_id: str, signatures: Iterable[str]) -> dict[str, Claim]:
         return self._taken(self._connect(), terminal_id, list(signatures))
@@ -116,10 +153,9 @@ class ClaimStore:
         """Every claim of a terminal (files in flight, and handled ones for ten minutes): one
         query, however many files wait in its inbox."""
         rows = self._connect().execute(
-            "SELECT signature, run_key, attempt, claimed_at FROM claim WHERE terminal_id = ?",
-            (terminal_id,),
+            f"SELECT {_COLUMNS} FROM claim WHERE terminal_id = ?", (terminal_id,)
         )
-        return {sig: Claim(sig, key, attempt, at) for sig, key, attempt, at in rows}
+        return {row[0]: _claim(row) for row in rows}
 
     def release_absent(
         self, terminal_id: str, present: set[str], *, older_than: float = 600.0
@@ -154,13 +190,20 @@ class ClaimStore:
         for start in range(0, len(signatures), 500):
             chunk = signatures[start : start + 500]
             marks = ",".join("?" * len(chunk))
-            for signature, run_key, attempt, claimed_at in connection.execute(
-                "SELECT signature, run_key, attempt, claimed_at FROM claim "
-                f"WHERE terminal_id = ? AND signature IN ({marks})",
+            for row in connection.execute(
+                f"SELECT {_COLUMNS} FROM claim WHERE terminal_id = ? AND signature IN ({marks})",
                 [terminal_id, *chunk],
             ):
-                found[signature] = Claim(signature, run_key, attempt, claimed_at)
+                found[row[0]] = _claim(row)
         return found
+
+
+_COLUMNS = "signature, run_key, attempt, claimed_at, retry_at, note"
+
+
+def _claim(row: tuple) -> Claim:
+    signature, run_key, attempt, claimed_at, retry_at, note = row
+    return Claim(signature, run_key, attempt, claimed_at, retry_at, note or "")
 
 
 def claim_store_path(home: Path) -> Path:

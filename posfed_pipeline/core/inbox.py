@@ -10,11 +10,14 @@ files are moved, never deleted: to ``archive/YYYYMMDD/`` (business day) when acc
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import os
+import stat as stat_module
 import threading
 import time
+import unicodedata
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import date, datetime
@@ -53,9 +56,30 @@ class InboxFile:
 
 
 @dataclass(frozen=True)
+class SkippedEntry:
+    """An inbox entry posfed does not take: not a regular file (never followed, never opened),
+    or a file under a writer's temporary name. Reported, never touched."""
+
+    name: str  # as listed (may hold bytes that are not UTF-8: show it with printable_name)
+    kind: str  # "a directory", "a symbolic link", "a FIFO", "a socket", "a device", ...
+    mtime_ns: int = 0
+
+    @property
+    def not_regular(self) -> bool:
+        return self.kind != TEMPORARY_NAME
+
+    def describe(self) -> str:
+        return f"{printable_name(self.name)} ({self.kind})"
+
+
+TEMPORARY_NAME = "a writer's temporary name"
+
+
+@dataclass(frozen=True)
 class InboxScan:
     ready: list[InboxFile]
     settling: list[InboxFile]  # still being written, or written too recently to trust
+    skipped: list[SkippedEntry] = field(default_factory=list)  # entries never taken
 
 
 def is_candidate(name: str, rules: DeliveryRules | None = None) -> bool:
@@ -75,19 +99,28 @@ def scan_inbox(
     now = time.time() if now is None else now
     files: list[InboxFile] = []
     markers: dict[str, InboxFile] = {}
+    skipped: list[SkippedEntry] = []
     with os.scandir(terminal.inbox) as entries:
         for entry in entries:
             if entry.name.startswith(CLAIM_PREFIX):
                 _restore_stale_claim(Path(entry.path), now)
                 continue
-            if not is_candidate(entry.name) or rules.is_ignored(entry.name):
-                continue
+            if entry.name.startswith(".") or rules.is_ignored(entry.name):
+                continue  # hidden or configured to be ignored: not for posfed
             try:
-                if not entry.is_file(follow_symlinks=False):
-                    continue
+                # lstat: a symlink is never followed, a FIFO never opened (opening one blocks).
                 stat = entry.stat(follow_symlinks=False)
             except FileNotFoundError:
                 continue  # taken by a concurrent run between listing and stat
+            except OSError as exc:
+                skipped.append(SkippedEntry(entry.name, f"cannot be examined: {exc.strerror}"))
+                continue
+            if not stat_module.S_ISREG(stat.st_mode):
+                skipped.append(SkippedEntry(entry.name, _kind(stat.st_mode), stat.st_mtime_ns))
+                continue
+            if not is_candidate(entry.name):
+                skipped.append(SkippedEntry(entry.name, TEMPORARY_NAME, stat.st_mtime_ns))
+                continue
             item = InboxFile(Path(entry.path), stat.st_size, stat.st_mtime_ns, stat.st_ino)
             if rules.is_marker(entry.name):
                 markers[entry.name] = item
@@ -104,7 +137,88 @@ def scan_inbox(
             (ready if age >= stability else settling).append(item)
     ready.sort(key=lambda f: (f.mtime_ns, f.name))
     settling.sort(key=lambda f: (f.mtime_ns, f.name))
-    return InboxScan(ready=ready, settling=settling)
+    return InboxScan(ready=ready, settling=settling, skipped=skipped)
+
+
+def _kind(mode: int) -> str:
+    if stat_module.S_ISDIR(mode):
+        return "a directory"
+    if stat_module.S_ISLNK(mode):
+        return "a symbolic link"
+    if stat_module.S_ISFIFO(mode):
+        return "a FIFO"
+    if stat_module.S_ISSOCK(mode):
+        return "a socket"
+    if stat_module.S_ISCHR(mode) or stat_module.S_ISBLK(mode):
+        return "a device"
+    return "not a regular file"
+
+
+# --- names ------------------------------------------------------------------------------------
+
+# Longest name posfed keeps as it is. Every file system it meets allows 255 bytes, and a name
+# must fit there with what posfed adds while handling it: the claim's prefix (about 45 bytes),
+# a quarantine number and report suffix (~15), a temp file's dot and suffix (~14).
+MAX_NAME_BYTES = 200
+# Characters that are legal in a Linux name but that a run's file list must never contain
+# (a Windows path separator: never part of a name on an SMB share) or an operator cannot type.
+_UNSAFE_CHARACTERS = "\\"
+
+
+def name_problem(name: str) -> str | None:
+    """Why posfed cannot carry this name through a run as it is (None: it can)."""
+    try:
+        length = len(name.encode("utf-8"))
+    except UnicodeEncodeError:
+        return "the name is not valid UTF-8 (a till or SMB client with another code page)"
+    if any(_is_control(c) for c in name):
+        return "the name holds control characters"
+    if any(c in _UNSAFE_CHARACTERS for c in name):
+        return "the name holds a backslash"
+    if length > MAX_NAME_BYTES:
+        return f"the name is {length} bytes long (posfed keeps names up to {MAX_NAME_BYTES})"
+    return None
+
+
+def _is_control(character: str) -> bool:
+    return unicodedata.category(character) == "Cc"
+
+
+def safe_name(name: str) -> str:
+    """The name posfed gives a file whose own it cannot carry (``name_problem``): bytes that
+    are not UTF-8, control characters and backslashes as ``%XX``; an over-long name cut, with
+    a digest of the whole to keep it unique. Deterministic: the same name, the same result."""
+    raw = os.fsencode(name)
+    text = raw.decode("utf-8", "surrogateescape")
+    parts = []
+    for character in text:
+        if "\udc80" <= character <= "\udcff":  # a byte that is not UTF-8
+            parts.append(f"%{ord(character) - 0xDC00:02X}")
+        elif _is_control(character) or character in _UNSAFE_CHARACTERS:
+            parts.append("".join(f"%{b:02X}" for b in character.encode("utf-8")))
+        else:
+            parts.append(character)
+    safe = "".join(parts)
+    if len(safe.encode("utf-8")) <= MAX_NAME_BYTES:
+        return safe
+    stem, dot, suffix = safe.rpartition(".")
+    if not dot or not stem or len(suffix.encode("utf-8")) > 16:
+        stem, suffix = safe, ""
+    ending = f"~{hashlib.sha256(raw).hexdigest()[:10]}" + (f".{suffix}" if suffix else "")
+    room = MAX_NAME_BYTES - len(ending.encode("utf-8"))
+    cut = stem.encode("utf-8")[:room].decode("utf-8", "ignore")  # never half a character
+    return cut + ending
+
+
+def printable_name(name: str) -> str:
+    """A name as reports and consoles show it: bytes that are not UTF-8 as ``\\xNN``, control
+    characters escaped; any other name as it is."""
+    if name_problem(name) is None or not name:
+        return name
+    text = os.fsencode(name).decode("utf-8", "backslashreplace")
+    return "".join(
+        c if not _is_control(c) else c.encode("unicode_escape").decode("ascii") for c in text
+    )
 
 
 class SettleWatch:
@@ -243,11 +357,27 @@ def mark_ready(terminal: Terminal, name: str) -> None:
         (terminal.inbox / f"{name}{terminal.delivery.ready_marker}").touch()
 
 
+def give_safe_name(terminal: Terminal, item: InboxFile) -> InboxFile | None:
+    """Rename a file whose name posfed cannot carry (``name_problem``) to ``safe_name``'s,
+    never over another file, its ready marker with it; the file as it is now, or None if it
+    is gone (another launcher renamed it first). ``OSError``: the rename failed."""
+    target = safe_name(item.name)
+    marker = terminal.delivery.ready_marker
+    if marker:
+        with contextlib.suppress(FileNotFoundError):
+            os.rename(item.path.with_name(item.name + marker), item.path.with_name(target + marker))
+    try:
+        moved = move_unique(item.path, item.path.parent, name=target)
+    except FileNotFoundError:
+        return None
+    return InboxFile(moved, item.size, item.mtime_ns, item.inode)
+
+
 def inbox_path(terminal: Terminal, name: str) -> Path:
     """The inbox path of a file name given to a run (its config can be edited in the UI):
     a plain name only, so nothing can reach outside the terminal's inbox."""
     bad = not name or name in (".", "..") or any(c in name for c in "/\\\0")
-    if bad or not is_candidate(name, terminal.delivery):
+    if bad or name_problem(name) or not is_candidate(name, terminal.delivery):
         raise ValueError(f"{name!r} is not a receipt file name in {terminal.id}'s inbox")
     path = terminal.inbox / name
     if path.is_symlink():
@@ -320,9 +450,20 @@ def archive_file(terminal: Terminal, version: InboxFile, business_day: date) -> 
     claimed = take(version)
     if claimed is None:
         return None
-    archived = move_unique(claimed, terminal.archive_dir(business_day), name=version.name)
+    try:
+        archived = move_unique(claimed, terminal.archive_dir(business_day), name=version.name)
+    except OSError:
+        put_back(claimed, version.name)
+        raise
     release_ready_marker(terminal, version.name)
     return archived
+
+
+def put_back(claimed: Path, name: str) -> None:
+    """A claimed file whose move failed goes back under its name at once (not a minute later,
+    as a stale claim would), for a later attempt."""
+    with contextlib.suppress(OSError):  # then the stale-claim rule brings it back
+        move_unique(claimed, claimed.parent, name=name)
 
 
 def archived_files(terminal: Terminal, business_day: date) -> list[Path]:

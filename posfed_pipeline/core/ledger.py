@@ -186,6 +186,13 @@ def _key(receipt: Receipt) -> tuple[str, str, str]:
     return (receipt.terminal_id, receipt.business_day.isoformat(), receipt.receipt_id)
 
 
+def _conflict_reason(stored_hash: str) -> str:
+    return (
+        "a receipt with this id was already accepted for this terminal and day with "
+        f"different content (content hash {stored_hash[:12]}); not overwritten"
+    )
+
+
 def ledger_path(home: Path) -> Path:
     return home / LEDGER_FILE
 
@@ -313,10 +320,7 @@ class Ledger:
             outcome, reason = Outcome.DUPLICATE, None
         else:
             outcome = Outcome.CONFLICT
-            reason = (
-                "a receipt with this id was already accepted for this terminal and day with "
-                f"different content (content hash {stored[0][:12]}); not overwritten"
-            )
+            reason = _conflict_reason(stored[0])
 
         if outcome is Outcome.CONFLICT:
             result.conflicts.append((receipt, reason or "conflicts with an accepted receipt"))
@@ -673,6 +677,21 @@ class Ledger:
             .fetchone()
         )
         return row[0] if row else None
+
+    def conflicts(self, receipts: Iterable[Receipt]) -> list[tuple[Receipt, str]]:
+        """The receipts ``accept`` would refuse as conflicts, without recording anything: the
+        ledger holds their id for that terminal and day with other content."""
+        found = []
+        connection = self._connect()
+        for receipt in receipts:
+            stored = connection.execute(
+                "SELECT content_hash FROM receipt "
+                "WHERE terminal_id = ? AND business_day = ? AND receipt_id = ?",
+                _key(receipt),
+            ).fetchone()
+            if stored is not None and stored[0] != receipt.content_hash:
+                found.append((receipt, _conflict_reason(stored[0])))
+        return found
 
     def day_state(self, terminal_id: str, business_day: date) -> dict[str, tuple[str, bool]]:
         """receipt id -> (content hash, .dat written?) for one terminal-day."""

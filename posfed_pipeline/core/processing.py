@@ -14,6 +14,8 @@ ledger remembers what an earlier attempt already decided.
 
 from __future__ import annotations
 
+import errno
+import logging
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
@@ -37,6 +39,32 @@ from posfed_pipeline.core.quarantine import quarantine_file, quarantine_part
 from posfed_pipeline.core.receipt import Problem, Receipt
 from posfed_pipeline.core.validation import ValidationReport, rules_of, validate_batch
 
+log = logging.getLogger("posfed.processing")
+
+# A file the file system will not let posfed read or move (an I/O error on a share) is tried
+# again later, 10 s, 20 s, 40 s … apart; at this attempt it is quarantined with the error.
+MAX_FILE_ATTEMPTS = 5
+# Errors that no second attempt mends: the file is quarantined with the error at once.
+_LASTING_ERRORS = {
+    errno.EACCES,
+    errno.EPERM,
+    errno.ELOOP,
+    errno.EISDIR,
+    errno.ENAMETOOLONG,
+    errno.EINVAL,
+    errno.ENXIO,
+}
+
+
+@dataclass(frozen=True)
+class Deferral:
+    """A file left in the inbox to be looked at again: when (a wall-clock time) and why. The
+    run records it in the claim table, so that a launcher relaunches the file then."""
+
+    version: inbox.InboxFile
+    retry_at: float
+    reason: str
+
 
 @dataclass
 class IntakeResult:
@@ -52,9 +80,36 @@ class IntakeResult:
     missing: list[str] = field(default_factory=list)  # already handled by an earlier attempt
     deferred: list[str] = field(default_factory=list)  # unreadable yet fresh: left in the inbox
     quarantined: dict[str, Path] = field(default_factory=dict)  # name -> where it went
+    # Files the file system would not let posfed read or move now: (name, why); left in the
+    # inbox, tried again later (``deferrals``), never the run's failure.
+    held: list[tuple[str, str]] = field(default_factory=list)
+    deferrals: list[Deferral] = field(default_factory=list)  # every file left, with when/why
+    attempt: int = 0  # how many runs took these files before (a relaunch: > 0)
+    retry_base_seconds: float = 10.0
+    now: float = field(default_factory=time.time)  # when the batch was read (wall clock)
+
+    def defer(self, version: inbox.InboxFile, retry_at: float, reason: str) -> None:
+        self.deferred.append(version.name)
+        self.deferrals.append(Deferral(version, retry_at, reason))
+
+    def hold(self, version: inbox.InboxFile | None, name: str, why: str) -> None:
+        """Leave a file the file system is in trouble with for a later attempt."""
+        log.warning("%s left in the inbox for now: %s", inbox.printable_name(name), why)
+        self.held.append((name, why))
+        if version is not None:
+            delay = inbox.retry_delay_seconds(self.attempt + 1, self.retry_base_seconds)
+            self.deferrals.append(Deferral(version, self.now + delay, why))
+
+    @property
+    def last_attempt(self) -> bool:
+        return self.attempt + 1 >= MAX_FILE_ATTEMPTS
 
     def quarantine(self, terminal: Terminal, version: inbox.InboxFile, problems, **report):
-        target = quarantine_file(terminal, version, problems, **report)
+        try:
+            target = quarantine_file(terminal, version, problems, **report)
+        except OSError as exc:
+            self.hold(version, version.name, f"could not be moved to quarantine: {exc}")
+            return
         if target is not None:
             self.quarantined[version.name] = target
 
@@ -66,7 +121,11 @@ class IntakeResult:
         problems,
         **report,
     ):
-        target = quarantine_part(terminal, version, part, problems, **report)
+        try:
+            target = quarantine_part(terminal, version, part, problems, **report)
+        except OSError as exc:
+            self.hold(version, version.name, f"could not write to quarantine: {exc}")
+            return
         self.quarantined[part_name(version.name, part)] = target
 
     def quarantine_receipt(self, terminal: Terminal, receipt: Receipt, problems, **report):
@@ -144,12 +203,19 @@ def read_batch(
     incomplete_grace_seconds: float = 0.0,
     now: float | None = None,
     day: date | None = None,
+    attempt: int = 0,
+    retry_base_seconds: float = 10.0,
 ) -> IntakeResult:
     """Read the files; ``incomplete_grace_seconds``: an unreadable file modified more recently
-    than this is left in the inbox (``deferred``), as its writer may not be done with it."""
-    result = IntakeResult()
+    than this is left in the inbox (``deferred``), as its writer may not be done with it.
+
+    Whatever one file does, it becomes that file's verdict: a reason to quarantine it, or, if
+    the file system will not let posfed read it now, a later attempt (quarantined with the
+    error at ``MAX_FILE_ATTEMPTS``). Nothing raised here comes from a file's content."""
     now = time.time() if now is None else now
+    result = IntakeResult(attempt=attempt, retry_base_seconds=retry_base_seconds, now=now)
     for path in paths:
+        version: inbox.InboxFile | None = None
         try:
             # The version read (size, mtime) identifies this delivery in the ledger.
             version = inbox.stat_inbox_file(path)
@@ -158,12 +224,17 @@ def read_batch(
             result.missing.append(path.name)
             continue
         except intake.IntakeError as exc:
-            if exc.maybe_incomplete and _modified_within(path, incomplete_grace_seconds, now):
-                result.deferred.append(path.name)
+            assert version is not None  # stat came first: only reading raises IntakeError
+            settled_at = version.mtime_ns / 1e9 + incomplete_grace_seconds
+            if exc.maybe_incomplete and now < settled_at:
+                result.defer(version, settled_at, "unreadable, and written to moments ago")
                 continue
             result.rejected.append((path.name, exc.problems))
             if quarantine:
                 result.quarantine(terminal, version, exc.problems, stage="intake", business_day=day)
+            continue
+        except OSError as exc:
+            _file_trouble(result, terminal, path, version, exc, quarantine=quarantine, day=day)
             continue
         if not inbox.is_unchanged(version):
             # Written to while it was read: the version on disk now is read by the next run.
@@ -174,8 +245,15 @@ def read_batch(
                 result.several[version.signature] = version
                 result.transactions[part_name(path.name, reading.part)] = reading.part.name
             if reading.receipt is None:
-                assert reading.part is not None and reading.error is not None
+                assert reading.error is not None  # a reading is a receipt or its reasons
                 problems = reading.error.problems
+                if reading.part is None:  # the file's only transaction: the file is rejected
+                    result.rejected.append((path.name, problems))
+                    if quarantine:
+                        result.quarantine(
+                            terminal, version, problems, stage="intake", business_day=day
+                        )
+                    continue
                 result.rejected.append((part_name(path.name, reading.part), problems))
                 if quarantine:
                     result.quarantine_part(
@@ -189,11 +267,28 @@ def read_batch(
     return result
 
 
-def _modified_within(path: Path, seconds: float, now: float) -> bool:
-    try:
-        return now - path.stat().st_mtime < seconds
-    except OSError:
-        return False
+def _file_trouble(
+    result: IntakeResult,
+    terminal: Terminal,
+    path: Path,
+    version: inbox.InboxFile | None,
+    exc: OSError,
+    *,
+    quarantine: bool,
+    day: date | None,
+) -> None:
+    """The file system would not let posfed read one file: a reason to quarantine it if no
+    later attempt can help (or none is left), else a later attempt."""
+    code = errno.errorcode.get(exc.errno or 0, type(exc).__name__)
+    why = f"cannot be read: {exc.strerror or exc} ({code})"
+    lasting = exc.errno in _LASTING_ERRORS
+    if version is not None and (lasting or result.last_attempt):
+        problems = [Problem("file", code, why)]
+        result.rejected.append((path.name, problems))
+        if quarantine:
+            result.quarantine(terminal, version, problems, stage="intake", business_day=day)
+        return
+    result.hold(version, path.name, why)
 
 
 def validate(
@@ -217,9 +312,8 @@ def validate(
     fails its total only because its writer is still appending rows.
     """
     now = now or datetime.now(UTC)
-    report = validate_batch(
-        batch.receipts,
-        **rules_of(terminal),
+    rules = dict(
+        rules_of(terminal),
         # A backfill re-reads receipts accepted before the terminal's numbering had a prefix.
         receipt_id_prefix=terminal.receipt_id_prefix if check_age else "",
         now=now,
@@ -227,6 +321,13 @@ def validate(
         # A backfill re-validates old receipts: their age was judged when they arrived.
         max_age=timedelta(days=config.max_age_days if check_age else 36500),
     )
+    try:
+        report = validate_batch(batch.receipts, **rules)
+    except Exception:
+        # One receipt validation cannot take: judge them one by one, so that it alone is
+        # rejected (with the error) and the rest of the batch goes on.
+        log.exception("validating %d receipts of %s failed", len(batch.receipts), terminal.id)
+        report = _validate_one_by_one(batch.receipts, rules)
     if spec is not None:
         renderable = []
         for receipt in report.valid:
@@ -245,11 +346,30 @@ def validate(
             )
         ]
         for receipt, _ in growing:
-            batch.deferred.append(batch.file_of(receipt).name)
+            version = batch.file_of(receipt)
+            batch.defer(
+                version,
+                version.mtime_ns / 1e9 + incomplete_grace_seconds,
+                "fails validation, and rows were appended moments ago",
+            )
         left = {id(receipt) for receipt, _ in growing}
         report.invalid = [entry for entry in report.invalid if id(entry[0]) not in left]
         for receipt, problems in report.invalid:
             batch.quarantine_receipt(terminal, receipt, problems, stage="validation")
+    return report
+
+
+def _validate_one_by_one(receipts: list[Receipt], rules: dict) -> ValidationReport:
+    report = ValidationReport()
+    for receipt in receipts:
+        try:
+            alone = validate_batch([receipt], **rules)
+        except Exception as exc:
+            rule = f"could not be validated (posfed error: {type(exc).__name__}: {exc})"[:300]
+            report.invalid.append((receipt, [Problem("receipt", receipt.receipt_id, rule)]))
+            continue
+        report.valid += alone.valid
+        report.invalid += alone.invalid
     return report
 
 
@@ -265,6 +385,10 @@ def _dat_problem(
         rendered = render_receipt(receipt, terminal, spec)
     except DatRenderError as exc:
         return Problem("receipt", receipt.receipt_id, f"cannot be rendered: {exc}")
+    except Exception as exc:  # one receipt the .dat engine does not foresee: its verdict only
+        log.exception("rendering %s of %s failed", receipt.receipt_id, terminal.id)
+        rule = f"cannot be rendered (posfed error: {type(exc).__name__}: {exc})"[:300]
+        return Problem("receipt", receipt.receipt_id, rule)
     existing = config.dat_dir / rendered.relative_path
     if existing.exists() and existing.read_bytes() != rendered.content:
         # Two terminals of one department reusing a receipt id would share a .dat file name.
@@ -415,10 +539,21 @@ def archive(
         version = batch.file_of(receipt)
         if version.signature not in archived:
             archived.add(version.signature)
-            inbox.archive_file(terminal, version, receipt.business_day)
+            _archive_one(terminal, batch, version, receipt.business_day)
     for signature, version in batch.several.items():
         if signature not in archived:
-            inbox.archive_file(terminal, version, day or datetime.now(terminal.timezone).date())
+            _archive_one(terminal, batch, version, day or datetime.now(terminal.timezone).date())
+
+
+def _archive_one(
+    terminal: Terminal, batch: IntakeResult, version: inbox.InboxFile, business_day: date
+) -> None:
+    try:
+        inbox.archive_file(terminal, version, business_day)
+    except OSError as exc:
+        # Its .dat is written and the ledger knows it: a later attempt only moves it (the
+        # ledger tells a re-delivery), never bills it twice.
+        batch.hold(version, version.name, f"accepted, but could not be archived: {exc}")
 
 
 def process_batch(
@@ -433,6 +568,7 @@ def process_batch(
     day: date | None = None,
     redeliver_dat: bool = False,
     clock: Clock = SYSTEM_CLOCK,
+    attempt: int = 0,
 ) -> BatchResult:
     """Every stage for one batch of one terminal's files.
 
@@ -445,7 +581,14 @@ def process_batch(
     grace = config.incomplete_grace_seconds if move else 0.0
     now = clock.time()
     batch = read_batch(
-        terminal, paths, quarantine=move, incomplete_grace_seconds=grace, now=now, day=day
+        terminal,
+        paths,
+        quarantine=move,
+        incomplete_grace_seconds=grace,
+        now=now,
+        day=day,
+        attempt=attempt,
+        retry_base_seconds=config.relaunch_after_seconds,
     )
     report = validate(
         config,
@@ -501,6 +644,38 @@ def process_batch(
     )
 
 
+@dataclass
+class Judgement:
+    """What the pipeline would make of some files, without moving or recording anything."""
+
+    intake: IntakeResult
+    validation: ValidationReport
+    conflicts: list[tuple[Receipt, str]]  # valid, but the ledger holds other content
+
+
+def judge(
+    config: PosfedConfig,
+    terminal: Terminal,
+    paths: list[Path],
+    *,
+    spec: DatSpec,
+    ledger: Ledger | None = None,
+    clock: Clock = SYSTEM_CLOCK,
+) -> Judgement:
+    """The pipeline's own verdict on files (``posfed receipt validate``): the same stages as
+    ``process_batch`` (the .dat layout's limits and, given the store's ledger, its conflicts
+    included), with nothing moved, quarantined or recorded."""
+    now = clock.time()
+    batch = read_batch(terminal, paths, quarantine=False, now=now)
+    report = validate(
+        config, terminal, batch, quarantine=False, now=datetime.fromtimestamp(now, UTC), spec=spec
+    )
+    conflicts = ledger.conflicts(report.valid) if ledger is not None else []
+    refused = {id(receipt) for receipt, _ in conflicts}
+    report.valid = [r for r in report.valid if id(r) not in refused]
+    return Judgement(batch, report, conflicts)
+
+
 def _key(receipt: Receipt) -> tuple:
     return (receipt.terminal_id, receipt.business_day, receipt.receipt_id)
 
@@ -508,12 +683,15 @@ def _key(receipt: Receipt) -> tuple:
 __all__ = [
     "BatchResult",
     "DatRenderError",
+    "Deferral",
     "Emission",
     "IntakeResult",
+    "Judgement",
     "Rejection",
     "accept",
     "archive",
     "emit",
+    "judge",
     "process_batch",
     "read_batch",
     "reaccept_archived",

@@ -31,7 +31,14 @@ from posfed_pipeline.core.fsutil import (
     write_atomic,
     write_once,
 )
-from posfed_pipeline.core.inbox import InboxFile, mark_ready, release_ready_marker, take
+from posfed_pipeline.core.inbox import (
+    InboxFile,
+    mark_ready,
+    printable_name,
+    put_back,
+    release_ready_marker,
+    take,
+)
 from posfed_pipeline.core.intake import Part
 from posfed_pipeline.core.receipt import Problem, Receipt
 
@@ -68,6 +75,25 @@ def quarantine_file(
     claimed = take(version)
     if claimed is None:
         return None
+    try:
+        return _quarantine_claimed(
+            terminal, version, claimed, problems, stage, receipt=receipt, business_day=business_day
+        )
+    except OSError:
+        put_back(claimed, version.name)
+        raise
+
+
+def _quarantine_claimed(
+    terminal: Terminal,
+    version: InboxFile,
+    claimed: Path,
+    problems: Iterable[Problem],
+    stage: str,
+    *,
+    receipt: Receipt | None,
+    business_day: date | None,
+) -> Path:
     reasons = [p.as_dict() for p in problems]
     terminal.quarantine.mkdir(parents=True, exist_ok=True)
     while True:
@@ -295,6 +321,22 @@ def discard(terminal: Terminal, name: str, *, reason: str, by: str = "") -> Path
     return moved
 
 
+def record_renamed(terminal: Terminal, original: str, renamed: str, reason: str) -> None:
+    """A file whose name posfed could not carry was given another (``inbox.safe_name``): the
+    history says so, the original shown safely (``quarantine show <new name>`` finds it)."""
+    _record(
+        terminal,
+        {
+            "event": "renamed",
+            "file": renamed,
+            "original_name": printable_name(original),
+            "reason": reason,
+            "terminal": terminal.id,
+            "at": _now(),
+        },
+    )
+
+
 def history(terminal: Terminal, name: str | None = None) -> Iterator[dict]:
     """The terminal's quarantine events, oldest first; of one file (by any of its names)."""
     path = history_path(terminal)
@@ -308,6 +350,7 @@ def history(terminal: Terminal, name: str | None = None) -> Iterator[dict]:
                 continue  # a line cut by a power cut: the rest still reads
             names = {
                 event.get("file"),
+                event.get("original_name"),
                 event.get("quarantined_as"),
                 event.get("requeued_as"),
                 event.get("discarded_as"),

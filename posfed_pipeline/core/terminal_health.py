@@ -51,6 +51,14 @@ def terminal_health(terminal: Terminal, ledger: Ledger, now: datetime) -> Termin
     oldest: float | None = None
     try:
         scan = inbox.scan_inbox_within(terminal, LISTING_TIMEOUT_SECONDS)
+        not_taken = entries_not_taken(scan, rules.max_waiting_minutes * 60, now.timestamp())
+        if not_taken:
+            shown = ", ".join(entry.describe() for entry in not_taken[:3])
+            more = f" and {len(not_taken) - 3} more" if len(not_taken) > 3 else ""
+            problems.append(
+                f"{len(not_taken)} inbox entr{'y' if len(not_taken) == 1 else 'ies'} posfed "
+                f"does not take: {shown}{more} (move or delete; never followed or opened)"
+            )
         waiting = len(scan.ready) + len(scan.settling)
         # With markers, a file may rightly wait for its till's marker all day: only complete
         # files count as waiting on posfed.
@@ -107,6 +115,19 @@ def terminal_health(terminal: Terminal, ledger: Ledger, now: datetime) -> Termin
         open_now=open_now,
         problems=tuple(problems),
     )
+
+
+def entries_not_taken(
+    scan: inbox.InboxScan, max_waiting_seconds: float, now: float
+) -> list[inbox.SkippedEntry]:
+    """What in the inbox posfed leaves alone and an operator should see: every entry that is
+    not a regular file, and a file under a writer's temporary name left longer than a file
+    may wait (a writer that died before its rename)."""
+    return [
+        entry
+        for entry in scan.skipped
+        if entry.not_regular or now - entry.mtime_ns / 1e9 > max_waiting_seconds
+    ]
 
 
 def _opened_at(terminal: Terminal, local_now: datetime) -> datetime:

@@ -13,7 +13,7 @@ from contextlib import contextmanager
 import dagster as dg
 from pydantic import Field
 
-from posfed_pipeline.core import inbox, processing, quarantine, retention, store
+from posfed_pipeline.core import claims, inbox, processing, quarantine, retention, store
 from posfed_pipeline.core.clock import SYSTEM_CLOCK, Clock
 from posfed_pipeline.core.config import PosfedConfig, Terminal
 from posfed_pipeline.core.dat import check_dat, load_spec
@@ -35,6 +35,12 @@ class ReceiptBatchConfig(dg.Config):
         default_factory=list,
         description="Inbox file names to process. Empty: re-process the partition's day from "
         "the archive (a backfill).",
+    )
+    attempt: int = Field(
+        default=0,
+        description="How many runs took these files before: a file the file system would not "
+        "let posfed read or move is tried again, and quarantined with the error at the "
+        "fifth attempt.",
     )
     redeliver_dat: bool = Field(
         default=False,
@@ -96,10 +102,18 @@ def build_receipt_assets(
                 + (f" ({restored} restored from a compressed archive)" if restored else "")
             )
         else:
-            try:
-                paths = [inbox.inbox_path(terminal, name) for name in config.files]
-            except ValueError as exc:
-                raise dg.Failure(description=str(exc), allow_retries=False) from None
+            paths, refused = [], []
+            for name in config.files:
+                try:
+                    paths.append(inbox.inbox_path(terminal, name))
+                except ValueError as exc:
+                    refused.append(str(exc))
+            if refused and not paths:  # nothing this run may take: say so, as a failure
+                raise dg.Failure(description="; ".join(refused), allow_retries=False)
+            for reason in refused:
+                # A file replaced by a symlink since it was listed, a name edited in the
+                # launchpad: the rest of the batch goes on.
+                context.log.warning(f"skipped: {reason}")
 
         with classified_errors("processing receipts"):
             result = processing.process_batch(
@@ -113,6 +127,13 @@ def build_receipt_assets(
                 day=day,
                 redeliver_dat=config.redeliver_dat and from_archive,
                 clock=clock,
+                attempt=config.attempt,
+            )
+        if result.intake.deferrals:
+            # When to look at them again: the launchers relaunch them then (core.claims).
+            claims.ClaimStore(claims.claim_store_path(posfed.home)).defer(
+                terminal.id,
+                [(d.version.signature, d.retry_at, d.reason) for d in result.intake.deferrals],
             )
         if config.redeliver_dat and from_archive:
             context.log.warning(
@@ -120,12 +141,14 @@ def build_receipt_assets(
                 "delivered to the billing software again"
             )
         if result.intake.deferred:
-            # The terminal's sensor looks at them again once their writer had time to finish.
+            # Relaunched once their writer had time to finish (the claim says when).
             context.log.warning(
                 f"{len(result.intake.deferred)} file(s) unreadable but modified in the last "
                 f"{posfed.incomplete_grace_seconds:g} s, left in the inbox: "
                 + ", ".join(result.intake.deferred[:20])
             )
+        for name, why in result.intake.held[:20]:
+            context.log.warning(f"{name} left in the inbox for a later attempt: {why}")
         acceptance = result.acceptance
         rejections = result.rejections()
         yield dg.MaterializeResult(
@@ -151,6 +174,7 @@ def build_receipt_assets(
                 "conflicts_quarantined": 0 if from_archive else len(acceptance.conflicts),
                 "already_handled": len(result.intake.missing),
                 "still_being_written": len(result.intake.deferred),
+                "left_for_a_later_attempt": len(result.intake.held),
                 "amount_accepted": dg.MetadataValue.text(str(result.amount_accepted)),
             },
         )

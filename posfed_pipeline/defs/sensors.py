@@ -20,7 +20,7 @@ from dataclasses import replace
 
 import dagster as dg
 
-from posfed_pipeline.core import claims, inbox, intake
+from posfed_pipeline.core import claims, inbox, launching
 from posfed_pipeline.core.clock import SYSTEM_CLOCK, Clock
 from posfed_pipeline.core.config import PosfedConfig, Terminal
 from posfed_pipeline.defs.assets import ReceiptBatchConfig, receipt_op_config
@@ -56,7 +56,9 @@ def run_request_for(terminal: Terminal, batch: inbox.PlannedBatch) -> dg.RunRequ
     return dg.RunRequest(
         run_key=batch.run_key,
         partition_key=terminal_day_key(terminal.id, batch.business_day),
-        run_config=receipt_op_config(ReceiptBatchConfig(files=batch.file_names)),
+        run_config=receipt_op_config(
+            ReceiptBatchConfig(files=batch.file_names, attempt=batch.attempt)
+        ),
         tags=tags,
     )
 
@@ -66,7 +68,6 @@ def build_inbox_sensor(
 ) -> dg.SensorDefinition:
     """``job``: the receipts asset job (as returned by ``define_asset_job``)."""
     name = inbox_sensor_name(terminal)
-    first_day = config.terminal_day_start
 
     @dg.sensor(
         name=name,
@@ -84,9 +85,10 @@ def build_inbox_sensor(
             # This terminal's problem only: say it on its own sensor, keep the cursor.
             return dg.SensorResult(skip_reason=f"inbox {terminal.inbox} unreadable: {exc}")
         store = claims.ClaimStore(claims.claim_store_path(config.home))
+        days = launching.PartitionDays.of(config, now)
 
         def day_of(item: inbox.InboxFile):
-            return intake.business_day_of_file(item.path, terminal, not_before=first_day)
+            return days.day_of(terminal, item)
 
         every_claim = store.claims_of(terminal.id)
         claimed = {
@@ -104,9 +106,13 @@ def build_inbox_sensor(
             if unclaimed and _has_unfinished_run(context.instance, terminal):
                 unclaimed = []
         # A run's worth per tick, oldest first: a flooded inbox is worked off run by run.
-        batches = claims.claim_batches(
-            store, terminal, unclaimed[: inbox.MAX_FILES_PER_RUN], day_of
-        )
+        batches = launching.claim_ready(store, terminal, unclaimed[: inbox.MAX_FILES_PER_RUN], days)
+        # Files a run left for a later look: when due (the trigger, when up, relaunches them
+        # the moment they are, and is given that long first).
+        due_by = now - (config.catchup_grace_seconds if trigger_alive else 0.0)
+        deferred = {s: c for s, c in claimed.items() if c.retry_at is not None}
+        batches += launching.relaunch_due(store, terminal, scan.ready, deferred, days, due_by)
+        claimed = {s: c for s, c in claimed.items() if c.retry_at is None}
         batches += _relaunch_batches(
             # Lazily: building the instance from its ref costs more than the rest of a quiet
             # tick, and a quiet tick (no claimed file waiting) needs no run records.
@@ -131,7 +137,7 @@ def build_inbox_sensor(
         run_requests = [run_request_for(terminal, batch) for batch in batches]
         skip_reason = None
         if not run_requests:
-            waiting = len(claimed)
+            waiting = len(claimed) + len(deferred)
             skip_reason = (
                 f"{len(scan.settling)} file(s) still being written"
                 if scan.settling
@@ -142,6 +148,12 @@ def build_inbox_sensor(
                 if trigger_alive
                 else "no new receipt files"
             )
+            odd = [entry.describe() for entry in scan.skipped if entry.not_regular]
+            if odd:
+                skip_reason += (
+                    f"; {len(odd)} inbox entr{'y' if len(odd) == 1 else 'ies'} not taken (not "
+                    "regular files, never followed or opened): " + ", ".join(odd[:5])
+                )
         return dg.SensorResult(
             run_requests=run_requests,
             cursor=json.dumps({"launched": cursor}),

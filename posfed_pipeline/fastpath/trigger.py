@@ -37,7 +37,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from posfed_pipeline.core import claims, inbox, intake
+from posfed_pipeline.core import claims, inbox, launching
 from posfed_pipeline.core.config import PosfedConfig, Terminal
 from posfed_pipeline.core.ledger import open_ledger
 from posfed_pipeline.defs.central_db import (
@@ -88,7 +88,8 @@ class InboxTrigger:
         # abspath, not resolve(): resolving stats the path, and an inbox on a share that
         # hangs would hang the trigger's start.
         self._by_inbox = {os.path.abspath(t.inbox): t for t in config.terminals}
-        self._first_day = config.terminal_day_start
+        # terminal -> its inbox entries that are not regular files, as last reported
+        self._reported_skipped: dict[str, set[str]] = defaultdict(set)
         self._cond = threading.Condition()
         self._complete: dict[str, set[str]] = defaultdict(set)  # terminal -> closed file names
         self._dirty: set[str] = set(t.id for t in config.terminals)  # rescan everything at start
@@ -260,8 +261,9 @@ class InboxTrigger:
         started = time.monotonic()
         batches: list[inbox.PlannedBatch] = []
         settling = False
+        retry_at: float | None = None
         try:
-            batches, settling = self._claim_for(terminal)
+            batches, settling, retry_at = self._claim_for(terminal)
         except Exception:
             log.exception("trigger: claiming for %s failed", terminal.id)
         finally:
@@ -274,6 +276,11 @@ class InboxTrigger:
                     wait = max(terminal.delivery.stability_seconds, 0.05)
                     recheck = now + max(wait, SLOW_SCAN_FACTOR * self._scan_seconds[terminal.id])
                     self._next_scan[terminal.id] = min(self._next_scan[terminal.id], recheck)
+                if retry_at is not None:
+                    # A file a run left for a later look: relaunched the moment it is due
+                    # (an unreadable file gets its verdict when its grace ends, not a poll on).
+                    due = now + max(0.0, retry_at - time.time()) + 0.01
+                    self._next_scan[terminal.id] = min(self._next_scan[terminal.id], due)
                 self._scanning.discard(terminal.id)
                 if batches:
                     # Not listed again until these are runs: new files wait for the next run.
@@ -342,15 +349,17 @@ class InboxTrigger:
         busy = self._scanning | self._launching
         return [t for t in self._dirty if not self._in_flight[t] and t not in busy]
 
-    def _claim_for(self, terminal: Terminal) -> tuple[list[inbox.PlannedBatch], bool]:
+    def _claim_for(self, terminal: Terminal) -> tuple[list[inbox.PlannedBatch], bool, float | None]:
         """On a scan thread: list the inbox and claim up to one run's worth of its files.
-        Also says whether files are still settling."""
+        Also says whether files are still settling, and when a file left for a later look is
+        due (wall clock)."""
         with self._cond:
             complete = set(self._complete.pop(terminal.id, set()))
         try:
             scan = inbox.scan_inbox(terminal)
         except OSError:
-            return [], False  # an unreadable inbox: its sensor reports it
+            return [], False, None  # an unreadable inbox: its sensor reports it
+        self._report_skipped(terminal, scan.skipped)
         settle = self._settle.get(terminal.id)
         if settle is not None and terminal.delivery.closes_mean_complete:
             stability = terminal.delivery.stability_seconds
@@ -363,32 +372,46 @@ class InboxTrigger:
                 key=lambda f: (f.mtime_ns, f.name),
             )
         # Up to a few runs' worth: a flooded inbox is listed once per few runs, not per run.
-        fresh = self._unclaimed(
+        fresh, held = self._unclaimed(
             terminal, eligible, limit=RUNS_PER_LISTING * inbox.MAX_FILES_PER_RUN
         )
-        if not fresh:
-            return [], bool(scan.settling)
-        batches = claims.claim_batches(
-            self.claims,
-            terminal,
-            fresh,
-            lambda f: intake.business_day_of_file(f.path, terminal, not_before=self._first_day),
-        )
-        return batches, bool(scan.settling)
+        now = time.time()
+        days = launching.PartitionDays.of(self.config, now)
+        batches = launching.relaunch_due(self.claims, terminal, eligible, held, days, now)
+        if fresh:
+            batches += launching.claim_ready(self.claims, terminal, fresh, days)
+        waiting = {s: c for s, c in held.items() if not c.due(now)}
+        return batches, bool(scan.settling), launching.next_retry_at(waiting)
+
+    def _report_skipped(self, terminal: Terminal, skipped: list[inbox.SkippedEntry]) -> None:
+        """Say once, in the service's log, what in an inbox posfed does not take (the health
+        check and `posfed status` keep saying it while it is there)."""
+        odd = {entry.name: entry for entry in skipped if entry.not_regular}
+        reported = self._reported_skipped[terminal.id]
+        for name in odd.keys() - reported:
+            log.warning(
+                "trigger: %s's inbox holds %s: not taken, never followed or opened",
+                terminal.id,
+                odd[name].describe(),
+            )
+        self._reported_skipped[terminal.id] = set(odd)
 
     def _unclaimed(
         self, terminal: Terminal, files: list[inbox.InboxFile], *, limit: int
-    ) -> list[inbox.InboxFile]:
+    ) -> tuple[list[inbox.InboxFile], dict[str, claims.Claim]]:
         """The oldest ``limit`` files no launcher has claimed (looked up a chunk at a time:
-        a flooded inbox costs one lookup per run, not one per file waiting)."""
+        a flooded inbox costs one lookup per run, not one per file waiting), and the claims
+        among those looked at that their run left for a later look."""
         fresh: list[inbox.InboxFile] = []
+        held: dict[str, claims.Claim] = {}
         for start in range(0, len(files), limit):
             chunk = files[start : start + limit]
             taken = self.claims.claims(terminal.id, [f.signature for f in chunk])
             fresh += [f for f in chunk if f.signature not in taken]
+            held.update({s: c for s, c in taken.items() if c.retry_at is not None})
             if len(fresh) >= limit:
-                return fresh[:limit]
-        return fresh
+                return fresh[:limit], held
+        return fresh, held
 
     def _launch_batches(self, terminal: Terminal, batches: list[inbox.PlannedBatch]) -> None:
         for batch in batches:

@@ -1,0 +1,609 @@
+"""Whatever lands in an inbox gets exactly one verdict, and never stops its terminal.
+
+A store's inbox receives what tills, people and old SMB clients put there: names in another
+code page, names near the file system's limit, files that are not receipts at all, duplicate
+keys, DTDs, sales nested a thousand levels deep, directories, symlinks, FIFOs and sockets.
+Each becomes that entry's verdict (accepted with its .dat, quarantined with a reason, or, for
+what is not a regular file, reported and left alone), and the terminal's next valid receipt is
+delivered as usual. Property-based (hypothesis) where the input space is open.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import stat
+import tempfile
+from datetime import datetime, timedelta
+from itertools import count
+from pathlib import Path
+
+import dagster as dg
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from posfed_pipeline.core import claims, inbox, intake, launching, processing, quarantine
+from posfed_pipeline.core.clock import ManualClock
+from posfed_pipeline.core.config import config_from_dict
+from posfed_pipeline.core.dat import load_spec
+from posfed_pipeline.core.ledger import open_ledger
+from posfed_pipeline.core.poslog import write_poslog
+from posfed_pipeline.core.receipt import Receipt
+from posfed_pipeline.core.terminal_health import terminal_health
+from posfed_pipeline.definitions import RECEIPTS_JOB, build_definitions
+from posfed_pipeline_tests.conftest import receipt_doc, store_config_dict
+
+POSLOG_TERMINAL = {
+    "id": "fish_1",
+    "department": "40",
+    "tenant": "Vis",
+    "format": "arts-poslog",
+    "workstation_id": "7",
+}
+CSV_MAPPING = {
+    "caissepro-csv": {
+        "kind": "csv",
+        "delimiter": ";",
+        "decimal_separator": ",",
+        "timestamp_format": "%d/%m/%Y %H:%M",
+        "fields": {
+            "receiptId": "NUM_TICKET",
+            "timestamp": "DATE_HEURE",
+            "total": "TOTAL_TTC",
+            "barcode": "CODE_EAN",
+            "description": "LIBELLE",
+            "price": "PRIX_UNIT",
+            "quantity": "QTE",
+        },
+    }
+}
+CSV_TERMINAL = {"id": "flowers_1", "department": "90", "tenant": "Bloem", "format": "caissepro-csv"}
+RECEIPT_KEYS = ["receiptId", "terminalId", "departmentCode", "items", "total", "timestamp"]
+ITEM_KEYS = ["barcode", "description", "price", "quantity"]
+
+
+def _store(home: Path, **intake_settings):
+    raw = store_config_dict(
+        home,
+        terminals=[
+            {"id": "bakery_1", "department": "10", "tenant": "Bakkerij"},
+            POSLOG_TERMINAL,
+            CSV_TERMINAL,
+        ],
+        mappings=CSV_MAPPING,
+    )
+    raw["intake"].update(intake_settings)
+    config = config_from_dict(raw, base_dir=home)
+    config.ensure_folders()
+    return config
+
+
+@pytest.fixture
+def odd_store(tmp_path, monkeypatch):
+    monkeypatch.delenv("POSFED_HOME", raising=False)
+    monkeypatch.delenv("POSFED_DB_URL", raising=False)
+    return _store(tmp_path / "posfed")
+
+
+# --- contents: any bytes, in every format, is a receipt or its reasons ------------------------
+
+json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats()
+    | st.text(max_size=20)
+    | st.sampled_from(["8712345678906", "2.95", "10", "2026-12-07T10:00:00+01:00"]),
+    lambda children: st.lists(children, max_size=4)
+    | st.dictionaries(st.sampled_from(RECEIPT_KEYS + ITEM_KEYS) | st.text(max_size=8), children),
+    max_leaves=25,
+)
+
+
+@st.composite
+def wrong_json(draw) -> bytes:
+    """A receipt with fields replaced by any JSON value, or any JSON document at all; keys may
+    repeat, the document may be cut anywhere."""
+    if draw(st.booleans()):
+        doc = receipt_doc("1W1")
+        for key in draw(st.lists(st.sampled_from(RECEIPT_KEYS), max_size=3)):
+            doc[key] = draw(json_values)
+        text = json.dumps(doc)
+        if draw(st.booleans()):  # a key twice
+            key = draw(st.sampled_from(RECEIPT_KEYS))
+            text = text[:-1] + f', "{key}": {json.dumps(draw(json_values))}}}'
+    else:
+        text = json.dumps(draw(json_values))
+    data = text.encode()
+    if draw(st.booleans()):
+        data = data[: draw(st.integers(0, len(data)))]
+    return data
+
+
+@st.composite
+def wrong_csv(draw) -> bytes:
+    header = draw(
+        st.sampled_from(
+            [
+                "NUM_TICKET;DATE_HEURE;TOTAL_TTC;CODE_EAN;LIBELLE;PRIX_UNIT;QTE",
+                "NUM_TICKET;NUM_TICKET;DATE_HEURE;TOTAL_TTC;CODE_EAN;LIBELLE;PRIX_UNIT;QTE",
+                "",
+            ]
+        )
+    )
+    cell = st.text(alphabet=st.characters(codec="latin-1"), max_size=10) | st.sampled_from(
+        ["T1", "20/11/2026 10:00", "2,95", "8712345678906", '"', ";", "\n"]
+    )
+    rows = draw(st.lists(st.lists(cell, max_size=9), max_size=5))
+    text = "\n".join([header, *(";".join(row) for row in rows)])
+    encoding = draw(st.sampled_from(["utf-8", "cp1252", "utf-16"]))
+    return text.encode(encoding, "replace")
+
+
+# One store for the tests that only read (parsing, names).
+_STORE = _store(Path(tempfile.mkdtemp(prefix="posfed-odd-")))
+
+
+def _sale(receipt_id: str = "2042") -> Receipt:
+    doc = receipt_doc(receipt_id)
+    return intake.parse_receipt(json.dumps(doc).encode(), _STORE.terminal("bakery_1"))
+
+
+@st.composite
+def wrong_poslog(draw) -> bytes:
+    """A till's POSLog export, broken one way or several (each change applies where the
+    changes before it left something to change)."""
+    text = write_poslog([_POSLOG_SALE], "7").decode()
+    for change in draw(st.lists(st.sampled_from(range(6)), max_size=3)):
+        tag = draw(
+            st.sampled_from(
+                ["SequenceNumber", "WorkstationID", "EndDateTime", "RetailTransaction"]
+                + ["LineItem", "Total", "ItemID", "RegularSalesUnitPrice", "Quantity"]
+            )
+        )
+        opening, closing = f"<{tag}", f"</{tag}>"
+        present = opening in text and closing in text[text.index(opening) :]
+        if change == 0:  # a DTD
+            text = text.replace("?>", '?><!DOCTYPE POSLog [<!ENTITY x "y">]>', 1)
+        elif change == 1:  # a sale nested very deeply
+            depth = draw(st.integers(10, 5000))
+            text = text.replace("<LineItem>", "<LineItem>" + "<x>" * depth + "</x>" * depth, 1)
+        elif change == 2 and present:  # an element twice
+            start = text.index(opening)
+            end = text.index(closing, start) + len(closing)
+            text = text[:end] + text[start:end] + text[end:]
+        elif change == 3 and present:  # an element's text replaced
+            value = draw(st.text(max_size=12).map(lambda t: t.replace("<", "").replace("&", "")))
+            start = text.index(">", text.index(opening)) + 1
+            text = text[:start] + value + text[text.index("</", start) :]
+        elif change == 4:  # cut off
+            text = text[: draw(st.integers(0, len(text)))]
+        elif change == 5 and present:  # an element removed
+            start = text.index(opening)
+            text = text[:start] + text[text.index(closing, start) + len(closing) :]
+    return text.encode("utf-8", "surrogatepass")
+
+
+_POSLOG_SALE = _sale()
+any_content = st.binary(max_size=3000) | wrong_json() | wrong_csv() | wrong_poslog()
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=any_content, terminal_id=st.sampled_from(["bakery_1", "fish_1", "flowers_1"]))
+def test_any_bytes_in_any_format_are_receipts_or_reasons_and_nothing_else(data, terminal_id):
+    terminal = _STORE.terminal(terminal_id)
+    try:
+        readings = intake.parse_receipts(data, terminal, source_file="x")
+    except intake.IntakeError as exc:
+        assert exc.problems, "a rejection always says why"
+        json.dumps([p.as_dict() for p in exc.problems]).encode("utf-8")  # reportable as is
+        return
+    for reading in readings:
+        assert (reading.receipt is None) != (reading.error is None)
+
+
+
+def test_a_json_key_twice_is_refused_not_last_one_wins(odd_store):
+    terminal = odd_store.terminal("bakery_1")
+    text = json.dumps(receipt_doc("1D1"))
+    for repeated in (text[:-1] + ', "total": "0.01"}', text[:-1] + ', "receiptId": "1D2"}'):
+        with pytest.raises(intake.IntakeError) as refused:
+            intake.parse_receipt(repeated.encode(), terminal)
+        [problem] = refused.value.problems
+        assert "twice in one object" in problem.value and "must not repeat" in problem.rule
+
+
+def test_a_poslog_element_twice_a_dtd_and_deep_nesting_are_refused(odd_store):
+    terminal = odd_store.terminal("fish_1")
+    good = write_poslog([_POSLOG_SALE], "7").decode()
+    twice = good.replace("</SequenceNumber>", "</SequenceNumber><SequenceNumber>9</SequenceNumber>")
+    dtd = good.replace("?>", "?><!DOCTYPE POSLog [<!ELEMENT POSLog ANY>]>", 1)
+    deep = good.replace("<LineItem>", "<LineItem>" + "<x>" * 100_000 + "</x>" * 100_000, 1)
+    for data, said in (
+        (twice, "must appear once"),
+        (dtd, "DTD or entities is refused"),
+        (deep, "nested too deeply"),
+    ):
+        with pytest.raises(intake.IntakeError) as refused:
+            intake.parse_receipt(data.encode(), terminal)
+        assert said in str(refused.value)
+
+
+def test_a_csv_header_naming_a_column_twice_is_refused(odd_store):
+    terminal = odd_store.terminal("flowers_1")
+    data = (
+        b"NUM_TICKET;DATE_HEURE;TOTAL_TTC;TOTAL_TTC;CODE_EAN;LIBELLE;PRIX_UNIT;QTE\n"
+        b"T1;20/11/2026 10:00;2,95;9,99;8712345678906;Brood;2,95;1\n"
+    )
+    with pytest.raises(intake.IntakeError, match="more than once in the CSV header"):
+        intake.parse_receipt(data, terminal)
+
+
+def test_a_poslog_file_whose_only_sale_is_bad_is_quarantined_whole(odd_store):
+    terminal = odd_store.terminal("fish_1")
+    bad = write_poslog([_POSLOG_SALE], "7").replace(b"TransactionGrandAmount\">", b'x">', 1)
+    path = terminal.inbox / "only-bad.xml"
+    path.write_bytes(bad)
+    ledger = open_ledger(odd_store.home)
+    result = processing.process_batch(
+        odd_store, terminal, [path], ledger=ledger, spec=load_spec(odd_store.dat_spec)
+    )
+    [(name, problems)] = result.intake.rejected
+    assert name == "only-bad.xml" and any(p.field.startswith("total") for p in problems)
+    assert (terminal.quarantine / "only-bad.xml.error.json").exists()
+    assert not path.exists()
+
+
+# --- names: any bytes the file system allows ---------------------------------------------------
+
+names = st.binary(min_size=1, max_size=255).filter(
+    lambda b: b"/" not in b and b"\0" not in b and b not in (b".", b"..")
+)
+
+
+@settings(max_examples=500)
+@given(raw=names)
+def test_every_name_gets_a_safe_one_that_posfed_can_carry(raw):
+    name = os.fsdecode(raw)
+    safe = inbox.safe_name(name)
+    assert inbox.name_problem(safe) is None
+    assert safe == inbox.safe_name(name)  # the same name, the same result
+    assert len(safe.encode()) <= inbox.MAX_NAME_BYTES
+    if inbox.name_problem(name) is None:
+        assert safe == name
+    shown = inbox.printable_name(name)
+    shown.encode("utf-8")  # reports and consoles can show it
+    assert not any(c in shown for c in "\n\r\x1b")
+
+
+# --- through the real intake: sensor ticks and runs, as the daemon does -----------------------
+
+ENTRY_KINDS = ["file", "file", "file", "dir", "symlink_in", "symlink_out", "fifo", "socket", "link"]
+
+
+@st.composite
+def inbox_entries(draw) -> list[tuple[str, bytes, bytes]]:
+    """(kind, name, content) entries, their names distinct."""
+    entries = draw(
+        st.lists(
+            st.tuples(st.sampled_from(ENTRY_KINDS), names, any_content),
+            min_size=1,
+            max_size=6,
+            unique_by=lambda e: e[1],
+        )
+    )
+    return [e for e in entries if not e[1].startswith(b".posfed")]
+
+
+def _make(folder: Path, kind: str, name: bytes, content: bytes, outside: Path) -> None:
+    path = os.path.join(os.fsencode(folder), name)
+    if kind == "file":
+        with open(path, "wb") as handle:
+            handle.write(content)
+    elif kind == "dir":
+        os.mkdir(path)
+    elif kind == "symlink_in":
+        os.symlink(b"elsewhere.json", path)
+    elif kind == "symlink_out":
+        os.symlink(os.fsencode(outside), path)
+    elif kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "socket":
+        with socket.socket(socket.AF_UNIX) as server:
+            server.bind(path)
+    elif kind == "link":  # a hard link: a second name for a file already there
+        target = os.path.join(os.fsencode(folder), b"hard-original.json")
+        if not os.path.exists(target):
+            with open(target, "wb") as handle:
+                handle.write(content)
+        os.link(target, path)
+    past = datetime.now().timestamp() - 60
+    os.utime(path, (past, past), follow_symlinks=False)
+
+
+def _regular_inodes(folder: Path) -> dict[int, int]:
+    """inode -> how many regular files (names) have it, under ``folder``."""
+    found: dict[int, int] = {}
+    for root, _dirs, files in os.walk(os.fsencode(folder)):
+        for name in files:
+            status = os.lstat(os.path.join(root, name))
+            if stat.S_ISREG(status.st_mode):
+                found[status.st_ino] = found.get(status.st_ino, 0) + 1
+    return found
+
+
+def _daemon_cycle(defs, instance, terminal_id: str, clock: ManualClock, ticks: int = 6) -> list:
+    """Sensor ticks and their runs (with the tags the daemon gives them) until a tick has
+    nothing to launch."""
+    sensor_name = f"{terminal_id}_inbox_sensor"
+    sensor = defs.resolve_sensor_def(sensor_name)
+    job = defs.resolve_job_def(RECEIPTS_JOB)
+    cursor, results = None, []
+    for _ in range(ticks):
+        tick = sensor(dg.build_sensor_context(cursor=cursor, instance=instance))
+        cursor = tick.cursor
+        if not tick.run_requests:
+            break
+        for request in tick.run_requests:
+            results.append(
+                job.execute_in_process(
+                    run_config=request.run_config,
+                    partition_key=request.partition_key,
+                    tags={
+                        **request.tags,
+                        "dagster/run_key": request.run_key,
+                        "dagster/sensor_name": sensor_name,
+                    },
+                    instance=instance,
+                    raise_on_error=False,
+                )
+            )
+    return results
+
+
+@pytest.mark.slow
+@settings(
+    max_examples=25,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+@given(entries=inbox_entries(), terminal_id=st.sampled_from(["bakery_1", "fish_1"]))
+def test_every_inbox_entry_gets_one_verdict_and_the_next_receipt_is_delivered(
+    odd_home, entries, terminal_id
+):
+    config, defs, instance, clock, outside, serial = odd_home
+    terminal = config.terminal(terminal_id)
+    for folder in (terminal.inbox, terminal.archive_root, terminal.quarantine):
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+    for kind, name, content in entries:
+        _make(terminal.inbox, kind, name, content, outside)
+    created = _regular_inodes(terminal.inbox)
+    odd_before = sorted(e.name for e in inbox.scan_inbox(terminal).skipped if e.not_regular)
+
+    # A valid receipt after them, from the same till.
+    receipt_id = f"1V{next(serial):05d}"
+    now = datetime.fromtimestamp(clock.time(), terminal.timezone).replace(microsecond=0)
+    doc = receipt_doc(receipt_id, timestamp=now.isoformat())  # bakery_1's
+    if terminal_id == "bakery_1":
+        data = json.dumps(doc).encode()
+    else:  # the same sale from the POSLog till
+        receipt = intake.parse_receipt(json.dumps(doc).encode(), config.terminal("bakery_1"))
+        data = write_poslog([receipt], "7")
+    valid = terminal.inbox / (receipt_id + (".json" if terminal_id == "bakery_1" else ".xml"))
+    valid.write_bytes(data)
+    past = clock.time() - 5
+    os.utime(valid, (past, past))
+
+    results = _daemon_cycle(defs, instance, terminal_id, clock)
+
+    assert results and all(r.success for r in results)  # no run failed on any entry
+    # Every regular file left the inbox for the archive or quarantine, each name once.
+    left = _regular_inodes(terminal.inbox)
+    assert not set(left) & set(created), "a regular file was left without a verdict"
+    done = _regular_inodes(terminal.archive_root)
+    for inode, n in _regular_inodes(terminal.quarantine).items():
+        done[inode] = done.get(inode, 0) + n
+    for inode, n in created.items():
+        assert done.get(inode) == n, "each name of a file has exactly one verdict"
+    for report in terminal.quarantine.glob("*.error.json"):
+        assert json.loads(report.read_text())["problems"]
+    # What is not a regular file is still there, untouched, and reported where operators look.
+    still = sorted(e.name for e in inbox.scan_inbox(terminal).skipped if e.not_regular)
+    assert still == odd_before
+    if still:
+        health = terminal_health(terminal, open_ledger(config.home), datetime.now().astimezone())
+        assert any("does not take" in p for p in health.problems)
+    assert json.loads(outside.read_text()) == {"outside": True}
+    # The valid receipt: billed once.
+    dat = config.dat_dir / now.strftime("%Y%m%d") / f"scon{terminal.department}{receipt_id}.dat"
+    assert dat.exists()
+
+
+@pytest.fixture(scope="module")
+def odd_home():
+    root = Path(tempfile.mkdtemp(prefix="posfed-odd-", dir="/tmp"))  # short: socket paths
+    config = _store(root / "s", incomplete_grace_seconds=0)
+    from posfed_pipeline.core import store
+
+    store.upgrade_database(store.make_engine(config.db_url))
+    clock = ManualClock()
+    defs = build_definitions(config, clock=clock)
+    outside = root / "outside.json"
+    outside.write_text(json.dumps({"outside": True}))
+    with dg.instance_for_test() as instance:
+        yield config, defs, instance, clock, outside, count()
+    shutil.rmtree(root, ignore_errors=True)
+
+
+# --- names and days that used to stop a terminal -----------------------------------------------
+
+
+def _tick_and_run(config, instance, clock, terminal_id="bakery_1"):
+    return _daemon_cycle(build_definitions(config, clock=clock), instance, terminal_id, clock, 1)
+
+
+def test_a_name_not_utf8_or_too_long_is_renamed_billed_and_recorded(odd_store):
+    terminal = odd_store.terminal("bakery_1")
+    from posfed_pipeline.core import store
+
+    store.upgrade_database(store.make_engine(odd_store.db_url))
+    latin1 = b"re\xe7u-1.json"
+    long_name = ("L" * 230 + ".json").encode()
+    for name, receipt_id in ((latin1, "1N1"), (long_name, "1N2")):
+        path = os.path.join(os.fsencode(terminal.inbox), name)
+        with open(path, "wb") as handle:
+            handle.write(json.dumps(receipt_doc(receipt_id)).encode())
+        os.utime(path, (datetime.now().timestamp() - 5,) * 2)
+    clock = ManualClock()
+    with dg.instance_for_test() as instance:
+        results = _tick_and_run(odd_store, instance, clock)
+    assert results and all(r.success for r in results)
+    archived = sorted(p.name for p in terminal.archive_root.rglob("*") if p.is_file())
+    assert "re%E7u-1.json" in archived
+    [cut] = [n for n in archived if n.startswith("LLL")]
+    assert len(cut.encode()) <= inbox.MAX_NAME_BYTES and cut.endswith(".json")
+    assert len(list(odd_store.dat_dir.rglob("*.dat"))) == 2
+    renamed = [e for e in quarantine.history(terminal) if e["event"] == "renamed"]
+    assert {e["original_name"] for e in renamed} >= {"re\\xe7u-1.json"}
+    assert all("UTF-8" in e["reason"] or "bytes long" in e["reason"] for e in renamed)
+
+
+def test_a_receipt_dated_tomorrow_is_quarantined_for_the_clock_not_a_dagster_error(odd_store):
+    terminal = odd_store.terminal("bakery_1")
+    from posfed_pipeline.core import store
+
+    store.upgrade_database(store.make_engine(odd_store.db_url))
+    tomorrow = (datetime.now(terminal.timezone) + timedelta(days=1)).isoformat()
+    for receipt_id, when in (("1F1", tomorrow), ("1F2", "2099-06-01T10:00:00+02:00")):
+        doc = receipt_doc(receipt_id, timestamp=when)
+        (terminal.inbox / f"{receipt_id}.json").write_text(json.dumps(doc))
+        os.utime(terminal.inbox / f"{receipt_id}.json", (datetime.now().timestamp() - 5,) * 2)
+    clock = ManualClock()
+    with dg.instance_for_test() as instance:
+        results = _tick_and_run(odd_store, instance, clock)
+    assert results and all(r.success for r in results)
+    today = datetime.now(odd_store.timezone).date().isoformat()
+    assert all(r.dagster_run.tags["dagster/partition"].startswith(today) for r in results)
+    for receipt_id in ("1F1", "1F2"):
+        report = json.loads((terminal.quarantine / f"{receipt_id}.json.error.json").read_text())
+        assert "in the future" in report["problems"][0]["rule"]
+
+
+def test_an_unreadable_file_is_relaunched_when_its_grace_ends_and_then_quarantined(odd_store):
+    """A file that does not parse and was written moments ago waits for its writer; the run
+    says when to look again (the claim), and the next look gives the verdict."""
+    terminal = odd_store.terminal("bakery_1")
+    from posfed_pipeline.core import store
+
+    store.upgrade_database(store.make_engine(odd_store.db_url))
+    clock = ManualClock()
+    path = terminal.inbox / "cut.json"
+    path.write_bytes(b'{"receiptId": "1C1", "ite')
+    os.utime(path, (clock.time() - 1, clock.time() - 1))
+    defs = build_definitions(odd_store, clock=clock)
+    sensor = defs.resolve_sensor_def("bakery_1_inbox_sensor")
+    job = defs.resolve_job_def(RECEIPTS_JOB)
+    claim_store = claims.ClaimStore(claims.claim_store_path(odd_store.home))
+    with dg.instance_for_test() as instance:
+        [request] = sensor(dg.build_sensor_context(instance=instance)).run_requests
+        assert job.execute_in_process(
+            run_config=request.run_config,
+            partition_key=request.partition_key,
+            instance=instance,
+        ).success
+        [claim] = claim_store.claims_of(terminal.id).values()
+        grace = odd_store.incomplete_grace_seconds
+        assert claim.retry_at == pytest.approx(clock.time() - 1 + grace, abs=0.01)
+        assert "written to moments ago" in claim.note
+        assert path.exists()  # left for its writer
+
+        clock.advance(grace - 2)  # not yet due: nothing relaunched
+        assert not sensor(dg.build_sensor_context(instance=instance)).run_requests
+        clock.advance(2)
+        [again] = sensor(dg.build_sensor_context(instance=instance)).run_requests
+        assert again.run_config["ops"]["receipt_pipeline"]["config"]["attempt"] == 1
+        assert job.execute_in_process(
+            run_config=again.run_config, partition_key=again.partition_key, instance=instance
+        ).success
+    report = json.loads((terminal.quarantine / "cut.json.error.json").read_text())
+    assert "not valid JSON" in report["problems"][0]["rule"]
+
+
+def test_a_file_that_cannot_be_archived_is_billed_once_and_left_for_a_later_attempt(
+    odd_store, monkeypatch
+):
+    """The archive move fails (a full or read-only archive disk): the run succeeds, the .dat
+    is written once, the file waits in the inbox with the reason and is moved later, never
+    billed twice."""
+    terminal = odd_store.terminal("bakery_1")
+    path = terminal.inbox / "1A1.json"
+    path.write_text(json.dumps(receipt_doc("1A1")))
+    ledger = open_ledger(odd_store.home)
+    spec = load_spec(odd_store.dat_spec)
+    terminal.archive_root.rmdir()
+    terminal.archive_root.write_text("not a folder")  # the archive cannot be made
+    first = processing.process_batch(odd_store, terminal, [path], ledger=ledger, spec=spec)
+    [(name, why)] = first.intake.held
+    assert name == "1A1.json" and "could not be archived" in why
+    [deferral] = first.intake.deferrals
+    assert deferral.retry_at > first.intake.now
+    assert len(first.dat_files) == 1 and path.exists()
+
+    terminal.archive_root.unlink()
+    again = processing.process_batch(
+        odd_store, terminal, [path], ledger=ledger, spec=spec, attempt=1
+    )
+    assert again.acceptance.resumed and not again.dat_files  # known, its .dat written
+    assert not path.exists() and len(list(terminal.archive_root.rglob("1A1.json"))) == 1
+
+
+def test_receipt_validate_gives_the_pipelines_verdict_on_the_dat_layouts_limits(
+    odd_store, tmp_path, capsys
+):
+    from posfed_pipeline.cli import main
+
+    doc = receipt_doc("1TOOLONGRECEIPTID")  # valid for validation, too long for the .dat
+    path = tmp_path / "long-id.json"
+    path.write_text(json.dumps(doc))
+    config_file = tmp_path / "posfed.toml"
+    config_file.write_text(
+        f'[store]\nid = "s"\ntimezone = "Europe/Amsterdam"\n[paths]\nhome = "{odd_store.home}"\n'
+        f'[dat]\nspec = "{odd_store.dat_spec}"\n'
+        '[[terminals]]\nid = "bakery_1"\ndepartment = "10"\n'
+    )
+    code = main(["--config", str(config_file), "receipt", "validate", "--json", str(path)])
+    [verdict] = json.loads(capsys.readouterr().out)
+    assert code == 1 and not verdict["valid"]
+    assert verdict["errors"][0]["rule"].startswith("cannot be rendered")
+    # ...which is what the pipeline does with it.
+    terminal = odd_store.terminal("bakery_1")
+    (terminal.inbox / "long-id.json").write_text(json.dumps(doc))
+    result = processing.process_batch(
+        odd_store,
+        terminal,
+        [terminal.inbox / "long-id.json"],
+        ledger=open_ledger(odd_store.home),
+        spec=load_spec(odd_store.dat_spec),
+    )
+    [(_, problems)] = result.validation.invalid
+    assert problems[0].rule == verdict["errors"][0]["rule"]
+
+
+def test_claiming_never_meets_a_name_it_cannot_store(odd_store):
+    """The launchers' shared step renames before it claims: a name that is not UTF-8 never
+    reaches the claim table (SQLite refuses it) or a run's config (JSON refuses it)."""
+    terminal = odd_store.terminal("bakery_1")
+    path = os.path.join(os.fsencode(terminal.inbox), b"\xff\xfe.json")
+    with open(path, "wb") as handle:
+        handle.write(json.dumps(receipt_doc("1U1")).encode())
+    os.utime(path, (datetime.now().timestamp() - 5,) * 2)
+    store = claims.ClaimStore(claims.claim_store_path(odd_store.home))
+    now = datetime.now().timestamp()
+    days = launching.PartitionDays.of(odd_store, now)
+    [batch] = launching.claim_ready(store, terminal, inbox.scan_inbox(terminal).ready, days)
+    assert batch.file_names == ["%FF%FE.json"]
+    assert inbox.inbox_path(terminal, "%FF%FE.json").exists()
