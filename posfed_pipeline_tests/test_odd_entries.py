@@ -16,6 +16,7 @@ import shutil
 import socket
 import stat
 import tempfile
+import time
 from datetime import datetime, timedelta
 from itertools import count
 from pathlib import Path
@@ -97,8 +98,10 @@ json_values = st.recursive(
     | st.floats()
     | st.text(max_size=20)
     | st.sampled_from(["8712345678906", "2.95", "10", "2026-12-07T10:00:00+01:00"]),
-    lambda children: st.lists(children, max_size=4)
-    | st.dictionaries(st.sampled_from(RECEIPT_KEYS + ITEM_KEYS) | st.text(max_size=8), children),
+    lambda children: (
+        st.lists(children, max_size=4)
+        | st.dictionaries(st.sampled_from(RECEIPT_KEYS + ITEM_KEYS) | st.text(max_size=8), children)
+    ),
     max_leaves=25,
 )
 
@@ -205,7 +208,6 @@ def test_any_bytes_in_any_format_are_receipts_or_reasons_and_nothing_else(data, 
         assert (reading.receipt is None) != (reading.error is None)
 
 
-
 def test_a_json_key_twice_is_refused_not_last_one_wins(odd_store):
     terminal = odd_store.terminal("bakery_1")
     text = json.dumps(receipt_doc("1D1"))
@@ -244,7 +246,7 @@ def test_a_csv_header_naming_a_column_twice_is_refused(odd_store):
 
 def test_a_poslog_file_whose_only_sale_is_bad_is_quarantined_whole(odd_store):
     terminal = odd_store.terminal("fish_1")
-    bad = write_poslog([_POSLOG_SALE], "7").replace(b"TransactionGrandAmount\">", b'x">', 1)
+    bad = write_poslog([_POSLOG_SALE], "7").replace(b'TransactionGrandAmount">', b'x">', 1)
     path = terminal.inbox / "only-bad.xml"
     path.write_bytes(bad)
     ledger = open_ledger(odd_store.home)
@@ -607,3 +609,96 @@ def test_claiming_never_meets_a_name_it_cannot_store(odd_store):
     [batch] = launching.claim_ready(store, terminal, inbox.scan_inbox(terminal).ready, days)
     assert batch.file_names == ["%FF%FE.json"]
     assert inbox.inbox_path(terminal, "%FF%FE.json").exists()
+
+
+# --- on the real fast path: hostile entries while receipts keep coming ------------------------
+
+
+@pytest.mark.slow
+def test_hostile_entries_on_the_fast_path_leave_every_valid_receipt_billed_once(monkeypatch):
+    """Odd and hostile entries (tools/odd_entries.py) arrive on a JSON till and a POSLog till
+    while valid receipts keep arriving on them and on a third terminal; only the trigger and
+    the warm workers run (no daemon): every valid receipt is billed once, every bad file is
+    quarantined with its reason (an unreadable one when its grace ends, relaunched by the
+    trigger itself), every entry that is not a file is left alone and reported."""
+    from posfed_pipeline.core import dat
+    from posfed_pipeline.core.simulator import ReceiptSimulator
+    from posfed_pipeline.fastpath.service import start_fastpath
+    from posfed_pipeline.tools import odd_entries
+    from posfed_pipeline_tests.conftest import open_instance_store
+
+    grace = 3.0
+    root = Path(tempfile.mkdtemp(prefix="pfo-", dir="/tmp"))  # short: the pool's socket
+    config, dagster_home = open_instance_store(
+        root,
+        monkeypatch,
+        intake={"stability_seconds": 0.2, "max_age_days": 36500, "incomplete_grace_seconds": grace},
+        terminals=[
+            {"id": "bakery_1", "department": "10", "tenant": "Bakkerij"},
+            {"id": "butcher_1", "department": "20", "tenant": "Slagerij"},
+            POSLOG_TERMINAL,
+        ],
+    )
+    spec = load_spec(config.dat_spec)
+    simulator = ReceiptSimulator(list(config.terminals), seed=32)
+    odd_tills = [config.terminal("bakery_1"), config.terminal("fish_1")]
+    expected: list[Path] = []  # .dat files that must exist, once each
+    made: list[tuple[odd_entries.OddEntry, object, bytes, float]] = []
+    fastpath = start_fastpath(config, dagster_home, workers=2)
+    try:
+        plan = [(e, t) for t in odd_tills for e in odd_entries.entries_for(t)]
+        for entry, till in plan:
+            receipt = simulator.make_receipt(till)
+            name = entry.make(till, receipt)
+            made.append((entry, till, name, datetime.now().timestamp()))
+            if entry.verdict == odd_entries.BILLED:
+                expected.append(
+                    config.dat_dir / dat.render_receipt(receipt, till, spec).relative_path
+                )
+            for terminal in config.terminals:  # valid receipts keep coming, everywhere
+                good = simulator.make_receipt(terminal)
+                simulator.drop(terminal, good)
+                expected.append(
+                    config.dat_dir / dat.render_receipt(good, terminal, spec).relative_path
+                )
+            time.sleep(0.05)
+
+        def settled() -> bool:
+            regular = [
+                p
+                for t in config.terminals
+                for p in t.inbox.iterdir()
+                if stat.S_ISREG(p.lstat().st_mode)
+            ]
+            return all(p.exists() for p in expected) and not regular
+
+        deadline = time.monotonic() + 90
+        while not settled() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        instance = dg.DagsterInstance.get()
+        runs = [r for r in instance.get_runs() if r.job_name == RECEIPTS_JOB]
+    finally:
+        fastpath.stop()
+
+    missing = [p.name for p in expected if not p.exists()]
+    assert not missing, f"valid receipts never billed: {missing}"
+    billed = sorted(p.relative_to(config.dat_dir) for p in config.dat_dir.rglob("*.dat"))
+    assert billed == sorted(p.relative_to(config.dat_dir) for p in expected)  # once each, no more
+    assert runs and all(r.status == dg.DagsterRunStatus.SUCCESS for r in runs)
+    for entry, till, name, made_at in made:
+        if entry.verdict == odd_entries.QUARANTINED:
+            report = till.quarantine / (name.decode() + quarantine.REPORT_SUFFIX)
+            assert report.exists(), f"{entry.kind}: no verdict"
+            reasons = json.loads(report.read_text())
+            assert entry.reason in json.dumps(reasons["problems"]), (entry.kind, reasons)
+            if entry.waits_for_grace:  # left for its writer, then judged (not before)
+                at = datetime.fromisoformat(reasons["quarantined_at"]).timestamp()
+                assert at >= int(made_at + grace) - 1, entry.kind
+        elif entry.verdict == odd_entries.REPORTED:
+            assert os.path.lexists(os.path.join(os.fsencode(till.inbox), name)), entry.kind
+    for till in odd_tills:
+        problems = terminal_health(till, open_ledger(config.home), datetime.now().astimezone())
+        assert any("does not take" in p for p in problems.problems), till.id
+    renamed = [e for t in odd_tills for e in quarantine.history(t) if e["event"] == "renamed"]
+    assert len(renamed) == 3 * len(odd_tills)  # the three odd names of each till
+    shutil.rmtree(root, ignore_errors=True)

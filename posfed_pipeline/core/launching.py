@@ -45,7 +45,8 @@ class PartitionDays:
 
 def give_safe_names(terminal: Terminal, files: list[inbox.InboxFile]) -> list[inbox.InboxFile]:
     """``files`` as posfed can carry them: each unsafe name renamed (and recorded), or left out
-    if renaming it failed (the health check then sees it waiting, the log says why)."""
+    if renaming it failed (the health check then sees it waiting, the log says why). Call it
+    before anything stores or looks up a file's signature (it holds the name)."""
     usable = []
     for item in files:
         problem = inbox.name_problem(item.name)

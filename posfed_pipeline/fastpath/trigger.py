@@ -371,6 +371,9 @@ class InboxTrigger:
                 scan.ready + [f for f in scan.settling if f.name in complete],
                 key=lambda f: (f.mtime_ns, f.name),
             )
+        # A name the claim table and a run's config cannot hold is made safe before either
+        # sees it (cheap: a check per name, a rename only for the odd one).
+        eligible = launching.give_safe_names(terminal, eligible)
         # Up to a few runs' worth: a flooded inbox is listed once per few runs, not per run.
         fresh, held = self._unclaimed(
             terminal, eligible, limit=RUNS_PER_LISTING * inbox.MAX_FILES_PER_RUN
