@@ -705,9 +705,10 @@ def _receipt_validate(args) -> int:
             verdicts[_shown_name(batch, names, receipt)] = (terminal_id, [])
         for missing in batch.missing:
             name = by_name[missing]
-            verdicts[name] = (terminal_id, [Problem("file", name, "vanished while reading")])
+            problem = Problem("file", printable_name(name), "vanished while reading")
+            verdicts[name] = (terminal_id, [problem])
         for held, why in batch.held:
-            verdicts[by_name[held]] = (terminal_id, [Problem("file", held, why)])
+            verdicts[by_name[held]] = (terminal_id, [Problem("file", printable_name(held), why)])
 
     order = {name: n for n, name in enumerate(dict.fromkeys(args.files))}
 
@@ -891,6 +892,9 @@ def _quarantine_show(args) -> int:
     original = entry.report.get("file", entry.name)
     for event in quarantine.history(terminal, original):
         when = event.get("quarantined_at") or event.get("at")
+        if event["event"] == "renamed":  # its name could not be carried: what it was called
+            print(f"  {when}  renamed from {event.get('original_name')} ({event.get('reason')})")
+            continue
         print(f"  {when}  {event['event']}  as {event.get('quarantined_as')}")
     return 0
 

@@ -702,3 +702,55 @@ def test_hostile_entries_on_the_fast_path_leave_every_valid_receipt_billed_once(
     renamed = [e for t in odd_tills for e in quarantine.history(t) if e["event"] == "renamed"]
     assert len(renamed) == 3 * len(odd_tills)  # the three odd names of each till
     shutil.rmtree(root, ignore_errors=True)
+
+
+def test_a_renamed_file_keeps_its_ready_marker(tmp_path, monkeypatch):
+    """A till that writes ``<name>.ok`` after each file: the marker follows the file to its
+    safe name, so the file stays ready and is billed."""
+    from posfed_pipeline.core import store
+
+    monkeypatch.delenv("POSFED_HOME", raising=False)
+    monkeypatch.delenv("POSFED_DB_URL", raising=False)
+    raw = store_config_dict(tmp_path / "s")
+    raw["terminals"][0]["ready_marker"] = ".ok"
+    config = config_from_dict(raw, base_dir=tmp_path)
+    config.ensure_folders()
+    store.upgrade_database(store.make_engine(config.db_url))
+    terminal = config.terminal("bakery_1")
+    name = os.path.join(os.fsencode(terminal.inbox), b"caf\xe9-1M1.json")
+    with open(name, "wb") as handle:
+        handle.write(json.dumps(receipt_doc("1M1")).encode())
+    with open(name + b".ok", "wb"):
+        pass
+    with dg.instance_for_test() as instance:
+        results = _tick_and_run(config, instance, ManualClock())
+    assert results and all(r.success for r in results)
+    assert [p.name for p in terminal.archive_root.rglob("*.json")] == ["caf%E9-1M1.json"]
+    assert not list(terminal.inbox.iterdir())  # the marker went with its file
+
+
+def test_entries_that_are_not_files_are_listed_where_operators_look(tmp_path, capsys):
+    """posfed status (and the UI's check: the same health), posfed quarantine list: named,
+    safely shown, and never touched."""
+    from posfed_pipeline.cli import main
+    from posfed_pipeline_tests.conftest import write_store_config
+
+    config_file = write_store_config(tmp_path / "posfed.toml", tmp_path / "home")
+    inbox_dir = tmp_path / "home" / "terminals" / "bakery_1" / "inbox"
+    inbox_dir.mkdir(parents=True)
+    os.mkfifo(inbox_dir / "pipe.json")
+    os.mkdir(os.path.join(os.fsencode(inbox_dir), b"map\xe9"))
+    (inbox_dir / "link.json").symlink_to(tmp_path / "posfed.toml")
+
+    assert main(["--config", str(config_file), "status", "--json"]) == 0
+    [bakery] = [t for t in json.loads(capsys.readouterr().out) if t["terminal"] == "bakery_1"]
+    [problem] = bakery["problems"]
+    assert "3 inbox entries posfed does not take" in problem
+    assert "pipe.json (a FIFO)" in problem and "map\\xe9 (a directory)" in problem
+    assert "link.json (a symbolic link)" in problem
+
+    assert main(["--config", str(config_file), "quarantine", "list"]) == 0
+    listing = capsys.readouterr().out
+    assert "bakery_1  inbox/pipe.json (a FIFO)" in listing
+    assert "inboxes: 3 entries not taken" in listing
+    assert sorted(os.listdir(inbox_dir)) == sorted(["pipe.json", "map\udce9", "link.json"])

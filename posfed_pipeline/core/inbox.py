@@ -362,14 +362,14 @@ def give_safe_name(terminal: Terminal, item: InboxFile) -> InboxFile | None:
     never over another file, its ready marker with it; the file as it is now, or None if it
     is gone (another launcher renamed it first). ``OSError``: the rename failed."""
     target = safe_name(item.name)
-    marker = terminal.delivery.ready_marker
-    if marker:
-        with contextlib.suppress(FileNotFoundError):
-            os.rename(item.path.with_name(item.name + marker), item.path.with_name(target + marker))
     try:
         moved = move_unique(item.path, item.path.parent, name=target)
     except FileNotFoundError:
         return None
+    marker = terminal.delivery.ready_marker
+    if marker:  # the file is complete (it was ready): its marker follows it
+        with contextlib.suppress(FileNotFoundError):
+            os.rename(item.path.with_name(item.name + marker), moved.with_name(moved.name + marker))
     return InboxFile(moved, item.size, item.mtime_ns, item.inode)
 
 
