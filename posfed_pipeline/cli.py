@@ -7,18 +7,15 @@ Exit codes: 0 success, 1 a verdict against the input, 2 a usage or configuration
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import signal
-import subprocess
 import sys
 import threading
 import time
 from importlib.metadata import entry_points
 from pathlib import Path
 
-from posfed_pipeline import packaged
 from posfed_pipeline.core import dat, intake, store
 from posfed_pipeline.core.config import ConfigError, PosfedConfig, load_config
 from posfed_pipeline.dagster_home import prepare_instance
@@ -70,9 +67,12 @@ def _config(args) -> PosfedConfig:
 
 
 def _add_demo(commands) -> None:
-    demo = commands.add_parser("demo", help="run the embedded demo (UI, daemon, simulator)")
+    demo = commands.add_parser(
+        "demo",
+        help="run the embedded demo (UI, daemon, fast path, simulator), restarting what dies",
+    )
     demo.add_argument("--host", default="127.0.0.1", help="webserver address (default 127.0.0.1)")
-    demo.add_argument("--port", type=int, default=3000)
+    demo.add_argument("--port", type=int, default=3000, help="webserver port (default 3000)")
     demo.add_argument("--rate", type=float, default=0.2, help="simulated receipts per second")
     demo.add_argument("--no-simulator", action="store_true", help="only watch the inboxes")
     demo.add_argument(
@@ -82,6 +82,9 @@ def _add_demo(commands) -> None:
         "--no-fastpath",
         action="store_true",
         help="plain Dagster: sensors and a fresh process per run",
+    )
+    demo.add_argument(
+        "--workers", type=int, default=2, help="the fast path's warm run worker processes"
     )
     demo.set_defaults(handler=_demo)
 
@@ -99,67 +102,55 @@ def _add_demo(commands) -> None:
 
 
 def _demo(args) -> int:
+    from posfed_pipeline import services
+    from posfed_pipeline.supervisor import AlreadySupervised, Supervisor, listen_problem
+
+    # Before anything starts: a demo whose UI cannot listen would run without one.
+    problem = listen_problem(args.host, args.port)
+    if problem:
+        hint = " (another posfed demo or Dagster UI?)" if problem.endswith("in use") else ""
+        print(
+            f"posfed demo: {problem}{hint}; start with --port N to use another port",
+            file=sys.stderr,
+        )
+        return 2
     config = _config(args)
     dagster_home = prepare_instance(config)
     env = dict(os.environ, DAGSTER_HOME=str(dagster_home))
     if config.config_path:
         env["POSFED_CONFIG"] = str(config.config_path)
-    command = [
-        sys.executable,
-        "-m",
-        "dagster",
-        "dev",
-        "-w",
-        str(packaged.workspace_file()),
-        "-h",
-        args.host,
-        "-p",
-        str(args.port),
-        # Dagster's per-tick sensor lines (two per terminal every 5 s) are the UI's to show;
-        # the console keeps warnings and errors.
-        "--log-level",
-        "info" if args.verbose else "warning",
-    ]
-    # `dagster dev` says once per start that `dg dev` supersedes it. `dg dev` works in a
-    # checkout (pyproject's [tool.dg]); the demo keeps `dagster dev`, which takes the packaged
-    # workspace file, so it runs from an installed wheel in any folder: the notice is noise.
-    env["PYTHONWARNINGS"] = ",".join(
-        filter(None, [env.get("PYTHONWARNINGS"), "ignore:Function `dev_command` is superseded"])
+    supervisor = Supervisor(
+        services.store_services(
+            dagster_home,
+            env,
+            host=args.host,
+            port=args.port,
+            verbose=args.verbose,
+            fastpath=not args.no_fastpath,
+            workers=args.workers,
+        ),
+        label="posfed demo",
+        state_file=services.state_file(dagster_home),
     )
+    try:
+        supervisor.claim()
+    except AlreadySupervised as refused:
+        print(f"posfed demo: {refused}", file=sys.stderr)
+        return 2
     print(f"posfed demo: {len(config.terminals)} terminals, state in {config.home}")
     print(f"posfed demo: open http://{args.host}:{args.port} (Ctrl-C stops everything)")
-    # A service manager's SIGTERM stops the demo as cleanly as Ctrl-C does, and so does SIGINT
-    # when the demo was started in the background (which ignores SIGINT).
-    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    processes: list[subprocess.Popen] = []
     stop = threading.Event()
+    if not args.no_simulator:
+        threading.Thread(
+            target=_simulate_until, args=(config, args.rate, stop), daemon=True
+        ).start()
     try:
-        processes.append(_tied_child(command, env))
-        if not args.no_fastpath:
-            processes.append(
-                _tied_child([sys.executable, "-m", "posfed_pipeline.cli", "fastpath"], env)
-            )
-        if not args.no_simulator:
-            threading.Thread(
-                target=_simulate_until, args=(config, args.rate, stop), daemon=True
-            ).start()
-        while all(p.poll() is None for p in processes):
-            time.sleep(0.5)
-        ended = next(p for p in processes if p.returncode is not None)
-        print(
-            f"posfed demo: {' '.join(ended.args[2:4])} exited ({ended.returncode}); "
-            "stopping the rest"
-        )
-        return ended.returncode or 1
-    except KeyboardInterrupt:
-        print("\nposfed demo: stopping (waiting for Dagster to shut down)...")
-        return 0
+        # Until Ctrl-C or SIGTERM (also when started in the background, which ignores SIGINT);
+        # a service that dies meanwhile is restarted, the others go on.
+        supervisor.serve()
     finally:
         stop.set()
-        # Whatever ended the demo, nothing it started keeps running.
-        with contextlib.suppress(KeyboardInterrupt):
-            _stop_process_groups(processes)
+    return 0
 
 
 def _fastpath(args) -> int:
@@ -188,44 +179,6 @@ def _fastpath(args) -> int:
         print(f"posfed fastpath: {refused}", file=sys.stderr)
         return 1
     return 0
-
-
-def _stop_process_groups(processes: list[subprocess.Popen], timeout: float = 30.0) -> None:
-    """Stop each child and everything in its process group, all at once, within ``timeout``.
-
-    SIGINT to each child first, and most of the time to stop by itself: ``dagster dev`` stops
-    its daemon before its code server (a code server gone first makes every sensor's last tick
-    fail loudly). Then SIGINT to what is left of each group, then SIGKILL: a demo that is told
-    to stop never leaves a webserver or a ticking daemon behind, however loaded the machine."""
-    deadline = time.monotonic() + timeout
-    for process in processes:
-        with contextlib.suppress(ProcessLookupError):
-            process.send_signal(signal.SIGINT)
-    for process in processes:
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            process.wait(timeout=max(0.1, deadline - 8 - time.monotonic()))
-    for process in processes:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGINT)
-    for process in processes:
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            process.wait(timeout=max(0.1, deadline - time.monotonic()))
-    for process in processes:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)  # what is left of the group, if anything
-        process.wait()
-
-
-def _tied_child(command: list[str], env: dict[str, str]) -> subprocess.Popen:
-    """A child in a process group of its own (stopped as a group), which gets SIGTERM if the
-    demo dies, even by SIGKILL."""
-    from posfed_pipeline.process_ties import tie_to_parent
-
-    return subprocess.Popen(command, env=env, start_new_session=True, preexec_fn=tie_to_parent)
-
-
-def _raise_keyboard_interrupt(_signum, _frame) -> None:
-    raise KeyboardInterrupt
 
 
 def _simulate_until(config: PosfedConfig, rate: float, stop: threading.Event) -> None:

@@ -26,6 +26,12 @@ def workspace_file() -> Path:
     return _as_path(files(PROFILES) / "workspace.yaml")
 
 
+def code_server_workspace_file() -> Path:
+    """The workspace that loads the code location from a code server of its own, at the
+    socket POSFED_CODE_SERVER_SOCKET names (posfed demo, the production units)."""
+    return _as_path(files(PROFILES) / "workspace.code-server.yaml")
+
+
 def location_name() -> str:
     """The code location's name, as the workspace gives it (pyproject's [tool.dagster] and
     [tool.dg.project] must say the same: test_definitions checks)."""

@@ -106,17 +106,22 @@ def test_runs_started_from_the_ui_get_their_terminal_or_lane():
 
 
 def test_the_code_location_has_one_name_everywhere_dagster_reads_it():
-    """The workspace (posfed demo, the systemd units), `dagster dev` ([tool.dagster]) and `dg`
-    ([tool.dg.project]) load one location; the fast path's runs carry its name."""
+    """The workspaces (the plain one; the code server's: posfed demo, the systemd units),
+    `dagster dev` ([tool.dagster]) and `dg` ([tool.dg.project]) load one location; the fast
+    path's runs carry its name."""
     import tomllib
+
+    import yaml
 
     from posfed_pipeline import packaged
     from posfed_pipeline.fastpath.dagster_internals import LOCATION_NAME
     from posfed_pipeline_tests.conftest import REPO_ROOT
 
     project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["tool"]
+    [served] = yaml.safe_load(packaged.code_server_workspace_file().read_text())["load_from"]
     names = {
         packaged.location_name(),
+        served["grpc_server"]["location_name"],
         project["dagster"]["code_location_name"],
         project["dg"]["project"]["code_location_name"],
         LOCATION_NAME,

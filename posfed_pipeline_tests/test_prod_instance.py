@@ -12,6 +12,7 @@ fails: the production profile must never silently go untested.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import uuid
@@ -109,13 +110,64 @@ def prod_store(tmp_path, pg_databases, monkeypatch):
 
 @pytest.fixture
 def running_daemon(prod_store, tmp_path):
+    """As the production units run them: the code server (posfed-code-server.service's own
+    command) and the daemon, which loads the code location from it."""
     config, env = prod_store
-    with dagster_process(
-        ["dagster-daemon", "run", "-w", str(REPO_ROOT / "workspace.yaml")],
-        env=env,
-        log_path=tmp_path / "daemon.log",
+    env = {**env, "POSFED_CODE_SERVER_SOCKET": str(tmp_path / "code-server.sock")}
+    with (
+        dagster_process(
+            _unit_command("posfed-code-server.service", env),
+            env=env,
+            log_path=tmp_path / "code-server.log",
+        ),
+        dagster_process(
+            ["dagster-daemon", "run", "-w", str(REPO_ROOT / "deploy/workspace.code-server.yaml")],
+            env=env,
+            log_path=tmp_path / "daemon.log",
+        ),
     ):
         yield config, Path(env["DAGSTER_HOME"])
+
+
+def _unit_command(unit: str, env: dict[str, str]) -> list[str]:
+    """A unit's ExecStart, its variables filled in from ``env``, as a command of this venv."""
+    text = (REPO_ROOT / "deploy/systemd" / unit).read_text()
+    [line] = [line for line in text.splitlines() if line.startswith("ExecStart=")]
+    words = line.removeprefix("ExecStart=").split()
+    words = [re.sub(r"\$\{(\w+)\}", lambda m: env[m[1]], word) for word in words]
+    return [Path(words[0]).name, *words[1:]]
+
+
+def test_the_units_agree_on_the_code_server_and_its_code_location():
+    """The daemon and the web UI load the code location from the code server's socket, by the
+    same default; the code server serves it under the one name posfed uses everywhere."""
+    import yaml
+
+    from posfed_pipeline import packaged
+
+    units = {
+        name: (REPO_ROOT / "deploy/systemd" / name).read_text()
+        for name in (
+            "posfed-code-server.service",
+            "posfed-dagster-daemon.service",
+            "posfed-dagster-webserver.service",
+        )
+    }
+    sockets = {
+        re.search(r"^Environment=POSFED_CODE_SERVER_SOCKET=(\S+)$", text, re.MULTILINE)[1]
+        for text in units.values()
+    }
+    assert len(sockets) == 1
+    for name in ("posfed-dagster-daemon.service", "posfed-dagster-webserver.service"):
+        assert " -w /opt/posfed/deploy/workspace.code-server.yaml" in units[name]
+        assert "Wants=network-online.target posfed-code-server.service" in units[name]
+    workspace = yaml.safe_load((REPO_ROOT / "deploy/workspace.code-server.yaml").read_text())
+    [entry] = workspace["load_from"]
+    assert entry["grpc_server"]["socket"] == {"env": "POSFED_CODE_SERVER_SOCKET"}
+    assert entry["grpc_server"]["location_name"] == packaged.location_name()
+    command = _unit_command("posfed-code-server.service", {"POSFED_CODE_SERVER_SOCKET": "S"})
+    assert command[command.index("--socket") + 1] == "S"
+    assert command[command.index("--location-name") + 1] == packaged.location_name()
 
 
 def test_prod_profile_records_runs_and_ticks_in_postgres(running_daemon, pg_databases, tmp_path):

@@ -56,7 +56,10 @@ def _worker_main(conn, dagster_home: str, working_directory: str, nice: int = 0)
     _warm_up()
     conn.send(("ready", os.getpid()))
     while True:
-        run_id = conn.recv()
+        try:
+            run_id = conn.recv()
+        except (EOFError, OSError):
+            return  # the pool is gone (killed): its successor starts workers of its own
         if run_id is None:
             return
         status = "FAILURE"
@@ -366,8 +369,14 @@ class WarmWorkerPool:
             if not stopping:
                 self._spawn(for_background=worker.for_background)
             self._cond.notify_all()
+        code = worker.process.exitcode
+        if not stopping:
+            if code is not None and code < 0:
+                how = f"was killed by {signal.Signals(-code).name}"
+            else:
+                how = f"exited with status {code}"
+            log.warning("run worker (pid %s) %s; a new one is starting", worker.process.pid, how)
         if run_id:
-            code = worker.process.exitcode
             self._report(run_id, f"its run worker (pid {worker.process.pid}) died (exit {code})")
             if self.on_finished:
                 self.on_finished(run_id, lane, "FAILURE")
