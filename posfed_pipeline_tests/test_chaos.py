@@ -1,5 +1,6 @@
 """The chaos run, reduced for CI: a few hundred files, every fault and every bad file at least
-once, against the real daemon, trigger, workers, central database and .dat folder.
+once, against the real store under its supervisor (code server, webserver, daemon, trigger,
+workers), central database and .dat folder.
 
 The full run (10,000 files) is `posfed chaos`, documented in the README with its last result.
 """
@@ -28,11 +29,28 @@ def test_reduced_chaos_run_loses_nothing_and_duplicates_nothing():
     try:
         assert report["passed"], chaos.format_report(report)
         assert {f["fault"] for f in report["faults"]} == {fault for _, fault in chaos.FAULTS}
+        # Every kind of process was killed (the power cut: all at once), came back, and the
+        # next .dat file followed each kill; the report says how soon.
+        kills = [f for f in report["faults"] if f["fault"] in chaos.KILL_FAULTS]
+        assert {f["fault"] for f in kills} == {
+            "kill_worker",
+            "kill_daemon",
+            "kill_fastpath",
+            "kill_code_server",
+            "kill_webserver",
+            "power_cut",
+        }
+        for kill in kills:
+            assert kill.get("kill_to_dat_seconds") is not None, kill
+            assert kill.get("back_after_seconds") is not None, kill
+        assert set(report["kill_to_dat_seconds"]) == set(chaos.KILL_FAULTS)
+        assert "next .dat" in chaos.format_report(report)
         assert report["kinds"]["twin"] >= 1 and report["kinds"]["future"] >= 1
         assert set(report["kinds"]) >= set(chaos.MIX)  # every kind of file was sent
         counts = report["counts"]
         assert counts["sent"] == 300
         assert counts["valid"] == counts["loaded_rows"] == counts["dat_files"] > 200
+        assert counts["unbilled"] == 0
         assert set(report["quarantined_by_reason"]) == set(chaos.INVALID_KINDS)
 
         # The reconciliation is not blind: a .dat file removed behind the pipeline's back,
@@ -47,6 +65,7 @@ def test_reduced_chaos_run_loses_nothing_and_duplicates_nothing():
         outcome = run.reconcile()
         assert not outcome.passed
         assert outcome.counts["lost"] == 2
+        assert outcome.counts["unbilled"] == 1  # the sale whose .dat went missing
         # A sale billed twice (its .dat written again after the import) is seen too.
         twice = next(p for p in run.importer.folder.rglob("*.dat"))
         shutil.copy(twice, run.config.dat_dir / twice.relative_to(run.importer.folder))

@@ -337,10 +337,14 @@ def _role(pid: int) -> str:
     for marker, role in (
         ("multiprocessing.spawn", "run worker"),
         ("multiprocessing.resource_tracker", "resource tracker"),
+        ("posfed demo", "supervisor"),
+        ("posfed_pipeline.cli demo", "supervisor"),
         ("api grpc", "code server"),
         ("dagster-daemon", "daemon"),
+        ("dagster._daemon", "daemon"),
         ("fastpath", "fast path"),
         ("dagster-webserver", "webserver"),
+        ("dagster_webserver", "webserver"),
     ):
         if marker in line:
             return role
@@ -650,7 +654,7 @@ class Run:
         self.outage_window: tuple[float, float] | None = None  # (start, end), time.time()
         self.central_complete_at: float | None = None
         self.spec = dat.load_spec(self.config.dat_spec)
-        self.dagster_home = self.root / "dh"
+        self.dagster_home = self.dagster_home_of(self.config)
         profile = settings.instance_yaml
         if mode == "posfed" and profile is None and settings.instance == "production":
             self.dagster_storage = BenchDagsterStorage()
@@ -771,9 +775,7 @@ class Run:
         # fresh SQLite storage at once stamp its schema twice (alembic: "more than one head").
         self.instance = dg.DagsterInstance.from_config(str(self.dagster_home))
         self.instance.get_runs_count()
-        self.start_daemon()
-        if self.mode == "posfed":
-            self.start_fastpath()
+        self.start_processes()
         self._wait(self._sensors_ticking, 180, "every terminal's sensor to tick")
         if self.mode == "posfed":
             workers = self.settings.workers
@@ -799,6 +801,16 @@ class Run:
         self._wait(lambda: self.active_runs() == 0, 60, "the warm-up runs to finish")
         self.runs_before = {r.run_id for r in self.instance.get_runs()}
         self.cpu_ready = self.processes.tree_cpu()
+
+    def dagster_home_of(self, config: PosfedConfig) -> Path:
+        """The Dagster instance's home folder: one of the run's own."""
+        return self.root / "dh"
+
+    def start_processes(self) -> None:
+        """The store's processes: the daemon and, for posfed, the fast path."""
+        self.start_daemon()
+        if self.mode == "posfed":
+            self.start_fastpath()
 
     def start_daemon(self) -> None:
         daemon = str(Path(sys.executable).with_name("dagster-daemon"))
@@ -856,7 +868,7 @@ class Run:
             time.sleep(0.25)
         raise RuntimeError(
             f"timed out after {timeout:.0f}s waiting for {what} ({self.mode}; logs in "
-            f"{self.root})\n{self.processes.log_tail('daemon')}"
+            f"{self.root})\n{self.processes.log_tail(next(iter(self.processes.started)))}"
         )
 
     # --- driving ----------------------------------------------------------------------------

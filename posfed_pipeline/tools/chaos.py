@@ -2,9 +2,10 @@
 
 It builds a fresh store in a temp folder (20 terminals, the embedded SQLite central database
 or, with ``--central postgres``, a PostgreSQL cluster of its own behind a TCP fault proxy; its
-own DAGSTER_HOME), starts ``dagster-daemon`` (sensors, run queue, run monitoring) and
-``posfed fastpath`` (the inotify trigger and warm run workers), and drives the terminals with the
-simulator at a steady rate. Mixed into the receipts, on a seeded schedule:
+own DAGSTER_HOME), runs it as ``posfed demo --no-simulator`` does: the code server, the fast
+path (the inotify trigger and warm run workers), the webserver and the daemon (sensors, run
+queue, run monitoring) under posfed's supervisor, which restarts whatever dies, and drives the
+terminals with the simulator at a steady rate. Mixed into the receipts, on a seeded schedule:
 
 - files the pipeline must reject: malformed, empty, truncated, non-UTF-8 and oversized files,
   receipt ids that try to escape their folder, receipts that claim another terminal, and a
@@ -23,9 +24,11 @@ is settled midway, so the rest of the day's receipts arrive late for a settled d
 
 and, at fixed points of the run, the faults:
 
-- ``kill -9`` of a run worker, of the Dagster daemon, of the fast-path service (the trigger and
-  the pool), and a power cut: every posfed process at once. Each is restarted a moment later,
-  as its supervisor would;
+- ``kill -9`` of each kind of process the store runs: a warm run worker (the pool replaces it),
+  the daemon, the fast path (the trigger and the pool), the code server and the webserver (the
+  supervisor restarts them); for each, the time from the kill to the next .dat file written and
+  until it is back is measured. And a power cut: every process at once, the supervisor too,
+  which the harness then starts again, as a reboot would;
 - the central database out of reach for ``--db-outage`` seconds: an exclusive SQLite
   transaction; with PostgreSQL, a silent link (partition, no reset), a server restart and an
   exclusive lock on the receipt tables held by another session, one after another;
@@ -36,8 +39,9 @@ Then it waits until every file has a final place and the store's ledger has sync
 reconciles what the terminals sent with what the central side holds: rows, .dat files,
 quarantine (by reason), archive, and the central database against the store's ledger (every
 accepted receipt once, every delivery record once, nothing else). The exit status is non-zero
-unless loaded = .dat = valid, quarantined = invalid, duplicates = 0 and lost = 0, every sale
-was billed exactly once (imported .dat files and any left in the folder, by name), and the day's
+unless loaded = .dat = valid, quarantined = invalid, duplicates = 0, lost = 0 and unbilled = 0
+(valid receipts without a billed .dat), every sale was billed exactly once (imported .dat
+files and any left in the folder, by name), the next .dat came after every kill, and the day's
 settlement, re-run by the late-receipts sensor, counts every receipt of the day.
 """
 
@@ -49,11 +53,13 @@ import os
 import random
 import shutil
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections import Counter
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
@@ -62,13 +68,15 @@ from pathlib import Path
 
 from sqlalchemy import case, func, select
 
-from posfed_pipeline import packaged
+from posfed_pipeline import packaged, services
 from posfed_pipeline.core import dat, inbox, quarantine, store
 from posfed_pipeline.core.config import PosfedConfig, Terminal
 from posfed_pipeline.core.intake import MAX_FILE_BYTES
 from posfed_pipeline.core.ledger import Ledger, Outcome, ledger_path
 from posfed_pipeline.core.receipt import Receipt, canonical_json, content_hash
 from posfed_pipeline.core.simulator import ReceiptSimulator
+from posfed_pipeline.defs.central_db import SYNC_SENSOR
+from posfed_pipeline.supervisor import children, read_state, unix_socket_answers
 from posfed_pipeline.tools import bench
 
 # What each rejected kind's quarantine reason must say.
@@ -106,15 +114,26 @@ MIX = {
 }
 # Where in the sending period each fault strikes (fraction of it).
 FAULTS = [
-    (0.10, "kill_worker"),
-    (0.20, "kill_daemon"),
-    (0.30, "kill_fastpath"),
+    (0.08, "kill_worker"),
+    (0.16, "kill_daemon"),
+    (0.24, "kill_fastpath"),
+    (0.32, "kill_code_server"),
     (0.40, "dat_folder_unwritable"),
     (0.50, "db_outage"),
     (0.60, "settle_today"),  # not a fault: the rest of the day's receipts arrive late
-    (0.68, "power_cut"),
+    (0.64, "kill_webserver"),
+    (0.72, "power_cut"),
     (0.85, "kill_worker"),
 ]
+# The services the supervisor restarts, by the fault that kills one (its name in services.json).
+KILLED_SERVICE = {
+    "kill_webserver": "webserver",
+    "kill_daemon": "daemon",
+    "kill_code_server": "code-server",
+    "kill_fastpath": "fastpath",
+}
+KILL_FAULTS = ("kill_worker", *KILLED_SERVICE, "power_cut")
+STORE_SERVICES = ("code-server", "fastpath", "webserver", "daemon")
 # With a PostgreSQL central database, its outage comes three ways instead of one.
 POSTGRES_FAULTS = [(0.50, "db_partition"), (0.58, "db_restart"), (0.76, "db_lock")]
 
@@ -125,8 +144,12 @@ def faults_for(central: str) -> list[tuple[float, str]]:
     return sorted([f for f in FAULTS if f[1] != "db_outage"] + POSTGRES_FAULTS)
 
 
-RESTART_AFTER_SECONDS = 2.0
+RESTART_AFTER_SECONDS = 2.0  # a power cut: the server boots again after this long
 DAT_BLOCK_SECONDS = 8.0
+# After a kill: how long to watch for the next .dat file and for the killed kind to be back.
+AFTER_KILL_TIMEOUT = 180.0
+# The last receipts are sent once every kill has struck.
+HELD_BACK_RECEIPTS = 10
 
 
 @dataclass
@@ -170,6 +193,7 @@ class Verdict:
             and c["quarantined"] == c["invalid"]
             and c["duplicates"] == 0
             and c["lost"] == 0
+            and c["unbilled"] == 0
             and c["left_in_inbox"] == 0
             and not self.problems
         )
@@ -343,10 +367,72 @@ def write_file(item: Item, rng: random.Random) -> None:
 # --- the run ----------------------------------------------------------------------------------
 
 
+class SupervisedStore(bench.Run):
+    """The benchmark's store, set-up and measurements, its processes run as ``posfed demo``
+    runs them: under posfed's supervisor (one process; "store" in the bench's processes),
+    which restarts whatever of them dies."""
+
+    def dagster_home_of(self, config: PosfedConfig) -> Path:
+        return config.home / "dagster_home"  # where `posfed demo` keeps its instance
+
+    def start_processes(self) -> None:
+        with socket.socket() as probe:  # a free port for the webserver
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        demo = [sys.executable, "-m", "posfed_pipeline.cli", "demo", "--no-simulator"]
+        options = ["--port", str(self.port), "--workers", str(self.settings.workers)]
+        self.processes.start("store", demo + options)
+
+    def serving(self, kind: str, since: float = 0.0) -> bool:
+        """Whether ``kind`` does its work: the UI answers, the daemon's sensors tick (since
+        ``since``, without failing), the code server listens, the fast path's workers are warm."""
+        if kind == "webserver":
+            try:
+                url = f"http://127.0.0.1:{self.port}/server_info"
+                with urllib.request.urlopen(url, timeout=2) as answer:
+                    return answer.status == 200
+            except OSError:
+                return False
+        if kind == "daemon":
+            return self._sync_sensor_ticked_since(since)
+        if kind == "code-server":
+            return unix_socket_answers(services.code_server_socket_path(self.dagster_home))
+        stats = self.pool_stats() or {}  # the fast path, or a warm worker
+        return stats.get("ready") == self.settings.workers and bool(self.warm_workers())
+
+    def _sync_sensor_ticked_since(self, since: float) -> bool:
+        # The sync sensor ticks every daemon loop (about once a second).
+        state = next(
+            (s for s in self.instance.all_instigator_state() if s.instigator_name == SYNC_SENSOR),
+            None,
+        )
+        if state is None:
+            return False
+        ticks = self.instance.get_ticks(state.instigator_origin_id, state.selector_id, limit=1)
+        return bool(ticks) and ticks[0].timestamp > since and ticks[0].status.value != "FAILURE"
+
+    def services(self) -> dict:
+        """What the supervisor says of each service (pid, state, restarts, last exit)."""
+        try:
+            return read_state(services.state_file(self.dagster_home))["services"]
+        except (OSError, ValueError):  # not written yet, or being replaced
+            return {}
+
+    def warm_workers(self) -> set[int]:
+        """The fast path's warm run workers (its multiprocessing children)."""
+        fastpath = self.services().get("fastpath", {}).get("pid")
+        workers = set()
+        for pid in children(fastpath) if fastpath else ():
+            with contextlib.suppress(OSError):
+                if b"multiprocessing.spawn" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                    workers.add(pid)
+        return workers
+
+
 class ChaosRun:
     def __init__(self, settings: ChaosSettings):
         self.settings = settings
-        self.bench = bench.Run(
+        self.bench = SupervisedStore(
             "posfed",
             bench.BenchSettings(
                 terminals=settings.terminals,
@@ -372,56 +458,138 @@ class ChaosRun:
         self._waiting_delivery: list[Item] = []
         self.importer = BillingImporter(self.config.dat_dir, self.root / "billing_imported")
         self._retries: list[Item] = []  # "future" receipts to re-queue once their time comes
+        # Kills started but not struck yet (each waits for its victim to be up first).
+        self._kills_pending = 0
+        self._kills_struck = threading.Condition()
         self.settled_day: str | None = None  # the day settled midway, if it was
 
     # --- faults -------------------------------------------------------------------------------
 
-    def _pids(self, name: str) -> list[int]:
-        return sorted(self.bench.processes.session_pids(name))
+    def _when_serving(self, kinds: tuple[str, ...]) -> None:
+        """Wait until each of ``kinds`` does its work: a kill strikes a store that is up (in a
+        short run, the previous fault's restart may not be over yet)."""
+        deadline = time.monotonic() + AFTER_KILL_TIMEOUT
+        while time.monotonic() < deadline:
+            with contextlib.suppress(Exception):  # a state file being replaced, a busy instance
+                if all(self.bench.serving(kind) for kind in kinds):
+                    return
+            time.sleep(0.5)
 
-    def _worker_pids(self) -> list[int]:
-        fastpath = self.bench.processes.started["fastpath"].pid
-        return [pid for pid in self._pids("fastpath") if pid != fastpath]
+    def _one_strike(self):
+        """What a kill calls once it has struck (again: nothing), for the held-back receipts."""
+        done = threading.Event()
 
-    def _kill(self, name: str) -> None:
-        for pid in self._pids(name):
+        def struck() -> None:
+            if done.is_set():
+                return
+            done.set()
+            with self._kills_struck:
+                self._kills_pending -= 1
+                self._kills_struck.notify_all()
+
+        return struck
+
+    def _kill_service(self, name: str, struck) -> tuple[str, dict]:
+        self._when_serving((name,))
+        victim = self.bench.services()[name]["pid"]
+        os.kill(victim, signal.SIGKILL)
+        killed_at = time.time()
+        struck()
+
+        def back() -> bool:
+            service = self.bench.services().get(name, {})
+            return service.get("pid") not in (None, victim) and self.bench.serving(name, killed_at)
+
+        return f"{name} pid {victim}", self._after_kill(killed_at, back)
+
+    def _kill_worker(self, struck) -> tuple[str, dict]:
+        self._when_serving(("warm worker",))
+        workers = self.bench.warm_workers()
+        if not workers:
+            struck()
+            return "no warm worker running", {}
+        victim = self.rng.choice(sorted(workers))
+        os.kill(victim, signal.SIGKILL)
+        killed_at = time.time()
+        struck()
+
+        def back() -> bool:  # the pool has a warm worker in its place
+            return victim not in self.bench.warm_workers() and self.bench.serving("warm worker")
+
+        return f"pid {victim}", self._after_kill(killed_at, back)
+
+    def _power_cut(self, struck) -> tuple[str, dict]:
+        """Every process of the store at once, the supervisor too; then the server boots."""
+        self._when_serving(STORE_SERVICES)
+        store = self.bench.processes.started["store"]
+        frozen: set[int] = set()
+        # Stopped first, so none of them can start another meanwhile; then all killed.
+        while pids := self.bench.processes.session_pids("store") - frozen:
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGSTOP)
+            frozen |= pids
+        for pid in frozen:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-        with contextlib.suppress(Exception):
-            self.bench.processes.started[name].wait(timeout=10)
-
-    def _restart(self, name: str) -> None:
+        killed_at = time.time()
+        struck()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            store.wait(timeout=10)
         time.sleep(RESTART_AFTER_SECONDS)
-        (self.bench.start_daemon if name == "daemon" else self.bench.start_fastpath)()
+        self.bench.start_processes()
+
+        def back() -> bool:
+            now = self.bench.services()
+            return (
+                set(now) == set(STORE_SERVICES)
+                and all(service["pid"] not in frozen for service in now.values())
+                and all(self.bench.serving(kind, killed_at) for kind in STORE_SERVICES)
+            )
+
+        return f"{len(frozen)} processes", self._after_kill(killed_at, back)
+
+    def _after_kill(self, killed_at: float, back) -> dict:
+        """Seconds from the kill to the next .dat file written, and until ``back()`` says the
+        killed kind runs again (None: not within AFTER_KILL_TIMEOUT)."""
+        dat_after = back_after = None
+        polls = 0
+        deadline = time.monotonic() + AFTER_KILL_TIMEOUT
+        while (dat_after is None or back_after is None) and time.monotonic() < deadline:
+            if dat_after is None:
+                written = []
+                for path in self.config.dat_dir.glob("*/*.dat"):
+                    with contextlib.suppress(OSError):
+                        if (mtime := path.stat().st_mtime) > killed_at:
+                            written.append(mtime)
+                if written:
+                    dat_after = round(min(written) - killed_at, 2)
+            if back_after is None and polls % 5 == 0:
+                with contextlib.suppress(Exception):  # a state file being replaced, say
+                    if back():
+                        back_after = round(time.time() - killed_at, 2)
+            polls += 1
+            time.sleep(0.1)
+        return {"kill_to_dat_seconds": dat_after, "back_after_seconds": back_after}
+
+    def _kill(self, fault: str) -> tuple[str, dict]:
+        struck = self._one_strike()
+        try:
+            if fault == "kill_worker":
+                return self._kill_worker(struck)
+            if fault == "power_cut":
+                return self._power_cut(struck)
+            return self._kill_service(KILLED_SERVICE[fault], struck)
+        finally:
+            struck()  # also if it failed: the held-back receipts wait for no kill that failed
 
     def inject(self, fault: str) -> None:
         self.current_fault = fault
         started = time.time()
         detail = ""
-        if fault == "kill_worker":
-            workers = self._worker_pids()
-            if workers:
-                victim = self.rng.choice(workers)
-                os.kill(victim, signal.SIGKILL)
-                detail = f"pid {victim}"
-        elif fault == "kill_daemon":
-            self._kill("daemon")
-            self._restart("daemon")
-        elif fault == "kill_fastpath":
-            self._kill("fastpath")
-            self._restart("fastpath")
-        elif fault == "power_cut":
-            everything = self._pids("daemon") + self._pids("fastpath")
-            for pid in everything:  # all at once, no clean shutdown anywhere
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-            detail = f"{len(everything)} processes"
-            for name in ("daemon", "fastpath"):
-                with contextlib.suppress(Exception):
-                    self.bench.processes.started[name].wait(timeout=10)
-            time.sleep(RESTART_AFTER_SECONDS)
-            self.bench.start_daemon()
-            self.bench.start_fastpath()
+        measured: dict = {}
+        if fault in KILL_FAULTS:
+            detail, measured = self._kill(fault)
         elif fault == "db_outage":
             self._lock_database(self.settings.db_outage_seconds)
             detail = f"{self.settings.db_outage_seconds:g} s"
@@ -445,6 +613,7 @@ class ChaosRun:
                 "at": started,
                 "seconds": round(time.time() - started, 1),
                 "detail": detail,
+                **measured,
             }
         )
         self.current_fault = ""
@@ -584,9 +753,19 @@ class ChaosRun:
                 time.sleep(delay)
             while schedule and time.monotonic() - start >= schedule[0][0]:
                 _, fault = schedule.pop(0)
+                if fault in KILL_FAULTS:
+                    with self._kills_struck:
+                        self._kills_pending += 1
                 thread = threading.Thread(target=self.inject, args=(fault,), daemon=True)
                 thread.start()
                 fault_threads.append(thread)
+            if i == settings.receipts - HELD_BACK_RECEIPTS:
+                # In a short run a kill may strike late (it waits for its victim to be up):
+                # the last receipts wait for it, so receipts arrive after every kill.
+                with self._kills_struck:
+                    self._kills_struck.wait_for(
+                        lambda: self._kills_pending == 0, timeout=2 * AFTER_KILL_TIMEOUT
+                    )
             if i % 20 == 0:
                 self._track_deliveries()
                 self._retry_due()
@@ -717,11 +896,24 @@ class ChaosRun:
                 outcome.problems.append("the day was never settled midway")
             for item in self._retries:
                 outcome.problems.append(f"{item.terminal.id}/{item.name} was never re-queued")
+            for fault in self.faults:
+                if "kill_to_dat_seconds" not in fault:  # not a kill, or nothing to kill
+                    continue
+                for measure, what in (
+                    ("kill_to_dat_seconds", "no .dat file was written"),
+                    ("back_after_seconds", "what was killed did not come back"),
+                ):
+                    if fault.get(measure) is None:
+                        outcome.problems.append(
+                            f"{fault['fault']} ({fault['detail']}): {what} within "
+                            f"{AFTER_KILL_TIMEOUT:g} s"
+                        )
             report.update(
                 counts=outcome.counts,
                 quarantined_by_reason=outcome.quarantined_by_reason,
                 problems=outcome.problems[:50],
                 faults=self.faults,
+                kill_to_dat_seconds=kill_to_dat(self.faults),
                 kinds=dict(Counter(i.kind for i in self.traffic.items)),
                 passed=outcome.passed,
             )
@@ -915,7 +1107,7 @@ def reconcile(
                 archived[(terminal.id, _original_name(path.name))] += 1
 
     expected_dat: set[Path] = set()
-    valid = invalid = loaded = repeats = lost = 0
+    valid = invalid = loaded = repeats = lost = unbilled = 0
     by_reason: Counter = Counter()
     for item in items:
         where = (item.terminal.id, item.name)
@@ -932,6 +1124,8 @@ def reconcile(
             loaded += min(count, 1)
             if count and row_hashes[key] != content_hash(item.data):
                 outcome.problems.append(f"{where}: the row holds other content than was sent")
+            if rel not in dat_files:
+                unbilled += 1  # the cashier would still be waiting for this sale
             if count == 0 or rel not in dat_files:
                 lost += 1
                 outcome.problems.append(
@@ -993,6 +1187,7 @@ def reconcile(
         "quarantined": sum(by_reason.values()),
         "duplicates": duplicates,
         "lost": lost,
+        "unbilled": unbilled,
         "left_in_inbox": len(left),
     }
     outcome.quarantined_by_reason = dict(sorted(by_reason.items()))
@@ -1032,6 +1227,17 @@ def ledger_disagreements(
 # --- the command ------------------------------------------------------------------------------
 
 
+def kill_to_dat(faults: list[dict]) -> dict[str, float | None]:
+    """Per kind of kill, the longest time from a kill to the next .dat file (None: none)."""
+    longest: dict[str, float | None] = {}
+    for fault in faults:
+        if fault["fault"] in KILL_FAULTS and "kill_to_dat_seconds" in fault:
+            seconds = fault["kill_to_dat_seconds"]
+            before = longest.get(fault["fault"], 0.0)
+            longest[fault["fault"]] = None if None in (seconds, before) else max(seconds, before)
+    return longest
+
+
 def format_report(report: dict) -> str:
     c = report["counts"]
     lines = [
@@ -1042,7 +1248,13 @@ def format_report(report: dict) -> str:
         "faults injected:",
     ]
     for fault in report["faults"]:
-        lines.append(f"  {fault['fault']:<24} {fault['detail']:<16} ({fault['seconds']:.1f} s)")
+        line = f"  {fault['fault']:<24} {fault['detail']:<22} ({fault['seconds']:.1f} s)"
+        if "kill_to_dat_seconds" in fault:
+            line += (
+                f"  next .dat {_seconds(fault['kill_to_dat_seconds'])} after the kill, "
+                f"back after {_seconds(fault['back_after_seconds'])}"
+            )
+        lines.append(line)
     lines += [
         f"sent                 {c['sent']}",
         f"  valid              {c['valid']}",
@@ -1058,12 +1270,17 @@ def format_report(report: dict) -> str:
     lines += [
         f"duplicates           {c['duplicates']}",
         f"lost                 {c['lost']}",
+        f"unbilled             {c.get('unbilled', 0)}  (valid receipts without a billed .dat)",
         f"left in inboxes      {c['left_in_inbox']}",
     ]
     for problem in report["problems"]:
         lines.append(f"  ! {problem}")
     lines.append("PASSED" if report["passed"] else "FAILED")
     return "\n".join(lines)
+
+
+def _seconds(value: float | None) -> str:
+    return "never" if value is None else f"{value:.1f} s"
 
 
 def add_arguments(parser) -> None:
