@@ -43,10 +43,8 @@ BACKGROUND_NICE = 10
 FINISHED_KEPT = 10_000  # finished runs' statuses kept for the launcher's health checks
 
 
-def _worker_main(conn, dagster_home: str, working_directory: str, nice: int = 0) -> None:
+def _worker_main(conn, dagster_home: str, working_directory: str) -> None:
     """A run worker: warm up once, then execute the runs it is handed, one at a time."""
-    if nice:
-        os.nice(nice)  # raising one's own niceness needs no privilege
     os.environ["DAGSTER_HOME"] = dagster_home
     os.chdir(working_directory)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the pool decides when a worker stops
@@ -158,6 +156,8 @@ class WarmWorkerPool:
     # --- life cycle ---------------------------------------------------------------------------
 
     def start(self, wait_ready: float = 60.0) -> None:
+        """Start the workers; wait at most ``wait_ready`` seconds for them to be warm (runs
+        submitted meanwhile wait for the first that is)."""
         os.environ.setdefault("DAGSTER_HOME", str(self.dagster_home))
         self._instance = dg.DagsterInstance.from_config(str(self.dagster_home))
         for _ in range(self.size):
@@ -166,10 +166,18 @@ class WarmWorkerPool:
             self._spawn(for_background=True)
         self._requeue_orphans()
         threading.Thread(target=self._dispatch_loop, name="pool-dispatch", daemon=True).start()
-        deadline = time.monotonic() + wait_ready
+        self.wait_ready(wait_ready)
+
+    def wait_ready(self, timeout: float) -> bool:
+        """Until every worker is warm, at most ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
         with self._cond:
-            while not all(w.ready for w in self._workers) and time.monotonic() < deadline:
-                self._cond.wait(0.2)
+            while not all(w.ready for w in self._workers):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cond.wait(min(left, 0.2))
+        return True
 
     def stop(self) -> None:
         with self._cond:
@@ -207,16 +215,16 @@ class WarmWorkerPool:
         parent, child = self._ctx.Pipe()
         process = self._ctx.Process(
             target=_worker_main,
-            args=(
-                child,
-                str(self.dagster_home),
-                str(self.working_directory),
-                BACKGROUND_NICE if for_background else 0,
-            ),
+            args=(child, str(self.dagster_home), str(self.working_directory)),
             name="posfed-background-worker" if for_background else "posfed-run-worker",
             daemon=True,
         )
         process.start()
+        if for_background:
+            # At once, from here: its imports (seconds of CPU) already yield to the checkout
+            # workers warming up beside it. Raising a child's niceness needs no privilege.
+            niceness = min(19, os.getpriority(os.PRIO_PROCESS, 0) + BACKGROUND_NICE)
+            os.setpriority(os.PRIO_PROCESS, process.pid, niceness)
         child.close()
         worker = _Worker(process, parent, for_background=for_background)
         self._workers.append(worker)

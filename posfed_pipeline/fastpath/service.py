@@ -63,7 +63,10 @@ def start_fastpath(
         dagster_home, dagster_home, size=workers, background_workers=background_workers
     )
     launcher.register_local_pool(pool)
-    pool.start()
+    # The workers warm up (seconds: each imports the code location) while the trigger starts:
+    # a fast path restarted after a crash takes the files that came meanwhile at once, and
+    # their runs start the moment the first worker is warm.
+    pool.start(wait_ready=0)
     server = PoolServer(socket_path, pool)
     server.serve_in_background()
     inbox_trigger = None
@@ -74,6 +77,7 @@ def start_fastpath(
         inbox_trigger = InboxTrigger(config, instance, factory, sync_factory)
         pool.on_finished = inbox_trigger.run_finished
         inbox_trigger.start()
+    pool.wait_ready(60.0)
     log.info(
         "fast path up: %d warm workers (+%d for background runs), socket %s, trigger %s",
         workers,
