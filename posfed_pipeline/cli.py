@@ -1008,7 +1008,7 @@ def _backup_restore(args) -> int:
     if claim_store.exists() and claims.ClaimStore(claim_store).alive():
         print(
             "backup restore: posfed's fast path is running on this home; stop the services "
-            "(posfed-fastpath, the daemon, the webserver) first",
+            "(posfed-fastpath, the daemon, the webserver, the code server; or posfed demo) first",
             file=sys.stderr,
         )
         return 2
