@@ -631,37 +631,44 @@ def _receipt_validate(args) -> int:
             continue
         by_terminal.setdefault(terminal_id, {})[path] = name
 
-    # The pipeline's stages, without moving any file (processing.judge).
+    # The pipeline's stages, without moving any file (processing.judge); a batch at a time in
+    # which no two files share a name (reports name files, not paths).
     # A file of several transactions (POSLog) has a verdict per transaction: "<file>#<n>".
-    all_transactions: dict[str, str] = {}
-    by_name: dict[str, str] = {}
+    transaction_names: dict[str, str] = {}  # "<file>#<n>" -> "transaction 2 (SequenceNumber …)"
     for terminal_id, names in by_terminal.items():
         terminal = config.terminal(terminal_id)
-        judgement = processing.judge(config, terminal, list(names), spec=spec, ledger=ledger)
-        batch, report = judgement.intake, judgement.validation
-        by_name.update({path.name: name for path, name in names.items()})
-        all_transactions.update(batch.transactions)
+        for group in _batches_of_distinct_names(names):
+            judgement = processing.judge(config, terminal, list(group), spec=spec, ledger=ledger)
+            batch, report = judgement.intake, judgement.validation
+            by_name = {path.name: name for path, name in group.items()}
 
-        for rejected_name, problems in batch.rejected:
-            if rejected_name not in by_name:  # a transaction: "<file name>#<n>"
-                file_name, _, index = rejected_name.rpartition("#")
-                rejected_name = f"{by_name[file_name]}#{index}"
-            else:
-                rejected_name = by_name[rejected_name]
-            verdicts[rejected_name] = (terminal_id, problems)
-        for receipt, problems in report.invalid:
-            verdicts[_shown_name(batch, names, receipt)] = (terminal_id, problems)
-        for receipt, reason in judgement.conflicts:
-            problem = Problem("receiptId", receipt.receipt_id, reason)
-            verdicts[_shown_name(batch, names, receipt)] = (terminal_id, [problem])
-        for receipt in report.valid:
-            verdicts[_shown_name(batch, names, receipt)] = (terminal_id, [])
-        for missing in batch.missing:
-            name = by_name[missing]
-            problem = Problem("file", printable_name(name), "vanished while reading")
-            verdicts[name] = (terminal_id, [problem])
-        for held, why in batch.held:
-            verdicts[by_name[held]] = (terminal_id, [Problem("file", printable_name(held), why)])
+            def shown(file_name: str, by_name=by_name) -> str:
+                """The argument a reported name came from; "<file>#<n>": a transaction's."""
+                if file_name in by_name:
+                    return by_name[file_name]
+                base, _, index = file_name.rpartition("#")
+                return f"{by_name[base]}#{index}"
+
+            for key, label in batch.transactions.items():
+                transaction_names[shown(key)] = label
+            for rejected_name, problems in batch.rejected:
+                verdicts[shown(rejected_name)] = (terminal_id, problems)
+            for receipt, problems in report.invalid:
+                verdicts[_shown_name(batch, group, receipt)] = (terminal_id, problems)
+            for receipt, reason in judgement.conflicts:
+                problem = Problem("receiptId", receipt.receipt_id, reason)
+                verdicts[_shown_name(batch, group, receipt)] = (terminal_id, [problem])
+            for receipt in report.valid:
+                verdicts[_shown_name(batch, group, receipt)] = (terminal_id, [])
+            for missing in batch.missing:
+                problem = Problem("file", printable_name(missing), "vanished while reading")
+                verdicts[by_name[missing]] = (terminal_id, [problem])
+            for changed in batch.deferred:
+                rule = "changed while it was read (still being written?): run this again"
+                verdicts[by_name[changed]] = (terminal_id, [Problem("file", changed, rule)])
+            for held, why in batch.held:
+                problem = Problem("file", printable_name(held), why)
+                verdicts[by_name[held]] = (terminal_id, [problem])
 
     order = {name: n for n, name in enumerate(dict.fromkeys(args.files))}
 
@@ -672,13 +679,6 @@ def _receipt_validate(args) -> int:
         return order[file_name], int(index)
 
     results = [(name, *verdicts[name]) for name in sorted(verdicts, key=in_file_order)]
-    # A transaction's own name, e.g. "transaction 2 (SequenceNumber 1041)", by "<file>#<n>".
-    transaction_names = {
-        f"{by_name[file]}#{index}": label
-        for file, index, label in (
-            (*key.rsplit("#", 1), label) for key, label in all_transactions.items()
-        )
-    }
     if args.json:
         listing = [
             {
@@ -704,6 +704,18 @@ def _receipt_validate(args) -> int:
         invalid = sum(1 for _, _, problems in results if problems)
         print(f"receipt validate: {len(results) - invalid} valid, {invalid} invalid")
     return 1 if any(problems for _, _, problems in results) else 0
+
+
+def _batches_of_distinct_names(names: dict[Path, str]) -> list[dict[Path, str]]:
+    """``names`` (path -> as given) split so that no batch holds two files of one name."""
+    batches: list[dict[Path, str]] = []
+    for path, name in names.items():
+        batch = next((b for b in batches if all(p.name != path.name for p in b)), None)
+        if batch is None:
+            batch = {}
+            batches.append(batch)
+        batch[path] = name
+    return batches
 
 
 def _not_a_regular_file(path: Path) -> str | None:

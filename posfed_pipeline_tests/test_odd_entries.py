@@ -754,3 +754,128 @@ def test_entries_that_are_not_files_are_listed_where_operators_look(tmp_path, ca
     assert "bakery_1  inbox/pipe.json (a FIFO)" in listing
     assert "inboxes: 3 entries not taken" in listing
     assert sorted(os.listdir(inbox_dir)) == sorted(["pipe.json", "map\udce9", "link.json"])
+
+
+def test_a_leftover_marker_too_long_for_a_claim_never_stops_the_listing(tmp_path, monkeypatch):
+    """A till's `<name>.ok` whose file never came, its name 250 bytes: no claim name fits
+    beside it (they add ~45 bytes), yet the inbox lists, and the stale marker goes."""
+    monkeypatch.delenv("POSFED_HOME", raising=False)
+    raw = store_config_dict(tmp_path / "s")
+    raw["terminals"][0]["ready_marker"] = ".ok"
+    config = config_from_dict(raw, base_dir=tmp_path)
+    config.ensure_folders()
+    terminal = config.terminal("bakery_1")
+    marker = terminal.inbox / ("M" * 247 + ".ok")
+    marker.touch()
+    old = datetime.now().timestamp() - 2 * inbox.STALE_CLAIM_SECONDS
+    os.utime(marker, (old, old))
+    (terminal.inbox / "1K1.json").write_text(json.dumps(receipt_doc("1K1")))
+    (terminal.inbox / "1K1.json.ok").touch()
+
+    scan = inbox.scan_inbox(terminal)
+
+    assert [f.name for f in scan.ready] == ["1K1.json"]
+    assert not marker.exists()
+
+
+def test_two_launchers_renaming_one_file_leave_it_under_one_name(odd_store):
+    terminal = odd_store.terminal("bakery_1")
+    path = os.path.join(os.fsencode(terminal.inbox), b"dubbel\xe9.json")
+    with open(path, "wb") as handle:
+        handle.write(json.dumps(receipt_doc("1R1")).encode())
+    [item] = inbox.scan_inbox(terminal, stability_seconds=0).ready
+    first = inbox.give_safe_name(terminal, item)
+    second = inbox.give_safe_name(terminal, item)  # the other launcher, a moment later
+    assert first is not None and second is None
+    assert os.listdir(terminal.inbox) == ["dubbel%E9.json"]
+
+
+def test_a_file_dated_ahead_of_the_clock_waits_its_grace_once_then_gets_its_verdict(odd_store):
+    """A NAS whose clock runs a day ahead: the file is taken (its mtime says nothing of when
+    it was written), an unreadable one waits the grace from now, once, and is then judged."""
+    terminal = odd_store.terminal("bakery_1")
+    path = terminal.inbox / "ahead.json"
+    path.write_bytes(b'{"receiptId": "1A')
+    ahead = datetime.now().timestamp() + 86400
+    os.utime(path, (ahead, ahead))
+    [item] = inbox.scan_inbox(terminal).ready  # not left settling for a day
+    ledger, spec = open_ledger(odd_store.home), load_spec(odd_store.dat_spec)
+
+    first = processing.process_batch(odd_store, terminal, [item.path], ledger=ledger, spec=spec)
+    [deferral] = first.intake.deferrals
+    assert deferral.retry_at <= first.intake.now + odd_store.incomplete_grace_seconds + 1
+    again = processing.process_batch(
+        odd_store, terminal, [item.path], ledger=ledger, spec=spec, attempt=1
+    )
+    assert again.intake.rejected and (terminal.quarantine / "ahead.json.error.json").exists()
+
+
+def test_a_fifo_put_where_a_listed_file_was_is_left_alone_and_never_opened(odd_store):
+    terminal = odd_store.terminal("bakery_1")
+    path = terminal.inbox / "swapped.json"
+    os.mkfifo(path)  # the file listed a moment ago is a FIFO now
+    result = processing.read_batch(terminal, [path])
+    assert result.missing == ["swapped.json"] and not result.rejected
+    assert stat.S_ISFIFO(path.lstat().st_mode)  # not moved: the listing reports it
+
+
+def test_a_poslog_file_whose_bad_sale_cannot_be_quarantined_stays_whole_for_a_later_run(
+    odd_store,
+):
+    """One sale of three is bad and the quarantine cannot be written (a full disk): the file
+    is not archived (the bad sale would have no verdict); the next run quarantines the sale
+    and archives the file, and the good sales are billed once."""
+    terminal = odd_store.terminal("fish_1")
+    good = [_sale(f"{n}") for n in (7001, 7002)]
+    bad = replace_total(_sale("7003"))
+    path = terminal.inbox / "day.xml"
+    path.write_bytes(write_poslog([good[0], bad, good[1]], "7"))
+    ledger, spec = open_ledger(odd_store.home), load_spec(odd_store.dat_spec)
+    terminal.quarantine.rmdir()
+    terminal.quarantine.write_text("not a folder")
+
+    first = processing.process_batch(odd_store, terminal, [path], ledger=ledger, spec=spec)
+    assert path.exists() and first.intake.held and len(first.dat_files) == 2
+
+    terminal.quarantine.unlink()
+    again = processing.process_batch(
+        odd_store, terminal, [path], ledger=ledger, spec=spec, attempt=1
+    )
+    assert not path.exists() and not again.dat_files  # the good ones: billed before, once
+    assert (terminal.quarantine / "day.t2.xml.error.json").exists()
+    assert len(list(odd_store.dat_dir.rglob("*.dat"))) == 2
+
+
+def replace_total(receipt: Receipt) -> Receipt:
+    from dataclasses import replace
+    from decimal import Decimal
+
+    return replace(receipt, total=receipt.total + Decimal("1.00"))
+
+
+def test_receipt_validate_refuses_the_second_of_two_files_with_one_id_as_the_pipeline_would(
+    odd_store, tmp_path, capsys
+):
+    from posfed_pipeline.cli import main
+
+    first = receipt_doc("1S1")
+    bread = {"barcode": "8712345678906", "description": "Volkorenbrood", "price": "3.05"}
+    other = receipt_doc("1S1", items=[{**bread, "quantity": 1}])  # other content, valid
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+    (tmp_path / "a" / "r.json").write_text(json.dumps(first))
+    (tmp_path / "b" / "r.json").write_text(json.dumps(first))  # the same name elsewhere
+    (tmp_path / "other.json").write_text(json.dumps(other))
+    config_file = tmp_path / "posfed.toml"
+    config_file.write_text(
+        f'[store]\nid = "s"\ntimezone = "Europe/Amsterdam"\n[paths]\nhome = "{odd_store.home}"\n'
+        f'[dat]\nspec = "{odd_store.dat_spec}"\n'
+        '[[terminals]]\nid = "bakery_1"\ndepartment = "10"\n'
+    )
+    files = [str(tmp_path / "a" / "r.json"), str(tmp_path / "b" / "r.json")]
+    files.append(str(tmp_path / "other.json"))
+    main(["--config", str(config_file), "receipt", "validate", "--json", *files])
+    verdicts = {v["file"]: v for v in json.loads(capsys.readouterr().out)}
+    assert set(verdicts) == set(files)  # one verdict each, the same name twice included
+    assert verdicts[files[0]]["valid"] and verdicts[files[1]]["valid"]  # the same sale again
+    assert "different content" in verdicts[files[2]]["errors"][0]["rule"]

@@ -136,13 +136,22 @@ class ClaimStore:
             raise
         return won
 
-    def defer(self, terminal_id: str, deferrals: Iterable[tuple[str, float, str]]) -> None:
+    def defer(
+        self,
+        terminal_id: str,
+        deferrals: Iterable[tuple[str, float, str]],
+        *,
+        run_key: str | None = None,
+    ) -> None:
         """(signature, retry at, why): the run that holds these claims left their files in the
-        inbox to be looked at again at that time (wall clock)."""
-        rows = [(at, note, terminal_id, sig) for sig, at, note in deferrals]
+        inbox to be looked at again at that time (wall clock). ``run_key``: that run's; a claim
+        handed to another run since (a relaunch) is not touched. None: a run without a key (one
+        launched by hand) defers whichever claim the files have."""
+        rows = [(at, note, terminal_id, sig, run_key, run_key) for sig, at, note in deferrals]
         if rows:
             self._connect().executemany(
-                "UPDATE claim SET retry_at = ?, note = ? WHERE terminal_id = ? AND signature = ?",
+                "UPDATE claim SET retry_at = ?, note = ? WHERE terminal_id = ? AND signature = ? "
+                "AND (? IS NULL OR run_key = ?)",
                 rows,
             )
 

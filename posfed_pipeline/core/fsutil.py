@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import os
 import shutil
+import stat
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -98,22 +99,27 @@ def link_no_clobber(source: Path, target: Path) -> bool:
 
 def _copy_across(source: Path, target: Path) -> bool:
     """Copy ``source`` to ``target`` on another file system, its data on disk before its name
-    appears; False if ``target`` was taken meanwhile."""
-    fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    tmp = Path(tmp_name)
-    try:
-        with open(source, "rb") as reader, os.fdopen(fd, "wb") as writer:
-            shutil.copyfileobj(reader, writer, 1 << 20)
-            writer.flush()
-            os.fsync(writer.fileno())
-        shutil.copystat(source, tmp)
+    appears; False if ``target`` was taken meanwhile. Never through a symlink, never blocking
+    on a FIFO that took the file's place meanwhile (FileNotFoundError: it is no file now)."""
+    source_fd = os.open(source, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    with os.fdopen(source_fd, "rb") as reader:
+        if not stat.S_ISREG(os.fstat(source_fd).st_mode):
+            raise FileNotFoundError(errno.ENOENT, "no longer a regular file", str(source))
+        fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+        tmp = Path(tmp_name)
         try:
-            os.link(tmp, target)
-        except FileExistsError:
-            return False
-        return True
-    finally:
-        tmp.unlink(missing_ok=True)
+            with os.fdopen(fd, "wb") as writer:
+                shutil.copyfileobj(reader, writer, 1 << 20)
+                writer.flush()
+                os.fsync(writer.fileno())
+            shutil.copystat(source, tmp, follow_symlinks=False)
+            try:
+                os.link(tmp, target)
+            except FileExistsError:
+                return False
+            return True
+        finally:
+            tmp.unlink(missing_ok=True)
 
 
 def unique_destination(

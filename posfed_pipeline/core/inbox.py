@@ -36,6 +36,8 @@ STALE_CLAIM_SECONDS = 60.0
 # One run carries at most this many files; a flooded inbox is worked off a run at a time, in
 # runs short enough (well under a second) to let any terminal's next receipt through between.
 MAX_FILES_PER_RUN = 50
+# A file whose mtime is this far ahead of the server's clock is judged without waiting for it.
+FUTURE_MTIME_SECONDS = 60.0
 
 
 @dataclass(frozen=True)
@@ -66,13 +68,16 @@ class SkippedEntry:
 
     @property
     def not_regular(self) -> bool:
-        return self.kind != TEMPORARY_NAME
+        """Not a regular file (or one that could not even be examined): never taken. False
+        for a regular file left for its writer (a temporary or hidden name)."""
+        return self.kind not in (TEMPORARY_NAME, HIDDEN_NAME)
 
     def describe(self) -> str:
         return f"{printable_name(self.name)} ({self.kind})"
 
 
 TEMPORARY_NAME = "a writer's temporary name"
+HIDDEN_NAME = "a hidden name"
 
 
 @dataclass(frozen=True)
@@ -105,8 +110,8 @@ def scan_inbox(
             if entry.name.startswith(CLAIM_PREFIX):
                 _restore_stale_claim(Path(entry.path), now)
                 continue
-            if entry.name.startswith(".") or rules.is_ignored(entry.name):
-                continue  # hidden or configured to be ignored: not for posfed
+            if rules.is_ignored(entry.name):
+                continue  # configured to be ignored: not for posfed
             try:
                 # lstat: a symlink is never followed, a FIFO never opened (opening one blocks).
                 stat = entry.stat(follow_symlinks=False)
@@ -115,11 +120,14 @@ def scan_inbox(
             except OSError as exc:
                 skipped.append(SkippedEntry(entry.name, f"cannot be examined: {exc.strerror}"))
                 continue
+            hidden = entry.name.startswith(".")
             if not stat_module.S_ISREG(stat.st_mode):
-                skipped.append(SkippedEntry(entry.name, _kind(stat.st_mode), stat.st_mtime_ns))
+                if not hidden:  # a hidden folder (a NAS's .snapshot) is nobody's business
+                    skipped.append(SkippedEntry(entry.name, _kind(stat.st_mode), stat.st_mtime_ns))
                 continue
             if not is_candidate(entry.name):
-                skipped.append(SkippedEntry(entry.name, TEMPORARY_NAME, stat.st_mtime_ns))
+                kind = HIDDEN_NAME if hidden else TEMPORARY_NAME
+                skipped.append(SkippedEntry(entry.name, kind, stat.st_mtime_ns))
                 continue
             item = InboxFile(Path(entry.path), stat.st_size, stat.st_mtime_ns, stat.st_ino)
             if rules.is_marker(entry.name):
@@ -134,7 +142,11 @@ def scan_inbox(
         ready, settling = [], []
         for item in files:
             age = now - item.mtime_ns / 1e9
-            (ready if age >= stability else settling).append(item)
+            # A file dated ahead of this server's clock (a NAS's own clock, `touch -d`) never
+            # ages into readiness: its mtime says nothing of when it was written, so it is
+            # taken, and a run that cannot read it waits its grace from now.
+            ahead = age < -FUTURE_MTIME_SECONDS
+            (ready if age >= stability or ahead else settling).append(item)
     ready.sort(key=lambda f: (f.mtime_ns, f.name))
     settling.sort(key=lambda f: (f.mtime_ns, f.name))
     return InboxScan(ready=ready, settling=settling, skipped=skipped)
@@ -211,14 +223,22 @@ def safe_name(name: str) -> str:
 
 
 def printable_name(name: str) -> str:
-    """A name as reports and consoles show it: bytes that are not UTF-8 as ``\\xNN``, control
-    characters escaped; any other name as it is."""
-    if name_problem(name) is None or not name:
-        return name
-    text = os.fsencode(name).decode("utf-8", "backslashreplace")
-    return "".join(
-        c if not _is_control(c) else c.encode("unicode_escape").decode("ascii") for c in text
-    )
+    """A name as reports and consoles show it, unambiguously: bytes that are not UTF-8 as
+    ``\\xNN``, control and format characters (a right-to-left override that would reorder
+    what follows) escaped, a backslash doubled; any other character as it is."""
+    if name.isprintable() and "\\" not in name:
+        return name  # the common case, at no cost
+    shown = []
+    for character in name:
+        if "\udc80" <= character <= "\udcff":  # a byte that is not UTF-8
+            shown.append(f"\\x{ord(character) - 0xDC00:02x}")
+        elif character == "\\":
+            shown.append("\\\\")
+        elif unicodedata.category(character) in ("Cc", "Cf", "Cs", "Zl", "Zp"):
+            shown.append(character.encode("unicode_escape").decode("ascii"))
+        else:
+            shown.append(character)
+    return "".join(shown)
 
 
 class SettleWatch:
@@ -326,10 +346,17 @@ def _split_by_batch_marker(
 
 
 def _remove_marker(marker: InboxFile) -> None:
-    """Remove a consumed marker, unless the till has just written it again."""
-    claimed = take(marker)
-    if claimed is not None:
-        claimed.unlink(missing_ok=True)
+    """Remove a consumed marker, unless the till has just written it again. Never fails the
+    listing it is part of: a marker that cannot be removed now is tried at the next one."""
+    if not _fits_a_claim(marker.name):
+        # No claim name is short enough (a marker of a 240-byte name): removed as it is.
+        with contextlib.suppress(OSError):
+            marker.path.unlink()
+        return
+    with contextlib.suppress(OSError):
+        claimed = take(marker)
+        if claimed is not None:
+            claimed.unlink(missing_ok=True)
 
 
 def release_ready_marker(terminal: Terminal, name: str) -> None:
@@ -362,10 +389,15 @@ def give_safe_name(terminal: Terminal, item: InboxFile) -> InboxFile | None:
     never over another file, its ready marker with it; the file as it is now, or None if it
     is gone (another launcher renamed it first). ``OSError``: the rename failed."""
     target = safe_name(item.name)
+    # First a rename to a claim of the new name: of two launchers renaming one file at once,
+    # exactly one wins (a link-then-unlink could leave it under two names); a run that dies
+    # in between leaves a claim the next listing puts back, under the new name.
+    claimed = _claim_path(item.path.with_name(target))
     try:
-        moved = move_unique(item.path, item.path.parent, name=target)
+        os.rename(item.path, claimed)
     except FileNotFoundError:
         return None
+    moved = move_unique(claimed, item.path.parent, name=target)
     marker = terminal.delivery.ready_marker
     if marker:  # the file is complete (it was ready): its marker follows it
         with contextlib.suppress(FileNotFoundError):
@@ -385,9 +417,17 @@ def inbox_path(terminal: Terminal, name: str) -> Path:
     return path
 
 
+class NotARegularFile(FileNotFoundError):
+    """The regular file listed is gone: something else (a FIFO, a symlink, a directory) has
+    taken its name. A FileNotFoundError, so that everything that handles a file gone treats
+    it so; the listing reports the new entry."""
+
+
 def stat_inbox_file(path: Path) -> InboxFile:
-    stat = path.lstat()
-    return InboxFile(path, stat.st_size, stat.st_mtime_ns, stat.st_ino)
+    status = path.lstat()
+    if not stat_module.S_ISREG(status.st_mode):
+        raise NotARegularFile(f"{path} is {_kind(status.st_mode)}, not a regular file")
+    return InboxFile(path, status.st_size, status.st_mtime_ns, status.st_ino)
 
 
 def is_unchanged(version: InboxFile) -> bool:
@@ -416,19 +456,30 @@ def take(version: InboxFile) -> Path | None:
     or rewritten it since it was read: that newer version is put back under its name (never
     over a yet newer one) for a run of its own.
     """
-    claimed = version.path.with_name(
-        # The claim's own time in its name: a rename does not refresh every file system's
-        # ctime (sshfs reports the mtime), and a fresh claim must never look stale.
-        f"{CLAIM_PREFIX}{os.getpid()}.{time.time_ns()}.{version.name}"
-    )
+    claimed = _claim_path(version.path)
     try:
         os.rename(version.path, claimed)
     except FileNotFoundError:
         return None
-    if _same_version(version, stat_inbox_file(claimed)):
-        return claimed
+    try:
+        if _same_version(version, stat_inbox_file(claimed)):
+            return claimed
+    except FileNotFoundError:  # no longer a regular file: left as it is, under its name
+        pass
     move_unique(claimed, claimed.parent, name=version.name)
     return None
+
+
+def _claim_path(path: Path) -> Path:
+    # The claim's own time in its name: a rename does not refresh every file system's ctime
+    # (sshfs reports the mtime), and a fresh claim must never look stale. The name follows,
+    # for a claim left by a run that died to go back under it (names posfed carries are short
+    # enough: MAX_NAME_BYTES).
+    return path.with_name(f"{CLAIM_PREFIX}{os.getpid()}.{time.time_ns()}.{path.name}")
+
+
+def _fits_a_claim(name: str) -> bool:
+    return len(os.fsencode(_claim_path(Path(name)).name)) <= 255
 
 
 def _restore_stale_claim(claimed: Path, now: float) -> None:
@@ -441,6 +492,10 @@ def _restore_stale_claim(claimed: Path, now: float) -> None:
             return  # a run is moving it right now
         move_unique(claimed, claimed.parent, name=name)
     except (FileNotFoundError, ValueError):
+        return
+    except OSError:
+        # One claim that cannot go back (a read-only share) must not stop the listing of the
+        # whole inbox: tried again at the next listing.
         return
 
 

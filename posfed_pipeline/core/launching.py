@@ -73,8 +73,11 @@ def give_safe_names(terminal: Terminal, files: list[inbox.InboxFile]) -> list[in
             renamed.name,
             problem,
         )
-        quarantine.record_renamed(terminal, item.name, renamed.name, problem)
         usable.append(renamed)
+        try:
+            quarantine.record_renamed(terminal, item.name, renamed.name, problem)
+        except OSError as exc:  # the history cannot be written (a full disk): the log says it
+            log.warning("%s: the rename is not in the history: %s", terminal.id, exc)
     return usable
 
 
@@ -113,29 +116,32 @@ def relaunch_due(
             attempt=attempt + 1,
         )
         for planned in planned_batches:
-            signatures = {f.signature for f in planned.files}
-            won = set(
-                store.reclaim(
-                    terminal.id,
-                    [c for c in same_attempt if c.signature in signatures],
-                    planned.run_key,
-                    planned.attempt,
-                )
-            )
-            if won == signatures:
-                batches.append(planned)
-            elif won:
-                # Another launcher took part of them: the run carries only ours, under the
-                # key the claims now name (the key depends on the files).
-                kept = replace(planned, files=tuple(f for f in planned.files if f.signature in won))
-                store.reclaim(
-                    terminal.id,
-                    [claims.Claim(s, planned.run_key, planned.attempt, 0.0) for s in sorted(won)],
-                    kept.run_key,
-                    kept.attempt,
-                )
-                batches.append(kept)
+            handed = hand_over(store, terminal, planned, same_attempt)
+            if handed is not None:
+                batches.append(handed)
     return batches
+
+
+def hand_over(
+    store: claims.ClaimStore,
+    terminal: Terminal,
+    planned: inbox.PlannedBatch,
+    held: list[claims.Claim],
+) -> inbox.PlannedBatch | None:
+    """Hand the claims of ``planned``'s files (among ``held``) to its run, a new attempt:
+    the batch of the files this launcher won (another launcher may have taken some first,
+    then the run carries the rest under the key those files give), or None if it won none."""
+    signatures = {f.signature for f in planned.files}
+    mine = [c for c in held if c.signature in signatures]
+    won = set(store.reclaim(terminal.id, mine, planned.run_key, planned.attempt))
+    if won == signatures:
+        return planned
+    if not won:
+        return None
+    kept = replace(planned, files=tuple(f for f in planned.files if f.signature in won))
+    now_held = [claims.Claim(s, planned.run_key, planned.attempt, 0.0) for s in sorted(won)]
+    store.reclaim(terminal.id, now_held, kept.run_key, kept.attempt)
+    return kept
 
 
 def next_retry_at(held: dict[str, claims.Claim]) -> float | None:

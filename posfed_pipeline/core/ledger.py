@@ -186,7 +186,8 @@ def _key(receipt: Receipt) -> tuple[str, str, str]:
     return (receipt.terminal_id, receipt.business_day.isoformat(), receipt.receipt_id)
 
 
-def _conflict_reason(stored_hash: str) -> str:
+def conflict_reason(stored_hash: str) -> str:
+    """Why a receipt is refused as a conflict (the ledger's words, wherever it is said)."""
     return (
         "a receipt with this id was already accepted for this terminal and day with "
         f"different content (content hash {stored_hash[:12]}); not overwritten"
@@ -320,7 +321,7 @@ class Ledger:
             outcome, reason = Outcome.DUPLICATE, None
         else:
             outcome = Outcome.CONFLICT
-            reason = _conflict_reason(stored[0])
+            reason = conflict_reason(stored[0])
 
         if outcome is Outcome.CONFLICT:
             result.conflicts.append((receipt, reason or "conflicts with an accepted receipt"))
@@ -690,7 +691,7 @@ class Ledger:
                 _key(receipt),
             ).fetchone()
             if stored is not None and stored[0] != receipt.content_hash:
-                found.append((receipt, _conflict_reason(stored[0])))
+                found.append((receipt, conflict_reason(stored[0])))
         return found
 
     def day_state(self, terminal_id: str, business_day: date) -> dict[str, tuple[str, bool]]:

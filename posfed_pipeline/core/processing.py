@@ -34,7 +34,7 @@ from posfed_pipeline.core.dat import (
     stage_dat,
     write_dat,
 )
-from posfed_pipeline.core.ledger import Acceptance, Delivery, Ledger
+from posfed_pipeline.core.ledger import Acceptance, Delivery, Ledger, conflict_reason
 from posfed_pipeline.core.quarantine import quarantine_file, quarantine_part
 from posfed_pipeline.core.receipt import Problem, Receipt
 from posfed_pipeline.core.validation import ValidationReport, rules_of, validate_batch
@@ -83,6 +83,7 @@ class IntakeResult:
     # Files the file system would not let posfed read or move now: (name, why); left in the
     # inbox, tried again later (``deferrals``), never the run's failure.
     held: list[tuple[str, str]] = field(default_factory=list)
+    held_signatures: set[str] = field(default_factory=set)
     deferrals: list[Deferral] = field(default_factory=list)  # every file left, with when/why
     attempt: int = 0  # how many runs took these files before (a relaunch: > 0)
     retry_base_seconds: float = 10.0
@@ -93,10 +94,13 @@ class IntakeResult:
         self.deferrals.append(Deferral(version, retry_at, reason))
 
     def hold(self, version: inbox.InboxFile | None, name: str, why: str) -> None:
-        """Leave a file the file system is in trouble with for a later attempt."""
+        """Leave a file the file system is in trouble with for a later attempt (``name``: for a
+        file that could not even be examined, ``version`` None). Nothing of it is archived in
+        this run: a later one decides it whole."""
         log.warning("%s left in the inbox for now: %s", inbox.printable_name(name), why)
         self.held.append((name, why))
         if version is not None:
+            self.held_signatures.add(version.signature)
             delay = inbox.retry_delay_seconds(self.attempt + 1, self.retry_base_seconds)
             self.deferrals.append(Deferral(version, self.now + delay, why))
 
@@ -221,12 +225,17 @@ def read_batch(
             version = inbox.stat_inbox_file(path)
             readings = intake.read_receipts(path, terminal)
         except FileNotFoundError:
+            # Handled by an earlier attempt, or no longer a regular file (a FIFO or symlink in
+            # its place since the listing: left alone, and reported by the next listing).
             result.missing.append(path.name)
             continue
         except intake.IntakeError as exc:
             assert version is not None  # stat came first: only reading raises IntakeError
-            settled_at = version.mtime_ns / 1e9 + incomplete_grace_seconds
-            if exc.maybe_incomplete and now < settled_at:
+            # From its last write, but never from a time ahead of ours (a NAS's clock), and a
+            # version waits once: the launcher relaunches it when its grace ends.
+            written = min(version.mtime_ns / 1e9, now)
+            settled_at = written + incomplete_grace_seconds
+            if exc.maybe_incomplete and attempt == 0 and now < settled_at:
                 result.defer(version, settled_at, "unreadable, and written to moments ago")
                 continue
             result.rejected.append((path.name, exc.problems))
@@ -342,14 +351,18 @@ def validate(
             (receipt, problems)
             for receipt, problems in report.invalid
             if _may_still_grow(
-                terminal, batch.file_of(receipt), incomplete_grace_seconds, now.timestamp()
+                terminal,
+                batch.file_of(receipt),
+                incomplete_grace_seconds,
+                now.timestamp(),
+                batch.attempt,
             )
         ]
         for receipt, _ in growing:
             version = batch.file_of(receipt)
             batch.defer(
                 version,
-                version.mtime_ns / 1e9 + incomplete_grace_seconds,
+                min(version.mtime_ns / 1e9, now.timestamp()) + incomplete_grace_seconds,
                 "fails validation, and rows were appended moments ago",
             )
         left = {id(receipt) for receipt, _ in growing}
@@ -373,9 +386,12 @@ def _validate_one_by_one(receipts: list[Receipt], rules: dict) -> ValidationRepo
     return report
 
 
-def _may_still_grow(terminal: Terminal, version: inbox.InboxFile, grace: float, now: float) -> bool:
+def _may_still_grow(
+    terminal: Terminal, version: inbox.InboxFile, grace: float, now: float, attempt: int
+) -> bool:
     appends_rows = terminal.mapping is not None and terminal.mapping.kind == "csv"
-    return appends_rows and now - version.mtime_ns / 1e9 < grace
+    # Once per version, as for an unreadable file (a time ahead of ours counts as now).
+    return appends_rows and attempt == 0 and now - min(version.mtime_ns / 1e9, now) < grace
 
 
 def _dat_problem(
@@ -534,7 +550,9 @@ def archive(
     """Each accepted receipt's file to the archive of its business day. A file of several
     transactions goes once all are decided, taken or quarantined one by one: with its first
     taken one's day, or ``day`` when none was taken."""
-    archived: set[str] = set()
+    # A file held (one of its sales could not be quarantined, say) stays whole for a later
+    # attempt: its accepted sales are known to the ledger then, the rest decided again.
+    archived: set[str] = set(batch.held_signatures)
     for receipt in receipts:
         version = batch.file_of(receipt)
         if version.signature not in archived:
@@ -671,6 +689,13 @@ def judge(
         config, terminal, batch, quarantine=False, now=datetime.fromtimestamp(now, UTC), spec=spec
     )
     conflicts = ledger.conflicts(report.valid) if ledger is not None else []
+    # Two files of the batch with one receipt id and other content: the ledger would take
+    # the first and refuse the second, as if the first were stored.
+    first_of: dict[tuple, str] = {}
+    for receipt in report.valid:
+        first = first_of.setdefault(_key(receipt), receipt.content_hash)
+        if first != receipt.content_hash:
+            conflicts.append((receipt, conflict_reason(first)))
     refused = {id(receipt) for receipt, _ in conflicts}
     report.valid = [r for r in report.valid if id(r) not in refused]
     return Judgement(batch, report, conflicts)

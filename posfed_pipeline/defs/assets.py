@@ -20,7 +20,7 @@ from posfed_pipeline.core.dat import check_dat, load_spec
 from posfed_pipeline.core.ledger import open_ledger
 from posfed_pipeline.defs.markdown import md_table
 from posfed_pipeline.defs.partitions import split_terminal_day_key
-from posfed_pipeline.run_tags import REJECTED_TAG
+from posfed_pipeline.run_tags import REJECTED_TAG, RUN_KEY_TAG
 
 GROUP = "receipts"
 RECEIPT_FILES = dg.AssetKey("receipt_files")
@@ -134,6 +134,7 @@ def build_receipt_assets(
             claims.ClaimStore(claims.claim_store_path(posfed.home)).defer(
                 terminal.id,
                 [(d.version.signature, d.retry_at, d.reason) for d in result.intake.deferrals],
+                run_key=context.run.tags.get(RUN_KEY_TAG),
             )
         if config.redeliver_dat and from_archive:
             context.log.warning(

@@ -16,7 +16,6 @@ The cursor keeps, for the UI, which files this sensor launched and under which r
 
 import json
 from collections import defaultdict
-from dataclasses import replace
 
 import dagster as dg
 
@@ -226,12 +225,7 @@ def _relaunch_batches(
         for planned in inbox.plan_batches(
             terminal, [files[c.signature] for c in key_claims], day_of, attempt=attempt + 1
         ):
-            signatures = {f.signature for f in planned.files}
-            store.reclaim(
-                terminal.id,
-                [c for c in key_claims if c.signature in signatures],
-                planned.run_key,
-                planned.attempt,
-            )
-            batches.append(replace(planned))
+            handed = launching.hand_over(store, terminal, planned, key_claims)
+            if handed is not None:  # the trigger may have taken them a moment ago
+                batches.append(handed)
     return batches

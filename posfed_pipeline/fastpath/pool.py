@@ -35,6 +35,7 @@ from pathlib import Path
 import dagster as dg
 
 from posfed_pipeline.run_tags import ACCEPTED_TAG, GRPC_INFO_TAG, lane_of
+from posfed_pipeline.supervisor import describe_exit
 
 log = logging.getLogger("posfed.fastpath.pool")
 
@@ -224,7 +225,8 @@ class WarmWorkerPool:
             # At once, from here: its imports (seconds of CPU) already yield to the checkout
             # workers warming up beside it. Raising a child's niceness needs no privilege.
             niceness = min(19, os.getpriority(os.PRIO_PROCESS, 0) + BACKGROUND_NICE)
-            os.setpriority(os.PRIO_PROCESS, process.pid, niceness)
+            with contextlib.suppress(ProcessLookupError):  # died at once: the read loop sees it
+                os.setpriority(os.PRIO_PROCESS, process.pid, niceness)
         child.close()
         worker = _Worker(process, parent, for_background=for_background)
         self._workers.append(worker)
@@ -379,10 +381,7 @@ class WarmWorkerPool:
             self._cond.notify_all()
         code = worker.process.exitcode
         if not stopping:
-            if code is not None and code < 0:
-                how = f"was killed by {signal.Signals(-code).name}"
-            else:
-                how = f"exited with status {code}"
+            how = describe_exit(code) if code is not None else "is gone"
             log.warning("run worker (pid %s) %s; a new one is starting", worker.process.pid, how)
         if run_id:
             self._report(run_id, f"its run worker (pid {worker.process.pid}) died (exit {code})")

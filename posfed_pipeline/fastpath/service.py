@@ -77,7 +77,8 @@ def start_fastpath(
         inbox_trigger = InboxTrigger(config, instance, factory, sync_factory)
         pool.on_finished = inbox_trigger.run_finished
         inbox_trigger.start()
-    pool.wait_ready(60.0)
+    if not pool.wait_ready(60.0):
+        log.warning("run workers still warming up after 60 s: runs wait for them meanwhile")
     log.info(
         "fast path up: %d warm workers (+%d for background runs), socket %s, trigger %s",
         workers,
