@@ -122,8 +122,9 @@ def test_bad_receipt_is_quarantined_with_reasons_and_reported(config, engine):
     assert fields["file"] == "TRUNC.json"  # unreadable files are reported first
     assert fields["rule"].startswith("file: not valid JSON")
     assert fields["quarantined_to"] == str(terminal.quarantine / "TRUNC.json")
-    # Every file of the day still waiting, in the order they were quarantined.
-    assert "posfed quarantine retry bakery_1 BAD.json TRUNC.json" in fields["requeue_command"]
+    # Every file of the day still waiting, in the order they were quarantined (the unreadable
+    # one at intake, the invalid one at validation, just after).
+    assert "posfed quarantine retry bakery_1 TRUNC.json BAD.json" in fields["requeue_command"]
     assert "| BAD\\.json | total='99\\.99" in fields["reasons"]  # every one, in the table
 
     report = json.loads((terminal.quarantine / "BAD.json.error.json").read_text())

@@ -420,4 +420,5 @@ def _json(data: dict) -> bytes:
 
 
 def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
+    # Milliseconds: files quarantined within one second still list in the order they came.
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
