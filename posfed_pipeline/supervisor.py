@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
-import fcntl
 import json
 import os
 import signal
@@ -31,6 +30,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO
 
+from posfed_pipeline import pid_lock
 from posfed_pipeline.core.clock import SYSTEM_CLOCK, Clock
 from posfed_pipeline.process_ties import tie_to_parent
 
@@ -118,23 +118,13 @@ class Supervisor:
         folder is refused (``AlreadySupervised``) instead of starting a second set of services."""
         if self.state_file is None or self._lock is not None:
             return
-        self.state_file.parent.mkdir(parents=True, exist_ok=True)
-        handle = self.state_file.with_name(self.state_file.name + ".lock").open("a+")
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            holder = handle.read().strip() or "?"
-            handle.close()
+            self._lock = pid_lock.hold(self.state_file.with_name(self.state_file.name + ".lock"))
+        except pid_lock.LockHeld as held:
             raise AlreadySupervised(
-                f"another {self.label} (pid {holder}) runs the services of "
+                f"another {self.label} (pid {held.holder}) runs the services of "
                 f"{self.state_file.parent}; stop it first"
             ) from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"{os.getpid()}\n")
-        handle.flush()
-        self._lock = handle
 
     def serve(self, stop: threading.Event | None = None) -> None:
         """Start the services, keep them running until SIGINT or SIGTERM (or ``stop``), then

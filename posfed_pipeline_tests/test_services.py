@@ -489,3 +489,18 @@ def test_a_service_that_keeps_dying_is_restarted_ever_later_until_it_runs_a_minu
     finally:
         supervisor.stop()
     assert read_state(state_file)["services"]["flaky"]["state"] == "stopped"
+
+
+def test_a_second_supervisor_of_one_state_folder_is_refused_naming_the_first(tmp_path):
+    from posfed_pipeline.supervisor import AlreadySupervised, Supervisor
+
+    def supervisor() -> Supervisor:
+        return Supervisor([], label="posfed demo", state_file=tmp_path / "services.json")
+
+    first = supervisor()
+    first.claim()
+    with pytest.raises(AlreadySupervised) as refused:
+        supervisor().claim()
+    assert str(refused.value) == (
+        f"another posfed demo (pid {os.getpid()}) runs the services of {tmp_path}; stop it first"
+    )

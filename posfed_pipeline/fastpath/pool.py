@@ -18,7 +18,6 @@ the daemon or the trigger all land on the same workers.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import logging
 import multiprocessing
@@ -34,6 +33,7 @@ from pathlib import Path
 
 import dagster as dg
 
+from posfed_pipeline import pid_lock
 from posfed_pipeline.run_tags import ACCEPTED_TAG, GRPC_INFO_TAG, lane_of
 from posfed_pipeline.supervisor import describe_exit
 
@@ -436,23 +436,12 @@ class AlreadyServing(RuntimeError):
 def claim_socket(socket_path: Path):
     """Hold ``<socket>.lock`` for this process's life (the kernel lets go when it dies, however
     it dies); a second fast path is refused instead of taking the first one's socket."""
-    socket_path.parent.mkdir(parents=True, exist_ok=True)
-    lock_path = socket_path.with_name(socket_path.name + ".lock")
-    handle = lock_path.open("a+")
     try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.seek(0)
-        holder = handle.read().strip() or "?"
-        handle.close()
+        return pid_lock.hold(socket_path.with_name(socket_path.name + ".lock"))
+    except pid_lock.LockHeld as held:
         raise AlreadyServing(
-            f"another posfed fastpath (pid {holder}) serves {socket_path}; stop it first"
+            f"another posfed fastpath (pid {held.holder}) serves {socket_path}; stop it first"
         ) from None
-    handle.seek(0)
-    handle.truncate()
-    handle.write(f"{os.getpid()}\n")
-    handle.flush()
-    return handle
 
 
 class PoolServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
