@@ -36,6 +36,7 @@ from posfed_pipeline.core.receipt import Receipt
 from posfed_pipeline.core.terminal_health import terminal_health
 from posfed_pipeline.definitions import RECEIPTS_JOB, build_definitions
 from posfed_pipeline_tests.conftest import receipt_doc, store_config_dict
+from posfed_pipeline_tests.test_sensors import _run_as_the_daemon_would
 
 POSLOG_TERMINAL = {
     "id": "fish_1",
@@ -349,20 +350,10 @@ def _daemon_cycle(defs, instance, terminal_id: str, clock: ManualClock, ticks: i
         cursor = tick.cursor
         if not tick.run_requests:
             break
-        for request in tick.run_requests:
-            results.append(
-                job.execute_in_process(
-                    run_config=request.run_config,
-                    partition_key=request.partition_key,
-                    tags={
-                        **request.tags,
-                        "dagster/run_key": request.run_key,
-                        "dagster/sensor_name": sensor_name,
-                    },
-                    instance=instance,
-                    raise_on_error=False,
-                )
-            )
+        results += [
+            _run_as_the_daemon_would(job, request, instance, sensor_name)
+            for request in tick.run_requests
+        ]
     return results
 
 
@@ -606,7 +597,8 @@ def test_claiming_never_meets_a_name_it_cannot_store(odd_store):
     store = claims.ClaimStore(claims.claim_store_path(odd_store.home))
     now = datetime.now().timestamp()
     days = launching.PartitionDays.of(odd_store, now)
-    [batch] = launching.claim_ready(store, terminal, inbox.scan_inbox(terminal).ready, days)
+    ready = launching.give_safe_names(terminal, inbox.scan_inbox(terminal).ready)
+    [batch] = launching.claim_ready(store, terminal, ready, days)
     assert batch.file_names == ["%FF%FE.json"]
     assert inbox.inbox_path(terminal, "%FF%FE.json").exists()
 

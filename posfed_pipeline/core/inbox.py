@@ -192,6 +192,12 @@ def name_problem(name: str) -> str | None:
     return None
 
 
+def _undecodable_byte(character: str) -> int | None:
+    """The byte a name's character stands for when the byte was not UTF-8 (Python lists such
+    names with lone surrogates, PEP 383), else None."""
+    return ord(character) - 0xDC00 if "\udc80" <= character <= "\udcff" else None
+
+
 def _is_control(character: str) -> bool:
     return unicodedata.category(character) == "Cc"
 
@@ -204,8 +210,8 @@ def safe_name(name: str) -> str:
     text = raw.decode("utf-8", "surrogateescape")
     parts = []
     for character in text:
-        if "\udc80" <= character <= "\udcff":  # a byte that is not UTF-8
-            parts.append(f"%{ord(character) - 0xDC00:02X}")
+        if (byte := _undecodable_byte(character)) is not None:
+            parts.append(f"%{byte:02X}")
         elif _is_control(character) or character in _UNSAFE_CHARACTERS:
             parts.append("".join(f"%{b:02X}" for b in character.encode("utf-8")))
         else:
@@ -230,8 +236,8 @@ def printable_name(name: str) -> str:
         return name  # the common case, at no cost
     shown = []
     for character in name:
-        if "\udc80" <= character <= "\udcff":  # a byte that is not UTF-8
-            shown.append(f"\\x{ord(character) - 0xDC00:02x}")
+        if (byte := _undecodable_byte(character)) is not None:
+            shown.append(f"\\x{byte:02x}")
         elif character == "\\":
             shown.append("\\\\")
         elif unicodedata.category(character) in ("Cc", "Cf", "Cs", "Zl", "Zp"):
@@ -491,11 +497,9 @@ def _restore_stale_claim(claimed: Path, now: float) -> None:
         if now - claimed_at < STALE_CLAIM_SECONDS:
             return  # a run is moving it right now
         move_unique(claimed, claimed.parent, name=name)
-    except (FileNotFoundError, ValueError):
-        return
-    except OSError:
-        # One claim that cannot go back (a read-only share) must not stop the listing of the
-        # whole inbox: tried again at the next listing.
+    except (OSError, ValueError):
+        # Gone already, not a claim of ours, or one that cannot go back now (a read-only
+        # share): never a reason to stop the listing of the whole inbox; tried again next time.
         return
 
 

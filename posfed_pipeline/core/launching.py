@@ -5,8 +5,8 @@ the same run whichever of them sees it first, and so that nothing one file does 
 terminal's launcher:
 
 1. a name posfed cannot carry through a run (not UTF-8, control characters, a backslash, too
-   long for what posfed adds while moving it) is given a safe one first, and the terminal's
-   history says so (``inbox.safe_name``);
+   long for what posfed adds while moving it) is given a safe one first, before any claim is
+   looked up, and the terminal's history says so (``inbox.safe_name``);
 2. each file's business day is found, inside the days that have a partition;
 3. the files are claimed, a run's worth per batch (``claims``);
 4. files a run left for a later look (written to moments ago, or the file system would not let
@@ -87,10 +87,9 @@ def claim_ready(
     files: list[inbox.InboxFile],
     days: PartitionDays,
 ) -> list[inbox.PlannedBatch]:
-    """Claim ``files`` (ready, unclaimed) in batches of one business day each."""
-    return claims.claim_batches(
-        store, terminal, give_safe_names(terminal, files), lambda f: days.day_of(terminal, f)
-    )
+    """Claim ``files`` (ready, unclaimed, safely named: ``give_safe_names`` first) in batches
+    of one business day each."""
+    return claims.claim_batches(store, terminal, files, lambda f: days.day_of(terminal, f))
 
 
 def relaunch_due(

@@ -83,7 +83,6 @@ class IntakeResult:
     # Files the file system would not let posfed read or move now: (name, why); left in the
     # inbox, tried again later (``deferrals``), never the run's failure.
     held: list[tuple[str, str]] = field(default_factory=list)
-    held_signatures: set[str] = field(default_factory=set)
     deferrals: list[Deferral] = field(default_factory=list)  # every file left, with when/why
     attempt: int = 0  # how many runs took these files before (a relaunch: > 0)
     retry_base_seconds: float = 10.0
@@ -100,7 +99,6 @@ class IntakeResult:
         log.warning("%s left in the inbox for now: %s", inbox.printable_name(name), why)
         self.held.append((name, why))
         if version is not None:
-            self.held_signatures.add(version.signature)
             delay = inbox.retry_delay_seconds(self.attempt + 1, self.retry_base_seconds)
             self.deferrals.append(Deferral(version, self.now + delay, why))
 
@@ -550,9 +548,9 @@ def archive(
     """Each accepted receipt's file to the archive of its business day. A file of several
     transactions goes once all are decided, taken or quarantined one by one: with its first
     taken one's day, or ``day`` when none was taken."""
-    # A file held (one of its sales could not be quarantined, say) stays whole for a later
-    # attempt: its accepted sales are known to the ledger then, the rest decided again.
-    archived: set[str] = set(batch.held_signatures)
+    # A file left for a later attempt (one of its sales could not be quarantined, say) stays
+    # whole: its accepted sales are known to the ledger then, the rest decided again.
+    archived: set[str] = {deferral.version.signature for deferral in batch.deferrals}
     for receipt in receipts:
         version = batch.file_of(receipt)
         if version.signature not in archived:

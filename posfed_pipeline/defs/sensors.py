@@ -16,6 +16,7 @@ The cursor keeps, for the UI, which files this sensor launched and under which r
 
 import json
 from collections import defaultdict
+from dataclasses import replace
 
 import dagster as dg
 
@@ -89,6 +90,9 @@ def build_inbox_sensor(
         def day_of(item: inbox.InboxFile):
             return days.day_of(terminal, item)
 
+        # Names the claim table and a run's config cannot hold are made safe first, as the
+        # trigger does: the scan then holds the files as they are named now.
+        scan = replace(scan, ready=launching.give_safe_names(terminal, scan.ready))
         every_claim = store.claims_of(terminal.id)
         claimed = {
             f.signature: every_claim[f.signature] for f in scan.ready if f.signature in every_claim

@@ -85,6 +85,17 @@ def _outside_link(terminal: Terminal, name: bytes) -> bytes:
     return name
 
 
+def _poslog_changed(suffix: bytes, old: bytes, new: bytes) -> Callable[[Terminal, Receipt], bytes]:
+    """An entry maker: the till's POSLog export of the receipt, ``old`` replaced by ``new``
+    once, written as ``<receipt id><suffix>``."""
+
+    def make(terminal: Terminal, receipt: Receipt) -> bytes:
+        export = write_poslog([receipt], terminal.workstation_id or terminal.id)
+        return _write(terminal, _id(receipt) + suffix, export.replace(old, new, 1))
+
+    return make
+
+
 def _id(receipt: Receipt) -> bytes:
     return receipt.receipt_id.encode()
 
@@ -193,25 +204,15 @@ ENTRIES: tuple[OddEntry, ...] = (
         "POSLog with a DTD",
         QUARANTINED,
         "DTD or entities is refused",
-        lambda t, r: _write(
-            t,
-            _id(r) + b"-dtd.xml",
-            write_poslog([r], t.workstation_id or t.id).replace(
-                b"?>", b"?><!DOCTYPE POSLog [<!ELEMENT POSLog ANY>]>", 1
-            ),
-        ),
+        _poslog_changed(b"-dtd.xml", b"?>", b"?><!DOCTYPE POSLog [<!ELEMENT POSLog ANY>]>"),
         poslog=True,
     ),
     OddEntry(
         "POSLog sale nested 100,000 levels deep",
         QUARANTINED,
         "nested too deeply",
-        lambda t, r: _write(
-            t,
-            _id(r) + b"-deep.xml",
-            write_poslog([r], t.workstation_id or t.id).replace(
-                b"<LineItem>", b"<LineItem>" + b"<x>" * 100_000 + b"</x>" * 100_000, 1
-            ),
+        _poslog_changed(
+            b"-deep.xml", b"<LineItem>", b"<LineItem>" + b"<x>" * 100_000 + b"</x>" * 100_000
         ),
         poslog=True,
     ),
@@ -219,13 +220,7 @@ ENTRIES: tuple[OddEntry, ...] = (
         "POSLog file whose only sale is bad",
         QUARANTINED,
         "total",
-        lambda t, r: _write(
-            t,
-            _id(r) + b"-onebad.xml",
-            write_poslog([r], t.workstation_id or t.id).replace(
-                b"TransactionGrandAmount", b"Subtotal", 1
-            ),
-        ),
+        _poslog_changed(b"-onebad.xml", b"TransactionGrandAmount", b"Subtotal"),
         poslog=True,
     ),
 )
