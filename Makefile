@@ -9,10 +9,10 @@ INSTALLED := $(VENV)/.installed
 
 .PHONY: demo test check lint system-deps clean
 
-$(INSTALLED): pyproject.toml
+$(INSTALLED): pyproject.toml dev/pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -e '.[dev]' -e ./dev
 	@touch $(INSTALLED)
 
 demo: $(INSTALLED)

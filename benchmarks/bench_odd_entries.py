@@ -5,7 +5,7 @@ receipts keep their latency meanwhile.
     .venv/bin/python benchmarks/bench_odd_entries.py [--config posfed.toml] [--rounds 3]
 
 Two phases of ``--seconds`` each, valid receipts at ``--rate`` per second spread over every
-terminal: a quiet one, then one in which every odd entry of ``posfed_pipeline/tools/
+terminal: a quiet one, then one in which every odd entry of ``dev/posfed_dev/
 odd_entries.py`` is dropped ``--rounds`` times on a JSON till and on a POSLog till. For each
 kind: the time from the writer's close to its verdict (its .dat renamed into place; its
 quarantine report written), the median and the worst; for valid receipts, close -> .dat
@@ -27,12 +27,14 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from posfed_pipeline.core import dat, quarantine
+from posfed_dev import odd_entries
+from posfed_dev.simulator import ReceiptSimulator
+
+from posfed_pipeline.core import dat
 from posfed_pipeline.core.config import POSLOG_FORMAT, load_config
-from posfed_pipeline.core.ledger import open_ledger
-from posfed_pipeline.core.simulator import ReceiptSimulator
-from posfed_pipeline.core.terminal_health import terminal_health
-from posfed_pipeline.tools import odd_entries
+from posfed_pipeline.core.operations.terminal_health import terminal_health
+from posfed_pipeline.core.state import quarantine
+from posfed_pipeline.core.state.ledger import open_ledger
 
 
 def _percentile(values: list[float], q: float) -> float:

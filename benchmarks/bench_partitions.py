@@ -31,13 +31,13 @@ from datetime import date, datetime
 from pathlib import Path
 
 import dagster as dg
+from posfed_dev.bench import terminal_specs
+from posfed_dev.browser import headless_chromium, missing_browser
 
 from posfed_pipeline import packaged
 from posfed_pipeline.core.config import load_config
 from posfed_pipeline.dagster_home import render_instance_yaml
 from posfed_pipeline.defs.partitions import terminal_day_key
-from posfed_pipeline.tools.bench import terminal_specs
-from posfed_pipeline.tools.browser import headless_chromium, missing_browser
 
 ASSET = "dat_files"
 # One step makes both: the UI's Materialize of dat_files selects validated_receipts too.

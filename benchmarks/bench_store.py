@@ -25,10 +25,10 @@ from zoneinfo import ZoneInfo
 
 from sqlalchemy import create_engine, text
 
-from posfed_pipeline.core import store
-from posfed_pipeline.core.ledger import Delivery, Ledger
-from posfed_pipeline.core.receipt import Receipt, ReceiptItem
-from posfed_pipeline.core.sync import sync_pending
+from posfed_pipeline.core import register
+from posfed_pipeline.core.model.receipt import Receipt, ReceiptItem
+from posfed_pipeline.core.stages.sync import sync_pending
+from posfed_pipeline.core.state.ledger import DeliveredReceipt, Ledger
 
 DAY = date(2026, 3, 14)
 ZONE = ZoneInfo("Europe/Amsterdam")
@@ -74,7 +74,9 @@ def timed(label: str, count: int, action: Callable[[], object]) -> object:
 
 def filled_ledger(folder: Path, receipts: list[Receipt]) -> Ledger:
     ledger = Ledger(folder / "ledger.db")
-    deliveries = [Delivery(r, f"{r.source_file}:1:1", detected_at=time.time()) for r in receipts]
+    deliveries = [
+        DeliveredReceipt(r, f"{r.source_file}:1:1", detected_at=time.time()) for r in receipts
+    ]
     print(f"store ledger: {len(receipts):,} receipts")
     timed("accept", len(receipts), lambda: ledger.accept(deliveries, tenant="Bakkerij"))
     timed(
@@ -86,8 +88,8 @@ def filled_ledger(folder: Path, receipts: list[Receipt]) -> Ledger:
 
 
 def bench(name: str, url: str, ledger: Ledger, receipts: list[Receipt]) -> None:
-    engine = store.make_engine(url)
-    store.upgrade_database(engine)
+    engine = register.make_engine(url)
+    register.upgrade_database(engine)
     ledger.resync()
     print(f"{name}: {len(receipts):,} receipts, {sum(len(r.items) for r in receipts):,} lines")
     first = timed("sync (500 per batch)", len(receipts), lambda: sync_pending(ledger, engine))
@@ -95,7 +97,7 @@ def bench(name: str, url: str, ledger: Ledger, receipts: list[Receipt]) -> None:
     again = timed("sync again (no-op)", len(receipts), lambda: sync_pending(ledger, engine))
     assert first.receipts_inserted == len(receipts) and again.receipts_inserted == 0
     assert again.already_held == len(receipts)
-    assert store.count_receipts(engine, "bakery_1", DAY) == len(receipts)
+    assert register.count_receipts(engine, "bakery_1", DAY) == len(receipts)
     engine.dispose()
 
 

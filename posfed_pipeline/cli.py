@@ -16,8 +16,9 @@ import time
 from importlib.metadata import entry_points
 from pathlib import Path
 
-from posfed_pipeline.core import dat, intake, store
+from posfed_pipeline.core import dat, register
 from posfed_pipeline.core.config import ConfigError, PosfedConfig, load_config
+from posfed_pipeline.core.intake import parsing
 from posfed_pipeline.dagster_home import prepare_instance
 
 
@@ -35,28 +36,42 @@ def main(argv: list[str] | None = None) -> int:
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_demo(commands)
-    _add_simulate(commands)
     _add_db(commands)
     _add_spec_and_dat(commands)
     _add_receipt(commands)
     _add_quarantine(commands)
     _add_status(commands)
     _add_backup(commands)
-    # Tools (posfed bench, posfed chaos) add their commands from their own package, found
+    # Tools (posfed bench, chaos, simulate) add their commands from their own package, found
     # through its entry points: the product never imports them.
     for entry in sorted(entry_points(group="posfed.commands"), key=lambda e: e.name):
-        entry.load()(commands)
+        add_command = _load_plugin(entry)
+        if add_command is not None:
+            add_command(commands)
     args = parser.parse_args(argv)
     try:
         return args.handler(args)
-    except (ConfigError, store.DatabaseConfigError) as exc:
+    except (ConfigError, register.DatabaseConfigError) as exc:
         print(f"posfed: configuration error: {exc}", file=sys.stderr)
         return 2
-    except store.DatabaseUnavailable as exc:
+    except register.DatabaseUnavailable as exc:
         print(f"posfed: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
+
+
+def _load_plugin(entry):
+    """An entry point's object, or None with a warning: a broken or half-removed development
+    package must not take the product's own commands down with it."""
+    try:
+        return entry.load()
+    except Exception as exc:
+        print(
+            f"posfed: skipping {entry.group} {entry.name!r} ({entry.value}): {exc}",
+            file=sys.stderr,
+        )
+        return None
 
 
 def _config(args) -> PosfedConfig:
@@ -141,9 +156,7 @@ def _demo(args) -> int:
     print(f"posfed demo: open http://{args.host}:{args.port} (Ctrl-C stops everything)")
     stop = threading.Event()
     if not args.no_simulator:
-        threading.Thread(
-            target=_simulate_until, args=(config, args.rate, stop), daemon=True
-        ).start()
+        _start_demo_tills(config, args.rate, stop)
     try:
         # Until Ctrl-C or SIGTERM (also when started in the background, which ignores SIGINT);
         # a service that dies meanwhile is restarted, the others go on.
@@ -181,62 +194,21 @@ def _fastpath(args) -> int:
     return 0
 
 
-def _simulate_until(config: PosfedConfig, rate: float, stop: threading.Event) -> None:
-    from posfed_pipeline.core.simulator import ReceiptSimulator
-
-    simulator = ReceiptSimulator(list(config.terminals))
-    time.sleep(8)  # let the webserver and daemon come up first
-    while not stop.wait(1.0 / rate):
-        simulator.drop(simulator.random.choice(simulator.terminals))
-
-
-# --- simulate ---------------------------------------------------------------------------------
-
-
-def _add_simulate(commands) -> None:
-    sim = commands.add_parser("simulate", help="drop simulated receipts into terminal inboxes")
-    sim.add_argument("--terminals", type=int, default=None, help="use the first N terminals")
-    sim.add_argument("--rate", type=float, default=1.0, help="receipts per second (default 1)")
-    sim.add_argument("--duration", type=float, default=10.0, help="seconds (0: until Ctrl-C)")
-    sim.add_argument("--seed", type=int, default=None)
-    sim.set_defaults(handler=_simulate)
-
-
-def _simulate(args) -> int:
-    from posfed_pipeline.core.simulator import ReceiptSimulator
-
-    config = _config(args)
-    config.ensure_folders()
-    available = len(config.terminals)
-    if args.terminals is not None and not 1 <= args.terminals <= available:
+def _start_demo_tills(config: PosfedConfig, rate: float, stop: threading.Event) -> None:
+    """The simulated tills come from the development package (posfed-dev), found through its
+    ``posfed.demo_tills`` entry point: the product never imports it."""
+    tills = entry_points(group="posfed.demo_tills")
+    if not tills:
+        inbox = config.terminals[0].inbox if config.terminals else config.home
         print(
-            f"posfed simulate: --terminals must be 1 to {available} (the store's terminals)",
-            file=sys.stderr,
+            "posfed demo: no simulated tills (they come with posfed-dev: `make demo` in a "
+            f"checkout); drop receipt files into an inbox such as {inbox}"
         )
-        return 2
-    terminals = list(config.terminals[: args.terminals or available])
-    if args.rate <= 0:
-        print("posfed simulate: --rate must be positive", file=sys.stderr)
-        return 2
-    expected = int(args.rate * args.duration) if args.duration > 0 else None
-    sent = 0
-
-    def progress(path: Path) -> None:
-        nonlocal sent
-        sent += 1
-        total = f"/{expected}" if expected else ""
-        print(
-            f"\rsimulate: {sent}{total} receipts (last: {path.parent.parent.name}/{path.name})",
-            end="",
-            flush=True,
-        )
-
-    simulator = ReceiptSimulator(terminals, seed=args.seed)
-    try:
-        simulator.run(rate=args.rate, duration=args.duration, on_drop=progress)
-    finally:
-        print(f"\nsimulate: dropped {sent} receipts into {len(terminals)} terminal inboxes")
-    return 0
+        return
+    drop_until = _load_plugin(next(iter(tills)))
+    if drop_until is None:
+        return
+    threading.Thread(target=drop_until, args=(config, rate, stop), daemon=True).start()
 
 
 # --- db ---------------------------------------------------------------------------------------
@@ -274,13 +246,13 @@ def _add_db(commands) -> None:
 def _db_upgrade(args) -> int:
     config = _config(args)
     if args.sql:
-        print(store.upgrade_sql(config.db_url, store_id=config.store_id), end="")
+        print(register.upgrade_sql(config.db_url, store_id=config.store_id), end="")
         return 0
-    engine = store.make_engine(config.db_url)
+    engine = register.make_engine(config.db_url)
     try:
-        store.upgrade_database(engine, store_id=config.store_id)
-        revision = store.schema_revision(engine)
-    except store.DatabaseUnavailable as exc:
+        register.upgrade_database(engine, store_id=config.store_id)
+        revision = register.schema_revision(engine)
+    except register.DatabaseUnavailable as exc:
         print(f"db upgrade: {exc}", file=sys.stderr)
         return 2
     print(f"db upgrade: {engine.url.render_as_string(hide_password=True)} at revision {revision}")
@@ -288,9 +260,9 @@ def _db_upgrade(args) -> int:
 
 
 def _db_status(args) -> int:
-    from posfed_pipeline.core import sync
-    from posfed_pipeline.core.db_timeouts import call_deadline
-    from posfed_pipeline.core.ledger import open_ledger
+    from posfed_pipeline.core.register.timeouts import call_deadline
+    from posfed_pipeline.core.stages import sync
+    from posfed_pipeline.core.state.ledger import open_ledger
 
     config = _config(args)
     ledger = open_ledger(config.home)
@@ -307,19 +279,19 @@ def _db_status(args) -> int:
         print(f"  {state.failures} failed attempt(s) in a row; next in {wait:.0f} s")
     for terminal_id, day, receipt_id, why in ledger.parked_entries(20):
         print(f"  refused: {terminal_id} {day} {receipt_id}: {why}")
-    engine = store.make_engine(config.db_url)
+    engine = register.make_engine(config.db_url)
     print(f"database: {engine.url.render_as_string(hide_password=True)}")
     try:
         with call_deadline(engine, config.sync.call_timeout_seconds, "db status"):
-            revision = store.schema_revision(engine)
-            rows = store.counts_by_terminal_day(engine, config.store_id) if revision else []
+            revision = register.schema_revision(engine)
+            rows = register.counts_by_terminal_day(engine, config.store_id) if revision else []
             summaries = (
-                store.ledger_summary(engine, config.store_id)
-                if revision and store.has_ledger(engine)
+                register.ledger_summary(engine, config.store_id)
+                if revision and register.has_ledger(engine)
                 else {}
             )
     except Exception as exc:  # the ledger's view above stands; say why this part is missing
-        if not (isinstance(exc, store.DatabaseUnavailable) or store.is_transient_error(exc)):
+        if not (isinstance(exc, register.DatabaseUnavailable) or register.is_transient_error(exc)):
             raise
         print(f"db status: the central database is out of reach: {exc}", file=sys.stderr)
         return 1
@@ -349,12 +321,12 @@ def _ago(at: float) -> str:
 
 
 def _db_sync(args) -> int:
-    from posfed_pipeline.core import sync
-    from posfed_pipeline.core.ledger import open_ledger
+    from posfed_pipeline.core.stages import sync
+    from posfed_pipeline.core.state.ledger import open_ledger
 
     config = _config(args)
     ledger = open_ledger(config.home)
-    engine = store.make_engine(config.db_url)
+    engine = register.make_engine(config.db_url)
     try:
         sync.check_central_schema(engine, config.sync)
         done = sync.sync_pending(ledger, engine, config.sync)
@@ -364,7 +336,7 @@ def _db_sync(args) -> int:
         if isinstance(exc, sync.SchemaMissing):
             print(f"db sync: {exc}", file=sys.stderr)
             return 2
-        if not (isinstance(exc, store.DatabaseUnavailable) or store.is_transient_error(exc)):
+        if not (isinstance(exc, register.DatabaseUnavailable) or register.is_transient_error(exc)):
             raise
         print(f"db sync: the central database is out of reach: {exc}", file=sys.stderr)
         print(f"db sync: {sync.describe_lag(ledger.lag())}; nothing is lost", file=sys.stderr)
@@ -381,7 +353,7 @@ def _db_sync(args) -> int:
 def _db_resync(args) -> int:
     from datetime import date
 
-    from posfed_pipeline.core.ledger import open_ledger
+    from posfed_pipeline.core.state.ledger import open_ledger
 
     config = _config(args)
     if args.terminal:
@@ -496,7 +468,7 @@ def _dat_render(args) -> int:
             )
         return config.terminal(terminal_id)
 
-    from posfed_pipeline.core import processing
+    from posfed_pipeline.core.stages import processing
 
     out = Path(args.out)
     failed = 0
@@ -504,7 +476,7 @@ def _dat_render(args) -> int:
         path = Path(name)
         try:
             terminal = terminal_of(path)
-            receipt = intake.read_receipt_file(path, terminal)
+            receipt = parsing.read_receipt_file(path, terminal)
             # The pipeline's own verdict first: a receipt it would quarantine is not rendered.
             batch = processing.IntakeResult(receipts=[receipt])
             report = processing.validate(
@@ -605,10 +577,10 @@ def _add_receipt(commands) -> None:
 
 
 def _receipt_validate(args) -> int:
-    from posfed_pipeline.core import processing
-    from posfed_pipeline.core.inbox import printable_name
-    from posfed_pipeline.core.ledger import ledger_path, open_ledger
-    from posfed_pipeline.core.receipt import Problem
+    from posfed_pipeline.core.model.receipt import Problem
+    from posfed_pipeline.core.stages import processing
+    from posfed_pipeline.core.state.inbox import printable_name
+    from posfed_pipeline.core.state.ledger import ledger_path, open_ledger
 
     config = _config(args)
     chosen = config.terminal(args.terminal) if args.terminal else None  # unknown: exit 2
@@ -737,7 +709,7 @@ def _not_a_regular_file(path: Path) -> str | None:
 
 
 def _shown_name(batch, names: dict[Path, str], receipt) -> str:
-    from posfed_pipeline.core import processing
+    from posfed_pipeline.core.stages import processing
 
     name = names[batch.path_of(receipt)]
     part = batch.parts.get(id(receipt))
@@ -751,12 +723,12 @@ def _terminal_of_file(config: PosfedConfig, path: Path) -> str | None:
         if any(place.is_relative_to(terminal.folder) for place in places):
             return terminal.id
     try:
-        data = path.read_bytes()[: intake.MAX_FILE_BYTES]
+        data = path.read_bytes()[: parsing.MAX_FILE_BYTES]
     except OSError:
         return None
     # Read the claim in each configured format; it counts only from a terminal of that format.
     for mapping in dict.fromkeys(t.mapping for t in config.terminals):
-        claimed = intake.claimed_terminal_id(data, mapping)
+        claimed = parsing.claimed_terminal_id(data, mapping)
         if claimed in config.terminal_ids and config.terminal(claimed).mapping == mapping:
             return claimed
     return None
@@ -795,8 +767,8 @@ def _add_quarantine(commands) -> None:
 
 
 def _quarantine_list(args) -> int:
-    from posfed_pipeline.core import quarantine
-    from posfed_pipeline.core.inbox import printable_name
+    from posfed_pipeline.core.state import quarantine
+    from posfed_pipeline.core.state.inbox import printable_name
 
     config = _config(args)
     terminals = [config.terminal(args.terminal)] if args.terminal else list(config.terminals)
@@ -833,7 +805,8 @@ def _entries_not_taken(terminal) -> list:
     """What the terminal's health check reports as left alone in its inbox."""
     import time
 
-    from posfed_pipeline.core import inbox, terminal_health
+    from posfed_pipeline.core.operations import terminal_health
+    from posfed_pipeline.core.state import inbox
 
     try:
         scan = inbox.scan_inbox_within(terminal, terminal_health.LISTING_TIMEOUT_SECONDS)
@@ -844,7 +817,7 @@ def _entries_not_taken(terminal) -> list:
 
 
 def _quarantine_show(args) -> int:
-    from posfed_pipeline.core import quarantine
+    from posfed_pipeline.core.state import quarantine
 
     terminal = _config(args).terminal(args.terminal)
     try:
@@ -867,7 +840,7 @@ def _quarantine_show(args) -> int:
 def _quarantine_retry(args) -> int:
     import getpass
 
-    from posfed_pipeline.core import quarantine
+    from posfed_pipeline.core.state import quarantine
 
     terminal = _config(args).terminal(args.terminal)
     names = [e.name for e in quarantine.quarantined_files(terminal)] if args.all else args.files
@@ -890,7 +863,7 @@ def _quarantine_retry(args) -> int:
 def _quarantine_discard(args) -> int:
     import getpass
 
-    from posfed_pipeline.core import quarantine
+    from posfed_pipeline.core.state import quarantine
 
     terminal = _config(args).terminal(args.terminal)
     failed = 0
@@ -927,8 +900,8 @@ def _add_status(commands) -> None:
 def _status(args) -> int:
     from datetime import UTC, datetime
 
-    from posfed_pipeline.core.ledger import open_ledger
-    from posfed_pipeline.core.terminal_health import terminal_health
+    from posfed_pipeline.core.operations.terminal_health import terminal_health
+    from posfed_pipeline.core.state.ledger import open_ledger
     from posfed_pipeline.status import last_run_statuses, print_status
 
     config = _config(args)
@@ -991,7 +964,7 @@ def _add_backup(commands) -> None:
 
 
 def _backup_create(args) -> int:
-    from posfed_pipeline.core import backup
+    from posfed_pipeline.core.state import backup
 
     config = _config(args)
     stamp = time.strftime("%Y%m%dT%H%M%S")
@@ -1013,11 +986,11 @@ def _backup_create(args) -> int:
 
 
 def _backup_restore(args) -> int:
-    from posfed_pipeline.core import backup, claims
+    from posfed_pipeline.core.state import backup, claims
 
     config = _config(args)
-    claim_store = claims.claim_store_path(config.home)
-    if claim_store.exists() and claims.ClaimStore(claim_store).alive():
+    claim_table = claims.claim_table_path(config.home)
+    if claim_table.exists() and claims.ClaimTable(claim_table).alive():
         print(
             "backup restore: posfed's fast path is running on this home; stop the services "
             "(posfed-fastpath, the daemon, the webserver, the code server; or posfed demo) first",

@@ -19,7 +19,7 @@ import functools
 
 import dagster as dg
 
-from posfed_pipeline.core.clock import SYSTEM_CLOCK, Clock
+from posfed_pipeline.core.base.clock import SYSTEM_CLOCK, Clock
 from posfed_pipeline.core.config import PosfedConfig, load_config
 from posfed_pipeline.defs.alerts import build_alert_sensors
 from posfed_pipeline.defs.assets import DAT_FILES, VALIDATED_RECEIPTS, build_receipt_assets

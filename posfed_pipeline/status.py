@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from posfed_pipeline.core.terminal_health import TerminalHealth
+from posfed_pipeline.core.operations.terminal_health import TerminalHealth
 
 
 def last_run_statuses(terminal_ids: list[str]) -> dict[str, str]:

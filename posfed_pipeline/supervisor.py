@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import IO
 
 from posfed_pipeline import pid_lock
-from posfed_pipeline.core.clock import SYSTEM_CLOCK, Clock
+from posfed_pipeline.core.base.clock import SYSTEM_CLOCK, Clock
 from posfed_pipeline.process_ties import tie_to_parent
 
 FIRST_RESTART_DELAY = 1.0

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from posfed_pipeline.core import store
+from posfed_pipeline.core import register
 from posfed_pipeline.core.config import PosfedConfig, config_from_dict
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -82,7 +82,7 @@ def open_instance_store(root: Path, monkeypatch, **overrides) -> tuple[PosfedCon
     monkeypatch.setenv("DAGSTER_HOME", str(dagster_home))
     config = load_config(config_path)
     config.ensure_folders()
-    store.upgrade_database(store.make_engine(config.db_url))
+    register.upgrade_database(register.make_engine(config.db_url))
     return config, dagster_home
 
 
@@ -120,8 +120,8 @@ def config(tmp_path, monkeypatch) -> PosfedConfig:
 
 @pytest.fixture
 def engine(config):
-    eng = store.make_engine(config.db_url)
-    store.upgrade_database(eng)
+    eng = register.make_engine(config.db_url)
+    register.upgrade_database(eng)
     yield eng
     eng.dispose()
 
@@ -130,9 +130,9 @@ def process_and_sync(config: PosfedConfig, engine, terminal, paths, **options):
     """One batch through production's sequence of stages, then the ledger's outbox into the
     central database, as the receipts run and the sync run do."""
     from posfed_pipeline.core.dat import load_spec
-    from posfed_pipeline.core.ledger import open_ledger
-    from posfed_pipeline.core.processing import process_batch
-    from posfed_pipeline.core.sync import sync_pending
+    from posfed_pipeline.core.stages.processing import process_batch
+    from posfed_pipeline.core.stages.sync import sync_pending
+    from posfed_pipeline.core.state.ledger import open_ledger
 
     ledger = open_ledger(config.home)
     result = process_batch(

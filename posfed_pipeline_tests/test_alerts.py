@@ -12,9 +12,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import dagster as dg
 import pytest
 from aiosmtpd.controller import Controller
+from posfed_dev.faults import free_port
 
-from posfed_pipeline.core import sync
-from posfed_pipeline.core.alerts import (
+from posfed_pipeline.core.base.clock import ManualClock
+from posfed_pipeline.core.config import ConfigError, config_from_dict
+from posfed_pipeline.core.operations.alerts import (
     Alert,
     AlertDeliveryError,
     AlertOutbox,
@@ -22,12 +24,10 @@ from posfed_pipeline.core.alerts import (
     alert_outbox_path,
     send_alert,
 )
-from posfed_pipeline.core.clock import ManualClock
-from posfed_pipeline.core.config import ConfigError, config_from_dict
-from posfed_pipeline.core.ledger import Delivery, open_ledger
+from posfed_pipeline.core.stages import sync
+from posfed_pipeline.core.state.ledger import DeliveredReceipt, open_ledger
 from posfed_pipeline.definitions import build_definitions
 from posfed_pipeline.defs.alerts import LAG_SENSOR, RUN_FAILURE_SENSOR, run_failure_alert
-from posfed_pipeline.tools.faults import free_port
 from posfed_pipeline_tests.conftest import store_config_dict
 from posfed_pipeline_tests.test_store import make_receipt
 
@@ -195,7 +195,9 @@ def test_the_lag_alert_is_sent_once_when_it_fails_and_once_when_it_recovers(
     sensor = build_definitions(config, clock=clock).resolve_sensor_def(LAG_SENSOR)
     ledger = open_ledger(config.home)
     receipt = make_receipt("L1")
-    ledger.accept([Delivery(receipt, "L1.json:1:1")], tenant="Bakkerij", now=clock.time() - 5)
+    ledger.accept(
+        [DeliveredReceipt(receipt, "L1.json:1:1")], tenant="Bakkerij", now=clock.time() - 5
+    )
     ledger.mark_emitted([(receipt, "x")])
     assert sync.lag_level(ledger.lag(), config.sync, clock.time()) is sync.LagLevel.FAIL
 

@@ -5,8 +5,10 @@ import tarfile
 from datetime import date
 from decimal import Decimal
 
-from posfed_pipeline.core import audit, processing, retention
 from posfed_pipeline.core.dat import load_spec
+from posfed_pipeline.core.operations import audit
+from posfed_pipeline.core.stages import processing
+from posfed_pipeline.core.state import retention
 from posfed_pipeline_tests.conftest import drop_receipt, process_and_sync, receipt_doc
 
 DAY = date(2026, 11, 20)
@@ -142,7 +144,7 @@ def test_settlement_is_stored_and_replaced_on_rerun(config, engine):
 
 
 def test_receipts_waiting_for_the_central_database_are_not_missing(config, engine):
-    from posfed_pipeline.core.ledger import open_ledger
+    from posfed_pipeline.core.state.ledger import open_ledger
 
     terminal = config.terminal("bakery_1")
     paths = [drop_receipt(terminal.inbox, receipt_doc("W1", timestamp=TS))]

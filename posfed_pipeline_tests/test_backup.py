@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from posfed_pipeline.core import quarantine
 from posfed_pipeline.core.config import load_config
-from posfed_pipeline.core.ledger import open_ledger
+from posfed_pipeline.core.state import quarantine
+from posfed_pipeline.core.state.ledger import open_ledger
 from posfed_pipeline_tests.conftest import drop_receipt, receipt_doc, write_store_config
 from posfed_pipeline_tests.test_quarantine import _sensor_and_runs
 

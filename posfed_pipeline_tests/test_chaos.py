@@ -8,8 +8,7 @@ The full run (10,000 files) is `posfed chaos`, documented in the README with its
 import shutil
 
 import pytest
-
-from posfed_pipeline.tools import chaos
+from posfed_dev import chaos
 
 # Starts real processes (Dagster, servers, browsers): `make check` leaves it out.
 pytestmark = pytest.mark.slow

@@ -13,9 +13,10 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from posfed_pipeline.core import dat, processing
+from posfed_pipeline.core import dat
 from posfed_pipeline.core.config import Terminal
-from posfed_pipeline.core.receipt import Receipt, ReceiptItem
+from posfed_pipeline.core.model.receipt import Receipt, ReceiptItem
+from posfed_pipeline.core.stages import processing
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_SPEC_PATH = REPO_ROOT / "dat_specs" / "scon_default.json"

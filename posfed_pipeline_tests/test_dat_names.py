@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from posfed_pipeline.core.config import ConfigError, Terminal, config_from_dict
 from posfed_pipeline.core.dat import load_spec, spec_from_dict
-from posfed_pipeline.core.dat_names import dat_name_clashes, name_pattern, patterns_overlap
+from posfed_pipeline.core.dat.names import dat_name_clashes, name_pattern, patterns_overlap
 from posfed_pipeline.definitions import build_definitions
 from posfed_pipeline_tests.conftest import (
     REPO_ROOT,

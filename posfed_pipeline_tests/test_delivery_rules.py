@@ -9,11 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from posfed_pipeline.core import inbox, processing, quarantine
+from posfed_pipeline.core.base.fsutil import move_unique
 from posfed_pipeline.core.config import ConfigError, config_from_dict
 from posfed_pipeline.core.dat import load_spec
-from posfed_pipeline.core.fsutil import move_unique
-from posfed_pipeline.core.ledger import open_ledger
+from posfed_pipeline.core.stages import processing
+from posfed_pipeline.core.state import inbox, quarantine
+from posfed_pipeline.core.state.ledger import open_ledger
 from posfed_pipeline_tests.conftest import drop_receipt, receipt_doc, store_config_dict
 from posfed_pipeline_tests.test_intake import SHIPPED_MAPPINGS
 

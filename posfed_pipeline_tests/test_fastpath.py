@@ -16,11 +16,13 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from posfed_pipeline.core import inbox, intake, store
-from posfed_pipeline.core.clock import ManualClock
+from posfed_pipeline.core import register
+from posfed_pipeline.core.base.clock import ManualClock
 from posfed_pipeline.core.config import load_config
-from posfed_pipeline.core.ledger import open_ledger
-from posfed_pipeline.core.sync import sync_pending
+from posfed_pipeline.core.intake import parsing
+from posfed_pipeline.core.stages.sync import sync_pending
+from posfed_pipeline.core.state import inbox
+from posfed_pipeline.core.state.ledger import open_ledger
 from posfed_pipeline.definitions import RECEIPTS_JOB, build_definitions
 from posfed_pipeline.defs.central_db import SYNC_JOB
 from posfed_pipeline.defs.sensors import inbox_sensor_name, run_request_for
@@ -98,10 +100,10 @@ def test_trigger_runs_are_the_sensors_runs_and_no_sensor_tick_duplicates_them(fa
         instance = dg.DagsterInstance.get()
         runs = _wait_finished(instance, fastpath.trigger.runs_launched)
         # The trigger syncs the central database after the receipt runs, by itself.
-        engine = store.make_engine(config.db_url)
+        engine = register.make_engine(config.db_url)
         _wait(
             lambda: all(
-                store.count_receipts(engine, t.id, datetime.now(t.timezone).date()) == 3
+                register.count_receipts(engine, t.id, datetime.now(t.timezone).date()) == 3
                 for t in config.terminals
             ),
             60,
@@ -182,15 +184,15 @@ def test_a_killed_run_worker_fails_its_run_and_the_files_are_processed_exactly_o
         [batch] = inbox.plan_batches(  # one long run, to be killed halfway
             terminal,
             ready,
-            lambda f: intake.business_day_of_file(f.path, terminal),
+            lambda f: parsing.business_day_of_file(f.path, terminal),
             max_files_per_run=400,
         )
         code_location = dagster_internals.load_code_location(instance, dagster_home)
         factory = dagster_internals.SensorStyleRunFactory(instance, code_location, RECEIPTS_JOB)
-        from posfed_pipeline.core import claims
+        from posfed_pipeline.core.state import claims
 
-        claim_store = claims.ClaimStore(claims.claim_store_path(config.home))
-        claim_store.claim(terminal.id, [f.signature for f in batch.files], lambda _: batch.run_key)
+        claim_table = claims.ClaimTable(claims.claim_table_path(config.home))
+        claim_table.claim(terminal.id, [f.signature for f in batch.files], lambda _: batch.run_key)
         run = factory.create_run(run_request_for(terminal, batch), "bakery_1_inbox_sensor")
         instance.launch_run(run.run_id, workspace=None)
         _wait(
@@ -221,9 +223,11 @@ def test_a_killed_run_worker_fails_its_run_and_the_files_are_processed_exactly_o
     ledger = open_ledger(config.home)
     assert [outcome for _, _, outcome in ledger.delivery_outcomes()] == ["inserted"] * 400
     assert len(list(config.dat_dir.rglob("*.dat"))) == 400
-    engine = store.make_engine(config.db_url)
+    engine = register.make_engine(config.db_url)
     assert sync_pending(ledger, engine).receipts_inserted == 400
-    assert store.count_receipts(engine, terminal.id, datetime.now(terminal.timezone).date()) == 400
+    assert (
+        register.count_receipts(engine, terminal.id, datetime.now(terminal.timezone).date()) == 400
+    )
 
 
 def test_launcher_cancels_queued_and_running_runs_and_reports_worker_health(fast_store):
@@ -519,7 +523,7 @@ def test_a_warm_worker_keeps_nothing_of_the_runs_it_executed(fast_store):
         _write(terminal, _now_doc(f"W{n:04d}", terminal))
         ready = inbox.scan_inbox(terminal, stability_seconds=0).ready
         [batch] = inbox.plan_batches(
-            terminal, ready, lambda f: intake.business_day_of_file(f.path, terminal)
+            terminal, ready, lambda f: parsing.business_day_of_file(f.path, terminal)
         )
         run = factory.create_run(run_request_for(terminal, batch), inbox_sensor_name(terminal))
         status = dagster_internals.execute_run_in_this_process(instance, run)

@@ -15,6 +15,7 @@ import site
 import subprocess
 import sys
 import uuid
+import zipfile
 from datetime import datetime
 from pathlib import Path
 
@@ -72,7 +73,15 @@ def _venv_with(wheel: Path, root: Path) -> Path:
 
 
 def test_the_wheel_installs_and_the_demo_runs_from_another_folder(tmp_path):
-    venv = _venv_with(_wheel(tmp_path), tmp_path)
+    wheel = _wheel(tmp_path)
+    with zipfile.ZipFile(wheel) as archive:
+        packages = {name.split("/")[0] for name in archive.namelist()}
+        shipped = set(archive.namelist())
+    # The product only: the development package (bench, chaos, simulated tills) stays out.
+    assert packages == {"posfed_pipeline", f"posfed-{wheel.name.split('-')[1]}.dist-info"}
+    assert "posfed_pipeline/fastpath/warm_up_receipt.json" in shipped
+    assert "posfed_pipeline/core/dat/dat_spec.schema.json" in shipped
+    venv = _venv_with(wheel, tmp_path)
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     imported = subprocess.run(

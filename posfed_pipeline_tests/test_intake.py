@@ -13,9 +13,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from posfed_pipeline.core.config import ConfigError, config_from_dict
-from posfed_pipeline.core.intake import IntakeError, parse_receipt, read_receipt_file
-from posfed_pipeline.core.receipt import ReceiptItem
-from posfed_pipeline.core.validation import validate_batch
+from posfed_pipeline.core.intake.parsing import IntakeError, parse_receipt, read_receipt_file
+from posfed_pipeline.core.intake.validation import validate_batch
+from posfed_pipeline.core.model.receipt import ReceiptItem
 from posfed_pipeline_tests.conftest import REPO_ROOT, receipt_doc, store_config_dict
 
 EXAMPLES = REPO_ROOT / "examples" / "vendors"

@@ -27,15 +27,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from posfed_pipeline import cli
-from posfed_pipeline.core.barcodes import gtin13, read_label
 from posfed_pipeline.core.config import ConfigError, PosfedConfig, config_from_dict
-from posfed_pipeline.core.receipt import Receipt, ReceiptItem, round_cents
-from posfed_pipeline.core.validation import (
+from posfed_pipeline.core.intake.validation import (
     BARCODE_RULE,
     LABEL_AMOUNT_RULE,
     LABEL_WEIGHT_RULE,
     validate_batch,
 )
+from posfed_pipeline.core.model.barcodes import gtin13, read_label
+from posfed_pipeline.core.model.receipt import Receipt, ReceiptItem, round_cents
 
 NOW = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
 D = Decimal

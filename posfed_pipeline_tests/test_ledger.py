@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from posfed_pipeline.core.ledger import Delivery, Ledger, Outcome
-from posfed_pipeline.core.receipt import from_payload, to_payload
+from posfed_pipeline.core.model.outbox import Outcome
+from posfed_pipeline.core.model.receipt import from_payload, to_payload
+from posfed_pipeline.core.state.ledger import DeliveredReceipt, Ledger
 from posfed_pipeline_tests.test_store import make_receipt
 
 DAY = date(2026, 3, 14)
@@ -25,7 +26,9 @@ def ledger(tmp_path) -> Ledger:
 
 
 def delivered(receipt, name=None, size=100, mtime=1):
-    return Delivery(receipt, f"{name or receipt.source_file}:{size}:{mtime}", detected_at=1.0)
+    return DeliveredReceipt(
+        receipt, f"{name or receipt.source_file}:{size}:{mtime}", detected_at=1.0
+    )
 
 
 def test_payload_round_trip_is_exact():
@@ -159,7 +162,7 @@ def test_a_process_killed_mid_transaction_leaves_nothing_half_recorded(tmp_path)
     Ledger(path)
     script = f"""
 import os, signal
-from posfed_pipeline.core.ledger import Delivery, Ledger
+from posfed_pipeline.core.state.ledger import DeliveredReceipt, Ledger
 from posfed_pipeline_tests.test_store import make_receipt
 ledger = Ledger({str(path)!r})
 connection = ledger._connect()

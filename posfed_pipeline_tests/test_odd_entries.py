@@ -26,14 +26,16 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from posfed_pipeline.core import claims, inbox, intake, launching, processing, quarantine
-from posfed_pipeline.core.clock import ManualClock
+from posfed_pipeline.core.base.clock import ManualClock
 from posfed_pipeline.core.config import config_from_dict
 from posfed_pipeline.core.dat import load_spec
-from posfed_pipeline.core.ledger import open_ledger
-from posfed_pipeline.core.poslog import write_poslog
-from posfed_pipeline.core.receipt import Receipt
-from posfed_pipeline.core.terminal_health import terminal_health
+from posfed_pipeline.core.intake import parsing
+from posfed_pipeline.core.intake.poslog import write_poslog
+from posfed_pipeline.core.model.receipt import Receipt
+from posfed_pipeline.core.operations.terminal_health import terminal_health
+from posfed_pipeline.core.stages import launching, processing
+from posfed_pipeline.core.state import claims, inbox, quarantine
+from posfed_pipeline.core.state.ledger import open_ledger
 from posfed_pipeline.definitions import RECEIPTS_JOB, build_definitions
 from posfed_pipeline_tests.conftest import receipt_doc, store_config_dict
 from posfed_pipeline_tests.test_sensors import _run_as_the_daemon_would
@@ -153,7 +155,7 @@ _STORE = _store(Path(tempfile.mkdtemp(prefix="posfed-odd-")))
 
 def _sale(receipt_id: str = "2042") -> Receipt:
     doc = receipt_doc(receipt_id)
-    return intake.parse_receipt(json.dumps(doc).encode(), _STORE.terminal("bakery_1"))
+    return parsing.parse_receipt(json.dumps(doc).encode(), _STORE.terminal("bakery_1"))
 
 
 @st.composite
@@ -200,8 +202,8 @@ any_content = st.binary(max_size=3000) | wrong_json() | wrong_csv() | wrong_posl
 def test_any_bytes_in_any_format_are_receipts_or_reasons_and_nothing_else(data, terminal_id):
     terminal = _STORE.terminal(terminal_id)
     try:
-        readings = intake.parse_receipts(data, terminal, source_file="x")
-    except intake.IntakeError as exc:
+        readings = parsing.parse_receipts(data, terminal, source_file="x")
+    except parsing.IntakeError as exc:
         assert exc.problems, "a rejection always says why"
         json.dumps([p.as_dict() for p in exc.problems]).encode("utf-8")  # reportable as is
         return
@@ -213,8 +215,8 @@ def test_a_json_key_twice_is_refused_not_last_one_wins(odd_store):
     terminal = odd_store.terminal("bakery_1")
     text = json.dumps(receipt_doc("1D1"))
     for repeated in (text[:-1] + ', "total": "0.01"}', text[:-1] + ', "receiptId": "1D2"}'):
-        with pytest.raises(intake.IntakeError) as refused:
-            intake.parse_receipt(repeated.encode(), terminal)
+        with pytest.raises(parsing.IntakeError) as refused:
+            parsing.parse_receipt(repeated.encode(), terminal)
         [problem] = refused.value.problems
         assert "twice in one object" in problem.value and "must not repeat" in problem.rule
 
@@ -230,8 +232,8 @@ def test_a_poslog_element_twice_a_dtd_and_deep_nesting_are_refused(odd_store):
         (dtd, "DTD or entities is refused"),
         (deep, "nested too deeply"),
     ):
-        with pytest.raises(intake.IntakeError) as refused:
-            intake.parse_receipt(data.encode(), terminal)
+        with pytest.raises(parsing.IntakeError) as refused:
+            parsing.parse_receipt(data.encode(), terminal)
         assert said in str(refused.value)
 
 
@@ -241,8 +243,8 @@ def test_a_csv_header_naming_a_column_twice_is_refused(odd_store):
         b"NUM_TICKET;DATE_HEURE;TOTAL_TTC;TOTAL_TTC;CODE_EAN;LIBELLE;PRIX_UNIT;QTE\n"
         b"T1;20/11/2026 10:00;2,95;9,99;8712345678906;Brood;2,95;1\n"
     )
-    with pytest.raises(intake.IntakeError, match="more than once in the CSV header"):
-        intake.parse_receipt(data, terminal)
+    with pytest.raises(parsing.IntakeError, match="more than once in the CSV header"):
+        parsing.parse_receipt(data, terminal)
 
 
 def test_a_poslog_file_whose_only_sale_is_bad_is_quarantined_whole(odd_store):
@@ -384,7 +386,7 @@ def test_every_inbox_entry_gets_one_verdict_and_the_next_receipt_is_delivered(
     if terminal_id == "bakery_1":
         data = json.dumps(doc).encode()
     else:  # the same sale from the POSLog till
-        receipt = intake.parse_receipt(json.dumps(doc).encode(), config.terminal("bakery_1"))
+        receipt = parsing.parse_receipt(json.dumps(doc).encode(), config.terminal("bakery_1"))
         data = write_poslog([receipt], "7")
     valid = terminal.inbox / (receipt_id + (".json" if terminal_id == "bakery_1" else ".xml"))
     valid.write_bytes(data)
@@ -420,9 +422,9 @@ def test_every_inbox_entry_gets_one_verdict_and_the_next_receipt_is_delivered(
 def odd_home():
     root = Path(tempfile.mkdtemp(prefix="posfed-odd-", dir="/tmp"))  # short: socket paths
     config = _store(root / "s", incomplete_grace_seconds=0)
-    from posfed_pipeline.core import store
+    from posfed_pipeline.core import register
 
-    store.upgrade_database(store.make_engine(config.db_url))
+    register.upgrade_database(register.make_engine(config.db_url))
     clock = ManualClock()
     defs = build_definitions(config, clock=clock)
     outside = root / "outside.json"
@@ -441,9 +443,9 @@ def _tick_and_run(config, instance, clock, terminal_id="bakery_1"):
 
 def test_a_name_not_utf8_or_too_long_is_renamed_billed_and_recorded(odd_store):
     terminal = odd_store.terminal("bakery_1")
-    from posfed_pipeline.core import store
+    from posfed_pipeline.core import register
 
-    store.upgrade_database(store.make_engine(odd_store.db_url))
+    register.upgrade_database(register.make_engine(odd_store.db_url))
     latin1 = b"re\xe7u-1.json"
     long_name = ("L" * 230 + ".json").encode()
     for name, receipt_id in ((latin1, "1N1"), (long_name, "1N2")):
@@ -467,9 +469,9 @@ def test_a_name_not_utf8_or_too_long_is_renamed_billed_and_recorded(odd_store):
 
 def test_a_receipt_dated_tomorrow_is_quarantined_for_the_clock_not_a_dagster_error(odd_store):
     terminal = odd_store.terminal("bakery_1")
-    from posfed_pipeline.core import store
+    from posfed_pipeline.core import register
 
-    store.upgrade_database(store.make_engine(odd_store.db_url))
+    register.upgrade_database(register.make_engine(odd_store.db_url))
     tomorrow = (datetime.now(terminal.timezone) + timedelta(days=1)).isoformat()
     for receipt_id, when in (("1F1", tomorrow), ("1F2", "2099-06-01T10:00:00+02:00")):
         doc = receipt_doc(receipt_id, timestamp=when)
@@ -490,9 +492,9 @@ def test_an_unreadable_file_is_relaunched_when_its_grace_ends_and_then_quarantin
     """A file that does not parse and was written moments ago waits for its writer; the run
     says when to look again (the claim), and the next look gives the verdict."""
     terminal = odd_store.terminal("bakery_1")
-    from posfed_pipeline.core import store
+    from posfed_pipeline.core import register
 
-    store.upgrade_database(store.make_engine(odd_store.db_url))
+    register.upgrade_database(register.make_engine(odd_store.db_url))
     clock = ManualClock()
     path = terminal.inbox / "cut.json"
     path.write_bytes(b'{"receiptId": "1C1", "ite')
@@ -500,7 +502,7 @@ def test_an_unreadable_file_is_relaunched_when_its_grace_ends_and_then_quarantin
     defs = build_definitions(odd_store, clock=clock)
     sensor = defs.resolve_sensor_def("bakery_1_inbox_sensor")
     job = defs.resolve_job_def(RECEIPTS_JOB)
-    claim_store = claims.ClaimStore(claims.claim_store_path(odd_store.home))
+    claim_table = claims.ClaimTable(claims.claim_table_path(odd_store.home))
     with dg.instance_for_test() as instance:
         [request] = sensor(dg.build_sensor_context(instance=instance)).run_requests
         assert job.execute_in_process(
@@ -508,7 +510,7 @@ def test_an_unreadable_file_is_relaunched_when_its_grace_ends_and_then_quarantin
             partition_key=request.partition_key,
             instance=instance,
         ).success
-        [claim] = claim_store.claims_of(terminal.id).values()
+        [claim] = claim_table.claims_of(terminal.id).values()
         grace = odd_store.incomplete_grace_seconds
         assert claim.retry_at == pytest.approx(clock.time() - 1 + grace, abs=0.01)
         assert "written to moments ago" in claim.note
@@ -594,11 +596,11 @@ def test_claiming_never_meets_a_name_it_cannot_store(odd_store):
     with open(path, "wb") as handle:
         handle.write(json.dumps(receipt_doc("1U1")).encode())
     os.utime(path, (datetime.now().timestamp() - 5,) * 2)
-    store = claims.ClaimStore(claims.claim_store_path(odd_store.home))
+    claim_table = claims.ClaimTable(claims.claim_table_path(odd_store.home))
     now = datetime.now().timestamp()
     days = launching.PartitionDays.of(odd_store, now)
     ready = launching.give_safe_names(terminal, inbox.scan_inbox(terminal).ready)
-    [batch] = launching.claim_ready(store, terminal, ready, days)
+    [batch] = launching.claim_ready(claim_table, terminal, ready, days)
     assert batch.file_names == ["%FF%FE.json"]
     assert inbox.inbox_path(terminal, "%FF%FE.json").exists()
 
@@ -613,10 +615,11 @@ def test_hostile_entries_on_the_fast_path_leave_every_valid_receipt_billed_once(
     the warm workers run (no daemon): every valid receipt is billed once, every bad file is
     quarantined with its reason (an unreadable one when its grace ends, relaunched by the
     trigger itself), every entry that is not a file is left alone and reported."""
+    from posfed_dev import odd_entries
+    from posfed_dev.simulator import ReceiptSimulator
+
     from posfed_pipeline.core import dat
-    from posfed_pipeline.core.simulator import ReceiptSimulator
     from posfed_pipeline.fastpath.service import start_fastpath
-    from posfed_pipeline.tools import odd_entries
     from posfed_pipeline_tests.conftest import open_instance_store
 
     grace = 3.0
@@ -699,7 +702,7 @@ def test_hostile_entries_on_the_fast_path_leave_every_valid_receipt_billed_once(
 def test_a_renamed_file_keeps_its_ready_marker(tmp_path, monkeypatch):
     """A till that writes ``<name>.ok`` after each file: the marker follows the file to its
     safe name, so the file stays ready and is billed."""
-    from posfed_pipeline.core import store
+    from posfed_pipeline.core import register
 
     monkeypatch.delenv("POSFED_HOME", raising=False)
     monkeypatch.delenv("POSFED_DB_URL", raising=False)
@@ -707,7 +710,7 @@ def test_a_renamed_file_keeps_its_ready_marker(tmp_path, monkeypatch):
     raw["terminals"][0]["ready_marker"] = ".ok"
     config = config_from_dict(raw, base_dir=tmp_path)
     config.ensure_folders()
-    store.upgrade_database(store.make_engine(config.db_url))
+    register.upgrade_database(register.make_engine(config.db_url))
     terminal = config.terminal("bakery_1")
     name = os.path.join(os.fsencode(terminal.inbox), b"caf\xe9-1M1.json")
     with open(name, "wb") as handle:

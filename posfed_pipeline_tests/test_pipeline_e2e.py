@@ -10,8 +10,8 @@ import dagster as dg
 import pytest
 from sqlalchemy import select
 
-from posfed_pipeline.core import store
-from posfed_pipeline.core.validation import BARCODE_RULE
+from posfed_pipeline.core import register
+from posfed_pipeline.core.intake.validation import BARCODE_RULE
 from posfed_pipeline.definitions import RECEIPTS_JOB, build_definitions
 from posfed_pipeline.defs.assets import ReceiptBatchConfig, receipt_op_config
 from posfed_pipeline.defs.central_db import SYNC_JOB
@@ -40,13 +40,13 @@ def _run(config, instance, files: list[str]) -> dg.ExecuteInProcessResult:
 def _rows(engine):
     with engine.connect() as connection:
         headers = (
-            connection.execute(select(store.ReceiptRow.__table__).order_by("receipt_id"))
+            connection.execute(select(register.ReceiptRow.__table__).order_by("receipt_id"))
             .mappings()
             .all()
         )
         lines = (
             connection.execute(
-                select(store.ReceiptLineRow.__table__).order_by("receipt_id", "line_no")
+                select(register.ReceiptLineRow.__table__).order_by("receipt_id", "line_no")
             )
             .mappings()
             .all()
@@ -245,9 +245,9 @@ def test_same_key_with_other_content_is_a_conflict_not_an_overwrite(config, engi
 
 
 def test_a_receipt_whose_file_vanished_before_its_dat_is_emitted_by_the_next_run(config):
-    from posfed_pipeline.core import processing
     from posfed_pipeline.core.dat import load_spec
-    from posfed_pipeline.core.ledger import open_ledger
+    from posfed_pipeline.core.stages import processing
+    from posfed_pipeline.core.state.ledger import open_ledger
 
     terminal = config.terminal("bakery_1")
     ledger = open_ledger(config.home)
@@ -275,10 +275,10 @@ def test_two_terminals_racing_for_one_dat_name_lose_no_sale_and_block_nothing(co
     quarantined, never written over the other sale, and the terminal's later receipts go on."""
     from dataclasses import replace
 
-    from posfed_pipeline.core import processing
     from posfed_pipeline.core.config import Terminal
     from posfed_pipeline.core.dat import load_spec
-    from posfed_pipeline.core.ledger import open_ledger
+    from posfed_pipeline.core.stages import processing
+    from posfed_pipeline.core.state.ledger import open_ledger
 
     bakery_2 = Terminal(
         id="bakery_2",
@@ -323,9 +323,9 @@ def test_an_attempt_stopped_between_recording_and_renaming_its_dat_bills_once(co
     """The .dat is recorded in the ledger before its rename: if the attempt dies in between,
     the next run renames the staged file; if it died after the rename and the billing
     software took the file, nothing writes it again."""
-    from posfed_pipeline.core import processing
     from posfed_pipeline.core.dat import load_spec
-    from posfed_pipeline.core.ledger import open_ledger
+    from posfed_pipeline.core.stages import processing
+    from posfed_pipeline.core.state.ledger import open_ledger
 
     terminal = config.terminal("bakery_1")
     ledger = open_ledger(config.home)

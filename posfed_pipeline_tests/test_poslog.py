@@ -14,9 +14,11 @@ import dagster as dg
 import pytest
 from sqlalchemy import select
 
-from posfed_pipeline.core import intake, quarantine, store
+from posfed_pipeline.core import register
 from posfed_pipeline.core.config import config_from_dict
-from posfed_pipeline.core.validation import LABEL_AMOUNT_RULE, LABEL_WEIGHT_RULE
+from posfed_pipeline.core.intake import parsing
+from posfed_pipeline.core.intake.validation import LABEL_AMOUNT_RULE, LABEL_WEIGHT_RULE
+from posfed_pipeline.core.state import quarantine
 from posfed_pipeline.definitions import RECEIPTS_JOB, build_definitions
 from posfed_pipeline.defs.assets import ReceiptBatchConfig, receipt_op_config
 from posfed_pipeline.defs.central_db import SYNC_JOB
@@ -79,7 +81,7 @@ SALMON_LABEL = "(01)08712345600112(3103)000455(3922)1133"
 
 
 def test_the_example_file_reads_as_its_three_sales(config):
-    readings = intake.read_receipts(EXAMPLE, config.terminal("fish_7"))
+    readings = parsing.read_receipts(EXAMPLE, config.terminal("fish_7"))
     assert [r.error for r in readings] == [None, None, None]
     receipts = [r.receipt for r in readings]
     assert [(r.receipt_id, r.total, len(r.items)) for r in receipts] == [
@@ -106,10 +108,10 @@ def test_a_transaction_alone_reads_back_as_the_same_receipt(config, tmp_path):
     """What quarantine keeps of a transaction, read again, is the same sale with the same
     content hash: a retry and the original are one receipt to the ledger."""
     terminal = config.terminal("fish_7")
-    first = intake.read_receipts(EXAMPLE, terminal)[0]
+    first = parsing.read_receipts(EXAMPLE, terminal)[0]
     alone = tmp_path / first.part.quarantine_name
     alone.write_bytes(first.part.document)
-    [again] = intake.read_receipts(alone, terminal)
+    [again] = parsing.read_receipts(alone, terminal)
     assert again.part is None
     assert replace(again.receipt, source_file="") == replace(first.receipt, source_file="")
     assert again.receipt.content_hash == first.receipt.content_hash
@@ -155,7 +157,7 @@ def test_a_bad_transaction_is_named_with_its_reason(config, lines, total, workst
         transaction("2001", lines, total, workstation),
         transaction("2002", sale(HERRING, "2.75", "1", "2.75"), "2.75"),
     )
-    readings = intake.parse_receipts(data, config.terminal("fish_7"), source_file="x.xml")
+    readings = parsing.parse_receipts(data, config.terminal("fish_7"), source_file="x.xml")
     assert readings[1].receipt is not None  # the other one is read
     problems = readings[0].error.problems
     assert any(p.field == field and rule in p.rule for p in problems), problems
@@ -175,8 +177,8 @@ def test_a_bad_transaction_is_named_with_its_reason(config, lines, total, workst
     ids=["cut-off", "other-document", "entities", "empty"],
 )
 def test_a_file_that_is_no_poslog_is_refused_as_a_whole(config, data, rule):
-    with pytest.raises(intake.IntakeError) as raised:
-        intake.parse_receipts(data, config.terminal("fish_7"), source_file="x.xml")
+    with pytest.raises(parsing.IntakeError) as raised:
+        parsing.parse_receipts(data, config.terminal("fish_7"), source_file="x.xml")
     assert rule in str(raised.value)
 
 
@@ -197,8 +199,8 @@ def test_several_transactions_one_broken_through_the_pipeline(config, tmp_path):
     )
     (terminal.inbox / "eod.xml").write_bytes(data)
 
-    engine = store.make_engine(config.db_url)
-    store.upgrade_database(engine)
+    engine = register.make_engine(config.db_url)
+    register.upgrade_database(engine)
     defs = build_definitions(config)
     with dg.instance_for_test() as instance:
         result = defs.resolve_job_def(RECEIPTS_JOB).execute_in_process(
@@ -214,8 +216,8 @@ def test_several_transactions_one_broken_through_the_pipeline(config, tmp_path):
     salmon_line = (config.dat_dir / "20261120" / "scon403001.dat").read_bytes().split(b"\r\n")[0]
     assert salmon_line[19:32] == b"8712345600112"  # the label's GTIN-13 in the EAN field
     with engine.connect() as connection:
-        header = store.ReceiptRow.__table__
-        lines = store.ReceiptLineRow.__table__
+        header = register.ReceiptRow.__table__
+        lines = register.ReceiptLineRow.__table__
         loaded = connection.execute(select(header.c.receipt_id, header.c.source_file)).all()
         salmon_row = (
             connection.execute(select(lines).where(lines.c.receipt_id == "3001")).mappings().first()
@@ -301,7 +303,7 @@ def test_receipt_validate_lists_each_transaction(config, tmp_path, capsys):
 
 def test_the_simulator_writes_what_a_poslog_till_writes(config):
     """The demo's POSLog till: each simulated sale, scale labels included, reads back whole."""
-    from posfed_pipeline.core.simulator import ReceiptSimulator
+    from posfed_dev.simulator import ReceiptSimulator
 
     # The simulator's catalogue is chosen by the id: a fishmonger's weighed fish.
     terminal = replace(config.terminal("fish_7"), id="fishmonger_7")
@@ -311,7 +313,7 @@ def test_the_simulator_writes_what_a_poslog_till_writes(config):
         receipt = simulator.make_receipt(terminal)
         path = simulator.drop(terminal, receipt)
         assert path.suffix == ".xml"
-        [reading] = intake.read_receipts(path, terminal)
+        [reading] = parsing.read_receipts(path, terminal)
         assert reading.error is None
         read = reading.receipt
         assert (read.receipt_id, read.items, read.total) == (

@@ -11,10 +11,11 @@ from datetime import date
 import dagster as dg
 import pytest
 
-from posfed_pipeline.core import processing, quarantine
 from posfed_pipeline.core.config import load_config
 from posfed_pipeline.core.dat import load_spec
-from posfed_pipeline.core.ledger import open_ledger
+from posfed_pipeline.core.stages import processing
+from posfed_pipeline.core.state import quarantine
+from posfed_pipeline.core.state.ledger import open_ledger
 from posfed_pipeline.definitions import RECEIPTS_JOB, build_definitions
 from posfed_pipeline_tests.conftest import drop_receipt, receipt_doc, write_store_config
 from posfed_pipeline_tests.test_sensors import _run_as_the_daemon_would, _tick
@@ -162,7 +163,7 @@ def test_a_retry_that_fails_again_keeps_every_attempt(config):
 def test_a_file_left_half_moved_by_a_dead_run_goes_back_to_the_inbox(config):
     """A run killed between claiming a file and moving it leaves a hidden claim; the next
     look at the inbox puts the file back under its name, never over a newer one."""
-    from posfed_pipeline.core import inbox
+    from posfed_pipeline.core.state import inbox
 
     terminal = config.terminal("bakery_1")
     path = drop_receipt(terminal.inbox, receipt_doc("R0009", timestamp=WHEN), name="r9.json")

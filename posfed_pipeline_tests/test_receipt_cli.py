@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from posfed_pipeline.cli import main
-from posfed_pipeline.core.validation import BARCODE_RULE
+from posfed_pipeline.core.intake.validation import BARCODE_RULE
 from posfed_pipeline_tests.conftest import DEFAULT_SPEC, REPO_ROOT, receipt_doc
 
 EXAMPLES = REPO_ROOT / "examples" / "vendors"

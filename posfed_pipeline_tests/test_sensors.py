@@ -9,7 +9,7 @@ from datetime import date, datetime, timedelta
 import dagster as dg
 import pytest
 
-from posfed_pipeline.core.clock import ManualClock
+from posfed_pipeline.core.base.clock import ManualClock
 from posfed_pipeline.definitions import build_definitions
 from posfed_pipeline_tests.conftest import drop_receipt, receipt_doc
 
@@ -150,13 +150,14 @@ def test_temp_and_hidden_files_are_ignored(config):
 
 
 def test_run_key_is_the_one_any_launcher_derives_for_the_same_file_versions(config):
-    from posfed_pipeline.core import inbox, intake
+    from posfed_pipeline.core.intake import parsing
+    from posfed_pipeline.core.state import inbox
 
     terminal = config.terminal("bakery_1")
     drop_receipt(terminal.inbox, receipt_doc("R0006", timestamp="2026-11-24T10:15:00+01:00"))
     ready = inbox.scan_inbox(terminal, stability_seconds=0).ready
     [planned] = inbox.plan_batches(
-        terminal, ready, lambda f: intake.business_day_of_file(f.path, terminal)
+        terminal, ready, lambda f: parsing.business_day_of_file(f.path, terminal)
     )
 
     [request] = _tick(_sensor(config), None).run_requests
@@ -164,13 +165,13 @@ def test_run_key_is_the_one_any_launcher_derives_for_the_same_file_versions(conf
 
 
 def test_a_file_claimed_by_another_launcher_is_not_launched_again(config):
-    from posfed_pipeline.core import claims, inbox
+    from posfed_pipeline.core.state import claims, inbox
 
     terminal = config.terminal("bakery_1")
     path = drop_receipt(terminal.inbox, receipt_doc("R0008"))
-    store = claims.ClaimStore(claims.claim_store_path(config.home))
+    claim_table = claims.ClaimTable(claims.claim_table_path(config.home))
     signature = inbox.stat_inbox_file(path).signature
-    assert store.claim("bakery_1", [signature], lambda won: "trigger-key") == [signature]
+    assert claim_table.claim("bakery_1", [signature], lambda won: "trigger-key") == [signature]
 
     result = _tick(_sensor(config), None)
     assert result.run_requests == []
@@ -187,7 +188,7 @@ def test_business_day_falls_back_to_arrival_day_for_unparseable_files(config):
 
 @pytest.mark.slow
 def test_files_of_a_failed_run_are_launched_again_and_then_processed_once(config, tmp_path):
-    from posfed_pipeline.core.ledger import open_ledger
+    from posfed_pipeline.core.state.ledger import open_ledger
     from posfed_pipeline.definitions import RECEIPTS_JOB
 
     config = replace(config, relaunch_after_seconds=0.0, _by_id={})
@@ -225,12 +226,12 @@ def test_files_of_a_failed_run_are_launched_again_and_then_processed_once(config
 
 
 def test_while_the_trigger_is_alive_the_sensor_only_catches_up_on_old_files(config):
-    from posfed_pipeline.core import claims
+    from posfed_pipeline.core.state import claims
 
     inbox = config.terminal("bakery_1").inbox
     drop_receipt(inbox, receipt_doc("FRESH"), age=1.0)
     drop_receipt(inbox, receipt_doc("MISSED"), age=config.catchup_grace_seconds + 5)
-    claims.ClaimStore(claims.claim_store_path(config.home)).beat()
+    claims.ClaimTable(claims.claim_table_path(config.home)).beat()
 
     [request] = _tick(_sensor(config), None).run_requests
 
@@ -241,11 +242,11 @@ def test_while_the_trigger_is_alive_the_sensor_only_catches_up_on_old_files(conf
 def test_a_file_left_by_a_successful_run_is_looked_at_again(config):
     """A run that found a file still being written leaves it (and succeeds); the sensor gives
     the file another run after the relaunch delay, which judges it once its writer is gone."""
-    from posfed_pipeline.core import store
+    from posfed_pipeline.core import register
     from posfed_pipeline.definitions import RECEIPTS_JOB
 
     config = replace(config, relaunch_after_seconds=0.0, incomplete_grace_seconds=3.0, _by_id={})
-    store.upgrade_database(store.make_engine(config.db_url))
+    register.upgrade_database(register.make_engine(config.db_url))
     terminal = config.terminal("bakery_1")
     path = drop_receipt(terminal.inbox, b'{"receiptId": "CUT1", "ite', name="CUT1.json", age=0.5)
     clock = ManualClock()

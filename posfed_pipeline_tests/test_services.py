@@ -243,13 +243,13 @@ def test_the_demo_restarts_whatever_is_killed_and_every_receipt_gets_its_dat_onc
     again, the demo says what happened, receipts dropped right after each kill get their .dat
     within seconds, and in the end every receipt was billed exactly once."""
     import dagster as dg
+    from posfed_dev.chaos import BillingImporter
 
-    from posfed_pipeline.core import store
+    from posfed_pipeline.core import register
     from posfed_pipeline.core.config import load_config
     from posfed_pipeline.fastpath.launcher import ask_pool, default_socket_path
     from posfed_pipeline.services import code_server_socket_path
     from posfed_pipeline.supervisor import unix_socket_answers
-    from posfed_pipeline.tools.chaos import BillingImporter
 
     env = _store_env(tmp_path)
     config = load_config(env["POSFED_CONFIG"])
@@ -344,13 +344,13 @@ def test_the_demo_restarts_whatever_is_killed_and_every_receipt_gets_its_dat_onc
             "every receipt's .dat",
             log,
         )
-        engine = store.make_engine(config.db_url)
+        engine = register.make_engine(config.db_url)
         today = {
             terminal.id: datetime.now(terminal.timezone).date() for terminal in config.terminals
         }
         wait_for(
             lambda: (
-                sum(store.count_receipts(engine, t, day) for t, day in today.items())
+                sum(register.count_receipts(engine, t, day) for t, day in today.items())
                 == len(till.sent)
             ),
             120,
@@ -434,7 +434,7 @@ def test_a_service_that_keeps_dying_is_restarted_ever_later_until_it_runs_a_minu
     """1 s, 2 s, 4 s ... at most 30 s between restarts; a service that ran for a minute
     before it died is restarted after 1 s again. Each death is one line, and the state file
     says what happened."""
-    from posfed_pipeline.core.clock import ManualClock
+    from posfed_pipeline.core.base.clock import ManualClock
     from posfed_pipeline.supervisor import Service, Supervisor, read_state
 
     clock = ManualClock()

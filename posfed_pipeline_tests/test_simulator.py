@@ -2,10 +2,11 @@
 
 import json
 
+from posfed_dev.simulator import ReceiptSimulator
+
 from posfed_pipeline.cli import main
-from posfed_pipeline.core import intake
-from posfed_pipeline.core.simulator import ReceiptSimulator
-from posfed_pipeline.core.validation import validate_batch
+from posfed_pipeline.core.intake import parsing
+from posfed_pipeline.core.intake.validation import validate_batch
 from posfed_pipeline_tests.conftest import write_store_config
 
 
@@ -15,7 +16,7 @@ def test_simulated_receipts_are_valid_and_exact(config):
     for terminal in config.terminals:
         for _ in range(25):
             path = simulator.drop(terminal)
-            receipts.append(intake.read_receipt_file(path, terminal))
+            receipts.append(parsing.read_receipt_file(path, terminal))
 
     report = validate_batch(receipts)
     assert report.invalid == []

@@ -20,13 +20,8 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
-
-from posfed_pipeline.core.ledger import open_ledger
-from posfed_pipeline.definitions import RECEIPTS_JOB, build_definitions
-from posfed_pipeline.defs.sensors import LISTING_TIMEOUT_SECONDS, inbox_sensor_name
-from posfed_pipeline.fastpath.service import start_fastpath
-from posfed_pipeline.tools.faults import FaultProxy
-from posfed_pipeline.tools.terminal_servers import (
+from posfed_dev.faults import FaultProxy
+from posfed_dev.terminal_servers import (
     WRITE_STYLES,
     SambaServer,
     SftpServer,
@@ -35,6 +30,11 @@ from posfed_pipeline.tools.terminal_servers import (
     sftp_deliver,
     smb_deliver,
 )
+
+from posfed_pipeline.core.state.ledger import open_ledger
+from posfed_pipeline.definitions import RECEIPTS_JOB, build_definitions
+from posfed_pipeline.defs.sensors import LISTING_TIMEOUT_SECONDS, inbox_sensor_name
+from posfed_pipeline.fastpath.service import start_fastpath
 from posfed_pipeline_tests.conftest import open_instance_store, receipt_doc
 
 # Real smbd, sshd and mounts: `make check` leaves it out.

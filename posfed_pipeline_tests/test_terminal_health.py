@@ -14,10 +14,10 @@ from zoneinfo import ZoneInfo
 import dagster as dg
 import pytest
 
-from posfed_pipeline.core import inbox, quarantine
 from posfed_pipeline.core.config import config_from_dict
-from posfed_pipeline.core.ledger import open_ledger
-from posfed_pipeline.core.terminal_health import terminal_health
+from posfed_pipeline.core.operations.terminal_health import terminal_health
+from posfed_pipeline.core.state import inbox, quarantine
+from posfed_pipeline.core.state.ledger import open_ledger
 from posfed_pipeline.definitions import build_definitions
 from posfed_pipeline.defs.terminal_health import HEALTH_SENSOR, TERMINAL_INBOXES, check_name
 from posfed_pipeline_tests.conftest import (

@@ -19,15 +19,15 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
+from posfed_dev.browser import headless_chromium, missing_browser
 
 from posfed_pipeline import packaged
-from posfed_pipeline.core import store
+from posfed_pipeline.core import register
 from posfed_pipeline.core.config import PosfedConfig, load_config
 from posfed_pipeline.dagster_home import render_instance_yaml
 from posfed_pipeline.definitions import RECEIPTS_JOB, build_definitions
 from posfed_pipeline.defs.assets import ReceiptBatchConfig, receipt_op_config
 from posfed_pipeline.defs.partitions import terminal_day_key
-from posfed_pipeline.tools.browser import headless_chromium, missing_browser
 from posfed_pipeline_tests.conftest import (
     REPO_ROOT,
     dagster_process,
@@ -68,7 +68,7 @@ def ui_store(tmp_path, monkeypatch) -> tuple[PosfedConfig, Path, Path]:
     )
     config = load_config(config_path)
     config.ensure_folders()
-    store.upgrade_database(store.make_engine(config.db_url))
+    register.upgrade_database(register.make_engine(config.db_url))
     dagster_home = tmp_path / "dagster_home"
     render_instance_yaml(dagster_home)
 
@@ -215,7 +215,7 @@ def operator_stack(tmp_path, monkeypatch):
     )
     config = load_config(config_path)
     config.ensure_folders()
-    store.upgrade_database(store.make_engine(config.db_url))
+    register.upgrade_database(register.make_engine(config.db_url))
     dagster_home = tmp_path / "dagster_home"
     render_instance_yaml(dagster_home)
     defs = build_definitions(config)

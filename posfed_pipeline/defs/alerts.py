@@ -11,11 +11,11 @@ and the lag sensor tries it again every 30 s until every channel took it.
 
 import dagster as dg
 
-from posfed_pipeline.core import sync
-from posfed_pipeline.core.alerts import Alert, AlertOutbox, alert_outbox_path
-from posfed_pipeline.core.clock import SYSTEM_CLOCK, Clock
+from posfed_pipeline.core.base.clock import SYSTEM_CLOCK, Clock
 from posfed_pipeline.core.config import PosfedConfig
-from posfed_pipeline.core.ledger import open_ledger
+from posfed_pipeline.core.operations.alerts import Alert, AlertOutbox, alert_outbox_path
+from posfed_pipeline.core.stages import sync
+from posfed_pipeline.core.state.ledger import open_ledger
 from posfed_pipeline.defs.central_db import FAILURE_KIND_TAG
 
 RUN_FAILURE_SENSOR = "run_failure_alert_sensor"

@@ -13,11 +13,13 @@ from contextlib import contextmanager
 import dagster as dg
 from pydantic import Field
 
-from posfed_pipeline.core import claims, inbox, processing, quarantine, retention, store
-from posfed_pipeline.core.clock import SYSTEM_CLOCK, Clock
+from posfed_pipeline.core import register
+from posfed_pipeline.core.base.clock import SYSTEM_CLOCK, Clock
 from posfed_pipeline.core.config import PosfedConfig, Terminal
 from posfed_pipeline.core.dat import check_dat, load_spec
-from posfed_pipeline.core.ledger import open_ledger
+from posfed_pipeline.core.stages import processing
+from posfed_pipeline.core.state import claims, inbox, quarantine, retention
+from posfed_pipeline.core.state.ledger import open_ledger
 from posfed_pipeline.defs.markdown import md_table
 from posfed_pipeline.defs.partitions import split_terminal_day_key
 from posfed_pipeline.run_tags import REJECTED_TAG, RUN_KEY_TAG
@@ -131,7 +133,7 @@ def build_receipt_assets(
             )
         if result.intake.deferrals:
             # When to look at them again: the launchers relaunch them then (core.claims).
-            claims.ClaimStore(claims.claim_store_path(posfed.home)).defer(
+            claims.ClaimTable(claims.claim_table_path(posfed.home)).defer(
                 terminal.id,
                 [(d.version.signature, d.retry_at, d.reason) for d in result.intake.deferrals],
                 run_key=context.run.tags.get(RUN_KEY_TAG),
@@ -230,7 +232,7 @@ def classified_errors(stage: str):
         raise
     except Exception as exc:
         # A locked or full disk, an unwritable .dat folder: the next attempt may well succeed.
-        if isinstance(exc, OSError) or store.is_transient_error(exc):
+        if isinstance(exc, OSError) or register.is_transient_error(exc):
             raise
         raise dg.Failure(
             description=f"{stage} failed permanently: {exc}", allow_retries=False

@@ -8,11 +8,12 @@ from datetime import date, timedelta
 
 import dagster as dg
 
-from posfed_pipeline.core import audit, quarantine, retention
-from posfed_pipeline.core.clock import SYSTEM_CLOCK, Clock
+from posfed_pipeline.core.base.clock import SYSTEM_CLOCK, Clock
 from posfed_pipeline.core.config import PosfedConfig
 from posfed_pipeline.core.dat import load_spec
-from posfed_pipeline.core.ledger import open_ledger
+from posfed_pipeline.core.operations import audit
+from posfed_pipeline.core.state import quarantine, retention
+from posfed_pipeline.core.state.ledger import open_ledger
 from posfed_pipeline.defs.assets import DAT_FILES
 from posfed_pipeline.defs.central_db import CENTRAL_DB_RECEIPTS
 from posfed_pipeline.defs.markdown import md_table

@@ -15,11 +15,13 @@ import time
 
 import dagster as dg
 
-from posfed_pipeline.core import claims, store, sync
-from posfed_pipeline.core.clock import SYSTEM_CLOCK, Clock
+from posfed_pipeline.core import register
+from posfed_pipeline.core.base.clock import SYSTEM_CLOCK, Clock
 from posfed_pipeline.core.config import PosfedConfig
-from posfed_pipeline.core.db_timeouts import DeadlineExceeded
-from posfed_pipeline.core.ledger import Ledger, open_ledger
+from posfed_pipeline.core.register.timeouts import DeadlineExceeded
+from posfed_pipeline.core.stages import sync
+from posfed_pipeline.core.state import claims
+from posfed_pipeline.core.state.ledger import Ledger, open_ledger
 from posfed_pipeline.defs.assets import GROUP, VALIDATED_RECEIPTS
 from posfed_pipeline.defs.markdown import md_table
 from posfed_pipeline.defs.resources import CentralDbResource
@@ -163,7 +165,7 @@ def lag_check_result(
 
 
 def is_out_of_reach(error: BaseException) -> bool:
-    return isinstance(error, DeadlineExceeded) or store.is_transient_error(error)
+    return isinstance(error, DeadlineExceeded) or register.is_transient_error(error)
 
 
 def _sync_failure(context, error: Exception, state, *, repeated: bool, now: float) -> dg.Failure:
@@ -208,7 +210,7 @@ def build_sync_job_and_sensor(config: PosfedConfig, clock: Clock = SYSTEM_CLOCK)
         now = clock.time()
         if not ledger.has_outbox():
             return dg.SkipReason(sync.describe_lag(lag, now))
-        trigger_alive = claims.ClaimStore(claims.claim_store_path(config.home)).alive()
+        trigger_alive = claims.ClaimTable(claims.claim_table_path(config.home)).alive()
         if trigger_alive and lag.age_seconds(now) < config.catchup_grace_seconds:
             return dg.SkipReason("the fast path's trigger syncs fresh receipts")
         run_key = sync_run_key()

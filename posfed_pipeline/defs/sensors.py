@@ -20,9 +20,10 @@ from dataclasses import replace
 
 import dagster as dg
 
-from posfed_pipeline.core import claims, inbox, launching
-from posfed_pipeline.core.clock import SYSTEM_CLOCK, Clock
+from posfed_pipeline.core.base.clock import SYSTEM_CLOCK, Clock
 from posfed_pipeline.core.config import PosfedConfig, Terminal
+from posfed_pipeline.core.stages import launching
+from posfed_pipeline.core.state import claims, inbox
 from posfed_pipeline.defs.assets import ReceiptBatchConfig, receipt_op_config
 from posfed_pipeline.defs.partitions import terminal_day_key
 from posfed_pipeline.run_tags import BACKLOG_FILES, BACKLOG_TAG, TERMINAL_TAG
@@ -84,7 +85,7 @@ def build_inbox_sensor(
         except OSError as exc:
             # This terminal's problem only: say it on its own sensor, keep the cursor.
             return dg.SensorResult(skip_reason=f"inbox {terminal.inbox} unreadable: {exc}")
-        store = claims.ClaimStore(claims.claim_store_path(config.home))
+        claim_table = claims.ClaimTable(claims.claim_table_path(config.home))
         days = launching.PartitionDays.of(config, now)
 
         def day_of(item: inbox.InboxFile):
@@ -93,12 +94,12 @@ def build_inbox_sensor(
         # Names the claim table and a run's config cannot hold are made safe first, as the
         # trigger does: the scan then holds the files as they are named now.
         scan = replace(scan, ready=launching.give_safe_names(terminal, scan.ready))
-        every_claim = store.claims_of(terminal.id)
+        every_claim = claim_table.claims_of(terminal.id)
         claimed = {
             f.signature: every_claim[f.signature] for f in scan.ready if f.signature in every_claim
         }
         unclaimed = [f for f in scan.ready if f.signature not in every_claim]
-        trigger_alive = store.alive()
+        trigger_alive = claim_table.alive()
         if trigger_alive:
             # The event-driven trigger is up and takes files within milliseconds, batching a
             # busy terminal's files into its next run: catch up only on what it left behind,
@@ -109,19 +110,21 @@ def build_inbox_sensor(
             if unclaimed and _has_unfinished_run(context.instance, terminal):
                 unclaimed = []
         # A run's worth per tick, oldest first: a flooded inbox is worked off run by run.
-        batches = launching.claim_ready(store, terminal, unclaimed[: inbox.MAX_FILES_PER_RUN], days)
+        batches = launching.claim_ready(
+            claim_table, terminal, unclaimed[: inbox.MAX_FILES_PER_RUN], days
+        )
         # Files a run left for a later look: when due (the trigger, when up, relaunches them
         # the moment they are, and is given that long first).
         due_by = now - (config.catchup_grace_seconds if trigger_alive else 0.0)
         deferred = {s: c for s, c in claimed.items() if c.retry_at is not None}
-        batches += launching.relaunch_due(store, terminal, scan.ready, deferred, days, due_by)
+        batches += launching.relaunch_due(claim_table, terminal, scan.ready, deferred, days, due_by)
         claimed = {s: c for s, c in claimed.items() if c.retry_at is None}
         batches += _relaunch_batches(
             # Lazily: building the instance from its ref costs more than the rest of a quiet
             # tick, and a quiet tick (no claimed file waiting) needs no run records.
             lambda: context.instance,
             name,
-            store,
+            claim_table,
             terminal,
             scan,
             claimed,
@@ -130,7 +133,7 @@ def build_inbox_sensor(
             now,
         )
         present = {f.signature for f in scan.ready + scan.settling}
-        store.release_absent(terminal.id, present)
+        claim_table.release_absent(terminal.id, present)
 
         previous = json.loads(context.cursor)["launched"] if context.cursor else {}
         cursor = {sig: entry for sig, entry in previous.items() if sig in present}
@@ -180,7 +183,7 @@ def _has_unfinished_run(instance: dg.DagsterInstance, terminal: Terminal) -> boo
 def _relaunch_batches(
     instance_of,
     sensor_name: str,
-    store: claims.ClaimStore,
+    claim_table: claims.ClaimTable,
     terminal: Terminal,
     scan: inbox.InboxScan,
     claimed: dict[str, claims.Claim],
@@ -229,7 +232,7 @@ def _relaunch_batches(
         for planned in inbox.plan_batches(
             terminal, [files[c.signature] for c in key_claims], day_of, attempt=attempt + 1
         ):
-            handed = launching.hand_over(store, terminal, planned, key_claims)
+            handed = launching.hand_over(claim_table, terminal, planned, key_claims)
             if handed is not None:  # the trigger may have taken them a moment ago
                 batches.append(handed)
     return batches

@@ -9,11 +9,11 @@ through ``[alerts]`` when one goes bad. The same checks run on demand from the a
 
 import dagster as dg
 
-from posfed_pipeline.core.alerts import Alert, AlertOutbox, alert_outbox_path
-from posfed_pipeline.core.clock import SYSTEM_CLOCK, Clock
+from posfed_pipeline.core.base.clock import SYSTEM_CLOCK, Clock
 from posfed_pipeline.core.config import PosfedConfig, Terminal
-from posfed_pipeline.core.ledger import open_ledger
-from posfed_pipeline.core.terminal_health import TerminalHealth, terminal_health
+from posfed_pipeline.core.operations.alerts import Alert, AlertOutbox, alert_outbox_path
+from posfed_pipeline.core.operations.terminal_health import TerminalHealth, terminal_health
+from posfed_pipeline.core.state.ledger import open_ledger
 
 TERMINAL_INBOXES = dg.AssetKey("terminal_inboxes")
 HEALTH_SENSOR = "terminal_health_sensor"

@@ -41,6 +41,8 @@ log = logging.getLogger("posfed.fastpath.pool")
 
 
 BACKGROUND_NICE = 10
+# posfed JSON, packaged beside this module: what each worker validates once before its first run.
+WARM_UP_RECEIPT = "warm_up_receipt.json"
 FINISHED_KEPT = 10_000  # finished runs' statuses kept for the launcher's health checks
 
 
@@ -80,11 +82,12 @@ def _worker_main(conn, dagster_home: str, working_directory: str) -> None:
 
 def _warm_up() -> None:
     """Pay once, before the first run, what a cold run pays: definitions, schemas, a connection."""
+    import dataclasses
     from datetime import datetime
+    from importlib.resources import files
 
-    from posfed_pipeline.core import validation
-    from posfed_pipeline.core.config import load_config
-    from posfed_pipeline.core.simulator import ReceiptSimulator
+    from posfed_pipeline.core.config import CANONICAL_FORMAT, load_config
+    from posfed_pipeline.core.intake import parsing, validation
     from posfed_pipeline.defs.resources import central_db_resource
     from posfed_pipeline.fastpath import dagster_internals
     from posfed_pipeline.run_tags import RECEIPTS_JOB
@@ -92,16 +95,25 @@ def _warm_up() -> None:
     config = load_config()
     dagster_internals.load_job_as_runs_will(RECEIPTS_JOB)
     # Each distinct set of rules is its own pandera schema; a weighed line loads biip's tables.
+    sample = json.loads((files("posfed_pipeline.fastpath") / WARM_UP_RECEIPT).read_text())
     warmed = set()
     for terminal in config.terminals:
         rules = validation.rules_of(terminal)
         if tuple(rules.values()) in warmed:
             continue
         warmed.add(tuple(rules.values()))
-        sample = ReceiptSimulator([terminal], seed=0).make_receipt(
-            terminal, datetime.now().astimezone()
+        # The packaged sample, as if this terminal had sold it now (in posfed JSON, whatever
+        # the terminal's own format): a verdict either way warms the schema up.
+        sold_here = dict(
+            sample,
+            terminalId=terminal.id,
+            departmentCode=terminal.department,
+            timestamp=datetime.now(terminal.timezone).replace(microsecond=0).isoformat(),
         )
-        validation.validate_batch([sample], **rules)
+        canonical = dataclasses.replace(terminal, input_format=CANONICAL_FORMAT, mapping=None)
+        with contextlib.suppress(Exception):
+            receipt = parsing.parse_receipt(json.dumps(sold_here).encode(), canonical)
+            validation.validate_batch([receipt], **rules)
     # The database may be down right now; the run will say so.
     with contextlib.suppress(Exception):
         central_db_resource(config).get_engine().connect().close()

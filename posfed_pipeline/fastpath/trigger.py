@@ -37,9 +37,10 @@ from pathlib import Path
 
 import dagster as dg
 
-from posfed_pipeline.core import claims, inbox, launching
 from posfed_pipeline.core.config import PosfedConfig, Terminal
-from posfed_pipeline.core.ledger import open_ledger
+from posfed_pipeline.core.stages import launching
+from posfed_pipeline.core.state import claims, inbox
+from posfed_pipeline.core.state.ledger import open_ledger
 from posfed_pipeline.defs.central_db import (
     SYNC_SENSOR,
     slot_holder_done,
@@ -80,7 +81,7 @@ class InboxTrigger:
         self.instance = instance
         self.run_factory = run_factory
         self.sync_run_factory = sync_run_factory
-        self.claims = claims.ClaimStore(claims.claim_store_path(config.home))
+        self.claims = claims.ClaimTable(claims.claim_table_path(config.home))
         self.ledger = open_ledger(config.home)
         self._sync_wanted = True  # the outbox may hold something from before a restart
         self._sync_in_flight: str | None = None

@@ -9,7 +9,6 @@ from functools import lru_cache
 from operator import attrgetter
 from typing import TYPE_CHECKING, Any
 
-from posfed_pipeline.core.barcodes import gtin13
 from posfed_pipeline.core.dat.patterns import _brace_escape, _date_format_width, _translate
 from posfed_pipeline.core.dat.text import _cleaner
 from posfed_pipeline.core.dat.vocabulary import (
@@ -22,7 +21,8 @@ from posfed_pipeline.core.dat.vocabulary import (
     FieldSpec,
     _Unfit,
 )
-from posfed_pipeline.core.receipt import Receipt, ReceiptItem
+from posfed_pipeline.core.model.barcodes import gtin13
+from posfed_pipeline.core.model.receipt import Receipt, ReceiptItem
 
 if TYPE_CHECKING:  # the configuration loads specs: the engine needs its Terminal as a type only
     from posfed_pipeline.core.config import Terminal

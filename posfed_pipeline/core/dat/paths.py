@@ -13,7 +13,7 @@ from posfed_pipeline.core.dat.vocabulary import (
     MAX_FILE_NAME_BYTES,
     DatRenderError,
 )
-from posfed_pipeline.core.receipt import Receipt
+from posfed_pipeline.core.model.receipt import Receipt
 
 if TYPE_CHECKING:  # the configuration loads specs: the engine needs its Terminal as a type only
     from posfed_pipeline.core.config import Terminal

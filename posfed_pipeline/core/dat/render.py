@@ -8,12 +8,17 @@ from datetime import date
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from posfed_pipeline.core.base.fsutil import (
+    ContentConflict,
+    fsync_dir,
+    synced_temp_copy,
+    write_once,
+)
 from posfed_pipeline.core.dat.layout import DatSpec, RenderedDat
 from posfed_pipeline.core.dat.parse import check_dat
 from posfed_pipeline.core.dat.paths import _relative_path, local_time
 from posfed_pipeline.core.dat.vocabulary import DatConflictError, DatRenderError
-from posfed_pipeline.core.fsutil import ContentConflict, fsync_dir, synced_temp_copy, write_once
-from posfed_pipeline.core.receipt import Receipt
+from posfed_pipeline.core.model.receipt import Receipt
 
 if TYPE_CHECKING:  # the configuration loads specs: the engine needs its Terminal as a type only
     from posfed_pipeline.core.config import Terminal

@@ -7,7 +7,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-SPEC_SCHEMA_PATH = Path(__file__).resolve().parent.parent / "dat_spec.schema.json"
+SPEC_SCHEMA_PATH = Path(__file__).resolve().parent / "dat_spec.schema.json"
 LINE_ENDINGS = {"CRLF": b"\r\n", "LF": b"\n", "CR": b"\r"}
 # Single-byte encodings only: one character is one byte, so widths are exact.
 ENCODINGS = ("ascii", "cp1252", "latin-1", "iso-8859-15", "cp850", "cp437")

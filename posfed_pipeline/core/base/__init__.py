@@ -1,0 +1,1 @@
+"""What everything stands on: the clock, durable file writes."""

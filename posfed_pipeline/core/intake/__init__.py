@@ -1,0 +1,1 @@
+"""From a terminal's bytes to a checked receipt: formats, POSLog, validation."""

@@ -1,0 +1,1 @@
+"""The vocabulary: a receipt, its barcodes, a terminal's delivery rules, the outbox row."""

@@ -1,0 +1,1 @@
+"""Watching a store: reconciliation and audits, terminal health, alerts."""
