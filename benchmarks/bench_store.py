@@ -25,7 +25,7 @@ from zoneinfo import ZoneInfo
 
 from sqlalchemy import create_engine, text
 
-from posfed_pipeline.core import register
+from posfed_pipeline.core import central_db
 from posfed_pipeline.core.model.receipt import Receipt, ReceiptItem
 from posfed_pipeline.core.stages.sync import sync_pending
 from posfed_pipeline.core.state.ledger import DeliveredReceipt, Ledger
@@ -88,8 +88,8 @@ def filled_ledger(folder: Path, receipts: list[Receipt]) -> Ledger:
 
 
 def bench(name: str, url: str, ledger: Ledger, receipts: list[Receipt]) -> None:
-    engine = register.make_engine(url)
-    register.upgrade_database(engine)
+    engine = central_db.make_engine(url)
+    central_db.upgrade_database(engine)
     ledger.resync()
     print(f"{name}: {len(receipts):,} receipts, {sum(len(r.items) for r in receipts):,} lines")
     first = timed("sync (500 per batch)", len(receipts), lambda: sync_pending(ledger, engine))
@@ -97,7 +97,7 @@ def bench(name: str, url: str, ledger: Ledger, receipts: list[Receipt]) -> None:
     again = timed("sync again (no-op)", len(receipts), lambda: sync_pending(ledger, engine))
     assert first.receipts_inserted == len(receipts) and again.receipts_inserted == 0
     assert again.already_held == len(receipts)
-    assert register.count_receipts(engine, "bakery_1", DAY) == len(receipts)
+    assert central_db.count_receipts(engine, "bakery_1", DAY) == len(receipts)
     engine.dispose()
 
 

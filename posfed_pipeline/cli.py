@@ -16,7 +16,7 @@ import time
 from importlib.metadata import entry_points
 from pathlib import Path
 
-from posfed_pipeline.core import dat, register
+from posfed_pipeline.core import central_db, dat
 from posfed_pipeline.core.config import ConfigError, PosfedConfig, load_config
 from posfed_pipeline.core.intake import parsing
 from posfed_pipeline.dagster_home import prepare_instance
@@ -51,10 +51,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.handler(args)
-    except (ConfigError, register.DatabaseConfigError) as exc:
+    except (ConfigError, central_db.DatabaseConfigError) as exc:
         print(f"posfed: configuration error: {exc}", file=sys.stderr)
         return 2
-    except register.DatabaseUnavailable as exc:
+    except central_db.DatabaseUnavailable as exc:
         print(f"posfed: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -246,13 +246,13 @@ def _add_db(commands) -> None:
 def _db_upgrade(args) -> int:
     config = _config(args)
     if args.sql:
-        print(register.upgrade_sql(config.db_url, store_id=config.store_id), end="")
+        print(central_db.upgrade_sql(config.db_url, store_id=config.store_id), end="")
         return 0
-    engine = register.make_engine(config.db_url)
+    engine = central_db.make_engine(config.db_url)
     try:
-        register.upgrade_database(engine, store_id=config.store_id)
-        revision = register.schema_revision(engine)
-    except register.DatabaseUnavailable as exc:
+        central_db.upgrade_database(engine, store_id=config.store_id)
+        revision = central_db.schema_revision(engine)
+    except central_db.DatabaseUnavailable as exc:
         print(f"db upgrade: {exc}", file=sys.stderr)
         return 2
     print(f"db upgrade: {engine.url.render_as_string(hide_password=True)} at revision {revision}")
@@ -260,7 +260,7 @@ def _db_upgrade(args) -> int:
 
 
 def _db_status(args) -> int:
-    from posfed_pipeline.core.register.timeouts import call_deadline
+    from posfed_pipeline.core.central_db.timeouts import call_deadline
     from posfed_pipeline.core.stages import sync
     from posfed_pipeline.core.state.ledger import open_ledger
 
@@ -279,19 +279,21 @@ def _db_status(args) -> int:
         print(f"  {state.failures} failed attempt(s) in a row; next in {wait:.0f} s")
     for terminal_id, day, receipt_id, why in ledger.parked_entries(20):
         print(f"  refused: {terminal_id} {day} {receipt_id}: {why}")
-    engine = register.make_engine(config.db_url)
+    engine = central_db.make_engine(config.db_url)
     print(f"database: {engine.url.render_as_string(hide_password=True)}")
     try:
         with call_deadline(engine, config.sync.call_timeout_seconds, "db status"):
-            revision = register.schema_revision(engine)
-            rows = register.counts_by_terminal_day(engine, config.store_id) if revision else []
+            revision = central_db.schema_revision(engine)
+            rows = central_db.counts_by_terminal_day(engine, config.store_id) if revision else []
             summaries = (
-                register.ledger_summary(engine, config.store_id)
-                if revision and register.has_ledger(engine)
+                central_db.ledger_summary(engine, config.store_id)
+                if revision and central_db.has_ledger(engine)
                 else {}
             )
     except Exception as exc:  # the ledger's view above stands; say why this part is missing
-        if not (isinstance(exc, register.DatabaseUnavailable) or register.is_transient_error(exc)):
+        if not (
+            isinstance(exc, central_db.DatabaseUnavailable) or central_db.is_transient_error(exc)
+        ):
             raise
         print(f"db status: the central database is out of reach: {exc}", file=sys.stderr)
         return 1
@@ -326,7 +328,7 @@ def _db_sync(args) -> int:
 
     config = _config(args)
     ledger = open_ledger(config.home)
-    engine = register.make_engine(config.db_url)
+    engine = central_db.make_engine(config.db_url)
     try:
         sync.check_central_schema(engine, config.sync)
         done = sync.sync_pending(ledger, engine, config.sync)
@@ -336,7 +338,9 @@ def _db_sync(args) -> int:
         if isinstance(exc, sync.SchemaMissing):
             print(f"db sync: {exc}", file=sys.stderr)
             return 2
-        if not (isinstance(exc, register.DatabaseUnavailable) or register.is_transient_error(exc)):
+        if not (
+            isinstance(exc, central_db.DatabaseUnavailable) or central_db.is_transient_error(exc)
+        ):
             raise
         print(f"db sync: the central database is out of reach: {exc}", file=sys.stderr)
         print(f"db sync: {sync.describe_lag(ledger.lag())}; nothing is lost", file=sys.stderr)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from posfed_pipeline import packaged
-from posfed_pipeline.core import register
+from posfed_pipeline.core import central_db
 from posfed_pipeline.core.config import PosfedConfig
 
 
@@ -22,7 +22,7 @@ def render_instance_yaml(dagster_home: Path, profile: str = "dev") -> Path:
 def prepare_instance(config: PosfedConfig) -> Path:
     """Folders, schema and Dagster home for the embedded setup; returns DAGSTER_HOME."""
     config.ensure_folders()
-    register.upgrade_database(register.make_engine(config.db_url), store_id=config.store_id)
+    central_db.upgrade_database(central_db.make_engine(config.db_url), store_id=config.store_id)
     dagster_home = config.home / "dagster_home"
     render_instance_yaml(dagster_home)
     # Create Dagster's storage once, before several processes open it at the same moment.

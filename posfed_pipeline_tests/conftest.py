@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from posfed_pipeline.core import register
+from posfed_pipeline.core import central_db
 from posfed_pipeline.core.config import PosfedConfig, config_from_dict
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -82,7 +82,7 @@ def open_instance_store(root: Path, monkeypatch, **overrides) -> tuple[PosfedCon
     monkeypatch.setenv("DAGSTER_HOME", str(dagster_home))
     config = load_config(config_path)
     config.ensure_folders()
-    register.upgrade_database(register.make_engine(config.db_url))
+    central_db.upgrade_database(central_db.make_engine(config.db_url))
     return config, dagster_home
 
 
@@ -120,8 +120,8 @@ def config(tmp_path, monkeypatch) -> PosfedConfig:
 
 @pytest.fixture
 def engine(config):
-    eng = register.make_engine(config.db_url)
-    register.upgrade_database(eng)
+    eng = central_db.make_engine(config.db_url)
+    central_db.upgrade_database(eng)
     yield eng
     eng.dispose()
 

@@ -135,7 +135,7 @@ def test_a_day_with_receipts_still_on_their_way_is_not_settled_short(config, eng
 def test_receipt_numbers_that_never_arrived_are_listed(tmp_path, monkeypatch):
     """bakery_1 numbers its receipts C0001, C0002, ...: 3 and 6 were printed but never came;
     5 came and was quarantined (it arrived: not a gap)."""
-    from posfed_pipeline.core import register
+    from posfed_pipeline.core import central_db
     from posfed_pipeline.core.config import config_from_dict
     from posfed_pipeline_tests.conftest import store_config_dict
     from posfed_pipeline_tests.test_quarantine import _sensor_and_runs
@@ -149,7 +149,7 @@ def test_receipt_numbers_that_never_arrived_are_listed(tmp_path, monkeypatch):
         store_config_dict(tmp_path / "posfed", terminals=terminals), base_dir=tmp_path
     )
     config.ensure_folders()
-    register.upgrade_database(register.make_engine(config.db_url))
+    central_db.upgrade_database(central_db.make_engine(config.db_url))
     inbox = config.terminal("bakery_1").inbox
     for number in (1, 2, 4, 7):
         drop_receipt(inbox, receipt_doc(f"C{number:04d}", timestamp=TS))

@@ -11,7 +11,7 @@ from decimal import Decimal
 import pytest
 from posfed_dev.simulator import ReceiptSimulator
 
-from posfed_pipeline.core import register
+from posfed_pipeline.core import central_db
 from posfed_pipeline.core.config import ConfigError, config_from_dict
 from posfed_pipeline.core.dat import load_spec
 from posfed_pipeline.core.operations import audit
@@ -61,8 +61,8 @@ def chain_store(tmp_path, number: int, db_url: str):
 
 @pytest.mark.slow
 def test_ten_stores_load_one_register_concurrently_and_settle_exactly(tmp_path, pg_database_url):
-    engine = register.make_engine(pg_database_url)
-    register.upgrade_database(engine)
+    engine = central_db.make_engine(pg_database_url)
+    central_db.upgrade_database(engine)
     stores = [chain_store(tmp_path, n, pg_database_url) for n in range(1, STORES + 1)]
     day = date(2026, 11, 20)
     noon = datetime.combine(day, time(12), stores[0].timezone)
@@ -92,7 +92,7 @@ def test_ten_stores_load_one_register_concurrently_and_settle_exactly(tmp_path, 
     outcomes: dict[str, object] = {}
 
     def feed(config) -> None:
-        own_engine = register.make_engine(pg_database_url)
+        own_engine = central_db.make_engine(pg_database_url)
         ledger = open_ledger(config.home)
         try:
             start.wait(timeout=30)
@@ -116,8 +116,8 @@ def test_ten_stores_load_one_register_concurrently_and_settle_exactly(tmp_path, 
         lag = open_ledger(config.home).lag()
         assert (lag.pending_deliveries, lag.parked) == (0, 0)
 
-    assert register.counts_by_terminal_day(engine, "store-001")[0][2] == RECEIPTS_PER_TERMINAL
-    assert sum(n for *_, n, _t in register.counts_by_terminal_day(engine)) == STORES * per_store
+    assert central_db.counts_by_terminal_day(engine, "store-001")[0][2] == RECEIPTS_PER_TERMINAL
+    assert sum(n for *_, n, _t in central_db.counts_by_terminal_day(engine)) == STORES * per_store
 
     # Each store settles its tenants; the chain's view adds them up across stores.
     for config in stores:

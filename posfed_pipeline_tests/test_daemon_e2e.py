@@ -7,7 +7,7 @@ from datetime import datetime
 import dagster as dg
 import pytest
 
-from posfed_pipeline.core import register
+from posfed_pipeline.core import central_db
 from posfed_pipeline.core.config import load_config
 from posfed_pipeline.dagster_home import render_instance_yaml
 from posfed_pipeline_tests.conftest import (
@@ -28,7 +28,7 @@ def running_daemon(tmp_path):
     config_path = write_store_config(tmp_path / "posfed.toml", tmp_path / "state")
     config = load_config(config_path)
     config.ensure_folders()
-    register.upgrade_database(register.make_engine(config.db_url))
+    central_db.upgrade_database(central_db.make_engine(config.db_url))
     dagster_home = tmp_path / "dagster_home"
     render_instance_yaml(dagster_home)
     env = {

@@ -9,7 +9,7 @@ import re
 import pytest
 
 from posfed_pipeline import cli
-from posfed_pipeline.core import register
+from posfed_pipeline.core import central_db
 from posfed_pipeline.core.config import load_config
 from posfed_pipeline.core.dat import load_spec
 from posfed_pipeline.core.stages.processing import process_batch
@@ -26,7 +26,7 @@ def cli_store(tmp_path, monkeypatch):
     path = write_store_config(tmp_path / "posfed.toml", tmp_path / "state")
     config = load_config(path)
     config.ensure_folders()
-    register.upgrade_database(register.make_engine(config.db_url))
+    central_db.upgrade_database(central_db.make_engine(config.db_url))
     return path, config
 
 
@@ -44,7 +44,7 @@ def test_status_shows_the_lag_and_sync_clears_it(cli_store, capsys):
     assert cli.main(["--config", str(path), "db", "status"]) == 0
     out = capsys.readouterr().out
     assert "central database lag: OK: 2 receipt(s) and 2 delivery record(s) not yet" in out
-    assert f"schema revision: {register.head_revision()}" in out
+    assert f"schema revision: {central_db.head_revision()}" in out
 
     assert cli.main(["--config", str(path), "db", "sync"]) == 0
     out = capsys.readouterr().out

@@ -16,7 +16,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from posfed_pipeline.core import register
+from posfed_pipeline.core import central_db
 from posfed_pipeline.core.base.clock import ManualClock
 from posfed_pipeline.core.config import load_config
 from posfed_pipeline.core.intake import parsing
@@ -100,10 +100,10 @@ def test_trigger_runs_are_the_sensors_runs_and_no_sensor_tick_duplicates_them(fa
         instance = dg.DagsterInstance.get()
         runs = _wait_finished(instance, fastpath.trigger.runs_launched)
         # The trigger syncs the central database after the receipt runs, by itself.
-        engine = register.make_engine(config.db_url)
+        engine = central_db.make_engine(config.db_url)
         _wait(
             lambda: all(
-                register.count_receipts(engine, t.id, datetime.now(t.timezone).date()) == 3
+                central_db.count_receipts(engine, t.id, datetime.now(t.timezone).date()) == 3
                 for t in config.terminals
             ),
             60,
@@ -223,10 +223,11 @@ def test_a_killed_run_worker_fails_its_run_and_the_files_are_processed_exactly_o
     ledger = open_ledger(config.home)
     assert [outcome for _, _, outcome in ledger.delivery_outcomes()] == ["inserted"] * 400
     assert len(list(config.dat_dir.rglob("*.dat"))) == 400
-    engine = register.make_engine(config.db_url)
+    engine = central_db.make_engine(config.db_url)
     assert sync_pending(ledger, engine).receipts_inserted == 400
     assert (
-        register.count_receipts(engine, terminal.id, datetime.now(terminal.timezone).date()) == 400
+        central_db.count_receipts(engine, terminal.id, datetime.now(terminal.timezone).date())
+        == 400
     )
 
 

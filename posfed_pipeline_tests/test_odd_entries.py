@@ -422,9 +422,9 @@ def test_every_inbox_entry_gets_one_verdict_and_the_next_receipt_is_delivered(
 def odd_home():
     root = Path(tempfile.mkdtemp(prefix="posfed-odd-", dir="/tmp"))  # short: socket paths
     config = _store(root / "s", incomplete_grace_seconds=0)
-    from posfed_pipeline.core import register
+    from posfed_pipeline.core import central_db
 
-    register.upgrade_database(register.make_engine(config.db_url))
+    central_db.upgrade_database(central_db.make_engine(config.db_url))
     clock = ManualClock()
     defs = build_definitions(config, clock=clock)
     outside = root / "outside.json"
@@ -443,9 +443,9 @@ def _tick_and_run(config, instance, clock, terminal_id="bakery_1"):
 
 def test_a_name_not_utf8_or_too_long_is_renamed_billed_and_recorded(odd_store):
     terminal = odd_store.terminal("bakery_1")
-    from posfed_pipeline.core import register
+    from posfed_pipeline.core import central_db
 
-    register.upgrade_database(register.make_engine(odd_store.db_url))
+    central_db.upgrade_database(central_db.make_engine(odd_store.db_url))
     latin1 = b"re\xe7u-1.json"
     long_name = ("L" * 230 + ".json").encode()
     for name, receipt_id in ((latin1, "1N1"), (long_name, "1N2")):
@@ -469,9 +469,9 @@ def test_a_name_not_utf8_or_too_long_is_renamed_billed_and_recorded(odd_store):
 
 def test_a_receipt_dated_tomorrow_is_quarantined_for_the_clock_not_a_dagster_error(odd_store):
     terminal = odd_store.terminal("bakery_1")
-    from posfed_pipeline.core import register
+    from posfed_pipeline.core import central_db
 
-    register.upgrade_database(register.make_engine(odd_store.db_url))
+    central_db.upgrade_database(central_db.make_engine(odd_store.db_url))
     tomorrow = (datetime.now(terminal.timezone) + timedelta(days=1)).isoformat()
     for receipt_id, when in (("1F1", tomorrow), ("1F2", "2099-06-01T10:00:00+02:00")):
         doc = receipt_doc(receipt_id, timestamp=when)
@@ -492,9 +492,9 @@ def test_an_unreadable_file_is_relaunched_when_its_grace_ends_and_then_quarantin
     """A file that does not parse and was written moments ago waits for its writer; the run
     says when to look again (the claim), and the next look gives the verdict."""
     terminal = odd_store.terminal("bakery_1")
-    from posfed_pipeline.core import register
+    from posfed_pipeline.core import central_db
 
-    register.upgrade_database(register.make_engine(odd_store.db_url))
+    central_db.upgrade_database(central_db.make_engine(odd_store.db_url))
     clock = ManualClock()
     path = terminal.inbox / "cut.json"
     path.write_bytes(b'{"receiptId": "1C1", "ite')
@@ -702,7 +702,7 @@ def test_hostile_entries_on_the_fast_path_leave_every_valid_receipt_billed_once(
 def test_a_renamed_file_keeps_its_ready_marker(tmp_path, monkeypatch):
     """A till that writes ``<name>.ok`` after each file: the marker follows the file to its
     safe name, so the file stays ready and is billed."""
-    from posfed_pipeline.core import register
+    from posfed_pipeline.core import central_db
 
     monkeypatch.delenv("POSFED_HOME", raising=False)
     monkeypatch.delenv("POSFED_DB_URL", raising=False)
@@ -710,7 +710,7 @@ def test_a_renamed_file_keeps_its_ready_marker(tmp_path, monkeypatch):
     raw["terminals"][0]["ready_marker"] = ".ok"
     config = config_from_dict(raw, base_dir=tmp_path)
     config.ensure_folders()
-    register.upgrade_database(register.make_engine(config.db_url))
+    central_db.upgrade_database(central_db.make_engine(config.db_url))
     terminal = config.terminal("bakery_1")
     name = os.path.join(os.fsencode(terminal.inbox), b"caf\xe9-1M1.json")
     with open(name, "wb") as handle:

@@ -11,7 +11,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from posfed_pipeline.core import register
+from posfed_pipeline.core import central_db
 from posfed_pipeline.core.config import load_config
 from posfed_pipeline.core.state.ledger import open_ledger
 from posfed_pipeline.definitions import RECEIPTS_JOB, build_definitions
@@ -69,8 +69,8 @@ def test_backfill_from_the_dagster_cli_reprocesses_the_archive(tmp_path):
     config_path = write_store_config(tmp_path / "posfed.toml", tmp_path / "state")
     config = load_config(config_path)
     config.ensure_folders()
-    engine = register.make_engine(config.db_url)
-    register.upgrade_database(engine)
+    engine = central_db.make_engine(config.db_url)
+    central_db.upgrade_database(engine)
     terminal = config.terminal("bakery_1")
     archive_day = terminal.archive_root / "20261120"
     archive_day.mkdir(parents=True)
@@ -106,6 +106,6 @@ def test_backfill_from_the_dagster_cli_reprocesses_the_archive(tmp_path):
     assert (archive_day / "OLD1.json").is_file()  # a backfill leaves the archive as it is
     # The day's receipts went back to the outbox: the next sync brings the central database
     # up to date with the archive.
-    assert register.count_receipts(engine, "bakery_1", DAY) == 0
+    assert central_db.count_receipts(engine, "bakery_1", DAY) == 0
     materialize("central_db_receipts")
-    assert register.count_receipts(engine, "bakery_1", DAY) == 1
+    assert central_db.count_receipts(engine, "bakery_1", DAY) == 1

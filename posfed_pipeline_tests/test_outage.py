@@ -28,7 +28,7 @@ import pytest
 from posfed_dev.faults import FaultProxy, ThrowawayPostgres, hold_lock
 from sqlalchemy import select
 
-from posfed_pipeline.core import register
+from posfed_pipeline.core import central_db
 from posfed_pipeline.core.base.clock import ManualClock
 from posfed_pipeline.core.config import config_from_dict, load_config
 from posfed_pipeline.core.state.ledger import open_ledger
@@ -74,7 +74,7 @@ class Central:
 
     def engine(self):
         # Straight to the server, not through the proxy: what the test checks with.
-        return register.make_engine(self.cluster.url(self.database))
+        return central_db.make_engine(self.cluster.url(self.database))
 
 
 @pytest.fixture
@@ -84,7 +84,7 @@ def central(cluster):
     with FaultProxy("127.0.0.1", cluster.port) as proxy:
         central = Central(cluster, proxy, name, cluster.url(name, port=proxy.port))
         engine = central.engine()
-        register.upgrade_database(engine)
+        central_db.upgrade_database(engine)
         engine.dispose()
         yield central
         proxy.heal()
@@ -120,7 +120,7 @@ def _sync_run(defs, instance):
 
 def _central_receipts(central: Central) -> list[tuple]:
     engine = central.engine()
-    header = register.ReceiptRow.__table__
+    header = central_db.ReceiptRow.__table__
     with engine.connect() as connection:
         rows = connection.execute(
             select(header.c.terminal_id, header.c.receipt_id, header.c.total).order_by(
@@ -209,7 +209,7 @@ def test_the_checkout_never_waits_for_the_central_database(kind, central, outage
         ("butcher_1", "C1", Decimal("6.40")),
     ]
     engine = central.engine()
-    entries = register.ledger_entries(engine)
+    entries = central_db.ledger_entries(engine)
     engine.dispose()
     assert sorted(e.receipt_id for e in entries) == ["A1", "B0", "B1", "B2", "C1"]
     assert {e.outcome for e in entries} == {"inserted"}
@@ -244,7 +244,7 @@ def test_a_reset_or_slow_link_costs_nothing(central, outage_store):
 def test_a_sync_hung_on_a_silent_link_is_cut_off_and_retried(central, outage_store):
     """A partition in the middle of a sync: the stuck call is cut off at the deadline, and
     nothing the interrupted transaction wrote survives on the server."""
-    from posfed_pipeline.core.register.timeouts import DeadlineExceeded
+    from posfed_pipeline.core.central_db.timeouts import DeadlineExceeded
     from posfed_pipeline.core.stages import sync
 
     config = outage_store
@@ -253,12 +253,12 @@ def test_a_sync_hung_on_a_silent_link_is_cut_off_and_retried(central, outage_sto
     with dg.instance_for_test() as instance:
         bakery, name = _drop(config, "bakery_1", "H1", 1)
         assert _receipts_run(defs, instance, bakery, [name]).success
-    engine = register.make_engine(central.url)
-    register.schema_revision(engine)  # a pooled connection, as a running sync has
+    engine = central_db.make_engine(central.url)
+    central_db.schema_revision(engine)  # a pooled connection, as a running sync has
     central.proxy.partition()
     with pytest.raises(DeadlineExceeded) as cut_off:
         sync.sync_pending(ledger, engine, config.sync)
-    assert register.is_transient_error(cut_off.value)
+    assert central_db.is_transient_error(cut_off.value)
     # Never acknowledged, so never marked as stored: the ledger still owes it.
     assert ledger.lag().pending_receipts == 1
     central.proxy.heal()
@@ -358,7 +358,7 @@ def test_a_receipt_the_central_database_refuses_is_set_aside_and_the_rest_goes_o
     receipts = [good[0], too_long, good[1], good[2]]
     ledger.accept([DeliveredReceipt(r, f"{r.receipt_id}:1:1") for r in receipts], tenant="Bakkerij")
     ledger.mark_emitted([(r, "x") for r in receipts])
-    engine = register.make_engine(central.url)
+    engine = central_db.make_engine(central.url)
 
     done = sync.sync_pending(ledger, engine, outage_store.sync)
     engine.dispose()

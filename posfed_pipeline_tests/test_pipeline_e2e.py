@@ -10,7 +10,7 @@ import dagster as dg
 import pytest
 from sqlalchemy import select
 
-from posfed_pipeline.core import register
+from posfed_pipeline.core import central_db
 from posfed_pipeline.core.intake.validation import BARCODE_RULE
 from posfed_pipeline.definitions import RECEIPTS_JOB, build_definitions
 from posfed_pipeline.defs.assets import ReceiptBatchConfig, receipt_op_config
@@ -40,13 +40,13 @@ def _run(config, instance, files: list[str]) -> dg.ExecuteInProcessResult:
 def _rows(engine):
     with engine.connect() as connection:
         headers = (
-            connection.execute(select(register.ReceiptRow.__table__).order_by("receipt_id"))
+            connection.execute(select(central_db.ReceiptRow.__table__).order_by("receipt_id"))
             .mappings()
             .all()
         )
         lines = (
             connection.execute(
-                select(register.ReceiptLineRow.__table__).order_by("receipt_id", "line_no")
+                select(central_db.ReceiptLineRow.__table__).order_by("receipt_id", "line_no")
             )
             .mappings()
             .all()

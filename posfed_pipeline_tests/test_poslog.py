@@ -14,7 +14,7 @@ import dagster as dg
 import pytest
 from sqlalchemy import select
 
-from posfed_pipeline.core import register
+from posfed_pipeline.core import central_db
 from posfed_pipeline.core.config import config_from_dict
 from posfed_pipeline.core.intake import parsing
 from posfed_pipeline.core.intake.validation import LABEL_AMOUNT_RULE, LABEL_WEIGHT_RULE
@@ -199,8 +199,8 @@ def test_several_transactions_one_broken_through_the_pipeline(config, tmp_path):
     )
     (terminal.inbox / "eod.xml").write_bytes(data)
 
-    engine = register.make_engine(config.db_url)
-    register.upgrade_database(engine)
+    engine = central_db.make_engine(config.db_url)
+    central_db.upgrade_database(engine)
     defs = build_definitions(config)
     with dg.instance_for_test() as instance:
         result = defs.resolve_job_def(RECEIPTS_JOB).execute_in_process(
@@ -216,8 +216,8 @@ def test_several_transactions_one_broken_through_the_pipeline(config, tmp_path):
     salmon_line = (config.dat_dir / "20261120" / "scon403001.dat").read_bytes().split(b"\r\n")[0]
     assert salmon_line[19:32] == b"8712345600112"  # the label's GTIN-13 in the EAN field
     with engine.connect() as connection:
-        header = register.ReceiptRow.__table__
-        lines = register.ReceiptLineRow.__table__
+        header = central_db.ReceiptRow.__table__
+        lines = central_db.ReceiptLineRow.__table__
         loaded = connection.execute(select(header.c.receipt_id, header.c.source_file)).all()
         salmon_row = (
             connection.execute(select(lines).where(lines.c.receipt_id == "3001")).mappings().first()

@@ -23,7 +23,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from posfed_pipeline.core import register
+from posfed_pipeline.core import central_db
 from posfed_pipeline.core.config import load_config
 from posfed_pipeline.dagster_home import render_instance_yaml
 from posfed_pipeline_tests.conftest import (
@@ -96,7 +96,7 @@ def prod_store(tmp_path, pg_databases, monkeypatch):
     config = load_config(config_path)
     config.ensure_folders()
     # The install steps of docs/deployment.md: the register's schema, then Dagster's.
-    register.upgrade_database(register.make_engine(config.db_url))
+    central_db.upgrade_database(central_db.make_engine(config.db_url))
     subprocess.run(
         [str(_venv_bin("dagster")), "instance", "migrate"],
         env=env,

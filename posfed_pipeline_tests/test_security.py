@@ -22,7 +22,7 @@ import dagster as dg
 import pytest
 from sqlalchemy import event, inspect, select
 
-from posfed_pipeline.core import register
+from posfed_pipeline.core import central_db
 from posfed_pipeline.core.config import ConfigError, config_from_dict, load_config
 from posfed_pipeline.core.dat import load_spec
 from posfed_pipeline.core.stages.processing import process_batch
@@ -108,7 +108,7 @@ def test_hostile_receipts_write_nothing_outside_the_store_folders(config, engine
     reports = list(terminal.quarantine.glob("*.error.json"))
     assert len(reports) == len(HOSTILE_IDS) + 2  # every hostile file, each with its reason
     with engine.connect() as connection:
-        assert connection.execute(select(register.ReceiptRow.receipt_id)).all() == []
+        assert connection.execute(select(central_db.ReceiptRow.receipt_id)).all() == []
     assert not list(config.dat_dir.rglob("*.dat"))
 
 
@@ -142,8 +142,8 @@ def hostile_db(request, tmp_path):
         url = f"sqlite:///{tmp_path / 'central.db'}"
     else:
         url = request.getfixturevalue("pg_database_url")
-    engine = register.make_engine(url)
-    register.upgrade_database(engine)
+    engine = central_db.make_engine(url)
+    central_db.upgrade_database(engine)
     yield engine
     engine.dispose()
 
@@ -170,7 +170,7 @@ def test_receipt_text_reaches_the_database_only_as_bound_parameters(config, host
     assert not [s for s, _ in statements if "DROP TABLE" in s or "Brood'" in s]
     assert any(HOSTILE_TEXT in repr(params) for _, params in statements)
     with hostile_db.connect() as connection:
-        stored = connection.execute(select(register.ReceiptLineRow.description)).scalars().all()
+        stored = connection.execute(select(central_db.ReceiptLineRow.description)).scalars().all()
     assert HOSTILE_TEXT in stored
     assert "pos_receipt" in inspect(hostile_db).get_table_names()
 
@@ -207,7 +207,7 @@ def test_the_database_password_comes_from_the_environment_and_dagster_never_stor
     config = load_config(config_path)
     config.ensure_folders()
     assert secret in config.db_url  # used to connect...
-    register.upgrade_database(register.make_engine(config.db_url))
+    central_db.upgrade_database(central_db.make_engine(config.db_url))
     terminal = config.terminal("bakery_1")
     drop_receipt(terminal.inbox, receipt_doc("PW1"))
 
@@ -222,9 +222,9 @@ def test_the_database_password_comes_from_the_environment_and_dagster_never_stor
     # ...and nowhere in what Dagster keeps: runs, event logs, sensor state, snapshots (which
     # Dagster stores zlib-compressed, so every value is looked at decompressed as well).
     assert _stored_values_containing(dagster_home, secret) == []
-    engine = register.make_engine(config.db_url)
+    engine = central_db.make_engine(config.db_url)
     with engine.connect() as connection:
-        loaded = connection.execute(select(register.ReceiptRow.receipt_id)).scalars().all()
+        loaded = connection.execute(select(central_db.ReceiptRow.receipt_id)).scalars().all()
     assert "PW1" in loaded  # the run connected with the password from the environment
     engine.dispose()
 

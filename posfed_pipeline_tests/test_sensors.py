@@ -242,11 +242,11 @@ def test_while_the_trigger_is_alive_the_sensor_only_catches_up_on_old_files(conf
 def test_a_file_left_by_a_successful_run_is_looked_at_again(config):
     """A run that found a file still being written leaves it (and succeeds); the sensor gives
     the file another run after the relaunch delay, which judges it once its writer is gone."""
-    from posfed_pipeline.core import register
+    from posfed_pipeline.core import central_db
     from posfed_pipeline.definitions import RECEIPTS_JOB
 
     config = replace(config, relaunch_after_seconds=0.0, incomplete_grace_seconds=3.0, _by_id={})
-    register.upgrade_database(register.make_engine(config.db_url))
+    central_db.upgrade_database(central_db.make_engine(config.db_url))
     terminal = config.terminal("bakery_1")
     path = drop_receipt(terminal.inbox, b'{"receiptId": "CUT1", "ite', name="CUT1.json", age=0.5)
     clock = ManualClock()

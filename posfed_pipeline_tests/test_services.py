@@ -245,7 +245,7 @@ def test_the_demo_restarts_whatever_is_killed_and_every_receipt_gets_its_dat_onc
     import dagster as dg
     from posfed_dev.chaos import BillingImporter
 
-    from posfed_pipeline.core import register
+    from posfed_pipeline.core import central_db
     from posfed_pipeline.core.config import load_config
     from posfed_pipeline.fastpath.launcher import ask_pool, default_socket_path
     from posfed_pipeline.services import code_server_socket_path
@@ -344,13 +344,13 @@ def test_the_demo_restarts_whatever_is_killed_and_every_receipt_gets_its_dat_onc
             "every receipt's .dat",
             log,
         )
-        engine = register.make_engine(config.db_url)
+        engine = central_db.make_engine(config.db_url)
         today = {
             terminal.id: datetime.now(terminal.timezone).date() for terminal in config.terminals
         }
         wait_for(
             lambda: (
-                sum(register.count_receipts(engine, t, day) for t, day in today.items())
+                sum(central_db.count_receipts(engine, t, day) for t, day in today.items())
                 == len(till.sent)
             ),
             120,

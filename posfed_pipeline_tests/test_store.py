@@ -21,11 +21,11 @@ from sqlalchemy import create_engine, func, inspect, select, text
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import make_url
 
-from posfed_pipeline.core import register
+from posfed_pipeline.core import central_db
+from posfed_pipeline.core.central_db import loads as store_loads
 from posfed_pipeline.core.dat import load_spec
 from posfed_pipeline.core.model.outbox import OutboxRow, Outcome
 from posfed_pipeline.core.model.receipt import Receipt, ReceiptItem, content_hash, round_cents
-from posfed_pipeline.core.register import loads as store_loads
 from posfed_pipeline.core.stages.processing import process_batch
 from posfed_pipeline.core.stages.sync import sync_pending
 from posfed_pipeline.core.state.ledger import Ledger
@@ -56,15 +56,15 @@ def db_url(request, tmp_path):
 @pytest.fixture
 def db(db_url):
     """An engine on a database upgraded to the newest schema."""
-    engine = register.make_engine(db_url)
-    register.upgrade_database(engine)
+    engine = central_db.make_engine(db_url)
+    central_db.upgrade_database(engine)
     yield engine
     engine.dispose()
 
 
 @pytest.fixture
 def pg(pg_database_url):
-    engine = register.make_engine(pg_database_url)
+    engine = central_db.make_engine(pg_database_url)
     with engine.begin() as connection:
         connection.execute(text("DROP TABLE IF EXISTS lock_probe"))
         connection.execute(text("CREATE TABLE lock_probe (id int PRIMARY KEY, n int)"))
@@ -105,7 +105,7 @@ def make_receipt(
 
 
 def header_rows(engine) -> list[dict]:
-    table = register.ReceiptRow.__table__
+    table = central_db.ReceiptRow.__table__
     with engine.connect() as connection:
         return [
             dict(row)
@@ -116,7 +116,7 @@ def header_rows(engine) -> list[dict]:
 
 
 def line_rows(engine) -> list[dict]:
-    table = register.ReceiptLineRow.__table__
+    table = central_db.ReceiptLineRow.__table__
     with engine.connect() as connection:
         return [
             dict(row)
@@ -130,32 +130,32 @@ def line_rows(engine) -> list[dict]:
 
 
 def test_upgrade_creates_the_schema_and_downgrade_removes_it(db_url):
-    engine = register.make_engine(db_url)
-    assert register.schema_revision(engine) is None
+    engine = central_db.make_engine(db_url)
+    assert central_db.schema_revision(engine) is None
 
-    register.upgrade_database(engine)
-    register.upgrade_database(engine)  # a second upgrade is a no-op
-    assert register.schema_revision(engine) == register.head_revision()
+    central_db.upgrade_database(engine)
+    central_db.upgrade_database(engine)  # a second upgrade is a no-op
+    assert central_db.schema_revision(engine) == central_db.head_revision()
     tables = set(inspect(engine).get_table_names())
     assert {"pos_receipt", "pos_receipt_line", "pos_ingest_ledger", "pos_settlement"} <= tables
 
-    register.downgrade_database(engine, "0001")
-    assert register.schema_revision(engine) == "0001"
-    assert not register.has_ledger(engine)
+    central_db.downgrade_database(engine, "0001")
+    assert central_db.schema_revision(engine) == "0001"
+    assert not central_db.has_ledger(engine)
     assert "pos_receipt" in inspect(engine).get_table_names()
 
-    register.downgrade_database(engine, "base")
-    assert register.schema_revision(engine) is None
+    central_db.downgrade_database(engine, "base")
+    assert central_db.schema_revision(engine) is None
     assert not {"pos_receipt", "pos_receipt_line"} & set(inspect(engine).get_table_names())
 
-    register.upgrade_database(engine)
-    assert register.schema_revision(engine) == register.head_revision()
+    central_db.upgrade_database(engine)
+    assert central_db.schema_revision(engine) == central_db.head_revision()
     engine.dispose()
 
 
 def test_scanned_labels_migration_keeps_existing_lines_and_stores_what_a_label_said(db_url):
-    engine = register.make_engine(db_url)
-    register.upgrade_database(engine, "0004")
+    engine = central_db.make_engine(db_url)
+    central_db.upgrade_database(engine, "0004")
     before = make_receipt("R0001")
     lines = [store_loads._line_rows(before)[0]]
     header = store_loads._header_row(before, "B", datetime.now(UTC))
@@ -163,10 +163,10 @@ def test_scanned_labels_migration_keeps_existing_lines_and_stores_what_a_label_s
         for column in ("gtin", "net_weight_kg", "unit_count", "store_id"):
             row.pop(column, None)  # not in the 0004 schema
     with engine.begin() as connection:
-        connection.execute(register.ReceiptRow.__table__.insert(), [header])
+        connection.execute(central_db.ReceiptRow.__table__.insert(), [header])
         # The columns of the 0004 schema only: SQLAlchemy inserts the keys it is given.
-        connection.execute(register.ReceiptLineRow.__table__.insert(), lines)
-    register.upgrade_database(engine)
+        connection.execute(central_db.ReceiptLineRow.__table__.insert(), lines)
+    central_db.upgrade_database(engine)
 
     [old] = line_rows(engine)
     assert (old["barcode"], old["price"], old["amount"]) == (
@@ -190,7 +190,7 @@ def test_scanned_labels_migration_keeps_existing_lines_and_stores_what_a_label_s
             ),
         ),
     )
-    register.load_outbox_rows(engine, outbox(weighed))
+    central_db.load_outbox_rows(engine, outbox(weighed))
     new = line_rows(engine)[1]
     assert new["barcode"] == label  # as scanned, 40 characters
     assert (new["gtin"], new["net_weight_kg"], new["unit_count"]) == (
@@ -202,31 +202,31 @@ def test_scanned_labels_migration_keeps_existing_lines_and_stores_what_a_label_s
 
 
 def test_the_stores_migration_gives_existing_rows_the_upgrading_store(db_url):
-    engine = register.make_engine(db_url)
-    register.upgrade_database(engine, "0005")
+    engine = central_db.make_engine(db_url)
+    central_db.upgrade_database(engine, "0005")
     before = make_receipt("R0001")
     header = store_loads._header_row(before, "Bakkerij", datetime.now(UTC))
     lines = store_loads._line_rows(before)
     for row in [header, *lines]:
         row.pop("store_id")
     with engine.begin() as connection:
-        connection.execute(register.ReceiptRow.__table__.insert(), [header])
-        connection.execute(register.ReceiptLineRow.__table__.insert(), lines)
-    register.upgrade_database(engine, store_id="store-042")
+        connection.execute(central_db.ReceiptRow.__table__.insert(), [header])
+        connection.execute(central_db.ReceiptLineRow.__table__.insert(), lines)
+    central_db.upgrade_database(engine, store_id="store-042")
 
     assert [(h["store_id"], h["receipt_id"]) for h in header_rows(engine)] == [
         ("store-042", "R0001")
     ]
     assert {line["store_id"] for line in line_rows(engine)} == {"store-042"}
     # Another store's terminal of the same name, same day, same receipt id: its own receipt.
-    written = register.load_outbox_rows(engine, outbox(before), store_id="store-043")
+    written = central_db.load_outbox_rows(engine, outbox(before), store_id="store-043")
     assert len(written.receipts_inserted) == 1
     assert sorted((h["store_id"], h["receipt_id"]) for h in header_rows(engine)) == [
         ("store-042", "R0001"),
         ("store-043", "R0001"),
     ]
     # And the same store again is the same receipt, not a second one.
-    again = register.load_outbox_rows(engine, outbox(before), store_id="store-042")
+    again = central_db.load_outbox_rows(engine, outbox(before), store_id="store-042")
     assert again.receipts_inserted == [] and again.refused == {}
     engine.dispose()
 
@@ -234,12 +234,12 @@ def test_the_stores_migration_gives_existing_rows_the_upgrading_store(db_url):
 def test_the_receipt_key_is_unique_in_the_database_itself(db):
     # Even a writer that bypasses posfed cannot store a key twice.
     receipt = make_receipt()
-    register.load_outbox_rows(db, outbox(receipt))
+    central_db.load_outbox_rows(db, outbox(receipt))
     row = store_loads._header_row(
         replace(receipt, content_hash="other"), "Bakkerij", datetime.now(UTC)
     )
     with pytest.raises(sa_exc.IntegrityError), db.begin() as connection:
-        connection.execute(register.ReceiptRow.__table__.insert(), [row])
+        connection.execute(central_db.ReceiptRow.__table__.insert(), [row])
 
 
 # --- storing the ledger's outbox ------------------------------------------------------------------
@@ -282,13 +282,13 @@ def test_new_receipts_are_inserted_with_their_lines(db):
     receipts = [make_receipt(f"R{n:04d}") for n in range(1, 4)]
     entries = outbox(*receipts)
 
-    result = register.load_outbox_rows(db, entries)
+    result = central_db.load_outbox_rows(db, entries)
 
     assert [r.receipt_id for r in result.receipts_inserted] == ["R0001", "R0002", "R0003"]
     assert result.stored == [e.seq for e in entries]
     assert (result.refused, result.already_held) == ({}, 0)
     assert result.line_count == 6
-    assert register.count_receipts(db, "bakery_1", DAY) == 3
+    assert central_db.count_receipts(db, "bakery_1", DAY) == 3
     headers = header_rows(db)
     assert {h["tenant"] for h in headers} == {"Bakkerij"}
     assert headers[0]["sold_at"].replace(tzinfo=UTC) == datetime(2026, 3, 14, 9, 0, tzinfo=UTC)
@@ -301,37 +301,37 @@ def test_new_receipts_are_inserted_with_their_lines(db):
 
 def test_a_batch_sent_again_after_a_lost_acknowledgement_changes_nothing(db):
     entries = outbox(*(make_receipt(f"R{n:04d}") for n in range(1, 4)))
-    register.load_outbox_rows(db, entries)
-    before = (header_rows(db), line_rows(db), register.ledger_entries(db))
+    central_db.load_outbox_rows(db, entries)
+    before = (header_rows(db), line_rows(db), central_db.ledger_entries(db))
 
-    again = register.load_outbox_rows(db, entries)
+    again = central_db.load_outbox_rows(db, entries)
 
     assert again.receipts_inserted == [] and again.refused == {}
     assert again.already_held == 3 and again.stored == [e.seq for e in entries]
-    assert (header_rows(db), line_rows(db), register.ledger_entries(db)) == before
+    assert (header_rows(db), line_rows(db), central_db.ledger_entries(db)) == before
 
 
 def test_a_redelivery_adds_its_ledger_row_and_no_receipt_rows(db):
     receipt = make_receipt("R0001")
-    register.load_outbox_rows(db, outbox(receipt))
+    central_db.load_outbox_rows(db, outbox(receipt))
     before = (header_rows(db), line_rows(db))
 
-    result = register.load_outbox_rows(
+    result = central_db.load_outbox_rows(
         db, outbox(replace(receipt, source_file="R0001-again.json"), outcome=Outcome.DUPLICATE)
     )
 
     assert result.receipts_inserted == [] and len(result.stored) == 1
     assert (header_rows(db), line_rows(db)) == before
-    assert [e.outcome for e in register.ledger_entries(db)] == ["inserted", "duplicate"]
+    assert [e.outcome for e in central_db.ledger_entries(db)] == ["inserted", "duplicate"]
 
 
 def test_a_key_held_with_other_content_is_refused_not_overwritten(db):
     original = make_receipt("R0001", lines=[("2.95", "1")])
-    register.load_outbox_rows(db, outbox(original))
+    central_db.load_outbox_rows(db, outbox(original))
     tampered = make_receipt("R0001", lines=[("9.95", "1")])
     entries = outbox(tampered, make_receipt("R0002"))
 
-    result = register.load_outbox_rows(db, entries)
+    result = central_db.load_outbox_rows(db, entries)
 
     assert list(result.refused) == [entries[0].seq]
     assert "not overwritten" in result.refused[entries[0].seq]
@@ -354,12 +354,12 @@ def test_receipt_ids_restart_every_day_and_per_terminal(db):
         make_receipt("R0001", terminal_id="butcher_1"),
     ]
 
-    result = register.load_outbox_rows(db, outbox(*receipts))
+    result = central_db.load_outbox_rows(db, outbox(*receipts))
 
     assert len(result.receipts_inserted) == 3
-    assert register.count_receipts(db, "bakery_1", DAY) == 1
-    assert register.count_receipts(db, "bakery_1", DAY + timedelta(days=1)) == 1
-    assert register.count_receipts(db, "butcher_1", DAY) == 1
+    assert central_db.count_receipts(db, "bakery_1", DAY) == 1
+    assert central_db.count_receipts(db, "bakery_1", DAY + timedelta(days=1)) == 1
+    assert central_db.count_receipts(db, "butcher_1", DAY) == 1
 
 
 def test_deliveries_of_one_key_within_one_batch_insert_it_once(db):
@@ -372,12 +372,12 @@ def test_deliveries_of_one_key_within_one_batch_insert_it_once(db):
         + outbox(refused_locally, outcome=Outcome.CONFLICT)
     )
 
-    result = register.load_outbox_rows(db, entries)
+    result = central_db.load_outbox_rows(db, entries)
 
     assert result.receipts_inserted == [first]
     assert result.stored == [e.seq for e in entries]
-    assert register.count_receipts(db, "bakery_1", DAY) == 1
-    assert [(e.source_file, e.outcome) for e in register.ledger_entries(db)] == [
+    assert central_db.count_receipts(db, "bakery_1", DAY) == 1
+    assert [(e.source_file, e.outcome) for e in central_db.ledger_entries(db)] == [
         ("a.json", "inserted"),
         ("a-copy.json", "duplicate"),
         ("b.json", "conflict"),
@@ -391,7 +391,7 @@ def test_money_and_weights_are_stored_exactly(db):
         make_receipt("R0003", lines=[("9999999.99", "7")]),
     ]
 
-    register.load_outbox_rows(db, outbox(*receipts))
+    central_db.load_outbox_rows(db, outbox(*receipts))
 
     lines = [(line["price"], line["quantity"], line["amount"]) for line in line_rows(db)]
     assert lines == [
@@ -408,23 +408,23 @@ def test_money_and_weights_are_stored_exactly(db):
         Decimal("0.50"),
         Decimal("69999999.93"),
     ]
-    assert register.counts_by_terminal_day(db) == [("bakery_1", DAY, 3, Decimal("70000020.75"))]
+    assert central_db.counts_by_terminal_day(db) == [("bakery_1", DAY, 3, Decimal("70000020.75"))]
 
 
 def test_a_day_of_small_amounts_sums_to_the_cent(db):
     # 0.1 + 0.2 style amounts summed in floating point drift; the register's total must not.
     receipts = [make_receipt(f"R{n:05d}", lines=[("0.29", "1"), ("0.10", "1")]) for n in range(999)]
 
-    register.load_outbox_rows(db, outbox(*receipts))
+    central_db.load_outbox_rows(db, outbox(*receipts))
 
-    assert register.counts_by_terminal_day(db) == [("bakery_1", DAY, 999, Decimal("389.61"))]
+    assert central_db.counts_by_terminal_day(db) == [("bakery_1", DAY, 999, Decimal("389.61"))]
     assert round_cents(Decimal("0.39") * 999) == Decimal("389.61")
 
 
 def test_an_empty_batch_touches_nothing(db):
-    result = register.load_outbox_rows(db, [])
+    result = central_db.load_outbox_rows(db, [])
     assert (result.stored, result.receipts_inserted, result.refused) == ([], [], {})
-    assert register.ledger_entries(db) == []
+    assert central_db.ledger_entries(db) == []
 
 
 # --- the ingest ledger -------------------------------------------------------------------------
@@ -433,17 +433,17 @@ def test_an_empty_batch_touches_nothing(db):
 def test_the_ingest_ledger_records_every_delivery_as_the_store_decided_it(db):
     detected = datetime(2026, 3, 14, 9, 0, 1, tzinfo=UTC)
     original = make_receipt("R0001", lines=[("1.00", "1")])
-    register.load_outbox_rows(
+    central_db.load_outbox_rows(
         db, outbox(original, run_id="run-1", detected_at=detected.timestamp())
     )
     tampered = make_receipt("R0001", lines=[("2.00", "1")], source_file="R0001-b.json")
-    register.load_outbox_rows(
+    central_db.load_outbox_rows(
         db,
         outbox(original, outcome=Outcome.DUPLICATE, run_id="run-2")
         + outbox(tampered, outcome=Outcome.CONFLICT, run_id="run-2"),
     )
 
-    entries = register.ledger_entries(db, terminal_id="bakery_1", business_day=DAY)
+    entries = central_db.ledger_entries(db, terminal_id="bakery_1", business_day=DAY)
 
     assert [(e.run_id, e.source_file, e.outcome) for e in entries] == [
         ("run-1", "R0001.json", "inserted"),
@@ -458,14 +458,16 @@ def test_the_ingest_ledger_records_every_delivery_as_the_store_decided_it(db):
     assert entries[2].reason == "refused locally"
     assert all(e.loaded_at.tzinfo is not None for e in entries)
     assert entries[0].loaded_at <= entries[1].loaded_at
-    assert register.ledger_entries(db, outcome=Outcome.CONFLICT) == [entries[2]]
-    summary = register.ledger_summary(db)[("bakery_1", DAY)]
-    assert summary == register.LedgerSummary(deliveries=3, duplicates=1, conflicts=1, dat_pending=0)
+    assert central_db.ledger_entries(db, outcome=Outcome.CONFLICT) == [entries[2]]
+    summary = central_db.ledger_summary(db)[("bakery_1", DAY)]
+    assert summary == central_db.LedgerSummary(
+        deliveries=3, duplicates=1, conflicts=1, dat_pending=0
+    )
 
 
 def test_the_pipeline_and_the_sync_fill_the_ledger_from_detection_to_dat(config, db_url):
-    engine = register.make_engine(db_url)
-    register.upgrade_database(engine)
+    engine = central_db.make_engine(db_url)
+    central_db.upgrade_database(engine)
     terminal = config.terminal("bakery_1")
     path = drop_receipt(terminal.inbox, receipt_doc("R0001", timestamp="2026-03-14T10:00:00+01:00"))
     arrived = datetime.fromtimestamp(path.stat().st_mtime, UTC)
@@ -476,7 +478,7 @@ def test_the_pipeline_and_the_sync_fill_the_ledger_from_detection_to_dat(config,
 
     assert len(result.acceptance.inserted) == 1 and len(result.dat_files) == 1
     assert (synced.receipts_inserted, synced.deliveries) == (1, 1)
-    [entry] = register.ledger_entries(engine)
+    [entry] = central_db.ledger_entries(engine)
     assert (entry.receipt_id, entry.outcome, entry.source_file) == ("R0001", "inserted", path.name)
     assert entry.business_day == DAY
     assert entry.detected_at == arrived
@@ -491,13 +493,13 @@ def test_concurrent_writers_store_each_receipt_and_delivery_exactly_once(db):
     entries = outbox(*(make_receipt(f"R{n:04d}") for n in range(200)))
     writers = 4
     start = threading.Barrier(writers)
-    results: list[register.CentralWrite] = []
+    results: list[central_db.CentralWrite] = []
     errors: list[BaseException] = []
 
     def write() -> None:
         start.wait()
         try:
-            results.append(register.load_outbox_rows(db, entries))
+            results.append(central_db.load_outbox_rows(db, entries))
         except BaseException as exc:  # reported by the assertion below
             errors.append(exc)
 
@@ -510,9 +512,9 @@ def test_concurrent_writers_store_each_receipt_and_delivery_exactly_once(db):
     assert errors == []
     assert sum(len(r.receipts_inserted) for r in results) == 200
     assert all(sorted(r.stored) == sorted(e.seq for e in entries) for r in results)
-    assert register.count_receipts(db, "bakery_1", DAY) == 200
+    assert central_db.count_receipts(db, "bakery_1", DAY) == 200
     assert len(line_rows(db)) == 400
-    assert len(register.ledger_entries(db)) == 200
+    assert len(central_db.ledger_entries(db)) == 200
 
 
 @pytest.mark.slow
@@ -528,13 +530,13 @@ def test_a_writer_that_loses_the_race_reclassifies(db, same_content):
         rival.execution_options(posfed_sqlite_begin="IMMEDIATE")
         transaction = rival.begin()
         rival.execute(
-            register.ReceiptRow.__table__.insert(),
+            central_db.ReceiptRow.__table__.insert(),
             [store_loads._header_row(theirs, "Bakkerij", datetime.now(UTC))],
         )
 
         def write() -> None:
             try:
-                outcome["result"] = register.load_outbox_rows(db, [entry])
+                outcome["result"] = central_db.load_outbox_rows(db, [entry])
             except BaseException as exc:  # reported by the assertion below
                 outcome["error"] = exc
 
@@ -554,7 +556,7 @@ def test_a_writer_that_loses_the_race_reclassifies(db, same_content):
     if db.dialect.name == "postgresql":
         # PostgreSQL let the writer read before the rival committed: it had to retry.
         assert result.key_race_retries == 1
-    assert register.count_receipts(db, "bakery_1", DAY) == 1
+    assert central_db.count_receipts(db, "bakery_1", DAY) == 1
 
 
 def _wait_until_blocked(engine, loader: threading.Thread) -> None:
@@ -584,8 +586,8 @@ def _wait_until_blocked(engine, loader: threading.Thread) -> None:
 
 def test_a_locked_sqlite_database_is_transient(tmp_path):
     url = f"sqlite:///{tmp_path / 'central.db'}"
-    engine = register.make_engine(url)
-    register.upgrade_database(engine)
+    engine = central_db.make_engine(url)
+    central_db.upgrade_database(engine)
     impatient = create_engine(url, connect_args={"timeout": 0})
     row = store_loads._header_row(make_receipt(), "Bakkerij", datetime.now(UTC))
 
@@ -593,10 +595,10 @@ def test_a_locked_sqlite_database_is_transient(tmp_path):
         holder.execution_options(posfed_sqlite_begin="IMMEDIATE")
         holder.begin()  # holds the write lock until the connection closes
         with pytest.raises(sa_exc.OperationalError) as locked, impatient.begin() as connection:
-            connection.execute(register.ReceiptRow.__table__.insert(), [row])
+            connection.execute(central_db.ReceiptRow.__table__.insert(), [row])
 
     assert "database is locked" in str(locked.value)
-    assert register.is_transient_error(locked.value)
+    assert central_db.is_transient_error(locked.value)
     impatient.dispose()
     engine.dispose()
 
@@ -604,21 +606,21 @@ def test_a_locked_sqlite_database_is_transient(tmp_path):
 def test_constraint_violations_and_bad_sql_are_permanent(db):
     row = store_loads._header_row(make_receipt(), "Bakkerij", datetime.now(UTC))
     with db.begin() as connection:
-        connection.execute(register.ReceiptRow.__table__.insert(), [row])
+        connection.execute(central_db.ReceiptRow.__table__.insert(), [row])
     with pytest.raises(sa_exc.IntegrityError) as duplicate_key, db.begin() as connection:
-        connection.execute(register.ReceiptRow.__table__.insert(), [row])
+        connection.execute(central_db.ReceiptRow.__table__.insert(), [row])
     with pytest.raises(sa_exc.DBAPIError) as missing_table, db.connect() as connection:
         connection.execute(text("SELECT * FROM no_such_table"))
 
-    assert not register.is_transient_error(duplicate_key.value)
-    assert not register.is_transient_error(missing_table.value)
-    assert not register.is_transient_error(ValueError("bad data"))
+    assert not central_db.is_transient_error(duplicate_key.value)
+    assert not central_db.is_transient_error(missing_table.value)
+    assert not central_db.is_transient_error(ValueError("bad data"))
 
 
 def test_postgres_out_of_range_money_is_permanent(pg):
     with pytest.raises(sa_exc.DataError) as overflow, pg.connect() as connection:
         connection.execute(text("SELECT CAST(:amount AS numeric(14, 2))"), {"amount": "1e20"})
-    assert not register.is_transient_error(overflow.value)
+    assert not central_db.is_transient_error(overflow.value)
 
 
 def test_postgres_lock_and_statement_timeouts_are_transient(pg):
@@ -635,8 +637,8 @@ def test_postgres_lock_and_statement_timeouts_are_transient(pg):
 
     assert lock_timeout.value.orig.sqlstate == "55P03"
     assert statement_timeout.value.orig.sqlstate == "57014"
-    assert register.is_transient_error(lock_timeout.value)
-    assert register.is_transient_error(statement_timeout.value)
+    assert central_db.is_transient_error(lock_timeout.value)
+    assert central_db.is_transient_error(statement_timeout.value)
 
 
 def test_a_postgres_deadlock_is_transient(pg):
@@ -663,7 +665,7 @@ def test_a_postgres_deadlock_is_transient(pg):
 
     assert len(errors) == 1
     assert errors[0].orig.sqlstate == "40P01"
-    assert register.is_transient_error(errors[0])
+    assert central_db.is_transient_error(errors[0])
 
 
 def test_a_postgres_serialization_failure_is_transient(pg):
@@ -684,32 +686,32 @@ def test_a_postgres_serialization_failure_is_transient(pg):
         second.close()
 
     assert serialization.value.orig.sqlstate == "40001"
-    assert register.is_transient_error(serialization.value)
+    assert central_db.is_transient_error(serialization.value)
 
 
 def test_connection_refused_fails_fast_and_is_transient():
-    engine = register.make_engine("postgresql+psycopg://posfed:secret@127.0.0.1:1/posfed")
+    engine = central_db.make_engine("postgresql+psycopg://posfed:secret@127.0.0.1:1/posfed")
 
-    with pytest.raises(register.DatabaseUnavailable) as refused:
-        register.schema_revision(engine)
+    with pytest.raises(central_db.DatabaseUnavailable) as refused:
+        central_db.schema_revision(engine)
 
     message = str(refused.value)
     assert "127.0.0.1:1" in message and "Connection refused" in message
     assert "secret" not in message
-    assert register.is_transient_error(refused.value)
+    assert central_db.is_transient_error(refused.value)
 
     raw = create_engine("postgresql+psycopg://postgres@127.0.0.1:1/posfed")
     with pytest.raises(sa_exc.OperationalError) as unwrapped:
         raw.connect()
-    assert register.is_transient_error(unwrapped.value)
+    assert central_db.is_transient_error(unwrapped.value)
 
 
 def test_a_missing_postgres_database_is_permanent(pg_database_url):
-    engine = register.make_engine(f"{PG_SERVER}/posfed_no_such_database")
-    with pytest.raises(register.DatabaseUnavailable) as missing:
-        register.schema_revision(engine)
+    engine = central_db.make_engine(f"{PG_SERVER}/posfed_no_such_database")
+    with pytest.raises(central_db.DatabaseUnavailable) as missing:
+        central_db.schema_revision(engine)
     assert "does not exist" in str(missing.value)
-    assert not register.is_transient_error(missing.value)
+    assert not central_db.is_transient_error(missing.value)
 
 
 # --- configuration -----------------------------------------------------------------------------
@@ -724,7 +726,7 @@ def test_urls_from_environment_parts(tmp_path):
         "POSFED_DB_USER": "posfed",
         "POSFED_DB_PASSWORD": "p@ss:w/rd%",
     }
-    url = register.database_url_from_env(env, default="sqlite:///unused.db")
+    url = central_db.database_url_from_env(env, default="sqlite:///unused.db")
     parsed = make_url(url)
     assert (parsed.drivername, parsed.host, parsed.port, parsed.database) == (
         "postgresql+psycopg",
@@ -734,9 +736,9 @@ def test_urls_from_environment_parts(tmp_path):
     )
     assert (parsed.username, parsed.password) == ("posfed", "p@ss:w/rd%")
 
-    assert register.database_url_from_env({}, default="sqlite:///x.db") == "sqlite:///x.db"
+    assert central_db.database_url_from_env({}, default="sqlite:///x.db") == "sqlite:///x.db"
     sqlite_env = {"POSFED_DB_DIALECT": "sqlite", "POSFED_DB_NAME": str(tmp_path / "c.db")}
-    assert register.database_url_from_env(sqlite_env, default="-") == f"sqlite:///{tmp_path}/c.db"
+    assert central_db.database_url_from_env(sqlite_env, default="-") == f"sqlite:///{tmp_path}/c.db"
 
 
 def test_posfed_db_url_wins_and_takes_the_password_from_its_own_variable():
@@ -746,7 +748,7 @@ def test_posfed_db_url_wins_and_takes_the_password_from_its_own_variable():
         "POSFED_DB_DIALECT": "mssql",
         "POSFED_DB_HOST": "ignored",
     }
-    parsed = make_url(register.database_url_from_env(env, default="-"))
+    parsed = make_url(central_db.database_url_from_env(env, default="-"))
     assert (parsed.host, parsed.password) == ("db.internal", "from-secret-store")
 
 
@@ -768,8 +770,8 @@ def test_posfed_db_url_wins_and_takes_the_password_from_its_own_variable():
     ],
 )
 def test_unusable_database_settings_are_named(env, problem):
-    with pytest.raises(register.DatabaseConfigError, match=problem):
-        register.database_url_from_env(env, default="-")
+    with pytest.raises(central_db.DatabaseConfigError, match=problem):
+        central_db.database_url_from_env(env, default="-")
 
 
 def test_config_reads_the_database_from_the_environment(tmp_path, monkeypatch):
@@ -788,7 +790,7 @@ def test_config_reads_the_database_from_the_environment(tmp_path, monkeypatch):
 
 
 def test_sqlite_runs_in_wal_mode_with_durable_commits(tmp_path):
-    engine = register.make_engine(f"sqlite:///{tmp_path / 'central.db'}")
+    engine = central_db.make_engine(f"sqlite:///{tmp_path / 'central.db'}")
     with engine.connect() as connection:
         assert connection.exec_driver_sql("PRAGMA journal_mode").scalar_one() == "wal"
         assert connection.exec_driver_sql("PRAGMA foreign_keys").scalar_one() == 1
@@ -798,13 +800,14 @@ def test_sqlite_runs_in_wal_mode_with_durable_commits(tmp_path):
 
 
 def test_status_counts_per_terminal_and_day(db):
-    register.load_outbox_rows(db, outbox(make_receipt("R1"), make_receipt("R2")))
-    register.load_outbox_rows(db, outbox(make_receipt("R1", day=DAY + timedelta(days=1))))
+    central_db.load_outbox_rows(db, outbox(make_receipt("R1"), make_receipt("R2")))
+    central_db.load_outbox_rows(db, outbox(make_receipt("R1", day=DAY + timedelta(days=1))))
     with db.connect() as connection:
         assert (
-            connection.execute(select(func.count()).select_from(register.ReceiptRow)).scalar() == 3
+            connection.execute(select(func.count()).select_from(central_db.ReceiptRow)).scalar()
+            == 3
         )
-    assert [(t, d, n) for t, d, n, _total in register.counts_by_terminal_day(db)] == [
+    assert [(t, d, n) for t, d, n, _total in central_db.counts_by_terminal_day(db)] == [
         ("bakery_1", DAY, 2),
         ("bakery_1", DAY + timedelta(days=1), 1),
     ]
@@ -818,11 +821,11 @@ def test_a_store_newer_than_its_register_says_upgrade_the_register_first(config,
 
     from posfed_pipeline.core.stages import sync
 
-    engine = register.make_engine(f"sqlite:///{tmp_path / 'register.db'}")
-    register.upgrade_database(engine, "0003")
+    engine = central_db.make_engine(f"sqlite:///{tmp_path / 'central_db.db'}")
+    central_db.upgrade_database(engine, "0003")
     with pytest.raises(sync.SchemaMissing, match="upgrade the register first"):
         sync.check_central_schema(engine)
-    register.upgrade_database(engine)
+    central_db.upgrade_database(engine)
     sync.check_central_schema(engine)
     # Upgraded by a newer posfed (a revision this one does not know): still fine to load into.
     with engine.begin() as connection:
@@ -840,7 +843,7 @@ def test_every_migration_only_adds_so_old_and_new_stores_share_a_register():
     # The one revision that changes keys, on purpose (a chain's stores in one register): its
     # upgrade order is in docs/deployment.md, and the test below checks it keeps the data.
     contract_changes = {"0006_stores.py"}
-    for path in sorted((register.MIGRATIONS_DIR / "versions").glob("0*.py")):
+    for path in sorted((central_db.MIGRATIONS_DIR / "versions").glob("0*.py")):
         if path.name in contract_changes:
             continue
         upgrade = next(

@@ -23,12 +23,12 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.schema import CreateIndex, CreateTable
 
 from posfed_pipeline import cli
-from posfed_pipeline.core import register
-from posfed_pipeline.core.register import loads as store_loads
+from posfed_pipeline.core import central_db
+from posfed_pipeline.core.central_db import loads as store_loads
 
 SQL_SERVER_URL = "mssql+pyodbc://posfed@sql.example/posfed?driver=FreeTDS"
 # The dialect exactly as posfed's engine configures it (pyodbc, qmark parameters).
-DIALECT = register.make_engine(SQL_SERVER_URL).dialect
+DIALECT = central_db.make_engine(SQL_SERVER_URL).dialect
 
 
 def compiled(statement, column_keys=None, **compile_kwargs) -> str:
@@ -40,7 +40,7 @@ def compiled(statement, column_keys=None, **compile_kwargs) -> str:
 
 
 def test_receipt_table_ddl_is_tsql():
-    ddl = compiled(CreateTable(register.ReceiptRow.__table__))
+    ddl = compiled(CreateTable(central_db.ReceiptRow.__table__))
 
     assert "CREATE TABLE pos_receipt (" in ddl
     assert "id INTEGER NOT NULL IDENTITY" in ddl
@@ -56,9 +56,9 @@ def test_receipt_table_ddl_is_tsql():
 
 
 def test_line_and_ledger_ddl_is_tsql():
-    lines = compiled(CreateTable(register.ReceiptLineRow.__table__))
-    ledger = compiled(CreateTable(register.IngestLedgerRow.__table__))
-    key_index = next(i for i in register.IngestLedgerRow.__table__.indexes if "key" in i.name)
+    lines = compiled(CreateTable(central_db.ReceiptLineRow.__table__))
+    ledger = compiled(CreateTable(central_db.IngestLedgerRow.__table__))
+    key_index = next(i for i in central_db.IngestLedgerRow.__table__.indexes if "key" in i.name)
 
     assert "price NUMERIC(14, 2) NOT NULL" in lines
     assert "quantity NUMERIC(14, 3) NOT NULL" in lines
@@ -86,13 +86,13 @@ def test_a_reserved_word_is_bracket_quoted():
 
 
 def test_load_statements_are_tsql_with_qmark_parameters():
-    header_columns = [c.name for c in register.ReceiptRow.__table__.columns if c.name != "id"]
-    header_insert = compiled(insert(register.ReceiptRow.__table__), column_keys=header_columns)
+    header_columns = [c.name for c in central_db.ReceiptRow.__table__.columns if c.name != "id"]
+    header_insert = compiled(insert(central_db.ReceiptRow.__table__), column_keys=header_columns)
     existing = compiled(
-        register.existing_hashes_query("bakery_1", date(2026, 3, 14), ["R1", "R2", "R3"]),
+        central_db.existing_hashes_query("bakery_1", date(2026, 3, 14), ["R1", "R2", "R3"]),
         render_postcompile=True,
     )
-    ledger = register.IngestLedgerRow.__table__
+    ledger = central_db.IngestLedgerRow.__table__
     ledger_columns = [c.name for c in ledger.columns if c.name != "id"]
     ledger_insert = compiled(insert(ledger), column_keys=ledger_columns)
     held = compiled(
@@ -121,7 +121,7 @@ def test_the_delivery_id_index_admits_the_rows_from_before_it():
     # have no delivery id.
     index = next(
         i
-        for i in register.IngestLedgerRow.__table__.indexes
+        for i in central_db.IngestLedgerRow.__table__.indexes
         if i.name == "ux_pos_ingest_ledger_delivery"
     )
     assert compiled(CreateIndex(index)) == (
@@ -133,13 +133,13 @@ def test_the_delivery_id_index_admits_the_rows_from_before_it():
 def test_every_sql_server_call_is_bounded():
     """ODBC Driver 18 gets TCP keepalive in its connection string; every connection gets a
     per-statement query timeout and a lock timeout when it is opened (not run here: no server)."""
-    driver18 = register.make_engine(
+    driver18 = central_db.make_engine(
         "mssql+pyodbc://posfed@sql.example/posfed?driver=ODBC+Driver+18+for+SQL+Server"
     )
     connection_string = driver18.dialect.create_connect_args(driver18.url)[0][0]
     assert "KeepAlive=10" in connection_string and "KeepAliveInterval=3" in connection_string
     assert driver18.pool.timeout() == 10  # a pool checkout waits this long at most
-    freetds = register.make_engine(SQL_SERVER_URL)
+    freetds = central_db.make_engine(SQL_SERVER_URL)
     assert "KeepAlive" not in freetds.dialect.create_connect_args(freetds.url)[0][0]
     for engine in (driver18, freetds):
         on_connect = [fn.__name__ for fn in engine.pool.dispatch.connect]
@@ -147,8 +147,8 @@ def test_every_sql_server_call_is_bounded():
 
 
 def test_existence_queries_stay_under_the_sql_server_parameter_limit():
-    ids = [f"R{n}" for n in range(register.EXISTING_QUERY_CHUNK)]
-    query = register.existing_hashes_query("bakery_1", date(2026, 3, 14), ids)
+    ids = [f"R{n}" for n in range(central_db.EXISTING_QUERY_CHUNK)]
+    query = central_db.existing_hashes_query("bakery_1", date(2026, 3, 14), ids)
     parameters = query.compile(dialect=DIALECT, compile_kwargs={"render_postcompile": True})
     assert len(parameters.positiontup) < 2100
 
@@ -159,9 +159,9 @@ def test_the_engine_uses_fast_executemany():
 
 
 def test_offline_migration_script_is_tsql():
-    url = register.build_database_url("mssql", host="sql.example", database="posfed", user="u")
+    url = central_db.build_database_url("mssql", host="sql.example", database="posfed", user="u")
 
-    script = register.upgrade_sql(url)
+    script = central_db.upgrade_sql(url)
 
     assert script.startswith("BEGIN TRANSACTION;")
     assert "CREATE TABLE alembic_version" in script
@@ -215,7 +215,7 @@ def connection_string(url: str) -> str:
 
 
 def test_url_for_odbc_driver_18():
-    url = register.build_database_url(
+    url = central_db.build_database_url(
         "mssql",
         host="sql01.example.com",
         port=1433,
@@ -233,7 +233,7 @@ def test_url_for_odbc_driver_18():
 
 
 def test_url_for_freetds():
-    url = register.build_database_url(
+    url = central_db.build_database_url(
         "mssql",
         host="sql01.example.com",
         port=1433,
@@ -259,7 +259,7 @@ def test_url_from_environment_for_sql_server():
         "POSFED_DB_ODBC_DRIVER": "FreeTDS",
         "POSFED_DB_ENCRYPT": "no",
     }
-    url = register.database_url_from_env(env, default="-")
+    url = central_db.database_url_from_env(env, default="-")
     assert connection_string(url) == (
         "DRIVER={FreeTDS};Server=sql01.example.com;Database=posfed;"
         "UID=posfed_loader;PWD=s3cret!;Encryption=request;TDS_Version=7.4"
@@ -282,7 +282,7 @@ def closed_port() -> int:
 
 @pytest.mark.timeout(30)
 def test_a_refused_connection_fails_fast_with_a_clear_message():
-    url = register.build_database_url(
+    url = central_db.build_database_url(
         "mssql",
         host="127.0.0.1",
         port=closed_port(),
@@ -291,16 +291,16 @@ def test_a_refused_connection_fails_fast_with_a_clear_message():
         password="secret",
         odbc_driver="FreeTDS",
     )
-    engine = register.make_engine(url, connect_timeout=3)
+    engine = central_db.make_engine(url, connect_timeout=3)
 
-    with pytest.raises(register.DatabaseUnavailable) as unavailable:
-        register.schema_revision(engine)
+    with pytest.raises(central_db.DatabaseUnavailable) as unavailable:
+        central_db.schema_revision(engine)
 
     message = str(unavailable.value)
     assert "cannot connect to the central database" in message
     assert "127.0.0.1" in message and "'FreeTDS'" in message
     assert "secret" not in message
-    assert register.is_transient_error(unavailable.value)
+    assert central_db.is_transient_error(unavailable.value)
 
 
 @pytest.mark.slow
@@ -319,7 +319,7 @@ def test_a_server_that_never_answers_times_out_at_login():
         accepted.set()
 
     threading.Thread(target=accept_and_stay_silent, daemon=True).start()
-    url = register.build_database_url(
+    url = central_db.build_database_url(
         "mssql",
         host="127.0.0.1",
         port=listener.getsockname()[1],
@@ -328,10 +328,10 @@ def test_a_server_that_never_answers_times_out_at_login():
         password="secret",
         odbc_driver="FreeTDS",
     )
-    engine = register.make_engine(url, connect_timeout=2)
+    engine = central_db.make_engine(url, connect_timeout=2)
     try:
-        with pytest.raises(register.DatabaseUnavailable) as unavailable:
-            register.schema_revision(engine)
+        with pytest.raises(central_db.DatabaseUnavailable) as unavailable:
+            central_db.schema_revision(engine)
     finally:
         for connection in held:
             connection.close()
@@ -339,22 +339,22 @@ def test_a_server_that_never_answers_times_out_at_login():
 
     assert accepted.is_set(), "FreeTDS never dialled the configured host and port"
     assert "127.0.0.1" in str(unavailable.value)
-    assert register.is_transient_error(unavailable.value)
+    assert central_db.is_transient_error(unavailable.value)
 
 
 def test_a_missing_odbc_driver_is_a_permanent_clear_error():
-    url = register.build_database_url(
+    url = central_db.build_database_url(
         "mssql", host="127.0.0.1", database="posfed", user="sa", odbc_driver="No Such Driver 99"
     )
-    engine = register.make_engine(url)
+    engine = central_db.make_engine(url)
 
-    with pytest.raises(register.DatabaseUnavailable) as unavailable:
-        register.schema_revision(engine)
+    with pytest.raises(central_db.DatabaseUnavailable) as unavailable:
+        central_db.schema_revision(engine)
 
     message = str(unavailable.value)
     assert "'No Such Driver 99'" in message
     assert "installed ODBC drivers: " in message and "FreeTDS" in message
-    assert not register.is_transient_error(unavailable.value)
+    assert not central_db.is_transient_error(unavailable.value)
 
 
 # --- transient or permanent, on real pyodbc errors ---------------------------------------------
@@ -391,9 +391,9 @@ def test_a_missing_odbc_driver_is_a_permanent_clear_error():
     ids=["08001", "08S01", "HYT00", "HYT01", "1205", "1205-as-programming-error"],
 )
 def test_pyodbc_transient_errors(error):
-    assert register.is_transient_error(error)
+    assert central_db.is_transient_error(error)
     wrapped = sa_exc.DBAPIError.instance("INSERT INTO pos_receipt ...", {}, error, pyodbc.Error)
-    assert register.is_transient_error(wrapped)
+    assert central_db.is_transient_error(wrapped)
 
 
 @pytest.mark.parametrize(
@@ -422,9 +422,9 @@ def test_pyodbc_transient_errors(error):
     ids=["unique-2627", "overflow-8115", "missing-table-208", "login-failed-18456"],
 )
 def test_pyodbc_permanent_errors(error):
-    assert not register.is_transient_error(error)
+    assert not central_db.is_transient_error(error)
     wrapped = sa_exc.DBAPIError.instance("INSERT INTO pos_receipt ...", {}, error, pyodbc.Error)
-    assert not register.is_transient_error(wrapped)
+    assert not central_db.is_transient_error(wrapped)
 
 
 def test_a_sql_server_key_violation_is_recognised_as_a_lost_race():
@@ -472,11 +472,11 @@ def test_a_live_sql_server_takes_the_schema_and_loads_receipts_once(config):
     from posfed_pipeline.core.state.ledger import open_ledger
     from posfed_pipeline_tests.conftest import drop_receipt, process_and_sync, receipt_doc
 
-    engine = register.make_engine(LIVE_URL)
-    register.downgrade_database(engine, "base")  # the database is the tests': start empty
+    engine = central_db.make_engine(LIVE_URL)
+    central_db.downgrade_database(engine, "base")  # the database is the tests': start empty
     try:
-        register.upgrade_database(engine)
-        assert register.schema_revision(engine) == register.head_revision()
+        central_db.upgrade_database(engine)
+        assert central_db.schema_revision(engine) == central_db.head_revision()
         terminal = config.terminal("bakery_1")
         when = datetime.now(terminal.timezone).replace(microsecond=0).isoformat()
         paths = [
@@ -486,8 +486,8 @@ def test_a_live_sql_server_takes_the_schema_and_loads_receipts_once(config):
         # Sent again (a resync after an outage): stored once.
         open_ledger(config.home).resync()
         process_and_sync(config, engine, terminal, [])
-        [(terminal_id, _day, count, total)] = register.counts_by_terminal_day(engine)
+        [(terminal_id, _day, count, total)] = central_db.counts_by_terminal_day(engine)
         assert (terminal_id, count, str(total)) == ("bakery_1", 3, "19.20")
     finally:
-        register.downgrade_database(engine, "base")
+        central_db.downgrade_database(engine, "base")
         engine.dispose()

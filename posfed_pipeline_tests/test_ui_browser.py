@@ -22,7 +22,7 @@ import pytest
 from posfed_dev.browser import headless_chromium, missing_browser
 
 from posfed_pipeline import packaged
-from posfed_pipeline.core import register
+from posfed_pipeline.core import central_db
 from posfed_pipeline.core.config import PosfedConfig, load_config
 from posfed_pipeline.dagster_home import render_instance_yaml
 from posfed_pipeline.definitions import RECEIPTS_JOB, build_definitions
@@ -68,7 +68,7 @@ def ui_store(tmp_path, monkeypatch) -> tuple[PosfedConfig, Path, Path]:
     )
     config = load_config(config_path)
     config.ensure_folders()
-    register.upgrade_database(register.make_engine(config.db_url))
+    central_db.upgrade_database(central_db.make_engine(config.db_url))
     dagster_home = tmp_path / "dagster_home"
     render_instance_yaml(dagster_home)
 
@@ -215,7 +215,7 @@ def operator_stack(tmp_path, monkeypatch):
     )
     config = load_config(config_path)
     config.ensure_folders()
-    register.upgrade_database(register.make_engine(config.db_url))
+    central_db.upgrade_database(central_db.make_engine(config.db_url))
     dagster_home = tmp_path / "dagster_home"
     render_instance_yaml(dagster_home)
     defs = build_definitions(config)

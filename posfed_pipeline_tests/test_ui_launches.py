@@ -24,7 +24,7 @@ import pytest
 import yaml
 
 from posfed_pipeline import packaged
-from posfed_pipeline.core import register
+from posfed_pipeline.core import central_db
 from posfed_pipeline.core.config import load_config
 from posfed_pipeline.dagster_home import render_instance_yaml
 from posfed_pipeline.definitions import RECEIPTS_JOB, build_definitions
@@ -213,7 +213,7 @@ def ui_stack(request, tmp_path_factory):
     )
     config = load_config(config_path)
     config.ensure_folders()
-    register.upgrade_database(register.make_engine(config.db_url))
+    central_db.upgrade_database(central_db.make_engine(config.db_url))
     dagster_home = tmp_path / "dagster_home"
     render_instance_yaml(dagster_home)
 

@@ -51,7 +51,7 @@ from pathlib import Path
 from posfed_dev.faults import FaultProxy, ThrowawayPostgres, hold_lock
 from posfed_dev.simulator import ReceiptSimulator
 from posfed_pipeline import packaged
-from posfed_pipeline.core import dat, register
+from posfed_pipeline.core import central_db, dat
 from posfed_pipeline.core.config import PosfedConfig, Terminal, load_config
 from posfed_pipeline.core.model.receipt import Receipt, canonical_json
 
@@ -288,8 +288,8 @@ def make_store(
     config_path.write_text(text)
     config = load_config(config_path)
     config.ensure_folders()
-    register.upgrade_database(
-        register.make_engine(db_url or config.db_url), store_id=config.store_id
+    central_db.upgrade_database(
+        central_db.make_engine(db_url or config.db_url), store_id=config.store_id
     )
     return config
 
@@ -1195,7 +1195,7 @@ class Run:
     def _db_counts(self) -> tuple[int, int]:
         import sqlalchemy as sa
 
-        engine = register.make_engine(self.central_url)
+        engine = central_db.make_engine(self.central_url)
         keys = {(i.terminal_id, i.receipt_id) for i in self.watcher.sent}
         with engine.connect() as connection:
             rows = connection.execute(
@@ -1210,8 +1210,8 @@ class Run:
 
     def _central_times(self) -> dict[tuple[str, str], float]:
         """When each receipt reached the central database (its ingest-ledger row)."""
-        ledger = register.IngestLedgerRow.__table__
-        engine = register.make_engine(self.central_url)
+        ledger = central_db.IngestLedgerRow.__table__
+        engine = central_db.make_engine(self.central_url)
         import sqlalchemy as sa
 
         with engine.connect() as connection:
@@ -1221,7 +1221,7 @@ class Run:
                 )
             ).all()
         engine.dispose()
-        return {(t, r): register.as_utc(at).timestamp() for t, r, at in rows}
+        return {(t, r): central_db.as_utc(at).timestamp() for t, r, at in rows}
 
     def _outage_report(self, sent: list[Sent], central_at: dict) -> dict:
         if not self.settings.outage:

@@ -32,7 +32,7 @@ from pathlib import Path
 
 from posfed_dev.bench import Processes, make_store, summary
 from posfed_dev.faults import ThrowawayPostgres
-from posfed_pipeline.core import register
+from posfed_pipeline.core import central_db
 from posfed_pipeline.core.config import load_config
 from posfed_pipeline.core.operations import audit
 
@@ -77,7 +77,7 @@ def run_store(config_path: str, register_url: str, settings: ChainSettings, out:
         """As the trigger's sync runs: after new sales, at most one every
         ``[sync] min_interval_seconds``; an error is retried at the next turn."""
         nonlocal synced
-        engine = register.make_engine(register_url)
+        engine = central_db.make_engine(register_url)
         sync_ledger = open_ledger(config.home)
         gave_up_at = None
         try:
@@ -145,17 +145,17 @@ def run_chain_bench(settings: ChainSettings) -> dict:
     root = Path(tempfile.mkdtemp(prefix="posfed-chain-"))
     register = ThrowawayPostgres(fsync=True)
     try:
-        register.create()
-        register.create_database("register")
-        url = register.url("register")
-        register.upgrade_database(register.make_engine(url))
+        central_db.create()
+        central_db.create_database("register")
+        url = central_db.url("register")
+        central_db.upgrade_database(central_db.make_engine(url))
         configs = []
         for number in range(1, settings.stores + 1):
             store_id = f"store-{number:03d}"
             config = make_store(root / store_id, settings.terminals, db_url=url, store_id=store_id)
             configs.append(config.config_path)
         processes = Processes(root, {})
-        postmaster = int((register.data / "postmaster.pid").read_text().split()[0])
+        postmaster = int((central_db.data / "postmaster.pid").read_text().split()[0])
         processes.track("register", postmaster)
         register_cpu_before = processes.cpu_by_process().get("register", 0.0)
         context = multiprocessing.get_context("spawn")
@@ -184,7 +184,7 @@ def run_chain_bench(settings: ChainSettings) -> dict:
         reports = [json.loads(out.read_text()) for out in outs]
         return _report(settings, url, reports, wall, store_cpu, register_cpu)
     finally:
-        register.destroy()
+        central_db.destroy()
 
 
 def _children_cpu() -> float:
@@ -199,8 +199,8 @@ def _report(
 ) -> dict:
     import sqlalchemy as sa
 
-    engine = register.make_engine(url)
-    ledger = register.IngestLedgerRow.__table__
+    engine = central_db.make_engine(url)
+    ledger = central_db.IngestLedgerRow.__table__
     with engine.connect() as connection:
         rows = connection.execute(
             sa.select(
@@ -213,7 +213,7 @@ def _report(
                 " FROM pos_receipt GROUP BY store_id"
             )
         ).all()
-    loaded = {(s, f"{t}/{r}"): register.as_utc(at).timestamp() for s, t, r, at in rows}
+    loaded = {(s, f"{t}/{r}"): central_db.as_utc(at).timestamp() for s, t, r, at in rows}
     per_store = {}
     all_lags: list[float] = []
     settled_exact = True

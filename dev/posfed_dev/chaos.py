@@ -71,7 +71,7 @@ from sqlalchemy import case, func, select
 from posfed_dev import bench
 from posfed_dev.simulator import ReceiptSimulator
 from posfed_pipeline import packaged, services
-from posfed_pipeline.core import dat, register
+from posfed_pipeline.core import central_db, dat
 from posfed_pipeline.core.config import PosfedConfig, Terminal
 from posfed_pipeline.core.intake.parsing import MAX_FILE_BYTES
 from posfed_pipeline.core.model.outbox import Outcome
@@ -677,16 +677,16 @@ class ChaosRun:
         if self.settled_day is None:
             return ""
         day = datetime.strptime(self.settled_day, "%Y%m%d").date()
-        engine = register.make_engine(self.central_url)
+        engine = central_db.make_engine(self.central_url)
         try:
             with engine.connect() as connection:
                 settled = connection.execute(
-                    select(func.coalesce(func.sum(register.SettlementRow.receipts), 0)).where(
-                        register.SettlementRow.business_day == day
+                    select(func.coalesce(func.sum(central_db.SettlementRow.receipts), 0)).where(
+                        central_db.SettlementRow.business_day == day
                     )
                 ).scalar_one()
                 receipts = connection.execute(
-                    select(func.count()).where(register.ReceiptRow.business_day == day)
+                    select(func.count()).where(central_db.ReceiptRow.business_day == day)
                 ).scalar_one()
         finally:
             engine.dispose()
@@ -1007,12 +1007,12 @@ def inbox_files(config: PosfedConfig) -> list[str]:
 
 def row_keys(db_url: str) -> set[tuple[str, str]]:
     """(terminal, receipt id) of every receipt row in the central database."""
-    engine = register.make_engine(db_url)
+    engine = central_db.make_engine(db_url)
     try:
         with engine.connect() as connection:
             return set(
                 connection.execute(
-                    select(register.ReceiptRow.terminal_id, register.ReceiptRow.receipt_id)
+                    select(central_db.ReceiptRow.terminal_id, central_db.ReceiptRow.receipt_id)
                 ).all()
             )
     finally:
@@ -1043,15 +1043,15 @@ def reconcile(
     per .dat it finds there or left in the .dat folder.
     """
     outcome = Verdict()
-    engine = register.make_engine(db_url or config.db_url)
+    engine = central_db.make_engine(db_url or config.db_url)
     with engine.connect() as connection:
         rows: Counter = Counter()
         row_hashes: dict[tuple[str, str], str] = {}
         for terminal, receipt, digest in connection.execute(
             select(
-                register.ReceiptRow.terminal_id,
-                register.ReceiptRow.receipt_id,
-                register.ReceiptRow.content_hash,
+                central_db.ReceiptRow.terminal_id,
+                central_db.ReceiptRow.receipt_id,
+                central_db.ReceiptRow.content_hash,
             )
         ):
             rows[(terminal, receipt)] += 1
@@ -1061,22 +1061,22 @@ def reconcile(
             (terminal, receipt): (inserted, written)
             for terminal, receipt, inserted, written in connection.execute(
                 select(
-                    register.IngestLedgerRow.terminal_id,
-                    register.IngestLedgerRow.receipt_id,
+                    central_db.IngestLedgerRow.terminal_id,
+                    central_db.IngestLedgerRow.receipt_id,
                     func.sum(
                         case(
-                            (register.IngestLedgerRow.outcome == Outcome.INSERTED.value, 1),
+                            (central_db.IngestLedgerRow.outcome == Outcome.INSERTED.value, 1),
                             else_=0,
                         )
                     ),
-                    func.count(register.IngestLedgerRow.dat_written_at),
+                    func.count(central_db.IngestLedgerRow.dat_written_at),
                 ).group_by(
-                    register.IngestLedgerRow.terminal_id, register.IngestLedgerRow.receipt_id
+                    central_db.IngestLedgerRow.terminal_id, central_db.IngestLedgerRow.receipt_id
                 )
             )
         }
         central_deliveries = Counter(
-            connection.execute(select(register.IngestLedgerRow.delivery_id)).scalars()
+            connection.execute(select(central_db.IngestLedgerRow.delivery_id)).scalars()
         )
     engine.dispose()
     outcome.problems += ledger_disagreements(

@@ -13,7 +13,7 @@ from contextlib import contextmanager
 import dagster as dg
 from pydantic import Field
 
-from posfed_pipeline.core import register
+from posfed_pipeline.core import central_db
 from posfed_pipeline.core.base.clock import SYSTEM_CLOCK, Clock
 from posfed_pipeline.core.config import PosfedConfig, Terminal
 from posfed_pipeline.core.dat import check_dat, load_spec
@@ -232,7 +232,7 @@ def classified_errors(stage: str):
         raise
     except Exception as exc:
         # A locked or full disk, an unwritable .dat folder: the next attempt may well succeed.
-        if isinstance(exc, OSError) or register.is_transient_error(exc):
+        if isinstance(exc, OSError) or central_db.is_transient_error(exc):
             raise
         raise dg.Failure(
             description=f"{stage} failed permanently: {exc}", allow_retries=False

@@ -15,10 +15,10 @@ import time
 
 import dagster as dg
 
-from posfed_pipeline.core import register
+from posfed_pipeline.core import central_db
 from posfed_pipeline.core.base.clock import SYSTEM_CLOCK, Clock
+from posfed_pipeline.core.central_db.timeouts import DeadlineExceeded
 from posfed_pipeline.core.config import PosfedConfig
-from posfed_pipeline.core.register.timeouts import DeadlineExceeded
 from posfed_pipeline.core.stages import sync
 from posfed_pipeline.core.state import claims
 from posfed_pipeline.core.state.ledger import Ledger, open_ledger
@@ -165,7 +165,7 @@ def lag_check_result(
 
 
 def is_out_of_reach(error: BaseException) -> bool:
-    return isinstance(error, DeadlineExceeded) or register.is_transient_error(error)
+    return isinstance(error, DeadlineExceeded) or central_db.is_transient_error(error)
 
 
 def _sync_failure(context, error: Exception, state, *, repeated: bool, now: float) -> dg.Failure:

@@ -6,14 +6,14 @@ from functools import cache
 import dagster as dg
 from sqlalchemy.engine import URL, Engine, make_url
 
-from posfed_pipeline.core import register
+from posfed_pipeline.core import central_db
 from posfed_pipeline.core.config import PosfedConfig
 
 
 @cache
 def _engine(url: str) -> Engine:
     # One engine (one connection pool) per process and URL, shared by every run in it.
-    return register.make_engine(url)
+    return central_db.make_engine(url)
 
 
 class CentralDbResource(dg.ConfigurableResource):

@@ -604,7 +604,7 @@ def _central_database_url(home: Path) -> str:
     embedded = f"sqlite:///{home / 'central.db'}"
     if not any(os.environ.get(name) for name in ("POSFED_DB_URL", "POSFED_DB_DIALECT")):
         return embedded
-    from posfed_pipeline.core.register.engines import database_url_from_env
+    from posfed_pipeline.core.central_db.engines import database_url_from_env
 
     return database_url_from_env(default=embedded)
 

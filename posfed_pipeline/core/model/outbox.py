@@ -1,5 +1,5 @@
-"""What the store's ledger hands the register: a delivery's outcome and the outbox row that
-carries it (written by ``state.ledger``, loaded by ``register.loads``)."""
+"""What the store's ledger hands the central database: a delivery's outcome and the outbox row
+that carries it (written by ``state.ledger``, loaded by ``central_db.loads``)."""
 
 from __future__ import annotations
 
@@ -18,8 +18,8 @@ class Outcome(StrEnum):
 
 @dataclass(frozen=True)
 class OutboxRow:
-    """A row of the store ledger's outbox: one delivery the register does not hold yet, with what
-    the register needs to load it."""
+    """A row of the store ledger's outbox: one delivery the central database does not hold yet,
+    with what it needs to load it."""
 
     seq: int
     delivery_id: str

@@ -35,16 +35,16 @@ from sqlalchemy import (
 from sqlalchemy.engine import Engine
 
 from posfed_pipeline.core.base.fsutil import write_atomic
-from posfed_pipeline.core.config import PosfedConfig, Terminal
-from posfed_pipeline.core.dat import DatSpec, render_receipt
-from posfed_pipeline.core.intake import parsing
-from posfed_pipeline.core.model.receipt import Receipt
-from posfed_pipeline.core.register.models import (
+from posfed_pipeline.core.central_db.models import (
     BusinessDay,
     ReceiptLineRow,
     ReceiptRow,
     SettlementRow,
 )
+from posfed_pipeline.core.config import PosfedConfig, Terminal
+from posfed_pipeline.core.dat import DatSpec, render_receipt
+from posfed_pipeline.core.intake import parsing
+from posfed_pipeline.core.model.receipt import Receipt
 from posfed_pipeline.core.state import inbox, quarantine
 from posfed_pipeline.core.state.ledger import Ledger
 

@@ -1,2 +1,2 @@
-"""The stage sequence: a terminal's files to the ledger and the .dat, the ledger to the
-register, and how runs are launched."""
+"""The stage sequence: a terminal's files to the ledger and the .dat (processing), the ledger to
+the central database (sync), and how runs are launched (launching)."""

@@ -20,9 +20,9 @@ from enum import StrEnum
 
 from sqlalchemy.engine import Engine
 
-from posfed_pipeline.core import register
+from posfed_pipeline.core import central_db
+from posfed_pipeline.core.central_db.timeouts import call_deadline
 from posfed_pipeline.core.config.sync_policy import SyncPolicy
-from posfed_pipeline.core.register.timeouts import call_deadline
 from posfed_pipeline.core.state.ledger import Ledger, SyncLag
 
 
@@ -87,7 +87,7 @@ def sync_pending(ledger: Ledger, engine: Engine, policy: SyncPolicy = SyncPolicy
         try:
             written = _store(engine, entries, policy)
         except Exception as exc:
-            if len(entries) == 1 or register.is_transient_error(exc):
+            if len(entries) == 1 or central_db.is_transient_error(exc):
                 raise
             # Something in this batch the central database will never take (a value it
             # rejects, a trigger, a constraint of its own): find it, set it aside, go on.
@@ -110,18 +110,18 @@ def sync_pending(ledger: Ledger, engine: Engine, policy: SyncPolicy = SyncPolicy
     return result
 
 
-def _store(engine: Engine, entries, policy: SyncPolicy) -> register.CentralWrite:
+def _store(engine: Engine, entries, policy: SyncPolicy) -> central_db.CentralWrite:
     with call_deadline(engine, policy.call_timeout_seconds, "storing receipts"):
-        return register.load_outbox_rows(engine, entries, store_id=policy.store_id)
+        return central_db.load_outbox_rows(engine, entries, store_id=policy.store_id)
 
 
-def _store_one_by_one(engine: Engine, entries, policy: SyncPolicy) -> register.CentralWrite:
-    combined = register.CentralWrite()
+def _store_one_by_one(engine: Engine, entries, policy: SyncPolicy) -> central_db.CentralWrite:
+    combined = central_db.CentralWrite()
     for entry in entries:
         try:
             written = _store(engine, [entry], policy)
         except Exception as exc:
-            if register.is_transient_error(exc):
+            if central_db.is_transient_error(exc):
                 raise
             combined.refused[entry.seq] = f"the central database refused it: {exc}"[:500]
             continue
@@ -137,14 +137,14 @@ def check_central_schema(engine: Engine, policy: SyncPolicy = SyncPolicy()) -> N
     than this posfed writes (permanent until upgraded). A newer one is fine: migrations only
     add, so a store not yet upgraded keeps loading into a register that already is."""
     with call_deadline(engine, policy.call_timeout_seconds, "reading the schema version"):
-        revision = register.schema_revision(engine)
+        revision = central_db.schema_revision(engine)
     if revision is None:
         raise SchemaMissing("the central database has no posfed schema: run `posfed db upgrade`")
-    if revision in register.revisions_behind_head():
+    if revision in central_db.revisions_behind_head():
         # Upgrade order for a shared register: the register first, then the stores.
         raise SchemaMissing(
             f"the central database's schema is at revision {revision}, this posfed needs "
-            f"{register.head_revision()}: upgrade the register first (`posfed db upgrade`, or "
+            f"{central_db.head_revision()}: upgrade the register first (`posfed db upgrade`, or "
             "`posfed db upgrade --sql` for a DBA); the receipts wait in the store's ledger"
         )
 

@@ -13,12 +13,12 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import URL, Connection, Engine, make_url
 
-from posfed_pipeline.core.register.errors import (
+from posfed_pipeline.core.central_db.errors import (
     DatabaseConfigError,
     DatabaseUnavailable,
     classify_dbapi_error,
 )
-from posfed_pipeline.core.register.timeouts import (
+from posfed_pipeline.core.central_db.timeouts import (
     DEFAULT_TIMEOUTS,
     DbTimeouts,
     install_mssql_limits,

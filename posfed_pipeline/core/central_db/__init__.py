@@ -16,25 +16,25 @@ ODBC, timeouts), ``schema`` (Alembic), ``loads`` (storing deliveries), ``queries
 The names below are the package's API, as callers write them: ``store.make_engine(...)``.
 """
 
-from posfed_pipeline.core.register.engines import (
+from posfed_pipeline.core.central_db.engines import (
     FREETDS_DRIVER,
     ODBC_DRIVER_18,
     build_database_url,
     database_url_from_env,
     make_engine,
 )
-from posfed_pipeline.core.register.errors import (
+from posfed_pipeline.core.central_db.errors import (
     DatabaseConfigError,
     DatabaseUnavailable,
     is_transient_error,
 )
-from posfed_pipeline.core.register.loads import (
+from posfed_pipeline.core.central_db.loads import (
     EXISTING_QUERY_CHUNK,
     CentralWrite,
     existing_hashes_query,
     load_outbox_rows,
 )
-from posfed_pipeline.core.register.models import (
+from posfed_pipeline.core.central_db.models import (
     Base,
     BusinessDay,
     IngestLedgerRow,
@@ -43,7 +43,7 @@ from posfed_pipeline.core.register.models import (
     SettlementRow,
     StoreId,
 )
-from posfed_pipeline.core.register.queries import (
+from posfed_pipeline.core.central_db.queries import (
     LedgerEntry,
     LedgerSummary,
     as_utc,
@@ -52,7 +52,7 @@ from posfed_pipeline.core.register.queries import (
     ledger_entries,
     ledger_summary,
 )
-from posfed_pipeline.core.register.schema import (
+from posfed_pipeline.core.central_db.schema import (
     MIGRATIONS_DIR,
     downgrade_database,
     has_ledger,

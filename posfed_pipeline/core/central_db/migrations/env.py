@@ -3,7 +3,7 @@
 from alembic import context
 from sqlalchemy import create_engine
 
-from posfed_pipeline.core.register.models import Base
+from posfed_pipeline.core.central_db.models import Base
 
 target_metadata = Base.metadata
 

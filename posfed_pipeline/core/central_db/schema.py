@@ -13,8 +13,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Connection, Engine
 
+from posfed_pipeline.core.central_db.models import IngestLedgerRow
 from posfed_pipeline.core.model.store import DEFAULT_STORE_ID
-from posfed_pipeline.core.register.models import IngestLedgerRow
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 

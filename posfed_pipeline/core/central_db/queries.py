@@ -14,8 +14,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Engine
 
+from posfed_pipeline.core.central_db.models import IngestLedgerRow, ReceiptRow
 from posfed_pipeline.core.model.outbox import Outcome
-from posfed_pipeline.core.register.models import IngestLedgerRow, ReceiptRow
 
 
 @dataclass(frozen=True)

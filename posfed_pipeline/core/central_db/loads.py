@@ -21,11 +21,11 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.sql import Select
 
+from posfed_pipeline.core.central_db.engines import SQLITE_BEGIN_OPTION
+from posfed_pipeline.core.central_db.models import Base, IngestLedgerRow, ReceiptLineRow, ReceiptRow
 from posfed_pipeline.core.model.outbox import OutboxRow
 from posfed_pipeline.core.model.receipt import Receipt
 from posfed_pipeline.core.model.store import DEFAULT_STORE_ID
-from posfed_pipeline.core.register.engines import SQLITE_BEGIN_OPTION
-from posfed_pipeline.core.register.models import Base, IngestLedgerRow, ReceiptLineRow, ReceiptRow
 
 # Concurrent loaders of the same key: the loser re-classifies against the winner's rows once.
 KEY_RACE_RETRIES = 1
