@@ -143,11 +143,11 @@ def run_store(config_path: str, register_url: str, settings: ChainSettings, out:
 
 def run_chain_bench(settings: ChainSettings) -> dict:
     root = Path(tempfile.mkdtemp(prefix="posfed-chain-"))
-    register = ThrowawayPostgres(fsync=True)
+    postgres = ThrowawayPostgres(fsync=True)
     try:
-        central_db.create()
-        central_db.create_database("register")
-        url = central_db.url("register")
+        postgres.create()
+        postgres.create_database("register")
+        url = postgres.url("register")
         central_db.upgrade_database(central_db.make_engine(url))
         configs = []
         for number in range(1, settings.stores + 1):
@@ -155,7 +155,7 @@ def run_chain_bench(settings: ChainSettings) -> dict:
             config = make_store(root / store_id, settings.terminals, db_url=url, store_id=store_id)
             configs.append(config.config_path)
         processes = Processes(root, {})
-        postmaster = int((central_db.data / "postmaster.pid").read_text().split()[0])
+        postmaster = int((postgres.data / "postmaster.pid").read_text().split()[0])
         processes.track("register", postmaster)
         register_cpu_before = processes.cpu_by_process().get("register", 0.0)
         context = multiprocessing.get_context("spawn")
@@ -184,7 +184,7 @@ def run_chain_bench(settings: ChainSettings) -> dict:
         reports = [json.loads(out.read_text()) for out in outs]
         return _report(settings, url, reports, wall, store_cpu, register_cpu)
     finally:
-        central_db.destroy()
+        postgres.destroy()
 
 
 def _children_cpu() -> float:
