@@ -47,7 +47,8 @@ def _load(tmp_path, **tables):
             True,
             "[intake] relaunch_after_seconds must be a number",
         ),
-        ("intake", "stability_seconds", 61, "[intake] stability_seconds must be between 0 and 60"),
+        # One declaration with [delivery]'s (which it is the store-wide value of): 0 to 600.
+        ("intake", "stability_seconds", 601, "[intake] stability_seconds must be a number from 0"),
         (
             "retention",
             "keep_days",

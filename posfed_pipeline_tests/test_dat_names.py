@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from posfed_pipeline.core.config import ConfigError, Terminal, config_from_dict
+from posfed_pipeline.core.config import ConfigError, Terminal, check_at_start, config_from_dict
 from posfed_pipeline.core.dat import load_spec, spec_from_dict
 from posfed_pipeline.core.dat.names import dat_name_clashes, name_pattern, patterns_overlap
 from posfed_pipeline.definitions import build_definitions
@@ -110,7 +110,7 @@ def test_two_names_that_coincide_are_always_reported(pieces, departments, prefix
 def test_a_store_whose_terminals_could_share_a_dat_is_refused_saying_what_to_change(tmp_path):
     raw = store_config_dict(tmp_path / "posfed", terminals=BAKERIES)
     with pytest.raises(ConfigError) as refused:
-        config_from_dict(raw, base_dir=tmp_path)
+        check_at_start(config_from_dict(raw, base_dir=tmp_path))  # the step after loading
     message = str(refused.value)
     assert "bakery_1 and bakery_2, both department 10" in message
     assert "scon{department}{receiptId}.dat" in message

@@ -7,7 +7,7 @@ from datetime import date, datetime
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from functools import lru_cache
 from operator import attrgetter
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from posfed_pipeline.core.dat.patterns import _brace_escape, _date_format_width, _translate
 from posfed_pipeline.core.dat.text import _cleaner
@@ -23,11 +23,7 @@ from posfed_pipeline.core.dat.vocabulary import (
 )
 from posfed_pipeline.core.model.barcodes import gtin13
 from posfed_pipeline.core.model.receipt import Receipt, ReceiptItem
-
-if TYPE_CHECKING:  # the configuration loads specs: the engine needs its Terminal as a type only
-    from posfed_pipeline.core.config import Terminal
-    from posfed_pipeline.core.dat.layout import LayoutVersion
-
+from posfed_pipeline.core.model.terminal import Terminal
 
 _ONE = Decimal(1)
 _ZERO = Decimal(0)
@@ -37,7 +33,7 @@ _Part = tuple[int, Callable[..., str]]
 class _RecordPlan:
     """One record of one version, compiled: static text, receipt-level and item-level parts."""
 
-    def __init__(self, fields: tuple[FieldSpec, ...], version: LayoutVersion):
+    def __init__(self, fields: tuple[FieldSpec, ...], encoding: str, transliterate: bool):
         self.width = sum(f.length for f in fields)
         self.static: list[str] = []  # one slot per field; constants filled in now
         self.receipt_parts: list[_Part] = []  # fn(receipt, terminal, local_time) -> str
@@ -50,7 +46,7 @@ class _RecordPlan:
             if f.type == "integer" and f.source in ("computed.line_number", "computed.item_count")
         ]
         for i, f in enumerate(fields):
-            fmt, parse = _compile_field(f, version.encoding, version.transliterate)
+            fmt, parse = _compile_field(f, encoding, transliterate)
             self.parsers.append((f, f.start - 1, f.start - 1 + f.length, parse))
             if f.type == "constant":
                 self.static.append(fmt(f.value))

@@ -43,7 +43,10 @@ class LayoutVersion:
         object.__setattr__(
             self,
             "_plans",
-            {kind: _RecordPlan(fields, self) for kind, fields in self.records()},
+            {
+                kind: _RecordPlan(fields, self.encoding, self.transliterate)
+                for kind, fields in self.records()
+            },
         )
         object.__setattr__(self, "_newline", self.line_ending.decode("ascii"))
         object.__setattr__(self, "_name_parts", _compile_file_name(self.file_name))

@@ -19,12 +19,9 @@ from __future__ import annotations
 import itertools
 import string
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING
 
 from posfed_pipeline.core.dat import DatSpec, LayoutVersion, name_template_parts
-
-if TYPE_CHECKING:  # the configuration checks names with this module: Terminal as a type only
-    from posfed_pipeline.core.config import Terminal
+from posfed_pipeline.core.model.terminal import Terminal
 
 # What a receipt id can hold (core.receipt's RECEIPT_ID_PATTERN), lower-cased: it starts with
 # a letter or digit.

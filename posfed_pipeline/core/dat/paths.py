@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import date, datetime, tzinfo
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from posfed_pipeline.core.dat.vocabulary import (
     _NAME_VALUE_UNSAFE,
@@ -14,10 +14,17 @@ from posfed_pipeline.core.dat.vocabulary import (
     DatRenderError,
 )
 from posfed_pipeline.core.model.receipt import Receipt
+from posfed_pipeline.core.model.terminal import Terminal
 
-if TYPE_CHECKING:  # the configuration loads specs: the engine needs its Terminal as a type only
-    from posfed_pipeline.core.config import Terminal
-    from posfed_pipeline.core.dat.layout import LayoutVersion
+
+class _NamedVersion(Protocol):
+    """What this module reads of a ``layout.LayoutVersion`` (layout imports this module)."""
+
+    @property
+    def _name_parts(self) -> list[tuple[str, bool]]: ...
+
+    @property
+    def _folder_format(self) -> Callable[..., str]: ...
 
 
 _NAME_VALUES: dict[str, Callable[[Receipt, Terminal, date], str]] = {
@@ -35,18 +42,18 @@ def _compile_file_name(template: str) -> list[tuple[str, bool]]:
     return [(piece, i % 2 == 1) for i, piece in enumerate(pieces) if piece]
 
 
-def name_template_parts(version: LayoutVersion) -> list[tuple[str, bool]]:
+def name_template_parts(version: _NamedVersion) -> list[tuple[str, bool]]:
     """The version's file-name template as (literal text or placeholder name, is placeholder)."""
     return list(version._name_parts)
 
 
-def dat_relative_path(receipt: Receipt, terminal: Terminal, version: LayoutVersion) -> Path:
+def dat_relative_path(receipt: Receipt, terminal: Terminal, version: _NamedVersion) -> Path:
     """``<date folder>/<file name>``; nothing from a receipt can steer it elsewhere."""
     day = local_time(receipt.timestamp, terminal.timezone).date()
     return _relative_path(receipt, terminal, version, day)
 
 
-def _relative_path(receipt: Receipt, terminal: Terminal, version: LayoutVersion, day: date) -> Path:
+def _relative_path(receipt: Receipt, terminal: Terminal, version: _NamedVersion, day: date) -> Path:
     name = "".join(
         _NAME_VALUE_UNSAFE.sub("_", _NAME_VALUES[p](receipt, terminal, day)) if is_key else p
         for p, is_key in version._name_parts

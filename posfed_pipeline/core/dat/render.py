@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 from datetime import date
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from posfed_pipeline.core.base.fsutil import (
     ContentConflict,
@@ -19,9 +18,7 @@ from posfed_pipeline.core.dat.parse import check_dat
 from posfed_pipeline.core.dat.paths import _relative_path, local_time
 from posfed_pipeline.core.dat.vocabulary import DatConflictError, DatRenderError
 from posfed_pipeline.core.model.receipt import Receipt
-
-if TYPE_CHECKING:  # the configuration loads specs: the engine needs its Terminal as a type only
-    from posfed_pipeline.core.config import Terminal
+from posfed_pipeline.core.model.terminal import Terminal
 
 
 def render_receipt(receipt: Receipt, terminal: Terminal, spec: DatSpec) -> RenderedDat:

@@ -1,1 +1,2 @@
-"""The vocabulary: a receipt, its barcodes, a terminal's delivery rules, the outbox row."""
+"""The vocabulary: a receipt, its barcodes, a terminal (with its delivery and health rules) and
+how a vendor's files map onto a receipt, the outbox row; and how the store file declares them."""
