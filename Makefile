@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 
-.PHONY: demo test check lint system-deps clean
+.PHONY: demo test check lint docs system-deps clean
 
 $(INSTALLED): pyproject.toml dev/pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,11 @@ lint: $(INSTALLED)
 
 test: $(INSTALLED) system-deps lint
 	$(BIN)/pytest
+
+# docs/cli.md from the parser (test_cli_reference fails when it is stale); with posfed-dev's
+# commands, as make installs it.
+docs: $(INSTALLED)
+	$(BIN)/python -m posfed_pipeline.cli.reference docs/cli.md
 
 # The fast tests while you work (under a minute); `make test` runs everything.
 check: $(INSTALLED) lint

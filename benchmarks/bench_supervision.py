@@ -30,11 +30,11 @@ from pathlib import Path
 
 from posfed_dev.simulator import ReceiptSimulator
 
-from posfed_pipeline import services
 from posfed_pipeline.core import dat
 from posfed_pipeline.core.config import load_config
 from posfed_pipeline.fastpath.launcher import ask_pool, default_socket_path
-from posfed_pipeline.supervisor import children, read_state, unix_socket_answers
+from posfed_pipeline.processes import services
+from posfed_pipeline.processes.supervisor import children, read_state, unix_socket_answers
 
 KINDS = ("warm worker", "daemon", "webserver", "code-server", "fastpath")
 FOLLOW_SECONDS = 5.0

@@ -179,8 +179,8 @@ class _Till(threading.Thread):
 
 
 def _services(dagster_home: Path) -> dict:
-    from posfed_pipeline.services import state_file
-    from posfed_pipeline.supervisor import read_state
+    from posfed_pipeline.processes.services import state_file
+    from posfed_pipeline.processes.supervisor import read_state
 
     try:
         return read_state(state_file(dagster_home))["services"]
@@ -189,7 +189,7 @@ def _services(dagster_home: Path) -> dict:
 
 
 def _warm_workers(fastpath_pid: int) -> set[int]:
-    from posfed_pipeline.supervisor import children
+    from posfed_pipeline.processes.supervisor import children
 
     found = set()
     for pid in children(fastpath_pid):
@@ -248,8 +248,8 @@ def test_the_demo_restarts_whatever_is_killed_and_every_receipt_gets_its_dat_onc
     from posfed_pipeline.core import central_db
     from posfed_pipeline.core.config import load_config
     from posfed_pipeline.fastpath.launcher import ask_pool, default_socket_path
-    from posfed_pipeline.services import code_server_socket_path
-    from posfed_pipeline.supervisor import unix_socket_answers
+    from posfed_pipeline.processes.services import code_server_socket_path
+    from posfed_pipeline.processes.supervisor import unix_socket_answers
 
     env = _store_env(tmp_path)
     config = load_config(env["POSFED_CONFIG"])
@@ -435,7 +435,7 @@ def test_a_service_that_keeps_dying_is_restarted_ever_later_until_it_runs_a_minu
     before it died is restarted after 1 s again. Each death is one line, and the state file
     says what happened."""
     from posfed_pipeline.core.base.clock import ManualClock
-    from posfed_pipeline.supervisor import Service, Supervisor, read_state
+    from posfed_pipeline.processes.supervisor import Service, Supervisor, read_state
 
     clock = ManualClock()
     lines: list[str] = []
@@ -492,7 +492,7 @@ def test_a_service_that_keeps_dying_is_restarted_ever_later_until_it_runs_a_minu
 
 
 def test_a_second_supervisor_of_one_state_folder_is_refused_naming_the_first(tmp_path):
-    from posfed_pipeline.supervisor import AlreadySupervised, Supervisor
+    from posfed_pipeline.processes.supervisor import AlreadySupervised, Supervisor
 
     def supervisor() -> Supervisor:
         return Supervisor([], label="posfed demo", state_file=tmp_path / "services.json")

@@ -70,7 +70,7 @@ from sqlalchemy import case, func, select
 
 from posfed_dev import bench
 from posfed_dev.simulator import ReceiptSimulator
-from posfed_pipeline import packaged, services
+from posfed_pipeline import packaged
 from posfed_pipeline.core import central_db, dat
 from posfed_pipeline.core.config import PosfedConfig, Terminal
 from posfed_pipeline.core.intake.parsing import MAX_FILE_BYTES
@@ -79,7 +79,8 @@ from posfed_pipeline.core.model.receipt import Receipt, canonical_json, content_
 from posfed_pipeline.core.state import inbox, quarantine
 from posfed_pipeline.core.state.ledger import Ledger, ledger_path
 from posfed_pipeline.defs.central_db import SYNC_SENSOR
-from posfed_pipeline.supervisor import children, read_state, unix_socket_answers
+from posfed_pipeline.processes import services
+from posfed_pipeline.processes.supervisor import children, read_state, unix_socket_answers
 
 # What each rejected kind's quarantine reason must say.
 INVALID_KINDS = {

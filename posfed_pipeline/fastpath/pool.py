@@ -33,9 +33,9 @@ from pathlib import Path
 
 import dagster as dg
 
-from posfed_pipeline import pid_lock
+from posfed_pipeline.processes import pid_lock
+from posfed_pipeline.processes.supervisor import describe_exit
 from posfed_pipeline.run_tags import ACCEPTED_TAG, GRPC_INFO_TAG, lane_of
-from posfed_pipeline.supervisor import describe_exit
 
 log = logging.getLogger("posfed.fastpath.pool")
 

@@ -30,9 +30,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO
 
-from posfed_pipeline import pid_lock
 from posfed_pipeline.core.base.clock import SYSTEM_CLOCK, Clock
-from posfed_pipeline.process_ties import tie_to_parent
+from posfed_pipeline.processes import pid_lock
+from posfed_pipeline.processes.process_ties import tie_to_parent
 
 FIRST_RESTART_DELAY = 1.0
 MAX_RESTART_DELAY = 30.0

@@ -1,5 +1,5 @@
 """The services of one store server, as ``posfed demo`` runs them under its supervisor
-(``posfed_pipeline.supervisor``); the production units in deploy/systemd/ run the same
+(``posfed_pipeline.processes.supervisor``); the production units in deploy/systemd/ run the same
 commands under systemd.
 
 - ``code-server``: serves the code location on a Unix socket; the webserver and the daemon load
@@ -20,7 +20,7 @@ import tempfile
 from pathlib import Path
 
 from posfed_pipeline import packaged
-from posfed_pipeline.supervisor import Service, listen_problem, unix_socket_answers
+from posfed_pipeline.processes.supervisor import Service, listen_problem, unix_socket_answers
 
 # The workspace file names the code server's socket through this variable (and the units'
 # environment sets it), so one file serves the demo and production.

@@ -1,4 +1,5 @@
-"""``posfed status``: one line per terminal, as an operator reads it (a ``rich`` table).
+"""``posfed status``'s table: one line per terminal, as an operator reads it (``rich``; the
+command imports this module only when it runs, so no other command loads rich).
 
 The facts and the verdict come from ``core.terminal_health`` (what the UI's checks show); the
 last run's status from the Dagster instance, when ``DAGSTER_HOME`` names one.

@@ -1,0 +1,145 @@
+"""``posfed demo`` (the embedded demo under its supervisor) and ``posfed fastpath`` (the
+event-driven trigger and warm run workers, one of the demo's services and a production unit)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+from importlib.metadata import entry_points
+from pathlib import Path
+
+from posfed_pipeline.cli.common import EXIT_OK, EXIT_USAGE, EXIT_VERDICT, load_plugin, store_config
+from posfed_pipeline.core.config import PosfedConfig
+from posfed_pipeline.dagster_home import prepare_instance
+
+
+def add_parser(commands) -> None:
+    demo = commands.add_parser(
+        "demo",
+        help="run the embedded demo (UI, daemon, fast path, simulator), restarting what dies",
+    )
+    demo.add_argument("--host", default="127.0.0.1", help="webserver address (default 127.0.0.1)")
+    demo.add_argument("--port", type=int, default=3000, help="webserver port (default 3000)")
+    demo.add_argument("--rate", type=float, default=0.2, help="simulated receipts per second")
+    demo.add_argument("--no-simulator", action="store_true", help="only watch the inboxes")
+    demo.add_argument(
+        "--verbose", action="store_true", help="Dagster's info lines too (every sensor tick)"
+    )
+    demo.add_argument(
+        "--no-fastpath",
+        action="store_true",
+        help="plain Dagster: sensors and a fresh process per run",
+    )
+    demo.add_argument(
+        "--workers", type=int, default=2, help="the fast path's warm run worker processes"
+    )
+    demo.set_defaults(handler=_demo)
+
+    fast = commands.add_parser("fastpath", help="the event-driven trigger and warm run workers")
+    fast.add_argument("--workers", type=int, default=2, help="warm run worker processes")
+    fast.add_argument(
+        "--background-workers",
+        type=int,
+        default=1,
+        help="warm workers of their own, at a lower CPU priority, for the central database "
+        "sync (0: it shares the others)",
+    )
+    fast.add_argument("--no-trigger", action="store_true", help="only serve the run workers")
+    fast.set_defaults(handler=_fastpath)
+
+
+def _demo(args) -> int:
+    from posfed_pipeline.processes import services
+    from posfed_pipeline.processes.supervisor import AlreadySupervised, Supervisor, listen_problem
+
+    # Before anything starts: a demo whose UI cannot listen would run without one.
+    problem = listen_problem(args.host, args.port)
+    if problem:
+        hint = " (another posfed demo or Dagster UI?)" if problem.endswith("in use") else ""
+        print(
+            f"posfed demo: {problem}{hint}; start with --port N to use another port",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    config = store_config(args)
+    dagster_home = prepare_instance(config)
+    env = dict(os.environ, DAGSTER_HOME=str(dagster_home))
+    if config.config_path:
+        env["POSFED_CONFIG"] = str(config.config_path)
+    supervisor = Supervisor(
+        services.store_services(
+            dagster_home,
+            env,
+            host=args.host,
+            port=args.port,
+            verbose=args.verbose,
+            fastpath=not args.no_fastpath,
+            workers=args.workers,
+        ),
+        label="posfed demo",
+        state_file=services.state_file(dagster_home),
+    )
+    try:
+        supervisor.claim()
+    except AlreadySupervised as refused:
+        print(f"posfed demo: {refused}", file=sys.stderr)
+        return EXIT_USAGE
+    print(f"posfed demo: {len(config.terminals)} terminals, state in {config.home}")
+    print(f"posfed demo: open http://{args.host}:{args.port} (Ctrl-C stops everything)")
+    stop = threading.Event()
+    if not args.no_simulator:
+        _start_demo_tills(config, args.rate, stop)
+    try:
+        # Until Ctrl-C or SIGTERM (also when started in the background, which ignores SIGINT);
+        # a service that dies meanwhile is restarted, the others go on.
+        supervisor.serve()
+    finally:
+        stop.set()
+    return EXIT_OK
+
+
+def _fastpath(args) -> int:
+    import logging
+
+    from posfed_pipeline.fastpath.pool import AlreadyServing
+    from posfed_pipeline.fastpath.service import serve_forever
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # "Context impl SQLiteImpl." etc.
+    config = store_config(args)
+    dagster_home = Path(os.environ.get("DAGSTER_HOME") or prepare_instance(config))
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    try:
+        serve_forever(
+            config,
+            dagster_home,
+            workers=args.workers,
+            trigger=not args.no_trigger,
+            stop=stop,
+            background_workers=args.background_workers,
+        )
+    except AlreadyServing as refused:
+        print(f"posfed fastpath: {refused}", file=sys.stderr)
+        return EXIT_VERDICT
+    return EXIT_OK
+
+
+def _start_demo_tills(config: PosfedConfig, rate: float, stop: threading.Event) -> None:
+    """The simulated tills come from the development package (posfed-dev), found through its
+    ``posfed.demo_tills`` entry point: the product never imports it."""
+    tills = entry_points(group="posfed.demo_tills")
+    if not tills:
+        inbox = config.terminals[0].inbox if config.terminals else config.home
+        print(
+            "posfed demo: no simulated tills (they come with posfed-dev: `make demo` in a "
+            f"checkout); drop receipt files into an inbox such as {inbox}"
+        )
+        return
+    drop_until = load_plugin(next(iter(tills)))
+    if drop_until is None:
+        return
+    threading.Thread(target=drop_until, args=(config, rate, stop), daemon=True).start()
