@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import email
 import json
 import threading
 from dataclasses import replace
-from email import policy
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import dagster as dg
 import pytest
-from aiosmtpd.controller import Controller
 from posfed_dev.faults import free_port
 
 from posfed_pipeline.core.base.clock import ManualClock
@@ -28,30 +25,8 @@ from posfed_pipeline.core.stages import sync
 from posfed_pipeline.core.state.ledger import DeliveredReceipt, open_ledger
 from posfed_pipeline.definitions import build_definitions
 from posfed_pipeline.defs.alerts import LAG_SENSOR, RUN_FAILURE_SENSOR, run_failure_alert
-from posfed_pipeline_tests.conftest import store_config_dict
-from posfed_pipeline_tests.test_store import make_receipt
-
-
-class _Inbox:
-    """What the SMTP server received."""
-
-    def __init__(self):
-        self.messages: list[email.message.EmailMessage] = []
-        self.envelopes: list[tuple[str, list[str]]] = []
-
-    async def handle_DATA(self, server, session, envelope):  # noqa: N802 (aiosmtpd's name)
-        self.envelopes.append((envelope.mail_from, list(envelope.rcpt_tos)))
-        self.messages.append(email.message_from_bytes(envelope.content, policy=policy.default))
-        return "250 OK"
-
-
-@pytest.fixture
-def smtp_server():
-    handler = _Inbox()
-    controller = Controller(handler, hostname="127.0.0.1", port=free_port())
-    controller.start()
-    yield controller, handler
-    controller.stop()
+from posfed_pipeline_tests.support.receipts import make_receipt
+from posfed_pipeline_tests.support.stores import store_config_dict
 
 
 class _Hook(BaseHTTPRequestHandler):

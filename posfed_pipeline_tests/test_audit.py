@@ -9,7 +9,8 @@ from posfed_pipeline.core.dat import load_spec
 from posfed_pipeline.core.operations import audit
 from posfed_pipeline.core.stages import processing
 from posfed_pipeline.core.state import retention
-from posfed_pipeline_tests.conftest import drop_receipt, process_and_sync, receipt_doc
+from posfed_pipeline_tests.support.pipeline import process_and_sync
+from posfed_pipeline_tests.support.receipts import drop_receipt, receipt_doc
 
 DAY = date(2026, 11, 20)
 TS = "2026-11-20T10:15:00+01:00"

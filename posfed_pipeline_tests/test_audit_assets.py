@@ -2,6 +2,7 @@
 
 import csv
 import re
+from datetime import date
 from decimal import Decimal
 
 import dagster as dg
@@ -11,8 +12,10 @@ from posfed_pipeline.core.operations import audit
 from posfed_pipeline.definitions import RECEIPTS_JOB, build_definitions
 from posfed_pipeline.defs.assets import ReceiptBatchConfig, receipt_op_config
 from posfed_pipeline.defs.central_db import SYNC_JOB
-from posfed_pipeline_tests.conftest import drop_receipt, receipt_doc
-from posfed_pipeline_tests.test_audit import DAY, TS
+from posfed_pipeline_tests.support.receipts import drop_receipt, receipt_doc
+
+DAY = date(2026, 11, 20)
+TS = "2026-11-20T10:15:00+01:00"
 
 
 def _receive(config, instance, docs):
@@ -137,8 +140,8 @@ def test_receipt_numbers_that_never_arrived_are_listed(tmp_path, monkeypatch):
     5 came and was quarantined (it arrived: not a gap)."""
     from posfed_pipeline.core import central_db
     from posfed_pipeline.core.config import config_from_dict
-    from posfed_pipeline_tests.conftest import store_config_dict
-    from posfed_pipeline_tests.test_quarantine import _sensor_and_runs
+    from posfed_pipeline_tests.support.daemon import sensor_and_runs
+    from posfed_pipeline_tests.support.stores import store_config_dict
 
     monkeypatch.delenv("POSFED_HOME", raising=False)
     monkeypatch.delenv("POSFED_DB_URL", raising=False)
@@ -154,7 +157,7 @@ def test_receipt_numbers_that_never_arrived_are_listed(tmp_path, monkeypatch):
     for number in (1, 2, 4, 7):
         drop_receipt(inbox, receipt_doc(f"C{number:04d}", timestamp=TS))
     drop_receipt(inbox, receipt_doc("C0005", timestamp=TS, total="0.01"))
-    _sensor_and_runs(config)
+    sensor_and_runs(config)
     defs = build_definitions(config)
 
     with dg.instance_for_test() as instance:

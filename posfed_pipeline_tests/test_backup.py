@@ -12,8 +12,9 @@ import pytest
 from posfed_pipeline.core.config import load_config
 from posfed_pipeline.core.state import quarantine
 from posfed_pipeline.core.state.ledger import open_ledger
-from posfed_pipeline_tests.conftest import drop_receipt, receipt_doc, write_store_config
-from posfed_pipeline_tests.test_quarantine import _sensor_and_runs
+from posfed_pipeline_tests.support.daemon import sensor_and_runs
+from posfed_pipeline_tests.support.receipts import drop_receipt, receipt_doc
+from posfed_pipeline_tests.support.stores import write_store_config
 
 WHEN = "2026-11-20T10:15:00+01:00"
 DAY = date(2026, 11, 20)
@@ -52,7 +53,7 @@ def test_a_restored_store_knows_every_receipt_and_file_and_bills_nothing_twice(
     for n in range(3):
         drop_receipt(bakery.inbox, receipt_doc(f"K{n}", timestamp=WHEN))
     drop_receipt(bakery.inbox, receipt_doc("KBAD", timestamp=WHEN, total="1.00"))
-    _sensor_and_runs(config)
+    sensor_and_runs(config)
     waiting = drop_receipt(bakery.inbox, receipt_doc("K9", timestamp=WHEN))  # not taken yet
     before_files = _files(home)
     before_ledger = {
@@ -81,7 +82,7 @@ def test_a_restored_store_knows_every_receipt_and_file_and_bills_nothing_twice(
     first_bytes = dat_k0.read_bytes()
     dat_k0.unlink()  # the billing software imported (moved) it
     drop_receipt(bakery.inbox, receipt_doc("K0", timestamp=WHEN), name="K0-again.json")
-    _sensor_and_runs(load_config(config_path))
+    sensor_and_runs(load_config(config_path))
     assert (config.dat_dir / "20261120" / "scon10K9.dat").exists()
     assert not dat_k0.exists()
     assert first_bytes  # it was delivered once, before the loss
@@ -103,7 +104,7 @@ def test_a_damaged_backup_is_refused_and_the_home_is_left_alone(tmp_path, monkey
     config = load_config(config_path)
     config.ensure_folders()
     drop_receipt(config.terminal("bakery_1").inbox, receipt_doc("D1", timestamp=WHEN))
-    _sensor_and_runs(config)
+    sensor_and_runs(config)
     assert _posfed(config_path, "backup", "create", str(tmp_path / "b.tar.gz")).returncode == 0
 
     # Rewrite one archived receipt inside the backup: its checksum no longer matches.

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from posfed_pipeline_tests.conftest import REPO_ROOT
+from posfed_pipeline_tests.support.repo import REPO_ROOT
 
 # Starts real processes (Dagster, servers, browsers): `make check` leaves it out.
 pytestmark = pytest.mark.slow
@@ -66,6 +66,7 @@ def test_bench_posfed_small_run_loses_and_duplicates_nothing(tmp_path):
     assert "RSS MB day 2" in lines
 
 
+@pytest.mark.terminal_servers
 def test_bench_through_real_servers_with_one_terminal_in_trouble(tmp_path):
     """The delivery and isolation scenarios run end to end: SMB writes with a flooded inbox,
     SFTP uploads with a share that hangs. Functional only: the figures are the bench's job."""
@@ -81,6 +82,7 @@ def test_bench_through_real_servers_with_one_terminal_in_trouble(tmp_path):
         assert "terminal in trouble" in result.stdout
 
 
+@pytest.mark.postgres
 def test_bench_stores_loads_one_register_from_several_stores_exactly(tmp_path):
     """``--stores K``: K store processes sell and sync into one PostgreSQL register of the
     bench's own; every receipt arrives once and every settlement adds up."""

@@ -18,7 +18,7 @@ from posfed_pipeline.core.operations import audit
 from posfed_pipeline.core.stages.processing import process_batch
 from posfed_pipeline.core.stages.sync import sync_pending
 from posfed_pipeline.core.state.ledger import open_ledger
-from posfed_pipeline_tests.conftest import store_config_dict
+from posfed_pipeline_tests.support.stores import store_config_dict
 
 STORES = 10
 RECEIPTS_PER_TERMINAL = 4
@@ -60,6 +60,7 @@ def chain_store(tmp_path, number: int, db_url: str):
 
 
 @pytest.mark.slow
+@pytest.mark.postgres
 def test_ten_stores_load_one_register_concurrently_and_settle_exactly(tmp_path, pg_database_url):
     engine = central_db.make_engine(pg_database_url)
     central_db.upgrade_database(engine)

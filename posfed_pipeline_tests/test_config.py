@@ -7,7 +7,7 @@ import pytest
 
 from posfed_pipeline.core.config import ConfigError, config_from_dict, load_config
 from posfed_pipeline.packaged import default_dat_spec
-from posfed_pipeline_tests.conftest import store_config_dict, write_store_config
+from posfed_pipeline_tests.support.stores import store_config_dict, write_store_config
 
 
 def _load(tmp_path, **tables):
@@ -85,7 +85,7 @@ def test_settings_left_out_take_the_documented_defaults(tmp_path):
 
 def test_the_demo_configuration_loads(monkeypatch):
     """posfed.toml, what `make demo` runs, is a valid configuration as shipped."""
-    from posfed_pipeline_tests.conftest import REPO_ROOT
+    from posfed_pipeline_tests.support.repo import REPO_ROOT
 
     monkeypatch.delenv("POSFED_HOME", raising=False)
     config = load_config(REPO_ROOT / "posfed.toml")
@@ -98,7 +98,7 @@ def test_loading_the_configuration_imports_no_database_library():
     import subprocess
     import sys
 
-    from posfed_pipeline_tests.conftest import REPO_ROOT
+    from posfed_pipeline_tests.support.repo import REPO_ROOT
 
     probe = (
         "import sys\n"

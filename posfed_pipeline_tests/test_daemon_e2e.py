@@ -10,14 +10,11 @@ import pytest
 from posfed_pipeline.core import central_db
 from posfed_pipeline.core.config import load_config
 from posfed_pipeline.dagster_home import render_instance_yaml
-from posfed_pipeline_tests.conftest import (
-    REPO_ROOT,
-    dagster_process,
-    drop_receipt,
-    receipt_doc,
-    wait_for,
-    write_store_config,
-)
+from posfed_pipeline_tests.support.processes import wait_for
+from posfed_pipeline_tests.support.receipts import drop_receipt, receipt_doc
+from posfed_pipeline_tests.support.repo import REPO_ROOT
+from posfed_pipeline_tests.support.servers import dagster_process
+from posfed_pipeline_tests.support.stores import write_store_config
 
 # Starts real processes (Dagster, servers, browsers): `make check` leaves it out.
 pytestmark = pytest.mark.slow

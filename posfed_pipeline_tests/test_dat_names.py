@@ -15,14 +15,10 @@ from posfed_pipeline.core.config import ConfigError, Terminal, check_at_start, c
 from posfed_pipeline.core.dat import load_spec, spec_from_dict
 from posfed_pipeline.core.dat.names import dat_name_clashes, name_pattern, patterns_overlap
 from posfed_pipeline.definitions import build_definitions
-from posfed_pipeline_tests.conftest import (
-    REPO_ROOT,
-    drop_receipt,
-    receipt_doc,
-    store_config_dict,
-    write_store_config,
-)
-from posfed_pipeline_tests.test_sensors import _run_as_the_daemon_would, _tick
+from posfed_pipeline_tests.support.daemon import run_as_the_daemon_would, tick_sensor
+from posfed_pipeline_tests.support.receipts import drop_receipt, receipt_doc
+from posfed_pipeline_tests.support.repo import REPO_ROOT
+from posfed_pipeline_tests.support.stores import store_config_dict, write_store_config
 
 BAKERIES = [
     {"id": "bakery_1", "department": "10", "tenant": "Bakkerij"},
@@ -165,8 +161,8 @@ def test_two_terminals_of_one_department_each_get_their_own_dat_for_the_same_sal
     with dg.instance_for_test() as instance:
         for terminal in ("bakery_1", "bakery_2"):
             sensor = defs.resolve_sensor_def(f"{terminal}_inbox_sensor")
-            for request in _tick(sensor, None, instance).run_requests:
-                _run_as_the_daemon_would(job, request, instance, sensor.name)
+            for request in tick_sensor(sensor, None, instance).run_requests:
+                run_as_the_daemon_would(job, request, instance, sensor.name)
 
     day = config.dat_dir / "20261120"
     assert sorted(p.name for p in day.iterdir()) == ["scon101C0001.dat", "scon102C0001.dat"]

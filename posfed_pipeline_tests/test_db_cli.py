@@ -14,7 +14,9 @@ from posfed_pipeline.core.config import load_config
 from posfed_pipeline.core.dat import load_spec
 from posfed_pipeline.core.stages.processing import process_batch
 from posfed_pipeline.core.state.ledger import open_ledger
-from posfed_pipeline_tests.conftest import REPO_ROOT, drop_receipt, receipt_doc, write_store_config
+from posfed_pipeline_tests.support.receipts import drop_receipt, receipt_doc
+from posfed_pipeline_tests.support.repo import REPO_ROOT
+from posfed_pipeline_tests.support.stores import write_store_config
 
 TS = "2026-11-20T10:15:00+01:00"
 

@@ -5,7 +5,7 @@ import dagster as dg
 from posfed_pipeline.core.config import load_config
 from posfed_pipeline.definitions import RECEIPTS_JOB, build_definitions
 from posfed_pipeline.defs.partitions import split_terminal_day_key, terminal_day_key
-from posfed_pipeline_tests.conftest import REPO_ROOT
+from posfed_pipeline_tests.support.repo import REPO_ROOT
 
 
 def test_demo_store_definitions_load_with_one_sensor_per_terminal():
@@ -115,7 +115,7 @@ def test_the_code_location_has_one_name_everywhere_dagster_reads_it():
 
     from posfed_pipeline import packaged
     from posfed_pipeline.fastpath.dagster_internals import LOCATION_NAME
-    from posfed_pipeline_tests.conftest import REPO_ROOT
+    from posfed_pipeline_tests.support.repo import REPO_ROOT
 
     project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["tool"]
     [served] = yaml.safe_load(packaged.code_server_workspace_file().read_text())["load_from"]

@@ -15,8 +15,8 @@ from posfed_pipeline.core.dat import load_spec
 from posfed_pipeline.core.stages import processing
 from posfed_pipeline.core.state import inbox, quarantine
 from posfed_pipeline.core.state.ledger import open_ledger
-from posfed_pipeline_tests.conftest import drop_receipt, receipt_doc, store_config_dict
-from posfed_pipeline_tests.test_intake import SHIPPED_MAPPINGS
+from posfed_pipeline_tests.support.receipts import drop_receipt, receipt_doc
+from posfed_pipeline_tests.support.stores import SHIPPED_MAPPINGS, store_config_dict
 
 
 def store(tmp_path: Path, delivery: dict | None = None, **terminal_settings):

@@ -28,7 +28,9 @@ from posfed_pipeline.defs.central_db import SYNC_JOB
 from posfed_pipeline.defs.sensors import inbox_sensor_name, run_request_for
 from posfed_pipeline.fastpath import dagster_internals, launcher
 from posfed_pipeline.fastpath.service import start_fastpath
-from posfed_pipeline_tests.conftest import REPO_ROOT, open_instance_store, receipt_doc
+from posfed_pipeline_tests.support.receipts import receipt_doc
+from posfed_pipeline_tests.support.repo import REPO_ROOT
+from posfed_pipeline_tests.support.stores import open_instance_store
 
 # Starts real processes (Dagster, servers, browsers): `make check` leaves it out.
 pytestmark = pytest.mark.slow

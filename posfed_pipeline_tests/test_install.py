@@ -21,14 +21,10 @@ from pathlib import Path
 
 import pytest
 
-from posfed_pipeline_tests.conftest import (
-    REPO_ROOT,
-    free_port,
-    kill_marked,
-    receipt_doc,
-    wait_for,
-    write_store_config,
-)
+from posfed_pipeline_tests.support.processes import free_port, kill_marked, wait_for
+from posfed_pipeline_tests.support.receipts import receipt_doc
+from posfed_pipeline_tests.support.repo import REPO_ROOT
+from posfed_pipeline_tests.support.stores import write_store_config
 
 # Starts real processes (Dagster, servers, browsers): `make check` leaves it out.
 pytestmark = pytest.mark.slow

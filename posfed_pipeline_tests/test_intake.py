@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import tomllib
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -16,10 +15,11 @@ from posfed_pipeline.core.config import ConfigError, config_from_dict
 from posfed_pipeline.core.intake.parsing import IntakeError, parse_receipt, read_receipt_file
 from posfed_pipeline.core.intake.validation import validate_batch
 from posfed_pipeline.core.model.receipt import ReceiptItem
-from posfed_pipeline_tests.conftest import REPO_ROOT, receipt_doc, store_config_dict
+from posfed_pipeline_tests.support.receipts import receipt_doc
+from posfed_pipeline_tests.support.repo import REPO_ROOT
+from posfed_pipeline_tests.support.stores import SHIPPED_MAPPINGS, store_config_dict
 
 EXAMPLES = REPO_ROOT / "examples" / "vendors"
-SHIPPED_MAPPINGS = tomllib.loads((REPO_ROOT / "posfed.toml").read_text())["mappings"]
 
 
 def vendor_config(tmp_path: Path, mappings: dict | None = None, **terminal_settings):

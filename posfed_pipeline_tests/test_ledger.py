@@ -15,7 +15,7 @@ import pytest
 from posfed_pipeline.core.model.outbox import Outcome
 from posfed_pipeline.core.model.receipt import from_payload, to_payload
 from posfed_pipeline.core.state.ledger import DeliveredReceipt, Ledger
-from posfed_pipeline_tests.test_store import make_receipt
+from posfed_pipeline_tests.support.receipts import make_receipt
 
 DAY = date(2026, 3, 14)
 
@@ -163,7 +163,7 @@ def test_a_process_killed_mid_transaction_leaves_nothing_half_recorded(tmp_path)
     script = f"""
 import os, signal
 from posfed_pipeline.core.state.ledger import DeliveredReceipt, Ledger
-from posfed_pipeline_tests.test_store import make_receipt
+from posfed_pipeline_tests.support.receipts import make_receipt
 ledger = Ledger({str(path)!r})
 connection = ledger._connect()
 connection.execute("BEGIN IMMEDIATE")

@@ -37,8 +37,9 @@ from posfed_pipeline.core.stages import launching, processing
 from posfed_pipeline.core.state import claims, inbox, quarantine
 from posfed_pipeline.core.state.ledger import open_ledger
 from posfed_pipeline.definitions import RECEIPTS_JOB, build_definitions
-from posfed_pipeline_tests.conftest import receipt_doc, store_config_dict
-from posfed_pipeline_tests.test_sensors import _run_as_the_daemon_would
+from posfed_pipeline_tests.support.daemon import run_as_the_daemon_would
+from posfed_pipeline_tests.support.receipts import receipt_doc
+from posfed_pipeline_tests.support.stores import store_config_dict
 
 POSLOG_TERMINAL = {
     "id": "fish_1",
@@ -353,7 +354,7 @@ def _daemon_cycle(defs, instance, terminal_id: str, clock: ManualClock, ticks: i
         if not tick.run_requests:
             break
         results += [
-            _run_as_the_daemon_would(job, request, instance, sensor_name)
+            run_as_the_daemon_would(job, request, instance, sensor_name)
             for request in tick.run_requests
         ]
     return results
@@ -620,7 +621,7 @@ def test_hostile_entries_on_the_fast_path_leave_every_valid_receipt_billed_once(
 
     from posfed_pipeline.core import dat
     from posfed_pipeline.fastpath.service import start_fastpath
-    from posfed_pipeline_tests.conftest import open_instance_store
+    from posfed_pipeline_tests.support.stores import open_instance_store
 
     grace = 3.0
     root = Path(tempfile.mkdtemp(prefix="pfo-", dir="/tmp"))  # short: the pool's socket
@@ -728,7 +729,7 @@ def test_entries_that_are_not_files_are_listed_where_operators_look(tmp_path, ca
     """posfed status (and the UI's check: the same health), posfed quarantine list: named,
     safely shown, and never touched."""
     from posfed_pipeline.cli import main
-    from posfed_pipeline_tests.conftest import write_store_config
+    from posfed_pipeline_tests.support.stores import write_store_config
 
     config_file = write_store_config(tmp_path / "posfed.toml", tmp_path / "home")
     inbox_dir = tmp_path / "home" / "terminals" / "bakery_1" / "inbox"

@@ -36,33 +36,17 @@ from posfed_pipeline.dagster_home import render_instance_yaml
 from posfed_pipeline.definitions import RECEIPTS_JOB, build_definitions
 from posfed_pipeline.defs.assets import ReceiptBatchConfig, receipt_op_config
 from posfed_pipeline.defs.central_db import FAILURE_KIND_TAG, SYNC_JOB, SYNC_SENSOR
-from posfed_pipeline_tests.conftest import (
-    REPO_ROOT,
-    dagster_process,
-    drop_receipt,
-    receipt_doc,
-    store_config_dict,
-    wait_for,
-    write_store_config,
-)
+from posfed_pipeline_tests.support.processes import wait_for
+from posfed_pipeline_tests.support.receipts import drop_receipt, receipt_doc
+from posfed_pipeline_tests.support.repo import REPO_ROOT
+from posfed_pipeline_tests.support.servers import dagster_process
+from posfed_pipeline_tests.support.stores import store_config_dict, write_store_config
 
 # Starts real processes (Dagster, servers, browsers): `make check` leaves it out.
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 
 DAY = date(2026, 11, 20)
 TS = "2026-11-20T10:{:02d}:00+01:00"
-
-
-@pytest.fixture(scope="module")
-def cluster():
-    try:
-        pg = ThrowawayPostgres()
-    except (FileNotFoundError, KeyError) as exc:  # no PostgreSQL binaries, no postgres user
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"a throwaway PostgreSQL cluster is required in CI: {exc}")
-        pytest.skip(f"cannot start a throwaway PostgreSQL cluster: {exc}")
-    with pg:
-        yield pg
 
 
 @dataclass
@@ -78,18 +62,18 @@ class Central:
 
 
 @pytest.fixture
-def central(cluster):
+def central(pg_cluster):
     name = f"central_{uuid.uuid4().hex[:8]}"
-    cluster.create_database(name)
-    with FaultProxy("127.0.0.1", cluster.port) as proxy:
-        central = Central(cluster, proxy, name, cluster.url(name, port=proxy.port))
+    pg_cluster.create_database(name)
+    with FaultProxy("127.0.0.1", pg_cluster.port) as proxy:
+        central = Central(pg_cluster, proxy, name, pg_cluster.url(name, port=proxy.port))
         engine = central.engine()
         central_db.upgrade_database(engine)
         engine.dispose()
         yield central
         proxy.heal()
-    if not cluster.running:
-        cluster.start()
+    if not pg_cluster.running:
+        pg_cluster.start()
 
 
 @pytest.fixture
@@ -347,7 +331,7 @@ def test_a_receipt_the_central_database_refuses_is_set_aside_and_the_rest_goes_o
 
     from posfed_pipeline.core.stages import sync
     from posfed_pipeline.core.state.ledger import DeliveredReceipt
-    from posfed_pipeline_tests.test_store import make_receipt
+    from posfed_pipeline_tests.support.receipts import make_receipt
 
     ledger = open_ledger(outage_store.home)
     good = [make_receipt(f"G{n}") for n in range(3)]

@@ -15,7 +15,7 @@ from posfed_pipeline.core.intake.validation import BARCODE_RULE
 from posfed_pipeline.definitions import RECEIPTS_JOB, build_definitions
 from posfed_pipeline.defs.assets import ReceiptBatchConfig, receipt_op_config
 from posfed_pipeline.defs.central_db import SYNC_JOB
-from posfed_pipeline_tests.conftest import drop_receipt, receipt_doc
+from posfed_pipeline_tests.support.receipts import drop_receipt, receipt_doc
 
 DAY = date(2026, 11, 20)
 PARTITION = "2026-11-20|bakery_1"

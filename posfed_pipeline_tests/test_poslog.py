@@ -22,7 +22,8 @@ from posfed_pipeline.core.state import quarantine
 from posfed_pipeline.definitions import RECEIPTS_JOB, build_definitions
 from posfed_pipeline.defs.assets import ReceiptBatchConfig, receipt_op_config
 from posfed_pipeline.defs.central_db import SYNC_JOB
-from posfed_pipeline_tests.conftest import REPO_ROOT, store_config_dict
+from posfed_pipeline_tests.support.repo import REPO_ROOT
+from posfed_pipeline_tests.support.stores import store_config_dict
 
 EXAMPLE = REPO_ROOT / "examples" / "vendors" / "poslog.xml"
 DAY = date(2026, 11, 20)

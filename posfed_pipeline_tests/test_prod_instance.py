@@ -15,7 +15,6 @@ import os
 import re
 import subprocess
 import sys
-import uuid
 from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
@@ -26,42 +25,14 @@ import pytest
 from posfed_pipeline.core import central_db
 from posfed_pipeline.core.config import load_config
 from posfed_pipeline.dagster_home import render_instance_yaml
-from posfed_pipeline_tests.conftest import (
-    REPO_ROOT,
-    dagster_process,
-    drop_receipt,
-    receipt_doc,
-    wait_for,
-    write_store_config,
-)
+from posfed_pipeline_tests.support.processes import wait_for
+from posfed_pipeline_tests.support.receipts import drop_receipt, receipt_doc
+from posfed_pipeline_tests.support.repo import REPO_ROOT
+from posfed_pipeline_tests.support.servers import dagster_process
+from posfed_pipeline_tests.support.stores import write_store_config
 
 # Starts real processes (Dagster, servers, browsers): `make check` leaves it out.
 pytestmark = pytest.mark.slow
-
-PG_ADMIN_DSN = "host=127.0.0.1 port=5432 user=postgres dbname=postgres connect_timeout=5"
-
-
-@pytest.fixture
-def pg_databases():
-    """Two fresh databases, as in production: Dagster's storage and the central register."""
-    import psycopg
-
-    try:
-        admin = psycopg.connect(PG_ADMIN_DSN, autocommit=True)
-    except psycopg.OperationalError as exc:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"PostgreSQL at 127.0.0.1:5432 is required in CI: {exc}")
-        pytest.skip(f"no PostgreSQL at 127.0.0.1:5432 ({exc})")
-    suffix = uuid.uuid4().hex[:10]
-    names = {"dagster": f"posfed_dagster_{suffix}", "register": f"posfed_register_{suffix}"}
-    with admin:
-        for name in names.values():
-            admin.execute(f'CREATE DATABASE "{name}"')
-        try:
-            yield names
-        finally:
-            for name in names.values():
-                admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture
@@ -170,6 +141,7 @@ def test_the_units_agree_on_the_code_server_and_its_code_location():
     assert command[command.index("--location-name") + 1] == packaged.location_name()
 
 
+@pytest.mark.postgres
 def test_prod_profile_records_runs_and_ticks_in_postgres(running_daemon, pg_databases, tmp_path):
     import psycopg
 

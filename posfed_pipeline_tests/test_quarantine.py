@@ -17,23 +17,16 @@ from posfed_pipeline.core.stages import processing
 from posfed_pipeline.core.state import quarantine
 from posfed_pipeline.core.state.ledger import open_ledger
 from posfed_pipeline.definitions import RECEIPTS_JOB, build_definitions
-from posfed_pipeline_tests.conftest import drop_receipt, receipt_doc, write_store_config
-from posfed_pipeline_tests.test_sensors import _run_as_the_daemon_would, _tick
+from posfed_pipeline_tests.support.daemon import (
+    run_as_the_daemon_would,
+    sensor_and_runs,
+    tick_sensor,
+)
+from posfed_pipeline_tests.support.receipts import drop_receipt, receipt_doc
+from posfed_pipeline_tests.support.stores import write_store_config
 
 WHEN = "2026-11-20T10:15:00+01:00"
 RETURN_LINE = {"barcode": "8712345678906", "description": "Retour", "price": "2.95", "quantity": -1}
-
-
-def _sensor_and_runs(config, terminal_id="bakery_1") -> None:
-    """What the daemon does: the terminal's sensor ticks, its run requests run."""
-    defs = build_definitions(config)
-    sensor = defs.resolve_sensor_def(f"{terminal_id}_inbox_sensor")
-    with dg.instance_for_test() as instance:
-        for request in _tick(sensor, None, instance).run_requests:
-            result = _run_as_the_daemon_would(
-                defs.resolve_job_def(RECEIPTS_JOB), request, instance, sensor.name
-            )
-            assert result.success
 
 
 def _posfed(config_path, *args) -> subprocess.CompletedProcess:
@@ -54,11 +47,11 @@ def test_a_report_never_replaces_a_quarantined_file_or_another_report(config):
         terminal.inbox, receipt_doc("A0", timestamp=WHEN, total="0.01"), name="A.json.error.json"
     )
     odd_bytes = odd.read_bytes()
-    _sensor_and_runs(config)
+    sensor_and_runs(config)
     drop_receipt(terminal.inbox, receipt_doc("A1", timestamp=WHEN, total="1.00"), name="A.json")
-    _sensor_and_runs(config)
+    sensor_and_runs(config)
     drop_receipt(terminal.inbox, receipt_doc("A2", timestamp=WHEN, total="2.00"), name="A.json")
-    _sensor_and_runs(config)
+    sensor_and_runs(config)
 
     entries = {e.name: e for e in quarantine.quarantined_files(terminal)}
     assert set(entries) == {"A.json.error.json", "A~1.json", "A~2.json"}
@@ -93,7 +86,7 @@ def test_only_the_version_that_was_read_is_archived(config):
 
     assert json.loads(path.read_text())["receiptId"] == "R0002"  # still waiting in the inbox
     assert not terminal.archive_dir(batch.receipts[0].business_day).exists()
-    _sensor_and_runs(config)
+    sensor_and_runs(config)
     archived = terminal.archive_dir(batch.receipts[0].business_day)
     assert [json.loads(p.read_text())["receiptId"] for p in archived.iterdir()] == ["R0002"]
     assert sorted(p.name for p in (config.dat_dir / "20261120").iterdir()) == [
@@ -117,7 +110,7 @@ def test_an_operator_lists_reads_and_requeues_quarantined_files(tmp_path, monkey
     drop_receipt(
         terminal.inbox, receipt_doc("R0007", timestamp=WHEN, items=[RETURN_LINE]), name="r7.json"
     )
-    _sensor_and_runs(config)
+    sensor_and_runs(config)
 
     listed = _posfed(strict, "quarantine", "list")
     assert listed.returncode == 0
@@ -139,7 +132,7 @@ def test_an_operator_lists_reads_and_requeues_quarantined_files(tmp_path, monkey
     assert (terminal.inbox / "r7.json").exists()
     assert quarantine.quarantined_files(terminal) == []
 
-    _sensor_and_runs(load_config(fixed))
+    sensor_and_runs(load_config(fixed))
     assert (config.dat_dir / "20261120" / "scon10R0007.dat").exists()
     events = [(e["event"], e["file"]) for e in quarantine.history(terminal, "r7.json")]
     assert events == [("quarantined", "r7.json"), ("retried", "r7.json")]
@@ -149,9 +142,9 @@ def test_an_operator_lists_reads_and_requeues_quarantined_files(tmp_path, monkey
 def test_a_retry_that_fails_again_keeps_every_attempt(config):
     terminal = config.terminal("bakery_1")
     drop_receipt(terminal.inbox, receipt_doc("R0008", timestamp=WHEN, total="9.99"), name="x.json")
-    _sensor_and_runs(config)
+    sensor_and_runs(config)
     quarantine.retry(terminal, "x.json", by="tester")
-    _sensor_and_runs(config)  # nothing was fixed: quarantined again
+    sensor_and_runs(config)  # nothing was fixed: quarantined again
 
     assert [e.name for e in quarantine.quarantined_files(terminal)] == ["x.json"]
     events = list(quarantine.history(terminal, "x.json"))
@@ -184,7 +177,7 @@ def test_a_file_left_half_moved_by_a_dead_run_goes_back_to_the_inbox(config):
 def test_the_history_is_kept_as_long_as_the_archive_and_no_longer(config):
     terminal = config.terminal("bakery_1")
     drop_receipt(terminal.inbox, receipt_doc("R0011", timestamp=WHEN, total="9.99"), name="o.json")
-    _sensor_and_runs(config)
+    sensor_and_runs(config)
     path = quarantine.history_path(terminal)
     old = json.dumps({"event": "quarantined", "file": "old.json", "quarantined_at": "2020-01-02"})
     path.write_text(old + "\n" + path.read_text())
@@ -213,8 +206,8 @@ def test_a_terminal_days_check_stays_failed_until_its_quarantined_file_is_dealt_
         defs = build_definitions(config)
         sensor = defs.resolve_sensor_def("bakery_1_inbox_sensor")
         with dg.instance_for_test() as instance:
-            [request] = _tick(sensor, None, instance).run_requests
-            result = _run_as_the_daemon_would(
+            [request] = tick_sensor(sensor, None, instance).run_requests
+            result = run_as_the_daemon_would(
                 defs.resolve_job_def(RECEIPTS_JOB), request, instance, sensor.name
             )
         [check] = [

@@ -10,7 +10,8 @@ import pytest
 
 from posfed_pipeline.cli import main
 from posfed_pipeline.core.intake.validation import BARCODE_RULE
-from posfed_pipeline_tests.conftest import DEFAULT_SPEC, REPO_ROOT, receipt_doc
+from posfed_pipeline_tests.support.receipts import receipt_doc
+from posfed_pipeline_tests.support.repo import DEFAULT_SPEC, REPO_ROOT
 
 EXAMPLES = REPO_ROOT / "examples" / "vendors"
 

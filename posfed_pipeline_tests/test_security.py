@@ -32,16 +32,11 @@ from posfed_pipeline.definitions import RECEIPTS_JOB, build_definitions
 from posfed_pipeline.defs.assets import ReceiptBatchConfig, receipt_op_config
 from posfed_pipeline.defs.central_db import SYNC_JOB
 from posfed_pipeline.defs.partitions import terminal_day_key
-from posfed_pipeline_tests.conftest import (
-    REPO_ROOT,
-    dagster_process,
-    drop_receipt,
-    free_port,
-    receipt_doc,
-    store_config_dict,
-    wait_for,
-    write_store_config,
-)
+from posfed_pipeline_tests.support.processes import free_port, wait_for
+from posfed_pipeline_tests.support.receipts import drop_receipt, receipt_doc
+from posfed_pipeline_tests.support.repo import REPO_ROOT
+from posfed_pipeline_tests.support.servers import dagster_process
+from posfed_pipeline_tests.support.stores import store_config_dict, write_store_config
 
 HOSTILE_IDS = [
     "../../../../escaped",
@@ -136,7 +131,7 @@ def test_a_run_given_a_path_instead_of_a_file_name_fails_and_touches_nothing(
 HOSTILE_TEXT = "Brood'); DROP TABLE pos_receipt; --"
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
 def hostile_db(request, tmp_path):
     if request.param == "sqlite":
         url = f"sqlite:///{tmp_path / 'central.db'}"
@@ -194,6 +189,7 @@ def test_credentials_or_misspelt_settings_anywhere_in_the_config_file_are_refuse
 
 
 @pytest.mark.slow
+@pytest.mark.postgres
 def test_the_database_password_comes_from_the_environment_and_dagster_never_stores_it(
     pg_database_url, tmp_path, monkeypatch
 ):
@@ -329,7 +325,7 @@ def test_receipt_text_in_the_run_metadata_renders_as_text_not_markup(config):
     pipe and an image: through the sensor and the run, the UI shows them as the text they are."""
     from markdown_it import MarkdownIt
 
-    from posfed_pipeline_tests.test_sensors import _run_as_the_daemon_would, _tick
+    from posfed_pipeline_tests.support.daemon import run_as_the_daemon_would, tick_sensor
 
     terminal = config.terminal("bakery_1")
     when = "2026-11-20T10:15:00+01:00"
@@ -350,8 +346,8 @@ def test_receipt_text_in_the_run_metadata_renders_as_text_not_markup(config):
     with dg.instance_for_test() as instance:
         tables = []
         # Two runs: the receipt with the unusable id is filed under the day it arrived.
-        for request in _tick(sensor, None, instance).run_requests:
-            result = _run_as_the_daemon_would(
+        for request in tick_sensor(sensor, None, instance).run_requests:
+            result = run_as_the_daemon_would(
                 defs.resolve_job_def(RECEIPTS_JOB), request, instance, sensor.name
             )
             tables += [

@@ -11,16 +11,8 @@ import pytest
 
 from posfed_pipeline.core.base.clock import ManualClock
 from posfed_pipeline.definitions import build_definitions
-from posfed_pipeline_tests.conftest import drop_receipt, receipt_doc
-
-
-def _tick(
-    sensor: dg.SensorDefinition, cursor: str | None, instance: dg.DagsterInstance | None = None
-) -> dg.SensorResult:
-    if instance is not None:
-        return sensor(dg.build_sensor_context(cursor=cursor, instance=instance))
-    with dg.instance_for_test() as fresh:
-        return sensor(dg.build_sensor_context(cursor=cursor, instance=fresh))
+from posfed_pipeline_tests.support.daemon import run_as_the_daemon_would, tick_sensor
+from posfed_pipeline_tests.support.receipts import drop_receipt, receipt_doc
 
 
 def _batch_config(request: dg.RunRequest) -> dict:
@@ -31,29 +23,12 @@ def _sensor(config, terminal_id="bakery_1") -> dg.SensorDefinition:
     return build_definitions(config).resolve_sensor_def(f"{terminal_id}_inbox_sensor")
 
 
-def _run_as_the_daemon_would(
-    job: dg.JobDefinition, request: dg.RunRequest, instance: dg.DagsterInstance, sensor_name: str
-) -> dg.ExecuteInProcessResult:
-    """A sensor's run request executed with the run key and sensor tags the daemon gives it."""
-    return job.execute_in_process(
-        run_config=request.run_config,
-        partition_key=request.partition_key,
-        tags={
-            **request.tags,
-            "dagster/run_key": request.run_key,
-            "dagster/sensor_name": sensor_name,
-        },
-        instance=instance,
-        raise_on_error=False,
-    )
-
-
 def test_new_stable_file_gives_one_run_request_and_never_again(config):
     inbox = config.terminal("bakery_1").inbox
     drop_receipt(inbox, receipt_doc("R0001", timestamp="2026-11-24T10:15:00+01:00"))
     sensor = _sensor(config)
 
-    first = _tick(sensor, None)
+    first = tick_sensor(sensor, None)
     assert len(first.run_requests) == 1
     request = first.run_requests[0]
     assert request.partition_key == "2026-11-24|bakery_1"
@@ -61,12 +36,12 @@ def test_new_stable_file_gives_one_run_request_and_never_again(config):
     assert request.run_config["ops"]["receipt_pipeline"]["config"]["files"] == ["R0001.json"]
     assert request.run_key.startswith("bakery_1:20261124:")
 
-    again = _tick(sensor, first.cursor)
+    again = tick_sensor(sensor, first.cursor)
     assert again.run_requests == []
     assert again.skip_reason.skip_message == "1 file(s) waiting on their run"
 
     (inbox / "R0001.json").unlink()  # the run moved it to the archive
-    done = _tick(sensor, again.cursor)
+    done = tick_sensor(sensor, again.cursor)
     assert done.run_requests == []
     assert json.loads(done.cursor) == {"launched": {}}
 
@@ -80,14 +55,14 @@ def test_file_still_being_written_is_not_taken_until_stable(config):
     sensor = _sensor(config)
     path = drop_receipt(inbox, '{"receiptId": "R00', name="R0002.json", age=0)
 
-    while_writing = _tick(sensor, None)
+    while_writing = tick_sensor(sensor, None)
     assert while_writing.run_requests == []
     assert "still being written" in while_writing.skip_reason.skip_message
 
     path.write_text(json.dumps(receipt_doc("R0002")))  # the writer finishes...
     settled_at = time.time() - 1.5 - 0.05  # ...and the file settles (its mtime, not a sleep)
     os.utime(path, (settled_at, settled_at))
-    settled = _tick(sensor, while_writing.cursor)
+    settled = tick_sensor(sensor, while_writing.cursor)
     assert [
         r.run_config["ops"]["receipt_pipeline"]["config"]["files"] for r in settled.run_requests
     ] == [["R0002.json"]]
@@ -100,7 +75,7 @@ def test_files_are_grouped_per_business_day(config):
     drop_receipt(inbox, receipt_doc("UTCLATE", timestamp="2026-11-23T23:30:00+00:00"))
     drop_receipt(inbox, receipt_doc("MORNING", timestamp="2026-11-24T08:00:00+01:00"))
 
-    result = _tick(_sensor(config), None)
+    result = tick_sensor(_sensor(config), None)
 
     by_partition = {
         r.partition_key: sorted(r.run_config["ops"]["receipt_pipeline"]["config"]["files"])
@@ -117,11 +92,11 @@ def test_redropped_file_with_same_name_is_a_new_version(config):
     inbox = config.terminal("bakery_1").inbox
     path = drop_receipt(inbox, receipt_doc("R0003"))
     sensor = _sensor(config)
-    first = _tick(sensor, None)
+    first = tick_sensor(sensor, None)
     path.unlink()  # the run archived it
 
     drop_receipt(inbox, receipt_doc("R0003"), age=0.5)
-    second = _tick(sensor, first.cursor)
+    second = tick_sensor(sensor, first.cursor)
 
     assert len(second.run_requests) == 1
     assert second.run_requests[0].run_key != first.run_requests[0].run_key
@@ -132,8 +107,8 @@ def test_unreadable_inbox_skips_only_that_terminal(config):
     drop_receipt(config.terminal("butcher_1").inbox, receipt_doc("B1", "butcher_1", "20"))
     os.rename(bakery.inbox, bakery.inbox.with_name("moved-away"))
 
-    bakery_result = _tick(_sensor(config, "bakery_1"), None)
-    butcher_result = _tick(_sensor(config, "butcher_1"), None)
+    bakery_result = tick_sensor(_sensor(config, "bakery_1"), None)
+    butcher_result = tick_sensor(_sensor(config, "butcher_1"), None)
 
     assert bakery_result.run_requests == []
     assert "unreadable" in bakery_result.skip_reason.skip_message
@@ -145,7 +120,7 @@ def test_temp_and_hidden_files_are_ignored(config):
     drop_receipt(inbox, receipt_doc("R0004"), name="R0004.json.tmp")
     drop_receipt(inbox, receipt_doc("R0005"), name=".R0005.json")
 
-    result = _tick(_sensor(config), None)
+    result = tick_sensor(_sensor(config), None)
     assert result.run_requests == []
 
 
@@ -160,7 +135,7 @@ def test_run_key_is_the_one_any_launcher_derives_for_the_same_file_versions(conf
         terminal, ready, lambda f: parsing.business_day_of_file(f.path, terminal)
     )
 
-    [request] = _tick(_sensor(config), None).run_requests
+    [request] = tick_sensor(_sensor(config), None).run_requests
     assert request.run_key == planned.run_key
 
 
@@ -173,7 +148,7 @@ def test_a_file_claimed_by_another_launcher_is_not_launched_again(config):
     signature = inbox.stat_inbox_file(path).signature
     assert claim_table.claim("bakery_1", [signature], lambda won: "trigger-key") == [signature]
 
-    result = _tick(_sensor(config), None)
+    result = tick_sensor(_sensor(config), None)
     assert result.run_requests == []
     assert result.skip_reason.skip_message == "1 file(s) waiting on their run"
 
@@ -181,7 +156,7 @@ def test_a_file_claimed_by_another_launcher_is_not_launched_again(config):
 def test_business_day_falls_back_to_arrival_day_for_unparseable_files(config):
     inbox = config.terminal("bakery_1").inbox
     drop_receipt(inbox, b"not json at all", name="garbage.json")
-    result = _tick(_sensor(config), None)
+    result = tick_sensor(_sensor(config), None)
     today = datetime.now(config.timezone).date()
     assert [r.partition_key for r in result.run_requests] == [f"{today:%Y-%m-%d}|bakery_1"]
 
@@ -204,22 +179,22 @@ def test_files_of_a_failed_run_are_launched_again_and_then_processed_once(config
     broken_job = build_definitions(broken_spec).resolve_job_def(RECEIPTS_JOB)
 
     with dg.instance_for_test() as instance:
-        first = _tick(sensor, None, instance)
-        assert not _run_as_the_daemon_would(
+        first = tick_sensor(sensor, None, instance)
+        assert not run_as_the_daemon_would(
             broken_job, first.run_requests[0], instance, sensor.name
         ).success
         assert (terminal.inbox / "R0007.json").exists()  # the run failed: the file stays put
 
-        second = _tick(sensor, first.cursor, instance)
+        second = tick_sensor(sensor, first.cursor, instance)
         [retry] = second.run_requests
         assert retry.run_key == first.run_requests[0].run_key + ":retry1"
         # The same files, the run told it is their second attempt.
         assert _batch_config(retry) == {**_batch_config(first.run_requests[0]), "attempt": 1}
 
         # The cause is gone.
-        assert _run_as_the_daemon_would(job, retry, instance, sensor.name).success
+        assert run_as_the_daemon_would(job, retry, instance, sensor.name).success
 
-        third = _tick(sensor, second.cursor, instance)
+        third = tick_sensor(sensor, second.cursor, instance)
         assert third.run_requests == []
     assert not (terminal.inbox / "R0007.json").exists()
     assert open_ledger(config.home).delivery_outcomes() == [("R0007.json", "R0007", "inserted")]
@@ -233,7 +208,7 @@ def test_while_the_trigger_is_alive_the_sensor_only_catches_up_on_old_files(conf
     drop_receipt(inbox, receipt_doc("MISSED"), age=config.catchup_grace_seconds + 5)
     claims.ClaimTable(claims.claim_table_path(config.home)).beat()
 
-    [request] = _tick(_sensor(config), None).run_requests
+    [request] = tick_sensor(_sensor(config), None).run_requests
 
     assert request.run_config["ops"]["receipt_pipeline"]["config"]["files"] == ["MISSED.json"]
 
@@ -255,15 +230,15 @@ def test_a_file_left_by_a_successful_run_is_looked_at_again(config):
     job = defs.resolve_job_def(RECEIPTS_JOB)
 
     with dg.instance_for_test() as instance:
-        first = _tick(sensor, None, instance)
-        assert _run_as_the_daemon_would(job, first.run_requests[0], instance, sensor.name).success
+        first = tick_sensor(sensor, None, instance)
+        assert run_as_the_daemon_would(job, first.run_requests[0], instance, sensor.name).success
         assert path.exists()  # younger than the grace period: left to its writer
 
         clock.advance(config.incomplete_grace_seconds)  # the grace period passes
-        second = _tick(sensor, first.cursor, instance)
+        second = tick_sensor(sensor, first.cursor, instance)
         [again] = second.run_requests
         assert again.run_key == first.run_requests[0].run_key + ":retry1"
-        assert _run_as_the_daemon_would(job, again, instance, sensor.name).success
+        assert run_as_the_daemon_would(job, again, instance, sensor.name).success
     assert not path.exists()
     assert (terminal.quarantine / "CUT1.json.error.json").exists()
 
@@ -274,7 +249,7 @@ def test_without_partitions_start_the_store_starts_on_its_first_day_and_keeps_it
     """The UI offers days from the store's first business day (not an arbitrary January 1st),
     every process agrees on it, and a receipt older than that day still gets a run."""
     from posfed_pipeline.core.config import config_from_dict
-    from posfed_pipeline_tests.conftest import store_config_dict
+    from posfed_pipeline_tests.support.stores import store_config_dict
 
     monkeypatch.delenv("POSFED_HOME", raising=False)
     raw = store_config_dict(tmp_path / "home")
@@ -292,7 +267,7 @@ def test_without_partitions_start_the_store_starts_on_its_first_day_and_keeps_it
     terminal = config.terminal("bakery_1")
     old = datetime(2026, 11, 2, 10, 0, tzinfo=terminal.timezone).isoformat()
     drop_receipt(terminal.inbox, receipt_doc("OLD1", timestamp=old))
-    [request] = _tick(_sensor(config), None).run_requests
+    [request] = tick_sensor(_sensor(config), None).run_requests
     assert request.partition_key == "2026-11-15|bakery_1"
 
 
@@ -301,7 +276,7 @@ def test_the_catch_up_interval_is_the_sensors_and_is_checked(tmp_path):
 
     from posfed_pipeline.core.config import ConfigError, config_from_dict
     from posfed_pipeline.defs.sensors import inbox_sensor_name
-    from posfed_pipeline_tests.conftest import store_config_dict
+    from posfed_pipeline_tests.support.stores import store_config_dict
 
     def sensor_interval(**intake) -> int:
         raw = store_config_dict(tmp_path)
@@ -341,7 +316,7 @@ def test_a_receipt_older_than_the_window_still_runs_and_old_days_stay_backfillab
 
     from posfed_pipeline.core.config import ConfigError, config_from_dict
     from posfed_pipeline.definitions import RECEIPTS_JOB
-    from posfed_pipeline_tests.conftest import store_config_dict
+    from posfed_pipeline_tests.support.stores import store_config_dict
 
     def store(**settings):
         raw = store_config_dict(tmp_path / "home")
@@ -365,7 +340,7 @@ def test_a_receipt_older_than_the_window_still_runs_and_old_days_stay_backfillab
     terminal = config.terminal("bakery_1")
     old = datetime(2024, 3, 2, 10, 0, tzinfo=terminal.timezone).isoformat()
     drop_receipt(terminal.inbox, receipt_doc("OLD1", timestamp=old))
-    [request] = _tick(_sensor(config), None).run_requests
+    [request] = tick_sensor(_sensor(config), None).run_requests
     assert request.partition_key == f"{window_start}|bakery_1"
 
     everything = store(partition_window_months=0)

@@ -7,7 +7,7 @@ from posfed_dev.simulator import ReceiptSimulator
 from posfed_pipeline.cli import main
 from posfed_pipeline.core.intake import parsing
 from posfed_pipeline.core.intake.validation import validate_batch
-from posfed_pipeline_tests.conftest import write_store_config
+from posfed_pipeline_tests.support.stores import write_store_config
 
 
 def test_simulated_receipts_are_valid_and_exact(config):

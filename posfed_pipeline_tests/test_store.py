@@ -25,11 +25,13 @@ from posfed_pipeline.core import central_db
 from posfed_pipeline.core.central_db import loads as store_loads
 from posfed_pipeline.core.dat import load_spec
 from posfed_pipeline.core.model.outbox import OutboxRow, Outcome
-from posfed_pipeline.core.model.receipt import Receipt, ReceiptItem, content_hash, round_cents
+from posfed_pipeline.core.model.receipt import Receipt, ReceiptItem, round_cents
 from posfed_pipeline.core.stages.processing import process_batch
 from posfed_pipeline.core.stages.sync import sync_pending
 from posfed_pipeline.core.state.ledger import Ledger
-from posfed_pipeline_tests.conftest import DEFAULT_SPEC, PG_SERVER, drop_receipt, receipt_doc
+from posfed_pipeline_tests.support.databases import PG_SERVER
+from posfed_pipeline_tests.support.receipts import drop_receipt, make_receipt, receipt_doc
+from posfed_pipeline_tests.support.repo import DEFAULT_SPEC
 
 AMSTERDAM = ZoneInfo("Europe/Amsterdam")
 DAY = date(2026, 3, 14)
@@ -38,7 +40,7 @@ DAY = date(2026, 3, 14)
 # --- databases ---------------------------------------------------------------------------------
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
 def db_url(request, tmp_path):
     """An empty database of each dialect (no posfed schema yet)."""
     if request.param == "sqlite":
@@ -74,34 +76,6 @@ def pg(pg_database_url):
 
 
 # --- receipts ----------------------------------------------------------------------------------
-
-
-def make_receipt(
-    receipt_id: str = "R0001",
-    *,
-    terminal_id: str = "bakery_1",
-    day: date = DAY,
-    lines: list[tuple[str, str]] | None = None,
-    source_file: str | None = None,
-) -> Receipt:
-    """A receipt as intake builds it; the content hash follows the content."""
-    items = tuple(
-        ReceiptItem("8712345678906", f"Artikel {n} — brød", Decimal(price), Decimal(quantity))
-        for n, (price, quantity) in enumerate(lines or [("2.95", "1"), ("1.15", "3")], start=1)
-    )
-    total = sum((item.amount for item in items), Decimal("0.00"))
-    timestamp = datetime.combine(day, datetime.min.time(), AMSTERDAM) + timedelta(hours=10)
-    digest = content_hash(f"{terminal_id}|{day}|{receipt_id}|{items}|{total}".encode())
-    return Receipt(
-        receipt_id=receipt_id,
-        terminal_id=terminal_id,
-        department_code="10",
-        items=items,
-        total=total,
-        timestamp=timestamp,
-        source_file=source_file or f"{receipt_id}.json",
-        content_hash=digest,
-    )
 
 
 def header_rows(engine) -> list[dict]:
@@ -617,12 +591,14 @@ def test_constraint_violations_and_bad_sql_are_permanent(db):
     assert not central_db.is_transient_error(ValueError("bad data"))
 
 
+@pytest.mark.postgres
 def test_postgres_out_of_range_money_is_permanent(pg):
     with pytest.raises(sa_exc.DataError) as overflow, pg.connect() as connection:
         connection.execute(text("SELECT CAST(:amount AS numeric(14, 2))"), {"amount": "1e20"})
     assert not central_db.is_transient_error(overflow.value)
 
 
+@pytest.mark.postgres
 def test_postgres_lock_and_statement_timeouts_are_transient(pg):
     with pg.connect() as holder, pg.connect() as waiter:
         holder.execute(text("SELECT * FROM lock_probe WHERE id = 1 FOR UPDATE"))
@@ -641,6 +617,7 @@ def test_postgres_lock_and_statement_timeouts_are_transient(pg):
     assert central_db.is_transient_error(statement_timeout.value)
 
 
+@pytest.mark.postgres
 def test_a_postgres_deadlock_is_transient(pg):
     barrier = threading.Barrier(2)
     errors: list[BaseException] = []
@@ -668,6 +645,7 @@ def test_a_postgres_deadlock_is_transient(pg):
     assert central_db.is_transient_error(errors[0])
 
 
+@pytest.mark.postgres
 def test_a_postgres_serialization_failure_is_transient(pg):
     first, second = pg.connect(), pg.connect()
     try:
@@ -706,6 +684,7 @@ def test_connection_refused_fails_fast_and_is_transient():
     assert central_db.is_transient_error(unwrapped.value)
 
 
+@pytest.mark.postgres
 def test_a_missing_postgres_database_is_permanent(pg_database_url):
     engine = central_db.make_engine(f"{PG_SERVER}/posfed_no_such_database")
     with pytest.raises(central_db.DatabaseUnavailable) as missing:
@@ -776,7 +755,7 @@ def test_unusable_database_settings_are_named(env, problem):
 
 def test_config_reads_the_database_from_the_environment(tmp_path, monkeypatch):
     from posfed_pipeline.core.config import config_from_dict
-    from posfed_pipeline_tests.conftest import store_config_dict
+    from posfed_pipeline_tests.support.stores import store_config_dict
 
     monkeypatch.delenv("POSFED_DB_URL", raising=False)
     monkeypatch.delenv("POSFED_HOME", raising=False)

@@ -465,12 +465,14 @@ LIVE_URL = os.environ.get("POSFED_TEST_MSSQL_URL")
     reason="no SQL Server here: set POSFED_TEST_MSSQL_URL to a database the tests may empty "
     "(docs/deployment.md, 'SQL Server')",
 )
+@pytest.mark.mssql
 def test_a_live_sql_server_takes_the_schema_and_loads_receipts_once(config):
     """What the rest of this module cannot: the migrations and the loads, executed."""
     from datetime import datetime
 
     from posfed_pipeline.core.state.ledger import open_ledger
-    from posfed_pipeline_tests.conftest import drop_receipt, process_and_sync, receipt_doc
+    from posfed_pipeline_tests.support.pipeline import process_and_sync
+    from posfed_pipeline_tests.support.receipts import drop_receipt, receipt_doc
 
     engine = central_db.make_engine(LIVE_URL)
     central_db.downgrade_database(engine, "base")  # the database is the tests': start empty

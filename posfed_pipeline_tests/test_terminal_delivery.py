@@ -35,10 +35,11 @@ from posfed_pipeline.core.state.ledger import open_ledger
 from posfed_pipeline.definitions import RECEIPTS_JOB, build_definitions
 from posfed_pipeline.defs.sensors import LISTING_TIMEOUT_SECONDS, inbox_sensor_name
 from posfed_pipeline.fastpath.service import start_fastpath
-from posfed_pipeline_tests.conftest import open_instance_store, receipt_doc
+from posfed_pipeline_tests.support.receipts import receipt_doc
+from posfed_pipeline_tests.support.stores import open_instance_store
 
 # Real smbd, sshd and mounts: `make check` leaves it out.
-pytestmark = [pytest.mark.timeout(300), pytest.mark.slow]
+pytestmark = [pytest.mark.timeout(300), pytest.mark.slow, pytest.mark.terminal_servers]
 
 
 @pytest.fixture

@@ -20,15 +20,10 @@ from posfed_pipeline.core.state import inbox, quarantine
 from posfed_pipeline.core.state.ledger import open_ledger
 from posfed_pipeline.definitions import build_definitions
 from posfed_pipeline.defs.terminal_health import HEALTH_SENSOR, TERMINAL_INBOXES, check_name
-from posfed_pipeline_tests.conftest import (
-    REPO_ROOT,
-    drop_receipt,
-    process_and_sync,
-    receipt_doc,
-    store_config_dict,
-    write_store_config,
-)
-from posfed_pipeline_tests.test_alerts import smtp_server  # noqa: F401 (a fixture)
+from posfed_pipeline_tests.support.pipeline import process_and_sync
+from posfed_pipeline_tests.support.receipts import drop_receipt, receipt_doc
+from posfed_pipeline_tests.support.repo import REPO_ROOT
+from posfed_pipeline_tests.support.stores import store_config_dict, write_store_config
 
 AMSTERDAM = ZoneInfo("Europe/Amsterdam")
 
@@ -109,7 +104,7 @@ def test_files_waiting_too_long_and_a_growing_quarantine_need_a_look(tmp_path, m
 def test_the_sensor_turns_a_terminals_check_red_once_and_mails_the_operator(
     tmp_path,
     monkeypatch,
-    smtp_server,  # noqa: F811
+    smtp_server,
 ):
     controller, mailbox = smtp_server
     config = health_store(

@@ -28,20 +28,18 @@ from posfed_pipeline.dagster_home import render_instance_yaml
 from posfed_pipeline.definitions import RECEIPTS_JOB, build_definitions
 from posfed_pipeline.defs.assets import ReceiptBatchConfig, receipt_op_config
 from posfed_pipeline.defs.partitions import terminal_day_key
-from posfed_pipeline_tests.conftest import (
-    REPO_ROOT,
+from posfed_pipeline_tests.support.processes import free_port, wait_for
+from posfed_pipeline_tests.support.receipts import drop_receipt, receipt_doc
+from posfed_pipeline_tests.support.repo import REPO_ROOT
+from posfed_pipeline_tests.support.servers import (
     dagster_process,
     dagster_services,
-    drop_receipt,
-    free_port,
-    receipt_doc,
-    wait_for,
     wait_until_serving,
-    write_store_config,
 )
+from posfed_pipeline_tests.support.stores import write_store_config
 
 # Starts real processes (Dagster, servers, browsers): `make check` leaves it out.
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
 LOCATION = packaged.location_name()
 RECEIPT_ASSETS = ["receipt_files", "validated_receipts", "central_db_receipts", "dat_files"]

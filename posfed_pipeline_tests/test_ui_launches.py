@@ -31,14 +31,11 @@ from posfed_pipeline.definitions import RECEIPTS_JOB, build_definitions
 from posfed_pipeline.defs.assets import ReceiptBatchConfig, receipt_op_config
 from posfed_pipeline.defs.partitions import terminal_day_key
 from posfed_pipeline.run_tags import TERMINAL_TAG
-from posfed_pipeline_tests.conftest import (
-    REPO_ROOT,
-    dagster_services,
-    drop_receipt,
-    receipt_doc,
-    wait_for,
-    write_store_config,
-)
+from posfed_pipeline_tests.support.processes import wait_for
+from posfed_pipeline_tests.support.receipts import drop_receipt, receipt_doc
+from posfed_pipeline_tests.support.repo import REPO_ROOT
+from posfed_pipeline_tests.support.servers import dagster_services
+from posfed_pipeline_tests.support.stores import write_store_config
 
 # Starts real processes (Dagster, servers, browsers): `make check` leaves it out.
 pytestmark = pytest.mark.slow
