@@ -11,7 +11,8 @@ import pytest
 from posfed_pipeline.core.base.errors import PosfedError
 from posfed_pipeline.core.config import ConfigError, check_at_start, config_from_dict, load_config
 from posfed_pipeline.core.config.reference import configuration_reference
-from posfed_pipeline_tests.conftest import REPO_ROOT, store_config_dict, write_store_config
+from posfed_pipeline_tests.support.repo import REPO_ROOT
+from posfed_pipeline_tests.support.stores import store_config_dict, write_store_config
 
 
 def test_the_configuration_reference_is_the_models(tmp_path):
