@@ -2,7 +2,6 @@
 
 import json
 import os
-import time
 from dataclasses import replace
 from datetime import date, datetime, timedelta
 
@@ -52,16 +51,20 @@ def test_file_still_being_written_is_not_taken_until_stable(config):
     )
     config = replace(config, terminals=slow, _by_id={})
     inbox = config.terminal("bakery_1").inbox
-    sensor = _sensor(config)
+    # The sensor's clock, not the wall clock: a slow first tick on a busy machine must not
+    # let the file settle before the test looks.
+    clock = ManualClock()
+    sensor = build_definitions(config, clock=clock).resolve_sensor_def("bakery_1_inbox_sensor")
     path = drop_receipt(inbox, '{"receiptId": "R00', name="R0002.json", age=0)
+    os.utime(path, (clock.time(), clock.time()))
 
     while_writing = tick_sensor(sensor, None)
     assert while_writing.run_requests == []
     assert "still being written" in while_writing.skip_reason.skip_message
 
     path.write_text(json.dumps(receipt_doc("R0002")))  # the writer finishes...
-    settled_at = time.time() - 1.5 - 0.05  # ...and the file settles (its mtime, not a sleep)
-    os.utime(path, (settled_at, settled_at))
+    os.utime(path, (clock.time(), clock.time()))
+    clock.advance(1.5 + 0.05)  # ...and the file settles
     settled = tick_sensor(sensor, while_writing.cursor)
     assert [
         r.run_config["ops"]["receipt_pipeline"]["config"]["files"] for r in settled.run_requests
