@@ -27,13 +27,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from posfed_dev.faults import free_port
+from posfed_pipeline.core.base.errors import PosfedError
 
 WRITE_STYLES = ("plain", "slow", "presized", "rename", "reopen_append")
 SMBD = "/usr/sbin/smbd"
 SSHD = "/usr/sbin/sshd"
 
 
-class ServerDidNotStart(RuntimeError):
+class ServerDidNotStart(PosfedError, RuntimeError):
     pass
 
 

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import dagster as dg
 
+from posfed_pipeline.core.base.errors import PosfedError
 from posfed_pipeline.fastpath.dagster_internals import (
     CheckRunHealthResult,
     ConfigurableClassData,
@@ -55,7 +56,7 @@ def default_socket_path() -> Path:
     return Path(tempfile.gettempdir()) / f"posfed-{digest}.sock"
 
 
-class PoolDidNotAnswer(Exception):
+class PoolDidNotAnswer(PosfedError):
     """A pool listens but did not answer in time (busy, or a host under load): it may have
     acted on the request, so the caller must not act as if no pool were there."""
 

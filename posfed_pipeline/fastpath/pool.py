@@ -33,6 +33,7 @@ from pathlib import Path
 
 import dagster as dg
 
+from posfed_pipeline.core.base.errors import PosfedError
 from posfed_pipeline.processes import pid_lock
 from posfed_pipeline.processes.supervisor import describe_exit
 from posfed_pipeline.run_tags import ACCEPTED_TAG, GRPC_INFO_TAG, lane_of
@@ -441,7 +442,7 @@ class _Handler(socketserver.StreamRequestHandler):
         self.wfile.write((json.dumps(reply) + "\n").encode())
 
 
-class AlreadyServing(RuntimeError):
+class AlreadyServing(PosfedError, RuntimeError):
     """Another fast path holds this launcher socket."""
 
 

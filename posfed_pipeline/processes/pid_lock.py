@@ -13,8 +13,10 @@ import os
 from pathlib import Path
 from typing import IO
 
+from posfed_pipeline.core.base.errors import PosfedError
 
-class LockHeld(RuntimeError):
+
+class LockHeld(PosfedError, RuntimeError):
     """Another live process holds the lock."""
 
     def __init__(self, holder: str):

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import IO
 
 from posfed_pipeline.core.base.clock import SYSTEM_CLOCK, Clock
+from posfed_pipeline.core.base.errors import PosfedError
 from posfed_pipeline.processes import pid_lock
 from posfed_pipeline.processes.process_ties import tie_to_parent
 
@@ -74,7 +75,7 @@ class _Running:
     stopped: bool = False
 
 
-class AlreadySupervised(RuntimeError):
+class AlreadySupervised(PosfedError, RuntimeError):
     """Another supervisor holds this state folder's lock."""
 
 

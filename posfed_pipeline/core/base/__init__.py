@@ -1,1 +1,1 @@
-"""What everything stands on: the clock, durable file writes."""
+"""What everything stands on: the clock, durable file writes, the local SQLite files, errors."""

@@ -10,6 +10,8 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+from posfed_pipeline.core.base.errors import PosfedError
+
 
 def _umask() -> int:
     # Read once at import (single-threaded then): os.umask can only be read by setting it.
@@ -71,7 +73,7 @@ def move_unique(source: Path, folder: Path, *, name: str | None = None) -> Path:
         return target
 
 
-class NoHardLinks(OSError):
+class NoHardLinks(PosfedError, OSError):
     """The file system cannot hard-link (some FUSE and network file systems)."""
 
 
@@ -145,7 +147,7 @@ def fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-class ContentConflict(FileExistsError):
+class ContentConflict(PosfedError, FileExistsError):
     """A different file already exists where an immutable one is to be written."""
 
 

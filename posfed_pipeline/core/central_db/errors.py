@@ -6,8 +6,15 @@ import sqlite3
 
 from sqlalchemy import exc as sa_exc
 
+from posfed_pipeline.core.base.errors import PosfedError
 
-class DatabaseUnavailable(Exception):
+
+class CentralDbError(PosfedError):
+    """Something posfed refuses or cannot do with the central database (not the store's own
+    ledger): unreachable, misconfigured, too slow, or without posfed's schema."""
+
+
+class DatabaseUnavailable(CentralDbError):
     """The central database could not be reached or logged into; the message says where and how.
 
     ``transient`` is False when retrying cannot help (driver not installed, login refused, no
@@ -19,7 +26,7 @@ class DatabaseUnavailable(Exception):
         self.transient = transient
 
 
-class DatabaseConfigError(ValueError):
+class DatabaseConfigError(CentralDbError, ValueError):
     """The POSFED_DB_* environment variables do not describe a usable database."""
 
 

@@ -28,6 +28,8 @@ from dataclasses import dataclass
 from sqlalchemy import event
 from sqlalchemy.engine import Engine, make_url
 
+from posfed_pipeline.core.central_db.errors import CentralDbError
+
 
 @dataclass(frozen=True)
 class DbTimeouts:
@@ -46,7 +48,7 @@ class DbTimeouts:
 DEFAULT_TIMEOUTS = DbTimeouts()
 
 
-class DeadlineExceeded(TimeoutError):
+class DeadlineExceeded(CentralDbError, TimeoutError):
     """A unit of database work outlived its deadline and was cut off (transient)."""
 
 

@@ -7,6 +7,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from posfed_pipeline.core.base.errors import PosfedError
+
 SPEC_SCHEMA_PATH = Path(__file__).resolve().parent / "dat_spec.schema.json"
 LINE_ENDINGS = {"CRLF": b"\r\n", "LF": b"\n", "CR": b"\r"}
 # Single-byte encodings only: one character is one byte, so widths are exact.
@@ -167,7 +169,7 @@ _FALLBACK = {
 }
 
 
-class SpecError(ValueError):
+class SpecError(PosfedError, ValueError):
     """A spec that cannot be used; every problem names the file, record and field."""
 
     def __init__(self, problems: str | list[str]):
@@ -175,7 +177,7 @@ class SpecError(ValueError):
         super().__init__("\n".join(self.problems))
 
 
-class DatRenderError(ValueError):
+class DatRenderError(PosfedError, ValueError):
     """A receipt that cannot be rendered under a spec (e.g. a number too wide for its field)."""
 
 
@@ -183,7 +185,7 @@ class DatConflictError(DatRenderError):
     """The .dat file name is taken by a file with other content; it is never overwritten."""
 
 
-class DatFormatError(ValueError):
+class DatFormatError(PosfedError, ValueError):
     """A .dat file that does not conform to its spec version (``problems`` lists every reason)."""
 
     def __init__(self, problems: list[str]):
@@ -194,7 +196,7 @@ class DatFormatError(ValueError):
         super().__init__(shown)
 
 
-class _Unfit(Exception):
+class _Unfit(PosfedError):
     """A number that cannot be written into its field (the caller adds the field and value)."""
 
 

@@ -21,6 +21,7 @@ from datetime import date, datetime
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
+from posfed_pipeline.core.base.errors import PosfedError
 from posfed_pipeline.core.config import (
     CANONICAL_FORMAT,
     FIELDS_FROM_TERMINAL,
@@ -47,7 +48,7 @@ EARLIEST_YEAR, LATEST_YEAR = 2000, 2099
 _MISSING = object()
 
 
-class IntakeError(ValueError):
+class IntakeError(PosfedError, ValueError):
     """Why a file is not a receipt. ``maybe_incomplete``: the bytes do not form a document at
     all (empty, cut off inside a character or a JSON value), as a file still being written can
     look for a while."""
@@ -309,7 +310,7 @@ def _load_json(text: str) -> object:
         raise IntakeError([Problem("file", "", "JSON nested too deeply")]) from None
 
 
-class _RepeatedKey(ValueError):
+class _RepeatedKey(PosfedError, ValueError):
     def __init__(self, key: str):
         super().__init__(key)
         self.key = key

@@ -32,6 +32,7 @@ from decimal import Decimal, InvalidOperation
 from defusedxml import DefusedXmlException
 from defusedxml.ElementTree import DefusedXMLParser
 
+from posfed_pipeline.core.base.errors import PosfedError
 from posfed_pipeline.core.model.receipt import Problem, Receipt, round_cents
 
 IXRETAIL_NAMESPACE = "http://www.nrf-arts.org/IXRetail/namespace/"
@@ -49,7 +50,7 @@ PRICE_CHANGING_LINES = {"Discount", "Coupon", "LoyaltyReward", "PriceModifier", 
 ET.register_namespace("", IXRETAIL_NAMESPACE)  # a transaction on its own keeps the plain names
 
 
-class PosLogError(ValueError):
+class PosLogError(PosfedError, ValueError):
     def __init__(self, problems: list[Problem], *, maybe_incomplete: bool = False):
         self.problems = problems
         self.maybe_incomplete = maybe_incomplete
@@ -74,7 +75,7 @@ class Transaction:
         return f"transaction {self.index}{number}"
 
 
-class _TooDeep(Exception):
+class _TooDeep(PosfedError):
     pass
 
 

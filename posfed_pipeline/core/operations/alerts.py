@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import smtplib
-import sqlite3
 import ssl
 import time
 import urllib.request
@@ -20,6 +19,8 @@ from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
 from pathlib import Path
 
+from posfed_pipeline.core.base.errors import PosfedError
+from posfed_pipeline.core.base.sqlite import SQLiteFile
 from posfed_pipeline.core.config.alert_settings import AlertSettings
 
 
@@ -41,7 +42,7 @@ class Alert:
         }
 
 
-class AlertDeliveryError(RuntimeError):
+class AlertDeliveryError(PosfedError, RuntimeError):
     """No configured channel took the alert; the message says which failed and why."""
 
 
@@ -87,35 +88,37 @@ class AlertOutbox:
 
     def __init__(self, path: Path):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self._connect() as connection:
-            connection.execute(
+        # FULL: an alert handed to the outbox survives a power cut. SQLite's rollback journal,
+        # not WAL, and a connection per use, as it always had: a handful of rows, written now
+        # and then, need no reader-writer concurrency nor a connection held open between uses.
+        self._db = SQLiteFile(
+            self.path, busy_timeout=10, synchronous="FULL", wal=False, per_thread=False
+        )
+        self._db.prepare(
+            [
                 "CREATE TABLE IF NOT EXISTS alert (id INTEGER PRIMARY KEY, created_at REAL, "
                 "alert TEXT NOT NULL, channels TEXT NOT NULL, attempts INTEGER DEFAULT 0, "
                 "last_error TEXT)"
-            )
-
-    def _connect(self) -> sqlite3.Connection:
-        connection = sqlite3.connect(self.path, timeout=10)
-        connection.execute("PRAGMA synchronous=FULL")
-        return connection
+            ],
+            atomic=False,
+        )
 
     def add(self, settings: AlertSettings, alert: Alert) -> None:
-        with self._connect() as connection:
+        with self._db.write() as connection:
             connection.execute(
                 "INSERT INTO alert (created_at, alert, channels) VALUES (?, ?, ?)",
                 (time.time(), json.dumps(alert.as_json()), ",".join(channels(settings))),
             )
 
     def pending(self) -> int:
-        with self._connect() as connection:
+        with self._db.session() as connection:
             return connection.execute("SELECT COUNT(*) FROM alert").fetchone()[0]
 
     def flush(self, settings: AlertSettings) -> list[Alert]:
         """Try every owed alert on the channels still owed it; returns the alerts that are now
         delivered everywhere. Raises ``AlertDeliveryError`` if any is still owed."""
         done, failures = [], []
-        with self._connect() as connection:
+        with self._db.session() as connection:
             rows = connection.execute(
                 "SELECT id, alert, channels FROM alert ORDER BY id"
             ).fetchall()
@@ -123,7 +126,7 @@ class AlertOutbox:
             alert = _alert_from_json(json.loads(document))
             delivered, errors = deliver(settings, alert, [c for c in owed.split(",") if c])
             left = [c for c in owed.split(",") if c and c not in delivered]
-            with self._connect() as connection:
+            with self._db.write() as connection:
                 if left:
                     connection.execute(
                         "UPDATE alert SET channels = ?, attempts = attempts + 1, last_error = ? "

@@ -21,6 +21,7 @@ from enum import StrEnum
 from sqlalchemy.engine import Engine
 
 from posfed_pipeline.core import central_db
+from posfed_pipeline.core.central_db.errors import CentralDbError
 from posfed_pipeline.core.central_db.timeouts import call_deadline
 from posfed_pipeline.core.config.sync_policy import SyncPolicy
 from posfed_pipeline.core.state.ledger import Ledger, SyncLag
@@ -149,5 +150,5 @@ def check_central_schema(engine: Engine, policy: SyncPolicy = SyncPolicy()) -> N
         )
 
 
-class SchemaMissing(RuntimeError):
+class SchemaMissing(CentralDbError, RuntimeError):
     """The central database is reachable but not set up for posfed."""

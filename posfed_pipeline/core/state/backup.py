@@ -27,6 +27,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from posfed_pipeline.core.base.errors import PosfedError
+
 MANIFEST = "posfed-backup.json"
 FORMAT = 1
 # SQLite's side files are folded into the copy by the backup API; a socket is not state.
@@ -37,7 +39,7 @@ WALK_FIRST = {"inbox": 0, "quarantine": 1, "archive": 2}
 SQLITE_MAGIC = b"SQLite format 3\x00"
 
 
-class BackupError(Exception):
+class BackupError(PosfedError):
     pass
 
 

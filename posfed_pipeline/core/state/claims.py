@@ -15,15 +15,14 @@ A small SQLite file on the store server's local disk (WAL, one short transaction
 
 from __future__ import annotations
 
-import contextlib
 import sqlite3
-import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from datetime import date
 from pathlib import Path
 
+from posfed_pipeline.core.base.sqlite import SQLiteFile, add_missing_columns
 from posfed_pipeline.core.config import Terminal
 from posfed_pipeline.core.state.inbox import InboxFile, PlannedBatch, plan_batches
 
@@ -45,6 +44,10 @@ _LATER_COLUMNS = {"retry_at": "REAL", "note": "TEXT"}
 TRIGGER_HEARTBEAT = "trigger"
 
 
+def _migrate(connection: sqlite3.Connection) -> None:
+    add_missing_columns(connection, "claim", _LATER_COLUMNS)
+
+
 @dataclass(frozen=True)
 class Claim:
     signature: str
@@ -61,26 +64,15 @@ class Claim:
 class ClaimTable:
     def __init__(self, path: Path):
         self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._local = threading.local()
-        with self._connect() as connection:
-            connection.execute("PRAGMA journal_mode=WAL")
-            connection.execute(_SCHEMA)
-            connection.execute(_HEARTBEAT)
-            present = {row[1] for row in connection.execute("PRAGMA table_info(claim)")}
-            for column, kind in _LATER_COLUMNS.items():
-                if column not in present:
-                    # OperationalError: another process added it a moment ago.
-                    with contextlib.suppress(sqlite3.OperationalError):
-                        connection.execute(f"ALTER TABLE claim ADD COLUMN {column} {kind}")
+        # NORMAL, not the ledger's FULL: a claim lost to a power cut only means its file is
+        # claimed and run again, which the ledger makes harmless. The schema statements run one
+        # by one, as they always have (not under the write lock: opening, on every sensor tick
+        # and run, does not wait for a claim being written once the schema is there).
+        self._db = SQLiteFile(path, busy_timeout=30, synchronous="NORMAL", wal=True)
+        self._db.prepare((_SCHEMA, _HEARTBEAT), _migrate, atomic=False)
 
     def _connect(self) -> sqlite3.Connection:
-        connection = getattr(self._local, "connection", None)
-        if connection is None:
-            connection = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-            connection.execute("PRAGMA synchronous=NORMAL")
-            self._local.connection = connection
-        return connection
+        return self._db.connect()
 
     def claim(
         self, terminal_id: str, signatures: Iterable[str], run_key_for, *, attempt: int = 0
@@ -93,9 +85,7 @@ class ClaimTable:
         wanted = list(dict.fromkeys(signatures))
         if not wanted:
             return []
-        connection = self._connect()
-        connection.execute("BEGIN IMMEDIATE")
-        try:
+        with self._db.write() as connection:
             taken = self._taken(connection, terminal_id, wanted)
             won = [s for s in wanted if s not in taken]
             if won:
@@ -106,10 +96,6 @@ class ClaimTable:
                     "VALUES (?, ?, ?, ?, ?)",
                     [(terminal_id, s, run_key, attempt, now) for s in won],
                 )
-            connection.execute("COMMIT")
-        except BaseException:
-            connection.execute("ROLLBACK")
-            raise
         return won
 
     def reclaim(
@@ -117,11 +103,9 @@ class ClaimTable:
     ) -> list[str]:
         """Hand claims whose run failed or left files behind to a new run (a retry). Returns
         the signatures handed over: a claim another launcher handed over first is not."""
-        connection = self._connect()
         now = time.time()
         won = []
-        connection.execute("BEGIN IMMEDIATE")
-        try:
+        with self._db.write() as connection:
             for claim in claims:
                 updated = connection.execute(
                     "UPDATE claim SET run_key = ?, attempt = ?, claimed_at = ?, retry_at = NULL, "
@@ -130,10 +114,6 @@ class ClaimTable:
                 )
                 if updated.rowcount:
                     won.append(claim.signature)
-            connection.execute("COMMIT")
-        except BaseException:
-            connection.execute("ROLLBACK")
-            raise
         return won
 
     def defer(

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime
 from pathlib import Path
 
+from posfed_pipeline.core.base.errors import PosfedError
 from posfed_pipeline.core.base.fsutil import move_unique
 from posfed_pipeline.core.config import Terminal
 from posfed_pipeline.core.model.terminal import DeliveryRules
@@ -270,7 +271,7 @@ class SettleWatch:
         return InboxScan(ready=ready, settling=settling)
 
 
-class InboxNotAnswering(OSError):
+class InboxNotAnswering(PosfedError, OSError):
     """Listing the inbox did not finish in time (a share that hangs)."""
 
 
@@ -423,7 +424,7 @@ def inbox_path(terminal: Terminal, name: str) -> Path:
     return path
 
 
-class NotARegularFile(FileNotFoundError):
+class NotARegularFile(PosfedError, FileNotFoundError):
     """The regular file listed is gone: something else (a FIFO, a symlink, a directory) has
     taken its name. A FileNotFoundError, so that everything that handles a file gone treats
     it so; the listing reports the new entry."""

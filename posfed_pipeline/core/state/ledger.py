@@ -19,15 +19,15 @@ from __future__ import annotations
 
 import functools
 import sqlite3
-import threading
 import time
 import uuid
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
 
+from posfed_pipeline.core.base.sqlite import SQLiteFile, add_missing_columns
 from posfed_pipeline.core.model.outbox import OutboxRow, Outcome
 from posfed_pipeline.core.model.receipt import Receipt, from_payload, to_payload
 
@@ -191,57 +191,41 @@ _EARLIER_WAITING_FOR_DAT = (
 )
 
 
+def _migrate(connection: sqlite3.Connection) -> None:
+    """A ledger made before the staged .dat gets its column (under the write lock)."""
+    add_missing_columns(connection, "receipt", {"dat_staged": "TEXT"})
+    connection.execute(
+        "CREATE INDEX IF NOT EXISTS receipt_staged ON receipt (terminal_id) "
+        "WHERE dat_staged IS NOT NULL"
+    )
+
+
 class Ledger:
     """The ledger file, one SQLite connection per thread (SQLite's own rule)."""
 
     def __init__(self, path: Path):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._local = threading.local()
-        connection = self._connect()
-        connection.execute("PRAGMA journal_mode=WAL")
-        with self._write() as write:
-            for statement in _SCHEMA:
-                write.execute(statement)
-            columns = {row[1] for row in write.execute("PRAGMA table_info(receipt)")}
-            if "dat_staged" not in columns:  # a ledger from before the staged .dat
-                write.execute("ALTER TABLE receipt ADD COLUMN dat_staged TEXT")
-            write.execute(
-                "CREATE INDEX IF NOT EXISTS receipt_staged ON receipt (terminal_id) "
-                "WHERE dat_staged IS NOT NULL"
-            )
+        # FULL: a commit is durable before it returns; the .dat written after it may rely on
+        # it. (NORMAL would lose the last commits on a power cut in WAL mode.) Foreign keys on,
+        # as it always had them (it declares none yet). Its schema is made under the write
+        # lock (``prepare``'s default): a run worker never sees a half-made ledger.
+        self._db = SQLiteFile(
+            self.path,
+            busy_timeout=BUSY_TIMEOUT_SECONDS,
+            synchronous="FULL",
+            wal=True,
+            foreign_keys=True,
+        )
+        self._db.prepare(_SCHEMA, _migrate)
 
     def _connect(self) -> sqlite3.Connection:
-        connection = getattr(self._local, "connection", None)
-        if connection is None:
-            connection = sqlite3.connect(
-                self.path, timeout=BUSY_TIMEOUT_SECONDS, isolation_level=None
-            )
-            # FULL: a commit is durable before it returns; the .dat written after it may rely
-            # on it. (NORMAL would lose the last commits on a power cut in WAL mode.)
-            connection.execute("PRAGMA synchronous=FULL")
-            connection.execute("PRAGMA foreign_keys=ON")
-            self._local.connection = connection
-        return connection
+        return self._db.connect()
 
     def close(self) -> None:
-        connection = getattr(self._local, "connection", None)
-        if connection is not None:
-            connection.close()
-            self._local.connection = None
+        self._db.close()
 
-    @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        # IMMEDIATE: take the write lock before reading, so that two writers (two run workers,
-        # a sync) queue up instead of failing half-way with "database is locked".
-        connection = self._connect()
-        connection.execute("BEGIN IMMEDIATE")
-        try:
-            yield connection
-        except BaseException:
-            connection.execute("ROLLBACK")
-            raise
-        connection.execute("COMMIT")
+    def _write(self) -> AbstractContextManager[sqlite3.Connection]:
+        return self._db.write()
 
     # --- accepting ------------------------------------------------------------------------------
 
