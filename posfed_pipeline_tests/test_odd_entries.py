@@ -301,10 +301,15 @@ def inbox_entries(draw) -> list[tuple[str, bytes, bytes]]:
             unique_by=lambda e: e[1],
         )
     )
-    return [e for e in entries if not e[1].startswith(b".posfed")]
+    # Hidden and temporary names (".x", "x.tmp") are left for their writer, by design and
+    # reported (test_sensors::test_temp_and_hidden_files_are_ignored): this test is about
+    # every other name.
+    return [e for e in entries if inbox.is_candidate(os.fsdecode(e[1]))]
 
 
-def _make(folder: Path, kind: str, name: bytes, content: bytes, outside: Path) -> None:
+def _make(
+    folder: Path, kind: str, name: bytes, content: bytes, outside: Path, written_at: float
+) -> None:
     path = os.path.join(os.fsencode(folder), name)
     if kind == "file":
         with open(path, "wb") as handle:
@@ -326,8 +331,7 @@ def _make(folder: Path, kind: str, name: bytes, content: bytes, outside: Path) -
             with open(target, "wb") as handle:
                 handle.write(content)
         os.link(target, path)
-    past = datetime.now().timestamp() - 60
-    os.utime(path, (past, past), follow_symlinks=False)
+    os.utime(path, (written_at, written_at), follow_symlinks=False)
 
 
 def _regular_inodes(folder: Path) -> dict[int, int]:
@@ -375,13 +379,21 @@ def test_every_inbox_entry_gets_one_verdict_and_the_next_receipt_is_delivered(
     for folder in (terminal.inbox, terminal.archive_root, terminal.quarantine):
         shutil.rmtree(folder, ignore_errors=True)
         folder.mkdir(parents=True)
+    example = next(serial)
     for kind, name, content in entries:
-        _make(terminal.inbox, kind, name, content, outside)
+        # Written before the sensor's clock (not the wall clock, which runs on past the
+        # module's ManualClock: after a minute of examples "a minute ago" was its future),
+        # and at another second in each example: one store serves every example, and a file of
+        # the same name, size and mtime as one handled moments ago is the same version to the
+        # claim table (relaunched only after relaunch_after_seconds, which this clock never
+        # reaches).
+        written_at = clock.time() - 60 - example
+        _make(terminal.inbox, kind, name, content, outside, written_at=written_at)
     created = _regular_inodes(terminal.inbox)
     odd_before = sorted(e.name for e in inbox.scan_inbox(terminal).skipped if e.not_regular)
 
     # A valid receipt after them, from the same till.
-    receipt_id = f"1V{next(serial):05d}"
+    receipt_id = f"1V{example:05d}"
     now = datetime.fromtimestamp(clock.time(), terminal.timezone).replace(microsecond=0)
     doc = receipt_doc(receipt_id, timestamp=now.isoformat())  # bakery_1's
     if terminal_id == "bakery_1":
