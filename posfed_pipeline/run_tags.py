@@ -1,33 +1,30 @@
-"""The run tags posfed sets and reads, named once (no Dagster import: the run launcher loads this
-in every Dagster process).
+"""A run's lane, from its tags (no Dagster import: the run launcher loads this in every Dagster
+process; the tags themselves are named in ``posfed_pipeline.names``).
 
 A run's *lane* is what serialises it: a terminal's runs go one at a time (its receipts in
 order), and so do the central database syncs. The run queue (``tag_concurrency_limits`` in
 deploy/dagster.*.yaml) and the warm worker pool both honour it.
 """
 
-TERMINAL_TAG = "posfed/terminal"  # a receipts run: the terminal whose files it carries
-LANE_TAG = "posfed/lane"  # any other serialised run: its lane
-REJECTED_TAG = "posfed/rejected"  # a receipts run that quarantined files: how many
-# A receipts run carrying a backlog (a flooded inbox, a catch-up after an outage): it runs at a
-# lower CPU priority, so the terminals whose cashiers wait for one receipt go first.
-BACKLOG_TAG = "posfed/backlog"
-BACKLOG_FILES = 20  # a run carrying at least this many files is a backlog
-SYNC_LANE = "central_db_sync"
-# Set by Dagster's default launcher on the runs it starts: a hidden tag, hence the dot
-# (dagster._core.storage.tags.GRPC_INFO_TAG; test_fastpath pins it).
-GRPC_INFO_TAG = ".dagster/grpc_info"
-ACCEPTED_TAG = "posfed/run_worker_pool"  # set when a warm pool queues a run
-RUN_KEY_TAG = "dagster/run_key"
-SENSOR_NAME_TAG = "dagster/sensor_name"
-PARTITION_TAG = "dagster/partition"
-TERMINAL_PARTITION_TAG = "dagster/partition/terminal"  # a multi-partition run's dimension
+from posfed_pipeline.names import (
+    BACKLOG_TAG,
+    CENTRAL_DB_RECEIPTS,
+    DAT_FILES,
+    LANE_TAG,
+    PARTITION_TAG,
+    RECEIPTS_JOB,
+    SYNC_JOB,
+    SYNC_LANE,
+    TERMINAL_PARTITION_TAG,
+    TERMINAL_TAG,
+    VALIDATED_RECEIPTS,
+)
 
-# What a run materializes decides its lane (asset keys as Dagster prints them).
-RECEIPTS_JOB = "receipts_job"
-SYNC_JOB = "central_db_sync_job"
-RECEIPT_ASSETS = frozenset({"validated_receipts", "dat_files"})
-SYNC_ASSETS = frozenset({"central_db_receipts"})
+BACKLOG_FILES = 20  # a run carrying at least this many files is a backlog (BACKLOG_TAG)
+
+# What a run materializes decides its lane.
+RECEIPT_ASSETS = frozenset({VALIDATED_RECEIPTS, DAT_FILES})
+SYNC_ASSETS = frozenset({CENTRAL_DB_RECEIPTS})
 
 
 def lane_of(tags: dict[str, str]) -> tuple[str | None, bool]:

@@ -24,7 +24,8 @@ from posfed_pipeline.core.operations.alerts import (
 from posfed_pipeline.core.stages import sync
 from posfed_pipeline.core.state.ledger import DeliveredReceipt, open_ledger
 from posfed_pipeline.definitions import build_definitions
-from posfed_pipeline.defs.alerts import LAG_SENSOR, RUN_FAILURE_SENSOR, run_failure_alert
+from posfed_pipeline.defs.alerts import run_failure_alert
+from posfed_pipeline.names import LAG_ALERT_SENSOR, RUN_FAILURE_SENSOR
 from posfed_pipeline_tests.support.receipts import make_receipt
 from posfed_pipeline_tests.support.stores import store_config_dict
 
@@ -167,7 +168,7 @@ def test_the_lag_alert_is_sent_once_when_it_fails_and_once_when_it_recovers(
         webhook_url=url,
     )
     clock = ManualClock()
-    sensor = build_definitions(config, clock=clock).resolve_sensor_def(LAG_SENSOR)
+    sensor = build_definitions(config, clock=clock).resolve_sensor_def(LAG_ALERT_SENSOR)
     ledger = open_ledger(config.home)
     receipt = make_receipt("L1")
     ledger.accept(
@@ -225,7 +226,7 @@ def test_an_alert_the_mail_server_could_not_take_is_delivered_later(
     # delivers what was owed.
     fixed = replace(config, alerts=replace(config.alerts, smtp_port=controller.port))
     with dg.instance_for_test() as instance:
-        build_definitions(fixed).resolve_sensor_def(LAG_SENSOR)(
+        build_definitions(fixed).resolve_sensor_def(LAG_ALERT_SENSOR)(
             dg.build_sensor_context(instance=instance)
         )
     assert outbox.pending() == 0

@@ -9,9 +9,9 @@ import dagster as dg
 import pytest
 
 from posfed_pipeline.core.operations import audit
-from posfed_pipeline.definitions import RECEIPTS_JOB, build_definitions
-from posfed_pipeline.defs.assets import ReceiptBatchConfig, receipt_op_config
-from posfed_pipeline.defs.central_db import SYNC_JOB
+from posfed_pipeline.definitions import build_definitions
+from posfed_pipeline.defs.receipts import ReceiptBatchConfig, receipt_op_config
+from posfed_pipeline.names import RECEIPTS_JOB, SYNC_JOB
 from posfed_pipeline_tests.support.receipts import drop_receipt, receipt_doc
 
 DAY = date(2026, 11, 20)

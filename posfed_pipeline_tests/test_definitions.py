@@ -3,8 +3,9 @@
 import dagster as dg
 
 from posfed_pipeline.core.config import load_config
-from posfed_pipeline.definitions import RECEIPTS_JOB, build_definitions
+from posfed_pipeline.definitions import build_definitions
 from posfed_pipeline.defs.partitions import split_terminal_day_key, terminal_day_key
+from posfed_pipeline.names import RECEIPTS_JOB
 from posfed_pipeline_tests.support.repo import REPO_ROOT
 
 
@@ -26,6 +27,38 @@ def test_demo_store_definitions_load_with_one_sensor_per_terminal():
     }
     sync = defs.resolve_job_def("central_db_sync_job")
     assert set(sync.asset_layer.executable_asset_keys) == {dg.AssetKey("central_db_receipts")}
+
+
+def test_each_area_gives_its_definitions_and_every_name_is_in_names():
+    """Each ``defs/<area>.py`` returns one ``dg.Definitions`` and is merged; whatever the code
+    location holds is named in ``posfed_pipeline.names``, the one place names are defined."""
+    import importlib
+    import pkgutil
+
+    import posfed_pipeline.defs
+    from posfed_pipeline import names
+    from posfed_pipeline.core.base.clock import SYSTEM_CLOCK
+    from posfed_pipeline.definitions import AREAS
+
+    config = load_config(REPO_ROOT / "posfed.toml")
+    modules = [
+        importlib.import_module(f"posfed_pipeline.defs.{m.name}")
+        for m in pkgutil.iter_modules(posfed_pipeline.defs.__path__)
+    ]
+    assert {m for m in modules if hasattr(m, "definitions")} == set(AREAS)
+    for area in AREAS:
+        assert isinstance(area.definitions(config, SYSTEM_CLOCK), dg.Definitions), area
+
+    named = {v for k, v in vars(names).items() if k.isupper() and isinstance(v, str)}
+    named |= {names.inbox_sensor_name(t) for t in config.terminal_ids}
+    named |= {names.health_check_name(t) for t in config.terminal_ids}
+    defs = build_definitions(config)
+    repo = defs.get_repository_def()
+    graph = defs.resolve_asset_graph()
+    assert {j.name for j in repo.get_all_jobs()} - {"__ASSET_JOB"} <= named
+    assert {s.name for s in [*repo.sensor_defs, *repo.schedule_defs]} <= named
+    assert {k.to_user_string() for k in graph.get_all_asset_keys()} <= named
+    assert {k.name for k in graph.asset_check_keys} <= named
 
 
 def test_asset_lineage_runs_from_files_to_dat(config):
@@ -76,7 +109,8 @@ def test_partition_keys_round_trip():
 def test_the_jobs_the_ui_builds_run_in_process_and_lanes_name_the_real_assets():
     """Materialize on an asset page runs Dagster's implicit asset job: in a warm run worker (a
     daemonic process, which may not fork) it must not start a process per step."""
-    from posfed_pipeline.run_tags import RECEIPT_ASSETS, SYNC_ASSETS, SYNC_JOB
+    from posfed_pipeline.names import SYNC_JOB
+    from posfed_pipeline.run_tags import RECEIPT_ASSETS, SYNC_ASSETS
 
     defs = build_definitions(load_config(REPO_ROOT / "posfed.toml"))
     for job in [defs.resolve_implicit_global_asset_job_def(), *defs.resolve_all_job_defs()]:

@@ -23,11 +23,11 @@ from posfed_pipeline.core.intake import parsing
 from posfed_pipeline.core.stages.sync import sync_pending
 from posfed_pipeline.core.state import inbox
 from posfed_pipeline.core.state.ledger import open_ledger
-from posfed_pipeline.definitions import RECEIPTS_JOB, build_definitions
-from posfed_pipeline.defs.central_db import SYNC_JOB
-from posfed_pipeline.defs.sensors import inbox_sensor_name, run_request_for
+from posfed_pipeline.definitions import build_definitions
+from posfed_pipeline.defs.inbox_sensors import run_request_for
 from posfed_pipeline.fastpath import dagster_internals, launcher
 from posfed_pipeline.fastpath.service import start_fastpath
+from posfed_pipeline.names import RECEIPTS_JOB, SYNC_JOB, inbox_sensor_name
 from posfed_pipeline_tests.support.receipts import receipt_doc
 from posfed_pipeline_tests.support.repo import REPO_ROOT
 from posfed_pipeline_tests.support.stores import open_instance_store
@@ -134,7 +134,7 @@ def test_trigger_runs_are_the_sensors_runs_and_no_sensor_tick_duplicates_them(fa
     # The catch-up sensors now find nothing to launch, on a fresh tick with the same instance.
     defs = build_definitions(config)
     for terminal in config.terminals:
-        sensor = defs.resolve_sensor_def(inbox_sensor_name(terminal))
+        sensor = defs.resolve_sensor_def(inbox_sensor_name(terminal.id))
         result = sensor(dg.build_sensor_context(instance=instance))
         assert result.run_requests == []
 
@@ -345,7 +345,7 @@ def test_a_run_the_fallback_launcher_started_is_not_judged_by_the_absent_pool(tm
     from dagster._core.launcher.base import WorkerStatus
     from dagster._core.storage.tags import GRPC_INFO_TAG as DAGSTERS_TAG
 
-    from posfed_pipeline.run_tags import GRPC_INFO_TAG
+    from posfed_pipeline.names import GRPC_INFO_TAG
 
     assert GRPC_INFO_TAG == DAGSTERS_TAG  # pinned: an upgrade that renames it fails here
     nowhere = launcher.WarmWorkerRunLauncher(socket_path=str(tmp_path / "no-pool.sock"))
@@ -368,7 +368,7 @@ def test_a_fallback_run_whose_process_died_with_its_code_server_is_reported_dead
     from dagster._core.events import EngineEventData
     from dagster._core.launcher.base import WorkerStatus
 
-    from posfed_pipeline.run_tags import GRPC_INFO_TAG
+    from posfed_pipeline.names import GRPC_INFO_TAG
 
     launcher_config = {
         "module": "posfed_pipeline.fastpath.launcher",
@@ -443,7 +443,8 @@ def test_a_backlog_run_waits_while_a_cashiers_receipt_is_processed(tmp_path):
     import multiprocessing
 
     from posfed_pipeline.fastpath.pool import WarmWorkerPool, _Job, _Worker
-    from posfed_pipeline.run_tags import BACKLOG_TAG, TERMINAL_TAG, lane_of
+    from posfed_pipeline.names import BACKLOG_TAG, TERMINAL_TAG
+    from posfed_pipeline.run_tags import lane_of
 
     assert lane_of({TERMINAL_TAG: "coffee_2", BACKLOG_TAG: "true"}) == ("coffee_2", True)
     assert lane_of({TERMINAL_TAG: "bakery_1"}) == ("bakery_1", False)
@@ -528,7 +529,7 @@ def test_a_warm_worker_keeps_nothing_of_the_runs_it_executed(fast_store):
         [batch] = inbox.plan_batches(
             terminal, ready, lambda f: parsing.business_day_of_file(f.path, terminal)
         )
-        run = factory.create_run(run_request_for(terminal, batch), inbox_sensor_name(terminal))
+        run = factory.create_run(run_request_for(terminal, batch), inbox_sensor_name(terminal.id))
         status = dagster_internals.execute_run_in_this_process(instance, run)
         assert status == dg.DagsterRunStatus.SUCCESS
         assert dagster_internals.drop_idle_event_subscriptions(instance) == 0

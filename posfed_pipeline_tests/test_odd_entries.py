@@ -36,7 +36,8 @@ from posfed_pipeline.core.operations.terminal_health import terminal_health
 from posfed_pipeline.core.stages import launching, processing
 from posfed_pipeline.core.state import claims, inbox, quarantine
 from posfed_pipeline.core.state.ledger import open_ledger
-from posfed_pipeline.definitions import RECEIPTS_JOB, build_definitions
+from posfed_pipeline.definitions import build_definitions
+from posfed_pipeline.names import RECEIPTS_JOB
 from posfed_pipeline_tests.support.daemon import run_as_the_daemon_would
 from posfed_pipeline_tests.support.receipts import receipt_doc
 from posfed_pipeline_tests.support.stores import store_config_dict

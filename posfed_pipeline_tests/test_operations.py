@@ -14,8 +14,9 @@ import pytest
 from posfed_pipeline.core import central_db
 from posfed_pipeline.core.config import load_config
 from posfed_pipeline.core.state.ledger import open_ledger
-from posfed_pipeline.definitions import RECEIPTS_JOB, build_definitions
-from posfed_pipeline.defs.assets import ReceiptBatchConfig, receipt_op_config
+from posfed_pipeline.definitions import build_definitions
+from posfed_pipeline.defs.receipts import ReceiptBatchConfig, receipt_op_config
+from posfed_pipeline.names import RECEIPTS_JOB
 from posfed_pipeline_tests.support.receipts import drop_receipt, receipt_doc
 from posfed_pipeline_tests.support.repo import REPO_ROOT
 from posfed_pipeline_tests.support.stores import write_store_config

@@ -33,9 +33,9 @@ from posfed_pipeline.core.base.clock import ManualClock
 from posfed_pipeline.core.config import config_from_dict, load_config
 from posfed_pipeline.core.state.ledger import open_ledger
 from posfed_pipeline.dagster_home import render_instance_yaml
-from posfed_pipeline.definitions import RECEIPTS_JOB, build_definitions
-from posfed_pipeline.defs.assets import ReceiptBatchConfig, receipt_op_config
-from posfed_pipeline.defs.central_db import FAILURE_KIND_TAG, SYNC_JOB, SYNC_SENSOR
+from posfed_pipeline.definitions import build_definitions
+from posfed_pipeline.defs.receipts import ReceiptBatchConfig, receipt_op_config
+from posfed_pipeline.names import FAILURE_KIND_TAG, RECEIPTS_JOB, SYNC_JOB, SYNC_SENSOR
 from posfed_pipeline_tests.support.processes import wait_for
 from posfed_pipeline_tests.support.receipts import drop_receipt, receipt_doc
 from posfed_pipeline_tests.support.repo import REPO_ROOT

@@ -19,9 +19,9 @@ from posfed_pipeline.core.config import config_from_dict
 from posfed_pipeline.core.intake import parsing
 from posfed_pipeline.core.intake.validation import LABEL_AMOUNT_RULE, LABEL_WEIGHT_RULE
 from posfed_pipeline.core.state import quarantine
-from posfed_pipeline.definitions import RECEIPTS_JOB, build_definitions
-from posfed_pipeline.defs.assets import ReceiptBatchConfig, receipt_op_config
-from posfed_pipeline.defs.central_db import SYNC_JOB
+from posfed_pipeline.definitions import build_definitions
+from posfed_pipeline.defs.receipts import ReceiptBatchConfig, receipt_op_config
+from posfed_pipeline.names import RECEIPTS_JOB, SYNC_JOB
 from posfed_pipeline_tests.support.repo import REPO_ROOT
 from posfed_pipeline_tests.support.stores import store_config_dict
 

@@ -16,7 +16,8 @@ from posfed_pipeline.core.dat import load_spec
 from posfed_pipeline.core.stages import processing
 from posfed_pipeline.core.state import quarantine
 from posfed_pipeline.core.state.ledger import open_ledger
-from posfed_pipeline.definitions import RECEIPTS_JOB, build_definitions
+from posfed_pipeline.definitions import build_definitions
+from posfed_pipeline.names import RECEIPTS_JOB
 from posfed_pipeline_tests.support.daemon import (
     run_as_the_daemon_would,
     sensor_and_runs,

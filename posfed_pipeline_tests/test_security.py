@@ -28,10 +28,10 @@ from posfed_pipeline.core.dat import load_spec
 from posfed_pipeline.core.stages.processing import process_batch
 from posfed_pipeline.core.stages.sync import sync_pending
 from posfed_pipeline.core.state.ledger import open_ledger
-from posfed_pipeline.definitions import RECEIPTS_JOB, build_definitions
-from posfed_pipeline.defs.assets import ReceiptBatchConfig, receipt_op_config
-from posfed_pipeline.defs.central_db import SYNC_JOB
+from posfed_pipeline.definitions import build_definitions
 from posfed_pipeline.defs.partitions import terminal_day_key
+from posfed_pipeline.defs.receipts import ReceiptBatchConfig, receipt_op_config
+from posfed_pipeline.names import RECEIPTS_JOB, SYNC_JOB
 from posfed_pipeline_tests.support.processes import free_port, wait_for
 from posfed_pipeline_tests.support.receipts import drop_receipt, receipt_doc
 from posfed_pipeline_tests.support.repo import REPO_ROOT

@@ -167,7 +167,7 @@ def test_business_day_falls_back_to_arrival_day_for_unparseable_files(config):
 @pytest.mark.slow
 def test_files_of_a_failed_run_are_launched_again_and_then_processed_once(config, tmp_path):
     from posfed_pipeline.core.state.ledger import open_ledger
-    from posfed_pipeline.definitions import RECEIPTS_JOB
+    from posfed_pipeline.names import RECEIPTS_JOB
 
     config = replace(config, relaunch_after_seconds=0.0, _by_id={})
     terminal = config.terminal("bakery_1")
@@ -221,7 +221,7 @@ def test_a_file_left_by_a_successful_run_is_looked_at_again(config):
     """A run that found a file still being written leaves it (and succeeds); the sensor gives
     the file another run after the relaunch delay, which judges it once its writer is gone."""
     from posfed_pipeline.core import central_db
-    from posfed_pipeline.definitions import RECEIPTS_JOB
+    from posfed_pipeline.names import RECEIPTS_JOB
 
     config = replace(config, relaunch_after_seconds=0.0, incomplete_grace_seconds=3.0, _by_id={})
     central_db.upgrade_database(central_db.make_engine(config.db_url))
@@ -278,7 +278,7 @@ def test_the_catch_up_interval_is_the_sensors_and_is_checked(tmp_path):
     import pytest
 
     from posfed_pipeline.core.config import ConfigError, config_from_dict
-    from posfed_pipeline.defs.sensors import inbox_sensor_name
+    from posfed_pipeline.names import inbox_sensor_name
     from posfed_pipeline_tests.support.stores import store_config_dict
 
     def sensor_interval(**intake) -> int:
@@ -286,7 +286,7 @@ def test_the_catch_up_interval_is_the_sensors_and_is_checked(tmp_path):
         raw["intake"] = {"stability_seconds": 0.2, **intake}
         config = config_from_dict(raw, base_dir=tmp_path)
         terminal = config.terminals[0]
-        sensor = build_definitions(config).resolve_sensor_def(inbox_sensor_name(terminal))
+        sensor = build_definitions(config).resolve_sensor_def(inbox_sensor_name(terminal.id))
         return sensor.minimum_interval_seconds
 
     # A second under a multiple of the daemon's 5-s loop: a loop a little early still ticks.
@@ -318,7 +318,7 @@ def test_a_receipt_older_than_the_window_still_runs_and_old_days_stay_backfillab
     import pytest
 
     from posfed_pipeline.core.config import ConfigError, config_from_dict
-    from posfed_pipeline.definitions import RECEIPTS_JOB
+    from posfed_pipeline.names import RECEIPTS_JOB
     from posfed_pipeline_tests.support.stores import store_config_dict
 
     def store(**settings):

@@ -32,9 +32,10 @@ from posfed_dev.terminal_servers import (
 )
 
 from posfed_pipeline.core.state.ledger import open_ledger
-from posfed_pipeline.definitions import RECEIPTS_JOB, build_definitions
-from posfed_pipeline.defs.sensors import LISTING_TIMEOUT_SECONDS, inbox_sensor_name
+from posfed_pipeline.definitions import build_definitions
+from posfed_pipeline.defs.inbox_sensors import LISTING_TIMEOUT_SECONDS
 from posfed_pipeline.fastpath.service import start_fastpath
+from posfed_pipeline.names import RECEIPTS_JOB, inbox_sensor_name
 from posfed_pipeline_tests.support.receipts import receipt_doc
 from posfed_pipeline_tests.support.stores import open_instance_store
 
@@ -268,13 +269,13 @@ def test_a_share_that_hangs_holds_up_its_own_terminal_only(store_dir, monkeypatc
             assert listing.is_alive(), "the share answered again: the test proved nothing"
 
             defs = build_definitions(config)
-            sensor = defs.resolve_sensor_def(inbox_sensor_name(bakery))
+            sensor = defs.resolve_sensor_def(inbox_sensor_name(bakery.id))
             started = time.monotonic()
             tick = sensor(dg.build_sensor_context(instance=dg.DagsterInstance.get()))
             assert time.monotonic() - started < LISTING_TIMEOUT_SECONDS + 5
             assert "unreadable" in tick.skip_reason.skip_message
             assert "answer" in tick.skip_reason.skip_message
-            other = defs.resolve_sensor_def(inbox_sensor_name(butcher))
+            other = defs.resolve_sensor_def(inbox_sensor_name(butcher.id))
             assert other(dg.build_sensor_context(instance=dg.DagsterInstance.get())).skip_reason
         finally:
             link.heal()

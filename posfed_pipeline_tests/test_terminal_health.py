@@ -19,7 +19,7 @@ from posfed_pipeline.core.operations.terminal_health import terminal_health
 from posfed_pipeline.core.state import inbox, quarantine
 from posfed_pipeline.core.state.ledger import open_ledger
 from posfed_pipeline.definitions import build_definitions
-from posfed_pipeline.defs.terminal_health import HEALTH_SENSOR, TERMINAL_INBOXES, check_name
+from posfed_pipeline.names import HEALTH_SENSOR, TERMINAL_INBOXES, health_check_name
 from posfed_pipeline_tests.support.pipeline import process_and_sync
 from posfed_pipeline_tests.support.receipts import drop_receipt, receipt_doc
 from posfed_pipeline_tests.support.repo import REPO_ROOT
@@ -120,11 +120,11 @@ def test_the_sensor_turns_a_terminals_check_red_once_and_mails_the_operator(
     defs = build_definitions(config)
     sensor = defs.resolve_sensor_def(HEALTH_SENSOR)
     checks = {key.name for key in defs.resolve_asset_graph().asset_check_keys}
-    assert {check_name(t) for t in config.terminals} <= checks
+    assert {health_check_name(t.id) for t in config.terminals} <= checks
     with dg.instance_for_test() as instance:
         first = sensor(dg.build_sensor_context(instance=instance))
         assert sorted(e.check_name for e in first.asset_events) == sorted(
-            check_name(t) for t in config.terminals
+            health_check_name(t.id) for t in config.terminals
         )
         assert all(e.passed for e in first.asset_events)
         quiet = sensor(dg.build_sensor_context(instance=instance, cursor=first.cursor))
@@ -135,7 +135,7 @@ def test_the_sensor_turns_a_terminals_check_red_once_and_mails_the_operator(
         bad = sensor(dg.build_sensor_context(instance=instance, cursor=quiet.cursor))
         [evaluation] = bad.asset_events
         assert (evaluation.asset_key, evaluation.check_name) == (
-            TERMINAL_INBOXES,
+            dg.AssetKey(TERMINAL_INBOXES),
             "butcher_1_is_delivering",
         )
         assert not evaluation.passed

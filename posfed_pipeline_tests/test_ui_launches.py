@@ -27,10 +27,10 @@ from posfed_pipeline import packaged
 from posfed_pipeline.core import central_db
 from posfed_pipeline.core.config import load_config
 from posfed_pipeline.dagster_home import render_instance_yaml
-from posfed_pipeline.definitions import RECEIPTS_JOB, build_definitions
-from posfed_pipeline.defs.assets import ReceiptBatchConfig, receipt_op_config
+from posfed_pipeline.definitions import build_definitions
 from posfed_pipeline.defs.partitions import terminal_day_key
-from posfed_pipeline.run_tags import TERMINAL_TAG
+from posfed_pipeline.defs.receipts import ReceiptBatchConfig, receipt_op_config
+from posfed_pipeline.names import RECEIPTS_JOB, TERMINAL_TAG
 from posfed_pipeline_tests.support.processes import wait_for
 from posfed_pipeline_tests.support.receipts import drop_receipt, receipt_doc
 from posfed_pipeline_tests.support.repo import REPO_ROOT

@@ -78,7 +78,7 @@ from posfed_pipeline.core.model.outbox import Outcome
 from posfed_pipeline.core.model.receipt import Receipt, canonical_json, content_hash
 from posfed_pipeline.core.state import inbox, quarantine
 from posfed_pipeline.core.state.ledger import Ledger, ledger_path
-from posfed_pipeline.defs.central_db import SYNC_SENSOR
+from posfed_pipeline.names import SYNC_SENSOR
 from posfed_pipeline.processes import services
 from posfed_pipeline.processes.supervisor import children, read_state, unix_socket_answers
 

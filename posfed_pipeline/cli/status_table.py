@@ -23,7 +23,7 @@ def last_run_statuses(terminal_ids: list[str]) -> dict[str, str]:
         return {}
     import dagster as dg
 
-    from posfed_pipeline.run_tags import TERMINAL_TAG
+    from posfed_pipeline.names import TERMINAL_TAG
 
     statuses = {}
     with dg.DagsterInstance.get() as instance:

@@ -11,15 +11,18 @@ and the lag sensor tries it again every 30 s until every channel took it.
 
 import dagster as dg
 
-from posfed_pipeline.core.base.clock import SYSTEM_CLOCK, Clock
+from posfed_pipeline.core.base.clock import Clock
 from posfed_pipeline.core.config import PosfedConfig
 from posfed_pipeline.core.operations.alerts import Alert, AlertOutbox, alert_outbox_path
 from posfed_pipeline.core.stages import sync
 from posfed_pipeline.core.state.ledger import open_ledger
-from posfed_pipeline.defs.central_db import FAILURE_KIND_TAG
+from posfed_pipeline.names import (
+    FAILURE_KIND_TAG,
+    LAG_ALERT_SENSOR,
+    PARTITION_TAG,
+    RUN_FAILURE_SENSOR,
+)
 
-RUN_FAILURE_SENSOR = "run_failure_alert_sensor"
-LAG_SENSOR = "central_db_lag_alert_sensor"
 # The lag sensor's cursor: the failure was announced, and recovery not yet (a lag that drains
 # through WARN on its way back is still the same outage).
 ALERTED = "alerted"
@@ -29,7 +32,7 @@ def run_failure_alert(config: PosfedConfig, run: dg.DagsterRun, message: str) ->
     """The alert for a failed run, or None when another alert speaks for it."""
     if run.tags.get(FAILURE_KIND_TAG) in ("transient", "repeated"):
         return None
-    partition = run.tags.get("dagster/partition")
+    partition = run.tags.get(PARTITION_TAG)
     where = f" for {partition}" if partition else ""
     return Alert(
         subject=f"{config.store_name}: run of {run.job_name}{where} failed",
@@ -76,50 +79,71 @@ def lag_alert(
     return None
 
 
-def build_alert_sensors(
-    config: PosfedConfig, clock: Clock = SYSTEM_CLOCK
-) -> list[dg.SensorDefinition]:
-    settings = config.alerts
+def definitions(config: PosfedConfig, clock: Clock) -> dg.Definitions:
+    """The run failure alert and the central database lag alert."""
+    return dg.Definitions(sensors=[_run_failure_sensor(config), _lag_sensor(config, clock)])
 
-    def outbox() -> AlertOutbox:
-        return AlertOutbox(alert_outbox_path(config.home))
 
+def _outbox(config: PosfedConfig) -> AlertOutbox:
+    return AlertOutbox(alert_outbox_path(config.home))
+
+
+def _run_failure_sensor(config: PosfedConfig) -> dg.SensorDefinition:
     @dg.run_failure_sensor(
         name=RUN_FAILURE_SENSOR,
         default_status=dg.DefaultSensorStatus.RUNNING,
         description="E-mails (and/or posts to the webhook) when a run fails ([alerts]).",
     )
     def run_failure_alert_sensor(context: dg.RunFailureSensorContext):
-        if not settings.enabled:
-            return dg.SkipReason("no [alerts] configured")
-        alert = run_failure_alert(config, context.dagster_run, context.failure_event.message or "")
-        if alert is None:
-            return dg.SkipReason("another alert speaks for this failure (the lag alert)")
-        alerts = outbox()
-        alerts.add(settings, alert)  # kept until delivered, whatever happens to this tick
-        for sent in alerts.flush(settings):
-            context.log.info(f"alert sent: {sent.subject}")
+        return alert_run_failure(context, config)
 
+    return run_failure_alert_sensor
+
+
+def alert_run_failure(
+    context: dg.RunFailureSensorContext, config: PosfedConfig
+) -> dg.SkipReason | None:
+    settings = config.alerts
+    if not settings.enabled:
+        return dg.SkipReason("no [alerts] configured")
+    alert = run_failure_alert(config, context.dagster_run, context.failure_event.message or "")
+    if alert is None:
+        return dg.SkipReason("another alert speaks for this failure (the lag alert)")
+    alerts = _outbox(config)
+    alerts.add(settings, alert)  # kept until delivered, whatever happens to this tick
+    for sent in alerts.flush(settings):
+        context.log.info(f"alert sent: {sent.subject}")
+    return None
+
+
+def _lag_sensor(config: PosfedConfig, clock: Clock) -> dg.SensorDefinition:
     @dg.sensor(
-        name=LAG_SENSOR,
+        name=LAG_ALERT_SENSOR,
         minimum_interval_seconds=30,
         default_status=dg.DefaultSensorStatus.RUNNING,
         description="Alerts when the central database falls behind the store's ledger past "
         "[sync] fail_after_seconds, and again when it has caught up; retries undelivered alerts.",
     )
     def central_db_lag_alert_sensor(context: dg.SensorEvaluationContext):
-        now = clock.time()
-        level = sync.lag_level(open_ledger(config.home).lag(), config.sync, now)
-        if not settings.enabled:
-            return dg.SkipReason(f"no [alerts] configured (lag: {level})")
-        alert = lag_alert(config, level, context.cursor, now)
-        alerts = outbox()
-        if alert is not None:
-            alerts.add(settings, alert)
-            context.update_cursor(ALERTED if alert.kind == "sync_lag" else str(level))
-        sent = alerts.flush(settings)  # this one, and any an earlier tick could not deliver
-        return dg.SkipReason(
-            f"lag {level}" + (f"; sent: {', '.join(a.subject for a in sent)}" if sent else "")
-        )
+        return lag_alert_tick(context, config, clock)
 
-    return [run_failure_alert_sensor, central_db_lag_alert_sensor]
+    return central_db_lag_alert_sensor
+
+
+def lag_alert_tick(
+    context: dg.SensorEvaluationContext, config: PosfedConfig, clock: Clock
+) -> dg.SkipReason:
+    settings = config.alerts
+    now = clock.time()
+    level = sync.lag_level(open_ledger(config.home).lag(), config.sync, now)
+    if not settings.enabled:
+        return dg.SkipReason(f"no [alerts] configured (lag: {level})")
+    alert = lag_alert(config, level, context.cursor, now)
+    alerts = _outbox(config)
+    if alert is not None:
+        alerts.add(settings, alert)
+        context.update_cursor(ALERTED if alert.kind == "sync_lag" else str(level))
+    sent = alerts.flush(settings)  # this one, and any an earlier tick could not deliver
+    return dg.SkipReason(
+        f"lag {level}" + (f"; sent: {', '.join(a.subject for a in sent)}" if sent else "")
+    )

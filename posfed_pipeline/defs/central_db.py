@@ -22,18 +22,21 @@ from posfed_pipeline.core.config import PosfedConfig
 from posfed_pipeline.core.stages import sync
 from posfed_pipeline.core.state import claims
 from posfed_pipeline.core.state.ledger import Ledger, open_ledger
-from posfed_pipeline.defs.assets import GROUP, VALIDATED_RECEIPTS
 from posfed_pipeline.defs.markdown import md_table
 from posfed_pipeline.defs.resources import CentralDbResource
-from posfed_pipeline.run_tags import LANE_TAG, RUN_KEY_TAG, SYNC_JOB, SYNC_LANE
+from posfed_pipeline.names import (
+    CENTRAL_DB_RECEIPTS,
+    FAILURE_KIND_TAG,
+    LAG_CHECK,
+    LANE_TAG,
+    RECEIPTS_GROUP,
+    RUN_KEY_TAG,
+    SYNC_JOB,
+    SYNC_LANE,
+    SYNC_SENSOR,
+    VALIDATED_RECEIPTS,
+)
 
-CENTRAL_DB_RECEIPTS = dg.AssetKey("central_db_receipts")
-LAG_CHECK = "central_db_lag"
-SYNC_SENSOR = "central_db_sync_sensor"
-# Set on a failed sync run: "transient" (the central database was out of reach) and "repeated"
-# (the same error as the attempt before) are not alerted one by one: the lag check and the lag
-# alert speak for them. "permanent" (a new error no retry fixes) is alerted at once.
-FAILURE_KIND_TAG = "posfed/sync_failure"
 # A slot taken for a run that never appeared belongs to a launcher that died first.
 ORPHAN_SLOT_SECONDS = 30.0
 
@@ -63,15 +66,31 @@ def slot_holder_done(instance: dg.DagsterInstance, clock: Clock = SYSTEM_CLOCK):
     return done
 
 
-def build_central_db_assets(
-    config: PosfedConfig, clock: Clock = SYSTEM_CLOCK
-) -> list[dg.AssetsDefinition]:
+sync_job = dg.define_asset_job(
+    SYNC_JOB,
+    selection=dg.AssetSelection.assets(CENTRAL_DB_RECEIPTS),
+    executor_def=dg.in_process_executor,
+    tags=sync_run_tags(),
+    description="Store what the store's ledger accepted in the central database.",
+)
+
+
+def definitions(config: PosfedConfig, clock: Clock) -> dg.Definitions:
+    """The sync asset and its lag check, its job, and the sensor that launches it."""
+    return dg.Definitions(
+        assets=[_central_db_receipts(config, clock)],
+        jobs=[sync_job],
+        sensors=[_sync_sensor(config, clock)],
+    )
+
+
+def _central_db_receipts(config: PosfedConfig, clock: Clock) -> dg.AssetsDefinition:
     policy = config.sync
 
     @dg.asset(
         key=CENTRAL_DB_RECEIPTS,
         deps=[VALIDATED_RECEIPTS],
-        group_name=GROUP,
+        group_name=RECEIPTS_GROUP,
         kinds={"sqlalchemy"},
         description="Receipt, line and ingest-ledger rows in the central register's database, "
         "fed from the store's local ledger in bulk, idempotently, in receipt order per terminal.",
@@ -86,30 +105,39 @@ def build_central_db_assets(
         ],
     )
     def central_db_receipts(context: dg.AssetExecutionContext, central_db: CentralDbResource):
-        ledger = open_ledger(config.home)
-        run_key = context.run.tags.get(RUN_KEY_TAG)
-        previous_error = ledger.sync_state().last_error
-        error: Exception | None = None
-        done = sync.SyncPass()
-        try:
-            engine = central_db.get_engine()
-            sync.check_central_schema(engine, policy)
-            done = sync.sync_pending(ledger, engine, policy)
-        except Exception as exc:  # judged below, after the ledger and the check are updated
-            error = exc
-        now = clock.time()
-        state = ledger.finish_sync(
-            run_key, error=str(error) if error else None, backoff=policy.backoff_seconds, now=now
-        )
-        if error is None:
-            yield dg.MaterializeResult(metadata=_pass_metadata(done))
-        yield lag_check_result(ledger, policy, state, now=now)
-        if error is not None:
-            raise _sync_failure(
-                context, error, state, repeated=str(error) == previous_error, now=now
-            )
+        yield from sync_outbox(context, central_db, config, clock)
 
-    return [central_db_receipts]
+    return central_db_receipts
+
+
+def sync_outbox(
+    context: dg.AssetExecutionContext,
+    resource: CentralDbResource,
+    config: PosfedConfig,
+    clock: Clock,
+):
+    """A sync run: the ledger's outbox into the central database, then the lag check."""
+    policy = config.sync
+    ledger = open_ledger(config.home)
+    run_key = context.run.tags.get(RUN_KEY_TAG)
+    previous_error = ledger.sync_state().last_error
+    error: Exception | None = None
+    done = sync.SyncPass()
+    try:
+        engine = resource.get_engine()
+        sync.check_central_schema(engine, policy)
+        done = sync.sync_pending(ledger, engine, policy)
+    except Exception as exc:  # judged below, after the ledger and the check are updated
+        error = exc
+    now = clock.time()
+    state = ledger.finish_sync(
+        run_key, error=str(error) if error else None, backoff=policy.backoff_seconds, now=now
+    )
+    if error is None:
+        yield dg.MaterializeResult(metadata=_pass_metadata(done))
+    yield lag_check_result(ledger, policy, state, now=now)
+    if error is not None:
+        raise _sync_failure(context, error, state, repeated=str(error) == previous_error, now=now)
 
 
 def _pass_metadata(done: sync.SyncPass) -> dict:
@@ -187,15 +215,7 @@ def _sync_failure(context, error: Exception, state, *, repeated: bool, now: floa
     )
 
 
-def build_sync_job_and_sensor(config: PosfedConfig, clock: Clock = SYSTEM_CLOCK):
-    sync_job = dg.define_asset_job(
-        SYNC_JOB,
-        selection=dg.AssetSelection.assets(CENTRAL_DB_RECEIPTS),
-        executor_def=dg.in_process_executor,
-        tags=sync_run_tags(),
-        description="Store what the store's ledger accepted in the central database.",
-    )
-
+def _sync_sensor(config: PosfedConfig, clock: Clock) -> dg.SensorDefinition:
     @dg.sensor(
         name=SYNC_SENSOR,
         job=sync_job,
@@ -205,24 +225,31 @@ def build_sync_job_and_sensor(config: PosfedConfig, clock: Clock = SYSTEM_CLOCK)
         "it holds something, one at a time, backing off after failures.",
     )
     def central_db_sync_sensor(context: dg.SensorEvaluationContext):
-        ledger = open_ledger(config.home)
-        lag = ledger.lag()
-        now = clock.time()
-        if not ledger.has_outbox():
-            return dg.SkipReason(sync.describe_lag(lag, now))
-        trigger_alive = claims.ClaimTable(claims.claim_table_path(config.home)).alive()
-        if trigger_alive and lag.age_seconds(now) < config.catchup_grace_seconds:
-            return dg.SkipReason("the fast path's trigger syncs fresh receipts")
-        run_key = sync_run_key()
-        holder_done = slot_holder_done(context.instance, clock)
-        if not ledger.take_sync_slot(run_key, holder_done=holder_done, now=now):
-            state = ledger.sync_state()
-            if state.next_attempt_at > now:
-                return dg.SkipReason(
-                    f"backing off after {state.failures} failed attempt(s): next in "
-                    f"{state.next_attempt_at - now:.0f} s ({state.last_error})"
-                )
-            return dg.SkipReason("a sync is in flight")
-        return dg.RunRequest(run_key=run_key, tags=sync_run_tags())
+        return sync_tick(context, config, clock)
 
-    return sync_job, central_db_sync_sensor
+    return central_db_sync_sensor
+
+
+def sync_tick(
+    context: dg.SensorEvaluationContext, config: PosfedConfig, clock: Clock
+) -> dg.RunRequest | dg.SkipReason:
+    """A sync sensor tick: a sync run when the outbox holds something the trigger leaves."""
+    ledger = open_ledger(config.home)
+    lag = ledger.lag()
+    now = clock.time()
+    if not ledger.has_outbox():
+        return dg.SkipReason(sync.describe_lag(lag, now))
+    trigger_alive = claims.ClaimTable(claims.claim_table_path(config.home)).alive()
+    if trigger_alive and lag.age_seconds(now) < config.catchup_grace_seconds:
+        return dg.SkipReason("the fast path's trigger syncs fresh receipts")
+    run_key = sync_run_key()
+    holder_done = slot_holder_done(context.instance, clock)
+    if not ledger.take_sync_slot(run_key, holder_done=holder_done, now=now):
+        state = ledger.sync_state()
+        if state.next_attempt_at > now:
+            return dg.SkipReason(
+                f"backing off after {state.failures} failed attempt(s): next in "
+                f"{state.next_attempt_at - now:.0f} s ({state.last_error})"
+            )
+        return dg.SkipReason("a sync is in flight")
+    return dg.RunRequest(run_key=run_key, tags=sync_run_tags())

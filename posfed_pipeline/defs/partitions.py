@@ -5,9 +5,7 @@ from datetime import date
 import dagster as dg
 
 from posfed_pipeline.core.config import PosfedConfig
-
-TERMINAL_DIMENSION = "terminal"
-DAY_DIMENSION = "day"
+from posfed_pipeline.names import DAY_DIMENSION, TERMINAL_DIMENSION
 
 
 def business_days(config: PosfedConfig, first: date) -> dg.DailyPartitionsDefinition:

@@ -62,7 +62,7 @@ from dagster._serdes import ConfigurableClassData
 from dagster._utils.hosted_user_process import recon_job_from_origin
 
 from posfed_pipeline import packaged
-from posfed_pipeline.run_tags import RUN_KEY_TAG, SENSOR_NAME_TAG
+from posfed_pipeline.names import RUN_KEY_TAG, SENSOR_NAME_TAG
 
 # Private types other modules need (the run launcher, the benchmarks), handed on from here.
 __all__ = [

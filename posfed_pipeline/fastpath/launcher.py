@@ -31,7 +31,8 @@ from posfed_pipeline.fastpath.dagster_internals import (
     LaunchRunContext,
     WorkerStatus,
 )
-from posfed_pipeline.run_tags import GRPC_INFO_TAG, lane_of
+from posfed_pipeline.names import GRPC_INFO_TAG
+from posfed_pipeline.run_tags import lane_of
 
 SOCKET_NAME = "posfed-run-workers.sock"
 # How long a launch waits on a pool that listens but is slow to answer, before it gives up.

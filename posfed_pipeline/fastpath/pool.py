@@ -34,9 +34,10 @@ from pathlib import Path
 import dagster as dg
 
 from posfed_pipeline.core.base.errors import PosfedError
+from posfed_pipeline.names import ACCEPTED_TAG, GRPC_INFO_TAG
 from posfed_pipeline.processes import pid_lock
 from posfed_pipeline.processes.supervisor import describe_exit
-from posfed_pipeline.run_tags import ACCEPTED_TAG, GRPC_INFO_TAG, lane_of
+from posfed_pipeline.run_tags import lane_of
 
 log = logging.getLogger("posfed.fastpath.pool")
 
@@ -91,7 +92,7 @@ def _warm_up() -> None:
     from posfed_pipeline.core.intake import parsing, validation
     from posfed_pipeline.defs.resources import central_db_resource
     from posfed_pipeline.fastpath import dagster_internals
-    from posfed_pipeline.run_tags import RECEIPTS_JOB
+    from posfed_pipeline.names import RECEIPTS_JOB
 
     config = load_config()
     dagster_internals.load_job_as_runs_will(RECEIPTS_JOB)

@@ -20,7 +20,7 @@ from posfed_pipeline.core.config import PosfedConfig
 from posfed_pipeline.fastpath import dagster_internals, launcher
 from posfed_pipeline.fastpath.pool import PoolServer, WarmWorkerPool, claim_socket
 from posfed_pipeline.fastpath.trigger import InboxTrigger
-from posfed_pipeline.run_tags import RECEIPTS_JOB, SYNC_JOB
+from posfed_pipeline.names import RECEIPTS_JOB, SYNC_JOB
 
 log = logging.getLogger("posfed.fastpath")
 

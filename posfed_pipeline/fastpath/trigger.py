@@ -41,16 +41,12 @@ from posfed_pipeline.core.config import PosfedConfig, Terminal
 from posfed_pipeline.core.stages import launching
 from posfed_pipeline.core.state import claims, inbox
 from posfed_pipeline.core.state.ledger import open_ledger
-from posfed_pipeline.defs.central_db import (
-    SYNC_SENSOR,
-    slot_holder_done,
-    sync_run_key,
-    sync_run_tags,
-)
-from posfed_pipeline.defs.sensors import inbox_sensor_name, run_request_for
+from posfed_pipeline.defs.central_db import slot_holder_done, sync_run_key, sync_run_tags
+from posfed_pipeline.defs.inbox_sensors import run_request_for
 from posfed_pipeline.fastpath import dagster_internals
 from posfed_pipeline.fastpath.inbox_events import InboxEvents
-from posfed_pipeline.run_tags import TERMINAL_TAG, lane_of
+from posfed_pipeline.names import SYNC_SENSOR, TERMINAL_TAG, inbox_sensor_name
+from posfed_pipeline.run_tags import lane_of
 
 log = logging.getLogger("posfed.fastpath.trigger")
 # An inbox with inotify events is listed again this often when nothing happens there: every
@@ -421,7 +417,7 @@ class InboxTrigger:
         for batch in batches:
             started = time.perf_counter()
             run = self.run_factory.create_run(
-                run_request_for(terminal, batch), inbox_sensor_name(terminal)
+                run_request_for(terminal, batch), inbox_sensor_name(terminal.id)
             )
             created = time.perf_counter()
             with self._cond:

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import dagster as dg
 
-from posfed_pipeline.definitions import RECEIPTS_JOB, build_definitions
+from posfed_pipeline.definitions import build_definitions
+from posfed_pipeline.names import RECEIPTS_JOB
 
 
 def tick_sensor(

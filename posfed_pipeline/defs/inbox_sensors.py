@@ -20,13 +20,20 @@ from dataclasses import replace
 
 import dagster as dg
 
-from posfed_pipeline.core.base.clock import SYSTEM_CLOCK, Clock
+from posfed_pipeline.core.base.clock import Clock
 from posfed_pipeline.core.config import PosfedConfig, Terminal
 from posfed_pipeline.core.stages import launching
 from posfed_pipeline.core.state import claims, inbox
-from posfed_pipeline.defs.assets import ReceiptBatchConfig, receipt_op_config
 from posfed_pipeline.defs.partitions import terminal_day_key
-from posfed_pipeline.run_tags import BACKLOG_FILES, BACKLOG_TAG, TERMINAL_TAG
+from posfed_pipeline.defs.receipts import ReceiptBatchConfig, receipt_op_config, receipts_job
+from posfed_pipeline.names import (
+    BACKLOG_TAG,
+    RUN_KEY_TAG,
+    SENSOR_NAME_TAG,
+    TERMINAL_TAG,
+    inbox_sensor_name,
+)
+from posfed_pipeline.run_tags import BACKLOG_FILES
 
 # The daemon's sensor loop runs every 5 s; 4 keeps every loop's tick (at 5, a loop that comes a
 # few milliseconds early would be skipped, and the next tick be 10 s away).
@@ -45,10 +52,6 @@ def catchup_interval(config: PosfedConfig) -> int:
     return loops * DAEMON_LOOP_SECONDS - 1
 
 
-def inbox_sensor_name(terminal: Terminal) -> str:
-    return f"{terminal.id}_inbox_sensor"
-
-
 def run_request_for(terminal: Terminal, batch: inbox.PlannedBatch) -> dg.RunRequest:
     """The run a batch becomes, identical whichever launcher creates it."""
     tags = {TERMINAL_TAG: terminal.id}
@@ -64,109 +67,134 @@ def run_request_for(terminal: Terminal, batch: inbox.PlannedBatch) -> dg.RunRequ
     )
 
 
-def build_inbox_sensor(
-    config: PosfedConfig, terminal: Terminal, job, clock: Clock = SYSTEM_CLOCK
-) -> dg.SensorDefinition:
-    """``job``: the receipts asset job (as returned by ``define_asset_job``)."""
-    name = inbox_sensor_name(terminal)
+def definitions(config: PosfedConfig, clock: Clock) -> dg.Definitions:
+    """One inbox sensor per terminal, launching the receipts job."""
+    return dg.Definitions(sensors=[_sensor_of(config, t, clock) for t in config.terminals])
 
+
+def _sensor_of(config: PosfedConfig, terminal: Terminal, clock: Clock) -> dg.SensorDefinition:
     @dg.sensor(
-        name=name,
-        job=job,
+        name=inbox_sensor_name(terminal.id),
+        job=receipts_job,
         minimum_interval_seconds=catchup_interval(config),
         default_status=dg.DefaultSensorStatus.RUNNING,
         description=f"Watches {terminal.inbox} ({terminal.tenant}, department "
         f"{terminal.department}) and launches a run per business day for new receipt files.",
     )
     def _inbox_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
-        now = clock.time()
-        try:
-            scan = inbox.scan_inbox_within(terminal, LISTING_TIMEOUT_SECONDS, now=now)
-        except OSError as exc:
-            # This terminal's problem only: say it on its own sensor, keep the cursor.
-            return dg.SensorResult(skip_reason=f"inbox {terminal.inbox} unreadable: {exc}")
-        claim_table = claims.ClaimTable(claims.claim_table_path(config.home))
-        days = launching.PartitionDays.of(config, now)
-
-        def day_of(item: inbox.InboxFile):
-            return days.day_of(terminal, item)
-
-        # Names the claim table and a run's config cannot hold are made safe first, as the
-        # trigger does: the scan then holds the files as they are named now.
-        scan = replace(scan, ready=launching.give_safe_names(terminal, scan.ready))
-        every_claim = claim_table.claims_of(terminal.id)
-        claimed = {
-            f.signature: every_claim[f.signature] for f in scan.ready if f.signature in every_claim
-        }
-        unclaimed = [f for f in scan.ready if f.signature not in every_claim]
-        trigger_alive = claim_table.alive()
-        if trigger_alive:
-            # The event-driven trigger is up and takes files within milliseconds, batching a
-            # busy terminal's files into its next run: catch up only on what it left behind,
-            # and not while it works through a backlog of this terminal (its next run takes
-            # the next files).
-            cutoff_ns = (now - config.catchup_grace_seconds) * 1e9
-            unclaimed = [f for f in unclaimed if f.mtime_ns <= cutoff_ns]
-            if unclaimed and _has_unfinished_run(context.instance, terminal):
-                unclaimed = []
-        # A run's worth per tick, oldest first: a flooded inbox is worked off run by run.
-        batches = launching.claim_ready(
-            claim_table, terminal, unclaimed[: inbox.MAX_FILES_PER_RUN], days
-        )
-        # Files a run left for a later look: when due (the trigger, when up, relaunches them
-        # the moment they are, and is given that long first).
-        due_by = now - (config.catchup_grace_seconds if trigger_alive else 0.0)
-        deferred = {s: c for s, c in claimed.items() if c.retry_at is not None}
-        batches += launching.relaunch_due(claim_table, terminal, scan.ready, deferred, days, due_by)
-        claimed = {s: c for s, c in claimed.items() if c.retry_at is None}
-        batches += _relaunch_batches(
-            # Lazily: building the instance from its ref costs more than the rest of a quiet
-            # tick, and a quiet tick (no claimed file waiting) needs no run records.
-            lambda: context.instance,
-            name,
-            claim_table,
-            terminal,
-            scan,
-            claimed,
-            config,
-            day_of,
-            now,
-        )
-        present = {f.signature for f in scan.ready + scan.settling}
-        claim_table.release_absent(terminal.id, present)
-
-        previous = json.loads(context.cursor)["launched"] if context.cursor else {}
-        cursor = {sig: entry for sig, entry in previous.items() if sig in present}
-        for batch in batches:
-            for item in batch.files:
-                cursor[item.signature] = [batch.run_key, batch.attempt]
-        run_requests = [run_request_for(terminal, batch) for batch in batches]
-        skip_reason = None
-        if not run_requests:
-            waiting = len(claimed) + len(deferred)
-            skip_reason = (
-                f"{len(scan.settling)} file(s) still being written"
-                if scan.settling
-                else f"{waiting} file(s) waiting on their run"
-                if waiting
-                else "no new receipt files (the fast path launches runs for new files itself; "
-                "this sensor catches what it leaves)"
-                if trigger_alive
-                else "no new receipt files"
-            )
-            odd = [entry.describe() for entry in scan.skipped if entry.not_regular]
-            if odd:
-                skip_reason += (
-                    f"; {len(odd)} inbox entr{'y' if len(odd) == 1 else 'ies'} not taken (not "
-                    "regular files, never followed or opened): " + ", ".join(odd[:5])
-                )
-        return dg.SensorResult(
-            run_requests=run_requests,
-            cursor=json.dumps({"launched": cursor}),
-            skip_reason=skip_reason,
-        )
+        return inbox_tick(context, config, terminal, clock)
 
     return _inbox_sensor
+
+
+def inbox_tick(
+    context: dg.SensorEvaluationContext, config: PosfedConfig, terminal: Terminal, clock: Clock
+) -> dg.SensorResult:
+    """An inbox sensor tick: runs for the ready files nobody launched, and for those owed
+    another attempt; the cursor keeps which files it launched under which run key."""
+    now = clock.time()
+    try:
+        scan = inbox.scan_inbox_within(terminal, LISTING_TIMEOUT_SECONDS, now=now)
+    except OSError as exc:
+        # This terminal's problem only: say it on its own sensor, keep the cursor.
+        return dg.SensorResult(skip_reason=f"inbox {terminal.inbox} unreadable: {exc}")
+    claim_table = claims.ClaimTable(claims.claim_table_path(config.home))
+    days = launching.PartitionDays.of(config, now)
+    # Names the claim table and a run's config cannot hold are made safe first, as the
+    # trigger does: the scan then holds the files as they are named now.
+    scan = replace(scan, ready=launching.give_safe_names(terminal, scan.ready))
+    every_claim = claim_table.claims_of(terminal.id)
+    claimed = {
+        f.signature: every_claim[f.signature] for f in scan.ready if f.signature in every_claim
+    }
+    unclaimed = [f for f in scan.ready if f.signature not in every_claim]
+    trigger_alive = claim_table.alive()
+    batches = _new_batches(
+        context, config, terminal, claim_table, unclaimed, days, trigger_alive, now
+    )
+    # Files a run left for a later look: when due (the trigger, when up, relaunches them
+    # the moment they are, and is given that long first).
+    due_by = now - (config.catchup_grace_seconds if trigger_alive else 0.0)
+    deferred = {s: c for s, c in claimed.items() if c.retry_at is not None}
+    batches += launching.relaunch_due(claim_table, terminal, scan.ready, deferred, days, due_by)
+    claimed = {s: c for s, c in claimed.items() if c.retry_at is None}
+    batches += _relaunch_batches(
+        # Lazily: building the instance from its ref costs more than the rest of a quiet
+        # tick, and a quiet tick (no claimed file waiting) needs no run records.
+        lambda: context.instance,
+        inbox_sensor_name(terminal.id),
+        claim_table,
+        terminal,
+        scan,
+        claimed,
+        config,
+        lambda item: days.day_of(terminal, item),
+        now,
+    )
+    present = {f.signature for f in scan.ready + scan.settling}
+    claim_table.release_absent(terminal.id, present)
+    run_requests = [run_request_for(terminal, batch) for batch in batches]
+    return dg.SensorResult(
+        run_requests=run_requests,
+        cursor=_cursor(context.cursor, present, batches),
+        skip_reason=None
+        if run_requests
+        else _skip_reason(scan, len(claimed) + len(deferred), trigger_alive),
+    )
+
+
+def _new_batches(
+    context: dg.SensorEvaluationContext,
+    config: PosfedConfig,
+    terminal: Terminal,
+    claim_table: claims.ClaimTable,
+    unclaimed: list[inbox.InboxFile],
+    days: launching.PartitionDays,
+    trigger_alive: bool,
+    now: float,
+) -> list[inbox.PlannedBatch]:
+    """Ready files no launcher claimed yet, claimed for this tick's runs."""
+    if trigger_alive:
+        # The event-driven trigger is up and takes files within milliseconds, batching a
+        # busy terminal's files into its next run: catch up only on what it left behind,
+        # and not while it works through a backlog of this terminal (its next run takes
+        # the next files).
+        cutoff_ns = (now - config.catchup_grace_seconds) * 1e9
+        unclaimed = [f for f in unclaimed if f.mtime_ns <= cutoff_ns]
+        if unclaimed and _has_unfinished_run(context.instance, terminal):
+            unclaimed = []
+    # A run's worth per tick, oldest first: a flooded inbox is worked off run by run.
+    return launching.claim_ready(claim_table, terminal, unclaimed[: inbox.MAX_FILES_PER_RUN], days)
+
+
+def _cursor(previous: str | None, present: set[str], batches: list[inbox.PlannedBatch]) -> str:
+    """Which files still in the inbox this sensor launched, under which run key (for the UI)."""
+    launched = json.loads(previous)["launched"] if previous else {}
+    cursor = {sig: entry for sig, entry in launched.items() if sig in present}
+    for batch in batches:
+        for item in batch.files:
+            cursor[item.signature] = [batch.run_key, batch.attempt]
+    return json.dumps({"launched": cursor})
+
+
+def _skip_reason(scan: inbox.InboxScan, waiting: int, trigger_alive: bool) -> str:
+    skip_reason = (
+        f"{len(scan.settling)} file(s) still being written"
+        if scan.settling
+        else f"{waiting} file(s) waiting on their run"
+        if waiting
+        else "no new receipt files (the fast path launches runs for new files itself; "
+        "this sensor catches what it leaves)"
+        if trigger_alive
+        else "no new receipt files"
+    )
+    odd = [entry.describe() for entry in scan.skipped if entry.not_regular]
+    if odd:
+        skip_reason += (
+            f"; {len(odd)} inbox entr{'y' if len(odd) == 1 else 'ies'} not taken (not "
+            "regular files, never followed or opened): " + ", ".join(odd[:5])
+        )
+    return skip_reason
 
 
 def _has_unfinished_run(instance: dg.DagsterInstance, terminal: Terminal) -> bool:
@@ -210,9 +238,7 @@ def _relaunch_batches(
             continue
         attempt = key_claims[0].attempt
         records = instance_of().get_run_records(
-            filters=dg.RunsFilter(
-                tags={"dagster/run_key": run_key, "dagster/sensor_name": sensor_name}
-            ),
+            filters=dg.RunsFilter(tags={RUN_KEY_TAG: run_key, SENSOR_NAME_TAG: sensor_name}),
             limit=1,
         )
         if records:
