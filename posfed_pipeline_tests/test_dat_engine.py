@@ -14,8 +14,8 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from posfed_pipeline.core import dat
-from posfed_pipeline.core.config import Terminal
 from posfed_pipeline.core.model.receipt import Receipt, ReceiptItem
+from posfed_pipeline.core.model.terminal import Terminal
 from posfed_pipeline.core.stages import processing
 
 REPO_ROOT = Path(__file__).resolve().parent.parent

@@ -11,9 +11,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from posfed_pipeline.core.config import ConfigError, Terminal, check_at_start, config_from_dict
+from posfed_pipeline.core.config import ConfigError, check_at_start, config_from_dict
 from posfed_pipeline.core.dat import load_spec, spec_from_dict
 from posfed_pipeline.core.dat.names import dat_name_clashes, name_pattern, patterns_overlap
+from posfed_pipeline.core.model.terminal import Terminal
 from posfed_pipeline.definitions import build_definitions
 from posfed_pipeline_tests.support.daemon import run_as_the_daemon_would, tick_sensor
 from posfed_pipeline_tests.support.receipts import drop_receipt, receipt_doc

@@ -79,7 +79,7 @@ def test_asset_lineage_runs_from_files_to_dat(config):
 def test_adding_a_terminal_adds_its_sensor_and_partitions(config, tmp_path):
     from dataclasses import replace
 
-    from posfed_pipeline.core.config import Terminal
+    from posfed_pipeline.core.model.terminal import Terminal
 
     extra = Terminal(
         id="deli_9",

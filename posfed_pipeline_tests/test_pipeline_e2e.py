@@ -275,8 +275,8 @@ def test_two_terminals_racing_for_one_dat_name_lose_no_sale_and_block_nothing(co
     quarantined, never written over the other sale, and the terminal's later receipts go on."""
     from dataclasses import replace
 
-    from posfed_pipeline.core.config import Terminal
     from posfed_pipeline.core.dat import load_spec
+    from posfed_pipeline.core.model.terminal import Terminal
     from posfed_pipeline.core.stages import processing
     from posfed_pipeline.core.state.ledger import open_ledger
 

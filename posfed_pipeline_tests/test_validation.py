@@ -9,9 +9,9 @@ from zoneinfo import ZoneInfo
 import pytest
 from biip.checksums import gs1_standard_check_digit
 
-from posfed_pipeline.core.config import VariableMeasureScheme
 from posfed_pipeline.core.intake.validation import BARCODE_RULE, validate_batch
 from posfed_pipeline.core.model.receipt import Receipt, ReceiptItem, round_cents
+from posfed_pipeline.core.model.terminal import VariableMeasureScheme
 
 NOW = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
 AMSTERDAM = ZoneInfo("Europe/Amsterdam")

@@ -15,9 +15,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 
-from posfed_pipeline.core.config import POSLOG_FORMAT, Terminal
+from posfed_pipeline.core.config import POSLOG_FORMAT
 from posfed_pipeline.core.intake.poslog import write_poslog
 from posfed_pipeline.core.model.receipt import Receipt, canonical_json
+from posfed_pipeline.core.model.terminal import Terminal
 
 BILLED = "billed"  # accepted, its .dat written (under a safe name where its own was not)
 QUARANTINED = "quarantined"  # moved to quarantine/ beside <file>.error.json

@@ -23,9 +23,10 @@ from pathlib import Path
 
 from biip.checksums import gs1_standard_check_digit
 
-from posfed_pipeline.core.config import POSLOG_FORMAT, PosfedConfig, Terminal
+from posfed_pipeline.core.config import POSLOG_FORMAT, PosfedConfig
 from posfed_pipeline.core.intake.poslog import write_poslog
 from posfed_pipeline.core.model.receipt import Receipt, ReceiptItem, canonical_json, round_cents
+from posfed_pipeline.core.model.terminal import Terminal
 
 # (description, unit price, weighed?) per department kind, keyed by terminal id prefix.
 CATALOGUE: dict[str, list[tuple[str, str, bool]]] = {

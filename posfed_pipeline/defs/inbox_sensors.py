@@ -21,7 +21,8 @@ from dataclasses import replace
 import dagster as dg
 
 from posfed_pipeline.core.base.clock import Clock
-from posfed_pipeline.core.config import PosfedConfig, Terminal
+from posfed_pipeline.core.config import PosfedConfig
+from posfed_pipeline.core.model.terminal import Terminal
 from posfed_pipeline.core.stages import launching
 from posfed_pipeline.core.state import claims, inbox
 from posfed_pipeline.defs.partitions import terminal_day_key

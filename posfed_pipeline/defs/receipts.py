@@ -18,8 +18,9 @@ from pydantic import Field
 
 from posfed_pipeline.core import central_db
 from posfed_pipeline.core.base.clock import Clock
-from posfed_pipeline.core.config import PosfedConfig, Terminal
+from posfed_pipeline.core.config import PosfedConfig
 from posfed_pipeline.core.dat import DatSpec, check_dat, load_spec
+from posfed_pipeline.core.model.terminal import Terminal
 from posfed_pipeline.core.stages import processing
 from posfed_pipeline.core.state import claims, inbox, quarantine, retention
 from posfed_pipeline.core.state.ledger import open_ledger

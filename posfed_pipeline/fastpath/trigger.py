@@ -37,7 +37,8 @@ from pathlib import Path
 
 import dagster as dg
 
-from posfed_pipeline.core.config import PosfedConfig, Terminal
+from posfed_pipeline.core.config import PosfedConfig
+from posfed_pipeline.core.model.terminal import Terminal
 from posfed_pipeline.core.stages import launching
 from posfed_pipeline.core.state import claims, inbox
 from posfed_pipeline.core.state.ledger import open_ledger

@@ -7,7 +7,7 @@ In rooms: ``schema`` the file's model (every table and key declared once), ``loa
 validate and build, ``startup`` the checks before posfed starts on it, ``environment`` what the
 environment overrides (POSFED_CONFIG, POSFED_HOME, POSFED_DB_URL), ``store_config`` the
 ``PosfedConfig`` the rest of posfed uses. The terminal itself is the model's
-(``core.model.terminal``), and is re-exported here for the callers that load it.
+(``core.model.terminal``).
 """
 
 from __future__ import annotations
@@ -39,8 +39,6 @@ from posfed_pipeline.core.model.terminal import (
     RECEIPT_ID_PREFIX_PATTERN,
     TERMINAL_ID_PATTERN,
     VARIABLE_MEASURE_PREFIXES,
-    Terminal,
-    VariableMeasureScheme,
 )
 
 __all__ = [
@@ -63,8 +61,6 @@ __all__ = [
     "InputMapping",
     "JsonPath",
     "PosfedConfig",
-    "Terminal",
-    "VariableMeasureScheme",
     "check_at_start",
     "config_from_dict",
     "load_config",

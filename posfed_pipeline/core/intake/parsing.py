@@ -22,19 +22,18 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
 from posfed_pipeline.core.base.errors import PosfedError
-from posfed_pipeline.core.config import (
-    CANONICAL_FORMAT,
+from posfed_pipeline.core.config import POSLOG_FORMAT
+from posfed_pipeline.core.intake import poslog
+from posfed_pipeline.core.model.barcodes import read_label
+from posfed_pipeline.core.model.input_mapping import (
     FIELDS_FROM_TERMINAL,
     ITEM_FIELDS,
-    POSLOG_FORMAT,
     RECEIPT_FIELDS,
     InputMapping,
     JsonPath,
-    Terminal,
 )
-from posfed_pipeline.core.intake import poslog
-from posfed_pipeline.core.model.barcodes import read_label
 from posfed_pipeline.core.model.receipt import Problem, Receipt, ReceiptItem, content_hash
+from posfed_pipeline.core.model.terminal import CANONICAL_FORMAT, Terminal
 
 # Receipt ids end up in file names and database keys: a strict alphabet, nothing path-like.
 # \Z, not $: "$" would let a trailing newline through.

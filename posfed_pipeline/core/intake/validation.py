@@ -22,10 +22,10 @@ import pandas as pd
 import pandera.pandas as pa
 from pandera.typing import Series
 
-from posfed_pipeline.core.config import Terminal, VariableMeasureScheme
 from posfed_pipeline.core.intake.parsing import MAX_MAGNITUDE, RECEIPT_ID_PATTERN
 from posfed_pipeline.core.model.barcodes import Label, read_label
 from posfed_pipeline.core.model.receipt import Problem, Receipt, ReceiptItem, round_cents
+from posfed_pipeline.core.model.terminal import Terminal, VariableMeasureScheme
 
 QUANTITY_DECIMALS = 3  # default for weighed items: kilograms to the gram
 MAX_DESCRIPTION = 200

@@ -41,10 +41,11 @@ from posfed_pipeline.core.central_db.models import (
     ReceiptRow,
     SettlementRow,
 )
-from posfed_pipeline.core.config import PosfedConfig, Terminal
+from posfed_pipeline.core.config import PosfedConfig
 from posfed_pipeline.core.dat import DatSpec, render_receipt
 from posfed_pipeline.core.intake import parsing
 from posfed_pipeline.core.model.receipt import Receipt
+from posfed_pipeline.core.model.terminal import Terminal
 from posfed_pipeline.core.state import inbox, quarantine
 from posfed_pipeline.core.state.ledger import Ledger
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from posfed_pipeline.core.config import Terminal
+from posfed_pipeline.core.model.terminal import Terminal
 from posfed_pipeline.core.state import inbox, quarantine
 from posfed_pipeline.core.state.ledger import Ledger
 

@@ -19,8 +19,9 @@ import logging
 from dataclasses import dataclass, replace
 from datetime import date, datetime
 
-from posfed_pipeline.core.config import PosfedConfig, Terminal
+from posfed_pipeline.core.config import PosfedConfig
 from posfed_pipeline.core.intake import parsing
+from posfed_pipeline.core.model.terminal import Terminal
 from posfed_pipeline.core.state import claims, inbox, quarantine
 
 log = logging.getLogger("posfed.launching")

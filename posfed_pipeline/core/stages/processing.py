@@ -23,7 +23,7 @@ from decimal import Decimal
 from pathlib import Path
 
 from posfed_pipeline.core.base.clock import SYSTEM_CLOCK, Clock
-from posfed_pipeline.core.config import PosfedConfig, Terminal
+from posfed_pipeline.core.config import PosfedConfig
 from posfed_pipeline.core.dat import (
     DatConflictError,
     DatRenderError,
@@ -36,6 +36,7 @@ from posfed_pipeline.core.dat import (
 from posfed_pipeline.core.intake import parsing
 from posfed_pipeline.core.intake.validation import ValidationReport, rules_of, validate_batch
 from posfed_pipeline.core.model.receipt import Problem, Receipt
+from posfed_pipeline.core.model.terminal import Terminal
 from posfed_pipeline.core.state import inbox
 from posfed_pipeline.core.state.ledger import Acceptance, DeliveredReceipt, Ledger, conflict_reason
 from posfed_pipeline.core.state.quarantine import quarantine_file, quarantine_part

@@ -23,7 +23,7 @@ from datetime import date
 from pathlib import Path
 
 from posfed_pipeline.core.base.sqlite import SQLiteFile, add_missing_columns
-from posfed_pipeline.core.config import Terminal
+from posfed_pipeline.core.model.terminal import Terminal
 from posfed_pipeline.core.state.inbox import InboxFile, PlannedBatch, plan_batches
 
 _SCHEMA = """

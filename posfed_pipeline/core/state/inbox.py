@@ -25,8 +25,7 @@ from pathlib import Path
 
 from posfed_pipeline.core.base.errors import PosfedError
 from posfed_pipeline.core.base.fsutil import move_unique
-from posfed_pipeline.core.config import Terminal
-from posfed_pipeline.core.model.terminal import DeliveryRules
+from posfed_pipeline.core.model.terminal import DeliveryRules, Terminal
 
 # Writers that follow the write-then-rename convention use these while a file is in progress.
 IN_PROGRESS_SUFFIXES = (".tmp", ".part", ".partial", ".crdownload")

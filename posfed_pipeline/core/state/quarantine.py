@@ -30,9 +30,9 @@ from posfed_pipeline.core.base.fsutil import (
     write_atomic,
     write_once,
 )
-from posfed_pipeline.core.config import Terminal
 from posfed_pipeline.core.intake.parsing import Part
 from posfed_pipeline.core.model.receipt import Problem, Receipt
+from posfed_pipeline.core.model.terminal import Terminal
 from posfed_pipeline.core.state.inbox import (
     InboxFile,
     mark_ready,

@@ -17,7 +17,8 @@ from datetime import date, datetime, timedelta
 from pathlib import Path
 
 from posfed_pipeline.core.base.fsutil import unique_destination
-from posfed_pipeline.core.config import PosfedConfig, Terminal
+from posfed_pipeline.core.config import PosfedConfig
+from posfed_pipeline.core.model.terminal import Terminal
 
 
 @dataclass(frozen=True)
