@@ -34,14 +34,14 @@ import dagster as dg
 from posfed_dev.bench import terminal_specs
 from posfed_dev.browser import headless_chromium, missing_browser
 
-from posfed_pipeline import packaged
+from posfed_pipeline import names, packaged
 from posfed_pipeline.core.config import load_config
 from posfed_pipeline.dagster_home import render_instance_yaml
 from posfed_pipeline.defs.partitions import terminal_day_key
 
-ASSET = "dat_files"
+ASSET = names.DAT_FILES
 # One step makes both: the UI's Materialize of dat_files selects validated_receipts too.
-BACKFILL_ASSETS = ["validated_receipts", "dat_files"]
+BACKFILL_ASSETS = [names.VALIDATED_RECEIPTS, names.DAT_FILES]
 
 PARTITIONS_QUERY = """
 query AssetPartitions($path: [String!]!) {

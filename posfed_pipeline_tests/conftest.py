@@ -36,7 +36,7 @@ def pg_database_url():
 
 @pytest.fixture
 def pg_databases():
-    """Two fresh databases, as in production: Dagster's storage and the central register."""
+    """Two fresh databases, as in production: Dagster's storage and the central database."""
     suffix = uuid.uuid4().hex[:10]
     names = {"dagster": f"posfed_dagster_{suffix}", "register": f"posfed_register_{suffix}"}
     with fresh_databases(*names.values()):

@@ -83,8 +83,8 @@ def test_bench_through_real_servers_with_one_terminal_in_trouble(tmp_path):
 
 
 @pytest.mark.postgres
-def test_bench_stores_loads_one_register_from_several_stores_exactly(tmp_path):
-    """``--stores K``: K store processes sell and sync into one PostgreSQL register of the
+def test_bench_stores_loads_one_central_database_from_several_stores_exactly(tmp_path):
+    """``--stores K``: K store processes sell and sync into one PostgreSQL central database of the
     bench's own; every receipt arrives once and every settlement adds up."""
     out = tmp_path / "chain.json"
     result = subprocess.run(

@@ -1,4 +1,5 @@
-"""A chain, not one store: ten stores with the same terminal ids load one PostgreSQL register."""
+"""A chain, not one store: ten stores with the same terminal ids load one PostgreSQL central
+database."""
 
 from __future__ import annotations
 
@@ -61,7 +62,9 @@ def chain_store(tmp_path, number: int, db_url: str):
 
 @pytest.mark.slow
 @pytest.mark.postgres
-def test_ten_stores_load_one_register_concurrently_and_settle_exactly(tmp_path, pg_database_url):
+def test_ten_stores_load_one_central_database_concurrently_and_settle_exactly(
+    tmp_path, pg_database_url
+):
     engine = central_db.make_engine(pg_database_url)
     central_db.upgrade_database(engine)
     stores = [chain_store(tmp_path, n, pg_database_url) for n in range(1, STORES + 1)]
@@ -88,7 +91,7 @@ def test_ten_stores_load_one_register_concurrently_and_settle_exactly(tmp_path, 
             ]
         ledger.close()
 
-    # All ten feed the register at once, each from its own process-like worker.
+    # All ten feed the central database at once, each from its own process-like worker.
     start = threading.Barrier(STORES)
     outcomes: dict[str, object] = {}
 
@@ -140,7 +143,7 @@ def test_ten_stores_load_one_register_concurrently_and_settle_exactly(tmp_path, 
 
 
 @pytest.mark.parametrize("store_id", ["", "store 1", "../x", "a" * 33])
-def test_a_store_id_unfit_for_the_register_is_refused_at_load(tmp_path, store_id):
+def test_a_store_id_unfit_for_the_central_database_is_refused_at_load(tmp_path, store_id):
     raw = store_config_dict(tmp_path)
     raw["store"]["id"] = store_id
     with pytest.raises(ConfigError, match=r"\[store\] id"):

@@ -1,8 +1,8 @@
-"""The production instance profile, live: Dagster's storage and the central register on PostgreSQL.
+"""The production instance profile, live: Dagster's storage and the central database on PostgreSQL.
 
 deploy/dagster.prod.yaml is written unchanged into a temp DAGSTER_HOME and finds its database
 through the DAGSTER_PG_* variables alone, as on a store server. A real ``dagster-daemon run``
-watches a temp store; a dropped receipt must become a .dat file, a row in the central register,
+watches a temp store; a dropped receipt must become a .dat file, a row in the central database,
 and a successful run plus the sensor tick that launched it, recorded in PostgreSQL.
 
 Without a PostgreSQL server at 127.0.0.1:5432 this skips, except in CI (``CI=true``), where it
@@ -66,7 +66,7 @@ def prod_store(tmp_path, pg_databases, monkeypatch):
     monkeypatch.delenv("POSFED_HOME", raising=False)
     config = load_config(config_path)
     config.ensure_folders()
-    # The install steps of docs/deployment.md: the register's schema, then Dagster's.
+    # The install steps of docs/deployment.md: the central database's schema, then Dagster's.
     central_db.upgrade_database(central_db.make_engine(config.db_url))
     subprocess.run(
         [str(_venv_bin("dagster")), "instance", "migrate"],

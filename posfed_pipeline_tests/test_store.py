@@ -386,7 +386,7 @@ def test_money_and_weights_are_stored_exactly(db):
 
 
 def test_a_day_of_small_amounts_sums_to_the_cent(db):
-    # 0.1 + 0.2 style amounts summed in floating point drift; the register's total must not.
+    # 0.1 + 0.2 style amounts summed in floating point drift; the central database's total must not.
     receipts = [make_receipt(f"R{n:05d}", lines=[("0.29", "1"), ("0.10", "1")]) for n in range(999)]
 
     central_db.load_outbox_rows(db, outbox(*receipts))
@@ -792,7 +792,7 @@ def test_status_counts_per_terminal_and_day(db):
     ]
 
 
-# --- upgrades of a register shared by many stores ----------------------------------------------
+# --- upgrades of a central database shared by many stores -------------------------------------
 
 
 def test_a_store_newer_than_its_register_says_upgrade_the_register_first(config, tmp_path):
@@ -802,7 +802,7 @@ def test_a_store_newer_than_its_register_says_upgrade_the_register_first(config,
 
     engine = central_db.make_engine(f"sqlite:///{tmp_path / 'central_db.db'}")
     central_db.upgrade_database(engine, "0003")
-    with pytest.raises(sync.SchemaMissing, match="upgrade the register first"):
+    with pytest.raises(sync.SchemaMissing, match="upgrade the central database first"):
         sync.check_central_schema(engine)
     central_db.upgrade_database(engine)
     sync.check_central_schema(engine)
@@ -814,12 +814,12 @@ def test_a_store_newer_than_its_register_says_upgrade_the_register_first(config,
 
 def test_every_migration_only_adds_so_old_and_new_stores_share_a_register():
     """Expand only: new tables, new indexes, new nullable columns, wider columns. A store still
-    on the last release keeps loading into a register already upgraded for the next
+    on the last release keeps loading into a central database already upgraded for the next
     (docs/deployment.md)."""
     import ast
 
     allowed = {"create_table", "create_index", "add_column", "batch_alter_table", "alter_column"}
-    # The one revision that changes keys, on purpose (a chain's stores in one register): its
+    # The one revision that changes keys, on purpose (a chain's stores in one central database): its
     # upgrade order is in docs/deployment.md, and the test below checks it keeps the data.
     contract_changes = {"0006_stores.py"}
     for path in sorted((central_db.MIGRATIONS_DIR / "versions").glob("0*.py")):

@@ -50,10 +50,11 @@ from pathlib import Path
 
 from posfed_dev.faults import FaultProxy, ThrowawayPostgres, hold_lock
 from posfed_dev.simulator import ReceiptSimulator
-from posfed_pipeline import packaged
+from posfed_pipeline import names, packaged
 from posfed_pipeline.core import central_db, dat
-from posfed_pipeline.core.config import PosfedConfig, Terminal, load_config
+from posfed_pipeline.core.config import PosfedConfig, load_config
 from posfed_pipeline.core.model.receipt import Receipt, canonical_json
+from posfed_pipeline.core.model.terminal import Terminal
 
 MODES = ("naive", "posfed")
 # (terminal id prefix, department code, tenant), as in the demo store (posfed.toml).
@@ -1081,17 +1082,17 @@ class Run:
         sync_by_status: dict[str, int] = {}
         for record in runs:
             run = record.dagster_run
-            if run.job_name == "central_db_sync_job":
+            if run.job_name == names.SYNC_JOB:
                 if run.run_id not in self.runs_before:
                     sync_by_status[run.status.value] = sync_by_status.get(run.status.value, 0) + 1
                 continue
             files = (
                 run.run_config.get("ops", {})
-                .get("receipt_pipeline", {})
+                .get(names.RECEIPT_PIPELINE_OP, {})
                 .get("config", {})
                 .get("files", [])
             )
-            terminal = run.tags.get("posfed/terminal")
+            terminal = run.tags.get(names.TERMINAL_TAG)
             if run.run_id not in self.runs_before:
                 by_status[run.status.value] = by_status.get(run.status.value, 0) + 1
                 files_per_run.append(len(files))
@@ -1636,7 +1637,7 @@ def add_arguments(parser) -> None:
         default=0,
         metavar="K",
         help="instead: K stores (--terminals each, --rate receipts/s each) load one "
-        "PostgreSQL register at once; the register's lag, errors and settlements",
+        "PostgreSQL central database at once; its lag, errors and settlements",
     )
     parser.add_argument("--rate", type=float, default=1.0, help="receipts per second (default 1)")
     parser.add_argument(

@@ -1,16 +1,17 @@
-"""``posfed bench --stores K``: K stores load one central register at once.
+"""``posfed bench --stores K``: K stores load one central database at once.
 
 Each store is a process of its own, as a store server is a machine of its own: its tills sell
 at ``rate`` receipts/s on random terminals; each sale goes through posfed's stages (read,
 validate, .dat, the store's ledger: ``process_batch``, what the warm worker runs) and a sync
-thread stores the ledger's outbox in the register as the trigger's sync runs do: after new
-sales, at most one pass every ``[sync] min_interval_seconds`` (3 s). The register is a
+thread stores the ledger's outbox in the central database as the trigger's sync runs do: after new
+sales, at most one pass every ``[sync] min_interval_seconds`` (3 s). The central database is a
 PostgreSQL cluster of the benchmark's own (fsync on, as production).
 
-Reported: receipts/s into the register, the register lag (accepted in the store's ledger →
-committed in the register) per store and chain-wide, sync errors (deadlocks, conflicts), what
-was lost or duplicated, each store's settlement and the chain's, checked to the cent against
-what the tills sold, and the CPU of the stores and of the register's server.
+Reported: receipts/s into the central database, its lag (accepted in the store's ledger
+→ committed in the central database) per store and chain-wide, sync errors (deadlocks,
+conflicts), what was lost or duplicated, each store's settlement and the chain's, checked to
+the cent against what the tills sold, and the CPU of the stores and of the central
+database's server.
 
 Not in this benchmark: each store's Dagster processes (daemon, fast path); one store's cost is
 ``posfed bench``'s. On 2 cores K stores share the machine a chain would spread over K servers.
@@ -95,7 +96,7 @@ def run_store(config_path: str, register_url: str, settings: ChainSettings, out:
                 if finishing:
                     gave_up_at = gave_up_at or turn + DRAIN_SECONDS
                     if turn > gave_up_at:
-                        return  # what is left is reported as not in the register
+                        return  # what is left is reported as not in the central database
                 time.sleep(max(0.0, turn + config.sync.min_interval_seconds - time.monotonic()))
         finally:
             sync_ledger.close()
@@ -283,14 +284,15 @@ def format_chain_report(report: dict) -> str:
         f"{report['rate_per_store']:g} receipts/s each, {report['duration_s']:g} s",
         f"  receipts {report['receipts']}, in the register {report['in_register']}, "
         f"lost {report['lost']}, duplicated {report['duplicated']}",
-        f"  into the register: {report['register_receipts_per_s']} receipts/s; lag p50 "
+        f"  into the central database: {report['register_receipts_per_s']} receipts/s; lag p50 "
         f"{_s(lag['p50'])}, p95 {_s(lag['p95'])}, max {_s(lag['max'])} "
         f"(worst store's p95 {_s(report['p95_worst_store'])})",
         f"  rejected {report['rejected']}; sync errors (retried): {report['sync_errors']}"
         + "".join(f"\n    {e}" for e in report["error_samples"]),
         f"  settlements exact: per store {report['settlement_exact_per_store']}, "
         f"chain {report['chain_settlement_exact']}",
-        f"  CPU-s: stores {report['cpu_s']['stores']}, register {report['cpu_s']['register']}",
+        f"  CPU-s: stores {report['cpu_s']['stores']}, "
+        f"central database {report['cpu_s']['register']}",
     ]
     return "\n".join(lines)
 

@@ -70,12 +70,13 @@ from sqlalchemy import case, func, select
 
 from posfed_dev import bench
 from posfed_dev.simulator import ReceiptSimulator
-from posfed_pipeline import packaged
+from posfed_pipeline import names, packaged
 from posfed_pipeline.core import central_db, dat
-from posfed_pipeline.core.config import PosfedConfig, Terminal
+from posfed_pipeline.core.config import PosfedConfig
 from posfed_pipeline.core.intake.parsing import MAX_FILE_BYTES
 from posfed_pipeline.core.model.outbox import Outcome
 from posfed_pipeline.core.model.receipt import Receipt, canonical_json, content_hash
+from posfed_pipeline.core.model.terminal import Terminal
 from posfed_pipeline.core.state import inbox, quarantine
 from posfed_pipeline.core.state.ledger import Ledger, ledger_path
 from posfed_pipeline.names import SYNC_SENSOR
@@ -632,9 +633,9 @@ class ChaosRun:
                 "-w",
                 str(packaged.workspace_file()),
                 "-j",
-                "settlement_job",
+                names.SETTLEMENT_JOB,
                 "--tags",
-                json.dumps({"dagster/partition": day.isoformat()}),
+                json.dumps({names.PARTITION_TAG: day.isoformat()}),
             ],
             env=self.bench.processes.env,
             capture_output=True,
@@ -804,7 +805,7 @@ class ChaosRun:
             states = [
                 s
                 for s in instance.all_instigator_state(instigator_type=InstigatorType.SENSOR)
-                if s.instigator_name.endswith("_inbox_sensor")  # the others keep no files
+                if s.instigator_name.endswith(names.inbox_sensor_name(""))  # others keep no files
             ]
             ticked = all(
                 (ticks := instance.get_ticks(s.instigator_origin_id, s.selector_id, limit=1))

@@ -44,7 +44,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, str]]:
     parser = argparse.ArgumentParser(
         prog="posfed",
         description="Point-of-sale receipts from every terminal's inbox to .dat files for the "
-        "billing software and to the central register.",
+        "billing software and to the central database.",
         epilog="`posfed COMMAND --help` shows a command's options. Exit codes: 0 success, "
         "1 a verdict against the input (invalid receipt, lag too high, damaged backup), "
         "2 a usage or configuration error.",

@@ -92,7 +92,7 @@ def _central_db_receipts(config: PosfedConfig, clock: Clock) -> dg.AssetsDefinit
         deps=[VALIDATED_RECEIPTS],
         group_name=RECEIPTS_GROUP,
         kinds={"sqlalchemy"},
-        description="Receipt, line and ingest-ledger rows in the central register's database, "
+        description="Receipt, line and ingest-ledger rows in the central database, "
         "fed from the store's local ledger in bulk, idempotently, in receipt order per terminal.",
         check_specs=[
             dg.AssetCheckSpec(

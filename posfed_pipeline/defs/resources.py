@@ -17,7 +17,7 @@ def _engine(url: str) -> Engine:
 
 
 class CentralDbResource(dg.ConfigurableResource):
-    """The central register's database (see docs/database.md).
+    """The central database (see docs/database.md).
 
     ``url`` carries no password; ``password`` comes from ``POSFED_DB_PASSWORD`` as an ``EnvVar``,
     so the Dagster UI shows the variable's name, never the secret.

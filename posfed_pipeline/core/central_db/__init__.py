@@ -1,7 +1,7 @@
 """The central database: receipts, their lines and an ingest ledger, stored idempotently.
 
 The store server's local ledger (``core.ledger``) decides what was accepted; this package stores
-its outbox in the central register's database (``load_outbox_rows``), as often as needed: a
+its outbox in the central database (``load_outbox_rows``), as often as needed: a
 delivery already held is skipped, a receipt already held with the same content is not inserted
 twice, and one held with other content is refused, never overwritten. A receipt is identified by
 (store, terminal, business day, receipt id): many POS reset their counters daily. Every

@@ -1,4 +1,4 @@
-"""The central register's tables, every one of them (the schema itself is Alembic's,
+"""The central database's tables, every one of them (the schema itself is Alembic's,
 ``core/migrations``): receipts, their lines, the ingest ledger, the settlements."""
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from posfed_pipeline.core.model.barcodes import MAX_SCANNED
 
-# Part of every key in the register: a chain's stores share it (migration 0006).
+# Part of every key in the central database: a chain's stores share it (migration 0006).
 StoreId = String(32)
 
 # SQL Server compiles a plain Date to DATETIME when it cannot ask the server its version (offline

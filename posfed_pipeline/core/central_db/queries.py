@@ -1,4 +1,4 @@
-"""Reading the register: its ingest ledger, summaries and counts."""
+"""Reading the central database: its ingest ledger, summaries and counts."""
 
 from __future__ import annotations
 
@@ -72,7 +72,7 @@ def ledger_entries(
 
 
 def as_utc(value: datetime | None) -> datetime | None:
-    """A time read back from the register, timezone-aware."""
+    """A time read back from the central database, timezone-aware."""
     # SQLite keeps no offset: posfed writes UTC, so a naive value read back is UTC.
     if value is None or value.tzinfo is not None:
         return value

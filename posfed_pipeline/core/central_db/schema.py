@@ -1,4 +1,4 @@
-"""The register's schema, created and upgraded by Alembic (``posfed db upgrade``)."""
+"""The central database's schema, created and upgraded by Alembic (``posfed db upgrade``)."""
 
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ def upgrade_database(
     engine: Engine, revision: str = "head", *, store_id: str = DEFAULT_STORE_ID
 ) -> None:
     """Bring the schema to ``revision`` with Alembic (idempotent). ``store_id``: the store
-    that rows from before migration 0006 (the register of one store) belong to."""
+    that rows from before migration 0006 (the central database of one store) belong to."""
     from alembic import command
 
     config = _alembic_config()
@@ -85,8 +85,8 @@ def upgrade_sql(url: str, revision: str = "head", *, store_id: str = DEFAULT_STO
 def revisions_behind_head() -> list[str]:
     """This posfed's migrations older than its newest (head), newest first.
 
-    Migrations only add (tables, nullable columns, indexes): a register at a revision this list
-    does not know was upgraded by a newer posfed, and this one still works with it."""
+    Migrations only add (tables, nullable columns, indexes): a central database at a revision
+    this list does not know was upgraded by a newer posfed, and this one still works with it."""
     from alembic.script import ScriptDirectory
 
     script = ScriptDirectory.from_config(_alembic_config())

@@ -37,7 +37,7 @@ from posfed_pipeline.core.model.terminal import (
     text,
 )
 
-# Part of every key in the central register, shared by a chain's stores.
+# Part of every key in the central database, shared by a chain's stores.
 STORE_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,31}\Z")
 # Built-in formats; every [mappings.<name>] of the store file adds one more.
 POSLOG_FORMAT = "arts-poslog"  # ARTS/NRF POSLog XML: many transactions per file
@@ -53,7 +53,7 @@ class StoreTable(BaseModel):
     id: str = Field(
         DEFAULT_STORE_ID,
         description="1-32 letters, digits, '.', '-' or '_', starting with a "
-        "letter or digit: part of every key in the central register, shared by a chain's stores",
+        "letter or digit: part of every key in the central database, shared by a chain's stores",
     )
     name: str | None = Field(None, description="the store's name (default: its id)")
     timezone: Zone = Field(
@@ -99,7 +99,7 @@ class StoreTable(BaseModel):
         if not STORE_ID_PATTERN.match(value):
             raise ValueError(
                 f"id {value!r} must be 1-32 letters, digits, '.', '-' or '_', starting with a "
-                "letter or digit: it is part of every key in the central register"
+                "letter or digit: it is part of every key in the central database"
             )
         return value
 

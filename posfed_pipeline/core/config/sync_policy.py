@@ -1,5 +1,5 @@
-"""How the store's ledger feeds the central register: batch sizes, back-off, timeouts, lag
-thresholds (``[sync]``), and the store id every row of the register carries. Plain settings,
+"""How the store's ledger feeds the central database: batch sizes, back-off, timeouts, lag
+thresholds (``[sync]``), and the store id every row of the central database carries. Plain settings,
 no database: loading the configuration does not import SQLAlchemy."""
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ class SyncTable(BaseModel):
 
 @dataclass(frozen=True)
 class SyncPolicy:
-    # The store whose receipts these are: part of every key in the central register
+    # The store whose receipts these are: part of every key in the central database
     # ([store] id), so terminal ids need only be unique within a store.
     store_id: str = DEFAULT_STORE_ID
     batch_size: int = default_of(SyncTable, "batch_size")

@@ -33,7 +33,8 @@ GTIN_LENGTHS = (8, 12, 13, 14)
 SHORTEST_ELEMENT_STRING = 16  # (01) and its 14 digits
 GROUP_SEPARATOR = "\x1d"  # what scanners send for FNC1 between variable-length fields
 LABEL_CACHE_SIZE = 65_536
-# More than any GS1 symbol holds (a GS1 DataMatrix: 2,335 characters); the register's column.
+# More than any GS1 symbol holds (a GS1 DataMatrix: 2,335 characters): the central database's
+# column.
 MAX_SCANNED = 4000
 # The regions whose RCN rules biip knows, by ISO 3166 code and by English name.
 GS1_REGIONS: dict[str, str] = {

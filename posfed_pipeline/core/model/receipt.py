@@ -16,7 +16,7 @@ CENT = Decimal("0.01")
 
 
 def round_cents(value: Decimal) -> Decimal:
-    """Half-up to cents, the rounding the register and the tax authority use."""
+    """Half-up to cents, the rounding the central register and the tax authority use."""
     return value.quantize(CENT, rounding=ROUND_HALF_UP)
 
 
@@ -26,7 +26,7 @@ class ReceiptItem:
     description: str
     price: Decimal
     quantity: Decimal
-    # What the barcode's label says (core.barcodes), kept with the line for the register and
+    # What the barcode's label says (core.barcodes), kept with the line for the central database and
     # the .dat file. Read from the barcode, so not part of the line's identity.
     gtin: str | None = field(default=None, compare=False)
     weight: Decimal | None = field(default=None, compare=False)  # kg

@@ -136,17 +136,18 @@ def _store_one_by_one(engine: Engine, entries, policy: SyncPolicy) -> central_db
 def check_central_schema(engine: Engine, policy: SyncPolicy = SyncPolicy()) -> None:
     """Raise ``SchemaMissing`` when the central database has no posfed schema, or an older one
     than this posfed writes (permanent until upgraded). A newer one is fine: migrations only
-    add, so a store not yet upgraded keeps loading into a register that already is."""
+    add, so a store not yet upgraded keeps loading into a central database that already is."""
     with call_deadline(engine, policy.call_timeout_seconds, "reading the schema version"):
         revision = central_db.schema_revision(engine)
     if revision is None:
         raise SchemaMissing("the central database has no posfed schema: run `posfed db upgrade`")
     if revision in central_db.revisions_behind_head():
-        # Upgrade order for a shared register: the register first, then the stores.
+        # Upgrade order for a shared central database: it first, then the stores.
         raise SchemaMissing(
             f"the central database's schema is at revision {revision}, this posfed needs "
-            f"{central_db.head_revision()}: upgrade the register first (`posfed db upgrade`, or "
-            "`posfed db upgrade --sql` for a DBA); the receipts wait in the store's ledger"
+            f"{central_db.head_revision()}: upgrade the central database first (`posfed db "
+            "upgrade`, or `posfed db upgrade --sql` for a DBA); the receipts wait in the store's "
+            "ledger"
         )
 
 

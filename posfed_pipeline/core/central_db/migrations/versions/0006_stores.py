@@ -1,4 +1,4 @@
-"""Stores in the register: a chain's stores share one central database.
+"""Stores in the central database: a chain's stores share one central database.
 
 Every key gains the store (``[store] id``), so terminal ids need only be unique within a
 store: receipts, their lines, the ingest ledger and settlements (per tenant per store per day).
@@ -6,8 +6,8 @@ Rows from before this revision belong to the store that upgrades (``posfed db up
 its id). ``pos_settlement_chain`` is the chain-wide view: per tenant per day across stores.
 
 Unlike the revisions before it, this one does not only add: the keys change, so a store still
-on the last release cannot load into an upgraded register (its rows lack a store): upgrade the
-register and the stores in one window (docs/deployment.md).
+on the last release cannot load into an upgraded central database (its rows lack a store):
+upgrade the central database and the stores in one window (docs/deployment.md).
 
 Revision ID: 0006
 Revises: 0005
@@ -124,7 +124,7 @@ def _copy_sqlite_tables() -> None:
 
 
 def downgrade() -> None:
-    """Back to one store's register: only possible while it holds one store's rows."""
+    """Back to one store's central database: only possible while it holds one store's rows."""
     op.execute("DROP VIEW pos_settlement_chain")
     op.drop_index("ix_pos_ingest_ledger_key", table_name="pos_ingest_ledger")
     dialect = op.get_context().dialect.name
