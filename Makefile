@@ -30,10 +30,11 @@ lint: $(INSTALLED)
 test: $(INSTALLED) system-deps lint
 	$(BIN)/pytest
 
-# docs/cli.md from the parser (test_cli_reference fails when it is stale); with posfed-dev's
-# commands, as make installs it.
+# docs/cli.md from the parser (with posfed-dev's commands, as make installs it) and
+# docs/configuration.md from the config models; each has a test that fails when it is stale.
 docs: $(INSTALLED)
 	$(BIN)/python -m posfed_pipeline.cli.reference docs/cli.md
+	$(BIN)/python -m posfed_pipeline.core.config.reference > docs/configuration.md
 
 # The fast tests while you work (under a minute); `make test` runs everything.
 check: $(INSTALLED) lint
