@@ -2,7 +2,7 @@
 the verdict posfed must give it.
 
 The end-to-end test on the real fast path (posfed_pipeline_tests/test_odd_entries.py) drops them
-while valid receipts keep arriving; ``benchmarks/bench_odd_entries.py`` drops them into a
+while valid receipts keep arriving; ``dev/benchmarks/bench_odd_entries.py`` drops them into a
 running store (``make demo``) and times each verdict. docs/terminals.md has the table.
 """
 

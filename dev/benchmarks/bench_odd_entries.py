@@ -2,7 +2,7 @@
 receipts keep their latency meanwhile.
 
     make demo                                           # in another terminal (or any store)
-    .venv/bin/python benchmarks/bench_odd_entries.py [--config posfed.toml] [--rounds 3]
+    .venv/bin/python dev/benchmarks/bench_odd_entries.py [--config posfed.toml] [--rounds 3]
 
 Two phases of ``--seconds`` each, valid receipts at ``--rate`` per second spread over every
 terminal: a quiet one, then one in which every odd entry of ``dev/posfed_dev/

@@ -1,6 +1,6 @@
 """Validation throughput: receipts per second through ``validate_batch`` (target >= 20,000).
 
-    .venv/bin/python benchmarks/bench_validation.py [--receipts 20000] [--repeat 3]
+    .venv/bin/python dev/benchmarks/bench_validation.py [--receipts 20000] [--repeat 3]
 
 Receipts carry 5 items each (weighed and counted, valid EAN-13 codes, exact totals), every
 check on: barcodes read by biip, labels checked against their lines, a GS1 region set. The

@@ -2,7 +2,7 @@
 again, and how soon the killed process is back.
 
     make demo                                        # in another terminal (or posfed demo)
-    .venv/bin/python benchmarks/bench_supervision.py [--config posfed.toml] [--repeat 3]
+    .venv/bin/python dev/benchmarks/bench_supervision.py [--config posfed.toml] [--repeat 3]
 
 For each kind (a warm run worker, the daemon, the webserver, the code server, the fast path) it
 waits until the store is quiet and whole, sends `kill -9` to one process of that kind (its pid

@@ -1,6 +1,6 @@
 """One 5,000-receipt terminal-day (5 lines each): the store's ledger, then the central database.
 
-    .venv/bin/python benchmarks/bench_store.py [--receipts N] [--pg-url URL]
+    .venv/bin/python dev/benchmarks/bench_store.py [--receipts N] [--pg-url URL]
 
 Prints seconds and receipts/s for accepting the day into the local ledger (what the checkout
 waits for) and recording its .dat files, then for syncing the ledger's outbox into SQLite and

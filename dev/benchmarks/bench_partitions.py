@@ -1,6 +1,6 @@
 """Partitions that last: the Dagster UI with 200 terminals × 3 years of days.
 
-    .venv/bin/python benchmarks/bench_partitions.py [--terminals 200] [--years 3]
+    .venv/bin/python dev/benchmarks/bench_partitions.py [--terminals 200] [--years 3]
         [--windows 12,0] [--materialized-days 30]
 
 For each window (``[store] partition_window_months``; 0: every day since the first) it builds

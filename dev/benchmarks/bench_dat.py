@@ -1,6 +1,6 @@
 """Benchmark of the .dat engine: item lines rendered per second (a benchmark, not a test).
 
-    .venv/bin/python benchmarks/bench_dat.py [--spec SPEC.json] [--lines N] [--repeat R]
+    .venv/bin/python dev/benchmarks/bench_dat.py [--spec SPEC.json] [--lines N] [--repeat R]
 
 Receipts come from the simulator (seeded, so every run renders the same ones): 1-5 lines each,
 weighed and counted items, accented descriptions (``Éclair``, ``Côtes du Rhône``), a share of
@@ -28,7 +28,7 @@ import time
 from decimal import Decimal
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO_ROOT))  # runnable without an installed package too
 
 from posfed_dev.simulator import ReceiptSimulator  # noqa: E402
