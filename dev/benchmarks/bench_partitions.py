@@ -20,7 +20,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -33,6 +32,7 @@ from pathlib import Path
 import dagster as dg
 from posfed_dev.bench import terminal_specs
 from posfed_dev.browser import headless_chromium, missing_browser
+from posfed_dev.faults import free_port
 
 from posfed_pipeline import names, packaged
 from posfed_pipeline.core.config import load_config
@@ -115,12 +115,6 @@ def record_materializations(dagster_home: Path, config, days: int) -> int:
                 dg.AssetMaterialization(asset_key=ASSET, partition=key)
             )
     return len(keys)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def graphql(base_url: str, query: str, variables: dict) -> tuple[dict, float]:

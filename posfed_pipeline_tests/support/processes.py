@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import time
 from contextlib import suppress
 from pathlib import Path
 
 import pytest
+from posfed_dev.faults import free_port as free_port  # one helper for tests and tools
 
 # Every process the suite starts inherits this marker from os.environ (tests build their
 # subprocesses' environments from it), so the session's end can find what is still running,
@@ -58,12 +58,6 @@ def kill_marked(name: str, value: str) -> list[str]:
         with suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
     return found
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def wait_for(predicate, timeout: float, what: str, log: Path):
