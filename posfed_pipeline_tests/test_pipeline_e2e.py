@@ -1,8 +1,11 @@
 """End to end through Dagster: real files in a temp store, real SQLite, exact .dat bytes."""
 
 import json
+import logging
 import os
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import date
 from decimal import Decimal
 
@@ -12,6 +15,7 @@ from sqlalchemy import select
 
 from posfed_pipeline.core import central_db
 from posfed_pipeline.core.intake.validation import BARCODE_RULE
+from posfed_pipeline.core.state import quarantine
 from posfed_pipeline.definitions import build_definitions
 from posfed_pipeline.defs.receipts import ReceiptBatchConfig, receipt_op_config
 from posfed_pipeline.names import RECEIPTS_JOB, SYNC_JOB
@@ -357,3 +361,120 @@ def test_an_attempt_stopped_between_recording_and_renaming_its_dat_bills_once(co
     processing.process_batch(config, terminal, [second], ledger=ledger, spec=spec)
     assert sorted(p.name for p in day.iterdir()) == ["scon10R0002.dat"]
     assert ledger.staged_dat("bakery_1") == []
+
+
+def _materializations(instance, asset_key: str) -> dict:
+    """The asset's materialization records by partition key (one run per partition here)."""
+    records = instance.fetch_materializations(dg.AssetKey(asset_key), limit=100).records
+    return {record.partition_key: record for record in records}
+
+
+@pytest.mark.slow
+def test_overlapping_terminal_runs_record_their_own_lineage_and_log_no_warning(config, monkeypatch):
+    """At several receipts a second, terminals' runs overlap. Here bakery_1's run pauses between
+    its two materializations while butcher_1's run goes through whole, in another thread. Neither
+    run logs a warning (Dagster's "Data version mismatch", one per overlap, filled the demo's
+    terminal), and dat_files of each partition names, if anything, its own partition's
+    validated_receipts as what it was made from."""
+    timestamp = "2026-11-20T10:15:00+01:00"
+    bakery, butcher = config.terminal("bakery_1"), config.terminal("butcher_1")
+    drop_receipt(bakery.inbox, receipt_doc("R0001", timestamp=timestamp))
+    drop_receipt(butcher.inbox, receipt_doc("S0001", "butcher_1", "20", timestamp=timestamp))
+    job = build_definitions(config).resolve_job_def(RECEIPTS_JOB)
+    bakery_partition, butcher_partition = PARTITION, "2026-11-20|butcher_1"
+    paused, resume = threading.Event(), threading.Event()
+    waiting_for = quarantine.waiting_for
+
+    def pausing_bakery(terminal, day):
+        # The step asks after recording validated_receipts, before dat_files.
+        if terminal.id == bakery.id:
+            paused.set()
+            resume.wait(60)
+        return waiting_for(terminal, day)
+
+    monkeypatch.setattr(quarantine, "waiting_for", pausing_bakery)
+
+    def run(partition: str, files: list[str]) -> dg.ExecuteInProcessResult:
+        return job.execute_in_process(
+            run_config=receipt_op_config(ReceiptBatchConfig(files=files)),
+            partition_key=partition,
+            instance=instance,
+        )
+
+    with dg.instance_for_test() as instance, ThreadPoolExecutor(1) as other_thread:
+        try:
+            bakery_run = other_thread.submit(run, bakery_partition, ["R0001.json"])
+            assert paused.wait(60), "bakery_1's run never reached its dat_files"
+            # The overlap this test is about: bakery_1's validated_receipts on record, not yet
+            # its dat_files, when butcher_1's run records both.
+            assert set(_materializations(instance, "validated_receipts")) == {bakery_partition}
+            assert _materializations(instance, "dat_files") == {}
+            butcher_result = run(butcher_partition, ["S0001.json"])
+        finally:
+            resume.set()
+        bakery_result = bakery_run.result(timeout=60)
+
+        for result in (bakery_result, butcher_result):
+            assert result.success
+            warnings = [
+                e.user_message
+                for e in instance.all_logs(result.run_id)
+                if e.level >= logging.WARNING
+            ]
+            assert warnings == []
+        validated = _materializations(instance, "validated_receipts")
+        dat = _materializations(instance, "dat_files")
+        assert set(dat) == set(validated) == {bakery_partition, butcher_partition}
+        for partition, record in dat.items():
+            own = validated[partition]
+            assert record.run_id == own.run_id
+            # Dagster's provenance tags, if a materialization carries them, must name the
+            # partition's own validated_receipts: its storage id and data version.
+            provenance = {
+                key: value
+                for key, value in (record.asset_materialization.tags or {}).items()
+                if key.startswith("dagster/input_") and key.endswith("/validated_receipts")
+            }
+            assert provenance in (
+                {},
+                {
+                    "dagster/input_event_pointer/validated_receipts": str(own.storage_id),
+                    "dagster/input_data_version/validated_receipts": (
+                        own.asset_materialization.tags or {}
+                    ).get("dagster/data_version"),
+                },
+            ), (partition, provenance, own.storage_id)
+            # Found as before: by its run, its terminal and day (the UI's partition filters),
+            # its .dat files.
+            tags = record.asset_materialization.tags or {}
+            day, terminal_id = partition.split("|")
+            assert tags.get("dagster/partition/terminal") == terminal_id
+            assert tags.get("dagster/partition/day") == day
+            assert record.asset_materialization.metadata["dat_files"].value == 1
+
+
+@pytest.mark.slow
+def test_dat_files_and_its_reconciliation_selected_together_both_run(config, engine):
+    """Selected together in the UI, dat_files and daily_reconciliation make one run, whose
+    reconciliation step waits for the receipts' step: it runs, it is not skipped."""
+    drop_receipt(
+        config.terminal("bakery_1").inbox,
+        receipt_doc("R0001", timestamp="2026-11-20T10:15:00+01:00"),
+    )
+    job = build_definitions(config).resolve_implicit_global_asset_job_def()
+    with dg.instance_for_test() as instance:
+        result = job.execute_in_process(
+            run_config=receipt_op_config(ReceiptBatchConfig(files=["R0001.json"])),
+            partition_key=PARTITION,
+            instance=instance,
+            asset_selection=[
+                dg.AssetKey(key)
+                for key in ("validated_receipts", "dat_files", "daily_reconciliation")
+            ],
+        )
+        assert result.success
+        materialized = {
+            e.event_specific_data.materialization.asset_key.to_user_string()
+            for e in result.get_asset_materialization_events()
+        }
+    assert materialized == {"validated_receipts", "dat_files", "daily_reconciliation"}
