@@ -35,7 +35,9 @@ pytestmark = pytest.mark.slow
 
 
 def _store_env(tmp_path: Path) -> dict[str, str]:
-    config_path = write_store_config(tmp_path / "posfed.toml", tmp_path / "home")
+    # Metrics on a port of their own: never another demo's 9464.
+    metrics = {"listen": f"127.0.0.1:{free_port()}"}
+    config_path = write_store_config(tmp_path / "posfed.toml", tmp_path / "home", metrics=metrics)
     env = dict(os.environ, POSFED_CONFIG=str(config_path))
     for name in ("POSFED_HOME", "POSFED_DB_URL", "DAGSTER_HOME"):
         env.pop(name, None)
@@ -188,6 +190,16 @@ def _services(dagster_home: Path) -> dict:
         return {}
 
 
+def _metrics_served(url: str) -> bool:
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=2) as answer:
+            return b"posfed_service_restarts_total" in answer.read()
+    except OSError:
+        return False
+
+
 def _warm_workers(fastpath_pid: int) -> set[int]:
     from posfed_pipeline.processes.supervisor import children
 
@@ -238,8 +250,8 @@ def _inbox_sensors_ticked_since(instance, since: float) -> bool:
 def test_the_demo_restarts_whatever_is_killed_and_every_receipt_gets_its_dat_once(
     tmp_path, monkeypatch
 ):
-    """SIGKILL the webserver, the daemon, the code server, the fast path and a warm worker of
-    a running demo, one after another, while receipts arrive: each comes back and serves
+    """SIGKILL the webserver, the daemon, the code server, the fast path, a warm worker and the
+    metrics of a running demo, one after another, while receipts arrive: each comes back and serves
     again, the demo says what happened, receipts dropped right after each kill get their .dat
     within seconds, and in the end every receipt was billed exactly once."""
     import dagster as dg
@@ -321,6 +333,9 @@ def test_the_demo_restarts_whatever_is_killed_and_every_receipt_gets_its_dat_onc
         elif kind == "fastpath":
             wait_for(lambda: log.read_text().count("fast path up") == 2, 120, "it again", log)
             wait_for(pool_ready, 120, "its warm workers", log)
+        elif kind == "metrics":
+            url = f"http://{config.metrics.listen}/metrics"
+            wait_for(lambda: _metrics_served(url), 60, "the metrics served again", log)
         # The receipt that arrived right after the kill is billed all the same.
         wait_for(lambda: importer.billed(dat_file), 60, f"{receipt_id}'s .dat", log)
 
@@ -334,7 +349,7 @@ def test_the_demo_restarts_whatever_is_killed_and_every_receipt_gets_its_dat_onc
         instance = dg.DagsterInstance.from_config(str(dagster_home))
         importer.start()
         till.start()
-        for kind in ("webserver", "daemon", "code-server", "fastpath", "warm worker"):
+        for kind in ("webserver", "daemon", "code-server", "fastpath", "warm worker", "metrics"):
             kill_and_see_it_back(kind)
         till.halt.set()
         till.join()
@@ -361,7 +376,7 @@ def test_the_demo_restarts_whatever_is_killed_and_every_receipt_gets_its_dat_onc
         assert demo.poll() is None  # the demo never stopped
         restarts = {name: s["restarts"] for name, s in _services(dagster_home).items()}
         instance.dispose()
-    assert restarts == {"code-server": 1, "fastpath": 1, "webserver": 1, "daemon": 1}
+    assert restarts == {"code-server": 1, "fastpath": 1, "webserver": 1, "daemon": 1, "metrics": 1}
     # Billed exactly once each: no sale lost, none written again after it was imported.
     expected = {p.relative_to(config.dat_dir) for p in till.sent.values()}
     imported = importer.imported()

@@ -4,6 +4,7 @@
 # Chromium + chromedriver (the UI is checked in a real browser),
 # Samba's smbd and OpenSSH's sshd + sftp-server (terminals deliver receipts over SMB and SFTP;
 # the tests start their own servers on free high ports, never the system's services), sshfs,
+# Prometheus and promtool (the metrics tests scrape a running store and check the alert rules),
 # and a running local PostgreSQL for the live database tests.
 set -euo pipefail
 
@@ -17,6 +18,8 @@ command -v smbd >/dev/null || [ -x /usr/sbin/smbd ] || missing+=(samba)
 [ -x /usr/sbin/sshd ] && [ -x /usr/lib/openssh/sftp-server ] || missing+=(openssh-server openssh-sftp-server)
 # sshfs (FUSE): an inbox on a network mount, the case inotify cannot see (watch = "poll").
 command -v sshfs >/dev/null || missing+=(sshfs)
+# Prometheus (the server and promtool): the tests start their own on a free port.
+[ -x /usr/bin/prometheus ] && [ -x /usr/bin/promtool ] || missing+=(prometheus)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "system-deps: installing ${missing[*]}"
   as_root apt-get update -qq

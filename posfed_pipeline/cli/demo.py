@@ -64,6 +64,7 @@ def _demo(args) -> int:
         )
         return EXIT_USAGE
     config = store_config(args)
+    metrics = _metrics_address(config)
     dagster_home = prepare_instance(config)
     env = dict(os.environ, DAGSTER_HOME=str(dagster_home))
     if config.config_path:
@@ -77,6 +78,7 @@ def _demo(args) -> int:
             verbose=args.verbose,
             fastpath=not args.no_fastpath,
             workers=args.workers,
+            metrics=metrics,
         ),
         label="posfed demo",
         state_file=services.state_file(dagster_home),
@@ -88,6 +90,8 @@ def _demo(args) -> int:
         return EXIT_USAGE
     print(f"posfed demo: {len(config.terminals)} terminals, state in {config.home}")
     print(f"posfed demo: open http://{args.host}:{args.port} (Ctrl-C stops everything)")
+    if metrics is not None:
+        print(f"posfed demo: metrics for Prometheus at http://{config.metrics.listen}/metrics")
     stop = threading.Event()
     if not args.no_simulator:
         _start_demo_tills(config, args.rate, stop)
@@ -98,6 +102,23 @@ def _demo(args) -> int:
     finally:
         stop.set()
     return EXIT_OK
+
+
+def _metrics_address(config: PosfedConfig) -> tuple[str, int] | None:
+    """Where ``posfed metrics`` is to listen, or None: switched off, or its port is taken (the
+    demo runs without it and says so: metrics are never a reason not to run a store)."""
+    from posfed_pipeline.processes.supervisor import listen_problem
+
+    if not config.metrics.enabled:
+        return None
+    problem = listen_problem(config.metrics.host, config.metrics.port)
+    if problem:
+        print(
+            f"posfed demo: no metrics: {problem} (another posfed demo?); set [metrics] listen "
+            "in posfed.toml to another port, or enabled = false"
+        )
+        return None
+    return config.metrics.host, config.metrics.port
 
 
 def _fastpath(args) -> int:

@@ -10,6 +10,8 @@ commands under systemd.
   code location itself: .dat files keep coming while the others restart.
 - ``webserver``: the Dagster UI.
 - ``daemon``: the sensors (the catch-up path), the run queue, schedules and run monitoring.
+- ``metrics``: the store's figures for Prometheus (``posfed metrics``), if ``[metrics]`` is
+  enabled; it only reads, so it starts last and whatever becomes of it touches nothing else.
 """
 
 from __future__ import annotations
@@ -52,11 +54,12 @@ def store_services(
     verbose: bool = False,
     fastpath: bool = True,
     workers: int = 2,
+    metrics: tuple[str, int] | None = None,
 ) -> list[Service]:
     """The code server, the fast path (unless ``fastpath`` is off), the webserver on
     (host, port) and the daemon, in the order they start. ``env`` holds DAGSTER_HOME and
     POSFED_CONFIG. Dagster's info lines (every sensor tick) only if ``verbose``: the UI shows
-    them."""
+    them. ``metrics``: (host, port) of ``posfed metrics``, if it is to run."""
     socket_path = code_server_socket_path(dagster_home)
     env = {**env, CODE_SERVER_SOCKET_ENV: str(socket_path)}
     level = "info" if verbose else "warning"
@@ -98,4 +101,14 @@ def store_services(
             depends_on=("code-server",),
         ),
     ]
+    if metrics is not None:
+        metrics_host, metrics_port = metrics
+        services.append(
+            Service(
+                "metrics",
+                [*python, "posfed_pipeline.cli", "metrics"],
+                env,
+                explain_exit=lambda: listen_problem(metrics_host, metrics_port),
+            )
+        )
     return services

@@ -14,6 +14,7 @@ from pydantic import ValidationError
 from posfed_pipeline.core.config import environment
 from posfed_pipeline.core.config.alert_settings import AlertSettings
 from posfed_pipeline.core.config.errors import ConfigError, refused
+from posfed_pipeline.core.config.metrics_settings import MetricsSettings
 from posfed_pipeline.core.config.schema import StoreFile
 from posfed_pipeline.core.config.startup import check_at_start
 from posfed_pipeline.core.config.store_config import PosfedConfig
@@ -88,6 +89,7 @@ def config_from_dict(raw: dict, *, base_dir: Path, config_path: Path | None = No
         retention_days=file.retention.keep_days,
         sync=SyncPolicy(store_id=store.id, **file.sync.model_dump()),
         alerts=AlertSettings.from_table(file.alerts),
+        metrics=MetricsSettings.from_table(file.metrics),
         config_path=config_path,
     )
 

@@ -14,6 +14,7 @@ from zoneinfo import ZoneInfo
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from posfed_pipeline.core.config.alert_settings import AlertsTable
+from posfed_pipeline.core.config.metrics_settings import MetricsTable
 from posfed_pipeline.core.config.sync_policy import SyncTable
 from posfed_pipeline.core.model.barcodes import GS1_REGIONS, region_code
 from posfed_pipeline.core.model.input_mapping import (
@@ -355,6 +356,7 @@ class StoreFile(BaseModel):
     )
     sync: SyncTable = Field(SyncTable.model_validate({}), description=SyncTable.__doc__)
     alerts: AlertsTable = Field(AlertsTable.model_validate({}), description=AlertsTable.__doc__)
+    metrics: MetricsTable = Field(MetricsTable.model_validate({}), description=MetricsTable.__doc__)
     mappings: dict[str, MappingTable] = Field(
         default_factory=dict, description=MappingTable.__doc__
     )

@@ -12,6 +12,7 @@ from zoneinfo import ZoneInfo
 from posfed_pipeline.core.config.alert_settings import AlertSettings
 from posfed_pipeline.core.config.errors import ConfigError
 from posfed_pipeline.core.config.first_day import first_business_day
+from posfed_pipeline.core.config.metrics_settings import MetricsSettings
 from posfed_pipeline.core.config.schema import IntakeTable, RetentionTable, StoreTable
 from posfed_pipeline.core.config.sync_policy import SyncPolicy
 from posfed_pipeline.core.model.settings import default_of
@@ -42,6 +43,7 @@ class PosfedConfig:
     retention_days: int = default_of(RetentionTable, "keep_days")
     sync: SyncPolicy = field(default_factory=SyncPolicy)
     alerts: AlertSettings = field(default_factory=AlertSettings)
+    metrics: MetricsSettings = field(default_factory=MetricsSettings)
     config_path: Path | None = None
     _by_id: dict[str, Terminal] = field(default_factory=dict, repr=False, compare=False)
 

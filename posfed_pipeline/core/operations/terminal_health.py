@@ -11,10 +11,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Protocol
 
 from posfed_pipeline.core.model.terminal import Terminal
 from posfed_pipeline.core.state import inbox, quarantine
-from posfed_pipeline.core.state.ledger import Ledger
 
 LISTING_TIMEOUT_SECONDS = 5.0
 
@@ -30,13 +30,21 @@ class TerminalHealth:
     quarantined_today: int
     open_now: bool
     problems: tuple[str, ...]
+    # Open, and no receipt for longer than its quiet_after_minutes: one of the problems.
+    silent: bool = False
 
     @property
     def ok(self) -> bool:
         return not self.problems
 
 
-def terminal_health(terminal: Terminal, ledger: Ledger, now: datetime) -> TerminalHealth:
+class KnowsLastReceipt(Protocol):
+    """What the health check asks the ledger (``Ledger``, or ``posfed metrics``' reading)."""
+
+    def last_accepted_at(self, terminal_id: str) -> float | None: ...
+
+
+def terminal_health(terminal: Terminal, ledger: KnowsLastReceipt, now: datetime) -> TerminalHealth:
     """``now``: timezone-aware."""
     rules = terminal.health
     local_now = now.astimezone(terminal.timezone)
@@ -88,12 +96,14 @@ def terminal_health(terminal: Terminal, ledger: Ledger, now: datetime) -> Termin
         )
 
     open_now = rules.is_open(local_now)
+    silent = False
     if open_now and rules.quiet_after_minutes is not None:
         quiet_limit = timedelta(minutes=rules.quiet_after_minutes)
         # Silence counts from the opening of the day, not from last night's last receipt.
         opened = _opened_at(terminal, local_now)
         since = max(filter(None, [last_receipt_at, opened]), default=opened)
         if local_now - since > quiet_limit:
+            silent = True
             what = (
                 f"no receipt since {last_receipt_at:%Y-%m-%d %H:%M}"
                 if last_receipt_at
@@ -114,6 +124,7 @@ def terminal_health(terminal: Terminal, ledger: Ledger, now: datetime) -> Termin
         quarantined_today=quarantined_today,
         open_now=open_now,
         problems=tuple(problems),
+        silent=silent,
     )
 
 

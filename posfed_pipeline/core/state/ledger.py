@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
 
+from posfed_pipeline.core.base.errors import PosfedError
 from posfed_pipeline.core.base.sqlite import SQLiteFile, add_missing_columns
 from posfed_pipeline.core.model.outbox import OutboxRow, Outcome
 from posfed_pipeline.core.model.receipt import Receipt, from_payload, to_payload
@@ -738,3 +739,132 @@ class Ledger:
                 ),
             )
         return self.sync_state()
+
+
+class LedgerMissing(PosfedError, FileNotFoundError):
+    """No ledger file yet (a store that has not taken a receipt)."""
+
+
+class LedgerReader:
+    """The ledger read and never written, by a watcher (``posfed metrics``): opened read-only
+    (it never creates the file, takes no write lock and cannot change a row), one connection
+    for the thread that uses it, every statement cut off after ``timeout`` seconds (a lock
+    waited for included), so a watcher can never hold up a run."""
+
+    def __init__(self, path: Path, *, timeout: float = 5.0):
+        self.path = Path(path)
+        self.timeout = timeout
+        self._connection: sqlite3.Connection | None = None
+        self._inode: int | None = None
+
+    def close(self) -> None:
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
+
+    def _connect(self) -> sqlite3.Connection:
+        try:
+            inode = self.path.stat().st_ino
+        except FileNotFoundError:
+            self.close()
+            raise LedgerMissing(f"no ledger at {self.path} yet") from None
+        if self._connection is not None and inode != self._inode:
+            self.close()  # replaced (a restore from backup): read the new file
+        if self._connection is None:
+            self._connection = sqlite3.connect(
+                f"{self.path.resolve().as_uri()}?mode=ro",
+                uri=True,
+                timeout=self.timeout,
+                isolation_level=None,
+                check_same_thread=False,
+            )
+            self._inode = inode
+        return self._connection
+
+    def _query(self, sql: str, params: Iterable = ()) -> list[tuple]:
+        connection = self._connect()
+        deadline = time.monotonic() + self.timeout
+        # Called every few thousand virtual-machine steps: a nonzero answer interrupts the
+        # statement (sqlite3.OperationalError "interrupted").
+        connection.set_progress_handler(lambda: time.monotonic() > deadline, 10_000)
+        try:
+            return connection.execute(sql, tuple(params)).fetchall()
+        except sqlite3.DatabaseError:
+            self.close()  # opened again next time, whatever went wrong
+            raise
+        finally:
+            if self._connection is not None:
+                self._connection.set_progress_handler(None, 0)
+
+    def identity(self) -> tuple[int, int]:
+        """(inode, the highest delivery seq ever handed out): a watcher's cursor belongs to one
+        ledger; a ledger replaced or restored has another inode or an older sequence."""
+        ((last_seq,),) = self._query(
+            "SELECT COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'delivery'), 0)"
+        )
+        return self._inode or 0, last_seq
+
+    def delivery_totals(self, after: int, up_to: int) -> list[tuple[str, str, int]]:
+        """(terminal, outcome, how many) of the deliveries with ``after < seq <= up_to``."""
+        return self._query(
+            "SELECT terminal_id, outcome, COUNT(*) FROM delivery WHERE seq > ? AND seq <= ? "
+            "GROUP BY terminal_id, outcome",
+            (after, up_to),
+        )
+
+    def new_receipts(
+        self, after: int, up_to: int
+    ) -> list[tuple[int, str, float | None, float, float | None]]:
+        """(seq, terminal, arrived at, recorded at, .dat written at) of each receipt accepted
+        in the deliveries with ``after < seq <= up_to``; .dat written at is None while its
+        .dat is not written (or the receipt was withdrawn)."""
+        return self._query(
+            "SELECT d.seq, d.terminal_id, d.detected_at, d.recorded_at, r.dat_written_at "
+            f"FROM delivery d {_RECEIPT_OF_DELIVERY} "
+            "WHERE d.seq > ? AND d.seq <= ? AND d.outcome = 'inserted' ORDER BY d.seq",
+            (after, up_to),
+        )
+
+    def dat_written_at(self, seqs: Iterable[int]) -> dict[int, float | None]:
+        """seq -> when its receipt's .dat was written (None: not yet) for those of ``seqs``
+        still an accepted receipt's delivery; a seq withdrawn or pruned is left out."""
+        found: dict[int, float | None] = {}
+        seqs = list(seqs)
+        for start in range(0, len(seqs), _CHUNK):
+            chunk = seqs[start : start + _CHUNK]
+            rows = self._query(
+                "SELECT d.seq, r.dat_written_at FROM delivery d JOIN receipt r "
+                "ON r.terminal_id = d.terminal_id AND r.business_day = d.business_day "
+                "AND r.receipt_id = d.receipt_id AND r.content_hash = d.content_hash "
+                f"WHERE d.outcome = 'inserted' AND d.seq IN ({','.join('?' * len(chunk))})",
+                chunk,
+            )
+            found.update(rows)
+        return found
+
+    def last_accepted(self, terminal_ids: Iterable[str]) -> dict[str, float]:
+        """terminal -> when its latest receipt was accepted (each an index lookup)."""
+        found = {}
+        for terminal_id in terminal_ids:
+            ((at,),) = self._query(
+                "SELECT MAX(accepted_at) FROM receipt WHERE terminal_id = ?", (terminal_id,)
+            )
+            if at is not None:
+                found[terminal_id] = at
+        return found
+
+    def outbox(self) -> tuple[int, float | None, int]:
+        """(deliveries the central database does not hold yet, when the oldest of them entered
+        the outbox, how many of them are parked): ``Ledger.lag``'s figures, in one statement."""
+        ((pending, oldest, parked),) = self._query(
+            "SELECT COUNT(*), MIN(recorded_at), COALESCE(SUM(sync_error IS NOT NULL), 0) "
+            "FROM delivery WHERE synced_at IS NULL"
+        )
+        return pending, oldest, parked
+
+    def sync_state(self) -> SyncState:
+        rows = self._query(
+            "SELECT run_key, taken_at, failures, next_attempt_at, last_attempt_at, "
+            "last_success_at, last_error FROM sync_state WHERE id = 1"
+        )
+        return SyncState(*rows[0]) if rows else SyncState(None, None, 0, 0.0, None, None, None)
