@@ -92,3 +92,40 @@ SENSOR_NAME_TAG = "dagster/sensor_name"
 PARTITION_TAG = "dagster/partition"
 # A multi-partition run's terminal dimension.
 TERMINAL_PARTITION_TAG = f"{PARTITION_TAG}/{TERMINAL_DIMENSION}"
+
+# --- The head office (posfed_pipeline/headoffice): a code location of its own, on a head office
+# server, reading the central database; a store never loads it.
+HEADOFFICE_LOCATION = "headoffice"
+HEADOFFICE_GROUP = "headoffice"
+# The stores' assets it reads keep their keys in its graph (CENTRAL_DB_RECEIPTS and
+# TENANT_SETTLEMENTS, above: one meaning each); its own:
+STORE_ACTIVITY = "store_activity"
+CHAIN_SETTLEMENTS = "chain_settlements"
+UNSETTLED_STORE_DAYS = "unsettled_store_days"
+# Asset checks
+EVERY_STORE_LISTED_CHECK = "every_store_listed"  # on store_activity
+EVERY_STORE_SETTLED_CHECK = "every_store_settled"  # on chain_settlements (one day)
+CLOSED_DAYS_SETTLED_CHECK = "closed_days_settled"  # on unsettled_store_days
+# Jobs and schedules
+STORE_ACTIVITY_JOB = "store_activity_job"
+CHAIN_SETTLEMENT_JOB = "chain_settlement_job"
+UNSETTLED_DAYS_JOB = "unsettled_days_job"
+STORE_ACTIVITY_SCHEDULE = "store_activity_every_5_minutes"
+CHAIN_SETTLEMENT_SCHEDULE = "chain_settlement_daily"
+UNSETTLED_DAYS_SCHEDULE = "unsettled_days_hourly"
+
+
+def store_name(store_id: str) -> str:
+    """A store id as Dagster's names take it (letters, digits, '_'): ``store-001`` ->
+    ``store_001`` (headoffice.toml refuses two ids that would read the same)."""
+    return "".join(c if c.isascii() and (c.isalnum() or c == "_") else "_" for c in store_id)
+
+
+def store_sending_check_name(store_id: str) -> str:
+    """A store's check on store_activity: is it sending while open?"""
+    return f"{store_name(store_id)}_is_sending"
+
+
+def store_sync_check_name(store_id: str) -> str:
+    """A store's check on store_activity: is its sync current?"""
+    return f"{store_name(store_id)}_sync_is_current"

@@ -35,11 +35,37 @@ def code_server_workspace_file() -> Path:
 def location_name() -> str:
     """The code location's name, as the workspace gives it (pyproject's [tool.dagster] and
     [tool.dg.project] must say the same: test_definitions checks)."""
+    return _location_in(workspace_file())
+
+
+def headoffice_location_name() -> str:
+    """The head office's code location's name, as its workspace gives it."""
+    return _location_in(headoffice_workspace_file())
+
+
+def _location_in(workspace_path: Path) -> str:
     import yaml
 
-    workspace = yaml.safe_load(workspace_file().read_text())
+    workspace = yaml.safe_load(workspace_path.read_text())
     [entry] = workspace["load_from"]
     return entry["python_module"]["location_name"]
+
+
+def headoffice_workspace_file() -> Path:
+    """The head office's workspace: its own code location, never a store's
+    (``posfed headoffice``)."""
+    return _as_path(files(PROFILES) / "workspace.headoffice.yaml")
+
+
+def headoffice_code_server_workspace_file() -> Path:
+    """The head office's workspace that loads its location from a code server of its own
+    (``posfed headoffice``'s webserver and daemon)."""
+    return _as_path(files(PROFILES) / "workspace.headoffice.code-server.yaml")
+
+
+def headoffice_example() -> Path:
+    """A commented ``headoffice.toml``, to copy and fill in with the chain's stores."""
+    return _as_path(files(PROFILES) / "headoffice.toml")
 
 
 def default_dat_spec() -> Path:

@@ -9,6 +9,7 @@ import time
 import uuid
 
 import pytest
+from posfed_dev.browser import headless_chromium, missing_browser
 
 from posfed_pipeline.core import central_db
 from posfed_pipeline.core.config import PosfedConfig, config_from_dict
@@ -65,6 +66,22 @@ def engine(config):
     central_db.upgrade_database(eng)
     yield eng
     eng.dispose()
+
+
+@pytest.fixture
+def browser(tmp_path):
+    """Headless Chromium from the distribution, no downloaded browser or driver."""
+    missing = missing_browser()
+    if missing:
+        message = f"{', '.join(missing)} missing (scripts/install-system-deps.sh installs them)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    driver = headless_chromium(tmp_path / "browser")
+    try:
+        yield driver
+    finally:
+        driver.quit()
 
 
 @pytest.fixture

@@ -19,7 +19,6 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
-from posfed_dev.browser import headless_chromium, missing_browser
 
 from posfed_pipeline import packaged
 from posfed_pipeline.core import central_db
@@ -38,6 +37,14 @@ from posfed_pipeline_tests.support.servers import (
     wait_until_serving,
 )
 from posfed_pipeline_tests.support.stores import write_store_config
+from posfed_pipeline_tests.support.ui import (
+    PAGE_TIMEOUT_SECONDS,
+    click_text,
+    dismiss_community_modal,
+    save_screenshot,
+    screenshot_folder,
+    wait_visible_text,
+)
 
 # Starts real processes (Dagster, servers, browsers): `make check` leaves it out.
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
@@ -49,7 +56,6 @@ TERMINALS = [
     ("butcher_1", "20", "Slagerij"),
     ("deli_1", "30", "Delicatessen"),
 ]
-PAGE_TIMEOUT_SECONDS = 60
 
 
 @pytest.fixture
@@ -114,81 +120,23 @@ def webserver(ui_store, tmp_path) -> Iterator[str]:
         yield base_url
 
 
-@pytest.fixture
-def browser(tmp_path):
-    """Headless Chromium from the distribution, no downloaded browser or driver."""
-    missing = missing_browser()
-    if missing:
-        message = f"{', '.join(missing)} missing (scripts/install-system-deps.sh installs them)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
-    driver = headless_chromium(tmp_path / "browser")
-    try:
-        yield driver
-    finally:
-        driver.quit()
-
-
 def test_ui_shows_the_asset_lineage_and_one_sensor_per_terminal(webserver, browser, tmp_path):
-    screenshots = (
-        REPO_ROOT / "docs" if os.environ.get("POSFED_UPDATE_SCREENSHOTS") == "1" else tmp_path
-    )
+    screenshots = screenshot_folder(tmp_path)
 
     browser.get(f"{webserver}/locations/{LOCATION}/asset-groups/receipts")
-    _dismiss_community_modal(browser)
+    dismiss_community_modal(browser)
     for asset in RECEIPT_ASSETS:
-        _wait_visible_text(browser, asset)
+        wait_visible_text(browser, asset)
     # The processed terminal-day shows in the graph: its asset checks passed.
-    _wait_visible_text(browser, "1 / 1 Passed")
+    wait_visible_text(browser, "1 / 1 Passed")
     time.sleep(1)  # let the graph finish its zoom-to-fit animation before the picture
-    _save_screenshot(browser, screenshots / "asset-lineage.png")
+    save_screenshot(browser, screenshots / "asset-lineage.png")
 
     browser.get(f"{webserver}/automation")
-    _dismiss_community_modal(browser)
+    dismiss_community_modal(browser)
     for terminal_id, _department, _tenant in TERMINALS:
-        _wait_visible_text(browser, f"{terminal_id}_inbox_sensor")
-    _save_screenshot(browser, screenshots / "sensors.png")
-
-
-def _wait_visible_text(browser, text: str):
-    from selenium.common.exceptions import TimeoutException
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.support import expected_conditions
-    from selenium.webdriver.support.ui import WebDriverWait
-
-    locator = (
-        By.XPATH,
-        f"//*[normalize-space(.)='{text}' and not(*[normalize-space(.)='{text}'])]",
-    )
-    try:
-        return WebDriverWait(browser, PAGE_TIMEOUT_SECONDS).until(
-            expected_conditions.visibility_of_element_located(locator)
-        )
-    except TimeoutException:
-        page = browser.find_element(By.TAG_NAME, "body").text
-        pytest.fail(f"{text!r} not visible on {browser.current_url}; the page shows:\n{page}")
-
-
-def _dismiss_community_modal(browser) -> None:
-    """The first visit shows "Join the Dagster community" over the page: skip it, if it comes."""
-    from selenium.common.exceptions import TimeoutException
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.support import expected_conditions
-    from selenium.webdriver.support.ui import WebDriverWait
-
-    skip = (By.XPATH, "//button[normalize-space(.)='Skip']")
-    try:
-        WebDriverWait(browser, 10).until(expected_conditions.element_to_be_clickable(skip)).click()
-    except TimeoutException:
-        return  # already dismissed in this browser profile
-    WebDriverWait(browser, 10).until(expected_conditions.invisibility_of_element_located(skip))
-
-
-def _save_screenshot(browser, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    assert browser.save_screenshot(str(path))
-    assert path.read_bytes().startswith(b"\x89PNG")
+        wait_visible_text(browser, f"{terminal_id}_inbox_sensor")
+    save_screenshot(browser, screenshots / "sensors.png")
 
 
 @pytest.fixture
@@ -243,9 +191,7 @@ def test_an_operator_backfills_from_the_asset_page_and_finds_the_rejected_receip
 
     base_url, config, dagster_home = operator_stack
     browser.set_window_size(1920, 1000)  # the check's metadata table is wide
-    screenshots = (
-        REPO_ROOT / "docs" if os.environ.get("POSFED_UPDATE_SCREENSHOTS") == "1" else tmp_path
-    )
+    screenshots = screenshot_folder(tmp_path)
     # A till sends a receipt whose total is wrong; the terminal's sensor takes it.
     bakery = config.terminal("bakery_1")
     now = datetime.now(bakery.timezone).replace(microsecond=0)
@@ -260,22 +206,22 @@ def test_an_operator_backfills_from_the_asset_page_and_finds_the_rejected_receip
     # The operator re-runs the store's days from the dat_files asset page: Materialize, all
     # terminal-days, launch.
     browser.get(f"{base_url}/assets/dat_files")
-    _dismiss_community_modal(browser)
-    _click_text(browser, "Materialize…")
+    dismiss_community_modal(browser)
+    click_text(browser, "Materialize…")
     # One step makes validated_receipts and dat_files: the UI says so and adds it.
-    _click_text(browser, "Confirm")
+    click_text(browser, "Confirm")
     # Today's terminal-days, every terminal: two runs, as a backfill.
-    _click_text(browser, "Latest")
+    click_text(browser, "Latest")
     browser.find_elements(By.XPATH, "//button[normalize-space(.)='All']")[-1].click()
-    _wait_visible_text(browser, "2 partitions")
-    _save_screenshot(browser, screenshots / "backfill-dialog.png")
-    _click_text(browser, "Launch backfill")
+    wait_visible_text(browser, "2 partitions")
+    save_screenshot(browser, screenshots / "backfill-dialog.png")
+    click_text(browser, "Launch backfill")
 
     # The Backfills tab: the backfill completes, both runs on the warm workers.
     deadline = time.monotonic() + 120
     while True:
         browser.get(f"{base_url}/runs")
-        _click_text(browser, "Backfills")
+        click_text(browser, "Backfills")
         time.sleep(2)
         if "Success" in browser.find_element(By.TAG_NAME, "body").text:
             break
@@ -283,39 +229,29 @@ def test_an_operator_backfills_from_the_asset_page_and_finds_the_rejected_receip
 
     # The runs list: the run that rejected the receipt says so in its tags.
     browser.get(f"{base_url}/runs")
-    _wait_visible_text(browser, "posfed/rejected: 1")
-    _save_screenshot(browser, screenshots / "runs-rejected.png")
+    wait_visible_text(browser, "posfed/rejected: 1")
+    save_screenshot(browser, screenshots / "runs-rejected.png")
 
     # The asset's Checks tab: the check is failed (yellow: a warning), and the reason reads
     # as text: the file, the rule, the value, where it went, the command that re-queues it.
     browser.get(f"{base_url}/assets/validated_receipts?view=checks")
-    _wait_visible_text(browser, "validation_pass_rate")
+    wait_visible_text(browser, "validation_pass_rate")
     time.sleep(2)
     # Its Partitions tab: today's bakery_1 is red; the other terminal-days pass.
     tabs = browser.find_elements(By.XPATH, "//*[normalize-space(.)='Partitions' and not(*)]")
     tabs[-1].click()
-    _wait_visible_text(browser, "Failed (1)")
+    wait_visible_text(browser, "Failed (1)")
     # (The day is also the range's axis label: its list entry is the last one.)
     days = browser.find_elements(By.XPATH, f"//*[normalize-space(.)='{now.date()}' and not(*)]")
     [d for d in days if d.is_displayed()][-1].click()
-    _click_text(browser, "bakery_1")
+    click_text(browser, "bakery_1")
     browser.execute_script(
         "arguments[0].scrollIntoView({block: 'center'})",
-        _wait_visible_text(browser, "BAD0001.json"),
+        wait_visible_text(browser, "BAD0001.json"),
     )
     body = browser.find_element(By.TAG_NAME, "body").text
     assert "Failed" in body
     assert "total must equal the sum of the line amounts" in body
     assert str(bakery.quarantine / "BAD0001.json") in body
     assert "posfed quarantine retry bakery_1 BAD0001.json" in body
-    _save_screenshot(browser, screenshots / "rejection-check.png")
-
-
-def _click_text(browser, text: str) -> None:
-    from selenium.webdriver.support import expected_conditions
-    from selenium.webdriver.support.ui import WebDriverWait
-
-    element = _wait_visible_text(browser, text)
-    WebDriverWait(browser, PAGE_TIMEOUT_SECONDS).until(
-        expected_conditions.element_to_be_clickable(element)
-    ).click()
+    save_screenshot(browser, screenshots / "rejection-check.png")

@@ -1639,6 +1639,12 @@ def add_arguments(parser) -> None:
         help="instead: K stores (--terminals each, --rate receipts/s each) load one "
         "PostgreSQL central database at once; its lag, errors and settlements",
     )
+    parser.add_argument(
+        "--central-url",
+        metavar="URL",
+        help="with --stores: load this PostgreSQL database (which must exist; it is kept, "
+        "e.g. for `posfed headoffice`) instead of a throwaway cluster of the benchmark's own",
+    )
     parser.add_argument("--rate", type=float, default=1.0, help="receipts per second (default 1)")
     parser.add_argument(
         "--duration",

@@ -46,6 +46,9 @@ class ChainSettings:
     duration: float = 60.0
     seed: int = 1
     progress: bool = True
+    # A PostgreSQL central database of the caller's to load (and keep, e.g. for `posfed
+    # headoffice`) instead of a throwaway cluster's; its server's CPU is then not measured.
+    central_url: str | None = None
 
 
 DRAIN_SECONDS = 120.0  # after the sales, how long a store keeps syncing what is left
@@ -144,11 +147,14 @@ def run_store(config_path: str, register_url: str, settings: ChainSettings, out:
 
 def run_chain_bench(settings: ChainSettings) -> dict:
     root = Path(tempfile.mkdtemp(prefix="posfed-chain-"))
-    postgres = ThrowawayPostgres(fsync=True)
+    postgres = None if settings.central_url else ThrowawayPostgres(fsync=True)
     try:
-        postgres.create()
-        postgres.create_database("register")
-        url = postgres.url("register")
+        if postgres is not None:
+            postgres.create()
+            postgres.create_database("register")
+            url = postgres.url("register")
+        else:
+            url = settings.central_url
         central_db.upgrade_database(central_db.make_engine(url))
         configs = []
         for number in range(1, settings.stores + 1):
@@ -156,8 +162,9 @@ def run_chain_bench(settings: ChainSettings) -> dict:
             config = make_store(root / store_id, settings.terminals, db_url=url, store_id=store_id)
             configs.append(config.config_path)
         processes = Processes(root, {})
-        postmaster = int((postgres.data / "postmaster.pid").read_text().split()[0])
-        processes.track("register", postmaster)
+        if postgres is not None:
+            postmaster = int((postgres.data / "postmaster.pid").read_text().split()[0])
+            processes.track("register", postmaster)
         register_cpu_before = processes.cpu_by_process().get("register", 0.0)
         context = multiprocessing.get_context("spawn")
         outs = [root / f"store-{n:03d}.json" for n in range(1, settings.stores + 1)]
@@ -178,14 +185,19 @@ def run_chain_bench(settings: ChainSettings) -> dict:
             worker.join(timeout=settings.duration + 600)
         wall = time.monotonic() - started
         store_cpu = _children_cpu() - cpu_before
-        register_cpu = processes.cpu_by_process().get("register", 0.0) - register_cpu_before
+        register_cpu = (
+            processes.cpu_by_process().get("register", 0.0) - register_cpu_before
+            if postgres is not None
+            else None  # the caller's server: not ours to measure
+        )
         failed = [w.exitcode for w in workers if w.exitcode != 0]
         if failed:
             raise RuntimeError(f"store processes failed: exit codes {failed} (see {root})")
         reports = [json.loads(out.read_text()) for out in outs]
         return _report(settings, url, reports, wall, store_cpu, register_cpu)
     finally:
-        postgres.destroy()
+        if postgres is not None:
+            postgres.destroy()
 
 
 def _children_cpu() -> float:
@@ -196,7 +208,12 @@ def _children_cpu() -> float:
 
 
 def _report(
-    settings: ChainSettings, url: str, reports: list[dict], wall: float, cpu: float, reg_cpu: float
+    settings: ChainSettings,
+    url: str,
+    reports: list[dict],
+    wall: float,
+    cpu: float,
+    reg_cpu: float | None,
 ) -> dict:
     import sqlalchemy as sa
 
@@ -268,7 +285,10 @@ def _report(
         "error_samples": sorted({e for r in reports for e in r["errors"]})[:5],
         "settlement_exact_per_store": settled_exact,
         "chain_settlement_exact": chain_exact,
-        "cpu_s": {"stores": round(cpu, 1), "register": round(reg_cpu, 1)},
+        "cpu_s": {
+            "stores": round(cpu, 1),
+            "register": round(reg_cpu, 1) if reg_cpu is not None else None,
+        },
         "per_store": per_store,
         "p95_worst_store": max(
             (s["lag"]["p95"] for s in per_store.values() if s["lag"]["p95"] is not None),
@@ -279,6 +299,7 @@ def _report(
 
 def format_chain_report(report: dict) -> str:
     lag = report["lag"]
+    register_cpu = report["cpu_s"]["register"]
     lines = [
         f"{report['stores']} stores × {report['terminals_per_store']} terminals, "
         f"{report['rate_per_store']:g} receipts/s each, {report['duration_s']:g} s",
@@ -292,7 +313,8 @@ def format_chain_report(report: dict) -> str:
         f"  settlements exact: per store {report['settlement_exact_per_store']}, "
         f"chain {report['chain_settlement_exact']}",
         f"  CPU-s: stores {report['cpu_s']['stores']}, "
-        f"central database {report['cpu_s']['register']}",
+        "central database "
+        + (str(register_cpu) if register_cpu is not None else "not measured (--central-url)"),
     ]
     return "\n".join(lines)
 
@@ -323,6 +345,7 @@ def main(args) -> int:
         duration=duration,
         seed=args.seed or 1,
         progress=not args.quiet,
+        central_url=args.central_url,
     )
     report = run_chain_bench(settings)
     print(format_chain_report(report))

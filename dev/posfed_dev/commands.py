@@ -20,6 +20,9 @@ def add_bench(commands) -> None:
 
 
 def _bench(args) -> int:
+    if args.central_url and not args.stores:
+        print("posfed bench: --central-url goes with --stores K", file=sys.stderr)
+        return 2
     if args.stores:
         from posfed_dev import bench_stores
 

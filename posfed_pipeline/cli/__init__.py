@@ -13,13 +13,23 @@ import argparse
 import sys
 from importlib.metadata import entry_points
 
-from posfed_pipeline.cli import backup, dat, db, demo, metrics, quarantine, receipt, status
+from posfed_pipeline.cli import (
+    backup,
+    dat,
+    db,
+    demo,
+    headoffice,
+    metrics,
+    quarantine,
+    receipt,
+    status,
+)
 from posfed_pipeline.cli.common import EXIT_INTERRUPTED, EXIT_USAGE, load_plugin
 from posfed_pipeline.core import central_db
 from posfed_pipeline.core.config import ConfigError
 
 # In the order `posfed --help` lists them.
-COMMAND_GROUPS = (demo, db, dat, receipt, quarantine, status, metrics, backup)
+COMMAND_GROUPS = (demo, db, dat, receipt, quarantine, status, metrics, backup, headoffice)
 PLUGIN_GROUP = "posfed.commands"
 
 

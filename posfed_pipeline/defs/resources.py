@@ -34,10 +34,15 @@ class CentralDbResource(dg.ConfigurableResource):
 
 
 def central_db_resource(config: PosfedConfig) -> CentralDbResource:
+    return central_db_resource_for(config.db_url)
+
+
+def central_db_resource_for(db_url: str) -> CentralDbResource:
+    """The resource for ``db_url`` (built from POSFED_DB_URL or the POSFED_DB_* parts, or the
+    embedded default); the UI shows the variables' names, never a password."""
     if "POSFED_DB_URL" in os.environ and "POSFED_DB_PASSWORD" not in os.environ:
         return CentralDbResource(url=dg.EnvVar("POSFED_DB_URL"))
-    # config.db_url was built from POSFED_DB_URL or the POSFED_DB_* parts.
-    url = make_url(config.db_url)
+    url = make_url(db_url)
     if "POSFED_DB_PASSWORD" in os.environ:
         return CentralDbResource(
             # Rebuilt without the password: URL.set(password=None) keeps it (SQLAlchemy 2.1).
@@ -51,4 +56,4 @@ def central_db_resource(config: PosfedConfig) -> CentralDbResource:
             ).render_as_string(hide_password=False),
             password=dg.EnvVar("POSFED_DB_PASSWORD"),
         )
-    return CentralDbResource(url=config.db_url)
+    return CentralDbResource(url=db_url)

@@ -12,6 +12,9 @@ commands under systemd.
 - ``daemon``: the sensors (the catch-up path), the run queue, schedules and run monitoring.
 - ``metrics``: the store's figures for Prometheus (``posfed metrics``), if ``[metrics]`` is
   enabled; it only reads, so it starts last and whatever becomes of it touches nothing else.
+
+``posfed headoffice`` runs a code server, a webserver and a daemon of its own, on the head
+office's code location and instance (``headoffice_services``).
 """
 
 from __future__ import annotations
@@ -60,28 +63,70 @@ def store_services(
     (host, port) and the daemon, in the order they start. ``env`` holds DAGSTER_HOME and
     POSFED_CONFIG. Dagster's info lines (every sensor tick) only if ``verbose``: the UI shows
     them. ``metrics``: (host, port) of ``posfed metrics``, if it is to run."""
+    level = "info" if verbose else "warning"
+    server, env = code_server(
+        dagster_home, env, "posfed_pipeline.definitions", packaged.location_name(), level
+    )
+    services = [server]
+    if fastpath:
+        command = [sys.executable, "-m", "posfed_pipeline.cli", "fastpath", "--workers"]
+        services.append(Service("fastpath", [*command, str(workers)], env))
+    workspace = str(packaged.code_server_workspace_file())
+    services += dagster_ui_and_daemon(workspace, env, host=host, port=port, level=level)
+    if metrics is not None:
+        metrics_host, metrics_port = metrics
+        command = [sys.executable, "-m", "posfed_pipeline.cli", "metrics"]
+        services.append(
+            Service(
+                "metrics",
+                command,
+                env,
+                explain_exit=lambda: listen_problem(metrics_host, metrics_port),
+            )
+        )
+    return services
+
+
+def headoffice_services(
+    dagster_home: Path, env: dict[str, str], *, host: str, port: int, verbose: bool = False
+) -> list[Service]:
+    """``posfed headoffice``: the head office's code server, the webserver on (host, port)
+    and the daemon (its schedules); no fast path. ``env`` holds DAGSTER_HOME,
+    POSFED_HEADOFFICE_CONFIG and the central database's POSFED_DB_* variables."""
+    level = "info" if verbose else "warning"
+    module = "posfed_pipeline.headoffice.definitions"
+    location = packaged.headoffice_location_name()
+    server, env = code_server(dagster_home, env, module, location, level)
+    workspace = str(packaged.headoffice_code_server_workspace_file())
+    return [server, *dagster_ui_and_daemon(workspace, env, host=host, port=port, level=level)]
+
+
+def code_server(
+    dagster_home: Path, env: dict[str, str], module: str, location: str, level: str
+) -> tuple[Service, dict[str, str]]:
+    """The code server of ``module`` on a socket under ``dagster_home``, and the environment
+    that names that socket for the workspace files (code-server.yaml) of the others."""
     socket_path = code_server_socket_path(dagster_home)
     env = {**env, CODE_SERVER_SOCKET_ENV: str(socket_path)}
-    level = "info" if verbose else "warning"
-    workspace = str(packaged.code_server_workspace_file())
+    command = [sys.executable, "-m", "dagster", "api", "grpc", "--socket", str(socket_path)]
+    command += ["--module-name", module, "--location-name", location, "--log-level", level]
+    service = Service("code-server", command, env, ready=lambda: unix_socket_answers(socket_path))
+    return service, env
+
+
+def dagster_ui_and_daemon(
+    workspace: str,
+    env: dict[str, str],
+    *,
+    host: str,
+    port: int,
+    level: str,
+    after: tuple[str, ...] = ("code-server",),
+) -> list[Service]:
+    """The webserver on (host, port) and the daemon, loading ``workspace``, started once the
+    services ``after`` are ready."""
     python = [sys.executable, "-m"]
-    services = [
-        Service(
-            "code-server",
-            [
-                *python,
-                *("dagster", "api", "grpc", "--socket", str(socket_path)),
-                *("--module-name", "posfed_pipeline.definitions"),
-                *("--location-name", packaged.location_name(), "--log-level", level),
-            ],
-            env,
-            ready=lambda: unix_socket_answers(socket_path),
-        ),
-    ]
-    if fastpath:
-        command = [*python, "posfed_pipeline.cli", "fastpath", "--workers", str(workers)]
-        services.append(Service("fastpath", command, env))
-    services += [
+    return [
         Service(
             "webserver",
             [
@@ -90,7 +135,7 @@ def store_services(
                 *("--dagster-log-level", level),
             ],
             env,
-            depends_on=("code-server",),
+            depends_on=after,
             explain_exit=lambda: listen_problem(host, port),
         ),
         Service(
@@ -98,17 +143,6 @@ def store_services(
             # The module `dagster-daemon` runs, as `dagster dev` starts it.
             [*python, "dagster._daemon", "run", "-w", workspace, "--log-level", level],
             env,
-            depends_on=("code-server",),
+            depends_on=after,
         ),
     ]
-    if metrics is not None:
-        metrics_host, metrics_port = metrics
-        services.append(
-            Service(
-                "metrics",
-                [*python, "posfed_pipeline.cli", "metrics"],
-                env,
-                explain_exit=lambda: listen_problem(metrics_host, metrics_port),
-            )
-        )
-    return services

@@ -10,10 +10,12 @@ from __future__ import annotations
 import inspect
 import types
 import typing
+from datetime import time
 from typing import Any
 
 from pydantic.fields import FieldInfo
 
+from posfed_pipeline.core.config.headoffice import HeadOfficeFile, StoreRules
 from posfed_pipeline.core.config.schema import StoreFile
 from posfed_pipeline.core.model.settings import declared_fields
 from posfed_pipeline.core.model.terminal import DELIVERY_KEYS, HEALTH_KEYS
@@ -36,14 +38,7 @@ repository is a commented example.
 def configuration_reference() -> str:
     parts = [_HEADER]
     for name, info in declared_fields(StoreFile).items():
-        model = _table_model(info.annotation)
-        title = {"terminals": "[[terminals]]", "mappings": "[mappings.<name>]"}.get(name)
-        parts.append(f"## `{title or f'[{name}]'}`\n")
-        doc = _one_line(inspect.getdoc(model) or "").replace("``", "`")
-        parts.append(doc.split(": ", 1)[1] if doc.startswith("`[") else doc)
-        parts.append("")
-        rows = [(key, field) for key, field in declared_fields(model).items() if not field.exclude]
-        parts.append(_table(rows))
+        _section(parts, name, info, {"terminals": "[[terminals]]"})
         if name == "terminals":
             parts.append(
                 "An entry may also set any `[delivery]` key ("
@@ -57,7 +52,46 @@ def configuration_reference() -> str:
                 "`[store.variable_measure]` takes `price_prefixes` (in-store prefixes "
                 '"20" to "29", default all) and `price_digits` (4 or 5, default 5).\n'
             )
+    parts.append(_HEADOFFICE_HEADER)
+    shared = set(declared_fields(StoreRules))
+    for name, info in declared_fields(HeadOfficeFile).items():
+        leave_out = shared if name == "stores" else set()
+        _section(parts, name, info, {"stores": "[[stores]]"}, level="###", leave_out=leave_out)
     return "\n".join(parts)
+
+
+_HEADOFFICE_HEADER = """\
+## The head office file (`headoffice.toml`)
+
+`posfed headoffice` reads it (or the file `POSFED_HEADOFFICE_CONFIG` names): the chain's stores as
+the head office watches them ([deployment.md](deployment.md#the-head-office-view)). The central
+database comes from the environment, as for a store (`POSFED_DB_URL` or `POSFED_DB_*`).
+`posfed_pipeline/profiles/headoffice.toml` is a commented example.
+"""
+
+
+def _section(
+    parts: list[str],
+    name: str,
+    info: FieldInfo,
+    titles: dict[str, str],
+    *,
+    level: str = "##",
+    leave_out: set[str] | None = None,
+) -> None:
+    """A table's heading, doc line and keys (but ``leave_out``)."""
+    model = _table_model(info.annotation)
+    title = {"mappings": "[mappings.<name>]", **titles}.get(name)
+    parts.append(f"{level} `{title or f'[{name}]'}`\n")
+    doc = _one_line(inspect.getdoc(model) or "").replace("``", "`")
+    parts.append(doc.split(": ", 1)[1] if doc.startswith("`[") else doc)
+    parts.append("")
+    rows = [
+        (key, field)
+        for key, field in declared_fields(model).items()
+        if not field.exclude and key not in (leave_out or ())
+    ]
+    parts.append(_table(rows))
 
 
 def _table(rows: list[tuple[str, FieldInfo]]) -> str:
@@ -101,7 +135,13 @@ def _type(annotation: Any) -> str:
     names = {"str": "text", "int": "whole number", "float": "number", "bool": "true/false"}
     name = getattr(annotation, "__name__", str(annotation))
     return names.get(
-        name, {"ZoneInfo": "time zone", "date": "date", "Pattern": "regex"}.get(name, "table")
+        name,
+        {
+            "ZoneInfo": "time zone",
+            "date": "date",
+            "time": 'time of day ("03:00")',
+            "Pattern": "regex",
+        }.get(name, "table"),
     )
 
 
@@ -121,6 +161,8 @@ def _value(value: Any) -> str:
         return ""
     if isinstance(value, tuple | frozenset | list):
         return "`[" + ", ".join(f'"{v}"' if isinstance(v, str) else str(v) for v in value) + "]`"
+    if isinstance(value, time):
+        return f'`"{value:%H:%M}"`'
     if isinstance(value, bool):
         return f"`{str(value).lower()}`"
     if isinstance(value, str):

@@ -15,7 +15,7 @@ import codecs
 import fnmatch
 import re
 from dataclasses import dataclass
-from datetime import date, datetime, time
+from datetime import date, datetime, time, timedelta
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -168,6 +168,28 @@ class DeliveryRules:
         return any(fnmatch.fnmatchcase(name, pattern) for pattern in self.ignore)
 
 
+def parse_opening_hours(value: Any) -> tuple[time, time] | None:
+    """``"07:00-21:00"`` as (opens, closes); unset, ``""`` or ``"always"``: always open."""
+    if isinstance(value, tuple):
+        return value
+    if value in (None, "", "always"):
+        return None
+    match = _HOURS.match(str(value))
+    if not match:
+        raise ValueError(f'opening_hours must read like "07:00-21:00" (got {value!r})')
+    h1, m1, h2, m2 = (int(g) for g in match.groups())
+    try:
+        return time(h1, m1), time(h2 % 24, m2)
+    except ValueError:
+        raise ValueError(f"opening_hours {value!r}: not a time of day") from None
+
+
+def parse_open_days(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list | tuple) or not value or any(d not in WEEKDAYS for d in value):
+        raise ValueError(f"open_days must list days among {', '.join(WEEKDAYS)}")
+    return tuple(value)
+
+
 @table_dataclass(frozen=True, config=RULES)
 class HealthRules:
     """``[health]``: when a terminal's silence or its backlog needs a look."""
@@ -212,29 +234,12 @@ class HealthRules:
     @field_validator("opening_hours", mode="before")
     @classmethod
     def _hours(cls, value: Any) -> Any:
-        if isinstance(value, tuple):
-            return value
-        if value in (None, "", "always"):
-            return None
-        match = _HOURS.match(str(value))
-        if not match:
-            raise ValueError(f'opening_hours must read like "07:00-21:00" (got {value!r})')
-        h1, m1, h2, m2 = (int(g) for g in match.groups())
-        try:
-            return time(h1, m1), time(h2 % 24, m2)
-        except ValueError:
-            raise ValueError(f"opening_hours {value!r}: not a time of day") from None
+        return parse_opening_hours(value)
 
     @field_validator("open_days", mode="before")
     @classmethod
     def _days(cls, value: Any) -> Any:
-        if (
-            not isinstance(value, list | tuple)
-            or not value
-            or any(d not in WEEKDAYS for d in value)
-        ):
-            raise ValueError(f"open_days must list days among {', '.join(WEEKDAYS)}")
-        return tuple(value)
+        return parse_open_days(value)
 
     def is_open(self, at: datetime) -> bool:
         """Whether the store is open at ``at`` (local time). Hours past midnight belong to
@@ -250,6 +255,14 @@ class HealthRules:
         if now >= opens:
             return WEEKDAYS[at.weekday()] in self.open_days
         return now < closes and WEEKDAYS[(at.weekday() - 1) % 7] in self.open_days
+
+    def last_opening(self, local_now: datetime) -> datetime:
+        """When the opening that ``local_now`` falls in began (midnight without hours; the
+        evening before for hours past midnight): silence counts from there, not from the
+        last receipt of the day before."""
+        opens = self.opening_hours[0] if self.opening_hours else time(0, 0)
+        opened = local_now.replace(hour=opens.hour, minute=opens.minute, second=0, microsecond=0)
+        return opened if opened <= local_now else opened - timedelta(days=1)
 
 
 DELIVERY_KEYS = tuple(declared_fields(DeliveryRules))

@@ -79,7 +79,7 @@ def terminal_health(terminal: Terminal, ledger: KnowsLastReceipt, now: datetime)
         problems.append(f"inbox cannot be listed: {exc}")
     if oldest is not None and oldest > rules.max_waiting_minutes * 60:
         problems.append(
-            f"a file has waited {_duration(oldest)} in the inbox "
+            f"a file has waited {duration_text(oldest)} in the inbox "
             f"(more than {rules.max_waiting_minutes:g} min)"
         )
 
@@ -100,7 +100,7 @@ def terminal_health(terminal: Terminal, ledger: KnowsLastReceipt, now: datetime)
     if open_now and rules.quiet_after_minutes is not None:
         quiet_limit = timedelta(minutes=rules.quiet_after_minutes)
         # Silence counts from the opening of the day, not from last night's last receipt.
-        opened = _opened_at(terminal, local_now)
+        opened = rules.last_opening(local_now)
         since = max(filter(None, [last_receipt_at, opened]), default=opened)
         if local_now - since > quiet_limit:
             silent = True
@@ -109,9 +109,9 @@ def terminal_health(terminal: Terminal, ledger: KnowsLastReceipt, now: datetime)
                 if last_receipt_at
                 else "no receipt yet"
             )
+            quiet = duration_text((local_now - since).total_seconds())
             problems.append(
-                f"{what}: quiet for {_duration((local_now - since).total_seconds())} while open "
-                f"(limit {rules.quiet_after_minutes:g} min)"
+                f"{what}: quiet for {quiet} while open (limit {rules.quiet_after_minutes:g} min)"
             )
 
     return TerminalHealth(
@@ -141,13 +141,6 @@ def entries_not_taken(
     ]
 
 
-def _opened_at(terminal: Terminal, local_now: datetime) -> datetime:
-    hours = terminal.health.opening_hours
-    opens = hours[0] if hours else local_now.replace(hour=0, minute=0, second=0).time()
-    opened = local_now.replace(hour=opens.hour, minute=opens.minute, second=0, microsecond=0)
-    return opened if opened <= local_now else opened - timedelta(days=1)  # open past midnight
-
-
 def _local_day(entry: quarantine.Quarantined, terminal: Terminal):
     stamp = entry.report.get("quarantined_at")
     if not stamp:
@@ -158,7 +151,8 @@ def _local_day(entry: quarantine.Quarantined, terminal: Terminal):
         return None
 
 
-def _duration(seconds: float) -> str:
+def duration_text(seconds: float) -> str:
+    """A span as an operator reads it: "45 s", "12 min", "3 h 05 min"."""
     minutes = int(seconds // 60)
     if minutes < 1:
         return f"{seconds:.0f} s"
