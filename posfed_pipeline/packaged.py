@@ -1,6 +1,6 @@
 """Files posfed ships inside its package, found with importlib.resources, so that an installed
 wheel works from any folder, not only from a checkout. (In a checkout, deploy/dagster.*.yaml,
-workspace.yaml and dat_specs/ are links to these.)"""
+workspace.yaml, dat_specs/ and posfed.toml are links to these.)"""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ from pathlib import Path
 PROFILES = "posfed_pipeline.profiles"
 DAT_SPECS = "posfed_pipeline.dat_specs"
 DEFAULT_DAT_SPEC = "scon_default.json"
+DEMO = "posfed_pipeline.demo"
+DEMO_STORE_FILE = "posfed.toml"
 
 
 def instance_profile(profile: str) -> str:
@@ -70,6 +72,21 @@ def headoffice_example() -> Path:
 
 def default_dat_spec() -> Path:
     return _as_path(files(DAT_SPECS) / DEFAULT_DAT_SPEC)
+
+
+def dat_spec_files() -> list[Path]:
+    """The .dat layouts posfed ships, with their README (what ``posfed demo`` writes out)."""
+    return sorted(
+        _as_path(entry)
+        for entry in files(DAT_SPECS).iterdir()
+        if entry.name.endswith((".json", ".md"))
+    )
+
+
+def demo_store_file() -> Path:
+    """The demo store's posfed.toml: 20 terminals of ten businesses (the checkout's posfed.toml
+    is a link to it)."""
+    return _as_path(files(DEMO) / DEMO_STORE_FILE)
 
 
 def _as_path(resource) -> Path:

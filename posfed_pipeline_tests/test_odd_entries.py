@@ -630,9 +630,9 @@ def test_hostile_entries_on_the_fast_path_leave_every_valid_receipt_billed_once(
     quarantined with its reason (an unreadable one when its grace ends, relaunched by the
     trigger itself), every entry that is not a file is left alone and reported."""
     from posfed_dev import odd_entries
-    from posfed_dev.simulator import ReceiptSimulator
 
     from posfed_pipeline.core import dat
+    from posfed_pipeline.demo.tills import ReceiptSimulator
     from posfed_pipeline.fastpath.service import start_fastpath
     from posfed_pipeline_tests.support.stores import open_instance_store
 

@@ -304,7 +304,7 @@ def test_receipt_validate_lists_each_transaction(config, tmp_path, capsys):
 
 def test_the_simulator_writes_what_a_poslog_till_writes(config):
     """The demo's POSLog till: each simulated sale, scale labels included, reads back whole."""
-    from posfed_dev.simulator import ReceiptSimulator
+    from posfed_pipeline.demo.tills import ReceiptSimulator
 
     # The simulator's catalogue is chosen by the id: a fishmonger's weighed fish.
     terminal = replace(config.terminal("fish_7"), id="fishmonger_7")

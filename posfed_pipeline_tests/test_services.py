@@ -396,7 +396,7 @@ def test_sigterm_while_receipts_flow_stops_everything_the_demo_started(tmp_path)
     dat_dir = tmp_path / "home" / "dat"
     with log.open("wb") as out:
         demo = subprocess.Popen(
-            [posfed, "demo", "--rate", "10", "--port", str(port)],
+            [posfed, "demo", "--simulator", "--rate", "10", "--port", str(port)],
             env={**env, "POSFED_TEST_PROCESS": marker},
             cwd=REPO_ROOT,
             stdout=out,

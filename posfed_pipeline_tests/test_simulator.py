@@ -2,11 +2,10 @@
 
 import json
 
-from posfed_dev.simulator import ReceiptSimulator
-
 from posfed_pipeline.cli import main
 from posfed_pipeline.core.intake import parsing
 from posfed_pipeline.core.intake.validation import validate_batch
+from posfed_pipeline.demo.tills import ReceiptSimulator
 from posfed_pipeline_tests.support.stores import write_store_config
 
 

@@ -31,11 +31,10 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO_ROOT))  # runnable without an installed package too
 
-from posfed_dev.simulator import ReceiptSimulator  # noqa: E402
-
 from posfed_pipeline.core import dat  # noqa: E402
 from posfed_pipeline.core.config import load_config  # noqa: E402
 from posfed_pipeline.core.model.receipt import Receipt  # noqa: E402
+from posfed_pipeline.demo.tills import ReceiptSimulator  # noqa: E402
 
 
 def make_receipts(lines: int, seed: int = 20260301) -> list[tuple[Receipt, object]]:

@@ -28,13 +28,13 @@ from datetime import datetime
 from pathlib import Path
 
 from posfed_dev import odd_entries
-from posfed_dev.simulator import ReceiptSimulator
 
 from posfed_pipeline.core import dat
 from posfed_pipeline.core.config import POSLOG_FORMAT, load_config
 from posfed_pipeline.core.operations.terminal_health import terminal_health
 from posfed_pipeline.core.state import quarantine
 from posfed_pipeline.core.state.ledger import open_ledger
+from posfed_pipeline.demo.tills import ReceiptSimulator
 
 
 def _percentile(values: list[float], q: float) -> float:

@@ -28,10 +28,9 @@ import time
 import urllib.request
 from pathlib import Path
 
-from posfed_dev.simulator import ReceiptSimulator
-
 from posfed_pipeline.core import dat
 from posfed_pipeline.core.config import load_config
+from posfed_pipeline.demo.tills import ReceiptSimulator
 from posfed_pipeline.fastpath.launcher import ask_pool, default_socket_path
 from posfed_pipeline.processes import services
 from posfed_pipeline.processes.supervisor import children, read_state, unix_socket_answers

@@ -28,13 +28,13 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 from biip.checksums import gs1_price_weight_check_digit, gs1_standard_check_digit
-from posfed_dev.simulator import CATALOGUE, ean13, scale_label
 
 from posfed_pipeline.core.intake.parsing import parse_receipt
 from posfed_pipeline.core.intake.validation import validate_batch
 from posfed_pipeline.core.model.barcodes import read_label
 from posfed_pipeline.core.model.receipt import Receipt, ReceiptItem, canonical_json, round_cents
 from posfed_pipeline.core.model.terminal import Terminal, VariableMeasureScheme
+from posfed_pipeline.demo.tills import CATALOGUE, ean13, scale_label
 
 ITEMS_PER_RECEIPT = 5
 TERMINAL = Terminal(

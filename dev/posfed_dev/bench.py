@@ -49,12 +49,12 @@ from datetime import time as dt_time
 from pathlib import Path
 
 from posfed_dev.faults import FaultProxy, ThrowawayPostgres, hold_lock
-from posfed_dev.simulator import ReceiptSimulator
 from posfed_pipeline import names, packaged
 from posfed_pipeline.core import central_db, dat
 from posfed_pipeline.core.config import PosfedConfig, load_config
 from posfed_pipeline.core.model.receipt import Receipt, canonical_json
 from posfed_pipeline.core.model.terminal import Terminal
+from posfed_pipeline.demo.tills import ReceiptSimulator
 
 MODES = ("naive", "posfed")
 # (terminal id prefix, department code, tenant), as in the demo store (posfed.toml).

@@ -57,11 +57,11 @@ DRAIN_SECONDS = 120.0  # after the sales, how long a store keeps syncing what is
 def run_store(config_path: str, register_url: str, settings: ChainSettings, out: str) -> None:
     """One store server: sell, process, sync, for ``settings.duration`` seconds. Writes what it
     sold and when each receipt reached its ledger to ``out`` (JSON)."""
-    from posfed_dev.simulator import ReceiptSimulator
     from posfed_pipeline.core.dat import load_spec
     from posfed_pipeline.core.stages.processing import process_batch
     from posfed_pipeline.core.stages.sync import sync_pending
     from posfed_pipeline.core.state.ledger import open_ledger
+    from posfed_pipeline.demo.tills import ReceiptSimulator
 
     config = replace(load_config(Path(config_path)), db_url=register_url)
     number = int(config.store_id.rsplit("-", 1)[1])

@@ -69,7 +69,6 @@ from pathlib import Path
 from sqlalchemy import case, func, select
 
 from posfed_dev import bench
-from posfed_dev.simulator import ReceiptSimulator
 from posfed_pipeline import names, packaged
 from posfed_pipeline.core import central_db, dat
 from posfed_pipeline.core.config import PosfedConfig
@@ -79,6 +78,7 @@ from posfed_pipeline.core.model.receipt import Receipt, canonical_json, content_
 from posfed_pipeline.core.model.terminal import Terminal
 from posfed_pipeline.core.state import inbox, quarantine
 from posfed_pipeline.core.state.ledger import Ledger, ledger_path
+from posfed_pipeline.demo.tills import ReceiptSimulator
 from posfed_pipeline.names import SYNC_SENSOR
 from posfed_pipeline.processes import services
 from posfed_pipeline.processes.supervisor import children, read_state, unix_socket_answers

@@ -66,7 +66,7 @@ def add_simulate(commands) -> None:
 
 
 def _simulate(args) -> int:
-    from posfed_dev.simulator import ReceiptSimulator
+    from posfed_pipeline.demo.tills import ReceiptSimulator
 
     config = load_config(args.config)
     config.ensure_folders()

@@ -15,6 +15,7 @@ from importlib.metadata import entry_points
 
 from posfed_pipeline.cli import (
     backup,
+    config,
     dat,
     db,
     demo,
@@ -29,7 +30,7 @@ from posfed_pipeline.core import central_db
 from posfed_pipeline.core.config import ConfigError
 
 # In the order `posfed --help` lists them.
-COMMAND_GROUPS = (demo, db, dat, receipt, quarantine, status, metrics, backup, headoffice)
+COMMAND_GROUPS = (demo, config, db, dat, receipt, quarantine, status, metrics, backup, headoffice)
 PLUGIN_GROUP = "posfed.commands"
 
 

@@ -7,11 +7,10 @@ import os
 import signal
 import sys
 import threading
-from importlib.metadata import entry_points
 from pathlib import Path
 
-from posfed_pipeline.cli.common import EXIT_OK, EXIT_USAGE, EXIT_VERDICT, load_plugin, store_config
-from posfed_pipeline.core.config import PosfedConfig
+from posfed_pipeline.cli.common import EXIT_OK, EXIT_USAGE, EXIT_VERDICT, store_config
+from posfed_pipeline.core.config import DEFAULT_CONFIG_FILE, PosfedConfig
 from posfed_pipeline.dagster_home import prepare_instance
 
 
@@ -19,11 +18,27 @@ def add_parser(commands) -> None:
     demo = commands.add_parser(
         "demo",
         help="run the embedded demo (UI, daemon, fast path, simulator), restarting what dies",
+        description="Run the demo store: Dagster's UI and daemon, the fast path and simulated "
+        "tills, each restarted if it dies, until Ctrl-C or SIGTERM. In a folder without "
+        "posfed.toml (and no --config or POSFED_CONFIG), the demo store posfed ships is "
+        "written there first (posfed.toml and dat_specs/, to read and edit); an existing "
+        "posfed.toml is used as it is, never replaced. The simulated tills write made-up "
+        "receipts into the demo store's inboxes only (its [store] id and name say which it "
+        "is), unless --simulator says otherwise.",
     )
     demo.add_argument("--host", default="127.0.0.1", help="webserver address (default 127.0.0.1)")
     demo.add_argument("--port", type=int, default=3000, help="webserver port (default 3000)")
     demo.add_argument("--rate", type=float, default=0.2, help="simulated receipts per second")
-    demo.add_argument("--no-simulator", action="store_true", help="only watch the inboxes")
+    tills = demo.add_mutually_exclusive_group()
+    tills.add_argument(
+        "--no-simulator", action="store_true", help="no simulated tills: only watch the inboxes"
+    )
+    tills.add_argument(
+        "--simulator",
+        action="store_true",
+        help="simulated tills even on a store that is not the demo store (made-up sales: never "
+        "on a store whose .dat files reach the billing software)",
+    )
     demo.add_argument(
         "--verbose", action="store_true", help="Dagster's info lines too (every sensor tick)"
     )
@@ -63,6 +78,7 @@ def _demo(args) -> int:
             file=sys.stderr,
         )
         return EXIT_USAGE
+    _write_demo_store_if_none(args)
     config = store_config(args)
     metrics = _metrics_address(config)
     dagster_home = prepare_instance(config)
@@ -92,9 +108,11 @@ def _demo(args) -> int:
     print(f"posfed demo: open http://{args.host}:{args.port} (Ctrl-C stops everything)")
     if metrics is not None:
         print(f"posfed demo: metrics for Prometheus at http://{config.metrics.listen}/metrics")
+    # Flushed: also when the console is a log file, these lines come before the services'.
+    sys.stdout.flush()
     stop = threading.Event()
     if not args.no_simulator:
-        _start_demo_tills(config, args.rate, stop)
+        _start_demo_tills(config, args.rate, stop, anywhere=args.simulator)
     try:
         # Until Ctrl-C or SIGTERM (also when started in the background, which ignores SIGINT);
         # a service that dies meanwhile is restarted, the others go on.
@@ -149,18 +167,44 @@ def _fastpath(args) -> int:
     return EXIT_OK
 
 
-def _start_demo_tills(config: PosfedConfig, rate: float, stop: threading.Event) -> None:
-    """The simulated tills come from the development package (posfed-dev), found through its
-    ``posfed.demo_tills`` entry point: the product never imports it."""
-    tills = entry_points(group="posfed.demo_tills")
-    if not tills:
+def _write_demo_store_if_none(args) -> None:
+    """No store named and none here: the demo store posfed ships, written into this folder
+    (an installed wheel's first `posfed demo`). A store file that exists is never touched."""
+    from posfed_pipeline.demo import write_demo_store
+
+    if args.config or os.environ.get("POSFED_CONFIG"):
+        return
+    here = Path.cwd()
+    if os.path.lexists(here / DEFAULT_CONFIG_FILE):
+        return
+    store = write_demo_store(here)
+    names = dict.fromkeys(_first_part(path, here) for path in store.written)
+    print(
+        f"posfed demo: no {DEFAULT_CONFIG_FILE} here, so the demo store is written into {here}: "
+        f"{', '.join(names)} (yours to read and edit; used as they are from now on)"
+    )
+
+
+def _first_part(path: Path, folder: Path) -> str:
+    first = path.relative_to(folder).parts[0]
+    return first + "/" if (folder / first).is_dir() else first
+
+
+def _start_demo_tills(
+    config: PosfedConfig, rate: float, stop: threading.Event, *, anywhere: bool
+) -> None:
+    """Simulated tills for the demo store only, unless asked for (``anywhere``): on another
+    store they would write made-up sales into real inboxes, and so into the billing software's
+    .dat files."""
+    from posfed_pipeline.demo import is_demo_store
+    from posfed_pipeline.demo.tills import drop_until
+
+    if not (anywhere or is_demo_store(config)):
         inbox = config.terminals[0].inbox if config.terminals else config.home
         print(
-            "posfed demo: no simulated tills (they come with posfed-dev: `make demo` in a "
-            f"checkout); drop receipt files into an inbox such as {inbox}"
+            f"posfed demo: no simulated tills ({config.store_id} is not the demo store; "
+            f"--simulator runs them all the same); drop receipt files into an inbox such as "
+            f"{inbox}"
         )
-        return
-    drop_until = load_plugin(next(iter(tills)))
-    if drop_until is None:
         return
     threading.Thread(target=drop_until, args=(config, rate, stop), daemon=True).start()

@@ -11,14 +11,13 @@ from datetime import date, datetime
 from decimal import Decimal
 from pathlib import Path
 
-from posfed_dev.simulator import ReceiptSimulator
-
 from posfed_pipeline.core import central_db
 from posfed_pipeline.core.config import PosfedConfig, config_from_dict
 from posfed_pipeline.core.dat import load_spec
 from posfed_pipeline.core.stages.processing import process_batch
 from posfed_pipeline.core.stages.sync import SyncPass, sync_pending
 from posfed_pipeline.core.state.ledger import open_ledger
+from posfed_pipeline.demo.tills import ReceiptSimulator
 from posfed_pipeline_tests.support.stores import store_config_dict
 
 # The demo's twenty terminals (ten tenants, two tills each): every store has the same ids.

@@ -12,7 +12,9 @@ DEFAULT_CONFIG_FILE = "posfed.toml"
 
 def resolve_config_path(path: str | os.PathLike[str] | None = None) -> Path:
     candidate = path or os.environ.get("POSFED_CONFIG") or DEFAULT_CONFIG_FILE
-    return Path(candidate).expanduser().resolve()
+    # Absolute, but a link stays a link: the paths in the file are relative to the folder the
+    # link is in (the checkout's posfed.toml is a link to the packaged demo store's).
+    return Path(os.path.abspath(Path(candidate).expanduser()))
 
 
 def home_folder(setting: str, base_dir: Path) -> Path:

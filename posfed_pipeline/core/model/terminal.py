@@ -12,13 +12,14 @@ the same keys for itself (``TerminalEntry`` takes them by these models' declarat
 from __future__ import annotations
 
 import codecs
+import difflib
 import fnmatch
 import re
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 from pydantic import (
     BaseModel,
@@ -54,12 +55,20 @@ def text(value: object) -> object:
 
 
 def zone(value: object) -> ZoneInfo:
+    """An IANA time zone by its name (``Europe/Amsterdam``); a misspelt one is named with the
+    zone it most likely meant."""
     if isinstance(value, ZoneInfo):
         return value
     try:
         return ZoneInfo(str(value))
     except (ZoneInfoNotFoundError, ValueError):
-        raise ValueError(f"timezone: unknown timezone {value!r}") from None
+        guesses = difflib.get_close_matches(str(value), available_timezones(), n=1)
+        meant = (
+            f" (did you mean {guesses[0]}?)"
+            if guesses
+            else " (an IANA time zone such as Europe/Amsterdam)"
+        )
+        raise ValueError(f"timezone: unknown timezone {value!r}{meant}") from None
 
 
 def encoding(value: object) -> str | None:

@@ -1,4 +1,5 @@
-"""A receipt simulator: realistic receipts dropped into terminal inboxes at a chosen rate.
+"""The demo's simulated tills: realistic receipts dropped into terminal inboxes at a chosen rate
+(``posfed demo``; posfed-dev's ``posfed simulate``, bench and chaos drive them too).
 
 Receipts follow each department's catalogue (weighed items in kilograms for the butcher,
 fishmonger, cheese and greengrocer counters), carry valid EAN-13 codes and exact totals. A
@@ -179,9 +180,10 @@ def receipt_json(receipt: Receipt) -> dict:
 
 
 def drop_until(config: PosfedConfig, rate: float, stop: threading.Event) -> None:
-    """The demo's tills (``posfed demo``, through the posfed.demo_tills entry point): a receipt
-    on a random terminal at ``rate`` per second until ``stop``."""
+    """The demo's tills (``posfed demo``): a receipt on a random terminal at ``rate`` per
+    second until ``stop``."""
     simulator = ReceiptSimulator(list(config.terminals))
-    time.sleep(8)  # let the webserver and daemon come up first
+    if stop.wait(8):  # let the webserver and daemon come up first
+        return
     while not stop.wait(1.0 / rate):
         simulator.drop(simulator.random.choice(simulator.terminals))
