@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 
-.PHONY: demo test check lint docs system-deps clean
+.PHONY: demo test check lint docs system-deps compat clean
 
 $(INSTALLED): pyproject.toml dev/pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -39,6 +39,13 @@ docs: $(INSTALLED)
 # The fast tests while you work (under a minute); `make test` runs everything.
 check: $(INSTALLED) lint
 	$(BIN)/pytest -m "not slow" -q
+
+# posfed on the newest dagster, dagster-webserver, dagster-postgres, pandera and SQLAlchemy that
+# install together, in .venv-compat, against the tests that pin Dagster's private API down
+# (scripts/compat.py says how; docs/deployment.md, "Upgrading Dagster under a running store").
+# Not part of `make test`: it downloads, and takes about a quarter of an hour.
+compat:
+	$(PYTHON) scripts/compat.py --venv .venv-compat
 
 clean:
 	rm -rf .posfed

@@ -25,8 +25,8 @@ from posfed_pipeline.core.state import inbox
 from posfed_pipeline.core.state.ledger import open_ledger
 from posfed_pipeline.definitions import build_definitions
 from posfed_pipeline.defs.inbox_sensors import run_request_for
-from posfed_pipeline.fastpath import dagster_internals, launcher
-from posfed_pipeline.fastpath.service import start_fastpath
+from posfed_pipeline.fastpath import compatibility, dagster_internals, launcher
+from posfed_pipeline.fastpath.service import UntestedDagster, start_fastpath
 from posfed_pipeline.names import RECEIPTS_JOB, SYNC_JOB, inbox_sensor_name
 from posfed_pipeline_tests.support.receipts import receipt_doc
 from posfed_pipeline_tests.support.repo import REPO_ROOT
@@ -472,22 +472,42 @@ def test_a_backlog_run_waits_while_a_cashiers_receipt_is_processed(tmp_path):
     assert pool._assign_one() and background.run_id == "flood-run"
 
 
-def test_a_dagster_other_than_the_pinned_one_is_refused_by_name():
-    """The fast path rests on Dagster internals: another release is refused at import, naming
-    both versions, before any of them is touched."""
-    import subprocess
-    import sys
+def test_an_untested_dagster_keeps_the_fast_path_off_and_the_instance_on_dagsters_own_parts(
+    fast_store,
+):
+    """The fast path rests on Dagster internals: on a release outside the tested ones it
+    refuses to start, naming the tested releases, the found one and the override, before it
+    touches anything. The instance every Dagster process loads (the sensors' daemon among
+    them) still loads, on Dagster's own storages; the release the operator names is allowed."""
+    from dagster._core.storage.runs.sqlite.sqlite_run_storage import SqliteRunStorage
 
-    probe = (
-        "import dagster; dagster.__version__ = '1.14.0'\nimport posfed_pipeline.fastpath.launcher\n"
+    config, dagster_home = fast_store
+    untested = compatibility.check(
+        found={"dagster": "1.14.0", "dagster-webserver": "1.14.0"}, env={}
     )
-    result = subprocess.run(
-        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=120
+    with pytest.raises(UntestedDagster) as refused:
+        start_fastpath(config, dagster_home, workers=1, dagster_releases=untested)
+    said = str(refused.value)
+    assert "tested on dagster 1.13.27–1.13.29, dagster-webserver 1.13.27–1.13.28" in said
+    assert "found dagster 1.14.0, dagster-webserver 1.14.0" in said
+    assert "set POSFED_ALLOW_UNTESTED_DAGSTER=1.14.0 for every posfed service" in said
+    assert "pip install 'dagster>=1.13.27,<=1.13.29'" in said
+    assert not launcher.default_socket_path().exists()  # no pool, no worker was started
+
+    # Dagster's own storage in place of posfed's pooled one, on the same files.
+    pooled = dagster_internals.PooledSqliteRunStorage
+    assert dagster_internals.dagsters_own_storage(pooled, untested) is SqliteRunStorage
+    own = SqliteRunStorage.from_config_value(None, {"base_dir": str(dagster_home / "history")})
+    assert own.get_runs_count() == 0
+    with dg.DagsterInstance.from_config(str(dagster_home)) as instance:  # the tested releases
+        assert type(instance.run_storage) is pooled
+        assert isinstance(instance.run_launcher, launcher.WarmWorkerRunLauncher)
+
+    allowed = compatibility.check(
+        found={"dagster": "1.14.0"}, env={"POSFED_ALLOW_UNTESTED_DAGSTER": "1.14.0"}
     )
-    assert result.returncode == 1
-    last = result.stderr.strip().splitlines()[-1]
-    assert last.startswith("ImportError: posfed's fast path needs dagster 1.13.27"), last
-    assert "found dagster 1.14.0" in last
+    assert allowed.fast_path_allowed and allowed.overridden
+    assert dagster_internals.dagsters_own_storage(pooled, allowed) is None
 
 
 def test_the_fast_path_uses_the_code_locations_definitions_built_once(fast_store, monkeypatch):

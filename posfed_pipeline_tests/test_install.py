@@ -44,7 +44,7 @@ def _wheel(tmp_path: Path) -> Path:
         source,
         symlinks=True,
         ignore=shutil.ignore_patterns(
-            ".git", ".venv", ".posfed", "build", "dist", "*.egg-info", "__pycache__", ".*_cache"
+            ".git", ".venv*", ".posfed", "build", "dist", "*.egg-info", "__pycache__", ".*_cache"
         ),
     )
     dist = tmp_path / "dist"

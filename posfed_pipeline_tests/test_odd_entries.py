@@ -672,13 +672,14 @@ def test_hostile_entries_on_the_fast_path_leave_every_valid_receipt_billed_once(
                 )
             time.sleep(0.05)
 
+        def is_regular_file(path: Path) -> bool:
+            try:
+                return stat.S_ISREG(path.lstat().st_mode)
+            except FileNotFoundError:  # taken (renamed away) since the folder was listed
+                return False
+
         def settled() -> bool:
-            regular = [
-                p
-                for t in config.terminals
-                for p in t.inbox.iterdir()
-                if stat.S_ISREG(p.lstat().st_mode)
-            ]
+            regular = [p for t in config.terminals for p in t.inbox.iterdir() if is_regular_file(p)]
             return all(p.exists() for p in expected) and not regular
 
         deadline = time.monotonic() + 90

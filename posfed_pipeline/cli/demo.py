@@ -9,9 +9,16 @@ import sys
 import threading
 from pathlib import Path
 
-from posfed_pipeline.cli.common import EXIT_OK, EXIT_USAGE, EXIT_VERDICT, store_config
+from posfed_pipeline.cli.common import (
+    EXIT_OK,
+    EXIT_UNTESTED_DAGSTER,
+    EXIT_USAGE,
+    EXIT_VERDICT,
+    store_config,
+)
 from posfed_pipeline.core.config import DEFAULT_CONFIG_FILE, PosfedConfig
 from posfed_pipeline.dagster_home import prepare_instance
+from posfed_pipeline.fastpath import compatibility
 
 
 def add_parser(commands) -> None:
@@ -52,7 +59,13 @@ def add_parser(commands) -> None:
     )
     demo.set_defaults(handler=_demo)
 
-    fast = commands.add_parser("fastpath", help="the event-driven trigger and warm run workers")
+    fast = commands.add_parser(
+        "fastpath",
+        help="the event-driven trigger and warm run workers",
+        description="The event-driven trigger and warm run workers. On a Dagster release "
+        "posfed is not tested on it exits with status 3, saying why and how to allow it "
+        '(docs/deployment.md, "Upgrading Dagster under a running store").',
+    )
     fast.add_argument("--workers", type=int, default=2, help="warm run worker processes")
     fast.add_argument(
         "--background-workers",
@@ -81,6 +94,9 @@ def _demo(args) -> int:
     _write_demo_store_if_none(args)
     config = store_config(args)
     metrics = _metrics_address(config)
+    fastpath, dagster_note = demo_fast_path(not args.no_fastpath, compatibility.check())
+    if dagster_note:
+        print(f"posfed demo: {dagster_note}", file=sys.stderr)
     dagster_home = prepare_instance(config)
     env = dict(os.environ, DAGSTER_HOME=str(dagster_home))
     if config.config_path:
@@ -92,7 +108,7 @@ def _demo(args) -> int:
             host=args.host,
             port=args.port,
             verbose=args.verbose,
-            fastpath=not args.no_fastpath,
+            fastpath=fastpath,
             workers=args.workers,
             metrics=metrics,
         ),
@@ -139,11 +155,21 @@ def _metrics_address(config: PosfedConfig) -> tuple[str, int] | None:
     return config.metrics.host, config.metrics.port
 
 
+def demo_fast_path(
+    wanted: bool, dagster_releases: compatibility.DagsterCompatibility
+) -> tuple[bool, str | None]:
+    """Whether the demo starts the fast path, and what to tell the user about Dagster: on a
+    release posfed is not tested on it runs without (unless allowed), saying so at start-up."""
+    if not wanted or dagster_releases.tested:
+        return wanted, None
+    return dagster_releases.fast_path_allowed, dagster_releases.message()
+
+
 def _fastpath(args) -> int:
     import logging
 
     from posfed_pipeline.fastpath.pool import AlreadyServing
-    from posfed_pipeline.fastpath.service import serve_forever
+    from posfed_pipeline.fastpath.service import UntestedDagster, serve_forever
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     logging.getLogger("alembic").setLevel(logging.WARNING)  # "Context impl SQLiteImpl." etc.
@@ -164,6 +190,9 @@ def _fastpath(args) -> int:
     except AlreadyServing as refused:
         print(f"posfed fastpath: {refused}", file=sys.stderr)
         return EXIT_VERDICT
+    except UntestedDagster as refused:
+        print(f"posfed fastpath: {refused}", file=sys.stderr)
+        return EXIT_UNTESTED_DAGSTER
     return EXIT_OK
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 from posfed_pipeline.cli.common import EXIT_OK, EXIT_VERDICT, store_config
 
@@ -25,6 +26,7 @@ def _status(args) -> int:
     from posfed_pipeline.cli.status_table import last_run_statuses, print_status
     from posfed_pipeline.core.operations.terminal_health import terminal_health
     from posfed_pipeline.core.state.ledger import open_ledger
+    from posfed_pipeline.fastpath import compatibility
 
     config = store_config(args)
     ledger = open_ledger(config.home)
@@ -55,6 +57,9 @@ def _status(args) -> int:
                 ensure_ascii=False,
             )
         )
+        dagster_releases = compatibility.check()
+        if not dagster_releases.tested:  # stdout stays the JSON document
+            print(f"posfed status: {dagster_releases.message()}", file=sys.stderr)
     else:
-        print_status(healths, last_runs)
+        print_status(healths, last_runs, compatibility.check())
     return EXIT_VERDICT if args.check and not all(h.ok for h in healths) else EXIT_OK

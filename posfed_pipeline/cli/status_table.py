@@ -15,6 +15,7 @@ from rich.table import Table
 from rich.text import Text
 
 from posfed_pipeline.core.operations.terminal_health import TerminalHealth
+from posfed_pipeline.fastpath.compatibility import DagsterCompatibility
 
 
 def last_run_statuses(terminal_ids: list[str]) -> dict[str, str]:
@@ -66,7 +67,11 @@ def status_table(healths: list[TerminalHealth], last_runs: dict[str, str]) -> Ta
     return table
 
 
-def print_status(healths: list[TerminalHealth], last_runs: dict[str, str]) -> None:
+def print_status(
+    healths: list[TerminalHealth],
+    last_runs: dict[str, str],
+    dagster_releases: DagsterCompatibility | None = None,
+) -> None:
     # Wide enough for the reasons when the output is a file or a pipe, not a terminal.
     console = Console(width=None if os.isatty(1) else 200)
     console.print(status_table(healths, last_runs))
@@ -78,6 +83,10 @@ def print_status(healths: list[TerminalHealth], last_runs: dict[str, str]) -> No
             else f"all {len(healths)} terminal(s) delivering"
         )
     )
+    if dagster_releases is not None:
+        # The releases found, and on an untested one what the fast path does and why.
+        style = "" if dagster_releases.tested else "bold yellow"
+        console.print(Text(dagster_releases.message(), style=style))
 
 
 def _ago(moment: datetime | None, now: datetime) -> str:

@@ -1,32 +1,47 @@
 """Everything posfed's fast path needs from Dagster that is not public API, in one place.
 
-Pinned to dagster 1.13.27 (pyproject.toml). posfed_pipeline_tests/test_fastpath.py fails loudly
-if an upgrade changes what is used here: a run created here must be recognised by the sensor
-daemon as its own (no duplicate after a sensor tick), runs must execute in warm worker
-processes, and two of them at once must not deadlock.
+Tested on the releases in compatibility.py (dagster 1.13.27–1.13.29); on another the fast path
+stays off unless the operator allows that release, and the storages below turn into Dagster's
+own (compatibility.py says why). posfed_pipeline_tests/test_fastpath.py fails loudly if an
+upgrade changes what is used here: a run created here must be recognised by the sensor daemon
+as its own (no duplicate after a sensor tick), runs must execute in warm worker processes, and
+two of them at once must not deadlock; ``make compat`` runs it on the newest releases.
 
-What is used, and why:
-- ``InProcessCodeLocationOrigin``: the trigger loads the code location once, in its own
-  process, under the same location name as workspace.yaml, so the runs it creates carry the
-  same repository origin as the sensor daemon's (the daemon matches run keys per origin);
-  ``InProcessCodeLocation._get_repo_def`` hands it the job definitions that location loaded.
-- ``create_execution_plan`` + ``snapshot_from_execution_plan`` (what
+Public now, and taken from ``dagster`` (``dg.``) rather than from here: ``RunRequest``,
+``DefaultRunLauncher`` (the base of launcher.py's run launcher), ``DagsterInstance``,
+``DagsterRun``, ``QueuedRunCoordinator`` (coordinator.py). Still private in dagster 1.13, each
+because Dagster's public API has no equivalent:
+
+- ``InProcessCodeLocationOrigin`` and ``LoadableTargetOrigin``: the trigger loads the code
+  location once, in its own process, under the same location name as workspace.yaml, so the
+  runs it creates carry the same repository origin as the sensor daemon's (the daemon matches
+  run keys per origin); ``InProcessCodeLocation._get_repo_def`` hands it the job definitions
+  that location loaded. The public ``DagsterInstance`` has no way to create a run for a code
+  location's job as a sensor's, with that origin.
+- ``create_execution_plan`` + ``snapshot_from_execution_plan`` + ``RemoteExecutionPlan`` (what
   ``CodeLocation.get_execution_plan`` does, from the code location's job definition) and
-  ``DagsterInstance.create_run``: what the sensor daemon does to create a sensor run
-  (dagster/_daemon/sensor.py, ``_create_sensor_run``).
+  ``DagsterInstance.create_run`` (a method of the public class, not public itself): what the
+  sensor daemon does to create a sensor run (dagster/_daemon/sensor.py, ``_create_sensor_run``).
 - ``DagsterInstance._subscribers``: its empty per-run entries are dropped
   (``drop_idle_event_subscriptions``), as they would otherwise grow by one per run for as long
   as a warm worker or the trigger lives.
-- ``recon_job_from_origin`` and ``execute_run``: what a run worker process does with a run id;
-  ``ReconstructableRepository`` to load the job that way before the first run.
-- The run launcher's base types (``DefaultRunLauncher``, ``LaunchRunContext``,
-  ``CheckRunHealthResult``, ``WorkerStatus``, ``ConfigurableClassData``), for launcher.py;
-  ``InstigatorType`` for the benchmarks' sensor-tick queries.
+- ``recon_job_from_origin`` and ``execute_run``: what a run worker process does with an
+  existing run's id (the public ``execute_job`` creates a new run); ``ReconstructableRepository``
+  to load the job that way before the first run.
+- The run launcher's other types (``LaunchRunContext``, ``CheckRunHealthResult``,
+  ``WorkerStatus``, ``ConfigurableClassData``), for launcher.py; ``InstigatorType`` for the
+  benchmarks' sensor-tick queries.
 - The SQLite run, event-log and schedule storages, subclassed to keep one connection pool per
   process: Dagster's own open a new engine and connection for every query (about 65 per run),
   which was more than half of a short run's CPU. Likewise dagster-postgres's storages, which
   open a new PostgreSQL connection per query (its own webserver optimisation swaps in a pooled
   engine the same way, ``optimize_for_webserver``).
+
+Elsewhere, by module path rather than import: the instance profiles' ``compute_logs``
+(``dagster._core.storage.noop_compute_log_manager``: the class is in Dagster's API reference,
+under that module only) and the daemon's command line (``python -m dagster._daemon``, as
+``dagster dev`` starts it: the ``dagster-daemon`` script would depend on PATH); names.py copies
+one private tag name (``GRPC_INFO_TAG``), checked by test_fastpath.py.
 """
 
 from __future__ import annotations
@@ -42,24 +57,31 @@ from pathlib import Path
 
 import dagster as dg
 import sqlalchemy as sa
-from dagster._core.definitions.reconstruct import ReconstructableRepository
-from dagster._core.definitions.run_request import InstigatorType, RunRequest
-from dagster._core.execution.api import create_execution_plan, execute_run
-from dagster._core.launcher.base import CheckRunHealthResult, LaunchRunContext, WorkerStatus
-from dagster._core.launcher.default_run_launcher import DefaultRunLauncher
-from dagster._core.remote_origin import InProcessCodeLocationOrigin
-from dagster._core.remote_representation.code_location import InProcessCodeLocation
-from dagster._core.remote_representation.external import RemoteExecutionPlan
-from dagster._core.snap.execution_plan_snapshot import snapshot_from_execution_plan
-from dagster._core.storage.event_log.sqlite.consolidated_sqlite_event_log import (
-    ConsolidatedSqliteEventLogStorage,
-)
-from dagster._core.storage.runs.sqlite.sqlite_run_storage import SqliteRunStorage
-from dagster._core.storage.schedules.sqlite.sqlite_schedule_storage import SqliteScheduleStorage
-from dagster._core.storage.sqlite import SQLITE_BUSY_TIMEOUT_SECONDS
-from dagster._core.types.loadable_target_origin import LoadableTargetOrigin
-from dagster._serdes import ConfigurableClassData
-from dagster._utils.hosted_user_process import recon_job_from_origin
+
+from posfed_pipeline.fastpath import compatibility
+
+try:
+    from dagster._core.definitions.reconstruct import ReconstructableRepository
+    from dagster._core.definitions.run_request import InstigatorType
+    from dagster._core.execution.api import create_execution_plan, execute_run
+    from dagster._core.launcher.base import CheckRunHealthResult, LaunchRunContext, WorkerStatus
+    from dagster._core.remote_origin import InProcessCodeLocationOrigin
+    from dagster._core.remote_representation.code_location import InProcessCodeLocation
+    from dagster._core.remote_representation.external import RemoteExecutionPlan
+    from dagster._core.snap.execution_plan_snapshot import snapshot_from_execution_plan
+    from dagster._core.storage.event_log.sqlite.consolidated_sqlite_event_log import (
+        ConsolidatedSqliteEventLogStorage,
+    )
+    from dagster._core.storage.runs.sqlite.sqlite_run_storage import SqliteRunStorage
+    from dagster._core.storage.schedules.sqlite.sqlite_schedule_storage import (
+        SqliteScheduleStorage,
+    )
+    from dagster._core.storage.sqlite import SQLITE_BUSY_TIMEOUT_SECONDS
+    from dagster._core.types.loadable_target_origin import LoadableTargetOrigin
+    from dagster._serdes import ConfigurableClassData
+    from dagster._utils.hosted_user_process import recon_job_from_origin
+except ImportError as moved:  # a Dagster far from the tested ones: say which, and what to do
+    raise ImportError(f"{moved}. {compatibility.check().message()}") from moved
 
 from posfed_pipeline import packaged
 from posfed_pipeline.names import RUN_KEY_TAG, SENSOR_NAME_TAG
@@ -68,7 +90,6 @@ from posfed_pipeline.names import RUN_KEY_TAG, SENSOR_NAME_TAG
 __all__ = [
     "CheckRunHealthResult",
     "ConfigurableClassData",
-    "DefaultRunLauncher",
     "InstigatorType",
     "LaunchRunContext",
     "WorkerStatus",
@@ -106,7 +127,7 @@ class SensorStyleRunFactory:
         # second build of the definitions.
         self.job_def = code_location._get_repo_def(REPOSITORY_NAME).get_job(job_name)
 
-    def create_run(self, request: RunRequest, sensor_name: str) -> dg.DagsterRun:
+    def create_run(self, request: dg.RunRequest, sensor_name: str) -> dg.DagsterRun:
         # As the daemon does: partition tags and config only for a partitioned request.
         resolved = (
             request.with_resolved_tags_and_config(
@@ -299,9 +320,27 @@ class _PooledSqliteConnections:
         pooled_sqlite_engine(self._conn_string).dispose()
 
 
+def dagsters_own_storage(
+    pooled: type, found: compatibility.DagsterCompatibility | None = None
+) -> type | None:
+    """The Dagster storage class ``pooled`` extends, when posfed's pooling must stay out of the
+    instance: on a Dagster release outside the tested ones (``found``, default: the installed
+    ones), unless the operator allowed it. None when the pooled class may be used.
+
+    The pooling rests on how Dagster's storages connect; a release that changed that must not
+    take down the instance every Dagster process loads (the daemon's sensors among them)."""
+    verdict = compatibility.check() if found is None else found
+    if verdict.fast_path_allowed:
+        return None
+    return next(c for c in pooled.__mro__ if c.__module__.split(".")[0].startswith("dagster"))
+
+
 class _PooledFromLocal(_PooledSqliteConnections):
     @classmethod
     def from_config_value(cls, inst_data, config_value):
+        own = dagsters_own_storage(cls)
+        if own is not None:
+            return own.from_config_value(inst_data, config_value)
         # Dagster's own names its class here; build this one instead.
         return cls.from_local(inst_data=inst_data, **config_value)
 
@@ -319,6 +358,13 @@ class PooledSqliteScheduleStorage(_PooledFromLocal, SqliteScheduleStorage):
 @_remember_schema
 class PooledSqliteEventLogStorage(_PooledSqliteConnections, ConsolidatedSqliteEventLogStorage):
     """One SQLite event log for every run, reusing its connections."""
+
+    @classmethod
+    def from_config_value(cls, inst_data, config_value):
+        own = dagsters_own_storage(cls)
+        if own is not None:
+            return own.from_config_value(inst_data, config_value)
+        return super().from_config_value(inst_data, config_value)
 
     def _connect(self):
         return self.connect()
@@ -381,6 +427,9 @@ def _pooled_postgres(base: type) -> type:
 
         @classmethod
         def from_config_value(cls, inst_data, config_value):
+            own = dagsters_own_storage(cls)
+            if own is not None:
+                return own.from_config_value(inst_data, config_value)
             # dagster-postgres names its own class here; build this one instead.
             return cls(
                 inst_data=inst_data,

@@ -7,8 +7,9 @@ Configured in dagster.yaml (deploy/dagster.dev.yaml)::
       class: WarmWorkerRunLauncher
 
 Every Dagster process that loads the instance (webserver, daemon, trigger) gets one; each talks
-to the pool over its Unix socket. When the pool is not running, runs fall back to Dagster's
-default launcher (a fresh process per run): slower, never lost.
+to the pool over its Unix socket. When the pool is not running (stopped, or kept off on a
+Dagster release posfed is not tested on: compatibility.py), runs fall back to Dagster's default
+launcher (a fresh process per run): slower, never lost.
 """
 
 from __future__ import annotations
@@ -27,7 +28,6 @@ from posfed_pipeline.core.base.errors import PosfedError
 from posfed_pipeline.fastpath.dagster_internals import (
     CheckRunHealthResult,
     ConfigurableClassData,
-    DefaultRunLauncher,
     LaunchRunContext,
     WorkerStatus,
 )
@@ -90,7 +90,7 @@ def ask_pool(request: dict, socket_path: Path, timeout: float = 2.0) -> dict | N
     return json.loads(reply)
 
 
-class WarmWorkerRunLauncher(DefaultRunLauncher):
+class WarmWorkerRunLauncher(dg.DefaultRunLauncher):
     def __init__(
         self, inst_data: ConfigurableClassData | None = None, socket_path: str | None = None
     ):

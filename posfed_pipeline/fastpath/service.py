@@ -2,7 +2,9 @@
 
 Runs beside the Dagster webserver and daemon (``posfed fastpath``; ``make demo`` starts it), as
 its own supervised service in production (deploy/systemd/). Stopping it loses nothing: runs
-fall back to fresh processes and the sensors take every file the trigger does not.
+fall back to fresh processes and the sensors take every file the trigger does not. That is
+also what happens on a Dagster release posfed is not tested on (compatibility.py): it refuses
+to start there unless the operator allows that release.
 """
 
 from __future__ import annotations
@@ -16,13 +18,19 @@ from typing import IO
 
 import dagster as dg
 
+from posfed_pipeline.core.base.errors import PosfedError
 from posfed_pipeline.core.config import PosfedConfig
-from posfed_pipeline.fastpath import dagster_internals, launcher
+from posfed_pipeline.fastpath import compatibility, dagster_internals, launcher
 from posfed_pipeline.fastpath.pool import PoolServer, WarmWorkerPool, claim_socket
 from posfed_pipeline.fastpath.trigger import InboxTrigger
 from posfed_pipeline.names import RECEIPTS_JOB, SYNC_JOB
 
 log = logging.getLogger("posfed.fastpath")
+
+
+class UntestedDagster(PosfedError):
+    """The installed Dagster is outside the tested releases and the operator has not allowed
+    it: the fast path stays off (the message says what was found and what to do)."""
 
 
 @dataclass
@@ -48,8 +56,16 @@ def start_fastpath(
     workers: int = 2,
     trigger: bool = True,
     background_workers: int = 1,
+    dagster_releases: compatibility.DagsterCompatibility | None = None,
 ) -> FastPath:
-    """Raises ``AlreadyServing`` if another fast path serves this instance's socket."""
+    """Raises ``UntestedDagster`` on a Dagster release outside the tested ones (the installed
+    ones, or ``dagster_releases``) unless allowed, ``AlreadyServing`` if another fast path
+    serves this instance's socket."""
+    verdict = compatibility.check() if dagster_releases is None else dagster_releases
+    if not verdict.fast_path_allowed:
+        raise UntestedDagster(verdict.message())
+    if verdict.overridden:
+        log.warning("%s", verdict.message())
     # The launcher in every Dagster process finds the socket from DAGSTER_HOME: so must we.
     os.environ.setdefault("DAGSTER_HOME", str(dagster_home))
     instance = dg.DagsterInstance.from_config(str(dagster_home))
