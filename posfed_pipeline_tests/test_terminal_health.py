@@ -57,6 +57,34 @@ def test_a_terminal_quiet_while_open_needs_a_look_counted_from_the_opening(tmp_p
     assert closed.ok and not closed.open_now
 
 
+class LastReceiptAt:
+    """What the health check asks of a ledger (``KnowsLastReceipt``): one terminal's last
+    receipt at a chosen moment, which a real ledger only records as now."""
+
+    def __init__(self, when: datetime):
+        self.when = when
+
+    def last_accepted_at(self, terminal_id: str) -> float | None:
+        return self.when.timestamp()
+
+
+def test_a_terminal_open_round_the_clock_is_quiet_across_midnight(tmp_path, monkeypatch):
+    # No opening hours: open all day, every day. A silence from 23:50 is 40 min long at 00:30;
+    # midnight is no opening that forgives it.
+    config = health_store(tmp_path, monkeypatch, {"quiet_after_minutes": 30})
+    terminal = config.terminal("bakery_1")
+    last_receipt = LastReceiptAt(at(0, 23, 50))
+    assert terminal_health(terminal, last_receipt, at(1, 0, 10)).ok
+    [problem] = terminal_health(terminal, last_receipt, at(1, 0, 30)).problems
+    assert "quiet for 40 min while open (limit 30 min)" in problem
+    # Closed on the day before: the morning's opening at midnight starts the count afresh.
+    weekday = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")[at(1, 0).weekday()]
+    opens_at_midnight = health_store(
+        tmp_path / "days", monkeypatch, {"quiet_after_minutes": 30, "open_days": [weekday]}
+    )
+    assert terminal_health(opens_at_midnight.terminal("bakery_1"), last_receipt, at(1, 0, 25)).ok
+
+
 def test_the_last_receipt_restarts_the_quiet_clock(config, engine):
     terminal = config.terminal("bakery_1")
     drop_receipt(terminal.inbox, receipt_doc("R1"))

@@ -273,6 +273,19 @@ class HealthRules:
         opened = local_now.replace(hour=opens.hour, minute=opens.minute, second=0, microsecond=0)
         return opened if opened <= local_now else opened - timedelta(days=1)
 
+    def silent_since(self, local_now: datetime, last_receipt_at: datetime | None) -> datetime:
+        """When the present silence began: the later of the last receipt and the opening
+        (last night's last receipt does not count against the morning). Open round the clock
+        from the day before, midnight is no opening: the silence runs from the last receipt."""
+        opened = self.last_opening(local_now)
+        round_the_clock = self.opening_hours is None or (
+            self.opening_hours[0] == self.opening_hours[1]
+        )
+        day_before = WEEKDAYS[(opened - timedelta(days=1)).weekday()]
+        if last_receipt_at is not None and round_the_clock and day_before in self.open_days:
+            return last_receipt_at
+        return max(filter(None, [last_receipt_at, opened]), default=opened)
+
 
 DELIVERY_KEYS = tuple(declared_fields(DeliveryRules))
 HEALTH_KEYS = tuple(declared_fields(HealthRules))

@@ -90,8 +90,7 @@ def judge_store(
     not_sending: list[str] = []
     quiet_for = None
     if open_now:
-        opened = store.hours.last_opening(local_now)
-        since = max(last_receipt_at, opened) if last_receipt_at else opened
+        since = store.hours.silent_since(local_now, last_receipt_at)
         quiet_for = max(timedelta(0), local_now - since)
         if quiet_for > store.silent_after:
             what = (

@@ -99,9 +99,7 @@ def terminal_health(terminal: Terminal, ledger: KnowsLastReceipt, now: datetime)
     silent = False
     if open_now and rules.quiet_after_minutes is not None:
         quiet_limit = timedelta(minutes=rules.quiet_after_minutes)
-        # Silence counts from the opening of the day, not from last night's last receipt.
-        opened = rules.last_opening(local_now)
-        since = max(filter(None, [last_receipt_at, opened]), default=opened)
+        since = rules.silent_since(local_now, last_receipt_at)
         if local_now - since > quiet_limit:
             silent = True
             what = (
