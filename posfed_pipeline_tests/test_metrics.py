@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import threading
 import time
+import tracemalloc
 from pathlib import Path
 
 import pytest
@@ -22,6 +23,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from posfed_pipeline.core.config import ConfigError, config_from_dict
 from posfed_pipeline.core.operations.store_metrics import (
     LATENCY_BUCKETS,
+    MAX_HISTORY_LINE,
+    QuarantineTally,
     StoreWatcher,
 )
 from posfed_pipeline.core.state import quarantine
@@ -245,6 +248,29 @@ def test_a_quarantine_history_trimmed_by_retention_is_not_counted_twice(config, 
     worse = {**receipt_doc("1Q0002"), "total": "0.01"}
     process_and_sync(config, engine, bakery, [drop_receipt(bakery.inbox, worse)])
     assert watcher.read().terminals["bakery_1"].quarantined == {"validation": 2}
+
+
+def test_an_overlong_history_line_is_skipped_in_bounded_memory(tmp_path):
+    history = tmp_path / "quarantine-history.jsonl"
+    event = {"event": "quarantined", "terminal": "bakery_1", "stage": "validation"}
+
+    def line(at: str) -> bytes:
+        return json.dumps({**event, "quarantined_at": at}).encode() + b"\n"
+
+    tally = QuarantineTally(history, ["bakery_1"])
+    # A line ten times the limit, its end not written yet, then written with an event after.
+    history.write_bytes(line("2026-12-07T10:00:00") + b"x" * (10 * MAX_HISTORY_LINE))
+    tracemalloc.start()
+    try:
+        tally.read()
+        with history.open("ab") as appending:
+            appending.write(b"x" * 100 + b"\n" + line("2026-12-07T10:06:00"))
+        tally.read()
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert tally.totals() == {("bakery_1", "validation"): 2}
+    assert peak < 5 * MAX_HISTORY_LINE, f"{peak} bytes held for a {10 * MAX_HISTORY_LINE}-byte line"
 
 
 def test_a_terminal_folder_that_hangs_holds_up_neither_the_reading_nor_the_others(config, engine):

@@ -180,8 +180,16 @@ class QuarantineTally:
                 if not line.endswith(b"\n"):
                     if len(line) < MAX_HISTORY_LINE:
                         break  # the end, or a line still being written: read it next time
-                    history.readline()  # not an event: skip the rest of it
-                    self._offset = history.tell()
+                    # Not an event: skip the rest of it, a piece at a time (memory stays
+                    # bounded), and only once it is whole (a line still being written is
+                    # skipped from here next time, not read from its middle as a new one).
+                    while True:
+                        piece = history.readline(MAX_HISTORY_LINE)
+                        if piece.endswith(b"\n"):
+                            self._offset = history.tell()
+                            break
+                        if len(piece) < MAX_HISTORY_LINE:
+                            return
                     continue
                 self._offset += len(line)
                 self._count(line, after)
