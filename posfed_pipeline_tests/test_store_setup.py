@@ -232,6 +232,15 @@ def test_the_database_url_goes_to_a_private_env_file_never_into_the_store_file(
     assert env_file.read_text() == "# mine\n"
 
 
+def test_a_store_folder_whose_path_an_env_file_cannot_carry_is_refused(tmp_path, capsys):
+    folder = tmp_path / "o'brien's store"
+    url = "postgresql+psycopg://posfed@db.example:5432/central"
+    assert _init(folder, *STORE, *TILLS, "--database-url", url) == 2
+    assert "a path with a quote" in capsys.readouterr().err
+    assert not folder.exists()
+    assert _init(folder, *STORE, *TILLS) == 0  # without a URL there is no env file to write
+
+
 # --- posfed config check ------------------------------------------------------------------------
 
 
@@ -373,3 +382,13 @@ def test_posfed_demo_writes_nothing_where_posfed_config_names_a_missing_file(
     assert main(["demo", "--port", str(free_port())]) == 2
     assert f"no configuration at {tmp_path / 'elsewhere.toml'}" in capsys.readouterr().err
     assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("rate", ["0", "-1", "nan", "inf", "fast"])
+def test_posfed_demo_refuses_a_rate_its_tills_cannot_keep(rate, capsys):
+    # 0 would stop the tills at once (a division by zero in their thread), less than 0 would
+    # write receipts without pause.
+    with pytest.raises(SystemExit) as refused:
+        main(["demo", "--rate", rate])
+    assert refused.value.code == 2
+    assert "argument --rate" in capsys.readouterr().err

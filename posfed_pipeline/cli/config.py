@@ -115,6 +115,11 @@ def _init(args) -> int:
         return _refuse(f"posfed init: {exc}")
     target = resolve_config_path(args.config)
     env_file = target.parent / ENV_FILE if database else None
+    if env_file and ("'" in str(target) or "\n" in str(target)):
+        return _refuse(
+            f"posfed init: {target!s}: a path with a quote or a line break cannot be written "
+            f"into {ENV_FILE} as it is; choose another folder, or write {ENV_FILE} yourself"
+        )
     if env_file:
         store = dataclasses.replace(store, env_file=ENV_FILE)
     for path in (target, env_file):

@@ -21,6 +21,21 @@ from posfed_pipeline.dagster_home import prepare_instance
 from posfed_pipeline.fastpath import compatibility
 
 
+def positive_rate(text: str) -> float:
+    """``--rate``: receipts per second, more than none and finite (0 or less would make the
+    tills either stop at once or write without pause)."""
+    import argparse
+    import math
+
+    try:
+        rate = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not (rate > 0 and math.isfinite(rate)):
+        raise argparse.ArgumentTypeError(f"{text}: must be more than 0 receipts per second")
+    return rate
+
+
 def add_parser(commands) -> None:
     demo = commands.add_parser(
         "demo",
@@ -35,7 +50,9 @@ def add_parser(commands) -> None:
     )
     demo.add_argument("--host", default="127.0.0.1", help="webserver address (default 127.0.0.1)")
     demo.add_argument("--port", type=int, default=3000, help="webserver port (default 3000)")
-    demo.add_argument("--rate", type=float, default=0.2, help="simulated receipts per second")
+    demo.add_argument(
+        "--rate", type=positive_rate, default=0.2, help="simulated receipts per second (> 0)"
+    )
     tills = demo.add_mutually_exclusive_group()
     tills.add_argument(
         "--no-simulator", action="store_true", help="no simulated tills: only watch the inboxes"

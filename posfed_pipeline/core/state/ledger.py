@@ -819,8 +819,10 @@ class LedgerReader:
         in the deliveries with ``after < seq <= up_to``; .dat written at is None while its
         .dat is not written (or the receipt was withdrawn)."""
         return self._query(
+            # This delivery's own receipt: a key accepted again with other content is another
+            # receipt, with its own .dat (as in dat_written_at below).
             "SELECT d.seq, d.terminal_id, d.detected_at, d.recorded_at, r.dat_written_at "
-            f"FROM delivery d {_RECEIPT_OF_DELIVERY} "
+            f"FROM delivery d {_RECEIPT_OF_DELIVERY} AND r.content_hash = d.content_hash "
             "WHERE d.seq > ? AND d.seq <= ? AND d.outcome = 'inserted' ORDER BY d.seq",
             (after, up_to),
         )
