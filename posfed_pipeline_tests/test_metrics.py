@@ -408,6 +408,38 @@ def test_failed_runs_are_counted_per_job_and_terminal_once_each(tmp_path):
         instance.dispose()
 
 
+def test_a_burst_of_failures_larger_than_a_page_is_counted_whole(tmp_path):
+    # More failed runs within the cursor's overlap (2 s) than one page holds: the page of runs
+    # already counted must not be asked for again and again, hiding the ones after it.
+    import dagster as dg
+
+    from posfed_pipeline.metrics.sources import FailedRuns
+
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    (home / "dagster.yaml").write_text("")
+
+    @dg.op
+    def till_jammed():
+        raise RuntimeError("the till jammed")
+
+    @dg.job(name="receipts_job")
+    def receipts_job():
+        till_jammed()
+
+    instance = dg.DagsterInstance.from_config(str(home))
+    try:
+        for _ in range(4):
+            run = instance.create_run_for_job(receipts_job, tags={"posfed/terminal": "bakery_1"})
+            instance.report_run_failed(run)
+        failed = FailedRuns(home, ["bakery_1"], page=3)
+        failed.read()
+        assert _failures(failed.totals()) == {("receipts_job", "bakery_1"): 4}
+        failed.close()
+    finally:
+        instance.dispose()
+
+
 def _failures(totals: dict) -> dict:
     return {key: count for key, count in totals.items() if count}
 

@@ -49,8 +49,11 @@ class FailedRuns:
     posfed's jobs start at 0, receipts_job once per terminal: Prometheus's ``increase()``
     sees a series' first failure only if the series was there before it."""
 
-    def __init__(self, dagster_home: Path, terminal_ids: Iterable[str] = ()):
+    def __init__(
+        self, dagster_home: Path, terminal_ids: Iterable[str] = (), *, page: int = RUNS_PAGE
+    ):
         self.dagster_home = dagster_home
+        self.page = page
         self._instance = None
         self._after: datetime | None = None
         self._seen: OrderedDict[str, datetime] = OrderedDict()  # ids counted near the cursor
@@ -74,13 +77,14 @@ class FailedRuns:
 
         if self._instance is None:
             self._instance = dg.DagsterInstance.from_config(str(self.dagster_home))
+        overlap = RUNS_OVERLAP
         while True:
-            after = None if self._after is None else self._after - RUNS_OVERLAP
+            after = None if self._after is None else self._after - overlap
             records = self._instance.get_run_records(
                 filters=dg.RunsFilter(statuses=[dg.DagsterRunStatus.FAILURE], updated_after=after),
                 order_by="update_timestamp",
                 ascending=True,
-                limit=RUNS_PAGE,
+                limit=self.page,
             )
             new = 0
             for record in records:
@@ -95,8 +99,17 @@ class FailedRuns:
                 with self._lock:
                     self._totals[key] = self._totals.get(key, 0) + 1
             self._forget_before(self._after)
-            if len(records) < RUNS_PAGE or not new:
+            if len(records) < self.page:
                 return
+            if not new:
+                # A whole page of runs already counted, all within the overlap (a burst of
+                # failures): asking with the overlap again would return the same page for
+                # ever. Ask once past it; a run sharing the page's last instant is the price.
+                if not overlap:
+                    return
+                overlap = timedelta(0)
+            else:
+                overlap = RUNS_OVERLAP
 
     def _forget_before(self, cursor: datetime | None) -> None:
         """Only ids within the overlap can be asked for again: the rest are forgotten."""
