@@ -10,7 +10,10 @@ to end passed on (``make compat`` runs them on the newest). On any other release
   everything else runs: the daemon's sensors (the catch-up path) take every receipt, a few
   seconds later, runs start in fresh processes through Dagster's default launcher, and the
   instance keeps Dagster's own storages instead of posfed's pooled subclasses of them. So a
-  ``pip install -U dagster`` never stops a checkout, it only slows it.
+  ``pip install -U dagster`` slows a checkout rather than stopping it, as long as the release
+  keeps the private modules ``dagster_internals`` imports: one that moved them stops every
+  Dagster process at start (dagster.yaml names posfed's launcher and storages), with this
+  module's message; docs/deployment.md says how to roll back.
 - ``POSFED_ALLOW_UNTESTED_DAGSTER=<the installed dagster release>`` in every posfed service's
   environment runs all of posfed on it anyway, with a warning at each start. It names the
   release, so that an override given for one release does not carry over to the next upgrade.
