@@ -48,7 +48,7 @@ from datetime import datetime, timedelta
 from datetime import time as dt_time
 from pathlib import Path
 
-from posfed_dev.faults import FaultProxy, ThrowawayPostgres, hold_lock
+from posfed_dev.faults import FaultProxy, ThrowawayPostgres, free_port, hold_lock
 from posfed_pipeline import names, packaged
 from posfed_pipeline.core import central_db, dat
 from posfed_pipeline.core.config import PosfedConfig, load_config
@@ -85,6 +85,11 @@ catchup_interval_seconds = {catchup}
 
 [dat]
 spec = "{spec}"
+
+# A port of its own: stores of several benchmarks or tests may run at once (posfed demo's
+# supervisor starts posfed metrics; the bench's own processes do not).
+[metrics]
+listen = "127.0.0.1:{metrics_port}"
 """
 TERMINAL_TOML = """
 [[terminals]]
@@ -279,6 +284,7 @@ def make_store(
         spec=packaged.default_dat_spec(),
         stability=stability_seconds,
         catchup=catchup_interval,
+        metrics_port=free_port(),
     )
     for terminal_id, department, tenant, prefix in terminal_specs(terminals):
         text += TERMINAL_TOML.format(
