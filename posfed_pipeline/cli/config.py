@@ -167,8 +167,10 @@ def _new_store(args) -> NewStore:
 
 def _database_setting(text: str) -> tuple[str, str | None]:
     """The URL without its password, and the password: the two environment variables."""
-    from sqlalchemy.engine import URL, make_url
+    from sqlalchemy.engine import make_url
     from sqlalchemy.exc import ArgumentError
+
+    from posfed_pipeline.core.central_db.engines import url_without_password
 
     example = "e.g. postgresql+psycopg://posfed@db.example:5432/central"
     try:
@@ -182,15 +184,7 @@ def _database_setting(text: str) -> tuple[str, str | None]:
             f"--database-url: posfed reaches a central database through "
             f"{', '.join(DRIVERS)}, not {url.drivername}{hint}"
         )
-    # URL.set() leaves a part it is given None for as it was: the URL is made again without it.
-    without_password = URL.create(
-        url.drivername,
-        username=url.username,
-        host=url.host,
-        port=url.port,
-        database=url.database,
-        query=url.query,
-    ).render_as_string(hide_password=False)
+    without_password = url_without_password(url)
     password = url.password if isinstance(url.password, str) else None
     for value in (without_password, password or ""):
         if "'" in value or "\n" in value:

@@ -4,9 +4,10 @@ import os
 from functools import cache
 
 import dagster as dg
-from sqlalchemy.engine import URL, Engine, make_url
+from sqlalchemy.engine import Engine, make_url
 
 from posfed_pipeline.core import central_db
+from posfed_pipeline.core.central_db.engines import url_without_password
 from posfed_pipeline.core.config import PosfedConfig
 
 
@@ -45,15 +46,7 @@ def central_db_resource_for(db_url: str) -> CentralDbResource:
     url = make_url(db_url)
     if "POSFED_DB_PASSWORD" in os.environ:
         return CentralDbResource(
-            # Rebuilt without the password: URL.set(password=None) keeps it (SQLAlchemy 2.1).
-            url=URL.create(
-                url.drivername,
-                username=url.username,
-                host=url.host,
-                port=url.port,
-                database=url.database,
-                query=url.query,
-            ).render_as_string(hide_password=False),
+            url=url_without_password(url),
             password=dg.EnvVar("POSFED_DB_PASSWORD"),
         )
     return CentralDbResource(url=db_url)

@@ -98,6 +98,19 @@ def build_database_url(
     return url.render_as_string(hide_password=False)
 
 
+def url_without_password(url: URL) -> str:
+    """``url`` as text with its password left out (for a file or the UI that must not hold it).
+    ``URL.set(password=None)`` keeps the password (SQLAlchemy 2.1), so the URL is made again."""
+    return URL.create(
+        url.drivername,
+        username=url.username,
+        host=url.host,
+        port=url.port,
+        database=url.database,
+        query=url.query,
+    ).render_as_string(hide_password=False)
+
+
 def database_url_from_env(environ: Mapping[str, str] | None = None, *, default: str) -> str:
     """The central database URL: ``POSFED_DB_URL`` wins, else the ``POSFED_DB_*`` parts.
 
