@@ -66,6 +66,38 @@ def test_bench_posfed_small_run_loses_and_duplicates_nothing(tmp_path):
     assert "RSS MB day 2" in lines
 
 
+def test_bench_backlog_drains_beside_co_located_load_and_is_profiled(tmp_path):
+    """``--backlog`` drains while the others sell (and the run waits for it), ``--load`` runs
+    beside the store with its CPU apart, ``--profile`` writes the CPU table. Functional only."""
+    profile = tmp_path / "profile"
+    args = ["--terminals", "3", "--rate", "2", "--duration", "5", "--backlog", "20"]
+    result, report = bench(tmp_path / "bench.json", *args, "--load", "1", "--profile", str(profile))
+    # The backlog: every file once, drained, timed; the others measured meanwhile.
+    assert (report["backlog_files"], report["backlog_terminal"]) == (20, "butcher_1")
+    assert (report["backlog_lost"], report["backlog_duplicated"]) == (0, 0)
+    assert report["backlog_drain_seconds"] > 0 and report["backlog_files_per_second"] > 0
+    during = report["others_latency_during_drain"]
+    assert during["until"] == "drained" and during["receipts"] >= 1
+    assert report["sent"] >= 10 and report["lost"] == 0 and report["duplicated"] == 0
+    assert report["db_rows"] == report["sent"]
+    # The load ran beside it, and its CPU is its own.
+    assert report["load_processes"] == 1 and report["load_cpu_seconds"] > 1
+    # Every Python process the bench started was sampled; the table says where CPU went.
+    table = (profile / "cpu-table.md").read_text()
+    assert report["profile_table"] == str(profile / "cpu-table.md")
+    for role in ("daemon", "code server", "fast path", "run worker"):
+        assert f"### {role} (pid " in table
+    assert "| inclusive share | function | file |" in table
+    assert list(profile.glob("fast-path-*.txt"))
+    lines = {
+        line.split("  ")[0]: line.split("  ")[-1].strip() for line in result.stdout.splitlines()
+    }
+    assert lines["co-located load"] == "1 busy processes"
+    assert lines["backlog lost/duplicated"] == "0/0"
+    assert "backlog drained in" in lines and "load CPU s" in lines
+    assert f"CPU table by process (py-spy): {profile / 'cpu-table.md'}" in result.stdout
+
+
 @pytest.mark.terminal_servers
 def test_bench_through_real_servers_with_one_terminal_in_trouble(tmp_path):
     """The delivery and isolation scenarios run end to end: SMB writes with a flooded inbox,

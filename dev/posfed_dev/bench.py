@@ -19,6 +19,11 @@ or another session holds an exclusive lock on the receipt tables); the report gi
 latency before, during and after it, how long the central database took to hold every receipt
 once it was back, and what was lost or duplicated in the .dat folder and in the database.
 
+A store that is not alone: ``--load N`` runs N CPU-bound processes beside it (their CPU apart);
+``--backlog N`` lands N files at once in the last terminal's inbox while the others sell, and
+times their drain; ``--profile DIR`` samples every Python process with py-spy during the
+measured window and writes DIR/cpu-table.md.
+
 Latency is measured from the receipt's ``close()`` (``time.time()`` right after it) to the
 .dat file's appearance on disk: the .dat is written as temp + fsync + rename, and the rename
 stamps the file's ctime, which the harness reads (kernel time, so a busy harness does not
@@ -151,6 +156,13 @@ class BenchSettings:
     # ago to now, so the business day turns (new partitions, .dat folders, ledger days) and
     # memory is sampled at every simulated midnight. 0: every receipt is stamped now.
     days: int = 0
+    # CPU-bound processes beside the store at normal priority, as a server's other services;
+    # their CPU is reported apart, never in the store's figures.
+    load: int = 0
+    # Files that land at once in the last terminal's inbox when measuring starts (a share back
+    # after an outage), while the others sell at --rate: how long they take to drain.
+    backlog: int = 0
+    profile: Path | None = None  # py-spy every Python process in the window; a CPU table here
 
 
 @dataclass
@@ -416,6 +428,9 @@ class Processes:
         self.tracked: dict[str, int] = {}
         self._logs = []
         self.cpu_before = _children_rusage()
+        # CPU of children that are not the store's (co-located load, py-spy), reaped by us: the
+        # kernel adds it to our children's total, which the store's figures are taken from.
+        self.cpu_apart = 0.0
 
     def start(self, name: str, command: list[str], nice: int = 0) -> subprocess.Popen:
         log = (self.root / f"{name}.log").open("ab")  # a restarted process appends
@@ -457,7 +472,31 @@ class Processes:
         of the tracked processes."""
         procs = _all_procs()
         live = sum(procs[pid][3] for pid in self._tree(procs))
-        return live + self._tracked_cpu(procs) + _children_rusage() - self.cpu_before
+        reaped = _children_rusage() - self.cpu_before - self.cpu_apart
+        return live + self._tracked_cpu(procs) + reaped
+
+    def reap_apart(self, process: subprocess.Popen) -> float:
+        """Wait for a child that is not the store's; its CPU seconds, kept out of the store's."""
+        if process.returncode is not None:
+            return 0.0
+        try:
+            _, status, usage = os.wait4(process.pid, 0)
+        except ChildProcessError:  # reaped already: nothing more to learn
+            process.returncode = -1
+            return 0.0
+        process.returncode = os.waitstatus_to_exitcode(status)
+        cpu = usage.ru_utime + usage.ru_stime
+        self.cpu_apart += cpu
+        return cpu
+
+    def pids(self) -> dict[int, str]:
+        """Every live process started or tracked (sessions and descendants): pid -> name."""
+        procs = _all_procs()
+        return {
+            pid: name
+            for name in [*self.started, *self.tracked]
+            for pid in self.session_pids(name, procs)
+        }
 
     def session_pids(self, name: str, procs: dict | None = None) -> set[int]:
         """The live processes of one started process's session, and all their descendants."""
@@ -537,11 +576,232 @@ class Processes:
         self.reap_orphans()
         for log in self._logs:
             log.close()
-        return _children_rusage() - self.cpu_before + tracked_cpu
+        return _children_rusage() - self.cpu_before - self.cpu_apart + tracked_cpu
 
     def log_tail(self, name: str, chars: int = 3000) -> str:
         path = self.root / f"{name}.log"
         return path.read_text(errors="replace")[-chars:] if path.exists() else ""
+
+
+# A busy loop that ends with the harness: were the harness killed outright (SIGKILL), no orphan
+# would go on burning the machine's CPU.
+BUSY_LOOP = """\
+import os
+parent = os.getppid()
+while os.getppid() == parent:
+    for _ in range(1_000_000):
+        pass
+"""
+
+
+class CoLocatedLoad:
+    """``--load N``: CPU-bound processes beside the store at normal priority, each in a session
+    of its own, as a store server's other services. Not among the store's processes: their CPU
+    is measured apart."""
+
+    def __init__(self, count: int, processes: Processes):
+        self.processes = processes
+        self.started = time.monotonic()
+        self.stopped: float | None = None
+        self.cpu_seconds: float | None = None
+        self.busy: list[subprocess.Popen] = []
+        for _ in range(count):
+            self.busy.append(
+                subprocess.Popen(
+                    [sys.executable, "-c", BUSY_LOOP],
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.DEVNULL,
+                    start_new_session=True,
+                    preexec_fn=lambda: _child_setup(0),
+                )
+            )
+
+    def stop(self) -> float:
+        """Stop them all; their CPU seconds."""
+        if self.cpu_seconds is None:
+            for process in self.busy:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGKILL)
+            self.cpu_seconds = sum(self.processes.reap_apart(p) for p in self.busy)
+            self.stopped = time.monotonic()
+        return self.cpu_seconds
+
+    @property
+    def seconds(self) -> float:
+        return (self.stopped or time.monotonic()) - self.started
+
+
+# Frames every stack of a thread or a spawned process begins with: 100 % each, saying nothing.
+GENERIC_FRAME_FILES = (
+    "threading.py",
+    "runpy.py",
+    "multiprocessing/spawn.py",
+    "multiprocessing/process.py",
+    "concurrent/futures/thread.py",
+)
+TOP_FUNCTIONS = 15
+PROFILE_TABLE = "cpu-table.md"
+PROFILE_RATE = 50  # samples per second
+
+
+def _frame_key(frame: str) -> tuple[str, str]:
+    """(function, file) of a py-spy frame ``function (file:line)``."""
+    name, _, where = frame.rpartition(" (")
+    if not name:
+        return frame, ""
+    return name, where.rstrip(")").rsplit(":", 1)[0]
+
+
+def _generic(function: str, file: str) -> bool:
+    return function == "<module>" or file.endswith(GENERIC_FRAME_FILES)
+
+
+def top_functions(raw: str, top: int = TOP_FUNCTIONS) -> tuple[int, list[tuple[float, str, str]]]:
+    """py-spy's collapsed stacks (``--format raw``): the samples, and the ``top`` functions by
+    inclusive share (of all samples, a function counted once per stack it is in)."""
+    total = 0
+    inclusive: dict[tuple[str, str], int] = {}
+    for line in raw.splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        total += int(count)
+        # Once per stack, outermost first (dict, not set: equal shares rank callers first).
+        for key in dict.fromkeys(_frame_key(frame) for frame in stack.split(";")):
+            if not _generic(*key):
+                inclusive[key] = inclusive.get(key, 0) + int(count)
+    ranked = sorted(inclusive.items(), key=lambda kv: -kv[1])[:top]
+    return total, [(n / total, function, file) for (function, file), n in ranked]
+
+
+def _is_python(pid: int) -> bool:
+    try:
+        return Path(os.readlink(f"/proc/{pid}/exe")).name.startswith("python")
+    except OSError:
+        return False
+
+
+class Profiler:
+    """``--profile DIR``: py-spy on every Python process the benchmark started, for the measured
+    window; then DIR/cpu-table.md, their CPU in the window and where it went."""
+
+    def __init__(self, folder: Path, processes: Processes, log_folder: Path, seconds: float):
+        self.folder = folder
+        self.processes = processes
+        self.started = time.monotonic()
+        self.elapsed: float | None = None
+        self.cpu_seconds = 0.0  # py-spy's own
+        procs = _all_procs()
+        # pid -> (role, CPU seconds at the window's start)
+        self.targets = {
+            pid: (_role(pid), procs[pid][3])
+            for pid in sorted(processes.pids())
+            if pid in procs and _is_python(pid)
+        }
+        self.cpu_after: dict[int, float] = {}
+        self.said: dict[int, str] = {}  # py-spy's last word on each (its log goes with the run)
+        self.logs = log_folder
+        log_folder.mkdir(parents=True, exist_ok=True)
+        py_spy = _py_spy()
+        self.spies: dict[int, subprocess.Popen] = {}
+        for pid, (role, _) in self.targets.items():
+            with (log_folder / f"py-spy-{pid}.log").open("wb") as log:
+                self.spies[pid] = subprocess.Popen(
+                    [
+                        py_spy,
+                        "record",
+                        "--format",
+                        "raw",
+                        "--rate",
+                        str(PROFILE_RATE),
+                        "--nonblocking",  # never pauses the process it samples
+                        # An upper bound: the window's end stops it (SIGINT: it writes what it has).
+                        "-d",
+                        str(int(seconds) + 1),
+                        "-p",
+                        str(pid),
+                        "-o",
+                        str(self.output(pid, role)),
+                    ],
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+
+    def output(self, pid: int, role: str) -> Path:
+        return self.folder / f"{role.replace(' ', '-')}-{pid}.txt"
+
+    def stop(self) -> None:
+        """The window's end: each process's CPU so far; py-spy stopped (it writes its file)."""
+        if self.elapsed is not None:
+            return
+        self.elapsed = time.monotonic() - self.started
+        procs = _all_procs()
+        self.cpu_after = {pid: procs[pid][3] for pid in self.targets if pid in procs}
+        for spy in self.spies.values():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(spy.pid, signal.SIGINT)
+        deadline = time.monotonic() + 30
+        for spy in self.spies.values():
+            while (stat := _proc_stat(spy.pid)) is not None and stat[1] != "Z":
+                if time.monotonic() > deadline:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(spy.pid, signal.SIGKILL)
+                    break
+                time.sleep(0.05)
+            self.cpu_seconds += self.processes.reap_apart(spy)
+        for pid in self.spies:
+            log = self.logs / f"py-spy-{pid}.log"
+            lines = log.read_text(errors="replace").splitlines() if log.exists() else []
+            said = [line for line in lines if line.startswith("Error") or "Samples:" in line]
+            self.said[pid] = (said or ["no output"])[0].removeprefix("py-spy> ")
+
+    def table(self, title: str) -> str:
+        """The markdown section of one run: each process's CPU in the window, its top functions."""
+        rows = []
+        for pid, (role, before) in self.targets.items():
+            path = self.output(pid, role)
+            raw = path.read_text(errors="replace") if path.exists() else ""
+            samples, top = top_functions(raw)
+            cpu = self.cpu_after[pid] - before if pid in self.cpu_after else None
+            rows.append((cpu if cpu is not None else -1.0, pid, role, samples, top, path))
+        rows.sort(key=lambda r: -r[0])
+        lines = [
+            f"## {title}",
+            "",
+            f"Window {self.elapsed:.1f} s (from the first receipt of the measurement to the last "
+            f".dat waited for); py-spy at {PROFILE_RATE} Hz, non-blocking, on every Python "
+            f"process the benchmark started; py-spy's own CPU, {self.cpu_seconds:.1f} s, is not "
+            "counted. CPU is user+sys from /proc (a process's reaped children included). A "
+            "sample is a thread py-spy found busy: on a CPU, or waiting on the disk (an fsync in "
+            "a commit), so shares are of busy time, not of CPU alone.",
+            "",
+            "| process | pid | CPU s in window | cores | py-spy samples | raw stacks |",
+            "|---|---:|---:|---:|---:|---|",
+        ]
+        for cpu, pid, role, samples, _, path in rows:
+            figures = f"{cpu:.2f} | {cpu / self.elapsed:.3f}" if cpu >= 0 else "- | -"
+            lines.append(f"| {role} | {pid} | {figures} | {samples} | {path.name} |")
+        for _, pid, role, samples, top, _ in rows:
+            lines += ["", f"### {role} (pid {pid})", ""]
+            if not samples:
+                lines.append(f"No samples (py-spy: {self.said.get(pid, 'not run')}).")
+                continue
+            lines += ["| inclusive share | function | file |", "|---:|---|---|"]
+            lines += [f"| {share:.1%} | `{fn}` | {file} |" for share, fn, file in top]
+        return "\n".join(lines) + "\n"
+
+
+def _py_spy() -> str:
+    """py-spy beside this Python (the dev extra installs it there), or on the PATH."""
+    beside = Path(sys.executable).with_name("py-spy")
+    if beside.exists():
+        return str(beside)
+    found = shutil.which("py-spy")
+    if found is None:
+        raise FileNotFoundError("py-spy not found: pip install 'py-spy>=0.3' (make installs it)")
+    return found
 
 
 # --- measuring --------------------------------------------------------------------------------
@@ -593,6 +853,31 @@ class DatWatcher:
                 continue
             item.dat_at = stat.st_ctime_ns / 1e9
             found.append(item)
+        return self._found(found)
+
+    def poll_listed(self) -> int:
+        """As ``poll``, for thousands of files pending at once: each .dat folder is listed, and
+        only the files now in it are stat-ed (a stat per pending file, ten times a second,
+        would take the harness a core the store needs)."""
+        with self._lock:
+            pending = list(self._pending)
+        by_folder: dict[Path, list[Sent]] = {}
+        for item in pending:
+            by_folder.setdefault(item.dat_path.parent, []).append(item)
+        found = []
+        for folder, items in by_folder.items():
+            try:
+                present = set(os.listdir(folder))
+            except FileNotFoundError:
+                continue
+            for item in items:
+                if item.dat_path.name in present:
+                    with contextlib.suppress(FileNotFoundError):
+                        item.dat_at = os.stat(item.dat_path).st_ctime_ns / 1e9
+                        found.append(item)
+        return self._found(found)
+
+    def _found(self, found: list[Sent]) -> int:
         if found:
             self.last_found = time.monotonic()
             with self._lock:
@@ -656,9 +941,13 @@ class Run:
             # the product's default, the sensors only catching what the trigger left.
             catchup_interval=4 if mode == "naive" else 30.0,
         )
-        # The terminal in trouble (the last one) is not driven: the others are measured.
+        # The terminal in trouble (the last one) is not driven: the others are measured. So is
+        # the one whose backlog drains (the last one too; --backlog goes without --isolate).
         self.isolated = self.config.terminals[-1] if settings.isolate else None
-        self.driven = [t for t in self.config.terminals if t is not self.isolated]
+        self.backlog_terminal = self.config.terminals[-1] if settings.backlog else None
+        self.driven = [
+            t for t in self.config.terminals if t not in (self.isolated, self.backlog_terminal)
+        ]
         self.central_url = self.central.direct_url or self.config.db_url
         self.outage_window: tuple[float, float] | None = None  # (start, end), time.time()
         self.central_complete_at: float | None = None
@@ -687,6 +976,11 @@ class Run:
         self.simulator = ReceiptSimulator(self.driven, seed=settings.seed)
         self.deliver = self._start_delivery(settings.delivery)
         self.watcher = DatWatcher()
+        self.backlog_watcher: DatWatcher | None = None
+        self.backlog_landed: float | None = None  # time.time() of its first file in the inbox
+        self.selling_ended: float | None = None  # time.time()
+        self.load: CoLocatedLoad | None = None
+        self.profiler: Profiler | None = None
         self.instance = None
         self.pending_max = 0
         self.pool_queue_max = 0
@@ -740,16 +1034,57 @@ class Run:
             return upload
         return None  # local: write_receipt
 
+    def _write_waiting_files(
+        self, folder: Path, terminal: Terminal, count: int, prefix: str
+    ) -> list[tuple[Path, Receipt]]:
+        """``count`` valid receipt files of ``terminal`` in ``folder``, written a minute ago (as
+        files a till wrote while nobody took them): their paths and receipts."""
+        old = time.time() - 60
+        written = []
+        for n in range(count):
+            path = folder / f"{prefix}{n:06d}.json"
+            receipt = self.simulator.make_receipt(terminal)
+            path.write_text(canonical_json(receipt))
+            os.utime(path, (old, old))
+            written.append((path, receipt))
+        return written
+
+    def _stage_backlog(self) -> list[tuple[Path, Sent]]:
+        """The backlog's files, written beside the inbox (same file system) before measuring,
+        each with the .dat it is to become."""
+        terminal = self.backlog_terminal
+        staging = self.root / "backlog" / terminal.id
+        staging.mkdir(parents=True)
+        staged = []
+        for path, receipt in self._write_waiting_files(
+            staging, terminal, self.settings.backlog, "backlog"
+        ):
+            dat_path = self.config.dat_dir / (
+                dat.render_receipt(receipt, terminal, self.spec).relative_path
+            )
+            staged.append((path, Sent(terminal.id, receipt.receipt_id, path.name, dat_path, 0.0)))
+        self.backlog_watcher = DatWatcher()
+        return staged
+
+    def _land_backlog(self, staged: list[tuple[Path, Sent]]) -> None:
+        """The backlog lands: every file renamed into the inbox at once, as a share whose
+        files waited (or a till that stored them while the link was down) delivers them. Each
+        rename is an IN_MOVED_TO, as a till's own rename; the drain is timed from the first."""
+        inbox = self.backlog_terminal.inbox
+        self.backlog_landed = time.time()
+        for path, item in staged:
+            os.rename(path, inbox / path.name)
+            item.closed = time.time()
+            self.backlog_watcher.expect(item)
+        self.backlog_watcher.last_found = time.monotonic()
+        self._say(f"{len(staged)} files landed in {self.backlog_terminal.id}'s inbox (backlog)")
+
     def _trouble(self) -> None:
         """Put the isolated terminal in trouble, right before measuring."""
         if self.settings.isolate == "flood":
-            inbox = self.isolated.inbox
-            old = time.time() - 60
-            for n in range(self.settings.flood_files):
-                path = inbox / f"flood{n:06d}.json"
-                receipt = self.simulator.make_receipt(self.isolated)
-                path.write_text(canonical_json(receipt))
-                os.utime(path, (old, old))
+            self._write_waiting_files(
+                self.isolated.inbox, self.isolated, self.settings.flood_files, "flood"
+            )
             self._say(f"{self.settings.flood_files} files waiting in {self.isolated.id}'s inbox")
         elif self.settings.isolate == "hung":
             self.hung_proxy.partition()
@@ -904,15 +1239,29 @@ class Run:
         count = max(1, round(rate * duration))
         start = time.monotonic()
         stamp = self._simulated_moments(count)
-        for i in range(count):
+        i = 0
+        while i < count or self._backlog_draining(start + count / rate):
             delay = start + i / rate - time.monotonic()
             if delay > 0:
                 time.sleep(delay)
             terminal = self.simulator.random.choice(self.simulator.terminals)
-            when = stamp(i) if stamp else None
+            when = stamp(i) if stamp and i < count else None
             if when is not None:
                 self._sample_at_midnight(when, i)
             self._send(terminal, self.simulator.make_receipt(terminal, when))
+            i += 1
+
+    def _backlog_draining(self, planned_end: float) -> bool:
+        """``--backlog``: the others sell on past --duration until it is drained, while its
+        .dat files keep coming (--stall-timeout), for at most --drain-timeout more."""
+        backlog = self.backlog_watcher
+        if backlog is None or not backlog.pending or self.processes.dead():
+            return False
+        now = time.monotonic()
+        return (
+            now - backlog.last_found <= self.settings.stall_timeout
+            and now - planned_end <= self.settings.drain_timeout
+        )
 
     def _simulated_moments(self, count: int):
         """``--days``: receipt i's timestamp, from ``days`` days ago (midnight) to now."""
@@ -957,9 +1306,12 @@ class Run:
 
     def _progress_loop(self, stop: threading.Event, started: float) -> None:
         tty = sys.stdout.isatty()
-        last_line = last_sample = 0.0
+        last_line = last_sample = last_backlog = 0.0
         while not stop.wait(0.1):
             self.watcher.poll()
+            if self.backlog_watcher is not None and time.monotonic() - last_backlog >= 0.5:
+                last_backlog = time.monotonic()
+                self.backlog_watcher.poll_listed()
             pending = self.watcher.pending
             self.pending_max = max(self.pending_max, pending)
             now = time.monotonic()
@@ -983,9 +1335,18 @@ class Run:
                     f"[{self.mode}] {now - started:5.0f}s sent {len(self.watcher.sent)} "
                     f"done {len(lat)} pending {pending}"
                     + (f" p50 {p50:.2f}s p95 {p95:.2f}s" if lat else "")
+                    + self._backlog_progress()
                 )
                 print(("\r" + line.ljust(78)) if tty else line, end="" if tty else "\n", flush=True)
         self.watcher.poll()
+        if self.backlog_watcher is not None:
+            self.backlog_watcher.poll_listed()
+
+    def _backlog_progress(self) -> str:
+        if self.backlog_watcher is None:
+            return ""
+        total = self.settings.backlog
+        return f" backlog {total - self.backlog_watcher.pending}/{total}"
 
     def measure_idle(self, seconds: float) -> dict:
         """CPU (in cores) and memory of every process while no receipt arrives at all."""
@@ -1004,6 +1365,17 @@ class Run:
     def measure(self) -> None:
         if self.settings.isolate:
             self._trouble()
+        staged = self._stage_backlog() if self.settings.backlog else []
+        if self.settings.profile is not None:
+            # Its window: from here to the last .dat waited for (stragglers included).
+            self.profiler = Profiler(
+                self.settings.profile,
+                self.processes,
+                self.root / "py-spy",
+                (0 if self.settings.burst else self.settings.duration)
+                + self.settings.drain_timeout
+                + self.settings.stall_timeout,
+            )
         self.load_start = os.getloadavg()
         self.cpu_harness_start = time.process_time()
         started = time.monotonic()
@@ -1015,16 +1387,23 @@ class Run:
             outage = threading.Thread(target=self._outage, args=(started,), daemon=True)
             outage.start()
         try:
+            if staged:
+                self._land_backlog(staged)
             if self.settings.burst:
                 self.drive_burst()
             else:
                 self.drive_rate()
             self.last_drop = time.monotonic()
+            self.selling_ended = time.time()
             # Stragglers: until all are in, no .dat appeared for stall_timeout, or drain_timeout.
             self.watcher.last_found = time.monotonic()
-            while self.watcher.pending:
+            while self.watcher.pending or (self.backlog_watcher and self.backlog_watcher.pending):
                 now = time.monotonic()
-                if now - self.watcher.last_found > self.settings.stall_timeout:
+                last_found = max(
+                    self.watcher.last_found,
+                    self.backlog_watcher.last_found if self.backlog_watcher else 0.0,
+                )
+                if now - last_found > self.settings.stall_timeout:
                     break
                 if now - self.last_drop > self.settings.drain_timeout:
                     break
@@ -1034,6 +1413,8 @@ class Run:
         finally:
             stop.set()
             progress.join()
+            if self.profiler is not None:
+                self.profiler.stop()
             if self.settings.progress and sys.stdout.isatty():
                 print()
         if outage is not None:
@@ -1063,10 +1444,12 @@ class Run:
 
     def _wait_for_central(self) -> None:
         """Until the central database holds every receipt whose .dat was written."""
-        accepted = sum(1 for i in self.watcher.sent if i.dat_at is not None)
+        sent = self.watcher.sent + (self.backlog_watcher.sent if self.backlog_watcher else [])
+        accepted = sum(1 for i in sent if i.dat_at is not None)
+        keys = {(i.terminal_id, i.receipt_id) for i in sent}
         deadline = time.monotonic() + self.settings.catch_up_timeout
         while time.monotonic() < deadline:
-            rows, _ = self._db_counts()
+            rows, _ = self._db_counts(keys)
             if rows >= accepted:
                 self.central_complete_at = time.time()
                 return
@@ -1086,11 +1469,18 @@ class Run:
         files_per_run = []
         run_of: dict[tuple[str, str], dg.RunRecord] = {}
         sync_by_status: dict[str, int] = {}
+        record_by_status: dict[str, int] = {}
         for record in runs:
             run = record.dagster_run
             if run.job_name == names.SYNC_JOB:
                 if run.run_id not in self.runs_before:
                     sync_by_status[run.status.value] = sync_by_status.get(run.status.value, 0) + 1
+                continue
+            if run.tags.get(names.CHECKOUT_RECORD_TAG) == "true":
+                # The terminal-day's run recording the checkout's batches: it carries no files.
+                if run.run_id not in self.runs_before:
+                    status = run.status.value
+                    record_by_status[status] = record_by_status.get(status, 0) + 1
                 continue
             files = (
                 run.run_config.get("ops", {})
@@ -1140,7 +1530,8 @@ class Run:
             "duplicated": dup_runs + db_dups,
             "duplicated_in_runs": dup_runs,
             "duplicated_in_db": db_dups,
-            "runs": len(new_runs),
+            "runs": len(new_runs) - sum(sync_by_status.values()) - sum(record_by_status.values()),
+            "recording_runs_by_status": record_by_status,
             "runs_by_status": by_status,
             "sync_runs_by_status": sync_by_status,
             "runs_by_sensor_daemon": by_sensor_daemon,
@@ -1154,6 +1545,7 @@ class Run:
                 ]
             ),
             **self._outage_report(sent, central_at),
+            **self._backlog_report(sent, carried),
             "latency_p95_first_third": percentile(_lat(thirds[0]), 95) if thirds else None,
             "latency_p95_last_third": percentile(_lat(thirds[1]), 95) if thirds else None,
             "pending_max": self.pending_max,
@@ -1161,6 +1553,11 @@ class Run:
             "breakdown": breakdown,
             "cpu_seconds": cpu_total,
             "cpu_seconds_startup": self.cpu_ready,
+            "load_processes": self.settings.load,
+            "load_cpu_seconds": None,  # once the load is stopped (execute)
+            "load_seconds": None,
+            "profile_table": None,  # once written (execute)
+            "profiler_cpu_seconds": self.profiler.cpu_seconds if self.profiler else None,
             "idle": self.idle_report,
             "rss_mb_by_process_warm": self.rss_warm,
             "rss_mb_by_process_end": self.processes.rss_by_process(),
@@ -1182,6 +1579,45 @@ class Run:
             ][:10]
         return report
 
+    def _backlog_report(self, sent: list[Sent], carried: dict) -> dict:
+        """``--backlog``: how long it took to drain, what of it was lost or duplicated, and the
+        other terminals' latency meanwhile."""
+        watcher = self.backlog_watcher
+        if watcher is None or self.backlog_landed is None:
+            return {
+                "backlog_files": self.settings.backlog or None,
+                "backlog_drain_seconds": None,
+                "backlog_files_per_second": None,
+                "others_latency_during_drain": None,
+            }
+        landed = self.backlog_landed
+        done = [i.dat_at for i in watcher.sent if i.dat_at is not None]
+        drained = len(done) == len(watcher.sent)
+        last = max(done) if done else None
+        keys = {(i.terminal_id, i.receipt_id) for i in watcher.sent}
+        dup_runs = sum(
+            1 for i in watcher.sent if len(carried.get((i.terminal_id, i.file_name), [])) > 1
+        )
+        _, dup_rows = self._db_counts(keys)
+        # The others' receipts closed while it drained (until selling stopped, if it never did).
+        until = last if drained else self.selling_ended
+        during = [i for i in sent if landed <= i.closed <= (until or landed)]
+        return {
+            "backlog_files": len(watcher.sent),
+            "backlog_terminal": self.backlog_terminal.id,
+            "backlog_dat_files": len(done),
+            "backlog_lost": len(watcher.sent) - len(done),
+            "backlog_duplicated": dup_runs + dup_rows,
+            "backlog_drain_seconds": last - landed if drained else None,
+            "backlog_files_per_second": len(done) / (last - landed) if done else None,
+            "backlog_latency": summary(_lat(watcher.sent)),
+            "others_latency_during_drain": {
+                "receipts": len(during),
+                "until": "drained" if drained else "selling stopped (not drained)",
+                **summary(_lat(during)),
+            },
+        }
+
     def _isolated_label(self) -> str | None:
         if self.isolated is None:
             return None
@@ -1199,11 +1635,13 @@ class Run:
                 run_ids.update(tick.run_ids)
         return run_ids
 
-    def _db_counts(self) -> tuple[int, int]:
+    def _db_counts(self, keys: set[tuple[str, str]] | None = None) -> tuple[int, int]:
+        """(rows, receipts in more than one row) of these receipts (default: those sent)."""
         import sqlalchemy as sa
 
         engine = central_db.make_engine(self.central_url)
-        keys = {(i.terminal_id, i.receipt_id) for i in self.watcher.sent}
+        if keys is None:
+            keys = {(i.terminal_id, i.receipt_id) for i in self.watcher.sent}
         with engine.connect() as connection:
             rows = connection.execute(
                 sa.text(
@@ -1298,6 +1736,9 @@ class Run:
         _set_subreaper(True)
         cpu_total = 0.0
         try:
+            if self.settings.load:
+                # Before the store starts: a server's other services were running already.
+                self.load = CoLocatedLoad(self.settings.load, self.processes)
             self.start()
             if self.settings.idle > 0:
                 self.idle_report = self.measure_idle(self.settings.idle)
@@ -1306,6 +1747,10 @@ class Run:
             self.cpu_by_process = self.processes.cpu_by_process()
             report = self.collect(cpu_total)
         finally:
+            if self.profiler is not None:
+                self.profiler.stop()  # (stopped already, unless measuring failed)
+            if self.load is not None:
+                self.load.stop()
             if self.instance is not None:
                 self.instance.dispose()
             if self.hung_proxy is not None:
@@ -1324,7 +1769,31 @@ class Run:
         report["cpu_per_receipt_after_startup"] = (
             report["cpu_seconds"] - report["cpu_seconds_startup"]
         ) / report["sent"]
+        if self.load is not None:
+            report["load_cpu_seconds"] = self.load.cpu_seconds
+            report["load_seconds"] = self.load.seconds
+        if self.profiler is not None:
+            report["profiler_cpu_seconds"] = self.profiler.cpu_seconds
+            report["profile_table"] = str(self._write_profile_table())
         return report
+
+    def _write_profile_table(self) -> Path:
+        """This run's section of DIR/cpu-table.md (run_bench starts the file)."""
+        what = (
+            f"burst of {self.settings.terminals}"
+            if self.settings.burst
+            else f"{self.settings.rate:g} receipts/s for {self.settings.duration:g} s"
+        )
+        instance = f" ({self.settings.instance})" if self.mode == "posfed" else ""
+        title = f"{self.mode}{instance}: {self.settings.terminals} terminals, {what}"
+        if self.settings.load:
+            title += f", co-located load: {self.settings.load} busy processes"
+        if self.settings.backlog:
+            title += f", backlog of {self.settings.backlog} files"
+        table = self.settings.profile / PROFILE_TABLE
+        with table.open("a") as out:
+            out.write("\n" + self.profiler.table(title))
+        return table
 
 
 def _catch_up(sent: list[Sent], central_at: dict, end: float | None) -> float | None:
@@ -1367,6 +1836,11 @@ def format_reports(reports: list[dict]) -> str:
         ("terminals", [_fmt(r["terminals"]) for r in reports]),
         ("delivery", [r.get("delivery", "local") for r in reports]),
         ("terminal in trouble", [r.get("isolated") or "-" for r in reports]),
+        *(
+            [("co-located load", [_load_label(r) for r in reports])]
+            if any(r.get("load_processes") for r in reports)
+            else []
+        ),
         (
             "settings",
             [
@@ -1389,7 +1863,17 @@ def format_reports(reports: list[dict]) -> str:
                 for r in reports
             ],
         ),
-        ("runs launched", [_fmt(r["runs"]) for r in reports]),
+        ("runs launched (a batch each)", [_fmt(r["runs"]) for r in reports]),
+        (
+            "recording runs by status",
+            [
+                ",".join(
+                    f"{k}:{v}" for k, v in sorted(r.get("recording_runs_by_status", {}).items())
+                )
+                or "-"
+                for r in reports
+            ],
+        ),
         (
             "runs by status",
             [
@@ -1425,6 +1909,8 @@ def format_reports(reports: list[dict]) -> str:
                 [_fmt((r["outage"] or {}).get("catch_up_seconds"), " s") for r in reports],
             )
         )
+    if any(r.get("backlog_files") for r in reports):
+        rows += _backlog_rows(reports)
     rows += [
         (
             "p95 first/last third",
@@ -1448,6 +1934,16 @@ def format_reports(reports: list[dict]) -> str:
         )
     rows += [
         ("CPU s total", [_fmt(r["cpu_seconds"]) for r in reports]),
+        *(
+            [("load CPU s", [_load_cpu(r) for r in reports])]
+            if any(r.get("load_processes") for r in reports)
+            else []
+        ),
+        *(
+            [("profiler CPU s", [_fmt(r.get("profiler_cpu_seconds")) for r in reports])]
+            if any(r.get("profile_table") for r in reports)
+            else []
+        ),
         (
             "CPU s by process",
             [
@@ -1522,8 +2018,73 @@ def format_reports(reports: list[dict]) -> str:
         "CPU: user+sys of every process the benchmark started and all their descendants "
         "(daemon, code server, run processes, fast path and its workers), start-up and "
         "shutdown included; the harness itself is shown apart."
+        + (
+            " Co-located load and py-spy are not counted in it."
+            if any(r.get("load_processes") or r.get("profile_table") for r in reports)
+            else ""
+        )
     )
+    if any(r.get("backlog_files") for r in reports):
+        lines.append(BACKLOG_DEFINITION)
     return "\n".join(lines)
+
+
+BACKLOG_DEFINITION = (
+    "Backlog drain: from the first of its files renamed into the last terminal's inbox (the "
+    "store up and warm, measuring starting, the other terminals selling at --rate) to the last "
+    "of their .dat files on disk (its ctime); files/s: .dat files over that time. Others during "
+    "drain: the other terminals' receipts closed within it."
+)
+
+
+def _load_cpu(report: dict) -> str:
+    cpu, seconds = report.get("load_cpu_seconds"), report.get("load_seconds")
+    return f"{cpu:.1f} ({cpu / seconds:.2f} cores)" if cpu is not None and seconds else "-"
+
+
+def _load_label(report: dict) -> str:
+    count = report.get("load_processes") or 0
+    return f"{count} busy processes" if count else "-"
+
+
+def _backlog_rows(reports: list[dict]) -> list[tuple[str, list[str]]]:
+    def during(r: dict) -> str:
+        figures = r.get("others_latency_during_drain")
+        if not figures:
+            return "-"
+        return (
+            f"{figures['receipts']} {_fmt(figures['p50'])}/{_fmt(figures['p95'])}/"
+            f"{_fmt(figures['max'])} s"
+        )
+
+    def drained(r: dict) -> str:
+        if not r.get("backlog_files"):
+            return "-"
+        if r.get("backlog_drain_seconds") is None:
+            return f"not drained ({r.get('backlog_dat_files', 0)} done)"
+        return _fmt(r["backlog_drain_seconds"], " s")
+
+    return [
+        (
+            "backlog",
+            [
+                f"{r['backlog_files']} files, {r['backlog_terminal']}"
+                if r.get("backlog_files")
+                else "-"
+                for r in reports
+            ],
+        ),
+        ("backlog drained in", [drained(r) for r in reports]),
+        ("backlog files/s", [_fmt(r.get("backlog_files_per_second")) for r in reports]),
+        (
+            "backlog lost/duplicated",
+            [
+                f"{r['backlog_lost']}/{r['backlog_duplicated']}" if r.get("backlog_files") else "-"
+                for r in reports
+            ],
+        ),
+        ("others during drain: n p50/p95/max", [during(r) for r in reports]),
+    ]
 
 
 def _central_label(report: dict) -> str:
@@ -1547,6 +2108,15 @@ def run_bench(
     settings: BenchSettings, modes: list[str], instances: tuple[str, ...] = ("embedded",)
 ) -> list[dict]:
     """One run per mode; posfed mode once per Dagster instance profile, side by side."""
+    if settings.profile is not None:
+        settings.profile.mkdir(parents=True, exist_ok=True)
+        (settings.profile / PROFILE_TABLE).write_text(
+            "# CPU by process in the measured window (posfed bench --profile)\n\n"
+            "Written by `posfed bench`; each run's section gives every Python process it "
+            "started, its CPU in the window and the functions its samples were in (inclusive: "
+            "a function with its callees; frames every thread or process starts with left "
+            "out). The raw collapsed stacks are beside this file.\n"
+        )
     reports = []
     for mode in modes:
         for instance in instances if mode == "posfed" else ("embedded",):
@@ -1587,6 +2157,22 @@ def main(args) -> int:
     if args.terminals < 1 or args.workers < 1:
         print("posfed bench: --terminals and --workers must be at least 1", file=sys.stderr)
         return 2
+    if args.load < 0 or args.backlog < 0:
+        print("posfed bench: --load and --backlog must not be negative", file=sys.stderr)
+        return 2
+    if args.backlog and (args.isolate or args.burst or args.terminals < 2):
+        print(
+            "posfed bench: --backlog goes with --rate, at least 2 terminals and no --isolate "
+            "(the last terminal is the one whose backlog drains)",
+            file=sys.stderr,
+        )
+        return 2
+    if args.profile:
+        try:
+            _py_spy()
+        except FileNotFoundError as error:
+            print(f"posfed bench: --profile: {error}", file=sys.stderr)
+            return 2
     if args.days and (args.burst or not 0 < args.days < MAX_SIMULATED_DAYS):
         print(
             f"posfed bench: --days is 1 to {MAX_SIMULATED_DAYS - 1}, with --rate (receipts "
@@ -1618,6 +2204,9 @@ def main(args) -> int:
         watch=args.watch,
         idle=args.idle,
         days=args.days,
+        load=args.load,
+        backlog=args.backlog,
+        profile=Path(args.profile).resolve() if args.profile else None,
     )
     # A service manager's (or `timeout`'s) SIGTERM stops the benchmark as cleanly as Ctrl-C.
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
@@ -1628,6 +2217,8 @@ def main(args) -> int:
     print(format_reports(reports))
     if args.json:
         Path(args.json).write_text(json.dumps(reports, indent=2) + "\n")
+    if settings.profile is not None:
+        print(f"CPU table by process (py-spy): {settings.profile / PROFILE_TABLE}")
     return 0
 
 
@@ -1739,6 +2330,29 @@ def add_arguments(parser) -> None:
     )
     parser.add_argument(
         "--flood-files", type=int, default=50_000, help="files for --isolate flood (50000)"
+    )
+    parser.add_argument(
+        "--backlog",
+        type=int,
+        default=0,
+        metavar="N",
+        help="N receipt files land at once in the last terminal's inbox as measuring starts "
+        "while the others sell at --rate (on past --duration until it is drained): drain time, "
+        "files/s, lost/duplicated, the others' latency meanwhile",
+    )
+    parser.add_argument(
+        "--load",
+        type=int,
+        default=0,
+        metavar="N",
+        help="N CPU-bound busy processes beside the store (normal priority, from before it "
+        "starts): a server's other services; their CPU is reported apart",
+    )
+    parser.add_argument(
+        "--profile",
+        metavar="DIR",
+        help="py-spy every Python process the benchmark started during the measured window; "
+        "DIR/cpu-table.md: CPU per process and its top functions (raw stacks beside it)",
     )
     parser.add_argument(
         "--watch",
