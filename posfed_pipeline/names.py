@@ -78,6 +78,9 @@ REJECTED_TAG = "posfed/rejected"  # a receipts run that quarantined files: how m
 # A receipts run carrying a backlog (a flooded inbox, a catch-up after an outage): it runs at a
 # lower CPU priority, so the terminals whose cashiers wait for one receipt go first.
 BACKLOG_TAG = "posfed/backlog"
+# A receipts run recording what the fast path's checkout processed under its id: its lane.
+CHECKOUT_RECORD_TAG = "posfed/checkout_record"
+CHECKOUT_RECORD_LANE = "checkout_records"
 ACCEPTED_TAG = "posfed/run_worker_pool"  # set when a warm pool queues a run
 # Set on a failed sync run: "transient" (the central database was out of reach) and "repeated"
 # (the same error as the attempt before) are not alerted one by one: the lag check and the lag

@@ -9,6 +9,8 @@ deploy/dagster.*.yaml) and the warm worker pool both honour it.
 from posfed_pipeline.names import (
     BACKLOG_TAG,
     CENTRAL_DB_RECEIPTS,
+    CHECKOUT_RECORD_LANE,
+    CHECKOUT_RECORD_TAG,
     DAT_FILES,
     LANE_TAG,
     PARTITION_TAG,
@@ -30,6 +32,10 @@ SYNC_ASSETS = frozenset({CENTRAL_DB_RECEIPTS})
 def lane_of(tags: dict[str, str]) -> tuple[str | None, bool]:
     """(lane, background) of a run: a terminal's lane (in the background for a backlog), or a
     background lane such as the sync."""
+    if tags.get(CHECKOUT_RECORD_TAG) == "true":
+        # Not the terminal's lane: a recording run, in the background, never holds up its
+        # terminal's next receipt.
+        return f"lane:{CHECKOUT_RECORD_LANE}", True
     terminal = tags.get(TERMINAL_TAG)
     if terminal:
         return terminal, tags.get(BACKLOG_TAG) == "true"

@@ -5,6 +5,7 @@ if an upgrade breaks it, they fail loudly. They assert behaviour, never timings 
 measured by `posfed bench`).
 """
 
+import dataclasses
 import json
 import os
 import shutil
@@ -27,7 +28,13 @@ from posfed_pipeline.definitions import build_definitions
 from posfed_pipeline.defs.inbox_sensors import run_request_for
 from posfed_pipeline.fastpath import compatibility, dagster_internals, launcher
 from posfed_pipeline.fastpath.service import UntestedDagster, start_fastpath
-from posfed_pipeline.names import RECEIPTS_JOB, SYNC_JOB, inbox_sensor_name
+from posfed_pipeline.names import (
+    CHECKOUT_RECORD_TAG,
+    RECEIPTS_JOB,
+    SYNC_JOB,
+    VALIDATED_RECEIPTS,
+    inbox_sensor_name,
+)
 from posfed_pipeline_tests.support.receipts import receipt_doc
 from posfed_pipeline_tests.support.repo import REPO_ROOT
 from posfed_pipeline_tests.support.stores import open_instance_store
@@ -41,7 +48,14 @@ def fast_store(monkeypatch):
     # Short paths: the pool's Unix socket lives in DAGSTER_HOME.
     root = Path(tempfile.mkdtemp(prefix="pft-", dir="/tmp"))
     yield open_instance_store(
-        root, monkeypatch, intake={"stability_seconds": 0.2, "relaunch_after_seconds": 0}
+        root,
+        monkeypatch,
+        intake={
+            "stability_seconds": 0.2,
+            "relaunch_after_seconds": 0,
+            # The terminal-day's recording run comes a moment after the last checkout.
+            "record_after_quiet_seconds": 1.0,
+        },
     )
     shutil.rmtree(root, ignore_errors=True)
 
@@ -88,20 +102,51 @@ def _run_files(run) -> list[str]:
     return run.run_config["ops"]["receipt_pipeline"]["config"]["files"]
 
 
-def test_trigger_runs_are_the_sensors_runs_and_no_sensor_tick_duplicates_them(fast_store):
+def _record_runs(instance):
+    return [
+        r
+        for r in instance.get_runs()
+        if r.job_name == RECEIPTS_JOB and r.tags.get(CHECKOUT_RECORD_TAG) == "true"
+    ]
+
+
+def _materialization(instance, run_id, asset=VALIDATED_RECEIPTS):
+    records = instance.get_records_for_run(
+        run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION
+    ).records
+    [event] = [
+        r.event_log_entry.dagster_event
+        for r in records
+        if r.event_log_entry.dagster_event.asset_key == dg.AssetKey(asset)
+    ]
+    return event.step_materialization_data.materialization
+
+
+def test_the_checkout_delivers_at_once_and_the_terminal_days_run_records_it(fast_store):
     config, dagster_home = fast_store
     fastpath = start_fastpath(config, dagster_home, workers=2)
+    instance = dg.DagsterInstance.get()
     try:
         docs = []
         for n in range(3):
-            for terminal in config.terminals:  # both terminals at once: runs in parallel
+            for terminal in config.terminals:  # both terminals at once: in parallel
                 doc = _now_doc(f"T{n}{terminal.department}", terminal)
                 _write(terminal, doc)
                 docs.append((terminal, doc))
         _wait(lambda: all(_dat(config, t, d).exists() for t, d in docs), 60, "all .dat files")
-        instance = dg.DagsterInstance.get()
-        runs = _wait_finished(instance, fastpath.trigger.runs_launched)
-        # The trigger syncs the central database after the receipt runs, by itself.
+        # The .dat files came without a run per receipt; the terminal-days' runs record them
+        # once the terminals have been quiet a moment ([intake] record_after_quiet_seconds).
+        assert fastpath.trigger.runs_launched == 0 and fastpath.trigger.checkouts >= 2
+        _wait(
+            lambda: (
+                {r.tags["posfed/terminal"] for r in _record_runs(instance)}
+                == {t.id for t in config.terminals}
+                and all(r.is_finished for r in _record_runs(instance))
+            ),
+            60,
+            "each terminal-day's recording run",
+        )
+        # The trigger syncs the central database after the checkout, by itself.
         engine = central_db.make_engine(config.db_url)
         _wait(
             lambda: all(
@@ -119,17 +164,30 @@ def test_trigger_runs_are_the_sensors_runs_and_no_sensor_tick_duplicates_them(fa
     finally:
         fastpath.stop()
 
-    assert all(r.status == dg.DagsterRunStatus.SUCCESS for r in runs + syncs)
+    assert all(r.status == dg.DagsterRunStatus.SUCCESS for r in syncs)
     assert all(r.tags["dagster/sensor_name"] == "central_db_sync_sensor" for r in syncs)
-
-    assert all(r.status == dg.DagsterRunStatus.SUCCESS for r in runs)
-    files = [f for r in runs for f in _run_files(r)]
-    assert sorted(files) == sorted(f"{d['receiptId']}.json" for _, d in docs)  # each file once
-    for run in runs:
+    records = _record_runs(instance)
+    assert all(r.status == dg.DagsterRunStatus.SUCCESS for r in records)
+    # Each receipt's lineage: the ledger names the run it was accepted under, and that run is
+    # its terminal-day's, in the UI, reporting every file of the window once.
+    ledger = open_ledger(config.home)
+    run_of = {receipt_id: run_id for _, receipt_id, run_id in ledger.delivery_runs()}
+    files_recorded = 0
+    for run in records:
         terminal_id = run.tags["posfed/terminal"]
         assert run.tags["dagster/sensor_name"] == f"{terminal_id}_inbox_sensor"
         assert run.tags["dagster/partition"].endswith(f"|{terminal_id}")
-        assert run.tags["dagster/run_key"].startswith(f"{terminal_id}:")
+        materialization = _materialization(instance, run.run_id)
+        assert materialization.partition == run.tags["dagster/partition"]
+        files_recorded += materialization.metadata["files"].value
+        mine = {d["receiptId"] for t, d in docs if t.id == terminal_id}
+        assert {rid for rid, run_id in run_of.items() if run_id == run.run_id} <= mine
+    assert files_recorded == len(docs)  # each file once
+    assert set(run_of.values()) <= {r.run_id for r in records}
+    # Recorded: the journal has nothing left.
+    from posfed_pipeline.core.state.checkout_journal import CheckoutJournal, checkout_journal_path
+
+    assert CheckoutJournal(checkout_journal_path(config.home)).windows() == []
 
     # The catch-up sensors now find nothing to launch, on a fresh tick with the same instance.
     defs = build_definitions(config)
@@ -137,6 +195,71 @@ def test_trigger_runs_are_the_sensors_runs_and_no_sensor_tick_duplicates_them(fa
         sensor = defs.resolve_sensor_def(inbox_sensor_name(terminal.id))
         result = sensor(dg.build_sensor_context(instance=instance))
         assert result.run_requests == []
+
+
+def test_a_batch_the_checkout_cannot_deliver_gets_a_run_of_its_own_that_retries(fast_store):
+    config, dagster_home = fast_store
+    terminal = config.terminal("bakery_1")
+    doc = _now_doc("F0001", terminal)
+    # A file where the day's .dat folder belongs: the checkout cannot write the .dat.
+    blocker = _dat(config, terminal, doc).parent
+    blocker.write_text("not a folder")
+    fastpath = start_fastpath(config, dagster_home, workers=1)
+    instance = dg.DagsterInstance.get()
+    try:
+        _write(terminal, doc)
+        # The batch is handed to a receipts run of its own (visible, with its retries and
+        # logs): it is still retrying (1 s, 2 s, 4 s) when the fault is mended.
+        _wait(lambda: fastpath.trigger.runs_launched == 1, 30, "the batch's own run")
+        [run] = [r for r in instance.get_runs() if r.job_name == RECEIPTS_JOB]
+        assert _run_files(run) == ["F0001.json"]
+        assert CHECKOUT_RECORD_TAG not in run.tags
+        blocker.unlink()
+        _wait(lambda: instance.get_run_by_id(run.run_id).is_finished, 60, "its run")
+        assert instance.get_run_by_id(run.run_id).status == dg.DagsterRunStatus.SUCCESS
+        assert _dat(config, terminal, doc).exists()
+        assert not (terminal.inbox / "F0001.json").exists()
+    finally:
+        fastpath.stop()
+    ledger = open_ledger(config.home)
+    assert [outcome for _, _, outcome in ledger.delivery_outcomes()] == ["inserted"]
+    assert _record_runs(instance) == []  # nothing of it was the checkout's
+
+
+def test_batches_journaled_before_a_restart_are_recorded_by_the_next_fast_path(fast_store):
+    config, dagster_home = fast_store
+    terminal = config.terminal("bakery_1")
+    # A window that would stay open for an hour: the fast path stops before its run is made.
+    hour_long = dataclasses.replace(
+        config, record_after_quiet_seconds=3600.0, record_window_seconds=3600.0
+    )
+    fastpath = start_fastpath(hour_long, dagster_home, workers=1)
+    instance = dg.DagsterInstance.get()
+    try:
+        doc = _now_doc("J0001", terminal)
+        _write(terminal, doc)
+        _wait(lambda: _dat(config, terminal, doc).exists(), 30, "the .dat file")
+        _wait(
+            lambda: fastpath.trigger.checkouts == 1 and not fastpath.trigger._checkouts,
+            30,
+            "the checkout to be journaled",
+        )
+    finally:
+        fastpath.stop()
+    assert _record_runs(instance) == []
+    fastpath = start_fastpath(config, dagster_home, workers=1)
+    try:
+        _wait(
+            lambda: [r.status for r in _record_runs(instance)] == [dg.DagsterRunStatus.SUCCESS],
+            60,
+            "the left window's recording run",
+        )
+    finally:
+        fastpath.stop()
+    [run] = _record_runs(instance)
+    assert _materialization(instance, run.run_id).metadata["files"].value == 1
+    ledger = open_ledger(config.home)
+    assert [run_id for _, _, run_id in ledger.delivery_runs()] == [run.run_id]
 
 
 def test_trigger_stopped_the_sensors_still_deliver_through_warm_workers(fast_store):

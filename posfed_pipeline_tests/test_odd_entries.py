@@ -694,7 +694,9 @@ def test_hostile_entries_on_the_fast_path_leave_every_valid_receipt_billed_once(
     assert not missing, f"valid receipts never billed: {missing}"
     billed = sorted(p.relative_to(config.dat_dir) for p in config.dat_dir.rglob("*.dat"))
     assert billed == sorted(p.relative_to(config.dat_dir) for p in expected)  # once each, no more
-    assert runs and all(r.status == dg.DagsterRunStatus.SUCCESS for r in runs)
+    # The checkout took them (its recording runs come a window later); none failed.
+    assert fastpath.trigger.checkouts and fastpath.trigger.runs_launched == 0
+    assert all(r.status == dg.DagsterRunStatus.SUCCESS for r in runs)
     for entry, till, name, made_at in made:
         if entry.verdict == odd_entries.QUARANTINED:
             report = till.quarantine / (name.decode() + quarantine.REPORT_SUFFIX)

@@ -19,10 +19,12 @@ from pydantic import Field
 from posfed_pipeline.core import central_db
 from posfed_pipeline.core.base.clock import Clock
 from posfed_pipeline.core.config import PosfedConfig
-from posfed_pipeline.core.dat import DatSpec, check_dat, load_spec
+from posfed_pipeline.core.dat import DatSpec, load_spec
 from posfed_pipeline.core.model.terminal import Terminal
-from posfed_pipeline.core.stages import processing
-from posfed_pipeline.core.state import claims, inbox, quarantine, retention
+from posfed_pipeline.core.stages import checkout, processing
+from posfed_pipeline.core.stages.batch_summary import BatchSummary, RejectedFile
+from posfed_pipeline.core.state import inbox, quarantine, retention
+from posfed_pipeline.core.state.checkout_journal import CheckoutJournal, checkout_journal_path
 from posfed_pipeline.core.state.ledger import open_ledger
 from posfed_pipeline.defs.markdown import md_table
 from posfed_pipeline.defs.partitions import split_terminal_day_key, terminal_day_partitions
@@ -54,6 +56,11 @@ class ReceiptBatchConfig(dg.Config):
         description="How many runs took these files before: a file the file system would not "
         "let posfed read or move is tried again, and quarantined with the error at the "
         "fifth attempt.",
+    )
+    record_checkout: bool = Field(
+        default=False,
+        description="Set by the fast path: record the batches its checkout already processed "
+        "under this run's id (their .dat files are delivered) instead of processing files.",
     )
     redeliver_dat: bool = Field(
         default=False,
@@ -130,44 +137,99 @@ def process_receipts(
     context: dg.AssetExecutionContext, batch: ReceiptBatchConfig, posfed: PosfedConfig, clock: Clock
 ):
     """The receipt pipeline's step: a terminal-day's batch (or, for a backfill, its archive)
-    through ``processing.process_batch``; yields both materializations and both checks."""
+    through the stages, or the batches the fast path's checkout processed under this run's id;
+    yields both materializations and both checks."""
     terminal_id, day = split_terminal_day_key(context.partition_key)
     terminal = posfed.terminal(terminal_id)
     with classified_errors("loading the .dat spec"):  # a broken spec: no retry helps
         spec = load_spec(posfed.dat_spec)
-    from_archive = not batch.files
-    if from_archive:
+    from_archive = not batch.files and not batch.record_checkout
+    if batch.record_checkout:
+        journal = CheckoutJournal(checkout_journal_path(posfed.home))
+        summary = _recorded_summary(context, journal)
+    elif from_archive:
         paths = _archived_paths(context, terminal, day)
+        with classified_errors("processing receipts"):
+            result = processing.process_batch(
+                posfed,
+                terminal,
+                paths,
+                ledger=open_ledger(posfed.home),
+                spec=spec,
+                from_archive=True,
+                run_id=context.run.run_id,
+                day=day,
+                redeliver_dat=batch.redeliver_dat,
+                clock=clock,
+            )
+        summary = BatchSummary.of(result, spec, day)
     else:
-        paths = _inbox_paths(context, terminal, batch.files)
-    with classified_errors("processing receipts"):
-        result = processing.process_batch(
-            posfed,
-            terminal,
-            paths,
-            ledger=open_ledger(posfed.home),
-            spec=spec,
-            from_archive=from_archive,
-            run_id=context.run.run_id,
-            day=day,
-            redeliver_dat=batch.redeliver_dat and from_archive,
-            clock=clock,
-            attempt=batch.attempt,
-        )
-    _note_files_left(context, posfed, terminal, day, batch, result, from_archive)
-    rejections = result.rejections()
+        try:
+            with classified_errors("processing receipts"):
+                outcome = checkout.process_inbox_batch(
+                    posfed,
+                    terminal,
+                    batch.files,
+                    day=day,
+                    ledger=open_ledger(posfed.home),
+                    spec=spec,
+                    run_id=context.run.run_id,
+                    run_key=context.run.tags.get(RUN_KEY_TAG),
+                    attempt=batch.attempt,
+                    clock=clock,
+                )
+        except checkout.NothingToTake as nothing:  # nothing this run may take: say so
+            raise dg.Failure(description=str(nothing), allow_retries=False) from nothing
+        for reason in outcome.refused:
+            # A file replaced by a symlink since it was listed, a name edited in the
+            # launchpad: the rest of the batch went on.
+            context.log.warning(f"skipped: {reason}")
+        summary = outcome.summary
+    _note_files_left(context, posfed, day, batch, summary, from_archive)
+    yield from _reported(context, posfed, terminal, day, spec, summary, from_archive)
+    if batch.record_checkout:
+        # Recorded: the window's batches are this run's (its metadata and checks) from now on.
+        journal.forget(_recorded_run_id(context))
+
+
+def _recorded_run_id(context: dg.AssetExecutionContext) -> str:
+    # A re-execution from the UI records what its original run was to record.
+    return context.run.root_run_id or context.run.run_id
+
+
+def _recorded_summary(context: dg.AssetExecutionContext, journal: CheckoutJournal) -> BatchSummary:
+    run_id = _recorded_run_id(context)
+    summaries = [BatchSummary.from_json(text) for text in journal.summaries(run_id)]
+    context.log.info(
+        f"recording {len(summaries)} batch(es) of {sum(s.files for s in summaries)} file(s) "
+        "that the fast path's checkout processed under this run's id"
+        if summaries
+        else "nothing left to record: the checkout's batches of this run were recorded before"
+    )
+    return BatchSummary.merged(summaries)
+
+
+def _reported(
+    context: dg.AssetExecutionContext,
+    posfed: PosfedConfig,
+    terminal: Terminal,
+    day: date,
+    spec: DatSpec,
+    summary: BatchSummary,
+    from_archive: bool,
+):
     yield dg.MaterializeResult(
         asset_key=VALIDATED_RECEIPTS,
-        metadata=_validated_metadata(result, rejections, from_archive),
+        metadata=_validated_metadata(summary, from_archive),
     )
-    if rejections:
+    if summary.rejections_total:
         # The runs list shows tags: a rejection is visible there without opening the run.
-        context.instance.add_run_tags(context.run.run_id, {REJECTED_TAG: str(len(rejections))})
-    yield rejection_check_result(
-        terminal, result, rejections, quarantine.waiting_for(terminal, day)
-    )
-    yield _dat_files_event(context, _dat_metadata(posfed, spec, result, from_archive))
-    yield _reparse_check_result(result, spec, day)
+        context.instance.add_run_tags(
+            context.run.run_id, {REJECTED_TAG: str(summary.rejections_total)}
+        )
+    yield rejection_check_result(terminal, summary, quarantine.waiting_for(terminal, day))
+    yield _dat_files_event(context, _dat_metadata(posfed, spec, summary, from_archive))
+    yield _reparse_check_result(summary)
 
 
 def _dat_files_event(
@@ -214,94 +276,68 @@ def _archived_paths(context: dg.AssetExecutionContext, terminal: Terminal, day: 
     return paths
 
 
-def _inbox_paths(
-    context: dg.AssetExecutionContext, terminal: Terminal, names: list[str]
-) -> list[Path]:
-    paths, refused = [], []
-    for name in names:
-        try:
-            paths.append(inbox.inbox_path(terminal, name))
-        except ValueError as exc:
-            refused.append(str(exc))
-    if refused and not paths:  # nothing this run may take: say so, as a failure
-        raise dg.Failure(description="; ".join(refused), allow_retries=False)
-    for reason in refused:
-        # A file replaced by a symlink since it was listed, a name edited in the
-        # launchpad: the rest of the batch goes on.
-        context.log.warning(f"skipped: {reason}")
-    return paths
-
-
 def _note_files_left(
     context: dg.AssetExecutionContext,
     posfed: PosfedConfig,
-    terminal: Terminal,
     day: date,
     batch: ReceiptBatchConfig,
-    result: processing.BatchResult,
+    summary: BatchSummary,
     from_archive: bool,
 ) -> None:
-    """Files the batch left in the inbox for a later look, recorded and logged; a redelivery."""
-    if result.intake.deferrals:
-        # When to look at them again: the launchers relaunch them then (core.claims).
-        claims.ClaimTable(claims.claim_table_path(posfed.home)).defer(
-            terminal.id,
-            [(d.version.signature, d.retry_at, d.reason) for d in result.intake.deferrals],
-            run_key=context.run.tags.get(RUN_KEY_TAG),
-        )
+    """Files the batch left in the inbox for a later look (the claim table has them); a
+    redelivery."""
     if batch.redeliver_dat and from_archive:
         context.log.warning(
-            f"backfill with redeliver_dat: {len(result.dat_files)} .dat file(s) of {day} "
+            f"backfill with redeliver_dat: {summary.dat_files} .dat file(s) of {day} "
             "delivered to the billing software again"
         )
-    if result.intake.deferred:
+    if summary.still_being_written:
         # Relaunched once their writer had time to finish (the claim says when).
         context.log.warning(
-            f"{len(result.intake.deferred)} file(s) unreadable but modified in the last "
+            f"{summary.still_being_written} file(s) unreadable but modified in the last "
             f"{posfed.incomplete_grace_seconds:g} s, left in the inbox: "
-            + ", ".join(result.intake.deferred[:20])
+            + ", ".join(summary.deferred[:20])
         )
-    for name, why in result.intake.held[:20]:
+    for name, why in summary.held[:20]:
         context.log.warning(f"{name} left in the inbox for a later attempt: {why}")
 
 
-def _validated_metadata(
-    result: processing.BatchResult, rejections: list[processing.Rejection], from_archive: bool
-) -> dict:
-    acceptance = result.acceptance
+def _validated_metadata(summary: BatchSummary, from_archive: bool) -> dict:
+    rejections = summary.rejections
     return {
         # First, so the terminal-day's partition page shows it at the top.
         **(
             {
                 "rejected_files": dg.MetadataValue.text(
                     ", ".join(r.file for r in rejections[:10])
-                    + (" ..." if len(rejections) > 10 else "")
+                    + (" ..." if summary.rejections_total > 10 else "")
                     + f" (quarantined; why: the {VALIDATION_CHECK} check)"
                 )
             }
             if rejections
             else {}
         ),
-        "files": result.files,
-        "receipts_valid": len(result.validation.valid),
-        "receipts_rejected": result.receipts_rejected,
-        "receipts_accepted": len(acceptance.inserted),
-        "redeliveries": len(acceptance.redelivered),
-        "conflicts_quarantined": 0 if from_archive else len(acceptance.conflicts),
-        "already_handled": len(result.intake.missing),
-        "still_being_written": len(result.intake.deferred),
-        "left_for_a_later_attempt": len(result.intake.held),
-        "amount_accepted": dg.MetadataValue.text(str(result.amount_accepted)),
+        "files": summary.files,
+        "receipts_valid": summary.receipts_valid,
+        "receipts_rejected": summary.receipts_rejected,
+        "receipts_accepted": summary.receipts_accepted,
+        "redeliveries": summary.redeliveries,
+        "conflicts_quarantined": 0 if from_archive else summary.conflicts,
+        "already_handled": summary.already_handled,
+        "still_being_written": summary.still_being_written,
+        "left_for_a_later_attempt": summary.left_for_later,
+        "amount_accepted": dg.MetadataValue.text(str(summary.amount_accepted)),
+        **({"checkout_batches": summary.batches} if summary.batches != 1 else {}),
     }
 
 
 def _dat_metadata(
-    posfed: PosfedConfig, spec: DatSpec, result: processing.BatchResult, from_archive: bool
+    posfed: PosfedConfig, spec: DatSpec, summary: BatchSummary, from_archive: bool
 ) -> dict:
-    latencies = result.dat_seconds
+    latencies = summary.dat_seconds
     return {
-        "dat_files": len(result.dat_files),
-        "redeliveries_not_reemitted": len(result.acceptance.redelivered),
+        "dat_files": summary.dat_files,
+        "redeliveries_not_reemitted": summary.redeliveries,
         "folder": dg.MetadataValue.path(str(posfed.dat_dir)),
         "spec": spec.name,
         "max_file_to_dat_seconds": dg.MetadataValue.float(
@@ -310,25 +346,18 @@ def _dat_metadata(
         "median_file_to_dat_seconds": dg.MetadataValue.float(
             round(latencies[len(latencies) // 2], 3) if latencies else 0.0
         ),
-        **({"deliveries_resynced": result.resynced} if from_archive else {}),
+        **({"deliveries_resynced": summary.resynced} if from_archive else {}),
     }
 
 
-def _reparse_check_result(
-    result: processing.BatchResult, spec: DatSpec, day: date
-) -> dg.AssetCheckResult:
-    failures = [
-        f"{path.name}: {problems[0]}"
-        for path in result.dat_files
-        if (problems := check_dat(path.read_bytes(), spec.version_for(day)))
-    ]
+def _reparse_check_result(summary: BatchSummary) -> dg.AssetCheckResult:
     return dg.AssetCheckResult(
         asset_key=DAT_FILES,
         check_name=DAT_REPARSE_CHECK,
-        passed=not failures,
+        passed=not summary.dat_failures_total,
         metadata={
-            "checked": len(result.dat_files),
-            "failures": dg.MetadataValue.json(failures),
+            "checked": summary.dat_files,
+            "failures": dg.MetadataValue.json(summary.dat_failures),
         },
     )
 
@@ -376,8 +405,7 @@ def _partitioned_check_specs(partitions: dg.PartitionsDefinition) -> list[dg.Ass
 
 def rejection_check_result(
     terminal: Terminal,
-    result: processing.BatchResult,
-    rejections: list[processing.Rejection],
+    summary: BatchSummary,
     waiting: list[quarantine.Quarantined],
 ) -> dg.AssetCheckResult:
     """The validation check of a terminal-day, as an operator reads it.
@@ -387,9 +415,10 @@ def rejection_check_result(
     fields name the first file (this run's, else the oldest waiting), the rule, the value,
     where it went and the command that re-queues it; the table below lists all of them."""
     # Conflicts passed validation and were refused after it: one count per file.
-    checked = len(result.validation.valid) + result.receipts_rejected
+    rejections = summary.rejections
+    checked = summary.checked
     metadata: dict[str, dg.RawMetadataValue] = {
-        "rejected_by_this_run": len(rejections),
+        "rejected_by_this_run": summary.rejections_total,
         "waiting_in_quarantine": len(waiting),
     }
     rows = [(r.file, r.problems[0]) for r in rejections]
@@ -398,7 +427,7 @@ def rejection_check_result(
     metadata |= _first_rejected_fields(terminal, rejections, waiting)
     metadata |= {
         "pass_rate": dg.MetadataValue.float(
-            (checked - result.rejected_files) / checked if checked else 1.0
+            (checked - summary.rejected_files) / checked if checked else 1.0
         ),
         "reasons": dg.MetadataValue.md(
             md_table(["file", "first problem"], rows[:50]) if rows else "No rejected receipts."
@@ -407,8 +436,9 @@ def rejection_check_result(
     if rejections or waiting:
         # No receipt text here: the UI renders a description as markdown.
         description = (
-            f"{len(waiting) or len(rejections)} file(s) of this terminal-day in quarantine"
-            + (f", {len(rejections)} rejected by this run" if rejections else "")
+            f"{len(waiting) or summary.rejections_total} file(s) of this terminal-day in "
+            "quarantine"
+            + (f", {summary.rejections_total} rejected by this run" if rejections else "")
             + ": see file, rule, value, quarantined_to and requeue_command"
         )
     else:
@@ -425,7 +455,7 @@ def rejection_check_result(
 
 def _first_rejected_fields(
     terminal: Terminal,
-    rejections: list[processing.Rejection],
+    rejections: list[RejectedFile],
     waiting: list[quarantine.Quarantined],
 ) -> dict[str, dg.MetadataValue]:
     """The fields naming the first file: this run's first rejection, else the oldest waiting."""
@@ -438,7 +468,7 @@ def _first_rejected_fields(
             first.file,
             f"{problem.field}: {problem.rule}",
             problem.value,
-            first.quarantined_to,
+            Path(first.quarantined_to) if first.quarantined_to else None,
             names,
         )
     if waiting:

@@ -127,7 +127,11 @@ class SensorStyleRunFactory:
         # second build of the definitions.
         self.job_def = code_location._get_repo_def(REPOSITORY_NAME).get_job(job_name)
 
-    def create_run(self, request: dg.RunRequest, sensor_name: str) -> dg.DagsterRun:
+    def create_run(
+        self, request: dg.RunRequest, sensor_name: str, run_id: str | None = None
+    ) -> dg.DagsterRun:
+        """``run_id``: the run's id chosen beforehand (the checkout's recording run, whose id
+        its receipts were accepted under); None: a new one."""
         # As the daemon does: partition tags and config only for a partitioned request.
         resolved = (
             request.with_resolved_tags_and_config(
@@ -159,7 +163,7 @@ class SensorStyleRunFactory:
         }
         return self.instance.create_run(
             job_name=self.remote_job.name,
-            run_id=None,
+            run_id=run_id,
             run_config=resolved.run_config,
             resolved_op_selection=self.remote_job.resolved_op_selection,
             step_keys_to_execute=None,

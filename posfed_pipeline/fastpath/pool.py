@@ -1,4 +1,5 @@
-"""Warm run workers: processes that imported the code location once and execute runs by id.
+"""Warm run workers: processes that imported the code location once and execute runs by id,
+and the checkout's batches (``checkout``: every stage at once, no run of their own).
 
 A fresh run process costs 1.2-1.6 s of imports; a warm worker starts a run in milliseconds.
 Workers are processes, not threads: two ``execute_run`` calls on threads of one process
@@ -34,6 +35,7 @@ from pathlib import Path
 import dagster as dg
 
 from posfed_pipeline.core.base.errors import PosfedError
+from posfed_pipeline.fastpath.checkout import CheckoutBatch, CheckoutWorker, is_checkout_job
 from posfed_pipeline.names import ACCEPTED_TAG, GRPC_INFO_TAG
 from posfed_pipeline.processes import pid_lock
 from posfed_pipeline.processes.supervisor import describe_exit
@@ -57,14 +59,26 @@ def _worker_main(conn, dagster_home: str, working_directory: str) -> None:
 
     instance = dg.DagsterInstance.get()
     _warm_up()
+    checkouts = CheckoutWorker()
     conn.send(("ready", os.getpid()))
     while True:
         try:
-            run_id = conn.recv()
+            job = conn.recv()
         except (EOFError, OSError):
             return  # the pool is gone (killed): its successor starts workers of its own
-        if run_id is None:
+        if job is None:
             return
+        if isinstance(job, dict):
+            batch = CheckoutBatch.from_message(job)
+            try:
+                checkouts.process(batch)
+                status = "SUCCESS"
+            except Exception:  # the trigger hands the batch to a run of its own
+                log.exception("checkout %s of %s failed", batch.job_id, batch.terminal_id)
+                status = "FAILURE"
+            conn.send(("done", batch.job_id, status))
+            continue
+        run_id = job
         status = "FAILURE"
         try:
             run = instance.get_run_by_id(run_id)
@@ -133,10 +147,11 @@ class _Worker:
 
 @dataclass
 class _Job:
-    run_id: str
+    run_id: str  # or a checkout's job id
     lane: str | None
     background: bool = False
     submitted_at: float = field(default_factory=time.monotonic)
+    checkout: dict | None = None  # a checkout batch (fastpath.checkout), not a run
 
     @property
     def is_backlog(self) -> bool:
@@ -268,6 +283,14 @@ class WarmWorkerPool:
             self._cond.notify_all()
         return True
 
+    def submit_checkout(self, batch: CheckoutBatch, background: bool = False) -> None:
+        """Queue a checkout batch in its terminal's lane (``on_finished`` reports it)."""
+        with self._cond:
+            self._queue.append(
+                _Job(batch.job_id, batch.terminal_id, background, checkout=batch.to_message())
+            )
+            self._cond.notify_all()
+
     def health(self, run_id: str) -> str:
         with self._cond:
             if any(j.run_id == run_id for j in self._queue) or any(
@@ -344,7 +367,7 @@ class WarmWorkerPool:
                     self._busy_lanes.add(job.lane)
                 # On a dead worker the read loop sees the broken pipe and reports the run.
                 with contextlib.suppress(OSError, ValueError):
-                    idle.conn.send(job.run_id)
+                    idle.conn.send(job.checkout if job.checkout is not None else job.run_id)
                 return True
         return False
 
@@ -398,7 +421,9 @@ class WarmWorkerPool:
             how = describe_exit(code) if code is not None else "is gone"
             log.warning("run worker (pid %s) %s; a new one is starting", worker.process.pid, how)
         if run_id:
-            self._report(run_id, f"its run worker (pid {worker.process.pid}) died (exit {code})")
+            if not is_checkout_job(run_id):
+                why = f"its run worker (pid {worker.process.pid}) died (exit {code})"
+                self._report(run_id, why)
             if self.on_finished:
                 self.on_finished(run_id, lane, "FAILURE")
 

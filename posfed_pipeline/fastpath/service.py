@@ -24,6 +24,7 @@ from posfed_pipeline.fastpath import compatibility, dagster_internals, launcher
 from posfed_pipeline.fastpath.pool import PoolServer, WarmWorkerPool, claim_socket
 from posfed_pipeline.fastpath.trigger import InboxTrigger
 from posfed_pipeline.names import RECEIPTS_JOB, SYNC_JOB
+from posfed_pipeline.processes import priority
 
 log = logging.getLogger("posfed.fastpath")
 
@@ -57,10 +58,12 @@ def start_fastpath(
     trigger: bool = True,
     background_workers: int = 1,
     dagster_releases: compatibility.DagsterCompatibility | None = None,
+    favour_checkout: bool = False,
 ) -> FastPath:
     """Raises ``UntestedDagster`` on a Dagster release outside the tested ones (the installed
     ones, or ``dagster_releases``) unless allowed, ``AlreadyServing`` if another fast path
-    serves this instance's socket."""
+    serves this instance's socket. ``favour_checkout``: raise this process's CPU priority (and
+    so its workers'), where allowed: the service does; a test leaves its process alone."""
     verdict = compatibility.check() if dagster_releases is None else dagster_releases
     if not verdict.fast_path_allowed:
         raise UntestedDagster(verdict.message())
@@ -73,6 +76,8 @@ def start_fastpath(
     if isinstance(instance.run_launcher, launcher.WarmWorkerRunLauncher):
         socket_path = instance.run_launcher.socket_path
     lock = claim_socket(socket_path)
+    if favour_checkout:
+        priority.favour_checkout()  # before the workers start: they inherit it
     # The workers' and the code location's working directory: the instance's own folder
     # (the code location is a module: nothing is read relative to it).
     pool = WarmWorkerPool(
@@ -90,7 +95,7 @@ def start_fastpath(
         code_location = dagster_internals.load_code_location(instance, dagster_home)
         factory = dagster_internals.SensorStyleRunFactory(instance, code_location, RECEIPTS_JOB)
         sync_factory = dagster_internals.SensorStyleRunFactory(instance, code_location, SYNC_JOB)
-        inbox_trigger = InboxTrigger(config, instance, factory, sync_factory)
+        inbox_trigger = InboxTrigger(config, instance, factory, sync_factory, pool=pool)
         pool.on_finished = inbox_trigger.run_finished
         inbox_trigger.start()
     if not pool.wait_ready(60.0):
@@ -120,6 +125,7 @@ def serve_forever(
         workers=workers,
         trigger=trigger,
         background_workers=background_workers,
+        favour_checkout=True,
     )
     try:
         stop.wait()

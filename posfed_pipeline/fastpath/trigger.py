@@ -1,25 +1,28 @@
-"""The event-driven trigger: a file closed in an inbox becomes its terminal's run in milliseconds.
+"""The event-driven trigger: a file closed in an inbox reaches its .dat in milliseconds.
 
 inotify (one instance for every inbox, ``inbox_events``) reports ``IN_CLOSE_WRITE`` and
 ``IN_MOVED_TO`` within microseconds of the writer's ``close()``/``rename()``: that is the
 completeness signal, so no stability wait is needed. Files without such an event (present at
 start, or written while the trigger was down) are taken once they are stable, exactly as the
-sensor would. The trigger claims the files, then
-creates the very run the terminal's sensor would create (same run key and tags) and launches it
-on the warm workers.
+sensor would. The trigger claims the files (as the sensor would: same claims, same run keys),
+then hands them to the checkout (``checkout``): a warm worker runs every stage at once, without
+a Dagster run of its own, under the id of the terminal-day's recording run. That run is created
+once the terminal has been quiet ``[intake] record_after_quiet_seconds`` (30 s), or at the
+latest ``record_window_seconds`` (60 s) after the window's first batch, and reports the window's
+batches as one run: a run's bookkeeping (~0.1 CPU-s) is paid per window, not per receipt. A
+batch the checkout cannot deliver gets a receipts run of its own, with its retries.
 
-Adaptive batching: while a terminal's run is in flight, its new files wait; when the run
-finishes, one run carries all of them (up to a run's worth of files, oldest first; a flooded
-inbox becomes runs of 50, created one per round between other terminals' runs and run at a
-lower priority, between cashiers' runs: posfed/backlog). Under load
-runs get bigger, not more numerous.
+Adaptive batching: while a terminal's batch is in the checkout, its new files wait; when it is
+done, one batch carries all of them (up to a run's worth of files, oldest first; a flooded
+inbox becomes batches of 50, one per round between other terminals' batches, checked out in the
+background, between cashiers' receipts). Under load batches get bigger, not more numerous.
 
 Terminals whose inbox is on a network mount (``watch = "poll"``: inotify sees no remote
 writes) are listed every ``poll_interval_seconds`` instead. Each terminal's inbox is listed and
 claimed on a thread of its own, at most one at a time: an inbox of 50,000 files, or one on a
 share that hangs, delays its own terminal and no other.
 
-After receipt runs, the trigger also launches the central database sync (the run its sensor
+After the checkout, the trigger also launches the central database sync (the run its sensor
 would launch), at most one at a time and one every ``[sync] min_interval_seconds`` (3 s), and
 not while the sync backs off after a failure: the central database gets new receipts within a
 few seconds, and an unreachable one costs the checkout nothing.
@@ -32,7 +35,10 @@ import os
 import queue
 import threading
 import time
+import uuid
 from collections import defaultdict, deque
+from dataclasses import dataclass
+from datetime import date
 from pathlib import Path
 
 import dagster as dg
@@ -41,13 +47,22 @@ from posfed_pipeline.core.config import PosfedConfig
 from posfed_pipeline.core.model.terminal import Terminal
 from posfed_pipeline.core.stages import launching
 from posfed_pipeline.core.state import claims, inbox
+from posfed_pipeline.core.state.checkout_journal import CheckoutJournal, checkout_journal_path
 from posfed_pipeline.core.state.ledger import open_ledger
 from posfed_pipeline.defs.central_db import slot_holder_done, sync_run_key, sync_run_tags
 from posfed_pipeline.defs.inbox_sensors import run_request_for
+from posfed_pipeline.defs.partitions import terminal_day_key
+from posfed_pipeline.defs.receipts import ReceiptBatchConfig, receipt_op_config
 from posfed_pipeline.fastpath import dagster_internals
+from posfed_pipeline.fastpath.checkout import JOB_PREFIX, CheckoutBatch, is_checkout_job
 from posfed_pipeline.fastpath.inbox_events import InboxEvents
-from posfed_pipeline.names import SYNC_SENSOR, TERMINAL_TAG, inbox_sensor_name
-from posfed_pipeline.run_tags import lane_of
+from posfed_pipeline.names import (
+    CHECKOUT_RECORD_TAG,
+    SYNC_SENSOR,
+    TERMINAL_TAG,
+    inbox_sensor_name,
+)
+from posfed_pipeline.run_tags import BACKLOG_FILES, lane_of
 
 log = logging.getLogger("posfed.fastpath.trigger")
 # An inbox with inotify events is listed again this often when nothing happens there: every
@@ -63,7 +78,25 @@ HEARTBEAT_SECONDS = 1.0
 SLOW_SCAN_FACTOR = 20
 MAX_SCAN_THREADS = 32
 RUNS_PER_LISTING = 10
+# A checkout batch carries at most this many files (a run, 50: its config lists them): a
+# flooded inbox drains in big batches, whose fixed costs (a validation, a flush, a commit)
+# are paid once per 500 files.
+CHECKOUT_MAX_FILES = 500
 SYNC_LANE = lane_of(sync_run_tags())[0]
+
+
+@dataclass
+class _Window:
+    """A terminal-day's checkout batches waiting for the run that records them."""
+
+    run_id: str
+    terminal_id: str
+    business_day: date
+    opened_at: float  # monotonic
+    last_at: float
+    in_flight: int = 0  # batches handed to a worker, not finished yet
+    done: int = 0  # batches processed and journaled
+    files: int = 0
 
 
 class InboxTrigger:
@@ -73,11 +106,19 @@ class InboxTrigger:
         instance: dg.DagsterInstance,
         run_factory,
         sync_run_factory=None,
+        pool=None,
     ):
+        """``pool``: the warm workers, for the checkout (None: a receipts run per batch)."""
         self.config = config
         self.instance = instance
         self.run_factory = run_factory
         self.sync_run_factory = sync_run_factory
+        self.pool = pool
+        self.journal = CheckoutJournal(checkout_journal_path(config.home))
+        self._windows: dict[tuple[str, date], _Window] = {}
+        # checkout job id -> (terminal, its batch, its window), until its worker says it is done
+        self._checkouts: dict[str, tuple[Terminal, inbox.PlannedBatch, _Window]] = {}
+        self._fallbacks: list[tuple[Terminal, inbox.PlannedBatch]] = []  # to hand to runs
         self.claims = claims.ClaimTable(claims.claim_table_path(config.home))
         self.ledger = open_ledger(config.home)
         self._sync_wanted = True  # the outbox may hold something from before a restart
@@ -112,12 +153,18 @@ class InboxTrigger:
         self._events = InboxEvents(self.file_complete, self.rescan_all)
         self.runs_launched = 0
         self.files_launched = 0
+        self.checkouts = 0
+        self.records_launched = 0
         # (create run, launch run) of the latest runs, for `posfed bench`.
         self.step_seconds: deque[tuple[float, float]] = deque(maxlen=10_000)
 
     # --- life cycle ---------------------------------------------------------------------------
 
     def start(self) -> None:
+        try:
+            self._record_left_windows()
+        except Exception:  # the journal keeps them: the next start records them
+            log.exception("trigger: recording the checkout's batches left from before failed")
         for folder, terminal in self._by_inbox.items():
             if terminal.delivery.watch != "events":
                 continue  # listed every poll interval instead
@@ -166,6 +213,9 @@ class InboxTrigger:
         """``terminal_id``: the run's lane (the pool's ``on_finished``)."""
         if terminal_id is None:
             return
+        if is_checkout_job(run_id):
+            self._checkout_finished(run_id, terminal_id, status)
+            return
         if terminal_id == SYNC_LANE:
             with self._cond:
                 if self._sync_in_flight == run_id:
@@ -187,6 +237,7 @@ class InboxTrigger:
             with self._cond:
                 while not self._stopping and not self._work_waiting():
                     timeout = min(self._next_scan.values()) - time.monotonic()
+                    timeout = min(timeout, self._next_record_due() - time.monotonic())
                     if timeout <= 0:
                         break
                     self._cond.wait(timeout)
@@ -201,6 +252,8 @@ class InboxTrigger:
                 self._dirty -= set(to_scan)
                 self._scanning |= set(to_scan)
                 claimed, self._claimed = self._claimed, []
+                fallbacks, self._fallbacks = self._fallbacks, []
+                to_record = self._windows_due(now)
             if now >= next_beat:
                 # Tells the sensors the trigger is alive, so they leave fresh files to it.
                 self.claims.beat()
@@ -224,13 +277,23 @@ class InboxTrigger:
                         self._claimed.append((terminal, rest))
                     else:
                         self._launching.discard(terminal.id)
+            for terminal, batch in fallbacks:
+                try:
+                    self._launch_runs(terminal, [batch])
+                except Exception:  # its claims stay: the sensor relaunches the files
+                    log.exception("trigger: a run for %s's failed checkout failed", terminal.id)
+            for window in to_record:
+                try:
+                    self._launch_record_run(window)
+                except Exception:  # the journal keeps the batches: recorded at the next start
+                    log.exception("trigger: recording %s's checkout failed", window.terminal_id)
             try:
                 self._maybe_sync()
             except Exception:  # the sensor is the catch-up path for the sync too
                 log.exception("trigger: launching the central database sync failed")
 
     def _work_waiting(self) -> bool:
-        return bool(self._claimed) or bool(self._ready_terminals())
+        return bool(self._claimed) or bool(self._fallbacks) or bool(self._ready_terminals())
 
     def _scan_interval(self, terminal_id: str) -> float:
         delivery = self.config.terminal(terminal_id).delivery
@@ -373,14 +436,15 @@ class InboxTrigger:
         # sees it (cheap: a check per name, a rename only for the odd one).
         eligible = launching.give_safe_names(terminal, eligible)
         # Up to a few runs' worth: a flooded inbox is listed once per few runs, not per run.
-        fresh, held = self._unclaimed(
-            terminal, eligible, limit=RUNS_PER_LISTING * inbox.MAX_FILES_PER_RUN
-        )
+        per_batch = inbox.MAX_FILES_PER_RUN if self.pool is None else CHECKOUT_MAX_FILES
+        fresh, held = self._unclaimed(terminal, eligible, limit=RUNS_PER_LISTING * per_batch)
         now = time.time()
         days = launching.PartitionDays.of(self.config, now)
         batches = launching.relaunch_due(self.claims, terminal, eligible, held, days, now)
         if fresh:
-            batches += launching.claim_ready(self.claims, terminal, fresh, days)
+            batches += launching.claim_ready(
+                self.claims, terminal, fresh, days, max_files=per_batch
+            )
         waiting = {s: c for s, c in held.items() if not c.due(now)}
         return batches, bool(scan.settling), launching.next_retry_at(waiting)
 
@@ -415,6 +479,14 @@ class InboxTrigger:
         return fresh, held
 
     def _launch_batches(self, terminal: Terminal, batches: list[inbox.PlannedBatch]) -> None:
+        if self.pool is None:
+            self._launch_runs(terminal, batches)
+            return
+        for batch in batches:
+            self._hand_to_checkout(terminal, batch)
+
+    def _launch_runs(self, terminal: Terminal, batches: list[inbox.PlannedBatch]) -> None:
+        """A receipts run per batch: without a pool, and for a batch the checkout failed."""
         for batch in batches:
             started = time.perf_counter()
             run = self.run_factory.create_run(
@@ -428,3 +500,96 @@ class InboxTrigger:
             self.runs_launched += 1
             self.files_launched += len(batch.files)
         dagster_internals.drop_idle_event_subscriptions(self.instance)
+
+    # --- the checkout -------------------------------------------------------------------------
+
+    def _hand_to_checkout(self, terminal: Terminal, batch: inbox.PlannedBatch) -> None:
+        now = time.monotonic()
+        with self._cond:
+            key = (terminal.id, batch.business_day)
+            window = self._windows.get(key)
+            if window is None:
+                window = _Window(str(uuid.uuid4()), terminal.id, batch.business_day, now, now)
+                self._windows[key] = window
+            window.in_flight += 1
+            window.last_at = now
+            job = CheckoutBatch(
+                job_id=f"{JOB_PREFIX}{uuid.uuid4().hex}",
+                terminal_id=terminal.id,
+                business_day=batch.business_day,
+                files=tuple(batch.file_names),
+                attempt=batch.attempt,
+                run_key=batch.run_key,
+                record_run_id=window.run_id,
+            )
+            self._checkouts[job.job_id] = (terminal, batch, window)
+            self._in_flight[terminal.id].add(job.job_id)
+        # Many files at once (a flooded inbox): in the background, between cashiers' receipts.
+        self.pool.submit_checkout(job, background=len(batch.files) >= BACKLOG_FILES)
+        self.checkouts += 1
+        self.files_launched += len(batch.files)
+
+    def _checkout_finished(self, job_id: str, terminal_id: str, status: str) -> None:
+        with self._cond:
+            entry = self._checkouts.pop(job_id, None)
+            self._sync_wanted = True
+            self._in_flight[terminal_id].discard(job_id)
+            self._dirty.add(terminal_id)  # files that arrived meanwhile: one batch for all
+            if entry is not None:
+                terminal, batch, window = entry
+                window.in_flight -= 1
+                window.last_at = time.monotonic()
+                if status == "SUCCESS":
+                    window.done += 1
+                    window.files += len(batch.files)
+                else:
+                    # A run of its own processes the batch, with its retries and its logs.
+                    self._fallbacks.append((terminal, batch))
+            self._cond.notify_all()
+
+    def _windows_due(self, now: float) -> list[_Window]:
+        """Windows to record now (removed from the open ones); under the condition's lock."""
+        due = [w for w in self._windows.values() if w.in_flight == 0 and now >= self._record_due(w)]
+        for window in due:
+            del self._windows[(window.terminal_id, window.business_day)]
+        return [w for w in due if w.done]
+
+    def _record_due(self, window: _Window) -> float:
+        return min(
+            window.last_at + self.config.record_after_quiet_seconds,
+            window.opened_at + self.config.record_window_seconds,
+        )
+
+    def _next_record_due(self) -> float:
+        due = [self._record_due(w) for w in self._windows.values() if w.in_flight == 0]
+        return min(due, default=float("inf"))
+
+    def _launch_record_run(self, window: _Window) -> None:
+        """The terminal-day's run that records the window's batches (from the journal)."""
+        request = dg.RunRequest(
+            run_key=f"checkout-record:{window.run_id}",
+            partition_key=terminal_day_key(window.terminal_id, window.business_day),
+            run_config=receipt_op_config(ReceiptBatchConfig(record_checkout=True)),
+            tags={TERMINAL_TAG: window.terminal_id, CHECKOUT_RECORD_TAG: "true"},
+        )
+        run = self.run_factory.create_run(
+            request, inbox_sensor_name(window.terminal_id), run_id=window.run_id
+        )
+        self.instance.launch_run(run.run_id, workspace=None)
+        self.records_launched += 1
+        dagster_internals.drop_idle_event_subscriptions(self.instance)
+
+    def _record_left_windows(self) -> None:
+        """Batches journaled before a restart whose run was never created: recorded now."""
+        for left in self.journal.windows():
+            if self.instance.get_run_by_id(left.run_id) is not None:
+                continue  # created: the pool re-queues it if it never ran; a failure shows
+            now = time.monotonic()
+            self._launch_record_run(
+                _Window(left.run_id, left.terminal_id, left.business_day, now, now, done=1)
+            )
+            log.info(
+                "recording %d checkout batch(es) of %s left from before a restart",
+                left.batches,
+                left.terminal_id,
+            )

@@ -86,6 +86,8 @@ def config_from_dict(raw: dict, *, base_dir: Path, config_path: Path | None = No
         catchup_grace_seconds=intake.catchup_grace_seconds,
         catchup_interval_seconds=intake.catchup_interval_seconds,
         incomplete_grace_seconds=intake.incomplete_grace_seconds,
+        record_after_quiet_seconds=intake.record_after_quiet_seconds,
+        record_window_seconds=intake.record_window_seconds,
         retention_days=file.retention.keep_days,
         sync=SyncPolicy(store_id=store.id, **file.sync.model_dump()),
         alerts=AlertSettings.from_table(file.alerts),

@@ -203,6 +203,22 @@ class IntakeTable(BaseModel):
         description="each terminal's sensor (the catch-up path) "
         "is evaluated at most this often; every tick costs the daemon tens of milliseconds",
     )
+    record_after_quiet_seconds: float = Field(
+        30.0,
+        strict=True,
+        gt=0,
+        le=3600,
+        description="the fast path's checkout writes a terminal's .dat files at once and its "
+        "terminal-day's run records them, in the UI, once the terminal has been quiet this long",
+    )
+    record_window_seconds: float = Field(
+        60.0,
+        strict=True,
+        gt=0,
+        le=3600,
+        description="...or at the latest this long after the window's first batch (each "
+        "recording run costs ~0.1 CPU-s: fewer, bigger runs leave the CPU to the checkout)",
+    )
     incomplete_grace_seconds: float = Field(
         10.0,
         strict=True,

@@ -40,6 +40,8 @@ class PosfedConfig:
     catchup_grace_seconds: float = default_of(IntakeTable, "catchup_grace_seconds")
     catchup_interval_seconds: float = default_of(IntakeTable, "catchup_interval_seconds")
     incomplete_grace_seconds: float = default_of(IntakeTable, "incomplete_grace_seconds")
+    record_after_quiet_seconds: float = default_of(IntakeTable, "record_after_quiet_seconds")
+    record_window_seconds: float = default_of(IntakeTable, "record_window_seconds")
     retention_days: int = default_of(RetentionTable, "keep_days")
     sync: SyncPolicy = field(default_factory=SyncPolicy)
     alerts: AlertSettings = field(default_factory=AlertSettings)

@@ -355,18 +355,26 @@ class Ledger:
 
     def mark_emitted(
         self,
-        written: Iterable[tuple[Receipt, str]],
+        written: Iterable[tuple[Receipt, str] | tuple[Receipt, str, str | None]],
         *,
         staged: str | None = None,
         now: float | None = None,
     ) -> None:
         """Record that these receipts' .dat files (path relative to the .dat folder) exist, or,
-        with ``staged``, are fully written under that temp name beside them and about to be
-        renamed into place: whatever stops the rename, the .dat is never written twice."""
+        with a staged name (``staged``, or each item's third element), are fully written under
+        that temp name beside them and about to be renamed into place: whatever stops the
+        rename, the .dat is never written twice. One transaction for all of them."""
         now = time.time() if now is None else now
         rows = [
-            (path, now, staged, r.terminal_id, r.business_day.isoformat(), r.receipt_id)
-            for r, path in written
+            (
+                item[1],
+                now,
+                item[2] if len(item) > 2 else staged,
+                item[0].terminal_id,
+                item[0].business_day.isoformat(),
+                item[0].receipt_id,
+            )
+            for item in written
         ]
         if not rows:
             return
@@ -673,6 +681,15 @@ class Ledger:
             query += " WHERE terminal_id = ?"
             params = (terminal_id,)
         return self._connect().execute(query + " ORDER BY seq", params).fetchall()
+
+    def delivery_runs(self) -> list[tuple[str, str, str | None]]:
+        """(source file, receipt id, run id) of every delivery, in delivery order: the run a
+        receipt was accepted under (the checkout's: the terminal-day's run recording it)."""
+        return (
+            self._connect()
+            .execute("SELECT source_file, receipt_id, run_id FROM delivery ORDER BY seq")
+            .fetchall()
+        )
 
     # --- who syncs, and when next -----------------------------------------------------------------
 
