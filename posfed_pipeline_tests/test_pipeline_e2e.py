@@ -341,7 +341,7 @@ def test_an_attempt_stopped_between_recording_and_renaming_its_dat_bills_once(co
         terminal.inbox, receipt_doc("R0002", timestamp="2026-11-20T10:16:00+01:00")
     )
 
-    def killed(temp, target):
+    def killed(temp, target, **_):
         raise KeyboardInterrupt("power cut")  # what SIGKILL would leave: no rename
 
     monkeypatch.setattr(processing, "publish_dat", killed)

@@ -79,9 +79,12 @@ def write_dat(out_dir: Path, rendered: RenderedDat, spec: DatSpec, business_day:
     return target
 
 
-def stage_dat(out_dir: Path, rendered: RenderedDat, spec: DatSpec, business_day: date):
-    """Write the .dat under a hidden temp name beside its place, on disk (fsynced), checked
-    against its spec; ``publish_dat`` renames it into place.
+def stage_dat(
+    out_dir: Path, rendered: RenderedDat, spec: DatSpec, business_day: date, *, sync: bool = True
+):
+    """Write the .dat under a hidden temp name beside its place, on disk (fsynced; ``sync``
+    False: the caller makes a batch durable at once, ``fsutil.sync_files``), checked against
+    its spec; ``publish_dat`` renames it into place.
 
     Returns (target, temp); temp is None if the target already holds exactly these bytes.
     Raises ``DatConflictError`` if it holds other bytes.
@@ -93,16 +96,18 @@ def stage_dat(out_dir: Path, rendered: RenderedDat, spec: DatSpec, business_day:
         raise DatRenderError(f"{target} would not parse against {spec.name}: {problems[0]}")
     if _same_or_conflict(target, rendered.content):
         return target, None
-    return target, synced_temp_copy(target, rendered.content)
+    return target, synced_temp_copy(target, rendered.content, sync=sync)
 
 
-def publish_dat(temp: Path, target: Path) -> None:
-    """Rename a staged .dat into place (never over another file), durably."""
+def publish_dat(temp: Path, target: Path, *, sync_folder: bool = True) -> None:
+    """Rename a staged .dat into place (never over another file), durably (``sync_folder``
+    False: the caller fsyncs the folder once for a batch)."""
     if target.exists():  # staged twice (a retried attempt): the name is this receipt's alone
         temp.unlink(missing_ok=True)
         return
     os.rename(temp, target)
-    fsync_dir(target.parent)
+    if sync_folder:
+        fsync_dir(target.parent)
 
 
 def _same_or_conflict(target: Path, content: bytes) -> bool:

@@ -88,10 +88,14 @@ def claim_ready(
     terminal: Terminal,
     files: list[inbox.InboxFile],
     days: PartitionDays,
+    *,
+    max_files: int = inbox.MAX_FILES_PER_RUN,
 ) -> list[inbox.PlannedBatch]:
     """Claim ``files`` (ready, unclaimed, safely named: ``give_safe_names`` first) in batches
-    of one business day each."""
-    return claims.claim_batches(claim_table, terminal, files, lambda f: days.day_of(terminal, f))
+    of one business day each, at most ``max_files`` each."""
+    return claims.claim_batches(
+        claim_table, terminal, files, lambda f: days.day_of(terminal, f), max_files=max_files
+    )
 
 
 def relaunch_due(

@@ -23,6 +23,7 @@ from decimal import Decimal
 from pathlib import Path
 
 from posfed_pipeline.core.base.clock import SYSTEM_CLOCK, Clock
+from posfed_pipeline.core.base.fsutil import fsync_dir, sync_files
 from posfed_pipeline.core.config import PosfedConfig
 from posfed_pipeline.core.dat import (
     DatConflictError,
@@ -504,30 +505,42 @@ def emit(
     that stops half-way leaves nothing written-but-unrecorded for the next one to write again.
     """
     emission = Emission()
-    published: list[str] = []
+    if ledger is None:
+        for receipt in receipts:
+            rendered = render_receipt(receipt, terminal, spec)
+            emission.written.append(write_dat(config.dat_dir, rendered, spec, receipt.business_day))
+        return emission
+    staged: list[tuple[Receipt, str, Path, Path | None]] = []
     for receipt in receipts:
         rendered = render_receipt(receipt, terminal, spec)
-        if ledger is None:
-            emission.written.append(write_dat(config.dat_dir, rendered, spec, receipt.business_day))
-            continue
-        relative = rendered.relative_path.as_posix()
         try:
-            path, staged = stage_dat(config.dat_dir, rendered, spec, receipt.business_day)
+            path, temp = stage_dat(config.dat_dir, rendered, spec, receipt.business_day, sync=False)
         except DatConflictError as exc:
             reason = f"its .dat file is another receipt's: {exc}"
             ledger.withdraw(receipt, reason)
             emission.refused.append((receipt, reason))
             continue
-        # Recorded before the rename: an attempt stopped in between leaves the staged file,
-        # which the next one renames (publish_staged); never a second .dat after the billing
-        # software took the first.
-        ledger.mark_emitted([(receipt, relative)], staged=staged.name if staged else None)
-        if staged is not None:
-            publish_dat(staged, path)
+        staged.append((receipt, rendered.relative_path.as_posix(), path, temp))
+    # The batch's files on disk in one flush (a commit per file would cap a backlog's drain
+    # at a few hundred files a second), before the ledger records them...
+    sync_files([temp for *_, temp in staged if temp is not None])
+    # ...and recorded, in one transaction, before their renames: an attempt stopped in between
+    # leaves staged files, which the next one renames (publish_staged); never a second .dat
+    # after the billing software took the first.
+    ledger.mark_emitted(
+        [(receipt, relative, temp.name if temp else None) for receipt, relative, _, temp in staged]
+    )
+    published: list[str] = []
+    folders: set[Path] = set()
+    for _, relative, path, temp in staged:
+        if temp is not None:
+            publish_dat(temp, path, sync_folder=False)
             published.append(relative)
+            folders.add(path.parent)
         emission.written.append(path)
-    if ledger is not None:
-        ledger.clear_staged(published)
+    for folder in folders:  # the renames on disk: one fsync per day's folder
+        fsync_dir(folder)
+    ledger.clear_staged(published)
     return emission
 
 
@@ -553,22 +566,16 @@ def archive(
     # A file left for a later attempt (one of its sales could not be quarantined, say) stays
     # whole: its accepted sales are known to the ledger then, the rest decided again.
     archived: set[str] = {deferral.version.signature for deferral in batch.deferrals}
+    moves: list[tuple[inbox.InboxFile, date]] = []
     for receipt in receipts:
         version = batch.file_of(receipt)
         if version.signature not in archived:
             archived.add(version.signature)
-            _archive_one(terminal, batch, version, receipt.business_day)
+            moves.append((version, receipt.business_day))
     for signature, version in batch.several.items():
         if signature not in archived:
-            _archive_one(terminal, batch, version, day or datetime.now(terminal.timezone).date())
-
-
-def _archive_one(
-    terminal: Terminal, batch: IntakeResult, version: inbox.InboxFile, business_day: date
-) -> None:
-    try:
-        inbox.archive_file(terminal, version, business_day)
-    except OSError as exc:
+            moves.append((version, day or datetime.now(terminal.timezone).date()))
+    for version, exc in inbox.archive_files(terminal, moves):
         # Its .dat is written and the ledger knows it: a later attempt only moves it (the
         # ledger tells a re-delivery), never bills it twice.
         batch.hold(version, version.name, f"accepted, but could not be archived: {exc}")

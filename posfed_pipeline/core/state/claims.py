@@ -24,7 +24,12 @@ from pathlib import Path
 
 from posfed_pipeline.core.base.sqlite import SQLiteFile, add_missing_columns
 from posfed_pipeline.core.model.terminal import Terminal
-from posfed_pipeline.core.state.inbox import InboxFile, PlannedBatch, plan_batches
+from posfed_pipeline.core.state.inbox import (
+    MAX_FILES_PER_RUN,
+    InboxFile,
+    PlannedBatch,
+    plan_batches,
+)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS claim (
@@ -206,10 +211,14 @@ def claim_batches(
     day_of: Callable[[InboxFile], date],
     *,
     attempt: int = 0,
+    max_files: int = MAX_FILES_PER_RUN,
 ) -> list[PlannedBatch]:
     """Plan runs for ``files`` and claim them; returns only the batches (and files) won."""
     batches = []
-    for planned in plan_batches(terminal, files, day_of, attempt=attempt):
+    planned_batches = plan_batches(
+        terminal, files, day_of, attempt=attempt, max_files_per_run=max_files
+    )
+    for planned in planned_batches:
         by_signature = {f.signature: f for f in planned.files}
 
         def batch_of(won: list[str], planned=planned, by_signature=by_signature) -> PlannedBatch:

@@ -24,7 +24,7 @@ from datetime import date, datetime
 from pathlib import Path
 
 from posfed_pipeline.core.base.errors import PosfedError
-from posfed_pipeline.core.base.fsutil import move_unique
+from posfed_pipeline.core.base.fsutil import fsync_dir, link_unique, move_unique
 from posfed_pipeline.core.model.terminal import DeliveryRules, Terminal
 
 # Writers that follow the write-then-rename convention use these while a file is in progress.
@@ -516,6 +516,39 @@ def archive_file(terminal: Terminal, version: InboxFile, business_day: date) -> 
         raise
     release_ready_marker(terminal, version.name)
     return archived
+
+
+def archive_files(
+    terminal: Terminal, items: list[tuple[InboxFile, date]]
+) -> list[tuple[InboxFile, OSError]]:
+    """``archive_file`` for many files at once: each new name is on disk (one fsync per
+    archive folder, not one per file) before any old one goes. Returns the files that could
+    not be moved, with why (each put back under its name, for a later attempt)."""
+    linked: list[tuple[InboxFile, Path]] = []
+    failed: list[tuple[InboxFile, OSError]] = []
+    folders: set[Path] = set()
+    for version, business_day in items:
+        try:
+            claimed = take(version)
+            if claimed is None:
+                continue  # gone, or a newer version: that one stays for a run of its own
+            folder = terminal.archive_dir(business_day)
+            try:
+                link_unique(claimed, folder, name=version.name)
+            except OSError:
+                put_back(claimed, version.name)
+                raise
+        except OSError as exc:
+            failed.append((version, exc))
+            continue
+        linked.append((version, claimed))
+        folders.add(folder)
+    for folder in folders:
+        fsync_dir(folder)
+    for version, claimed in linked:
+        claimed.unlink(missing_ok=True)
+        release_ready_marker(terminal, version.name)
+    return failed
 
 
 def put_back(claimed: Path, name: str) -> None:
