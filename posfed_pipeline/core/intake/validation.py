@@ -5,17 +5,23 @@ units computed exactly from ``Decimal`` (NA where a value has more decimals than
 that every check is vectorised over the whole batch. ``lazy=True`` collects every failure of
 every receipt; each is translated back to the receipt, field and value it concerns, in words an
 operator understands.
+
+The checkout validates one receipt at a time, so the cost that does not grow with the batch is
+kept small: the frames are built with exactly the dtypes the models declare, the schemas depend
+only on the terminal's settings (cached), and the checks compute on numpy arrays.
 """
 
 from __future__ import annotations
 
 import copy
 import functools
-from collections.abc import Iterator
+import importlib.util
+import re
+import sys
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Annotated
 
 import numpy as np
 import pandas as pd
@@ -27,9 +33,22 @@ from posfed_pipeline.core.model.barcodes import Label, read_label
 from posfed_pipeline.core.model.receipt import Problem, Receipt, ReceiptItem, round_cents
 from posfed_pipeline.core.model.terminal import Terminal, VariableMeasureScheme
 
+
+def _skip_pandera_geopandas_probe() -> None:
+    """pandera tries ``from geopandas.array import GeometryDtype`` whenever it resolves a dtype
+    its registry lacks (a text column's ``object``, a schema's ``None``): five times a batch.
+    A failed import is not remembered, so each try searches sys.path anew (~0.1 ms). Where
+    geopandas is not installed, its ``None`` entry in sys.modules (the import system's mark
+    for "absent") makes each try fail at once; where it is, nothing changes."""
+    if "geopandas" not in sys.modules and importlib.util.find_spec("geopandas") is None:
+        sys.modules["geopandas"] = None  # type: ignore[assignment]
+
+
+_skip_pandera_geopandas_probe()
+
+
 QUANTITY_DECIMALS = 3  # default for weighed items: kilograms to the gram
 MAX_DESCRIPTION = 200
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _ONE_MICROSECOND = timedelta(microseconds=1)
 _MAX_MINOR = int(MAX_MAGNITUDE) * 10**6  # any magnitude intake accepts, at any scale used here
 
@@ -45,24 +64,42 @@ LABEL_WEIGHT_RULE = (
 EMBEDDED_PRICE_RULE = "the price in this in-store barcode must equal the line's price or amount"
 RETURNS_RULE = "returns (negative quantities) are not allowed on this terminal"
 TOTAL_RULE = "total must equal the sum of the line amounts (price x quantity, half-up to cents)"
+RECEIPT_ID_RULE = (
+    "must be 1-64 letters, digits, '-' or '_' starting with a letter or digit (nothing path-like)"
+)
+DESCRIPTION_RULE = f"description must be at most {MAX_DESCRIPTION} characters"
 
 
 # --- the models ---------------------------------------------------------------------------------
 
 
 class ReceiptHeaderModel(pa.DataFrameModel):
-    """One row per receipt."""
+    """One row per receipt.
 
-    receipt_id: Series[str] = pa.Field(str_matches=RECEIPT_ID_PATTERN.pattern)
+    The fields are the columns a rule is about; each costs pandera a pass on every call, so
+    the columns that only serve a frame-wide check are not fields. Text columns are
+    ``object``: they hold the receipt's ``str`` values, and pandera's ``str`` dtype check
+    would test (and format) every element on every call. The frame also holds:
+
+    - ``lines_total_minor`` (Int64): the sum of the line amounts, NA when one is not exact.
+    """
+
+    receipt_id: Series[object]
     total_minor: Series[pd.Int64Dtype] = pa.Field(nullable=False)
-    lines_total_minor: Series[pd.Int64Dtype] = pa.Field(nullable=True)
     item_count: Series[int] = pa.Field(ge=1)
-    timestamp: Series[Annotated[pd.DatetimeTZDtype, "ns", "UTC"]]
+    # How long before the validation's ``now`` the sale was, in microseconds (negative: in the
+    # future), so that the age checks do not depend on the clock and the schema is cached.
+    age_us: Series[int]
 
-    @pa.dataframe_check(error=TOTAL_RULE)
+    # Text checks go over the few values in Python: pandas' .str methods cost more per call.
+    @pa.check("receipt_id", error=RECEIPT_ID_RULE, ignore_na=False)
+    def receipt_id_well_formed(cls, receipt_id: Series[object]) -> Series[bool]:
+        return _each(receipt_id, lambda value: RECEIPT_ID_PATTERN.match(value) is not None)
+
+    @pa.dataframe_check(error=TOTAL_RULE, ignore_na=False)
     def total_matches_lines(cls, df: pd.DataFrame) -> Series[bool]:
         # NA: a line's price or quantity is not exact, which is reported on that line.
-        return (df["total_minor"] == df["lines_total_minor"]).fillna(True).astype(bool)
+        return _equal_or_na(df["total_minor"], df["lines_total_minor"])
 
     class Config:
         strict = False
@@ -70,48 +107,68 @@ class ReceiptHeaderModel(pa.DataFrameModel):
 
 
 class ReceiptItemModel(pa.DataFrameModel):
-    """One row per receipt line; ``receipt_idx`` points at the header row.
+    """One row per receipt line; as ``ReceiptHeaderModel``, the fields are the columns a rule
+    is about. ``quantity_scaled`` is the quantity times 10**quantity_decimals (the terminal's
+    setting). The frame also holds:
 
-    ``quantity_scaled`` is the quantity times 10**quantity_decimals (the terminal's setting);
-    ``amount_minor`` is price x quantity in cents, half-up, NA when either is not exact.
+    - ``receipt_idx``, ``line_no`` (int64): the header row, and the line's number (from 1);
+    - ``barcode`` (object): the line's barcode;
+    - ``amount_minor`` (Int64): price x quantity in cents, half-up, NA when either is not exact;
+    - ``label_amount_minor``, ``weight_amount_minor`` (Int64): the line amount its scale label
+      implies, in cents: its amount payable, and its weight x unit price; NA where the label
+      carries no such figure.
     """
 
-    receipt_idx: Series[int]
-    line_no: Series[int]
-    barcode: Series[str]
     # Why biip could not read the barcode (core.barcodes), None when it could.
-    barcode_problem: Series[str] = pa.Field(nullable=True)
-    description: Series[str] = pa.Field(str_length={"max_value": MAX_DESCRIPTION})
+    barcode_problem: Series[object] = pa.Field(nullable=True)
+    description: Series[object]
     price_minor: Series[pd.Int64Dtype] = pa.Field(nullable=False)
     quantity_scaled: Series[pd.Int64Dtype] = pa.Field(nullable=False)
-    amount_minor: Series[pd.Int64Dtype] = pa.Field(nullable=True)
-    # The line amount its scale label implies, in cents: its amount payable, and its weight x
-    # unit price. NA where the label carries no such figure.
-    label_amount_minor: Series[pd.Int64Dtype] = pa.Field(nullable=True)
-    weight_amount_minor: Series[pd.Int64Dtype] = pa.Field(nullable=True)
 
-    @pa.check("barcode_problem", error=BARCODE_RULE)
-    def barcode_readable(cls, problem: Series[str]) -> Series[bool]:
+    # An NA price or quantity is not exact, which nullable=False reports; these checks pass it.
+    @pa.check("barcode_problem", error=BARCODE_RULE, ignore_na=False)
+    def barcode_readable(cls, problem: Series[object]) -> Series[bool]:
         return problem.isna()
 
-    @pa.check("price_minor", error="price must not be negative")
-    def price_not_negative(cls, price: Series[pd.Int64Dtype]) -> Series[bool]:
-        return price.ge(0).fillna(True).astype(bool)
+    @pa.check("description", error=DESCRIPTION_RULE, ignore_na=False)
+    def description_not_too_long(cls, description: Series[object]) -> Series[bool]:
+        return _each(description, lambda value: len(value) <= MAX_DESCRIPTION)
 
-    @pa.check("quantity_scaled", error="quantity must not be zero")
+    @pa.check("price_minor", error="price must not be negative", ignore_na=False)
+    def price_not_negative(cls, price: Series[pd.Int64Dtype]) -> Series[bool]:
+        return pd.Series(_ints(price, na=0) >= 0, index=price.index)
+
+    @pa.check("quantity_scaled", error="quantity must not be zero", ignore_na=False)
     def quantity_not_zero(cls, quantity: Series[pd.Int64Dtype]) -> Series[bool]:
-        return quantity.ne(0).fillna(True).astype(bool)
+        return pd.Series(_ints(quantity, na=1) != 0, index=quantity.index)
 
     class Config:
         strict = False
         coerce = False
 
 
+def _each(column: pd.Series, test: Callable[[str], bool]) -> pd.Series:
+    """``test`` of each value of a text column."""
+    passed = np.fromiter(map(test, column.to_numpy()), dtype=bool, count=len(column))
+    return pd.Series(passed, index=column.index)
+
+
+def _ints(column: pd.Series, *, na: int) -> np.ndarray:
+    """An Int64 column as int64 values, NA as ``na`` (a value the check lets pass)."""
+    return column.to_numpy(dtype=np.int64, na_value=na)
+
+
+def _equal_or_na(left: pd.Series, right: pd.Series) -> pd.Series:
+    """Row by row, whether two Int64 columns agree; where either is NA, they do."""
+    agree = _ints(left, na=0) == _ints(right, na=0)
+    return pd.Series(agree | left.array.isna() | right.array.isna(), index=left.index)
+
+
 _FIELD_NAMES = {
     "receipt_id": "receiptId",
     "total_minor": "total",
     "item_count": "items",
-    "timestamp": "timestamp",
+    "age_us": "timestamp",
     "price_minor": "price",
     "quantity_scaled": "quantity",
     "barcode": "barcode",
@@ -181,13 +238,31 @@ def _label_amounts(
     return stated, weighed
 
 
+def _int64_array(values: list[int | None]) -> pd.arrays.IntegerArray:
+    """Nullable Int64 (None is NA), without pandas' inference over a list of objects."""
+    count = len(values)
+    mask = np.fromiter((value is None for value in values), dtype=bool, count=count)
+    data = np.fromiter((value or 0 for value in values), dtype=np.int64, count=count)
+    return pd.arrays.IntegerArray(data, mask)
+
+
+def _object_array(values: list) -> np.ndarray:
+    array = np.empty(len(values), dtype=object)
+    array[:] = values
+    return array
+
+
 def receipts_to_frames(
     receipts: list[Receipt],
     *,
     quantity_decimals: int = QUANTITY_DECIMALS,
     gs1_region: str | None = None,
+    now: datetime | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The header and item frames of a batch, built column by column (no per-row frames)."""
+    """The header and item frames of a batch, built column by column (no per-row frames).
+
+    Each column has the dtype its model declares, so that pandera's dtype checks are cheap."""
+    now = now or datetime.now(UTC)
     scale = 10**quantity_decimals
     counts = np.fromiter((len(r.items) for r in receipts), dtype=np.int64, count=len(receipts))
     items = [item for receipt in receipts for item in receipt.items]
@@ -203,7 +278,7 @@ def receipts_to_frames(
     starts = np.concatenate(([0], np.cumsum(counts)[:-1])) if len(receipts) else counts
     receipt_idx = np.repeat(np.arange(len(receipts), dtype=np.int64), counts)
     line_no = np.arange(len(items), dtype=np.int64) - np.repeat(starts, counts) + 1
-    amount_array = pd.array(amounts, dtype="Int64")
+    amount_array = _int64_array(amounts)
 
     # Sum per receipt; a receipt with any inexact line has no lines total (NA).
     filled = amount_array.to_numpy(dtype=np.int64, na_value=0)
@@ -211,35 +286,35 @@ def receipts_to_frames(
     running = np.concatenate(([0], np.cumsum(filled)))
     running_inexact = np.concatenate(([0], np.cumsum(inexact)))
     ends = starts + counts
-    lines_total = pd.array(running[ends] - running[starts], dtype="Int64")
-    lines_total[(running_inexact[ends] - running_inexact[starts]) > 0] = pd.NA
-
-    timestamps_us = np.fromiter(
-        ((r.timestamp - _EPOCH) // _ONE_MICROSECOND for r in receipts),
-        dtype=np.int64,
-        count=len(receipts),
+    lines_total = pd.arrays.IntegerArray(
+        running[ends] - running[starts], (running_inexact[ends] - running_inexact[starts]) > 0
     )
+
     headers = pd.DataFrame(
         {
-            "receipt_id": pd.Series([r.receipt_id for r in receipts], dtype=object),
-            "total_minor": pd.array([_minor(r.total, 100) for r in receipts], dtype="Int64"),
+            "receipt_id": _object_array([r.receipt_id for r in receipts]),
+            "total_minor": _int64_array([_minor(r.total, 100) for r in receipts]),
             "lines_total_minor": lines_total,
             "item_count": counts,
-            "timestamp": pd.to_datetime(timestamps_us, unit="us", utc=True).as_unit("ns"),
+            "age_us": np.fromiter(
+                ((now - r.timestamp) // _ONE_MICROSECOND for r in receipts),
+                dtype=np.int64,
+                count=len(receipts),
+            ),
         }
     )
     item_frame = pd.DataFrame(
         {
             "receipt_idx": receipt_idx,
             "line_no": line_no,
-            "barcode": pd.Series(barcodes, dtype=object),
-            "barcode_problem": pd.Series([label.error for label in labels], dtype=object),
-            "description": pd.Series([item.description for item in items], dtype=object),
-            "price_minor": pd.array(prices, dtype="Int64"),
-            "quantity_scaled": pd.array(quantities, dtype="Int64"),
+            "barcode": _object_array(barcodes),
+            "barcode_problem": _object_array([label.error for label in labels]),
+            "description": _object_array([item.description for item in items]),
+            "price_minor": _int64_array(prices),
+            "quantity_scaled": _int64_array(quantities),
             "amount_minor": amount_array,
-            "label_amount_minor": pd.array(stated, dtype="Int64"),
-            "weight_amount_minor": pd.array(weighed, dtype="Int64"),
+            "label_amount_minor": _int64_array(stated),
+            "weight_amount_minor": _int64_array(weighed),
         }
     )
     item_frame.attrs["quantity_decimals"] = quantity_decimals
@@ -280,17 +355,17 @@ def validate_batch(
     report = ValidationReport()
     if not receipts:
         return report
-    now = now or datetime.now(UTC)
     headers, items = receipts_to_frames(
-        receipts, quantity_decimals=quantity_decimals, gs1_region=gs1_region
+        receipts, quantity_decimals=quantity_decimals, gs1_region=gs1_region, now=now
     )
     problems: dict[int, list[Problem]] = {}
 
-    header_schema = _header_schema(now, max_clock_skew, max_age, receipt_id_prefix)
+    header_schema = _header_schema(max_clock_skew, max_age, receipt_id_prefix)
     item_schema = _item_schema(allow_returns, quantity_decimals, variable_measure, check_labels)
     for schema, frame, kind in ((header_schema, headers, "header"), (item_schema, items, "item")):
         try:
-            schema.validate(frame, lazy=True)
+            # In place: the frame is this call's own, and pandera would copy it otherwise.
+            schema.validate(frame, lazy=True, inplace=True)
         except pa.errors.SchemaErrors as exc:
             explained = _explain(
                 exc.failure_cases, frame, receipts, kind, variable_measure, gs1_region
@@ -306,16 +381,20 @@ def validate_batch(
     return report
 
 
+@functools.cache
 def _header_schema(
-    now: datetime, skew: timedelta, max_age: timedelta, receipt_id_prefix: str
+    skew: timedelta, max_age: timedelta, receipt_id_prefix: str
 ) -> pa.DataFrameSchema:
-    latest = pd.Timestamp(now + skew)
-    earliest = pd.Timestamp(now - max_age)
-    schema = _base_header_schema().update_column(
-        "timestamp",
+    schema = ReceiptHeaderModel.to_schema().update_column(
+        "age_us",
         checks=[
-            pa.Check.le(latest, error=f"timestamp is more than {_span(skew)} in the future"),
-            pa.Check.ge(earliest, error=f"timestamp is older than {_span(max_age)}"),
+            pa.Check.ge(
+                -(skew // _ONE_MICROSECOND),
+                error=f"timestamp is more than {_span(skew)} in the future",
+            ),
+            pa.Check.le(
+                max_age // _ONE_MICROSECOND, error=f"timestamp is older than {_span(max_age)}"
+            ),
         ],
     )
     if receipt_id_prefix:
@@ -324,8 +403,9 @@ def _header_schema(
             "receipt_id",
             checks=[
                 *column.checks,
-                pa.Check.str_startswith(
-                    receipt_id_prefix,
+                pa.Check(
+                    lambda ids: _each(ids, lambda value: value.startswith(receipt_id_prefix)),
+                    ignore_na=False,
                     # Its .dat name would not be this terminal's: see core.dat_names.
                     error=f"must begin with {receipt_id_prefix!r}, this terminal's receipt "
                     "number prefix (receipt_id_prefix in posfed.toml): is the terminal's "
@@ -337,11 +417,6 @@ def _header_schema(
 
 
 @functools.cache
-def _base_header_schema() -> pa.DataFrameSchema:
-    return ReceiptHeaderModel.to_schema()
-
-
-@functools.cache
 def _item_schema(
     allow_returns: bool,
     quantity_decimals: int,
@@ -349,13 +424,20 @@ def _item_schema(
     check_labels: bool = False,
 ) -> pa.DataFrameSchema:
     schema = ReceiptItemModel.to_schema()
+    # Every check here passes NA itself (it is reported where it arises). ignore_na=False:
+    # pandera need not drop NA first, nor scan every column of the frame for each frame-wide
+    # check.
     if not allow_returns:
         column = schema.columns["quantity_scaled"]
         schema = schema.update_column(
             "quantity_scaled",
             checks=[
                 *column.checks,
-                pa.Check(lambda q: (q >= 0).fillna(True).astype(bool), error=RETURNS_RULE),
+                pa.Check(
+                    lambda q: pd.Series(_ints(q, na=0) >= 0, index=q.index),
+                    error=RETURNS_RULE,
+                    ignore_na=False,
+                ),
             ],
         )
     if variable_measure is not None:
@@ -363,7 +445,9 @@ def _item_schema(
         schema.checks = [
             *schema.checks,
             pa.Check(
-                functools.partial(_embedded_price_ok, variable_measure), error=EMBEDDED_PRICE_RULE
+                functools.partial(_embedded_price_ok, variable_measure),
+                error=EMBEDDED_PRICE_RULE,
+                ignore_na=False,
             ),
         ]
     if check_labels:
@@ -371,10 +455,14 @@ def _item_schema(
         schema.checks = [
             *schema.checks,
             pa.Check(
-                functools.partial(_label_agrees, "label_amount_minor"), error=LABEL_AMOUNT_RULE
+                functools.partial(_label_agrees, "label_amount_minor"),
+                error=LABEL_AMOUNT_RULE,
+                ignore_na=False,
             ),
             pa.Check(
-                functools.partial(_label_agrees, "weight_amount_minor"), error=LABEL_WEIGHT_RULE
+                functools.partial(_label_agrees, "weight_amount_minor"),
+                error=LABEL_WEIGHT_RULE,
+                ignore_na=False,
             ),
         ]
     return schema
@@ -382,7 +470,12 @@ def _item_schema(
 
 def _label_agrees(column: str, items: pd.DataFrame) -> pd.Series:
     """The label's figure is the line's amount (a return's by its size); no figure: agrees."""
-    return (items[column] == items["amount_minor"].abs()).fillna(True).astype(bool)
+    figure, amount = items[column], items["amount_minor"]
+    agree = _ints(figure, na=0) == np.abs(_ints(amount, na=0))
+    return pd.Series(agree | figure.array.isna() | amount.array.isna(), index=items.index)
+
+
+_THIRTEEN_DIGITS = re.compile(r"[0-9]{13}")
 
 
 def _embedded_price_ok(scheme: VariableMeasureScheme, items: pd.DataFrame) -> pd.Series:
@@ -391,17 +484,24 @@ def _embedded_price_ok(scheme: VariableMeasureScheme, items: pd.DataFrame) -> pd
     Scales print either the line amount (weighed goods) or the unit price on the label, so
     either matching is accepted; a return's amount is compared by its size.
     """
-    barcode = items["barcode"]
-    carries_price = barcode.str.fullmatch(r"[0-9]{13}", na=False) & barcode.str.slice(0, 2).isin(
-        scheme.price_prefixes
-    )
-    mask = carries_price.to_numpy(dtype=bool)
     ok = np.ones(len(items), dtype=bool)
-    if mask.any():
-        rows = items[mask]
-        embedded = rows["barcode"].str.slice(12 - scheme.price_digits, 12).astype(np.int64)
-        matches = (embedded == rows["price_minor"]) | (embedded == rows["amount_minor"].abs())
-        ok[mask] = matches.fillna(True).to_numpy(dtype=bool)
+    rows = [
+        row
+        for row, code in enumerate(items["barcode"].to_numpy())
+        if code[:2] in scheme.price_prefixes and _THIRTEEN_DIGITS.fullmatch(code)
+    ]
+    if rows:
+        codes = items["barcode"].to_numpy()[rows]
+        embedded = np.array([int(code[12 - scheme.price_digits : 12]) for code in codes])
+        price = items["price_minor"].array[rows]
+        amount = items["amount_minor"].array[rows]
+        # NA: the price or quantity is not exact, which is reported on the line itself.
+        ok[rows] = (
+            (embedded == price.to_numpy(dtype=np.int64, na_value=0))
+            | (embedded == np.abs(amount.to_numpy(dtype=np.int64, na_value=0)))
+            | price.isna()
+            | amount.isna()
+        )
     return pd.Series(ok, index=items.index)
 
 
@@ -420,17 +520,10 @@ def _span(delta: timedelta) -> str:
 def _builtin_rule(column: str, check: str, quantity_decimals: int) -> str | None:
     """How pandera's built-in checks read to an operator."""
     return {
-        ("receipt_id", f"str_matches('{RECEIPT_ID_PATTERN.pattern}')"): (
-            "must be 1-64 letters, digits, '-' or '_' starting with a letter or digit "
-            "(nothing path-like)"
-        ),
         ("total_minor", "not_nullable"): "total must be below 10 million with at most 2 decimals",
         ("price_minor", "not_nullable"): "price must be below 10 million with at most 2 decimals",
         ("quantity_scaled", "not_nullable"): (
             f"quantity must be below 10 million with at most {quantity_decimals} decimals"
-        ),
-        ("description", f"str_length(None, {MAX_DESCRIPTION})"): (
-            f"description must be at most {MAX_DESCRIPTION} characters"
         ),
         ("item_count", "greater_than_or_equal_to(1)"): "a receipt needs at least one item",
     }.get((column, check))
