@@ -1422,9 +1422,29 @@ class Run:
         self._wait_for_central()
         self.load_end = os.getloadavg()
         self.elapsed = time.monotonic() - started
-        # Let the runs finish (the .dat is written before the run reports success).
+        # Let the runs finish (the .dat is written before the run reports success), and the
+        # checkout's recording runs come and finish: their CPU is the receipts' too.
+        self._wait_for_recording()
         deadline = time.monotonic() + 60
         while self.active_runs() and time.monotonic() < deadline:
+            time.sleep(0.5)
+
+    def _wait_for_recording(self) -> None:
+        if self.mode != "posfed":
+            return
+        try:
+            from posfed_pipeline.core.state.checkout_journal import (
+                CheckoutJournal,
+                checkout_journal_path,
+            )
+        except ImportError:  # a posfed from before the checkout (a "before" measurement)
+            return
+        path = checkout_journal_path(self.config.home)
+        if not path.exists():
+            return
+        journal = CheckoutJournal(path)
+        deadline = time.monotonic() + self.config.record_window_seconds + 60
+        while time.monotonic() < deadline and (journal.windows() or self.active_runs()):
             time.sleep(0.5)
 
     def _outage(self, started: float) -> None:
@@ -1476,7 +1496,7 @@ class Run:
                 if run.run_id not in self.runs_before:
                     sync_by_status[run.status.value] = sync_by_status.get(run.status.value, 0) + 1
                 continue
-            if run.tags.get(names.CHECKOUT_RECORD_TAG) == "true":
+            if run.tags.get(getattr(names, "CHECKOUT_RECORD_TAG", "")) == "true":
                 # The terminal-day's run recording the checkout's batches: it carries no files.
                 if run.run_id not in self.runs_before:
                     status = run.status.value
