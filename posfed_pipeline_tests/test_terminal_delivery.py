@@ -84,7 +84,9 @@ def _assert_each_delivered_once(config, sent: dict[str, list[str]]) -> None:
     instance = dg.DagsterInstance.get()
     _wait(lambda: all(r.is_finished for r in instance.get_runs()), 60, "every run to finish")
     runs = [r for r in instance.get_runs() if r.job_name == RECEIPTS_JOB]
-    assert {r.status for r in runs} == {dg.DagsterRunStatus.SUCCESS}
+    # The fast path's checkout took them: any run (a recording run, one for a batch the
+    # checkout handed on, a sensor's) succeeded.
+    assert {r.status for r in runs} <= {dg.DagsterRunStatus.SUCCESS}
     ledger = open_ledger(config.home)
     for terminal_id, receipt_ids in sent.items():
         terminal = config.terminal(terminal_id)
