@@ -17,6 +17,7 @@ from posfed_pipeline.core.state.ledger import Ledger, open_ledger
 from posfed_pipeline.defs.markdown import md_table
 from posfed_pipeline.defs.partitions import (
     daily_partitions,
+    lineage_only_dep,
     split_terminal_day_key,
     terminal_day_key,
     terminal_day_partitions,
@@ -247,7 +248,7 @@ def _revision_metadata(settlements: list, previous: dict) -> dict:
 def _archive_retention(config: PosfedConfig, clock: Clock) -> dg.AssetsDefinition:
     @dg.asset(
         key=ARCHIVE_RETENTION,
-        deps=[DAT_FILES],
+        deps=[lineage_only_dep(DAT_FILES)],
         group_name=AUDITS_GROUP,
         kinds={"file"},
         description=f"Archived originals and .dat folders older than {config.retention_days} "

@@ -23,6 +23,7 @@ from posfed_pipeline.core.stages import sync
 from posfed_pipeline.core.state import claims
 from posfed_pipeline.core.state.ledger import Ledger, open_ledger
 from posfed_pipeline.defs.markdown import md_table
+from posfed_pipeline.defs.partitions import lineage_only_dep
 from posfed_pipeline.defs.resources import CentralDbResource
 from posfed_pipeline.names import (
     CENTRAL_DB_RECEIPTS,
@@ -89,7 +90,7 @@ def _central_db_receipts(config: PosfedConfig, clock: Clock) -> dg.AssetsDefinit
 
     @dg.asset(
         key=CENTRAL_DB_RECEIPTS,
-        deps=[VALIDATED_RECEIPTS],
+        deps=[lineage_only_dep(VALIDATED_RECEIPTS)],
         group_name=RECEIPTS_GROUP,
         kinds={"sqlalchemy"},
         description="Receipt, line and ingest-ledger rows in the central database, "

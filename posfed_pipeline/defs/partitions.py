@@ -32,6 +32,18 @@ def terminal_day_partitions(config: PosfedConfig) -> dg.MultiPartitionsDefinitio
     )
 
 
+def lineage_only_dep(asset_key: str) -> dg.AssetDep:
+    """An unpartitioned asset's dependency on a terminal x day asset (the sync on the validated
+    receipts, retention on the .dat files): the edge the UI's asset graph shows, on no
+    partition in particular, as the asset reads the ledger or the folders, not partitions.
+
+    Dagster's default (every partition) has each run list all terminal-day keys (74,000 at 200
+    terminals) to hash their data versions, and drop them for being 100 or more: three
+    quarters of a sync run's CPU. Mapped to none, nothing is listed. The UI's staleness is the
+    same past 100 partitions (a 20-terminal store on its fifth day): Dagster skips those too."""
+    return dg.AssetDep(asset_key, partition_mapping=dg.SpecificPartitionsPartitionMapping([]))
+
+
 def terminal_day_key(terminal_id: str, business_day: date) -> dg.MultiPartitionKey:
     return dg.MultiPartitionKey(
         {TERMINAL_DIMENSION: terminal_id, DAY_DIMENSION: business_day.isoformat()}
