@@ -354,3 +354,30 @@ def test_a_receipt_older_than_the_window_still_runs_and_old_days_stay_backfillab
     for wrong in (-1, 1.5, "12", True):
         with pytest.raises(ConfigError, match=r"\[store\] partition_window_months must be a whole"):
             store(partition_window_months=wrong)
+
+
+def test_many_terminals_sensors_tick_less_often_so_an_idle_store_stays_cheap(tmp_path):
+    """Each tick costs the daemon ~18 ms whatever the sensor returns: 20 terminals tick every
+    30 s each as configured; 200 together at most 0.7 times a second (docs/benchmarks.md)."""
+    from posfed_pipeline.core.config import load_config
+    from posfed_pipeline.defs.inbox_sensors import catchup_interval
+    from posfed_pipeline_tests.support.stores import write_store_config
+
+    def interval(count: int) -> int:
+        terminals = [
+            {
+                "id": f"till_{n}",
+                "department": f"{10 + n % 80}",
+                "tenant": f"T{n}",
+                "receipt_id_prefix": f"{n:03d}",
+            }
+            for n in range(count)
+        ]
+        path = write_store_config(
+            tmp_path / f"{count}.toml", tmp_path / f"s{count}", terminals=terminals
+        )
+        return catchup_interval(load_config(path))
+
+    assert interval(20) == 29
+    assert 284 <= interval(200) <= 289  # 200 / 0.7 s, on the daemon's 5-s loop
+    assert 200 / interval(200) <= 0.7

@@ -1158,10 +1158,26 @@ class Run:
 
     def start_daemon(self) -> None:
         daemon = str(Path(sys.executable).with_name("dagster-daemon"))
+        workspace = packaged.workspace_file()
+        if self.mode == "posfed":
+            # As a store server runs it (posfed demo, the systemd units): a code server of its
+            # own, which the daemon loads over its socket. (With the plain workspace the
+            # daemon starts a code server itself, and a fresh one every 60 s.)
+            from posfed_pipeline.processes import services
+
+            server, env = services.code_server(
+                self.dagster_home,
+                dict(self.processes.env),
+                "posfed_pipeline.definitions",
+                packaged.location_name(),
+                "warning",
+            )
+            self.processes.env.update(env)
+            self.processes.start("code server", server.command)
+            self._wait(server.ready, 120, "the code server")
+            workspace = packaged.code_server_workspace_file()
         self.processes.start(
-            "daemon",
-            [daemon, "run", "-w", str(packaged.workspace_file())],
-            nice=self.settings.daemon_nice,
+            "daemon", [daemon, "run", "-w", str(workspace)], nice=self.settings.daemon_nice
         )
 
     def start_fastpath(self) -> None:
