@@ -62,7 +62,7 @@ from posfed_pipeline.names import (
     TERMINAL_TAG,
     inbox_sensor_name,
 )
-from posfed_pipeline.run_tags import BACKLOG_FILES, lane_of
+from posfed_pipeline.run_tags import lane_of
 
 log = logging.getLogger("posfed.fastpath.trigger")
 # An inbox with inotify events is listed again this often when nothing happens there: every
@@ -524,8 +524,9 @@ class InboxTrigger:
             )
             self._checkouts[job.job_id] = (terminal, batch, window)
             self._in_flight[terminal.id].add(job.job_id)
-        # Many files at once (a flooded inbox): in the background, between cashiers' receipts.
-        self.pool.submit_checkout(job, background=len(batch.files) >= BACKLOG_FILES)
+        # A full batch (a flooded inbox): in the background, between cashiers' receipts. (A busy
+        # terminal's few dozen waiting files are its cashier's: they go first.)
+        self.pool.submit_checkout(job, background=len(batch.files) >= CHECKOUT_MAX_FILES)
         self.checkouts += 1
         self.files_launched += len(batch.files)
 

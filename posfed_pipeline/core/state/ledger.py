@@ -199,6 +199,17 @@ def _migrate(connection: sqlite3.Connection) -> None:
         "CREATE INDEX IF NOT EXISTS receipt_staged ON receipt (terminal_id) "
         "WHERE dat_staged IS NOT NULL"
     )
+    # clear_staged finds a staged .dat by its path: without this, every .dat written scanned
+    # the whole receipt table (a ledger of 50,000 receipts: ~10 ms per .dat).
+    connection.execute(
+        "CREATE INDEX IF NOT EXISTS receipt_staged_file ON receipt (dat_file) "
+        "WHERE dat_staged IS NOT NULL"
+    )
+    # owed_dat, on every batch: the few receipts without a .dat, not all of the terminal's.
+    connection.execute(
+        "CREATE INDEX IF NOT EXISTS receipt_owed_dat ON receipt (terminal_id, accepted_at) "
+        "WHERE dat_written_at IS NULL"
+    )
 
 
 class Ledger:
@@ -401,7 +412,9 @@ class Ledger:
         if rows:
             with self._write() as connection:
                 connection.executemany(
-                    "UPDATE receipt SET dat_staged = NULL WHERE dat_file = ?", rows
+                    "UPDATE receipt SET dat_staged = NULL "
+                    "WHERE dat_file = ? AND dat_staged IS NOT NULL",
+                    rows,
                 )
 
     def owed_dat(self, terminal_id: str) -> list[Receipt]:
