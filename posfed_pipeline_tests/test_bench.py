@@ -52,8 +52,9 @@ def test_bench_posfed_small_run_loses_and_duplicates_nothing(tmp_path):
     assert report["lost"] == 0
     assert report["duplicated"] == 0
     assert report["db_rows"] == report["sent"]
-    assert report["runs"] >= 1
-    assert set(report["runs_by_status"]) == {"SUCCESS"}
+    # The checkout: no run per batch; each terminal-day's recording run, waited for, succeeded.
+    assert report["runs"] == 0 and report["runs_by_status"] == {}
+    assert set(report["recording_runs_by_status"]) == {"SUCCESS"}
     assert report["latency"]["p50"] is not None  # measured, whatever its value
     # Memory at each simulated midnight, every process.
     days = report["rss_mb_by_simulated_day"]
