@@ -381,3 +381,44 @@ def test_many_terminals_sensors_tick_less_often_so_an_idle_store_stays_cheap(tmp
     assert interval(20) == 29
     assert 284 <= interval(200) <= 289  # 200 / 0.7 s, on the daemon's 5-s loop
     assert 200 / interval(200) <= 0.7
+
+
+def test_a_dead_triggers_claims_are_relaunched_while_a_new_trigger_lives(config):
+    """A trigger killed with files in its checkout leaves claims without a run; the live
+    trigger's own claims are left to it (its checkout may queue a flood for minutes)."""
+    import sqlite3
+    import time
+
+    from posfed_pipeline.core.state import claims
+
+    terminal = config.terminal("bakery_1")
+    drop_receipt(terminal.inbox, receipt_doc("LEFT"), age=120)
+    table = claims.ClaimTable(claims.claim_table_path(config.home))
+    [version] = [f for f in inbox_scan(terminal) if f.name == "LEFT.json"]
+    table.claim(terminal.id, [version.signature], lambda _: "bakery_1:checkout-left")
+
+    def claimed_ago(seconds: float) -> None:
+        with sqlite3.connect(claims.claim_table_path(config.home)) as db:
+            db.execute("UPDATE claim SET claimed_at = ?", (time.time() - seconds,))
+
+    def started_ago(seconds: float) -> None:
+        with sqlite3.connect(claims.claim_table_path(config.home)) as db:
+            db.execute(
+                "INSERT OR REPLACE INTO heartbeat VALUES (?, ?)",
+                (claims.TRIGGER_STARTED, time.time() - seconds),
+            )
+
+    table.beat()  # a trigger is alive
+    claimed_ago(60)
+    started_ago(90)  # ...and made this claim a minute ago: its checkout has it
+    assert tick_sensor(_sensor(config), None).run_requests == []
+    started_ago(30)  # ...no: it started after the claim, which a trigger before it left
+    [request] = tick_sensor(_sensor(config), None).run_requests
+    assert request.run_config["ops"]["receipt_pipeline"]["config"]["files"] == ["LEFT.json"]
+    assert request.run_key.endswith(":retry1")
+
+
+def inbox_scan(terminal):
+    from posfed_pipeline.core.state import inbox
+
+    return inbox.scan_inbox(terminal, stability_seconds=0).ready

@@ -45,9 +45,10 @@ DAEMON_LOOP_SECONDS = 5
 LISTING_TIMEOUT_SECONDS = 5.0
 # A claim with no run after this long belongs to a launcher that died before creating it.
 ORPHAN_CLAIM_SECONDS = 30.0
-# ...unless the trigger is alive: its checkout processes files without a run of their own (a
-# flooded inbox's batches may wait minutes for a worker), and hands any batch that fails to a
-# run itself. Its claims are the sensor's once its heartbeat stops (ORPHAN_CLAIM_SECONDS then).
+# ...unless the live trigger made it: its checkout processes files without a run of their own
+# (a flooded inbox's batches may wait minutes for a worker), and hands any batch that fails to a
+# run itself. Its claims are the sensor's once its heartbeat stops, and those of a trigger
+# before it (killed mid-checkout) are as soon as ORPHAN_CLAIM_SECONDS have passed.
 CHECKOUT_CLAIM_SECONDS = 600.0
 
 
@@ -147,7 +148,9 @@ def inbox_tick(
         config,
         lambda item: days.day_of(terminal, item),
         now,
-        orphan_after=CHECKOUT_CLAIM_SECONDS if trigger_alive else ORPHAN_CLAIM_SECONDS,
+        # Only the live trigger's own claims: one that died with files in its checkout left
+        # claims older than the live one's start.
+        checkout_since=claim_table.beat_at(claims.TRIGGER_STARTED) if trigger_alive else None,
     )
     present = {f.signature for f in scan.ready + scan.settling}
     claim_table.release_absent(terminal.id, present)
@@ -237,7 +240,7 @@ def _relaunch_batches(
     day_of,
     now: float,
     *,
-    orphan_after: float = ORPHAN_CLAIM_SECONDS,
+    checkout_since: float | None = None,
 ) -> list[inbox.PlannedBatch]:
     """Files still in the inbox whose run finished without moving them (it failed, or found
     them still being written), or whose claim never became a run.
@@ -273,8 +276,11 @@ def _relaunch_batches(
             delay = inbox.retry_delay_seconds(attempt + 1, config.relaunch_after_seconds)
             if now - ended < delay:
                 continue
-        elif now - min(c.claimed_at for c in key_claims) < orphan_after:
-            continue  # its launcher is probably creating the run (or checking out) right now
+        else:
+            first = min(c.claimed_at for c in key_claims)
+            live_checkout = checkout_since is not None and first >= checkout_since
+            if now - first < (CHECKOUT_CLAIM_SECONDS if live_checkout else ORPHAN_CLAIM_SECONDS):
+                continue  # its launcher is probably creating the run (or checking out) now
         for planned in inbox.plan_batches(
             terminal, [files[c.signature] for c in key_claims], day_of, attempt=attempt + 1
         ):

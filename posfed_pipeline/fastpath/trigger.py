@@ -161,6 +161,9 @@ class InboxTrigger:
     # --- life cycle ---------------------------------------------------------------------------
 
     def start(self) -> None:
+        # Claims older than this are a trigger's before it (killed with files in its checkout):
+        # the sensors relaunch those after ORPHAN_CLAIM_SECONDS, not the live trigger's grace.
+        self.claims.beat(claims.TRIGGER_STARTED)
         try:
             self._record_left_windows()
         except Exception:  # the journal keeps them: the next start records them

@@ -47,6 +47,7 @@ CREATE TABLE IF NOT EXISTS heartbeat (name TEXT PRIMARY KEY, at REAL NOT NULL)
 # Added after the first release: a claim table made before gets them at open.
 _LATER_COLUMNS = {"retry_at": "REAL", "note": "TEXT"}
 TRIGGER_HEARTBEAT = "trigger"
+TRIGGER_STARTED = "trigger_started"  # when the live trigger started: older claims are not its
 
 
 def _migrate(connection: sqlite3.Connection) -> None:
@@ -173,6 +174,11 @@ class ClaimTable:
         self._connect().execute(
             "INSERT OR REPLACE INTO heartbeat VALUES (?, ?)", (name, time.time())
         )
+
+    def beat_at(self, name: str) -> float | None:
+        """When ``name`` last beat (wall clock), None if never."""
+        row = self._connect().execute("SELECT at FROM heartbeat WHERE name = ?", (name,)).fetchone()
+        return row[0] if row is not None else None
 
     def alive(self, name: str = TRIGGER_HEARTBEAT, *, within: float = 5.0) -> bool:
         row = self._connect().execute("SELECT at FROM heartbeat WHERE name = ?", (name,)).fetchone()
