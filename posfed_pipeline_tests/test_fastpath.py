@@ -298,7 +298,8 @@ def test_trigger_stopped_the_sensors_still_deliver_through_warm_workers(fast_sto
 def test_a_killed_run_worker_fails_its_run_and_the_files_are_processed_exactly_once(fast_store):
     config, dagster_home = fast_store
     terminal = config.terminal("bakery_1")
-    docs = [_now_doc(f"K{n:04d}", terminal) for n in range(400)]
+    # Long enough to be killed halfway: a batch is flushed at once, 400 files take ~0.3 s.
+    docs = [_now_doc(f"K{n:04d}", terminal) for n in range(2000)]
     for doc in docs:
         _write(terminal, doc)
     time.sleep(config.stability_seconds + 0.1)
@@ -310,7 +311,7 @@ def test_a_killed_run_worker_fails_its_run_and_the_files_are_processed_exactly_o
             terminal,
             ready,
             lambda f: parsing.business_day_of_file(f.path, terminal),
-            max_files_per_run=400,
+            max_files_per_run=2000,
         )
         code_location = dagster_internals.load_code_location(instance, dagster_home)
         factory = dagster_internals.SensorStyleRunFactory(instance, code_location, RECEIPTS_JOB)
@@ -325,7 +326,7 @@ def test_a_killed_run_worker_fails_its_run_and_the_files_are_processed_exactly_o
             30,
             "the run to start",
         )
-        time.sleep(0.3)
+        time.sleep(0.1)
         [worker] = [w for w in fastpath.pool._workers if w.run_id == run.run_id]
         os.kill(worker.process.pid, 9)  # kill -9 mid-run
         _wait(lambda: instance.get_run_by_id(run.run_id).is_finished, 30, "the run to fail")
@@ -346,13 +347,13 @@ def test_a_killed_run_worker_fails_its_run_and_the_files_are_processed_exactly_o
 
     assert list(terminal.inbox.iterdir()) == []
     ledger = open_ledger(config.home)
-    assert [outcome for _, _, outcome in ledger.delivery_outcomes()] == ["inserted"] * 400
-    assert len(list(config.dat_dir.rglob("*.dat"))) == 400
+    assert [outcome for _, _, outcome in ledger.delivery_outcomes()] == ["inserted"] * 2000
+    assert len(list(config.dat_dir.rglob("*.dat"))) == 2000
     engine = central_db.make_engine(config.db_url)
-    assert sync_pending(ledger, engine).receipts_inserted == 400
+    assert sync_pending(ledger, engine).receipts_inserted == 2000
     assert (
         central_db.count_receipts(engine, terminal.id, datetime.now(terminal.timezone).date())
-        == 400
+        == 2000
     )
 
 
