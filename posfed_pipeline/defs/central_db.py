@@ -40,6 +40,11 @@ from posfed_pipeline.names import (
 
 # A slot taken for a run that never appeared belongs to a launcher that died first.
 ORPHAN_SLOT_SECONDS = 30.0
+# The sensor is the catch-up path: while the fast path lives it syncs, and the sensor only
+# looks. Every tick is two writes to the daemon's storage (~40 ms of CPU with the code
+# server's share), so a tick a second was the store's largest fixed cost; within 5 s of a
+# receipt run is soon enough when the fast path is down, and back-off waits round up to it.
+SYNC_SENSOR_INTERVAL_SECONDS = 5
 
 
 def sync_run_key() -> str:
@@ -220,7 +225,7 @@ def _sync_sensor(config: PosfedConfig, clock: Clock) -> dg.SensorDefinition:
     @dg.sensor(
         name=SYNC_SENSOR,
         job=sync_job,
-        minimum_interval_seconds=1,
+        minimum_interval_seconds=SYNC_SENSOR_INTERVAL_SECONDS,
         default_status=dg.DefaultSensorStatus.RUNNING,
         description="Launches a sync of the ledger's outbox into the central database whenever "
         "it holds something, one at a time, backing off after failures.",
