@@ -29,7 +29,9 @@ Latency is measured from the receipt's ``close()`` (``time.time()`` right after 
 stamps the file's ctime, which the harness reads (kernel time, so a busy harness does not
 inflate the figure). CPU is the user+sys time of every process the benchmark started and all
 their descendants (daemon, code server, run processes, fast-path service and its workers),
-start-up included; the harness itself (simulator and watcher) is reported apart.
+start-up and shutdown included; the harness itself (simulator and watcher) is reported apart.
+Per receipt it is also given without start-up, and without start-up and shutdown (the steady
+cost: a store's services run for days, so both are one-offs).
 """
 
 from __future__ import annotations
@@ -1805,6 +1807,13 @@ class Run:
         report["cpu_per_receipt_after_startup"] = (
             report["cpu_seconds"] - report["cpu_seconds_startup"]
         ) / report["sent"]
+        # Stopping the services (their last writes, the workers' exits) is a one-off, as
+        # start-up is: the steady figure leaves both out, so a short run's share of them does
+        # not pass for a cost per receipt.
+        report["cpu_seconds_shutdown"] = max(0.0, final - cpu_total)
+        report["cpu_per_receipt_steady"] = (cpu_total - report["cpu_seconds_startup"]) / report[
+            "sent"
+        ]
         if self.load is not None:
             report["load_cpu_seconds"] = self.load.cpu_seconds
             report["load_seconds"] = self.load.seconds
@@ -2040,6 +2049,11 @@ def format_reports(reports: list[dict]) -> str:
         ),
         ("CPU s per receipt", [_fmt(r["cpu_per_receipt"]) for r in reports]),
         ("  excl. start-up", [_fmt(r["cpu_per_receipt_after_startup"]) for r in reports]),
+        (
+            "  excl. start-up and shutdown",
+            [_fmt(r.get("cpu_per_receipt_steady")) for r in reports],
+        ),
+        ("CPU s at shutdown", [_fmt(r.get("cpu_seconds_shutdown")) for r in reports]),
         ("harness CPU s", [_fmt(r["cpu_harness_seconds"]) for r in reports]),
         (
             "load avg start",
