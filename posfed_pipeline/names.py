@@ -74,6 +74,8 @@ DAY_DIMENSION = "day"
 TERMINAL_TAG = "posfed/terminal"  # a receipts run: the terminal whose files it carries
 LANE_TAG = "posfed/lane"  # any other serialised run: its lane
 SYNC_LANE = "central_db_sync"  # the LANE_TAG of a sync run
+# The ledger's sync slot held by the fast path's sync pass (no run): its key starts so.
+SYNC_PASS_PREFIX = "sync-pass:"
 REJECTED_TAG = "posfed/rejected"  # a receipts run that quarantined files: how many
 # A receipts run carrying a backlog (a flooded inbox, a catch-up after an outage): it runs at a
 # lower CPU priority, so the terminals whose cashiers wait for one receipt go first.

@@ -29,7 +29,10 @@ from posfed_pipeline.defs.inbox_sensors import run_request_for
 from posfed_pipeline.fastpath import compatibility, dagster_internals, launcher
 from posfed_pipeline.fastpath.service import UntestedDagster, start_fastpath
 from posfed_pipeline.names import (
+    CENTRAL_DB_RECEIPTS,
     CHECKOUT_RECORD_TAG,
+    FAILURE_KIND_TAG,
+    LAG_CHECK,
     RECEIPTS_JOB,
     SYNC_JOB,
     VALIDATED_RECEIPTS,
@@ -122,6 +125,16 @@ def _materialization(instance, run_id, asset=VALIDATED_RECEIPTS):
     return event.step_materialization_data.materialization
 
 
+def _synced_receipts(instance) -> int:
+    """Receipts the sync passes stored, by their runless materializations' metadata."""
+    records = instance.fetch_materializations(dg.AssetKey(CENTRAL_DB_RECEIPTS), limit=1000).records
+    return sum(
+        r.asset_materialization.metadata["receipts_inserted"].value
+        for r in records
+        if not r.run_id  # a sync run's are its own
+    )
+
+
 def test_the_checkout_delivers_at_once_and_the_terminal_days_run_records_it(fast_store):
     config, dagster_home = fast_store
     fastpath = start_fastpath(config, dagster_home, workers=2)
@@ -156,16 +169,21 @@ def test_the_checkout_delivers_at_once_and_the_terminal_days_run_records_it(fast
             60,
             "the central database sync",
         )
-        syncs = _wait_finished(instance, 1, job_name=SYNC_JOB)
-        # The syncs ran on the background worker, at a lower CPU priority than the checkout's.
+        # Without a run of its own: each sync pass reports what it stored, as a sync run would.
+        _wait(lambda: _synced_receipts(instance) == 6, 30, "the sync passes' materializations")
+        # The passes ran on the background worker, at a lower CPU priority than the checkout's.
         [background] = [w for w in fastpath.pool._workers if w.for_background]
         assert os.getpriority(os.PRIO_PROCESS, background.process.pid) == 10
         assert fastpath.pool.stats()["background_ready"] == 1
     finally:
         fastpath.stop()
 
-    assert all(r.status == dg.DagsterRunStatus.SUCCESS for r in syncs)
-    assert all(r.tags["dagster/sensor_name"] == "central_db_sync_sensor" for r in syncs)
+    assert not [r for r in instance.get_runs() if r.job_name == SYNC_JOB]
+    assert fastpath.trigger.sync_passes >= 1
+    lag = instance.get_latest_asset_check_evaluation_record(
+        dg.AssetCheckKey(dg.AssetKey(CENTRAL_DB_RECEIPTS), LAG_CHECK)
+    )
+    assert lag is not None and lag.status.value == "SUCCEEDED"
     records = _record_runs(instance)
     assert all(r.status == dg.DagsterRunStatus.SUCCESS for r in records)
     # Each receipt's lineage: the ledger names the run it was accepted under, and that run is
@@ -195,6 +213,56 @@ def test_the_checkout_delivers_at_once_and_the_terminal_days_run_records_it(fast
         sensor = defs.resolve_sensor_def(inbox_sensor_name(terminal.id))
         result = sensor(dg.build_sensor_context(instance=instance))
         assert result.run_requests == []
+
+
+def _set_central_revision(config, revision: str) -> None:
+    from sqlalchemy import text
+
+    with central_db.make_engine(config.db_url).begin() as connection:
+        connection.execute(text("UPDATE alembic_version SET version_num = :v"), {"v": revision})
+
+
+def test_after_a_failed_sync_pass_the_syncs_are_runs_until_one_succeeds(fast_store):
+    """A pass that fails (here the central database's schema is behind this posfed's: a
+    permanent error a DBA fixes) is followed by sync runs, each failure a failed run in the UI
+    with its reason; once one succeeds, the passes without a run come back."""
+    config, dagster_home = fast_store
+    head = central_db.head_revision()
+    _set_central_revision(config, central_db.revisions_behind_head()[0])
+    fastpath = start_fastpath(config, dagster_home, workers=1)
+    instance = dg.DagsterInstance.get()
+    terminal = config.terminals[0]
+    engine = central_db.make_engine(config.db_url)
+    today = datetime.now(terminal.timezone).date()
+    try:
+        first = _now_doc("S1", terminal)
+        _write(terminal, first)
+        _wait(lambda: _dat(config, terminal, first).exists(), 30, "the .dat, whatever the sync")
+
+        def sync_runs(status):
+            return [r for r in instance.get_runs() if r.job_name == SYNC_JOB and r.status == status]
+
+        _wait(lambda: sync_runs(dg.DagsterRunStatus.FAILURE), 60, "a failed sync run")
+        assert fastpath.trigger.sync_passes == 1  # the pass that failed; then runs
+        failed = sync_runs(dg.DagsterRunStatus.FAILURE)[0]
+        [failure] = instance.all_logs(failed.run_id, of_type=dg.DagsterEventType.STEP_FAILURE)
+        why = failure.dagster_event.step_failure_data.error.message
+        assert "upgrade the central database first" in why
+        assert failed.tags[FAILURE_KIND_TAG] in ("permanent", "repeated")
+
+        _set_central_revision(config, head)  # the DBA upgraded the central database
+        _wait(lambda: sync_runs(dg.DagsterRunStatus.SUCCESS), 60, "a sync run that succeeds")
+        assert central_db.count_receipts(engine, terminal.id, today) == 1
+        runs_before = len([r for r in instance.get_runs() if r.job_name == SYNC_JOB])
+
+        second = _now_doc("S2", terminal)
+        _write(terminal, second)
+        _wait(lambda: central_db.count_receipts(engine, terminal.id, today) == 2, 30, "S2 synced")
+        _wait(lambda: _synced_receipts(instance) == 1, 30, "S2's pass reported")
+        assert len([r for r in instance.get_runs() if r.job_name == SYNC_JOB]) == runs_before
+        assert fastpath.trigger.sync_passes == 2
+    finally:
+        fastpath.stop()
 
 
 def test_a_batch_the_checkout_cannot_deliver_gets_a_run_of_its_own_that_retries(fast_store):

@@ -12,8 +12,12 @@ a .dat file.
 """
 
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 
 import dagster as dg
+from sqlalchemy.engine import Engine
 
 from posfed_pipeline.core import central_db
 from posfed_pipeline.core.base.clock import SYSTEM_CLOCK, Clock
@@ -21,7 +25,7 @@ from posfed_pipeline.core.central_db.timeouts import DeadlineExceeded
 from posfed_pipeline.core.config import PosfedConfig
 from posfed_pipeline.core.stages import sync
 from posfed_pipeline.core.state import claims
-from posfed_pipeline.core.state.ledger import Ledger, open_ledger
+from posfed_pipeline.core.state.ledger import Ledger, SyncState, open_ledger
 from posfed_pipeline.defs.markdown import md_table
 from posfed_pipeline.defs.partitions import lineage_only_dep
 from posfed_pipeline.defs.resources import CentralDbResource
@@ -34,12 +38,15 @@ from posfed_pipeline.names import (
     RUN_KEY_TAG,
     SYNC_JOB,
     SYNC_LANE,
+    SYNC_PASS_PREFIX,
     SYNC_SENSOR,
     VALIDATED_RECEIPTS,
 )
 
 # A slot taken for a run that never appeared belongs to a launcher that died first.
 ORPHAN_SLOT_SECONDS = 30.0
+# A sync pass stops after SyncPolicy.max_pass_seconds (120 s) plus a last call's timeout.
+SYNC_PASS_LONGEST_SECONDS = 180.0
 # The sensor is the catch-up path: while the fast path lives it syncs, and the sensor only
 # looks. Every tick is two writes to the daemon's storage (~40 ms of CPU with the code
 # server's share), so a tick a second was the store's largest fixed cost; within 5 s of a
@@ -55,14 +62,19 @@ def sync_run_tags() -> dict[str, str]:
     return {LANE_TAG: SYNC_LANE}
 
 
-def slot_holder_done(instance: dg.DagsterInstance, clock: Clock = SYSTEM_CLOCK):
-    """For ``Ledger.take_sync_slot``: has the run holding the slot ended?"""
+def slot_holder_done(
+    instance: dg.DagsterInstance, home: Path | None = None, clock: Clock = SYSTEM_CLOCK
+):
+    """For ``Ledger.take_sync_slot``: has the run holding the slot ended? (Or the fast path's
+    sync pass: ``home`` is the store's, where the trigger's heartbeat is.)"""
 
     def done(run_key: str, taken_at: float) -> bool:
+        orphaned = clock.time() - taken_at > ORPHAN_SLOT_SECONDS
+        if run_key.startswith(SYNC_PASS_PREFIX):
+            return _sync_pass_done(home, taken_at, clock)
         records = instance.get_run_records(
             filters=dg.RunsFilter(tags={RUN_KEY_TAG: run_key}), limit=1
         )
-        orphaned = clock.time() - taken_at > ORPHAN_SLOT_SECONDS
         if not records:
             return orphaned  # its launcher died before creating the run
         run = records[0].dagster_run
@@ -70,6 +82,17 @@ def slot_holder_done(instance: dg.DagsterInstance, clock: Clock = SYSTEM_CLOCK):
         return run.is_finished or (orphaned and run.status == dg.DagsterRunStatus.NOT_STARTED)
 
     return done
+
+
+def _sync_pass_done(home: Path | None, taken_at: float, clock: Clock) -> bool:
+    """A pass runs on the live trigger's background worker, and gives the slot back when done
+    (a worker that dies is reported to the trigger, which gives it back). So the slot is a
+    leftover when no trigger lives, or one started since, or after the longest a pass takes."""
+    if clock.time() - taken_at > SYNC_PASS_LONGEST_SECONDS or home is None:
+        return True
+    table = claims.ClaimTable(claims.claim_table_path(home))
+    started = table.beat_at(claims.TRIGGER_STARTED)
+    return not table.alive() or (started is not None and started > taken_at)
 
 
 sync_job = dg.define_asset_job(
@@ -116,6 +139,43 @@ def _central_db_receipts(config: PosfedConfig, clock: Clock) -> dg.AssetsDefinit
     return central_db_receipts
 
 
+@dataclass
+class SyncPassOutcome:
+    """What one sync pass did: what it stored, the sync state after it, its error if any."""
+
+    done: sync.SyncPass
+    state: SyncState
+    error: Exception | None
+    previous_error: str | None
+    now: float
+
+
+def run_sync_pass(
+    ledger: Ledger,
+    get_engine: Callable[[], Engine],
+    policy: sync.SyncPolicy,
+    run_key: str | None,
+    clock: Clock = SYSTEM_CLOCK,
+) -> SyncPassOutcome:
+    """The ledger's outbox into the central database, its outcome recorded in the ledger (the
+    slot given back, the back-off after a failure). A sync run's step and the fast path's sync
+    pass (``fastpath.sync_pass``) both run this; an error is returned, not raised."""
+    previous_error = ledger.sync_state().last_error
+    error: Exception | None = None
+    done = sync.SyncPass()
+    try:
+        engine = get_engine()
+        sync.check_central_schema(engine, policy)
+        done = sync.sync_pending(ledger, engine, policy)
+    except Exception as exc:  # judged by the caller, once the ledger knows
+        error = exc
+    now = clock.time()
+    state = ledger.finish_sync(
+        run_key, error=str(error) if error else None, backoff=policy.backoff_seconds, now=now
+    )
+    return SyncPassOutcome(done, state, error, previous_error, now)
+
+
 def sync_outbox(
     context: dg.AssetExecutionContext,
     resource: CentralDbResource,
@@ -123,30 +183,24 @@ def sync_outbox(
     clock: Clock,
 ):
     """A sync run: the ledger's outbox into the central database, then the lag check."""
-    policy = config.sync
     ledger = open_ledger(config.home)
-    run_key = context.run.tags.get(RUN_KEY_TAG)
-    previous_error = ledger.sync_state().last_error
-    error: Exception | None = None
-    done = sync.SyncPass()
-    try:
-        engine = resource.get_engine()
-        sync.check_central_schema(engine, policy)
-        done = sync.sync_pending(ledger, engine, policy)
-    except Exception as exc:  # judged below, after the ledger and the check are updated
-        error = exc
-    now = clock.time()
-    state = ledger.finish_sync(
-        run_key, error=str(error) if error else None, backoff=policy.backoff_seconds, now=now
+    outcome = run_sync_pass(
+        ledger, resource.get_engine, config.sync, context.run.tags.get(RUN_KEY_TAG), clock
     )
-    if error is None:
-        yield dg.MaterializeResult(metadata=_pass_metadata(done))
-    yield lag_check_result(ledger, policy, state, now=now)
-    if error is not None:
-        raise _sync_failure(context, error, state, repeated=str(error) == previous_error, now=now)
+    if outcome.error is None:
+        yield dg.MaterializeResult(metadata=pass_metadata(outcome.done))
+    yield lag_check_result(ledger, config.sync, outcome.state, now=outcome.now)
+    if outcome.error is not None:
+        raise _sync_failure(
+            context,
+            outcome.error,
+            outcome.state,
+            repeated=str(outcome.error) == outcome.previous_error,
+            now=outcome.now,
+        )
 
 
-def _pass_metadata(done: sync.SyncPass) -> dict:
+def pass_metadata(done: sync.SyncPass) -> dict:
     table = md_table(
         ["terminal", "day", "receipts"],
         [(t, day, count) for (t, day), count in sorted(done.by_terminal_day.items())],
@@ -170,6 +224,26 @@ def _pass_metadata(done: sync.SyncPass) -> dict:
 def lag_check_result(
     ledger: Ledger, policy: sync.SyncPolicy, state=None, *, now: float | None = None
 ) -> dg.AssetCheckResult:
+    """The ``central_db_lag`` check, as a sync run reports it."""
+    return dg.AssetCheckResult(
+        asset_key=CENTRAL_DB_RECEIPTS,
+        check_name=LAG_CHECK,
+        **_lag_check(ledger, policy, state, now),
+    )
+
+
+def lag_check_evaluation(
+    ledger: Ledger, policy: sync.SyncPolicy, state=None, *, now: float | None = None
+) -> dg.AssetCheckEvaluation:
+    """The same check, as a sync pass without a run reports it."""
+    return dg.AssetCheckEvaluation(
+        asset_key=dg.AssetKey(CENTRAL_DB_RECEIPTS),
+        check_name=LAG_CHECK,
+        **_lag_check(ledger, policy, state, now),
+    )
+
+
+def _lag_check(ledger: Ledger, policy: sync.SyncPolicy, state, now: float | None) -> dict:
     lag = ledger.lag()
     level = sync.lag_level(lag, policy, now)
     state = state or ledger.sync_state()
@@ -187,15 +261,13 @@ def lag_check_result(
         metadata["refused"] = dg.MetadataValue.md(
             md_table(["terminal", "day", "receipt", "why"], ledger.parked_entries(20))
         )
-    return dg.AssetCheckResult(
-        asset_key=CENTRAL_DB_RECEIPTS,
-        check_name=LAG_CHECK,
-        passed=level is sync.LagLevel.OK,
-        severity=dg.AssetCheckSeverity.WARN
+    return {
+        "passed": level is sync.LagLevel.OK,
+        "severity": dg.AssetCheckSeverity.WARN
         if level is sync.LagLevel.WARN
         else dg.AssetCheckSeverity.ERROR,
-        metadata=metadata,
-    )
+        "metadata": metadata,
+    }
 
 
 def is_out_of_reach(error: BaseException) -> bool:
@@ -249,7 +321,7 @@ def sync_tick(
     if trigger_alive and lag.age_seconds(now) < config.catchup_grace_seconds:
         return dg.SkipReason("the fast path's trigger syncs fresh receipts")
     run_key = sync_run_key()
-    holder_done = slot_holder_done(context.instance, clock)
+    holder_done = slot_holder_done(context.instance, config.home, clock)
     if not ledger.take_sync_slot(run_key, holder_done=holder_done, now=now):
         state = ledger.sync_state()
         if state.next_attempt_at > now:

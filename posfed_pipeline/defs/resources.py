@@ -50,3 +50,16 @@ def central_db_resource_for(db_url: str) -> CentralDbResource:
             password=dg.EnvVar("POSFED_DB_PASSWORD"),
         )
     return CentralDbResource(url=db_url)
+
+
+def central_db_engine(config: PosfedConfig) -> Engine:
+    """The engine a run's resource gives, for work done outside a run (the fast path's sync
+    passes, a worker's warm-up): Dagster resolves a resource's ``EnvVar`` only inside a run."""
+    resource = central_db_resource(config)
+    return CentralDbResource(
+        url=_resolved(resource.url), password=_resolved(resource.password)
+    ).get_engine()
+
+
+def _resolved(value: str | None) -> str | None:
+    return value.get_value() if isinstance(value, dg.EnvVar) else value

@@ -36,7 +36,13 @@ import dagster as dg
 
 from posfed_pipeline.core.base.errors import PosfedError
 from posfed_pipeline.fastpath.checkout import CheckoutBatch, CheckoutWorker, is_checkout_job
-from posfed_pipeline.names import ACCEPTED_TAG, GRPC_INFO_TAG
+from posfed_pipeline.fastpath.sync_pass import (
+    SyncPassJob,
+    SyncPassWorker,
+    is_sync_pass,
+    is_sync_pass_message,
+)
+from posfed_pipeline.names import ACCEPTED_TAG, GRPC_INFO_TAG, LANE_TAG, SYNC_LANE
 from posfed_pipeline.processes import pid_lock
 from posfed_pipeline.processes.supervisor import describe_exit
 from posfed_pipeline.run_tags import lane_of
@@ -60,6 +66,7 @@ def _worker_main(conn, dagster_home: str, working_directory: str) -> None:
     instance = dg.DagsterInstance.get()
     _warm_up()
     checkouts = CheckoutWorker()
+    sync_passes = SyncPassWorker(instance, checkouts.config)
     conn.send(("ready", os.getpid()))
     while True:
         try:
@@ -68,6 +75,15 @@ def _worker_main(conn, dagster_home: str, working_directory: str) -> None:
             return  # the pool is gone (killed): its successor starts workers of its own
         if job is None:
             return
+        if isinstance(job, dict) and is_sync_pass_message(job):
+            sync_pass = SyncPassJob.from_message(job)
+            try:
+                status = "SUCCESS" if sync_passes.run(sync_pass) else "FAILURE"
+            except Exception:  # the trigger makes the next attempt a sync run
+                log.exception("sync pass %s failed", sync_pass.job_id)
+                status = "FAILURE"
+            conn.send(("done", sync_pass.job_id, status))
+            continue
         if isinstance(job, dict):
             batch = CheckoutBatch.from_message(job)
             try:
@@ -104,7 +120,7 @@ def _warm_up() -> None:
 
     from posfed_pipeline.core.config import CANONICAL_FORMAT, load_config
     from posfed_pipeline.core.intake import parsing, validation
-    from posfed_pipeline.defs.resources import central_db_resource
+    from posfed_pipeline.defs.resources import central_db_engine
     from posfed_pipeline.fastpath import dagster_internals
     from posfed_pipeline.names import RECEIPTS_JOB
 
@@ -132,7 +148,7 @@ def _warm_up() -> None:
             validation.validate_batch([receipt], **rules)
     # The database may be down right now; the run will say so.
     with contextlib.suppress(Exception):
-        central_db_resource(config).get_engine().connect().close()
+        central_db_engine(config).connect().close()
 
 
 @dataclass
@@ -291,6 +307,13 @@ class WarmWorkerPool:
             )
             self._cond.notify_all()
 
+    def submit_sync_pass(self, job: SyncPassJob) -> None:
+        """Queue a central database sync pass in the sync lane, on the background worker."""
+        with self._cond:
+            lane, _ = lane_of({LANE_TAG: SYNC_LANE})  # a sync run's lane: one sync at a time
+            self._queue.append(_Job(job.job_id, lane, True, checkout=job.to_message()))
+            self._cond.notify_all()
+
     def health(self, run_id: str) -> str:
         with self._cond:
             if any(j.run_id == run_id for j in self._queue) or any(
@@ -421,7 +444,7 @@ class WarmWorkerPool:
             how = describe_exit(code) if code is not None else "is gone"
             log.warning("run worker (pid %s) %s; a new one is starting", worker.process.pid, how)
         if run_id:
-            if not is_checkout_job(run_id):
+            if not is_checkout_job(run_id) and not is_sync_pass(run_id):
                 why = f"its run worker (pid {worker.process.pid}) died (exit {code})"
                 self._report(run_id, why)
             if self.on_finished:

@@ -56,6 +56,7 @@ from posfed_pipeline.defs.receipts import ReceiptBatchConfig, receipt_op_config
 from posfed_pipeline.fastpath import dagster_internals
 from posfed_pipeline.fastpath.checkout import JOB_PREFIX, CheckoutBatch, is_checkout_job
 from posfed_pipeline.fastpath.inbox_events import InboxEvents
+from posfed_pipeline.fastpath.sync_pass import SyncPassJob, is_sync_pass
 from posfed_pipeline.names import (
     CHECKOUT_RECORD_TAG,
     SYNC_SENSOR,
@@ -122,7 +123,12 @@ class InboxTrigger:
         self.claims = claims.ClaimTable(claims.claim_table_path(config.home))
         self.ledger = open_ledger(config.home)
         self._sync_wanted = True  # the outbox may hold something from before a restart
-        self._sync_in_flight: str | None = None
+        self._sync_in_flight: str | None = None  # a sync run's id or a sync pass's job id
+        # With a pool, a sync is a pass on its background worker (no run, ``sync_pass``);
+        # after a failed one, runs, until one succeeds.
+        self._sync_by_run = False
+        self._sync_pass_keys: dict[str, str] = {}  # sync pass job id -> its slot's key
+        self._failed_pass_keys: list[str] = []  # passes that failed, the slot maybe still theirs
         self._next_sync_at = 0.0
         # abspath, not resolve(): resolving stats the path, and an inbox on a share that
         # hangs would hang the trigger's start.
@@ -155,6 +161,7 @@ class InboxTrigger:
         self.files_launched = 0
         self.checkouts = 0
         self.records_launched = 0
+        self.sync_passes = 0
         # (create run, launch run) of the latest runs, for `posfed bench`.
         self.step_seconds: deque[tuple[float, float]] = deque(maxlen=10_000)
 
@@ -224,6 +231,17 @@ class InboxTrigger:
                 if self._sync_in_flight == run_id:
                     self._sync_in_flight = None
                 self._sync_wanted = True  # what arrived during the sync
+                if is_sync_pass(run_id):
+                    run_key = self._sync_pass_keys.pop(run_id, None)
+                    if status != "SUCCESS":
+                        # Sync runs from now on, until one succeeds: each failure a run in the
+                        # UI, with its reason and its alert.
+                        self._sync_by_run = True
+                        if run_key is not None:
+                            self._failed_pass_keys.append(run_key)
+                elif status == "SUCCESS":
+                    self._sync_by_run = False
+                self._cond.notify_all()
             return
         with self._cond:
             self._sync_wanted = True
@@ -353,6 +371,7 @@ class InboxTrigger:
                 self._cond.notify_all()
 
     def _maybe_sync(self) -> None:
+        self._give_back_failed_passes()
         now = time.monotonic()
         with self._cond:
             if (
@@ -364,12 +383,22 @@ class InboxTrigger:
                 return
             self._sync_wanted = False
             self._next_sync_at = now + self.config.sync.min_interval_seconds
+            by_run = self._sync_by_run or self.pool is None
         if not self.ledger.has_outbox():
             return
-        run_key = sync_run_key()
-        if not self.ledger.take_sync_slot(run_key, holder_done=slot_holder_done(self.instance)):
+        sync_pass = None if by_run else SyncPassJob.new()
+        run_key = sync_run_key() if sync_pass is None else sync_pass.run_key
+        holder_done = slot_holder_done(self.instance, self.config.home)
+        if not self.ledger.take_sync_slot(run_key, holder_done=holder_done):
             with self._cond:  # backing off, or a sync of the sensor's is in flight
                 self._sync_wanted = True
+            return
+        if sync_pass is not None:
+            with self._cond:
+                self._sync_in_flight = sync_pass.job_id
+                self._sync_pass_keys[sync_pass.job_id] = run_key
+            self.pool.submit_sync_pass(sync_pass)
+            self.sync_passes += 1
             return
         run = None
         try:
@@ -391,6 +420,18 @@ class InboxTrigger:
                 run_key, error=f"launching the sync failed: {exc}", backoff=lambda _: 1.0
             )
             raise
+
+    def _give_back_failed_passes(self) -> None:
+        """A pass whose worker died never gave the slot back: give it back, as a failure."""
+        with self._cond:
+            failed, self._failed_pass_keys = self._failed_pass_keys, []
+        for run_key in failed:
+            if self.ledger.sync_state().run_key == run_key:
+                self.ledger.finish_sync(
+                    run_key,
+                    error="the sync pass's worker died",
+                    backoff=self.config.sync.backoff_seconds,
+                )
 
     def _sensor_run_queued(self, terminal: Terminal) -> bool:
         """One query for every terminal, reused for a moment: not one per listing."""
