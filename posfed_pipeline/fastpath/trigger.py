@@ -14,8 +14,10 @@ batch the checkout cannot deliver gets a receipts run of its own, with its retri
 
 Adaptive batching: while a terminal's batch is in the checkout, its new files wait; when it is
 done, one batch carries all of them (up to a run's worth of files, oldest first; a flooded
-inbox becomes batches of 50, one per round between other terminals' batches, checked out in the
+inbox becomes batches of 500, one per round between other terminals' batches, checked out in the
 background, between cashiers' receipts). Under load batches get bigger, not more numerous.
+A flooded inbox is listed again while its last full batches are still being checked out, so
+the background worker does not wait for the listing.
 
 Terminals whose inbox is on a network mount (``watch = "poll"``: inotify sees no remote
 writes) are listed every ``poll_interval_seconds`` instead. Each terminal's inbox is listed and
@@ -84,6 +86,9 @@ RUNS_PER_LISTING = 10
 # are paid once per 500 files.
 CHECKOUT_MAX_FILES = 500
 SYNC_LANE = lane_of(sync_run_tags())[0]
+# A flooded inbox is listed again once this few of its full batches are left in the checkout
+# (each ~0.5 s of work: enough to cover the listing).
+LIST_AHEAD_BATCHES = 2
 
 
 @dataclass
@@ -452,7 +457,23 @@ class InboxTrigger:
 
     def _ready_terminals(self) -> list[str]:
         busy = self._scanning | self._launching
-        return [t for t in self._dirty if not self._in_flight[t] and t not in busy]
+        return [t for t in self._dirty if t not in busy and self._may_list(t)]
+
+    def _may_list(self, terminal_id: str) -> bool:
+        """A terminal's new files wait while its batch is checked out (the next batch carries
+        them all). A flooded inbox is listed again while its last full batches are still in
+        the background worker: listing tens of thousands of files takes a second, which the
+        worker would otherwise spend idle, between listings."""
+        in_flight = self._in_flight[terminal_id]
+        if not in_flight:
+            return True
+        if len(in_flight) > LIST_AHEAD_BATCHES:
+            return False
+        return all(self._is_full_checkout(job_id) for job_id in in_flight)
+
+    def _is_full_checkout(self, job_id: str) -> bool:
+        entry = self._checkouts.get(job_id)
+        return entry is not None and len(entry[1].files) >= CHECKOUT_MAX_FILES
 
     def _claim_for(self, terminal: Terminal) -> tuple[list[inbox.PlannedBatch], bool, float | None]:
         """On a scan thread: list the inbox and claim up to one run's worth of its files.
