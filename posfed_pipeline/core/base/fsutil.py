@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import itertools
 import os
 import shutil
 import stat
@@ -29,20 +30,36 @@ def synced_temp_copy(path: Path, data: bytes, *, sync: bool = True) -> Path:
     """``data`` in a hidden temp file beside ``path``, on disk (written, flushed, fsynced;
     ``sync`` False: not fsynced, the caller makes a batch of them durable with ``sync_files``)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp_name = _new_temp(path)
     try:
-        # mkstemp makes the file private (0600); readers such as the billing software, which
-        # may run as another user, need to read it: the mode a plain open() would give.
-        os.fchmod(fd, FILE_MODE)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            if sync:
-                os.fsync(handle.fileno())
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        if sync:
+            os.fsync(fd)
     except BaseException:
+        os.close(fd)
         Path(tmp_name).unlink(missing_ok=True)
         raise
+    os.close(fd)
     return Path(tmp_name)
+
+
+_temp_numbers = itertools.count()
+
+
+def _new_temp(path: Path) -> tuple[int, str]:
+    """A new file beside ``path`` under a name no other file has (O_EXCL), with the mode a
+    plain open() gives: readers such as the billing software may run as another user. (As
+    tempfile.mkstemp, but a name from this process's id and a counter: a backlog writes
+    thousands a second, and mkstemp's random names and fchmod were a tenth of each .dat.)"""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+    while True:
+        name = str(path.with_name(f".{path.name}.{os.getpid()}-{next(_temp_numbers)}.tmp"))
+        try:
+            return os.open(name, flags, FILE_MODE), name
+        except FileExistsError:  # left by a process that had this id before: the next number
+            continue
 
 
 # A batch of at least this many files is flushed with one syncfs(2) (every dirty page of the
