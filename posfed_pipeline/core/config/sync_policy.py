@@ -38,8 +38,9 @@ class SyncTable(BaseModel):
         3.0,
         strict=True,
         gt=0,
-        description="the fast path syncs at most this often: each sync is a Dagster run "
-        "(~0.1 CPU-s), so under load fewer, bigger syncs leave the CPU to the checkout",
+        description="the fast path syncs at most this often (a pass on its background "
+        "worker, or a sync run after a failed one): under load fewer, bigger syncs leave the "
+        "CPU to the checkout",
     )
     warn_after_seconds: float = Field(
         60.0, strict=True, gt=0, description="the central_db_lag check warns past this lag..."
