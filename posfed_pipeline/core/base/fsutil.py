@@ -129,16 +129,25 @@ def link_unique(source: Path, folder: Path, *, name: str | None = None) -> Path:
     """``move_unique``'s first half: ``source`` also under a free name in ``folder``, not yet
     durable; the caller fsyncs the folder, then removes ``source`` (for many files at once:
     one fsync per folder). Where hard links cannot be made, ``source`` is renamed (gone)."""
-    folder.mkdir(parents=True, exist_ok=True)
+    name = name or source.name
+    target = folder / name
     while True:
-        target = unique_destination(folder, name or source.name)
         try:
-            if not link_no_clobber(source, target):
-                continue
+            # The name itself first, no look before: the link fails if it is taken (a backlog
+            # archives thousands a second; a stat and a mkdir each were a tenth of the move).
+            if link_no_clobber(source, target):
+                return target
+        except FileNotFoundError:
+            if folder.is_dir():
+                raise  # the source is gone
+            folder.mkdir(parents=True, exist_ok=True)
+            continue
         except NoHardLinks:
             # A file system without hard links: rename, with the (tiny) race that leaves.
+            target = unique_destination(folder, name)
             os.replace(source, target)
-        return target
+            return target
+        target = unique_destination(folder, name)
 
 
 class NoHardLinks(PosfedError, OSError):

@@ -3,6 +3,7 @@ overwriting different content."""
 
 from __future__ import annotations
 
+import functools
 import os
 from datetime import date
 from pathlib import Path
@@ -124,9 +125,16 @@ def _target(out_dir: Path, rendered: RenderedDat) -> Path:
     """Where a .dat goes; nothing from a receipt can steer it out of the .dat folder."""
     out_dir = Path(out_dir)
     target = (out_dir / rendered.relative_path).resolve()
-    if out_dir.resolve() not in target.parents:
+    if _resolved_root(str(out_dir)) not in target.parents:
         raise DatRenderError(f"refusing to write outside {out_dir}: {target}")
     return target
+
+
+@functools.lru_cache(maxsize=16)
+def _resolved_root(out_dir: str) -> Path:
+    # The store's .dat folder, from its configuration (nothing a receipt says): resolved once
+    # per process, not once per .dat (a backlog writes thousands a second).
+    return Path(out_dir).resolve()
 
 
 def _conflict(target: Path) -> DatConflictError:
