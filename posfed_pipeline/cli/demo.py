@@ -187,6 +187,7 @@ def _fastpath(args) -> int:
 
     from posfed_pipeline.fastpath.pool import AlreadyServing
     from posfed_pipeline.fastpath.service import UntestedDagster, serve_forever
+    from posfed_pipeline.processes.exiting import exit_at_once
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     logging.getLogger("alembic").setLevel(logging.WARNING)  # "Context impl SQLiteImpl." etc.
@@ -210,6 +211,9 @@ def _fastpath(args) -> int:
     except UntestedDagster as refused:
         print(f"posfed fastpath: {refused}", file=sys.stderr)
         return EXIT_UNTESTED_DAGSTER
+    # Stopped: the workers are gone and everything is committed; a scan thread stuck on a
+    # hung share is left behind with the rest of the process.
+    exit_at_once(EXIT_OK)
     return EXIT_OK
 
 

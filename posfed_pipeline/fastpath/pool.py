@@ -25,7 +25,6 @@ import multiprocessing
 import os
 import signal
 import socketserver
-import sys
 import threading
 import time
 from collections import OrderedDict, deque
@@ -45,6 +44,7 @@ from posfed_pipeline.fastpath.sync_pass import (
 )
 from posfed_pipeline.names import ACCEPTED_TAG, GRPC_INFO_TAG, LANE_TAG, SYNC_LANE
 from posfed_pipeline.processes import pid_lock
+from posfed_pipeline.processes.exiting import exit_at_once
 from posfed_pipeline.processes.supervisor import describe_exit
 from posfed_pipeline.run_tags import lane_of
 
@@ -75,7 +75,7 @@ def _worker_main(conn, dagster_home: str, working_directory: str) -> None:
         except (EOFError, OSError):
             return  # the pool is gone (killed): its successor starts workers of its own
         if job is None:
-            _exit_at_once()
+            exit_at_once()  # idle: everything it did is committed
         if isinstance(job, dict) and is_sync_pass_message(job):
             sync_pass = SyncPassJob.from_message(job)
             try:
@@ -111,17 +111,6 @@ def _worker_main(conn, dagster_home: str, working_directory: str) -> None:
             if run is not None and not run.is_finished:
                 instance.report_run_failed(run, f"run worker error: {exc}")
         conn.send(("done", run_id, status))
-
-
-def _exit_at_once() -> None:
-    """A clean stop, without the interpreter's teardown: everything a worker did is committed
-    when it is idle, and tearing down its imports (Dagster, pandas, pandera) cost ~0.6 CPU-s
-    per worker at every stop of the store."""
-    logging.shutdown()
-    for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(Exception):
-            stream.flush()
-    os._exit(0)
 
 
 def _warm_up() -> None:
