@@ -69,12 +69,12 @@ def slot_holder_done(
     sync pass: ``home`` is the store's, where the trigger's heartbeat is.)"""
 
     def done(run_key: str, taken_at: float) -> bool:
-        orphaned = clock.time() - taken_at > ORPHAN_SLOT_SECONDS
         if run_key.startswith(SYNC_PASS_PREFIX):
             return _sync_pass_done(home, taken_at, clock)
         records = instance.get_run_records(
             filters=dg.RunsFilter(tags={RUN_KEY_TAG: run_key}), limit=1
         )
+        orphaned = clock.time() - taken_at > ORPHAN_SLOT_SECONDS
         if not records:
             return orphaned  # its launcher died before creating the run
         run = records[0].dagster_run

@@ -67,7 +67,7 @@ def _worker_main(conn, dagster_home: str, working_directory: str) -> None:
     instance = dg.DagsterInstance.get()
     _warm_up()
     checkouts = CheckoutWorker()
-    sync_passes = SyncPassWorker(instance, checkouts.config)
+    sync_passes = SyncPassWorker(instance, checkouts.config, checkouts.ledger)
     conn.send(("ready", os.getpid()))
     while True:
         try:
@@ -168,7 +168,8 @@ class _Job:
     lane: str | None
     background: bool = False
     submitted_at: float = field(default_factory=time.monotonic)
-    checkout: dict | None = None  # a checkout batch (fastpath.checkout), not a run
+    # Not a run: a checkout batch (fastpath.checkout) or a sync pass (fastpath.sync_pass).
+    message: dict | None = None
 
     @property
     def is_backlog(self) -> bool:
@@ -304,7 +305,7 @@ class WarmWorkerPool:
         """Queue a checkout batch in its terminal's lane (``on_finished`` reports it)."""
         with self._cond:
             self._queue.append(
-                _Job(batch.job_id, batch.terminal_id, background, checkout=batch.to_message())
+                _Job(batch.job_id, batch.terminal_id, background, message=batch.to_message())
             )
             self._cond.notify_all()
 
@@ -312,7 +313,7 @@ class WarmWorkerPool:
         """Queue a central database sync pass in the sync lane, on the background worker."""
         with self._cond:
             lane, _ = lane_of({LANE_TAG: SYNC_LANE})  # a sync run's lane: one sync at a time
-            self._queue.append(_Job(job.job_id, lane, True, checkout=job.to_message()))
+            self._queue.append(_Job(job.job_id, lane, True, message=job.to_message()))
             self._cond.notify_all()
 
     def health(self, run_id: str) -> str:
@@ -391,7 +392,7 @@ class WarmWorkerPool:
                     self._busy_lanes.add(job.lane)
                 # On a dead worker the read loop sees the broken pipe and reports the run.
                 with contextlib.suppress(OSError, ValueError):
-                    idle.conn.send(job.checkout if job.checkout is not None else job.run_id)
+                    idle.conn.send(job.message if job.message is not None else job.run_id)
                 return True
         return False
 

@@ -17,7 +17,6 @@ its reason, its alert and its back-off, until one succeeds.
 from __future__ import annotations
 
 import logging
-import time
 import uuid
 from dataclasses import dataclass
 
@@ -37,25 +36,25 @@ KIND = "sync_pass"
 
 @dataclass(frozen=True)
 class SyncPassJob:
-    """What the trigger hands the background worker: a pass, under the sync slot's key."""
+    """What the trigger hands the background worker: a pass. Its id is also the key the
+    ledger's sync slot is held under."""
 
     job_id: str
-    run_key: str  # the ledger's sync slot is held under it
 
     @classmethod
     def new(cls) -> SyncPassJob:
-        return cls(f"{JOB_PREFIX}{uuid.uuid4().hex}", f"{JOB_PREFIX}{time.time_ns()}")
+        return cls(f"{JOB_PREFIX}{uuid.uuid4().hex}")
 
     def to_message(self) -> dict:
-        return {"kind": KIND, "job_id": self.job_id, "run_key": self.run_key}
+        return {"kind": KIND, "job_id": self.job_id}
 
     @classmethod
     def from_message(cls, message: dict) -> SyncPassJob:
-        return cls(message["job_id"], message["run_key"])
+        return cls(message["job_id"])
 
 
-def is_sync_pass(job_id_or_run_key: str | None) -> bool:
-    return job_id_or_run_key is not None and job_id_or_run_key.startswith(JOB_PREFIX)
+def is_sync_pass(job_id: str | None) -> bool:
+    return job_id is not None and job_id.startswith(JOB_PREFIX)
 
 
 def is_sync_pass_message(message: dict) -> bool:
@@ -63,18 +62,24 @@ def is_sync_pass_message(message: dict) -> bool:
 
 
 class SyncPassWorker:
-    """A worker's sync state: the configuration, the ledger and the engine, opened once."""
+    """A worker's sync state: the configuration and the ledger (the checkout's, in a warm
+    worker), opened once; the engine is one per process and URL (``defs.resources``)."""
 
-    def __init__(self, instance: dg.DagsterInstance, config: PosfedConfig | None = None):
+    def __init__(
+        self,
+        instance: dg.DagsterInstance,
+        config: PosfedConfig | None = None,
+        ledger: Ledger | None = None,
+    ):
         self.instance = instance
         self.config = config or load_config()
-        self.ledger: Ledger = open_ledger(self.config.home)
+        self.ledger: Ledger = ledger or open_ledger(self.config.home)
 
     def run(self, job: SyncPassJob) -> bool:
         """One pass, reported as a sync run reports it; False when it failed (recorded)."""
         policy = self.config.sync
         outcome = run_sync_pass(
-            self.ledger, lambda: central_db_engine(self.config), policy, job.run_key
+            self.ledger, lambda: central_db_engine(self.config), policy, job.job_id
         )
         if outcome.error is None:
             self.instance.report_runless_asset_event(

@@ -132,8 +132,7 @@ class InboxTrigger:
         # With a pool, a sync is a pass on its background worker (no run, ``sync_pass``);
         # after a failed one, runs, until one succeeds.
         self._sync_by_run = False
-        self._sync_pass_keys: dict[str, str] = {}  # sync pass job id -> its slot's key
-        self._failed_pass_keys: list[str] = []  # passes that failed, the slot maybe still theirs
+        self._failed_passes: list[str] = []  # passes that failed: the slot may still be theirs
         self._next_sync_at = 0.0
         # abspath, not resolve(): resolving stats the path, and an inbox on a share that
         # hangs would hang the trigger's start.
@@ -237,13 +236,11 @@ class InboxTrigger:
                     self._sync_in_flight = None
                 self._sync_wanted = True  # what arrived during the sync
                 if is_sync_pass(run_id):
-                    run_key = self._sync_pass_keys.pop(run_id, None)
                     if status != "SUCCESS":
                         # Sync runs from now on, until one succeeds: each failure a run in the
                         # UI, with its reason and its alert.
                         self._sync_by_run = True
-                        if run_key is not None:
-                            self._failed_pass_keys.append(run_key)
+                        self._failed_passes.append(run_id)
                 elif status == "SUCCESS":
                     self._sync_by_run = False
                 self._cond.notify_all()
@@ -392,7 +389,7 @@ class InboxTrigger:
         if not self.ledger.has_outbox():
             return
         sync_pass = None if by_run else SyncPassJob.new()
-        run_key = sync_run_key() if sync_pass is None else sync_pass.run_key
+        run_key = sync_run_key() if sync_pass is None else sync_pass.job_id
         holder_done = slot_holder_done(self.instance, self.config.home)
         if not self.ledger.take_sync_slot(run_key, holder_done=holder_done):
             with self._cond:  # backing off, or a sync of the sensor's is in flight
@@ -401,7 +398,6 @@ class InboxTrigger:
         if sync_pass is not None:
             with self._cond:
                 self._sync_in_flight = sync_pass.job_id
-                self._sync_pass_keys[sync_pass.job_id] = run_key
             self.pool.submit_sync_pass(sync_pass)
             self.sync_passes += 1
             return
@@ -427,9 +423,10 @@ class InboxTrigger:
             raise
 
     def _give_back_failed_passes(self) -> None:
-        """A pass whose worker died never gave the slot back: give it back, as a failure."""
+        """A pass whose worker died never gave the slot back (held under the pass's id): give
+        it back, as a failure."""
         with self._cond:
-            failed, self._failed_pass_keys = self._failed_pass_keys, []
+            failed, self._failed_passes = self._failed_passes, []
         for run_key in failed:
             if self.ledger.sync_state().run_key == run_key:
                 self.ledger.finish_sync(
